@@ -1,0 +1,191 @@
+"""Extraction: from a department's rows to one tokenised, clipped row per entity.
+
+    source roll-up (in the database) -> normalise IDs -> re-aggregate by normalised ID
+      -> clip to public bounds -> public-domain dimensions -> per-query tokens -> Arrow, sorted by token
+
+Sloppy and legacy forms of one ID arrive as different raw IDs, so rows are re-aggregated after
+normalisation: exactly one row per entity leaves. Invalid IDs are dropped and counted for the
+department's own quality report. Rows are sorted by token so the answer carries no trace of the source's
+order (which follows ID numbers, hence birth dates and regions).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from connectors.config import DatasetSpec, DerivedDimension, EntityKind, LoadedConfig, Rollup
+from connectors.federation_keys import FederationKeyring
+from connectors.ids import IdKind, normalize_many
+from connectors.protocol import HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN, ExtractRequest
+from connectors.sources import ENTITY, HOUSEHOLD, RollupSpec, Source
+from connectors.tokens import TOKEN_BYTES
+
+_REAGG = {Rollup.SUM: "sum", Rollup.COUNT: "sum", Rollup.MAX: "max"}
+_NID = "_nid"
+
+
+@dataclass
+class QualityCounters:
+    """Per-extract data quality, for the department's admin only (exact, so never forwarded)."""
+
+    raw_ids: int = 0
+    invalid_ids: int = 0
+    legacy_ids: int = 0
+    cleaned_ids: int = 0
+    duplicate_ids: int = 0
+    bad_values: int = 0
+    out_of_domain: int = 0
+    missing_household: int = 0
+    invalid_reasons: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "invalid_reasons"}
+        d["invalid_reasons"] = dict(self.invalid_reasons)
+        return d
+
+
+@dataclass(frozen=True)
+class Extract:
+    table: pa.Table
+    quality: QualityCounters
+
+    def to_ipc(self) -> bytes:
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, self.table.schema) as writer:
+            writer.write_table(self.table)
+        return sink.getvalue()
+
+
+def rollup_spec(dataset: DatasetSpec, request: ExtractRequest, chunk_rows: int) -> RollupSpec:
+    """The source roll-up for a request, built from configured names only."""
+    measures = []
+    for name in request.measures:
+        m = dataset.measure(name)
+        assert m is not None, "measures are validated against the configuration before extraction"
+        measures.append((m.name, m.column, m.rollup))
+    dims = []
+    for name in request.dimensions:
+        d = dataset.dimension(name)
+        assert d is not None
+        if d.column is not None:
+            dims.append((d.name, d.column))
+    period = dataset.period
+    return RollupSpec(
+        relation=dataset.table or dataset.file or "",
+        entity_column=dataset.entity.column,
+        period_column=period.column if period and request.period_start else None,
+        period_start=request.period_start if period else None,
+        period_end=request.period_end if period else None,
+        measures=tuple(measures),
+        dimensions=tuple(dims),
+        household_column=dataset.household.column if request.household and dataset.household else None,
+        chunk_rows=chunk_rows,
+    )
+
+
+def _derived(nids: pd.Series, kind: DerivedDimension) -> pd.Series:
+    if kind is DerivedDimension.SEX:
+        return pd.Series(np.where(nids.str[16].astype(int) % 2 == 1, "1", "2"), index=nids.index)
+    if kind is DerivedDimension.REGION_CODE:
+        return nids.str[:6]
+    years = nids.str[6:10].astype(int)
+    start = np.where(years < 1900, 1800, years // 10 * 10)
+    end = np.where(years < 1900, 1899, start + 9)
+    return pd.Series([f"{s}-{e}" for s, e in zip(start, end, strict=True)], index=nids.index)
+
+
+class Extractor:
+    """Runs one approved extract against a source."""
+
+    def __init__(self, loaded: LoadedConfig, source: Source, keyring: FederationKeyring) -> None:
+        self._loaded = loaded
+        self._source = source
+        self._keyring = keyring
+
+    def run(self, request: ExtractRequest, dataset: DatasetSpec) -> Extract:
+        quality = QualityCounters()
+        spec = rollup_spec(dataset, request, self._loaded.config.source.chunk_rows)
+        chunks = list(self._source.rollup(spec))
+        frame = (
+            pd.concat(chunks, ignore_index=True)
+            if chunks
+            else pd.DataFrame(columns=list(spec.output_columns))
+        )
+
+        id_kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
+        raws = [v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()]
+        batch = normalize_many(id_kind, raws)
+        quality.raw_ids = len(raws)
+        quality.invalid_ids = batch.invalid
+        quality.legacy_ids = batch.legacy
+        quality.cleaned_ids = batch.cleaned
+        quality.invalid_reasons = Counter(batch.reasons)
+        frame[_NID] = batch.values
+        frame = frame[frame[_NID].notna()].drop(columns=[ENTITY])
+
+        for name, _column, _rollup in spec.measures:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            quality.bad_values += int(values.isna().sum())
+            frame[name] = values.fillna(0)
+        aggs: dict[str, tuple[str, str]] = {n: (n, _REAGG[r]) for n, _c, r in spec.measures}
+        aggs.update({n: (n, "max") for n, _c in spec.dimensions})
+        if spec.household_column is not None:
+            aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
+        before = len(frame)
+        if aggs:
+            frame = frame.groupby(_NID, sort=False).agg(**aggs).reset_index()
+        else:
+            frame = frame[[_NID]].drop_duplicates()
+        quality.duplicate_ids = before - len(frame)
+
+        columns: dict[str, pa.Array] = {}
+        for name in request.measures:
+            m = dataset.measure(name)
+            assert m is not None
+            lower, upper = m.bounds
+            clipped = np.clip(np.rint(frame[name].to_numpy(dtype=np.float64)), lower, upper)
+            columns[name] = pa.array(clipped.astype(np.int64))
+        for name in request.dimensions:
+            d = dataset.dimension(name)
+            assert d is not None
+            values = frame[name].astype("string") if d.column else _derived(frame[_NID], d.derived)  # type: ignore[arg-type]
+            domain = self._loaded.domains[(dataset.name, d.name)]
+            inside = values.isin(domain)
+            quality.out_of_domain += int((~inside & values.notna()).sum())
+            codes = [v if ok else None for v, ok in zip(values.tolist(), inside.tolist(), strict=True)]
+            columns[name] = pa.array(codes, type=pa.string()).dictionary_encode()
+
+        tokenizer = self._keyring.tokenizer(
+            epoch=request.token.epoch,
+            suite=request.token.suite,
+            entity_kind=dataset.entity.kind.value,
+            query_id=request.query_id,
+        )
+        tokens = tokenizer.tokens(frame[_NID].tolist())
+        out: dict[str, pa.Array] = {TOKEN_COLUMN: pa.array(tokens, type=pa.binary(TOKEN_BYTES))}
+        out.update(columns)
+        if spec.household_column is not None:
+            households = frame[HOUSEHOLD].astype("string").str.strip().str.upper()
+            missing = households.isna() | (households == "")
+            quality.missing_household = int(missing.sum())
+            house_tok = self._keyring.tokenizer(
+                epoch=request.token.epoch,
+                suite=request.token.suite,
+                entity_kind="household",
+                query_id=request.query_id,
+            )
+            flags = missing.tolist()
+            present = [h for h, miss in zip(households.tolist(), flags, strict=True) if not miss]
+            made = iter(house_tok.tokens(present))
+            hh = [None if miss else next(made) for miss in flags]
+            out[HOUSEHOLD_TOKEN_COLUMN] = pa.array(hh, type=pa.binary(TOKEN_BYTES))
+        table = pa.table(out)
+        table = table.sort_by(TOKEN_COLUMN) if table.num_rows else table
+        return Extract(table=table, quality=quality)

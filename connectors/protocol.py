@@ -1,0 +1,425 @@
+"""The wire contract between the gateway and department connectors (version `fedgate/1`).
+
+Both sides import this one module: the pydantic models of every message, the canonical bytes that are
+signed, and the Ed25519 signing and verification of requests, answers and department approvals.
+
+Requests are signed by the gateway over the method, the full URL, the connector id, the protocol
+version, the query id, the body digest, a timestamp and a nonce. Answers are signed by the connector over
+the request digest, its id, a timestamp and the body digest, so an answer cannot be replayed for another
+request. Approvals are signed by the department's own key over the query digest and what it covers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from connectors.config import EntityKind, Rollup, Unit
+from connectors.tokens import Suite
+
+PROTOCOL_VERSION = "fedgate/1"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+# Header names; lower-case because HTTP header names are case-insensitive.
+H_CONNECTOR = "x-fedgate-connector"
+H_PROTOCOL = "x-fedgate-protocol"
+H_QUERY = "x-fedgate-query"
+H_TIMESTAMP = "x-fedgate-timestamp"
+H_NONCE = "x-fedgate-nonce"
+H_KEY = "x-fedgate-key"
+H_SIGNATURE = "x-fedgate-signature"
+H_REQUEST_DIGEST = "x-fedgate-request-digest"
+
+Period = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="a month, YYYY-MM")]
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256, lower-case hex")]
+QueryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,80}$")]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+
+class SignatureError(Exception):
+    """A signature, key or signed message does not verify."""
+
+
+# --- keys ------------------------------------------------------------------------------------------
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    """The `ed25519:BASE64` form used in configurations and schemas."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + base64.b64encode(raw).decode()
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    if not text.startswith("ed25519:"):
+        raise SignatureError("a public key is written 'ed25519:' followed by base64")
+    try:
+        return Ed25519PublicKey.from_public_bytes(
+            base64.b64decode(text.removeprefix("ed25519:"), validate=True)
+        )
+    except ValueError:
+        raise SignatureError("not a valid Ed25519 public key") from None
+
+
+def fingerprint(key: Ed25519PublicKey | str) -> str:
+    """SHA-256 of the raw public key, hex: what an admin confirms out of band."""
+    if isinstance(key, str):
+        key = parse_public_key(key)
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError("expected an Ed25519 private key")
+    return key
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 canonical JSON: the bytes that are hashed and signed."""
+    return rfc8785.dumps(value)
+
+
+def _verify(key: Ed25519PublicKey, signature_b64: str, message: bytes, what: str) -> None:
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+        key.verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise SignatureError(f"the {what} signature does not verify") from None
+
+
+# --- requests and answers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedHeaders:
+    """What a signed request carries besides its body."""
+
+    connector: str
+    query_id: str
+    timestamp: int
+    nonce: str
+    key_fingerprint: str
+    signature: str
+    protocol: str = PROTOCOL_VERSION
+
+    def as_headers(self) -> dict[str, str]:
+        return {
+            H_CONNECTOR: self.connector,
+            H_PROTOCOL: self.protocol,
+            H_QUERY: self.query_id,
+            H_TIMESTAMP: str(self.timestamp),
+            H_NONCE: self.nonce,
+            H_KEY: self.key_fingerprint,
+            H_SIGNATURE: self.signature,
+        }
+
+
+def request_message(
+    *,
+    method: str,
+    url: str,
+    connector: str,
+    protocol: str,
+    query_id: str,
+    body: bytes,
+    timestamp: int,
+    nonce: str,
+) -> bytes:
+    """The exact bytes the gateway signs for one request."""
+    fields = ["fedgate-request/1", method.upper(), url, connector, protocol, query_id, sha256_hex(body)]
+    fields += [str(timestamp), nonce]
+    for f in fields:
+        if "\n" in f:
+            raise SignatureError("a signed request field may not contain a line break")
+    return "\n".join(fields).encode()
+
+
+def sign_request(
+    key: Ed25519PrivateKey,
+    *,
+    method: str,
+    url: str,
+    connector: str,
+    query_id: str = "-",
+    body: bytes = b"",
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> SignedHeaders:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    nonce = secrets.token_hex(16) if nonce is None else nonce
+    message = request_message(
+        method=method,
+        url=url,
+        connector=connector,
+        protocol=PROTOCOL_VERSION,
+        query_id=query_id,
+        body=body,
+        timestamp=timestamp,
+        nonce=nonce,
+    )
+    return SignedHeaders(
+        connector=connector,
+        query_id=query_id,
+        timestamp=timestamp,
+        nonce=nonce,
+        key_fingerprint=fingerprint(key.public_key()),
+        signature=base64.b64encode(key.sign(message)).decode(),
+    )
+
+
+def request_digest(message: bytes) -> str:
+    """Binds an answer to the request it answers."""
+    return sha256_hex(message)
+
+
+def response_message(*, request_digest: str, connector: str, timestamp: int, body: bytes) -> bytes:
+    return "\n".join(
+        ["fedgate-response/1", request_digest, connector, str(timestamp), sha256_hex(body)]
+    ).encode()
+
+
+def sign_response(
+    key: Ed25519PrivateKey, *, request_digest: str, connector: str, body: bytes
+) -> dict[str, str]:
+    timestamp = int(time.time())
+    message = response_message(
+        request_digest=request_digest, connector=connector, timestamp=timestamp, body=body
+    )
+    return {
+        H_CONNECTOR: connector,
+        H_PROTOCOL: PROTOCOL_VERSION,
+        H_TIMESTAMP: str(timestamp),
+        H_REQUEST_DIGEST: request_digest,
+        H_KEY: fingerprint(key.public_key()),
+        H_SIGNATURE: base64.b64encode(key.sign(message)).decode(),
+    }
+
+
+def verify_response(
+    key: Ed25519PublicKey, headers: dict[str, str], *, request_digest: str, connector: str, body: bytes
+) -> None:
+    """Raise `SignatureError` unless the answer is signed by `key` for exactly this request."""
+    h = {k.lower(): v for k, v in headers.items()}
+    if h.get(H_REQUEST_DIGEST) != request_digest:
+        raise SignatureError("the answer is bound to another request")
+    if h.get(H_CONNECTOR) != connector:
+        raise SignatureError("the answer comes from another connector")
+    try:
+        timestamp = int(h.get(H_TIMESTAMP, ""))
+    except ValueError:
+        raise SignatureError("the answer has no valid timestamp") from None
+    message = response_message(
+        request_digest=request_digest, connector=connector, timestamp=timestamp, body=body
+    )
+    _verify(key, h.get(H_SIGNATURE, ""), message, "answer")
+
+
+# --- schema -----------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeasureSchema(_Model):
+    name: str
+    unit: str
+    rollup: Rollup
+    lower: int
+    upper: int
+    description: str = ""
+
+
+class DimensionSchema(_Model):
+    name: str
+    domain: tuple[str, ...] = Field(description="the public domain of codes (from a published code list)")
+    derived_from_id: bool = False
+    description: str = ""
+
+
+class DatasetSchema(_Model):
+    name: str
+    description: str
+    entity_kind: EntityKind
+    period_grain: Literal["month"] | None
+    measures: tuple[MeasureSchema, ...]
+    dimensions: tuple[DimensionSchema, ...]
+    household_mapping: bool = False
+
+
+class PolicySchema(_Model):
+    allowed_units: tuple[Unit, ...]
+    max_epsilon_per_query: Decimal
+    max_epsilon_per_window: Decimal
+    budget_window: str
+
+
+class ConnectorSchema(_Model):
+    """What a connector declares it can answer: public policy only, never a data-dependent number."""
+
+    protocol: str = PROTOCOL_VERSION
+    connector: str
+    department: str
+    description: str
+    signing_key: str
+    approval_key: str
+    policy: PolicySchema
+    datasets: tuple[DatasetSchema, ...]
+
+
+# --- approvals ----------------------------------------------------------------------------------------
+
+
+class ApprovedDataset(_Model):
+    dataset: Name
+    measures: tuple[Name, ...] = ()
+    dimensions: tuple[Name, ...] = ()
+
+
+class Approval(_Model):
+    """A department's consent to one query, signed with the department's own key (not the gateway's)."""
+
+    version: Literal["fedgate-approval/1"] = "fedgate-approval/1"
+    department: Name
+    query_id: QueryId
+    query_digest: Digest
+    unit: Unit
+    period_start: Period | None = None
+    period_end: Period | None = None
+    datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
+    epsilon: Decimal = Field(gt=0, description="the privacy loss the query may spend, counted once per query")
+    expires_at: int | None = Field(None, description="unix seconds after which the approval is void")
+
+    def signing_bytes(self) -> bytes:
+        return b"fedgate-approval/1\n" + canonical_json(self.model_dump(mode="json"))
+
+    def covers(self, dataset: str) -> ApprovedDataset | None:
+        return next((d for d in self.datasets if d.dataset == dataset), None)
+
+
+class SignedApproval(_Model):
+    approval: Approval
+    key_fingerprint: Digest
+    signature: str
+
+
+def sign_approval(key: Ed25519PrivateKey, approval: Approval) -> SignedApproval:
+    return SignedApproval(
+        approval=approval,
+        key_fingerprint=fingerprint(key.public_key()),
+        signature=base64.b64encode(key.sign(approval.signing_bytes())).decode(),
+    )
+
+
+def verify_approval(key: Ed25519PublicKey, signed: SignedApproval) -> Approval:
+    """Return the approval if `key` signed it; raise `SignatureError` otherwise."""
+    if signed.key_fingerprint != fingerprint(key):
+        raise SignatureError("the approval is signed with a key this department does not hold")
+    _verify(key, signed.signature, signed.approval.signing_bytes(), "approval")
+    return signed.approval
+
+
+# --- extracts -----------------------------------------------------------------------------------------
+
+
+class TokenSpec(_Model):
+    suite: Suite = Suite.HMAC_SHA256
+    epoch: int = Field(ge=0)
+
+
+class ExtractRequest(_Model):
+    """Ask one connector for one dataset's per-entity, clipped, tokenised roll-up for one query."""
+
+    protocol: Literal["fedgate/1"] = "fedgate/1"
+    connector: Name
+    query_id: QueryId
+    query_digest: Digest
+    dataset: str = Field(max_length=64)
+    unit: Unit
+    period_start: Period | None = None
+    period_end: Period | None = None
+    measures: tuple[str, ...] = Field((), max_length=64)
+    dimensions: tuple[str, ...] = Field((), max_length=64)
+    household: bool = Field(False, description="add the household token column (register only)")
+    token: TokenSpec
+    approval: SignedApproval
+    checkpoint: str | None = Field(None, max_length=4096, description="the gateway's latest audit checkpoint")
+
+    @field_validator("measures", "dimensions")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("names must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _period(self) -> ExtractRequest:
+        if (self.period_start is None) != (self.period_end is None):
+            raise ValueError("give both period_start and period_end, or neither")
+        if (
+            self.period_start is not None
+            and self.period_end is not None
+            and self.period_start > self.period_end
+        ):
+            raise ValueError("period_start is after period_end")
+        return self
+
+    def body(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+
+TOKEN_COLUMN = "token"  # noqa: S105 (a column name)
+HOUSEHOLD_TOKEN_COLUMN = "household_token"  # noqa: S105
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    """The fixed set of error codes a connector answers with; messages carry no data-dependent detail."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_APPROVED = "not_approved"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    ALREADY_SERVED = "already_served"
+    UNKNOWN_DATASET = "unknown_dataset"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_KEY_EPOCH = "unknown_key_epoch"
+    SOURCE_UNAVAILABLE = "source_unavailable"
+    INTERNAL = "internal"
+
+
+class ErrorBody(_Model):
+    error: ErrorCode
+    message: str
+    request_id: str | None = None
+
+
+def is_safe_identifier(value: str) -> bool:
+    return re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value) is not None

@@ -1,0 +1,498 @@
+"""The connector service a department runs beside its own database (FastAPI under uvicorn).
+
+    GET  /v1/health    liveness, unsigned, no data
+    GET  /v1/schema    the declared datasets (public policy only); gateway-signed request, signed answer
+    POST /v1/extract   one approved, tokenised, clipped per-entity roll-up as an Arrow IPC stream
+    GET  /v1/quality   invalid/legacy/duplicate ID counts, for the department's own admin key only
+
+Deny by default: every /v1 route but health needs a request signed by a trusted gateway key (401 if
+unsigned, badly signed, stale or replayed), addressed to this connector (403 otherwise); an extract also
+needs the department's own signed approval covering exactly what is asked (403 otherwise). Every request,
+allowed or refused, is appended to the connector's local log.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from cryptography.exceptions import InvalidSignature
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from connectors.config import DatasetSpec, EntityKind, LoadedConfig, Unit
+from connectors.errors import RequestRefused, SourceError, UnknownKeyEpoch
+from connectors.extract import Extractor
+from connectors.federation_keys import FederationKeyring
+from connectors.protocol import (
+    ARROW_STREAM,
+    H_CONNECTOR,
+    H_KEY,
+    H_NONCE,
+    H_PROTOCOL,
+    H_QUERY,
+    H_SIGNATURE,
+    H_TIMESTAMP,
+    PROTOCOL_VERSION,
+    ConnectorSchema,
+    DatasetSchema,
+    DimensionSchema,
+    ErrorCode,
+    ExtractRequest,
+    MeasureSchema,
+    PolicySchema,
+    SignatureError,
+    canonical_json,
+    fingerprint,
+    load_private_key,
+    parse_public_key,
+    public_key_text,
+    request_digest,
+    request_message,
+    sha256_hex,
+    sign_response,
+    verify_approval,
+)
+from connectors.sources import Source
+from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
+
+log = structlog.get_logger("fedgate.connector")
+
+MAX_BODY_BYTES = 256 * 1024
+_Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _refuse(status: int, code: ErrorCode, message: str) -> RequestRefused:
+    return RequestRefused(status, code.value, message)
+
+
+def _error(status: int, code: str, message: str, request_id: str | None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, "request_id": request_id}, status_code=status)
+
+
+def budget_window(now: float | None = None) -> str:
+    """The calendar-year budget window a moment falls in."""
+    moment = datetime.datetime.fromtimestamp(time.time() if now is None else now, tz=datetime.UTC)
+    return str(moment.year)
+
+
+def build_schema(loaded: LoadedConfig, signing_key: str) -> ConnectorSchema:
+    cfg = loaded.config
+    datasets = []
+    for ds in cfg.datasets:
+        datasets.append(
+            DatasetSchema(
+                name=ds.name,
+                description=ds.description,
+                entity_kind=ds.entity.kind,
+                period_grain=ds.period.grain if ds.period else None,
+                measures=tuple(
+                    MeasureSchema(
+                        name=m.name,
+                        unit=m.unit,
+                        rollup=m.rollup,
+                        lower=m.bounds[0],
+                        upper=m.bounds[1],
+                        description=m.description,
+                    )
+                    for m in ds.measures
+                ),
+                dimensions=tuple(
+                    DimensionSchema(
+                        name=d.name,
+                        domain=loaded.domains[(ds.name, d.name)],
+                        derived_from_id=d.derived is not None,
+                        description=d.description,
+                    )
+                    for d in ds.dimensions
+                ),
+                household_mapping=ds.household is not None,
+            )
+        )
+    return ConnectorSchema(
+        connector=cfg.name,
+        department=cfg.department,
+        description=cfg.description,
+        signing_key=signing_key,
+        approval_key=cfg.policy.approval_public_key,
+        policy=PolicySchema(
+            allowed_units=cfg.policy.allowed_units,
+            max_epsilon_per_query=cfg.policy.max_epsilon_per_query,
+            max_epsilon_per_window=cfg.policy.max_epsilon_per_window,
+            budget_window=cfg.policy.budget_window,
+        ),
+        datasets=tuple(datasets),
+    )
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A request whose gateway signature, freshness, nonce and address have been checked."""
+
+    query_id: str
+    digest: str
+
+
+class ConnectorService:
+    """Holds the connector's keys, source and state; the FastAPI app delegates to it."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        source: Source,
+        keyring: FederationKeyring,
+        signing_key_pem: bytes,
+        state: ConnectorState,
+    ) -> None:
+        self.loaded = loaded
+        self.cfg = loaded.config
+        self.source = source
+        self.keyring = keyring
+        self.state = state
+        self.signing_key = load_private_key(signing_key_pem)
+        self.gateway_keys = {fingerprint(k): parse_public_key(k) for k in self.cfg.policy.gateway_public_keys}
+        self.approval_key = parse_public_key(self.cfg.policy.approval_public_key)
+        self.schema = build_schema(loaded, public_key_text(self.signing_key.public_key()))
+        self.extractor = Extractor(loaded, source, keyring)
+
+    # --- request authentication
+
+    def verify_request(self, request: Request, body: bytes) -> Verified:
+        h = request.headers
+        missing = [
+            n for n in (H_CONNECTOR, H_PROTOCOL, H_TIMESTAMP, H_NONCE, H_KEY, H_SIGNATURE) if n not in h
+        ]
+        if missing:
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the request is not signed by the gateway")
+        key = self.gateway_keys.get(h[H_KEY])
+        if key is None:
+            raise _refuse(
+                401, ErrorCode.UNAUTHENTICATED, "the request is signed by a key this connector does not trust"
+            )
+        try:
+            timestamp = int(h[H_TIMESTAMP])
+        except ValueError:
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the request timestamp is not an integer") from None
+        skew = self.cfg.policy.max_clock_skew_seconds
+        if abs(time.time() - timestamp) > skew:
+            raise _refuse(
+                401, ErrorCode.UNAUTHENTICATED, f"the request is stale (allowed clock skew {skew} s)"
+            )
+        nonce = h[H_NONCE]
+        if not 16 <= len(nonce) <= 128:
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the nonce must have 16 to 128 characters")
+        url = self._signed_url(request)
+        query_id = h.get(H_QUERY, "-")
+        try:
+            message = request_message(
+                method=request.method,
+                url=url,
+                connector=h[H_CONNECTOR],
+                protocol=h[H_PROTOCOL],
+                query_id=query_id,
+                body=body,
+                timestamp=timestamp,
+                nonce=nonce,
+            )
+            key.verify(base64.b64decode(h[H_SIGNATURE], validate=True), message)
+        except (SignatureError, InvalidSignature, ValueError):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the request signature does not verify") from None
+        # Only a verified request may spend a nonce slot, so forged requests cannot fill the table.
+        if not self.state.use_nonce(nonce, keep_seconds=2 * skew + 60):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the request was already seen (replay)")
+        if h[H_CONNECTOR] != self.cfg.name:
+            raise _refuse(403, ErrorCode.FORBIDDEN, "the request is addressed to another connector")
+        if h[H_PROTOCOL] != PROTOCOL_VERSION:
+            raise _refuse(403, ErrorCode.FORBIDDEN, f"this connector speaks {PROTOCOL_VERSION}")
+        return Verified(query_id=query_id, digest=request_digest(message))
+
+    def _signed_url(self, request: Request) -> str:
+        public = self.cfg.listen.public_url
+        if public:
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return public.rstrip("/") + path
+        return str(request.url)
+
+    def signed(self, verified: Verified, body: bytes, media_type: str) -> Response:
+        headers = sign_response(
+            self.signing_key, request_digest=verified.digest, connector=self.cfg.name, body=body
+        )
+        return Response(content=body, media_type=media_type, headers=headers)
+
+    # --- extract checks
+
+    def check_extract(self, req: ExtractRequest, verified: Verified) -> DatasetSpec:
+        cfg = self.cfg
+        if req.connector != cfg.name or req.query_id != verified.query_id:
+            raise _refuse(
+                403, ErrorCode.FORBIDDEN, "the body does not match the signed connector and query id"
+            )
+        dataset = cfg.dataset(req.dataset)
+        if dataset is None:
+            raise _refuse(404, ErrorCode.UNKNOWN_DATASET, "no such dataset in this connector's schema")
+        unknown = [m for m in req.measures if dataset.measure(m) is None]
+        unknown += [d for d in req.dimensions if dataset.dimension(d) is None]
+        if unknown:
+            raise _refuse(
+                422, ErrorCode.UNKNOWN_FIELD, f"dataset {dataset.name} declares no field named in the request"
+            )
+        if not req.measures and not req.dimensions and not req.household:
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "ask for at least one measure, dimension or the household"
+            )
+        if req.unit not in cfg.policy.allowed_units:
+            raise _refuse(
+                403, ErrorCode.FORBIDDEN, f"this department does not answer {req.unit.value} queries"
+            )
+        wants = EntityKind.ORGANISATION if req.unit is Unit.ORGANISATION else EntityKind.PERSON
+        if dataset.entity.kind is not wants:
+            raise _refuse(
+                422,
+                ErrorCode.INVALID_REQUEST,
+                f"dataset {dataset.name} cannot serve a {req.unit.value} query",
+            )
+        if req.household and (dataset.household is None or req.unit is not Unit.HOUSEHOLD):
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "the household mapping is served only for household queries"
+            )
+        if dataset.period is not None and req.period_start is None:
+            raise _refuse(422, ErrorCode.INVALID_REQUEST, f"dataset {dataset.name} needs a period range")
+        self.check_approval(req, dataset)
+        return dataset
+
+    def check_approval(self, req: ExtractRequest, dataset: DatasetSpec) -> None:
+        try:
+            approval = verify_approval(self.approval_key, req.approval)
+        except SignatureError:
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the approval is not signed by this department"
+            ) from None
+        if approval.department != self.cfg.department:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is another department's")
+        if approval.query_id != req.query_id or approval.query_digest != req.query_digest:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another query")
+        if approval.expires_at is not None and approval.expires_at < time.time():
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval has expired")
+        if approval.unit is not req.unit:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another unit")
+        if (approval.period_start, approval.period_end) != (req.period_start, req.period_end):
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another period range")
+        covered = approval.covers(dataset.name)
+        if covered is None:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, f"the approval does not cover dataset {dataset.name}")
+        if not set(req.measures) <= set(covered.measures) or not set(req.dimensions) <= set(
+            covered.dimensions
+        ):
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the request asks for fields the approval does not cover"
+            )
+        cap = self.cfg.policy.max_epsilon_per_query
+        if approval.epsilon > cap:
+            raise _refuse(
+                403,
+                ErrorCode.BUDGET_EXCEEDED,
+                f"epsilon {approval.epsilon} is above this department's cap {cap}",
+            )
+
+    def extract(
+        self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Serve one extract; returns the Arrow IPC body and the facts to log."""
+        try:
+            self.keyring.tokenizer(
+                epoch=req.token.epoch, suite=req.token.suite, entity_kind="person", query_id=req.query_id
+            )
+        except UnknownKeyEpoch:
+            raise _refuse(
+                403, ErrorCode.UNKNOWN_KEY_EPOCH, "this connector holds no federation key of that epoch"
+            ) from None
+        # The checkpoint changes between retries; the rest of the request identifies it.
+        fingerprint_ = sha256_hex(canonical_json(req.model_dump(mode="json", exclude={"checkpoint"})))
+        window = budget_window()
+        epsilon = req.approval.approval.epsilon
+        try:
+            reservation = self.state.reserve(
+                query_id=req.query_id,
+                dataset=dataset.name,
+                fingerprint=fingerprint_,
+                window=window,
+                epsilon=epsilon,
+                cap=self.cfg.policy.max_epsilon_per_window,
+            )
+        except AlreadyServed:
+            raise _refuse(
+                403, ErrorCode.ALREADY_SERVED, "this dataset was already served for this query"
+            ) from None
+        except BudgetExhausted as exc:
+            raise _refuse(
+                403,
+                ErrorCode.BUDGET_EXCEEDED,
+                f"requested epsilon {exc.requested}, remaining in window {window}: {exc.remaining}",
+            ) from None
+        if reservation.replay is not None:
+            return reservation.replay, {"replay": True}
+        try:
+            result = self.extractor.run(req, dataset)
+            body = result.to_ipc()
+        except SourceError:
+            self.state.release(query_id=req.query_id, dataset=dataset.name, window=window)
+            raise _refuse(
+                503, ErrorCode.SOURCE_UNAVAILABLE, "the department's source cannot be read now"
+            ) from None
+        except BaseException:
+            self.state.release(query_id=req.query_id, dataset=dataset.name, window=window)
+            raise
+        self.state.complete(query_id=req.query_id, dataset=dataset.name, body=body)
+        self.state.record_quality(dataset.name, result.quality.as_dict())
+        return body, {"replay": False, "response_digest": sha256_hex(body), "epsilon": str(epsilon)}
+
+    def is_admin(self, request: Request) -> bool:
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            return False
+        presented = hashlib.sha256(auth.removeprefix("Bearer ").strip().encode()).hexdigest()
+        return hmac.compare_digest(presented, self.cfg.policy.admin_key_sha256)
+
+
+def create_app(service: ConnectorService) -> FastAPI:
+    """The connector's HTTP API around a ready service."""
+    cfg = service.cfg
+    app = FastAPI(
+        title=f"fedgate connector: {cfg.name}",
+        version=PROTOCOL_VERSION,
+        description="Answers only signed, department-approved, tokenised aggregate-input requests.",
+    )
+    app.state.service = service
+
+    @app.middleware("http")
+    async def local_log(request: Request, call_next: _Handler) -> Response:
+        request_id = uuid.uuid4().hex
+        request.state.request_id = request_id
+        request.state.log_extra = {}
+        started = time.perf_counter()
+        response = await call_next(request)
+        entry = {
+            "kind": "request",
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.url.path,
+            "status": response.status_code,
+            "client": request.client.host if request.client else None,
+            "query_id": request.headers.get(H_QUERY),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            **request.state.log_extra,
+        }
+        await run_in_threadpool(service.state.append_log, entry)
+        response.headers["x-request-id"] = request_id
+        return response
+
+    @app.exception_handler(RequestRefused)
+    async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
+        request.state.log_extra = {**getattr(request.state, "log_extra", {}), "error": exc.code}
+        return _error(exc.status, exc.code, exc.message, getattr(request.state, "request_id", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+        return _error(422, ErrorCode.INVALID_REQUEST.value, "invalid request: " + ", ".join(fields), None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL
+        return _error(
+            exc.status_code, code.value, str(exc.detail), getattr(request.state, "request_id", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("connector.internal_error", error=type(exc).__name__)
+        return _error(
+            500, ErrorCode.INTERNAL.value, "internal error", getattr(request.state, "request_id", None)
+        )
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "connector": cfg.name, "protocol": PROTOCOL_VERSION}
+
+    @app.get("/v1/schema")
+    async def schema(request: Request) -> Response:
+        verified = await run_in_threadpool(service.verify_request, request, await request.body())
+        body = canonical_json(service.schema.model_dump(mode="json"))
+        return service.signed(verified, body, "application/json")
+
+    @app.post("/v1/extract")
+    async def extract(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise _refuse(413, ErrorCode.INVALID_REQUEST, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        verified = await run_in_threadpool(service.verify_request, request, body)
+        try:
+            req = ExtractRequest.model_validate_json(body)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "(body)" for e in exc.errors()})
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "invalid extract request: " + ", ".join(fields)
+            ) from None
+        dataset = service.check_extract(req, verified)
+        request.state.log_extra = {
+            "dataset": dataset.name,
+            "request_digest": verified.digest,
+            "checkpoint": req.checkpoint,
+        }
+        payload, facts = await run_in_threadpool(service.extract, req, dataset, verified)
+        request.state.log_extra.update(facts)
+        return service.signed(verified, payload, ARROW_STREAM)
+
+    @app.get("/v1/quality")
+    async def quality(request: Request) -> dict[str, Any]:
+        if not service.is_admin(request):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the department admin key is required")
+        return {
+            "connector": cfg.name,
+            "datasets": await run_in_threadpool(service.state.quality),
+            "epsilon_spent": {budget_window(): str(service.state.spent(budget_window()))},
+        }
+
+    return app
+
+
+def build_service(loaded: LoadedConfig) -> ConnectorService:
+    """Open the source, keys and state named by a configuration, checking every dataset against the source."""
+    from connectors.errors import ConfigError
+    from connectors.federation_keys import load_keyring
+    from connectors.sources import open_source
+
+    cfg = loaded.config
+    try:
+        pem = cfg.signing_key_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{loaded.path}: signing_key_file: cannot read {cfg.signing_key_file} ({exc.strerror})"
+        ) from None
+    keyring = load_keyring(cfg.federation_keyring_file)
+    source = open_source(cfg.source)
+    for ds in cfg.datasets:
+        try:
+            source.check(ds)
+        except ConfigError as exc:
+            raise ConfigError(f"{loaded.path}: datasets.{ds.name}: {exc}") from None
+    return ConnectorService(
+        loaded,
+        source=source,
+        keyring=keyring,
+        signing_key_pem=pem,
+        state=ConnectorState(cfg.state_dir),
+    )

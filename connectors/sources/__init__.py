@@ -1,0 +1,71 @@
+"""Source adapters: where a department's rows live, behind one protocol.
+
+Every adapter runs the per-entity roll-up over the requested periods as close to the data as it can
+(SQL `GROUP BY` inside the database; a filtered, projected scan for files) and yields the partial
+results in chunks. A chunk may hold the same raw ID more than once (files are aggregated per batch);
+the extractor re-aggregates by the normalised ID anyway, because sloppy and legacy forms of one number
+are distinct raw IDs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pandas as pd
+
+from connectors.config import DatasetSpec, Rollup, SourceSpec
+
+ENTITY = "entity"
+HOUSEHOLD = "household"
+
+
+@dataclass(frozen=True)
+class RollupSpec:
+    """One roll-up, built only from configuration names (never from request text)."""
+
+    relation: str
+    """table name (SQL) or file name (files)"""
+    entity_column: str
+    period_column: str | None = None
+    period_start: str | None = None
+    period_end: str | None = None
+    measures: tuple[tuple[str, str | None, Rollup], ...] = ()
+    """(output name, source column, roll-up)"""
+    dimensions: tuple[tuple[str, str], ...] = ()
+    """(output name, source column): taken as the maximum over the entity's rows"""
+    household_column: str | None = None
+    chunk_rows: int = 50_000
+    output_columns: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        cols = [ENTITY, *(m[0] for m in self.measures), *(d[0] for d in self.dimensions)]
+        if self.household_column is not None:
+            cols.append(HOUSEHOLD)
+        object.__setattr__(self, "output_columns", tuple(cols))
+
+
+class Source(Protocol):
+    """A department's data, read only through per-entity roll-ups."""
+
+    def check(self, dataset: DatasetSpec) -> None:
+        """Raise `SourceError` or `ConfigError` if the dataset's table/file or columns are missing."""
+        ...
+
+    def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
+        """Yield chunks with columns `spec.output_columns`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_source(spec: SourceSpec) -> Source:
+    """The adapter for a configured source."""
+    if spec.kind == "files":
+        from connectors.sources.files import FileSource
+
+        return FileSource(spec.url)
+    from connectors.sources.sql import SqlSource
+
+    return SqlSource(spec.url)

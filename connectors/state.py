@@ -1,0 +1,214 @@
+"""A connector's durable local state, in one SQLite file under its state directory.
+
+It holds what must survive a restart: seen nonces (so a replay after a restart is still refused), the
+extracts already served (each (query, dataset) once; an identical retry gets the same answer), the
+epsilon the department has approved per budget window (defence in depth beside the gateway's ledger),
+data-quality counters for the department's own admin, and the connector's local log: a hash chain of
+every request it saw and every audit checkpoint the gateway showed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from connectors.protocol import canonical_json
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
+CREATE TABLE IF NOT EXISTS served (
+    query_id TEXT NOT NULL, dataset TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL, body BLOB, created_at INTEGER NOT NULL,
+    PRIMARY KEY (query_id, dataset));
+CREATE TABLE IF NOT EXISTS spent (
+    window TEXT NOT NULL, query_id TEXT NOT NULL, epsilon TEXT NOT NULL, PRIMARY KEY (window, query_id));
+CREATE TABLE IF NOT EXISTS quality (
+    dataset TEXT PRIMARY KEY, counters TEXT NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, entry TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+"""
+
+GENESIS = "0" * 64
+
+
+class AlreadyServed(Exception):
+    """This (query, dataset) was served for a different request."""
+
+
+class BudgetExhausted(Exception):
+    """The department's epsilon cap for the window would be exceeded."""
+
+    def __init__(self, requested: Decimal, remaining: Decimal) -> None:
+        self.requested = requested
+        self.remaining = remaining
+        super().__init__(f"requested epsilon {requested}, remaining {remaining}")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of reserving an extract: either a fresh reservation or a stored answer to replay."""
+
+    replay: bytes | None
+
+
+class ConnectorState:
+    """Thread-safe access to the state file; every write is committed with synchronous=FULL."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "connector-state.sqlite3"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        # A reservation left by a process that died mid-extract served nothing: release it.
+        self._db.execute("DELETE FROM served WHERE status = 'pending'")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- nonces
+
+    def use_nonce(self, nonce: str, *, keep_seconds: int, now: int | None = None) -> bool:
+        """Record a nonce; False if it was seen within its retention (a replay)."""
+        now = int(time.time()) if now is None else now
+        with self._tx() as db:
+            db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+            try:
+                db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, now + keep_seconds))
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    # --- extracts and budget
+
+    def reserve(
+        self,
+        *,
+        query_id: str,
+        dataset: str,
+        fingerprint: str,
+        window: str,
+        epsilon: Decimal,
+        cap: Decimal,
+    ) -> Reservation:
+        """Reserve one (query, dataset) and count the query's epsilon once, atomically."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT fingerprint, status, body FROM served WHERE query_id = ? AND dataset = ?",
+                (query_id, dataset),
+            ).fetchone()
+            if row is not None:
+                if row[0] != fingerprint:
+                    raise AlreadyServed(dataset)
+                if row[1] == "served":
+                    return Reservation(replay=bytes(row[2]))
+                raise AlreadyServed(dataset)  # the identical request is still running
+            counted = db.execute(
+                "SELECT 1 FROM spent WHERE window = ? AND query_id = ?", (window, query_id)
+            ).fetchone()
+            if counted is None:
+                spent = sum(
+                    (
+                        Decimal(r[0])
+                        for r in db.execute("SELECT epsilon FROM spent WHERE window = ?", (window,))
+                    ),
+                    Decimal(0),
+                )
+                if spent + epsilon > cap:
+                    raise BudgetExhausted(epsilon, max(cap - spent, Decimal(0)))
+                db.execute("INSERT INTO spent VALUES (?, ?, ?)", (window, query_id, str(epsilon)))
+            db.execute(
+                "INSERT INTO served VALUES (?, ?, ?, 'pending', NULL, ?)",
+                (query_id, dataset, fingerprint, int(time.time())),
+            )
+        return Reservation(replay=None)
+
+    def complete(self, *, query_id: str, dataset: str, body: bytes) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE served SET status = 'served', body = ? WHERE query_id = ? AND dataset = ?",
+                (body, query_id, dataset),
+            )
+
+    def release(self, *, query_id: str, dataset: str, window: str) -> None:
+        """Undo a reservation whose extract failed before anything left the connector."""
+        with self._tx() as db:
+            db.execute("DELETE FROM served WHERE query_id = ? AND dataset = ?", (query_id, dataset))
+            others = db.execute("SELECT 1 FROM served WHERE query_id = ?", (query_id,)).fetchone()
+            if others is None:
+                db.execute("DELETE FROM spent WHERE window = ? AND query_id = ?", (window, query_id))
+
+    def spent(self, window: str) -> Decimal:
+        with self._lock:
+            rows = self._db.execute("SELECT epsilon FROM spent WHERE window = ?", (window,)).fetchall()
+        return sum((Decimal(r[0]) for r in rows), Decimal(0))
+
+    # --- data quality (the department's own report; never forwarded)
+
+    def record_quality(self, dataset: str, counters: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO quality VALUES (?, ?, ?)",
+                (dataset, json.dumps(counters, sort_keys=True), int(time.time())),
+            )
+
+    def quality(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT dataset, counters, updated_at FROM quality").fetchall()
+        return {r[0]: {**json.loads(r[1]), "updated_at": r[2]} for r in rows}
+
+    # --- local log
+
+    def append_log(self, entry: dict[str, Any]) -> str:
+        """Append one entry to the hash chain; returns its hash."""
+        with self._tx() as db:
+            last = db.execute("SELECT hash FROM log ORDER BY seq DESC LIMIT 1").fetchone()
+            prev = last[0] if last else GENESIS
+            text = canonical_json(entry).decode()
+            digest = hashlib.sha256(bytes.fromhex(prev) + text.encode()).hexdigest()
+            db.execute(
+                "INSERT INTO log (at, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
+                (time.time(), text, prev, digest),
+            )
+        return digest
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, entry, prev_hash, hash FROM log ORDER BY seq").fetchall()
+        return [{"seq": r[0], "entry": json.loads(r[1]), "prev_hash": r[2], "hash": r[3]} for r in rows]
+
+    def verify_log(self) -> int:
+        """Re-hash the whole local chain; returns its length or raises ValueError at the first break."""
+        prev = GENESIS
+        entries = self.log_entries()
+        for e in entries:
+            text = canonical_json(e["entry"])
+            if e["prev_hash"] != prev or hashlib.sha256(bytes.fromhex(prev) + text).hexdigest() != e["hash"]:
+                raise ValueError(f"the local log breaks at entry {e['seq']}")
+            prev = e["hash"]
+        return len(entries)

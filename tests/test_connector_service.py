@@ -1,0 +1,394 @@
+"""The connector as a real uvicorn process on loopback, over every source kind."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+from connector_fixture import (
+    EXPECTED,
+    PERSON_A,
+    RAW_FORMS,
+    Department,
+    make_department,
+    signed_call,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dbservers import mariadb_url, postgres_url  # noqa: F401 (fixtures)
+
+from connectors.federation_keys import load_keyring
+from connectors.ids import resident_attributes
+from connectors.process import RunningConnector, start_connector
+from connectors.protocol import TOKEN_COLUMN, ConnectorSchema, TokenSpec
+from connectors.state import ConnectorState
+from gateway.connector_client import ConnectorCallError, ConnectorClient
+
+
+def _client(dept: Department, conn: RunningConnector) -> ConnectorClient:
+    from connectors.config import load_config
+    from connectors.protocol import load_private_key
+
+    cfg = load_config(dept.config_path).config
+    pinned = load_private_key(cfg.signing_key_file.read_bytes()).public_key()
+    return ConnectorClient(conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=pinned)
+
+
+def _token_of(dept: Department, query_id: str, nid: str) -> bytes:
+    keyring = load_keyring(dept.keyring_path)
+    tok = keyring.tokenizer(
+        epoch=keyring.current_epoch, suite=TokenSpec(epoch=0).suite, entity_kind="person", query_id=query_id
+    )
+    return tok.token(nid)
+
+
+def _check_extract(dept: Department, conn: RunningConnector) -> None:
+    """One extract must hold exactly one clipped row per valid person, with public-domain codes."""
+    with _client(dept, conn) as client:
+        schema = client.schema()
+        table = client.extract(dept.request("q-kind-check-1"))
+    assert [d.name for d in schema.datasets] == ["wages"]
+    rows = {r[TOKEN_COLUMN]: r for r in table.to_pylist()}
+    assert len(rows) == len(EXPECTED)
+    for nid, (wage, months) in EXPECTED.items():
+        row = rows[_token_of(dept, "q-kind-check-1", nid)]
+        assert (row["wage_income"], row["months_paid"]) == (wage, months)
+        attrs = resident_attributes(nid)
+        assert row["sex"] == attrs.sex and row["birth_year_band"] == attrs.birth_year_band
+    districts = sorted(r["district"] or "-" for r in rows.values())
+    assert districts == ["-", "A", "B"]  # the out-of-domain code is withheld, not passed on
+
+
+@pytest.fixture(scope="module")
+def sqlite_dept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Department, RunningConnector]]:
+    dept = make_department(tmp_path_factory.mktemp("sqlite"), "sqlite")
+    conn = start_connector(dept.config_path)
+    yield dept, conn
+    conn.stop()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "parquet", "csv"])
+def test_extract_over_embedded_sources(tmp_path: Path, kind: str) -> None:
+    dept = make_department(tmp_path, kind)
+    conn = start_connector(dept.config_path)
+    try:
+        _check_extract(dept, conn)
+    finally:
+        conn.stop()
+
+
+@pytest.mark.postgres
+def test_extract_over_postgresql(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+    dept = make_department(tmp_path, "postgres", db_url=postgres_url)
+    conn = start_connector(dept.config_path)
+    try:
+        _check_extract(dept, conn)
+    finally:
+        conn.stop()
+
+
+@pytest.mark.mariadb
+def test_extract_over_mariadb(tmp_path: Path, mariadb_url: str) -> None:  # noqa: F811
+    dept = make_department(tmp_path, "mariadb", db_url=mariadb_url)
+    conn = start_connector(dept.config_path)
+    try:
+        _check_extract(dept, conn)
+    finally:
+        conn.stop()
+
+
+def test_schema_is_signed_and_carries_no_counts(sqlite_dept: tuple[Department, RunningConnector]) -> None:
+    dept, conn = sqlite_dept
+    with _client(dept, conn) as client:
+        schema = client.schema()
+    assert isinstance(schema, ConnectorSchema)
+    wages = schema.datasets[0]
+    assert {m.name: (m.lower, m.upper) for m in wages.measures}["wage_income"] == (0, 100_000)
+    assert {d.name: d.domain for d in wages.dimensions}["district"] == ("A", "B")
+    text = schema.model_dump_json()
+    assert "rows" not in text and "count" not in text.replace('"rollup":"count"', "")
+    # A client that pins another key refuses the answer.
+    wrong = Ed25519PrivateKey.generate().public_key()
+    with (
+        ConnectorClient(
+            conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=wrong
+        ) as bad,
+        pytest.raises(ConnectorCallError, match="bad_signature"),
+    ):
+        bad.schema()
+
+
+def test_same_person_same_token_across_connectors_and_not_across_queries(tmp_path: Path) -> None:
+    first = make_department(tmp_path / "one", "sqlite", name="tax")
+    keyring = first.keyring_path.read_text()
+    import json
+
+    second = make_department(
+        tmp_path / "two", "csv", name="social", keyring_doc=json.loads(keyring), gateway_key=first.gateway_key
+    )
+    a, b = start_connector(first.config_path), start_connector(second.config_path)
+    try:
+        with _client(first, a) as ca, _client(second, b) as cb:
+            t1 = set(ca.extract(first.request("q-link-0001")).column(TOKEN_COLUMN).to_pylist())
+            t2 = set(cb.extract(second.request("q-link-0001")).column(TOKEN_COLUMN).to_pylist())
+            t3 = set(ca.extract(first.request("q-link-0002")).column(TOKEN_COLUMN).to_pylist())
+    finally:
+        a.stop()
+        b.stop()
+    assert t1 == t2 and len(t1) == len(EXPECTED)
+    assert not t1 & t3
+
+
+def test_no_raw_id_in_any_response_byte(sqlite_dept: tuple[Department, RunningConnector]) -> None:
+    dept, conn = sqlite_dept
+    bodies = []
+    req = dept.request("q-scan-bytes-1")
+    r = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=req.body(),
+        query_id=req.query_id,
+    )
+    assert r.status_code == 200
+    bodies.append(r.content + str(r.headers).encode())
+    for path in ("/v1/schema", "/v1/health"):
+        r = signed_call(conn.url, path, key=dept.gateway_key, connector=dept.name)
+        bodies.append(r.content + str(r.headers).encode())
+    r = httpx.get(conn.url + "/v1/quality", headers={"authorization": f"Bearer {dept.admin_key}"})
+    bodies.append(r.content)
+    forms = {f.strip() for f in RAW_FORMS} | {PERSON_A[:17], PERSON_A[6:14]}
+    for body in bodies:
+        for form in forms:
+            assert form.encode() not in body
+
+
+def _post(dept: Department, conn: RunningConnector, query_id: str, **kw: object) -> httpx.Response:
+    req = dept.request(query_id, **kw)
+    return signed_call(
+        conn.url, "/v1/extract", key=dept.gateway_key, connector=dept.name, body=req.body(), query_id=query_id
+    )
+
+
+def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    body = dept.request("q-auth-0001").body()
+    url = conn.url + "/v1/extract"
+
+    unsigned = httpx.post(url, content=body, headers={"content-type": "application/json"})
+    assert unsigned.status_code == 401 and unsigned.json()["error"] == "unauthenticated"
+
+    stale = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=body,
+        query_id="q-auth-0001",
+        timestamp=int(time.time()) - 3600,
+    )
+    assert stale.status_code == 401
+
+    stranger = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=Ed25519PrivateKey.generate(),
+        connector=dept.name,
+        body=body,
+        query_id="q-auth-0001",
+    )
+    assert stranger.status_code == 401
+
+    tampered = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=body,
+        query_id="q-auth-0001",
+        sign_url="http://elsewhere.example/v1/extract",
+    )
+    assert tampered.status_code == 401
+
+    misaddressed = signed_call(
+        conn.url, "/v1/extract", key=dept.gateway_key, connector="civil", body=body, query_id="q-auth-0001"
+    )
+    assert misaddressed.status_code == 403
+
+    nonce = "n" * 32
+    first = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=body,
+        query_id="q-auth-0001",
+        nonce=nonce,
+    )
+    assert first.status_code == 200
+    replay = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=body,
+        query_id="q-auth-0001",
+        nonce=nonce,
+    )
+    assert replay.status_code == 401 and "replay" in replay.json()["message"]
+
+
+def test_approval_is_required_and_bounds_the_extract(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    forged = dept.approval("q-appr-0001", key=Ed25519PrivateKey.generate())
+    assert _post(dept, conn, "q-appr-0001", approval=forged).json()["error"] == "not_approved"
+
+    other_query = dept.approval("q-appr-9999")
+    assert _post(dept, conn, "q-appr-0002", approval=other_query).status_code == 403
+
+    narrow = dept.approval("q-appr-0003", measures=("months_paid",))
+    r = _post(dept, conn, "q-appr-0003", approval=narrow)
+    assert r.status_code == 403 and r.json()["error"] == "not_approved"
+
+    no_dims = dept.approval("q-appr-0004", dimensions=())
+    assert _post(dept, conn, "q-appr-0004", approval=no_dims).status_code == 403
+
+    greedy = dept.approval("q-appr-0005", epsilon="5")
+    r = _post(dept, conn, "q-appr-0005", approval=greedy)
+    assert r.status_code == 403 and r.json()["error"] == "budget_exceeded"
+
+    household = dept.approval("q-appr-0006", unit="organisation")
+    assert _post(dept, conn, "q-appr-0006", approval=household).status_code in (403, 422)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dataset": "salaries"},
+        {"dataset": "wages; DROP TABLE wages"},
+        {"measures": ("amount",)},
+        {"measures": ("wage_income) FROM wages --",)},
+        {"dimensions": ("pid",)},
+        {"dimensions": ("1=1 OR district",)},
+    ],
+)
+def test_names_not_in_the_configuration_get_4xx(
+    sqlite_dept: tuple[Department, RunningConnector], change: dict[str, object]
+) -> None:
+    dept, conn = sqlite_dept
+    r = _post(dept, conn, "q-names-0001", **change)
+    assert 400 <= r.status_code < 500
+    assert r.json()["error"] in {"unknown_dataset", "unknown_field", "invalid_request"}
+
+
+def test_malformed_body_gets_422_not_500(sqlite_dept: tuple[Department, RunningConnector]) -> None:
+    dept, conn = sqlite_dept
+    for body in (b"{", b"[]", b'{"dataset": 5}', b"\xff\xfe"):
+        r = signed_call(
+            conn.url,
+            "/v1/extract",
+            key=dept.gateway_key,
+            connector=dept.name,
+            body=body,
+            query_id="q-malformed-1",
+        )
+        assert r.status_code == 422, body
+
+
+def test_each_query_dataset_served_once_identical_retry_same_answer(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    first = _post(dept, conn, "q-once-00001")
+    again = _post(dept, conn, "q-once-00001")
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content
+    different = _post(dept, conn, "q-once-00001", dimensions=("district",))
+    assert different.status_code == 403 and different.json()["error"] == "already_served"
+
+
+def test_window_cap_is_enforced(tmp_path: Path) -> None:
+    dept = make_department(tmp_path, "sqlite", epsilon_window="1.0")
+    conn = start_connector(dept.config_path)
+    try:
+        ok = _post(dept, conn, "q-cap-00001", approval=dept.approval("q-cap-00001", epsilon="0.6"))
+        assert ok.status_code == 200
+        over = _post(dept, conn, "q-cap-00002", approval=dept.approval("q-cap-00002", epsilon="0.6"))
+        assert over.status_code == 403 and over.json()["error"] == "budget_exceeded"
+        assert "remaining" in over.json()["message"]
+    finally:
+        conn.stop()
+
+
+def test_malformed_ids_are_counted_for_the_department_only(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    assert _post(dept, conn, "q-quality-01").status_code == 200
+    assert httpx.get(conn.url + "/v1/quality").status_code == 401
+    assert httpx.get(conn.url + "/v1/quality", headers={"authorization": "Bearer nope"}).status_code == 401
+    report = httpx.get(conn.url + "/v1/quality", headers={"authorization": f"Bearer {dept.admin_key}"}).json()
+    wages = report["datasets"]["wages"]
+    assert wages["invalid_ids"] == 4
+    assert wages["legacy_ids"] == 1 and wages["cleaned_ids"] == 1 and wages["duplicate_ids"] == 2
+    assert wages["out_of_domain"] == 1
+
+
+def test_nonces_survive_a_restart_and_the_local_log_chains(tmp_path: Path) -> None:
+    dept = make_department(tmp_path, "sqlite")
+    body = dept.request("q-restart-01").body()
+    conn = start_connector(dept.config_path)
+    nonce = "r" * 32
+    try:
+        first = signed_call(
+            conn.url,
+            "/v1/extract",
+            key=dept.gateway_key,
+            connector=dept.name,
+            body=body,
+            query_id="q-restart-01",
+            nonce=nonce,
+        )
+        assert first.status_code == 200
+    finally:
+        conn.kill()
+    conn = start_connector(dept.config_path)
+    try:
+        replay = signed_call(
+            conn.url,
+            "/v1/extract",
+            key=dept.gateway_key,
+            connector=dept.name,
+            body=body,
+            query_id="q-restart-01",
+            nonce=nonce,
+        )
+        assert replay.status_code == 401
+    finally:
+        conn.stop()
+    state = ConnectorState(dept.directory / "state")
+    entries = state.log_entries()
+    assert state.verify_log() == len(entries) >= 2
+    statuses = [e["entry"]["status"] for e in entries if e["entry"]["path"] == "/v1/extract"]
+    assert statuses == [200, 401]
+    state.close()
+
+
+def test_extract_answer_is_arrow_with_fixed_width_tokens(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    r = _post(dept, conn, "q-arrow-0001")
+    table = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()
+    assert table.schema.field(TOKEN_COLUMN).type == pa.binary(16)
+    tokens = table.column(TOKEN_COLUMN).to_pylist()
+    assert tokens == sorted(tokens)  # sorted by token: no trace of the source's order
