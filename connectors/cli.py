@@ -27,8 +27,10 @@ def serve(
 
     from connectors.config import load_config
     from connectors.errors import ConnectorError
-    from connectors.service import build_service, create_app
+    from connectors.logs import configure_logging
+    from connectors.service import build_service, create_app, log
 
+    configure_logging()
     try:
         loaded = load_config(config)
         service = build_service(loaded)
@@ -36,6 +38,14 @@ def serve(
         console.print(f"[red]cannot start connector:[/red] {exc}")
         raise typer.Exit(2) from None
     listen = loaded.config.listen
+    log.info(
+        "connector.start",
+        connector=loaded.config.name,
+        department=loaded.config.department,
+        host=host or listen.host,
+        port=listen.port if port is None else port,
+        datasets=[d.name for d in loaded.config.datasets],
+    )
     uvicorn.run(
         create_app(service),
         host=host or listen.host,

@@ -24,7 +24,7 @@ from connectors.config import DatasetSpec, DerivedDimension, EntityKind, LoadedC
 from connectors.federation_keys import FederationKeyring
 from connectors.ids import IdKind, normalize_many
 from connectors.protocol import HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN, ExtractRequest
-from connectors.sources import ENTITY, HOUSEHOLD, RollupSpec, Source
+from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, Source
 from connectors.tokens import TOKEN_BYTES
 
 _REAGG = {Rollup.SUM: "sum", Rollup.COUNT: "sum", Rollup.MAX: "max"}
@@ -129,6 +129,8 @@ class Extractor:
         quality.invalid_reasons = Counter(batch.reasons)
         frame[_NID] = batch.values
         frame = frame[frame[_NID].notna()].drop(columns=[ENTITY])
+        if BAD_VALUES in frame.columns:
+            quality.bad_values += int(frame.pop(BAD_VALUES).sum())
 
         for name, _column, _rollup in spec.measures:
             values = pd.to_numeric(frame[name], errors="coerce")

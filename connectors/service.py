@@ -401,6 +401,7 @@ def create_app(service: ConnectorService) -> FastAPI:
 
     @app.exception_handler(RequestRefused)
     async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
+        log.info("connector.refused", path=request.url.path, status=exc.status, code=exc.code)
         request.state.log_extra = {**getattr(request.state, "log_extra", {}), "error": exc.code}
         return _error(exc.status, exc.code, exc.message, getattr(request.state, "request_id", None))
 

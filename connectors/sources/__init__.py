@@ -19,6 +19,19 @@ from connectors.config import DatasetSpec, Rollup, SourceSpec
 
 ENTITY = "entity"
 HOUSEHOLD = "household"
+BAD_VALUES = "_bad_values"
+"""Optional column: per raw ID, how many measure values were not numbers (counted, then skipped)."""
+
+
+def coerce_measures(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Make measure columns numeric; values that are not numbers become missing and are counted."""
+    bad = pd.Series(0, index=frame.index)
+    for name in names:
+        values = pd.to_numeric(frame[name], errors="coerce")
+        bad += (values.isna() & frame[name].notna()).astype(int)
+        frame[name] = values
+    frame[BAD_VALUES] = bad
+    return frame
 
 
 @dataclass(frozen=True)

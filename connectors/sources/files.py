@@ -18,7 +18,7 @@ import pyarrow.dataset as pds
 
 from connectors.config import DatasetSpec, Rollup
 from connectors.errors import ConfigError, SourceError
-from connectors.sources import ENTITY, HOUSEHOLD, RollupSpec
+from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, coerce_measures
 
 _AGG = {Rollup.SUM: "sum", Rollup.COUNT: "sum", Rollup.MAX: "max"}
 
@@ -85,21 +85,18 @@ class FileSource:
 
     @staticmethod
     def _rollup_batch(frame: pd.DataFrame, spec: RollupSpec) -> pd.DataFrame:
-        aggs: dict[str, tuple[str, str]] = {}
+        aggs: dict[str, tuple[str, str]] = {BAD_VALUES: (BAD_VALUES, "sum")}
+        frame = coerce_measures(frame, [n for n, _c, r in spec.measures if r is not Rollup.COUNT])
         for name, _column, rollup in spec.measures:
             if rollup is Rollup.COUNT:
                 frame[name] = 1
-            else:
-                frame[name] = pd.to_numeric(frame[name], errors="coerce")
             aggs[name] = (name, _AGG[rollup])
         for name, _column in spec.dimensions:
             aggs[name] = (name, "max")
         if spec.household_column is not None:
             aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
-        if not aggs:
-            return frame[[ENTITY]].drop_duplicates()
         out = frame.groupby(ENTITY, sort=False, dropna=True).agg(**aggs).reset_index()
-        return out[list(spec.output_columns)]
+        return out[[*spec.output_columns, BAD_VALUES]]
 
     def close(self) -> None:
         return None

@@ -148,11 +148,11 @@ def build_geography(rng: np.random.Generator, persons: int) -> Geography:
         village_weights = rng.lognormal(0.0, 0.45, size=count)
         village_weights *= share / village_weights.sum()
         for i in range(count):
-            urban = i < n_urban
-            serial = 1 + i if urban else 200 + (i - n_urban) + 1
-            kinds = urban_codes if urban else rural_codes
+            community = i < n_urban
+            serial = 1 + i if community else 200 + (i - n_urban) + 1
+            kinds = urban_codes if community else rural_codes
             codes.append(f"{township}{serial:03d}")
-            names.append(pairs[int(picked[len(names)])] + ("社区" if urban else "村"))
+            names.append(pairs[int(picked[len(names)])] + ("社区" if community else "村"))
             townships.append(township)
             # The first community (or village) of a township is its centre.
             urban_rural.append(kinds[0] if i in (0, n_urban) else kinds[int(rng.integers(len(kinds)))])

@@ -13,6 +13,7 @@ per-capita income has a log spread of about 0.8 and a heavy top.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -60,15 +61,22 @@ class Records:
 
 
 def _credit_codes(rng: np.random.Generator, regions: list[str], org_type: str) -> npt.NDArray[np.str_]:
-    seen: set[str] = set()
-    codes: list[str] = []
+    """Distinct valid credit codes with random organisation bodies."""
     letters = np.array(list(_CREDIT_ALPHABET))
-    while len(codes) < len(regions):
-        body = "".join(letters[rng.integers(0, len(letters), size=9)])
-        if body not in seen:
-            seen.add(body)
-            codes.append(make_credit_code(regions[len(codes)], body, authority="9", org_type=org_type))
-    return np.array(codes)
+    bodies: list[str] = []
+    seen: set[str] = set()
+    while len(bodies) < len(regions):
+        drawn = letters[rng.integers(0, len(letters), size=(len(regions) - len(bodies), 9))]
+        for body in np.ascontiguousarray(drawn).view("<U9").ravel().tolist():
+            if body not in seen:
+                seen.add(body)
+                bodies.append(body)
+    return np.array(
+        [
+            make_credit_code(r, b, authority="9", org_type=org_type)
+            for r, b in zip(regions, bodies, strict=True)
+        ]
+    )
 
 
 def _household_levels(rng: np.random.Generator, households: int) -> npt.NDArray[np.float64]:
@@ -90,8 +98,8 @@ def _calibrate(
     frame: pd.DataFrame,
     stratum: _Ints,
     registered: npt.NDArray[np.bool_],
-    targets: npt.NDArray[np.float64],
-    floor: npt.NDArray[np.float64],
+    targets: npt.NDArray[Any],
+    floor: npt.NDArray[Any],
 ) -> _Ints:
     """Scale amounts so registered persons' totals per stratum (rural 0, urban 1) meet the targets.
 
@@ -148,7 +156,9 @@ def build_records(rng: np.random.Generator, geography: Geography, population: Po
     employee_pension = early | (rng.random(n) < np.where(urban, 0.72, 0.32))
     # A registered household lives on something: where nobody works or draws a pension, the first
     # working-age member has a job (or a small business).
-    has_income = np.bincount(hh[registered], weights=(working | pensioner)[registered], minlength=pop.households)
+    has_income = np.bincount(
+        hh[registered], weights=(working | pensioner)[registered], minlength=pop.households
+    )
     candidates = np.flatnonzero(registered & (age >= 18) & (age < 65) & (has_income[np.maximum(hh, 0)] == 0))
     _, first_adult = np.unique(hh[candidates], return_index=True)
     chosen = candidates[first_adult]

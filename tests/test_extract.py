@@ -1,0 +1,104 @@
+"""The extract pipeline in process, over the in-memory source (fast, exact)."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from connector_fixture import EXPECTED, PERSON_A, PERSON_B, Department, make_department, wage_rows
+
+from connectors.config import load_config
+from connectors.extract import Extract, Extractor
+from connectors.federation_keys import generate_keyring, load_keyring, write_keyring
+from connectors.ids import make_resident_id, to_legacy_15
+from connectors.protocol import HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN, ExtractRequest
+from connectors.sources.memory import MemorySource
+
+
+@pytest.fixture
+def dept(tmp_path: Path) -> Department:
+    return make_department(tmp_path, "sqlite")
+
+
+def _extract(dept: Department, request: ExtractRequest, frame: pd.DataFrame | None = None) -> Extract:
+    loaded = load_config(dept.config_path)
+    source = MemorySource({"wages": frame if frame is not None else pd.DataFrame(wage_rows())})
+    dataset = loaded.config.dataset(request.dataset)
+    assert dataset is not None
+    return Extractor(loaded, source, load_keyring(dept.keyring_path)).run(request, dataset)
+
+
+def test_one_clipped_row_per_person(dept: Department) -> None:
+    result = _extract(dept, dept.request("q-unit-00001"))
+    assert result.table.num_rows == len(EXPECTED)
+    got = sorted((r["wage_income"], r["months_paid"]) for r in result.table.to_pylist())
+    assert got == sorted(EXPECTED.values())
+    q = result.quality
+    assert (q.invalid_ids, q.legacy_ids, q.cleaned_ids, q.duplicate_ids, q.out_of_domain) == (4, 1, 1, 2, 1)
+    assert sum(q.invalid_reasons.values()) == 4
+
+
+def test_the_period_filter_excludes_other_months(dept: Department) -> None:
+    req = dept.request("q-unit-00002", period_start="2025-01", period_end="2025-03")
+    req = req.model_copy(update={"approval": dept.approval("q-unit-00002")})
+    result = _extract(dept, req)
+    by_months = sorted(r["months_paid"] for r in result.table.to_pylist())
+    assert by_months == [3, 3]  # A's and B's first quarter; C has no row in it
+
+
+def test_bad_values_are_counted_and_skipped(dept: Department) -> None:
+    frame = pd.DataFrame(wage_rows())
+    frame["amount"] = frame["amount"].astype(object)
+    frame.loc[0, "amount"] = "twelve thousand"
+    result = _extract(dept, dept.request("q-unit-00003"), frame)
+    assert result.quality.bad_values == 1
+    assert result.table.num_rows == len(EXPECTED)
+
+
+def test_legacy_sloppy_and_clean_forms_give_one_token(dept: Department) -> None:
+    rows = [
+        {"pid": PERSON_A, "month": "2025-01", "amount": 1, "district": "A"},
+        {"pid": to_legacy_15(PERSON_A), "month": "2025-02", "amount": 2, "district": "A"},
+        {"pid": " " + PERSON_A.lower() + "\t", "month": "2025-03", "amount": 4, "district": "A"},
+    ]
+    result = _extract(dept, dept.request("q-unit-00004"), pd.DataFrame(rows))
+    assert result.table.num_rows == 1
+    assert result.table.to_pylist()[0]["wage_income"] == 7
+
+
+def test_household_mapping_tokenises_household_numbers(tmp_path: Path) -> None:
+    import yaml
+
+    dept = make_department(tmp_path, "sqlite", name="register")
+    cfg = yaml.safe_load(dept.config_path.read_text())
+    cfg["datasets"][0]["household"] = {"column": "hh"}
+    dept.config_path.write_text(yaml.safe_dump(cfg))
+    other = make_resident_id("330922", datetime.date(1950, 1, 1), 3, male=False)
+    rows = [
+        {"pid": PERSON_A, "month": "2025-01", "amount": 1, "district": "A", "hh": "h0001"},
+        {"pid": other, "month": "2025-01", "amount": 1, "district": "A", "hh": " H0001 "},
+        {"pid": PERSON_B, "month": "2025-01", "amount": 1, "district": "B", "hh": "H0002"},
+    ]
+    approval = dept.approval("q-unit-00005", unit="household")
+    req = dept.request("q-unit-00005", unit="household", household=True, approval=approval)
+    table = _extract(dept, req, pd.DataFrame(rows)).table
+    households = table.column(HOUSEHOLD_TOKEN_COLUMN).to_pylist()
+    assert len(set(households)) == 2 and all(len(h) == 16 for h in households)
+    assert set(table.column(TOKEN_COLUMN).to_pylist()).isdisjoint(households)
+
+
+def test_a_rotated_out_epoch_is_refused(dept: Department) -> None:
+    from connectors.errors import UnknownKeyEpoch
+    from connectors.federation_keys import rotate_keyring
+
+    doc = generate_keyring("test-county", epoch=1)
+    doc = rotate_keyring(rotate_keyring(doc))  # epochs 3 and 2 held; 1 revoked
+    write_keyring(doc, dept.keyring_path)
+    req = dept.request("q-unit-00006")
+    assert req.token.epoch == 3
+    assert _extract(dept, req).table.num_rows == len(EXPECTED)
+    old = req.model_copy(update={"token": req.token.model_copy(update={"epoch": 1})})
+    with pytest.raises(UnknownKeyEpoch):
+        _extract(dept, old)
