@@ -49,8 +49,10 @@ def _admin_engine(kind: str) -> sa.Engine:
 
 def _unreachable(kind: str, exc: Exception) -> NoReturn:
     name = "PostgreSQL" if kind == "postgres" else "MariaDB"
+    url = make_url(POSTGRES_ADMIN_URL if kind == "postgres" else MARIADB_ADMIN_URL)
     message = (
-        f"{name} is not reachable on 127.0.0.1 ({type(exc).__name__}); start it with: {START_COMMANDS[kind]}"
+        f"{name} is not reachable at {url.host}:{url.port} ({type(exc).__name__}); "
+        f"start it with: {START_COMMANDS[kind]}"
     )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " (CI=true: a missing database server fails the run)")

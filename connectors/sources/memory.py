@@ -49,7 +49,9 @@ class MemorySource:
             else:
                 work[name] = frame[column].to_numpy()
                 aggs[name] = (name, "sum" if rollup is Rollup.SUM else "max")
-        work = coerce_measures(work, [n for n, c, r in spec.measures if r is not Rollup.COUNT and c is not None])
+        work = coerce_measures(
+            work, [n for n, c, r in spec.measures if r is not Rollup.COUNT and c is not None]
+        )
         for name, column in spec.dimensions:
             work[name] = frame[column]
             aggs[name] = (name, "max")

@@ -1,10 +1,12 @@
 """The synthetic island county's geography: townships, villages and communities, region codes.
 
 The county is modelled on Shengsi (330922, Zhoushan): a county-seat subdistrict and town, two fishing
-towns and four small island townships. Township names follow Shengsi's; the village and community names
-and codes below the township are invented. Codes follow the statistical division scheme: twelve digits,
-county (6) + township (3) + village committee (3), where residents' committees (社区) take 001-199 and
-village committees (村) 200 and up, and every village carries one of the seven NBS urban-rural codes.
+towns and four small island townships. The towns and townships carry Shengsi's names (the subdistrict is
+invented); the village and community names and codes below them are invented.
+
+Codes follow the statistical division scheme: twelve digits, county (6) + township (3) + village
+committee (3), where residents' committees (社区) take 001-199 and village committees (村) 200 and up,
+and every village carries one of the seven NBS urban-rural codes.
 """
 
 from __future__ import annotations

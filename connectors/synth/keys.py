@@ -18,8 +18,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from connectors.federation_keys import generate_keyring, write_keyring
-
 __all__ = ["DEMO_MARKER", "FEDERATION_ID", "DemoKeys", "public_key_text", "write_demo_keys"]
 
 DEMO_MARKER = "DEMO-KEYS-DO-NOT-USE-IN-PRODUCTION"
@@ -63,6 +61,10 @@ def _signing_key(path: Path) -> str:
 
 def write_demo_keys(directory: Path, connectors: list[str], departments: list[str]) -> DemoKeys:
     """Gateway, connector and department approval keys, admin API keys and the federation keyring."""
+    # Imported here, not at module level: the gateway's demo command imports this package, and the
+    # gateway must never load the keyring module when it is imported (tests/test_tokens.py scans for it).
+    from connectors.federation_keys import generate_keyring, write_keyring
+
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     _write_private(

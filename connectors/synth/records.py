@@ -183,6 +183,9 @@ def build_records(rng: np.random.Generator, geography: Geography, population: Po
     start = np.where(rng.random(e) < 0.88, 1, rng.integers(2, 13, size=e))
     end = np.where(rng.random(e) < 0.9, 12, rng.integers(start, 13))
     month = np.arange(1, 13)
+    # A fishing job that would fall wholly inside the moratorium runs on into the autumn season instead.
+    idle = fishery & (start >= 5) & (end <= 8)
+    end[idle] = 12
     employed_in = (month >= start[:, None]) & (month <= end[:, None])
     paid = employed_in & ~(fishery[:, None] & MORATORIUM)
     monthly = np.where(fishery, rate / 8, rate / 12)[:, None] * rng.normal(1.0, 0.06, size=(e, 12))

@@ -1,6 +1,6 @@
 """Household electricity and water accounts, one of each per household, held by the household head.
 
-Electricity: a median of about 2,700 kWh a year (225 a month), more for larger households, with a summer
+Electricity: a median of about 2,600 kWh a year (215 a month), more for larger households, with a summer
 air-conditioning peak and a winter heating bump; some homes stand nearly empty while their owners work
 away. Bills follow Zhejiang's residential tiers on the year's running total (0.538 yuan/kWh up to
 2,760 kWh, 0.588 up to 4,800, 0.838 above). Water tariffs are illustrative island tariffs (desalinated
@@ -65,7 +65,7 @@ def build_utilities(rng: np.random.Generator, population: Population) -> Utiliti
     h = population.households
     size = population.household_size.astype(np.float64)
     vacant = rng.random(h) < 0.04
-    kwh_year = np.exp(rng.normal(np.log(2_350), 0.45, size=h)) * (size / 2) ** 0.35
+    kwh_year = np.exp(rng.normal(np.log(2_800), 0.45, size=h)) * (size / 2) ** 0.35
     kwh_year = np.where(vacant, rng.uniform(60, 400, size=h), kwh_year)
     m3_year = np.exp(rng.normal(np.log(30), 0.35, size=h)) * size
     m3_year = np.where(vacant, rng.uniform(2, 20, size=h), m3_year)
