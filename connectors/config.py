@@ -97,6 +97,10 @@ class DimensionSpec(_Strict):
     column: SqlIdentifier | None = None
     codelist: Path | None = Field(None, description="CSV code list (first column: code) = the public domain")
     derived: DerivedDimension | None = None
+    household_level: bool = Field(
+        False,
+        description="constant within a household (village, urban-rural code): usable in household queries",
+    )
     description: str = ""
 
     @model_validator(mode="after")

@@ -258,6 +258,7 @@ class DimensionSchema(_Model):
     name: str
     domain: tuple[str, ...] = Field(description="the public domain of codes (from a published code list)")
     derived_from_id: bool = False
+    household_level: bool = False
     description: str = ""
 
 
@@ -327,6 +328,50 @@ class SignedApproval(_Model):
     signature: str
 
 
+class ApprovalRule(_Model):
+    """A department's pre-approval: any query inside these limits, by these analysts, may be served."""
+
+    version: Literal["fedgate-rule/1"] = "fedgate-rule/1"
+    department: Name
+    rule_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,80}$")]
+    datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
+    units: tuple[Unit, ...] = Field(min_length=1)
+    max_epsilon_per_query: Decimal = Field(gt=0)
+    analysts: tuple[str, ...] = Field(min_length=1, description='analyst names, or "*" for every analyst')
+    expires_at: int | None = None
+
+    def signing_bytes(self) -> bytes:
+        return b"fedgate-rule/1\n" + canonical_json(self.model_dump(mode="json"))
+
+    def covers(self, dataset: str) -> ApprovedDataset | None:
+        return next((d for d in self.datasets if d.dataset == dataset), None)
+
+    def admits(self, analyst: str | None) -> bool:
+        return "*" in self.analysts or (analyst is not None and analyst in self.analysts)
+
+
+class SignedRule(_Model):
+    rule: ApprovalRule
+    key_fingerprint: Digest
+    signature: str
+
+
+def sign_rule(key: Ed25519PrivateKey, rule: ApprovalRule) -> SignedRule:
+    return SignedRule(
+        rule=rule,
+        key_fingerprint=fingerprint(key.public_key()),
+        signature=base64.b64encode(key.sign(rule.signing_bytes())).decode(),
+    )
+
+
+def verify_rule(key: Ed25519PublicKey, signed: SignedRule) -> ApprovalRule:
+    """Return the rule if `key` signed it; raise `SignatureError` otherwise."""
+    if signed.key_fingerprint != fingerprint(key):
+        raise SignatureError("the rule is signed with a key this department does not hold")
+    _verify(key, signed.signature, signed.rule.signing_bytes(), "rule")
+    return signed.rule
+
+
 def sign_approval(key: Ed25519PrivateKey, approval: Approval) -> SignedApproval:
     return SignedApproval(
         approval=approval,
@@ -366,7 +411,12 @@ class ExtractRequest(_Model):
     dimensions: tuple[str, ...] = Field((), max_length=64)
     household: bool = Field(False, description="add the household token column (register only)")
     token: TokenSpec
-    approval: SignedApproval
+    epsilon: Decimal = Field(gt=0, description="the query's epsilon, counted once per query by the connector")
+    analyst: str | None = Field(
+        None, max_length=64, description="who submitted the query (rules may name analysts)"
+    )
+    approval: SignedApproval | None = None
+    rule: SignedRule | None = None
     checkpoint: str | None = Field(None, max_length=4096, description="the gateway's latest audit checkpoint")
 
     @field_validator("measures", "dimensions")
@@ -378,6 +428,10 @@ class ExtractRequest(_Model):
 
     @model_validator(mode="after")
     def _period(self) -> ExtractRequest:
+        if (self.approval is None) == (self.rule is None):
+            raise ValueError("carry exactly one of approval (for this query) or rule (a pre-approval)")
+        if self.approval is not None and self.approval.approval.epsilon != self.epsilon:
+            raise ValueError("epsilon differs from the approved epsilon")
         if (self.period_start is None) != (self.period_end is None):
             raise ValueError("give both period_start and period_end, or neither")
         if (

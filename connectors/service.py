@@ -46,6 +46,8 @@ from connectors.protocol import (
     H_SIGNATURE,
     H_TIMESTAMP,
     PROTOCOL_VERSION,
+    Approval,
+    ApprovalRule,
     ConnectorSchema,
     DatasetSchema,
     DimensionSchema,
@@ -64,6 +66,7 @@ from connectors.protocol import (
     sha256_hex,
     sign_response,
     verify_approval,
+    verify_rule,
 )
 from connectors.sources import Source
 from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
@@ -114,6 +117,7 @@ def build_schema(loaded: LoadedConfig, signing_key: str) -> ConnectorSchema:
                         name=d.name,
                         domain=loaded.domains[(ds.name, d.name)],
                         derived_from_id=d.derived is not None,
+                        household_level=d.household_level,
                         description=d.description,
                     )
                     for d in ds.dimensions
@@ -274,6 +278,24 @@ class ConnectorService:
         return dataset
 
     def check_approval(self, req: ExtractRequest, dataset: DatasetSpec) -> None:
+        """Serve only what the department's own signature covers: one query's approval or a standing rule."""
+        covered: Approval | ApprovalRule
+        covered = self._check_query_approval(req) if req.approval is not None else self._check_rule(req)
+        scope = covered.covers(dataset.name)
+        if scope is None:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, f"the approval does not cover dataset {dataset.name}")
+        if not set(req.measures) <= set(scope.measures) or not set(req.dimensions) <= set(scope.dimensions):
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the request asks for fields the approval does not cover"
+            )
+        cap = self.cfg.policy.max_epsilon_per_query
+        if req.epsilon > cap:
+            raise _refuse(
+                403, ErrorCode.BUDGET_EXCEEDED, f"epsilon {req.epsilon} is above this department's cap {cap}"
+            )
+
+    def _check_query_approval(self, req: ExtractRequest) -> Approval:
+        assert req.approval is not None
         try:
             approval = verify_approval(self.approval_key, req.approval)
         except SignatureError:
@@ -290,22 +312,25 @@ class ConnectorService:
             raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another unit")
         if (approval.period_start, approval.period_end) != (req.period_start, req.period_end):
             raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another period range")
-        covered = approval.covers(dataset.name)
-        if covered is None:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, f"the approval does not cover dataset {dataset.name}")
-        if not set(req.measures) <= set(covered.measures) or not set(req.dimensions) <= set(
-            covered.dimensions
-        ):
-            raise _refuse(
-                403, ErrorCode.NOT_APPROVED, "the request asks for fields the approval does not cover"
-            )
-        cap = self.cfg.policy.max_epsilon_per_query
-        if approval.epsilon > cap:
-            raise _refuse(
-                403,
-                ErrorCode.BUDGET_EXCEEDED,
-                f"epsilon {approval.epsilon} is above this department's cap {cap}",
-            )
+        return approval
+
+    def _check_rule(self, req: ExtractRequest) -> ApprovalRule:
+        assert req.rule is not None
+        try:
+            rule = verify_rule(self.approval_key, req.rule)
+        except SignatureError:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule is not signed by this department") from None
+        if rule.department != self.cfg.department:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule is another department's")
+        if rule.expires_at is not None and rule.expires_at < time.time():
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule has expired")
+        if req.unit not in rule.units:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, f"the rule does not cover {req.unit.value} queries")
+        if not rule.admits(req.analyst):
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule does not cover this analyst")
+        if req.epsilon > rule.max_epsilon_per_query:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, "epsilon is above the rule's maximum per query")
+        return rule
 
     def extract(
         self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
@@ -322,7 +347,7 @@ class ConnectorService:
         # The checkpoint changes between retries; the rest of the request identifies it.
         fingerprint_ = sha256_hex(canonical_json(req.model_dump(mode="json", exclude={"checkpoint"})))
         window = budget_window()
-        epsilon = req.approval.approval.epsilon
+        epsilon = req.epsilon
         try:
             reservation = self.state.reserve(
                 query_id=req.query_id,

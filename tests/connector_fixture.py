@@ -143,7 +143,9 @@ class Department:
         return sign_approval(key or self.approval_key, approval)
 
     def request(self, query_id: str, **changes: Any) -> ExtractRequest:
-        approval = changes.pop("approval", None) or self.approval(query_id)
+        approval = changes.pop("approval", None)
+        if approval is None and "rule" not in changes:
+            approval = self.approval(query_id)
         fields: dict[str, Any] = {
             "connector": self.name,
             "query_id": query_id,
@@ -156,6 +158,7 @@ class Department:
             "dimensions": ("district", "sex", "birth_year_band"),
             "token": TokenSpec(epoch=load_keyring(self.keyring_path).current_epoch),
             "approval": approval,
+            "epsilon": approval.approval.epsilon if approval is not None else Decimal("0.5"),
         }
         fields.update(changes)
         return ExtractRequest(**fields)

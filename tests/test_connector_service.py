@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -392,3 +393,43 @@ def test_extract_answer_is_arrow_with_fixed_width_tokens(
     assert table.schema.field(TOKEN_COLUMN).type == pa.binary(16)
     tokens = table.column(TOKEN_COLUMN).to_pylist()
     assert tokens == sorted(tokens)  # sorted by token: no trace of the source's order
+
+
+def test_a_signed_rule_admits_queries_inside_it_and_only_those(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    from connectors.protocol import ApprovalRule, ApprovedDataset, sign_rule
+
+    dept, conn = sqlite_dept
+
+    def rule(**changes: object) -> object:
+        fields: dict[str, object] = {
+            "department": dept.name,
+            "rule_id": "monthly-income",
+            "datasets": (
+                ApprovedDataset(dataset="wages", measures=("wage_income",), dimensions=("district",)),
+            ),
+            "units": ("person",),
+            "max_epsilon_per_query": Decimal("0.5"),
+            "analysts": ("alice",),
+        }
+        fields.update(changes)
+        return sign_rule(dept.approval_key, ApprovalRule.model_validate(fields))
+
+    narrow = {"measures": ("wage_income",), "dimensions": ("district",), "analyst": "alice"}
+    ok = _post(dept, conn, "q-rule-00001", approval=None, rule=rule(), epsilon=Decimal("0.5"), **narrow)
+    assert ok.status_code == 200
+    refusals = [
+        {"rule": rule(), "epsilon": Decimal("0.75")},  # above the rule's maximum
+        {"rule": rule(), "epsilon": Decimal("0.5"), "analyst": "mallory"},  # not a named analyst
+        {"rule": rule(units=("household",)), "epsilon": Decimal("0.5")},  # another unit
+        {"rule": rule(), "epsilon": Decimal("0.5"), "measures": ("wage_income", "months_paid")},
+        {"rule": rule(expires_at=1), "epsilon": Decimal("0.5")},
+    ]
+    for i, change in enumerate(refusals):
+        fields = {**narrow, **change}
+        r = _post(dept, conn, f"q-rule-1000{i}", approval=None, **fields)
+        assert r.status_code == 403 and r.json()["error"] == "not_approved", change
+    forged = sign_rule(Ed25519PrivateKey.generate(), rule().rule)  # type: ignore[attr-defined]
+    r = _post(dept, conn, "q-rule-20000", approval=None, rule=forged, epsilon=Decimal("0.5"), **narrow)
+    assert r.status_code == 403

@@ -132,6 +132,7 @@ def test_extract_request_validation() -> None:
         "unit": "person",
         "token": TokenSpec(epoch=1),
         "approval": signed,
+        "epsilon": Decimal("0.25"),
     }
     ExtractRequest.model_validate(ok)
     for bad in (
@@ -141,6 +142,8 @@ def test_extract_request_validation() -> None:
         {"measures": ("a", "a")},
         {"query_id": "../../etc"},
         {"surprise": 1},
+        {"epsilon": Decimal("0.3")},  # differs from the approved epsilon
+        {"approval": None},  # neither approval nor rule
     ):
         with pytest.raises(ValidationError):
             ExtractRequest.model_validate({**ok, **bad})

@@ -91,10 +91,18 @@ def _datasets(name: str) -> list[_Doc]:
                 "table": "persons",
                 "entity": {"column": "id_number", "kind": "person"},
                 "dimensions": [
-                    _codelist(
-                        "village", "village_code", "villages.csv", "village or community (12-digit code)"
-                    ),
-                    _codelist("urban_rural", "urban_rural_code", "urban_rural.csv", "NBS urban-rural code"),
+                    {
+                        **_codelist(
+                            "village", "village_code", "villages.csv", "village or community (12-digit code)"
+                        ),
+                        "household_level": True,
+                    },
+                    {
+                        **_codelist(
+                            "urban_rural", "urban_rural_code", "urban_rural.csv", "NBS urban-rural code"
+                        ),
+                        "household_level": True,
+                    },
                     _codelist(
                         "relation", "relation", "relations.csv", "GB/T 4761 relation to the household head"
                     ),
