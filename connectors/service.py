@@ -268,9 +268,12 @@ class ConnectorService:
                 ErrorCode.INVALID_REQUEST,
                 f"dataset {dataset.name} cannot serve a {req.unit.value} query",
             )
-        if req.household and (dataset.household is None or req.unit is not Unit.HOUSEHOLD):
+        # Person queries need the mapping too: they cap how many members of one household are counted.
+        if req.household and (dataset.household is None or req.unit is Unit.ORGANISATION):
             raise _refuse(
-                422, ErrorCode.INVALID_REQUEST, "the household mapping is served only for household queries"
+                422,
+                ErrorCode.INVALID_REQUEST,
+                "the household mapping is served only by the register, for person and household queries",
             )
         if dataset.period is not None and req.period_start is None:
             raise _refuse(422, ErrorCode.INVALID_REQUEST, f"dataset {dataset.name} needs a period range")

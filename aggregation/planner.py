@@ -1,0 +1,187 @@
+"""Plan a query against the catalog: which connector answers which columns, and what is public.
+
+Planning validates everything an analyst named against the registered schemas (unknown datasets,
+measures or dimensions, filter values outside a public domain, person attributes in a household query,
+epsilon above a department's cap) and fails with the offending field before any data is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aggregation.query import SIZE_BAND, SIZE_BANDS, QuerySpec, split_dimension
+from connectors.config import EntityKind, Unit
+from connectors.protocol import ConnectorSchema, DatasetSchema, DimensionSchema
+
+
+class PlanError(Exception):
+    """The query cannot be planned; `field` names the offending part of the query."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    connector: str
+    department: str
+    dataset: str
+    measures: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    household: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.connector}.{self.dataset}"
+
+
+@dataclass(frozen=True)
+class GroupColumn:
+    ref: str
+    domain: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    query: QuerySpec
+    extracts: tuple[ExtractPlan, ...]
+    spine: str | None
+    """`connector.dataset` of the household register, when the query needs households."""
+    groups: tuple[GroupColumn, ...]
+    filters: tuple[tuple[str, frozenset[str]], ...]
+    departments: tuple[str, ...]
+    unit_multiplicity: int
+    """Rows one household can contribute to the measured frame: 1, or the member cap."""
+
+
+def _dataset(
+    catalog: Mapping[str, ConnectorSchema], ref: str, field: str
+) -> tuple[ConnectorSchema, DatasetSchema]:
+    connector, _, name = ref.partition(".")
+    schema = catalog.get(connector)
+    if schema is None:
+        raise PlanError(field, f"no enabled connector named {connector!r} in the catalog")
+    for ds in schema.datasets:
+        if ds.name == name:
+            return schema, ds
+    raise PlanError(field, f"connector {connector!r} declares no dataset {name!r}")
+
+
+def _dimension(
+    catalog: Mapping[str, ConnectorSchema], ref: str, field: str, unit: Unit
+) -> tuple[ConnectorSchema, DatasetSchema, DimensionSchema]:
+    try:
+        connector, dataset, dimension = split_dimension(ref)
+    except ValueError as exc:
+        raise PlanError(field, str(exc)) from None
+    schema, ds = _dataset(catalog, f"{connector}.{dataset}", field)
+    dim = next((d for d in ds.dimensions if d.name == dimension), None)
+    if dim is None:
+        raise PlanError(field, f"dataset {connector}.{dataset} declares no dimension {dimension!r}")
+    if not dim.domain:
+        raise PlanError(field, f"dimension {ref} has no public domain")
+    if unit is Unit.HOUSEHOLD and not (dim.household_level and ds.household_mapping):
+        raise PlanError(
+            field, f"{ref} is a person attribute: household queries group only on household attributes"
+        )
+    return schema, ds, dim
+
+
+def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan:
+    """Validate `query` against the enabled connectors' schemas and decide what to fetch."""
+    if query.unit is Unit.ORGANISATION:
+        raise PlanError(
+            "unit",
+            "organisation queries are not served: one household can reach many organisations' rows, and no "
+            "public bound on that is declared yet",
+        )
+    measures: dict[str, list[str]] = {}
+    dims: dict[str, list[str]] = {}
+    owners: dict[str, ConnectorSchema] = {}
+    if query.measure is not None:
+        for i, term in enumerate(query.measure.terms):
+            field = f"measure.terms.{i}"
+            schema, ds = _dataset(catalog, term.dataset, f"{field}.dataset")
+            if ds.entity_kind is not EntityKind.PERSON:
+                raise PlanError(
+                    f"{field}.dataset", f"{term.dataset} is keyed by {ds.entity_kind.value}, not person"
+                )
+            if not any(m.name == term.measure for m in ds.measures):
+                raise PlanError(f"{field}.measure", f"{term.dataset} declares no measure {term.measure!r}")
+            measures.setdefault(term.dataset, []).append(term.measure)
+            owners[term.dataset] = schema
+    groups: list[GroupColumn] = []
+    filters: list[tuple[str, frozenset[str]]] = []
+    spine_needed = query.unit is Unit.HOUSEHOLD
+    for where, refs in (("group_by", query.group_by), ("filters", tuple(f.dimension for f in query.filters))):
+        for i, ref in enumerate(refs):
+            field = f"{where}.{i}" if where == "group_by" else f"filters.{i}.dimension"
+            if ref == SIZE_BAND:
+                if query.unit is not Unit.HOUSEHOLD:
+                    raise PlanError(field, f"{SIZE_BAND} exists only in household queries")
+                domain = SIZE_BANDS
+            else:
+                schema, ds, dim = _dimension(catalog, ref, field, query.unit)
+                domain = dim.domain
+                key = f"{schema.connector}.{ds.name}"
+                dims.setdefault(key, [])
+                if dim.name not in dims[key]:
+                    dims[key].append(dim.name)
+                owners[key] = schema
+            if where == "group_by":
+                groups.append(GroupColumn(ref=ref, domain=domain))
+            else:
+                f = query.filters[i]
+                outside = [j for j, v in enumerate(f.values) if v not in domain]
+                if outside:
+                    raise PlanError(
+                        f"filters.{i}.values.{outside[0]}", f"not a code of {ref}'s public domain"
+                    )
+                filters.append((ref, frozenset(f.values)))
+    spine = _spine(catalog)
+    if spine_needed and spine is None:
+        raise PlanError("unit", "no connector in the catalog maps persons to households")
+    if not measures and not dims and query.unit is Unit.PERSON:
+        raise PlanError("measure", "a person query needs a measure or a dimension to define its population")
+    if spine is not None and (spine_needed or query.unit is Unit.PERSON):
+        owners.setdefault(spine, catalog[spine.partition(".")[0]])
+        dims.setdefault(spine, [])
+    extracts = []
+    for ref in dict.fromkeys([*measures, *dims]):
+        schema = owners[ref]
+        extracts.append(
+            ExtractPlan(
+                connector=schema.connector,
+                department=schema.department,
+                dataset=ref.partition(".")[2],
+                measures=tuple(measures.get(ref, ())),
+                dimensions=tuple(dims.get(ref, ())),
+                household=ref == spine,
+            )
+        )
+    departments = tuple(dict.fromkeys(catalog[e.connector].department for e in extracts))
+    for e in extracts:
+        cap = catalog[e.connector].policy.max_epsilon_per_query
+        if query.epsilon > cap:
+            raise PlanError(
+                "epsilon", f"epsilon {query.epsilon} is above department {e.department}'s cap {cap}"
+            )
+        if query.unit not in catalog[e.connector].policy.allowed_units:
+            raise PlanError("unit", f"department {e.department} does not answer {query.unit.value} queries")
+    return Plan(
+        query=query,
+        extracts=tuple(extracts),
+        spine=spine if (spine_needed or query.unit is Unit.PERSON) else None,
+        groups=tuple(groups),
+        filters=tuple(filters),
+        departments=departments,
+        unit_multiplicity=query.member_cap or 1,
+    )
+
+
+def _spine(catalog: Mapping[str, ConnectorSchema]) -> str | None:
+    found = [f"{s.connector}.{d.name}" for s in catalog.values() for d in s.datasets if d.household_mapping]
+    return found[0] if len(found) == 1 else None

@@ -1,0 +1,261 @@
+"""The gateway's own database: table definitions (SQLAlchemy Core), engines and migrations.
+
+An embedded SQLite file by default, PostgreSQL in production. The schema is created and upgraded only by
+the Alembic revisions in `gateway/migrations/`, never by `metadata.create_all`, so every deployment walks
+the same history. The tables hold principals (key hashes only), the connector registry, queries,
+department-signed approvals and rules, and a simple append-only audit table. Nothing token-level or
+row-level is ever stored here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "UtcDateTime",
+    "allowed_endpoints",
+    "approvals",
+    "audit_simple",
+    "connector_versions",
+    "connectors",
+    "gateway_metadata",
+    "make_engine",
+    "migrate",
+    "principals",
+    "queries",
+    "rules",
+    "utcnow",
+]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# SQLite waits this long for another writer (the budget ledger's BEGIN IMMEDIATE) before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Deterministic constraint names, so a later revision can drop or alter a constraint by name on both
+# SQLite and PostgreSQL; revision 0001 spells out the same names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("operator", "department_admin", "analyst", "auditor")
+QUERY_STATES = ("submitted", "approved", "rejected", "running", "released", "failed")
+DECISIONS = ("approved", "rejected")
+
+# Any fixed 64-bit number; it only has to be the same in every gateway process.
+_MIGRATION_LOCK_ID = 0x66656467617465  # "fedgate"
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """SQL for a CHECK that `column` holds one of the fixed `values` (plain identifiers only)."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    SQLite has no time zone type and returns naive values; this stores UTC and hands back aware
+    datetimes everywhere, so an expiry comparison never mixes naive and aware times. Naive input is
+    refused rather than guessed.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+gateway_metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# Names and roles are short identifiers; 100 leaves room for e-mail-like principal names.
+_NAME = 100
+_URL = 512
+
+principals = sa.Table(
+    "principals",
+    gateway_metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(_NAME), nullable=False, unique=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("department", sa.String(64), nullable=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_prefix", sa.String(12), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=True),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint(one_of("role", ROLES), name="role"),
+    # A department admin acts for exactly one department; nobody else is bound to one.
+    sa.CheckConstraint(
+        "(role = 'department_admin') = (department IS NOT NULL)", name="department_iff_department_admin"
+    ),
+)
+
+allowed_endpoints = sa.Table(
+    "allowed_endpoints",
+    gateway_metadata,
+    sa.Column("url", sa.String(_URL), primary_key=True),
+    sa.Column("added_by", sa.String(_NAME), nullable=False),
+    sa.Column("added_at", UtcDateTime(), nullable=False),
+)
+
+connectors = sa.Table(
+    "connectors",
+    gateway_metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("department", sa.String(64), nullable=False, index=True),
+    sa.Column("endpoint", sa.String(_URL), nullable=False),
+    sa.Column("key_fingerprint", sa.String(64), nullable=False),
+    sa.Column("signing_key", sa.Text(), nullable=False),
+    sa.Column("approval_key", sa.Text(), nullable=False),
+    sa.Column("schema_json", sa.Text(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("registered_by", sa.String(_NAME), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+connector_versions = sa.Table(
+    "connector_versions",
+    gateway_metadata,
+    sa.Column("name", sa.String(64), sa.ForeignKey("connectors.name"), primary_key=True),
+    sa.Column("version", sa.Integer(), primary_key=True),
+    sa.Column("endpoint", sa.String(_URL), nullable=False),
+    sa.Column("key_fingerprint", sa.String(64), nullable=False),
+    sa.Column("schema_json", sa.Text(), nullable=False),
+    sa.Column("changed_by", sa.String(_NAME), nullable=False),
+    sa.Column("changed_at", UtcDateTime(), nullable=False),
+)
+
+queries = sa.Table(
+    "queries",
+    gateway_metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("spec_json", sa.Text(), nullable=False),
+    sa.Column("analyst", sa.String(_NAME), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(32), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint(one_of("state", QUERY_STATES), name="state"),
+)
+
+approvals = sa.Table(
+    "approvals",
+    gateway_metadata,
+    sa.Column("query_id", sa.String(64), sa.ForeignKey("queries.id"), primary_key=True),
+    sa.Column("department", sa.String(64), primary_key=True),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("signed_json", sa.Text(), nullable=False),
+    sa.Column("decided_by", sa.String(_NAME), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint(one_of("decision", DECISIONS), name="decision"),
+)
+
+rules = sa.Table(
+    "rules",
+    gateway_metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("department", sa.String(64), nullable=False, index=True),
+    sa.Column("signed_json", sa.Text(), nullable=False),
+    sa.Column("created_by", sa.String(_NAME), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+audit_simple = sa.Table(
+    "audit_simple",
+    gateway_metadata,
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("entry_json", sa.Text(), nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers proceed while the ledger writes; FULL makes a commit survive power loss,
+        # which the audit log's "durable before the response" promise needs.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for the gateway's database, configured for durability and concurrent writers.
+
+    SQLite: WAL, synchronous=FULL, a busy timeout and foreign keys, set on every new connection; the
+    file's directory is created. An in-memory SQLite database is shared by all threads of the engine.
+    PostgreSQL (and anything else): a plain pool that checks connections before use.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    if in_memory:
+        engine = sa.create_engine(parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Upgrade the database to the newest Alembic revision; safe to call at every start.
+
+    Concurrent callers (a gateway starting while `fedgate users create` runs) are serialised: SQLite by
+    an immediate write transaction around the whole upgrade, PostgreSQL by a transaction-scoped
+    advisory lock.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    # The path goes through ConfigParser interpolation, where a literal "%" must be doubled.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.begin()
+            if connection.dialect.name == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
+        config.attributes["connection"] = connection
+        try:
+            command.upgrade(config, "head")
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()

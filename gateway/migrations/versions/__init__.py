@@ -1,0 +1,1 @@
+"""Alembic revisions, one linear history; file names start with a letter so they are importable modules."""

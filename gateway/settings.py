@@ -1,0 +1,184 @@
+"""The gateway's settings: one pydantic-settings class read from `FEDGATE_*` environment variables.
+
+Settings are built in the cached `get_settings()` dependency, never at import, so tests construct
+`GatewaySettings(...)` explicitly or override the dependency. `check_production()` is called at start and
+refuses a production gateway without TLS, with demo keys, or with an unset or placeholder secret.
+"""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["DEMO_MARKER", "GatewaySettings", "SettingsError", "get_settings"]
+
+# The marker file `connectors.synth.keys` writes beside every demo key. Spelled out here rather than
+# imported: that package also generates the federation keyring, which the gateway must never load.
+DEMO_MARKER = "DEMO-KEYS-DO-NOT-USE-IN-PRODUCTION"
+
+# Passwords copied from examples and compose files; a production database must not be opened with them.
+PLACEHOLDER_PASSWORDS = frozenset({"changethis", "changeme", "change-me", "password", "secret", "example"})
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+log = structlog.get_logger(__name__)
+
+
+class SettingsError(Exception):
+    """The settings cannot be used as they are; the message lists every problem and how to fix it."""
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway process is configured with; each field is `FEDGATE_<FIELD NAME>`."""
+
+    # No env_file: configuration comes from the environment or from explicit arguments, so a stray
+    # `.env` in the working directory can never change what a test or a production process sees.
+    model_config = SettingsConfigDict(env_prefix="FEDGATE_", extra="ignore", validate_default=True)
+
+    mode: Literal["development", "production"] = "development"
+    state_dir: Path = Field(Path(".fedgate"), description="where the default SQLite database lives")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the gateway's own database; unset: SQLite under state_dir"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=1, le=65535)
+
+    signing_key_file: Path | None = Field(
+        None, description="the gateway's Ed25519 private key (PEM) that signs requests to connectors"
+    )
+    tls_cert_file: Path | None = Field(None, description="certificate the gateway presents (PEM)")
+    tls_key_file: Path | None = Field(None, description="private key of tls_cert_file (PEM)")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA bundle for mutual TLS with connectors: verifies the connectors' certificates"
+    )
+    connector_timeout_seconds: float = Field(60, gt=0, le=3600)
+
+    window_epsilon: Decimal = Field(Decimal(10), gt=0, description="federation epsilon per budget window")
+    multi_year_epsilon: Decimal = Field(Decimal(30), gt=0, description="federation epsilon over all windows")
+    default_analyst_quota: Decimal | None = Field(
+        Decimal(5), ge=0, description="epsilon per analyst per window; unset: only the federation cap"
+    )
+    max_rows: int = Field(5_000_000, gt=0, description="public bound on rows, used for DP margins")
+    metrics_enabled: bool = True
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _blank_url_is_unset(cls, value: object) -> object:
+        # `FEDGATE_DATABASE_URL=` (set but empty) in a unit file means "the default", not an invalid URL.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _parseable_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                make_url(value)
+            except ArgumentError:
+                # The URL may hold a password: name the problem, not the value.
+                raise ValueError(
+                    "not a SQLAlchemy URL; expected e.g. postgresql+psycopg://user:password@host:5432/fedgate"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _caps_consistent(self) -> GatewaySettings:
+        if self.multi_year_epsilon < self.window_epsilon:
+            raise ValueError(
+                f"multi_year_epsilon ({self.multi_year_epsilon}) is below window_epsilon "
+                f"({self.window_epsilon}); raise FEDGATE_MULTI_YEAR_EPSILON or lower FEDGATE_WINDOW_EPSILON"
+            )
+        if self.default_analyst_quota is not None and self.default_analyst_quota > self.window_epsilon:
+            raise ValueError(
+                f"default_analyst_quota ({self.default_analyst_quota}) exceeds window_epsilon "
+                f"({self.window_epsilon}); no analyst can spend more than the whole federation"
+            )
+        return self
+
+    def database_url_resolved(self) -> str:
+        """The database URL to connect to: the configured one, or the SQLite file under `state_dir`."""
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'gateway.sqlite3').resolve()}"
+
+    def check_production(self) -> None:
+        """Refuse settings a production gateway must not run with; in development, only warn.
+
+        Raises `SettingsError` listing every problem at once, so an operator fixes them in one pass.
+        """
+        if self.mode != "production":
+            if self.host not in LOOPBACK_HOSTS:
+                log.warning("development mode on a non-loopback address: no TLS is enforced", host=self.host)
+            return
+        problems = [*self._tls_problems(), *self._signing_key_problems(), *self._database_problems()]
+        problems += self._demo_key_problems()
+        if problems:
+            raise SettingsError(
+                "production mode refuses to start:\n"
+                + "\n".join(f"  - {p}" for p in problems)
+                + "\n(set FEDGATE_MODE=development only for local work on loopback)"
+            )
+
+    def _tls_problems(self) -> list[str]:
+        problems = []
+        for field, path in (
+            ("tls_cert_file", self.tls_cert_file),
+            ("tls_key_file", self.tls_key_file),
+            ("tls_client_ca_file", self.tls_client_ca_file),
+        ):
+            variable = f"FEDGATE_{field.upper()}"
+            if path is None:
+                problems.append(
+                    f"{variable} is unset: production serves and calls connectors over mutual TLS"
+                )
+            elif not path.is_file():
+                problems.append(f"{variable} points to {path}, which is not a file")
+        return problems
+
+    def _signing_key_problems(self) -> list[str]:
+        path = self.signing_key_file
+        if path is None:
+            return ["FEDGATE_SIGNING_KEY_FILE is unset: connectors only serve requests the gateway signs"]
+        if not path.is_file():
+            return [f"FEDGATE_SIGNING_KEY_FILE points to {path}, which is not a file"]
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError, OSError):
+            return [f"FEDGATE_SIGNING_KEY_FILE ({path}) is not an unencrypted PEM private key"]
+        if not isinstance(key, Ed25519PrivateKey):
+            return [f"FEDGATE_SIGNING_KEY_FILE ({path}) is not an Ed25519 key"]
+        return []
+
+    def _demo_key_problems(self) -> list[str]:
+        problems = []
+        for path in (self.signing_key_file, self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and (path.parent / DEMO_MARKER).exists():
+                problems.append(
+                    f"{path} is a demo key ({path.parent} holds {DEMO_MARKER}); generate production keys"
+                )
+        return problems
+
+    def _database_problems(self) -> list[str]:
+        if self.database_url is None:
+            return []
+        password = make_url(self.database_url).password
+        if password is not None and str(password).lower() in PLACEHOLDER_PASSWORDS:
+            return ["FEDGATE_DATABASE_URL uses a placeholder password; set a generated one"]
+        return []
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> GatewaySettings:
+    """The process's settings, read once from the environment (tests call `get_settings.cache_clear()`)."""
+    return GatewaySettings()
