@@ -59,11 +59,9 @@ def unit_frame(plan: Plan, tables: Mapping[str, pa.Table]) -> pl.DataFrame:
         frame = _person_rows(plan, frames, measured)
     for ref, values in plan.filters:
         frame = frame.filter(pl.col(ref).is_in(sorted(values)))
-    group_refs = [g.ref for g in plan.groups]
-    if group_refs:
-        # A code outside the published list was withheld at the connector: such units fall in no cell.
-        frame = frame.drop_nulls(group_refs)
-    columns = [*group_refs]
+    # A code outside the published list was withheld (null) at the connector; the release puts such
+    # units in each domain's public "other" cell.
+    columns = [g.ref for g in plan.groups]
     measure = plan.query.measure
     if measure is not None:
         frame = frame.with_columns(pl.col(VALUE).clip(measure.lower, measure.upper).cast(pl.Int64))

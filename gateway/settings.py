@@ -43,7 +43,10 @@ class GatewaySettings(BaseSettings):
 
     # No env_file: configuration comes from the environment or from explicit arguments, so a stray
     # `.env` in the working directory can never change what a test or a production process sees.
-    model_config = SettingsConfigDict(env_prefix="FEDGATE_", extra="ignore", validate_default=True)
+    # hide_input_in_errors: a refused value may be a URL with a password; errors name the field only.
+    model_config = SettingsConfigDict(
+        env_prefix="FEDGATE_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     mode: Literal["development", "production"] = "development"
     state_dir: Path = Field(Path(".fedgate"), description="where the default SQLite database lives")
@@ -62,6 +65,11 @@ class GatewaySettings(BaseSettings):
         None, description="CA bundle for mutual TLS with connectors: verifies the connectors' certificates"
     )
     connector_timeout_seconds: float = Field(60, gt=0, le=3600)
+    token_epoch: int = Field(
+        1,
+        ge=0,
+        description="the federation key epoch connectors tokenise under (public; the secret is not here)",
+    )
 
     window_epsilon: Decimal = Field(Decimal(10), gt=0, description="federation epsilon per budget window")
     multi_year_epsilon: Decimal = Field(Decimal(30), gt=0, description="federation epsilon over all windows")

@@ -1,0 +1,71 @@
+"""Errors raised by the audit log.
+
+    AuditError
+     ├── AuditUnavailable       the store cannot be written or read: the gateway answers 503
+     ├── UnsafeEntry            an entry holds a secret-looking field, a reserved action, or no JSON
+     ├── ProofError             an inclusion or consistency proof does not verify
+     ├── CheckpointError        a signed note or checkpoint is malformed or not trusted
+     ├── ForkDetected           two signed checkpoints cannot both be views of one append-only log
+     ├── ExportFormatError      an export file does not follow the export format (names the line)
+     └── VerificationFailed     an export does not verify; carries the report
+
+Messages never carry entry contents, keys or secrets: they name sequence numbers, sizes and fields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from audit.verify import VerifyReport
+
+
+class AuditError(Exception):
+    """Base of every audit error."""
+
+
+class AuditUnavailable(AuditError):
+    """The audit store cannot be written (or read). Fail closed: refuse the request that needed the entry."""
+
+
+class UnsafeEntry(AuditError, ValueError):
+    """An entry must not be logged as it is; the message names the offending field, never its value."""
+
+
+class ProofError(AuditError):
+    """A Merkle proof does not verify, or its sizes and indices are out of range."""
+
+
+class CheckpointError(AuditError):
+    """A signed note or checkpoint cannot be parsed or is not signed by a trusted key."""
+
+
+class ForkDetected(AuditError):
+    """Two signed checkpoints disagree: same size with different roots, or no valid consistency proof.
+
+    Either the gateway showed different histories to different parties, or it rewrote its log. A connector
+    that sees this must refuse to serve until an auditor has reconciled the logs.
+    """
+
+    def __init__(self, message: str, *, old_size: int, new_size: int) -> None:
+        self.old_size = old_size
+        self.new_size = new_size
+        super().__init__(message)
+
+
+class ExportFormatError(AuditError):
+    """An export file does not follow the format; the message names the line number."""
+
+    def __init__(self, line: int, message: str) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}")
+
+
+class VerificationFailed(AuditError):
+    """An export does not verify; `report` has every problem and the first bad sequence number."""
+
+    def __init__(self, report: VerifyReport) -> None:
+        self.report = report
+        first = report.first_problem
+        detail = f"first bad sequence number {first.seq}: {first.message}" if first else "unknown problem"
+        super().__init__(f"the audit export does not verify: {detail}")

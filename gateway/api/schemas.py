@@ -1,0 +1,120 @@
+"""Input and output models of the gateway's HTTP API (inputs and outputs are separate classes)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.protocol import ApprovedDataset, ConnectorSchema
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EndpointIn(_In):
+    url: str = Field(max_length=512)
+
+
+class EndpointsOut(BaseModel):
+    endpoints: list[str]
+
+
+class ConnectorIn(_In):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    endpoint: str = Field(max_length=512)
+    key_fingerprint: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the connector's public key"
+    )
+
+
+class ConnectorOut(BaseModel):
+    name: str
+    department: str
+    endpoint: str
+    key_fingerprint: str
+    version: int
+    enabled: bool
+
+
+class ConnectorsOut(BaseModel):
+    connectors: list[ConnectorOut]
+
+
+class CatalogOut(BaseModel):
+    """Public policy only: datasets, measures with bounds, dimensions with domains; never a count."""
+
+    connectors: list[ConnectorSchema]
+    household_attributes: list[str]
+    notes: list[str]
+
+
+class DecisionOut(BaseModel):
+    department: str
+    decision: str
+    decided_by: str
+
+
+class QueryOut(BaseModel):
+    id: str
+    digest: str
+    state: str
+    analyst: str
+    error_code: str | None
+    spec: dict[str, Any]
+    departments: list[str] = []
+    required_approvals: dict[str, list[ApprovedDataset]] = {}
+    covered_by: dict[str, str] = Field({}, description="department -> 'approval' or 'rule:<id>'")
+    decisions: list[DecisionOut] = []
+
+
+class QueriesOut(BaseModel):
+    queries: list[QueryOut]
+
+
+class RejectionIn(_In):
+    reason: str = Field(min_length=3, max_length=1_000)
+
+
+class RuleOut(BaseModel):
+    rule_id: str
+    department: str
+    units: list[str]
+    max_epsilon_per_query: Decimal
+    analysts: list[str]
+    datasets: list[ApprovedDataset]
+
+
+class RulesOut(BaseModel):
+    rules: list[RuleOut]
+
+
+class ResultOut(BaseModel):
+    """A released result: DP values with 95% intervals, and what produced them. No exact counts."""
+
+    query_id: str
+    digest: str
+    epsilon: str
+    released_at: str
+    result: dict[str, Any]
+
+
+class EpsilonIn(_In):
+    epsilon: Decimal = Field(ge=0, le=1_000)
+
+
+class BudgetOut(BaseModel):
+    window: str
+    federation_cap: str
+    federation_remaining: str
+    multi_year_windows: list[str]
+    multi_year_cap: str
+    multi_year_remaining: str
+    analyst: str | None
+    analyst_quota: str | None
+    analyst_remaining: str | None
+    datasets: dict[str, str] = Field(
+        {}, description="dataset -> epsilon remaining under its department's cap"
+    )

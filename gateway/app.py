@@ -1,0 +1,190 @@
+"""The gateway's FastAPI application and its start-up.
+
+    build_context(settings)  database (migrated), gateway key, ledger, audit trail
+    create_app(context)      routes, one error shape, request ids, metrics, the audit middleware
+
+Every HTTP request, allowed or refused, is appended to the audit trail before its response starts; if
+that append fails the client gets 503 instead (the gateway fails closed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from connectors.protocol import load_private_key, private_key_pem
+from gateway import db
+from gateway.api import queries as query_routes
+from gateway.api import registry as registry_routes
+from gateway.api import runs as run_routes
+from gateway.audit_trail import AuditTrail, SqlAuditSink
+from gateway.auth import authenticate
+from gateway.context import GatewayContext
+from gateway.errors import ApiError, install_error_handlers, install_request_id
+from gateway.observability import _route_template, health_router, install_metrics, metrics_router
+from gateway.settings import GatewaySettings
+from privacy.ledger import Ledger
+
+log = structlog.get_logger("fedgate.gateway")
+
+
+def load_gateway_key(settings: GatewaySettings) -> Ed25519PrivateKey:
+    """The configured key; in development, one generated once under the state directory."""
+    path = settings.signing_key_file
+    if path is None:
+        path = settings.state_dir / "gateway.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(private_key_pem(Ed25519PrivateKey.generate()))
+            log.warning("gateway.generated_development_key", path=str(path))
+    return load_private_key(Path(path).read_bytes())
+
+
+def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None) -> GatewayContext:
+    if settings.mode == "production":
+        settings.check_production()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = engine or db.make_engine(settings.database_url_resolved())
+    db.migrate(engine)
+    ledger = Ledger(
+        engine,
+        window_cap=settings.window_epsilon,
+        multi_year_cap=settings.multi_year_epsilon,
+        default_analyst_quota=settings.default_analyst_quota,
+    )
+    ctx = GatewayContext(
+        settings=settings,
+        engine=engine,
+        gateway_key=load_gateway_key(settings),
+        ledger=ledger,
+        audit=AuditTrail(SqlAuditSink(engine)),
+    )
+    recover_interrupted_runs(ctx)
+    return ctx
+
+
+def recover_interrupted_runs(ctx: GatewayContext) -> None:
+    """A query left 'running' by a process that died: released if its result was committed, else failed.
+
+    Failed keeps the reservation spent if any data had arrived, and refunds it if none had.
+    """
+    from gateway import queries
+
+    with ctx.engine.connect() as conn:
+        stuck = list(
+            conn.execute(sa.select(db.queries.c.id).where(db.queries.c.state == "running")).scalars()
+        )
+    for qid in stuck:
+        if ctx.ledger.result(qid) is not None:
+            queries.set_state(ctx.engine, qid, "released", expect=("running",))
+            continue
+        entry = ctx.ledger.entry(qid)
+        refunded = entry is None or entry.state == "refunded"
+        if entry is not None and entry.state == "reserved":
+            if entry.data_arrived:
+                ctx.ledger.fail(qid)
+            else:
+                ctx.ledger.refund(qid)
+                refunded = True
+        state = "approved" if refunded else "failed"
+        queries.set_state(ctx.engine, qid, state, expect=("running",), error_code="interrupted")
+        ctx.audit.record("query.interrupted", query_id=qid, charged=not refunded)
+
+
+class AuditMiddleware:
+    """Append one audit entry per HTTP request before its response starts; 503 if that fails."""
+
+    def __init__(self, app: ASGIApp, context: GatewayContext) -> None:
+        self.app = app
+        self.ctx = context
+
+    def _principal(self, scope: Scope) -> tuple[str | None, str | None]:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and value.startswith(b"Bearer "):
+                try:
+                    p = authenticate(self.ctx.engine, value[7:].decode("latin-1").strip())
+                except ApiError:
+                    return None, None
+                return p.name, p.role.value
+        return None, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from fastapi.concurrency import run_in_threadpool
+
+        started = time.perf_counter()
+        sent_503 = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal sent_503
+            if message["type"] == "http.response.start":
+                principal, role = await run_in_threadpool(self._principal, scope)
+                state = scope.get("state", {})
+                entry = {
+                    "method": scope["method"],
+                    "path": _route_template(scope),
+                    "status": int(message["status"]),
+                    "principal": principal,
+                    "role": role,
+                    "request_id": state.get("request_id"),
+                    "client": (scope.get("client") or ("-", 0))[0],
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+                try:
+                    await run_in_threadpool(lambda: self.ctx.audit.record("http.request", **entry))
+                except ApiError:
+                    sent_503 = True
+                    body = (
+                        b'{"error":{"code":"audit_unavailable","message":"the audit log cannot be written",'
+                        b'"field":null,"request_id":null}}'
+                    )
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 503,
+                            "headers": [(b"content-type", b"application/json")],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            elif sent_503:
+                return
+            await send(message)
+
+        await self.app(scope, receive, audited_send)
+
+
+def create_app(context: GatewayContext) -> FastAPI:
+    app = FastAPI(
+        title="fedgate gateway",
+        version="1",
+        description=(
+            "Privacy-preserving data federation: department connectors answer only signed, approved, "
+            "tokenised requests; analysts receive differentially private aggregates with 95% intervals; "
+            "every request is audited."
+        ),
+    )
+    app.state.context = context
+    app.state.engine = context.engine
+    app.add_middleware(AuditMiddleware, context=context)
+    install_error_handlers(app)
+    if context.settings.metrics_enabled:
+        install_metrics(app)
+    install_request_id(app)
+    app.include_router(health_router)
+    app.include_router(metrics_router)
+    app.include_router(registry_routes.router)
+    app.include_router(query_routes.router)
+    app.include_router(run_routes.router)
+    return app

@@ -1,0 +1,155 @@
+"""A small Python client for the gateway's HTTP API.
+
+    with GatewayClient("http://127.0.0.1:8700", api_key) as gw:
+        q = gw.submit(spec)                     # QuerySpec or dict
+        gw.approve(q["id"], key_pem, department) # a department admin, signing with the department's key
+        result = gw.run(q["id"])
+
+Errors come back as `GatewayError` with the status, the fixed code, the message and the offending field.
+The transport can be injected (httpx.MockTransport or an ASGI transport in tests).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from aggregation.query import QuerySpec
+from connectors.protocol import (
+    Approval,
+    ApprovalRule,
+    ApprovedDataset,
+    load_private_key,
+    sign_approval,
+    sign_rule,
+)
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        super().__init__(f"{status} {code}: {message}" + (f" (field {field})" if field else ""))
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _do(self, method: str, path: str, json: Any = None) -> Any:
+        response = self._http.request(method, path, json=json)
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+                raise GatewayError(response.status_code, err["code"], err["message"], err.get("field"))
+            except (ValueError, KeyError, TypeError):
+                raise GatewayError(response.status_code, "error", response.text[:200], None) from None
+        return response.json() if response.content else None
+
+    # --- operator and department admin
+
+    def allow_endpoint(self, url: str) -> Any:
+        return self._do("POST", "/v1/endpoints", {"url": url})
+
+    def register_connector(self, name: str, endpoint: str, key_fingerprint: str) -> Any:
+        return self._do(
+            "POST", "/v1/connectors", {"name": name, "endpoint": endpoint, "key_fingerprint": key_fingerprint}
+        )
+
+    def catalog(self) -> Any:
+        return self._do("GET", "/v1/catalog")
+
+    # --- queries
+
+    def submit(self, spec: QuerySpec | dict[str, Any]) -> Any:
+        body = spec.model_dump(mode="json") if isinstance(spec, QuerySpec) else spec
+        return self._do("POST", "/v1/queries", body)
+
+    def query(self, query_id: str) -> Any:
+        return self._do("GET", f"/v1/queries/{query_id}")
+
+    def queries(self) -> Any:
+        return self._do("GET", "/v1/queries")["queries"]
+
+    def approve(self, query_id: str, key_pem: bytes, department: str) -> Any:
+        """Sign, with the department's own key, an approval covering what the query needs of it."""
+        view = self.query(query_id)
+        spec = QuerySpec.model_validate(view["spec"])
+        scopes = [ApprovedDataset.model_validate(d) for d in view["required_approvals"].get(department, [])]
+        if not scopes:
+            raise GatewayError(
+                403, "forbidden", "this query does not touch that department's data", "query_id"
+            )
+        approval = Approval(
+            department=department,
+            query_id=spec.query_id,
+            query_digest=spec.digest,
+            unit=spec.unit,
+            period_start=spec.period_start,
+            period_end=spec.period_end,
+            datasets=tuple(scopes),
+            epsilon=spec.epsilon,
+        )
+        signed = sign_approval(load_private_key(key_pem), approval)
+        return self._do("POST", f"/v1/queries/{query_id}/approvals", signed.model_dump(mode="json"))
+
+    def reject(self, query_id: str, reason: str) -> Any:
+        return self._do("POST", f"/v1/queries/{query_id}/rejections", {"reason": reason})
+
+    def register_rule(
+        self,
+        key_pem: bytes,
+        *,
+        department: str,
+        rule_id: str,
+        datasets: list[ApprovedDataset],
+        units: tuple[str, ...],
+        max_epsilon_per_query: Decimal,
+        analysts: tuple[str, ...] = ("*",),
+    ) -> Any:
+        rule = ApprovalRule.model_validate(
+            {
+                "department": department,
+                "rule_id": rule_id,
+                "datasets": datasets,
+                "units": units,
+                "max_epsilon_per_query": max_epsilon_per_query,
+                "analysts": analysts,
+            }
+        )
+        signed = sign_rule(load_private_key(key_pem), rule)
+        return self._do("POST", "/v1/rules", signed.model_dump(mode="json"))
+
+    def run(self, query_id: str) -> Any:
+        return self._do("POST", f"/v1/queries/{query_id}/run")
+
+    def result(self, query_id: str) -> Any:
+        return self._do("GET", f"/v1/queries/{query_id}/result")
+
+    def budget(self) -> Any:
+        return self._do("GET", "/v1/budget")

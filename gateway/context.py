@@ -1,0 +1,39 @@
+"""What every request of one gateway process shares: settings, database, keys, ledger and audit trail.
+
+Built once at start (`build_context`) and put on `app.state.context`; routes reach it through
+`ContextDep`, tests build their own and inject a transport for connector calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import httpx
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Depends, Request
+from privacy.ledger import Ledger
+
+from gateway.audit_trail import AuditTrail
+from gateway.settings import GatewaySettings
+
+
+@dataclass
+class GatewayContext:
+    settings: GatewaySettings
+    engine: sa.Engine
+    gateway_key: Ed25519PrivateKey
+    ledger: Ledger
+    audit: AuditTrail
+    transport: httpx.BaseTransport | None = None
+    running: set[str] = field(default_factory=set)
+
+
+def get_context(request: Request) -> GatewayContext:
+    ctx = getattr(request.app.state, "context", None)
+    assert isinstance(ctx, GatewayContext), "the app was built without a gateway context"
+    return ctx
+
+
+ContextDep = Annotated[GatewayContext, Depends(get_context)]

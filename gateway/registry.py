@@ -1,0 +1,197 @@
+"""The connector registry and the catalog analysts see.
+
+The operator keeps an allow-list of connector endpoints (the gateway never fetches an arbitrary URL). A
+department admin registers its own connector with the fingerprint of the connector's key, confirmed out
+of band; the gateway fetches the signed schema, accepts it only under the pinned key, and records every
+change as a new version. The catalog is public policy only: datasets, measures with bounds, dimensions
+with domains and units, never a count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from connectors.protocol import ConnectorSchema
+from gateway import db
+from gateway.auth import Principal
+from gateway.connector_client import ConnectorCallError, ConnectorClient
+from gateway.errors import ApiError, ErrorCode
+
+_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
+
+
+def normalise_endpoint(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not _ENDPOINT.fullmatch(url):
+        raise ApiError(
+            422, ErrorCode.INVALID_REQUEST, "an endpoint is an http(s) URL without query", "endpoint"
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class ConnectorRecord:
+    name: str
+    department: str
+    endpoint: str
+    key_fingerprint: str
+    signing_key: str
+    approval_key: str
+    version: int
+    enabled: bool
+    schema: ConnectorSchema
+
+    def public_view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "department": self.department,
+            "endpoint": self.endpoint,
+            "key_fingerprint": self.key_fingerprint,
+            "version": self.version,
+            "enabled": self.enabled,
+        }
+
+
+def _record(row: sa.Row[Any]) -> ConnectorRecord:
+    return ConnectorRecord(
+        name=row.name,
+        department=row.department,
+        endpoint=row.endpoint,
+        key_fingerprint=row.key_fingerprint,
+        signing_key=row.signing_key,
+        approval_key=row.approval_key,
+        version=row.version,
+        enabled=row.enabled,
+        schema=ConnectorSchema.model_validate_json(row.schema_json),
+    )
+
+
+def allow_endpoint(engine: sa.Engine, url: str, by: Principal) -> str:
+    url = normalise_endpoint(url)
+    with engine.begin() as conn:
+        exists = conn.execute(
+            sa.select(db.allowed_endpoints.c.url).where(db.allowed_endpoints.c.url == url)
+        ).first()
+        if exists is None:
+            conn.execute(
+                db.allowed_endpoints.insert().values(url=url, added_by=by.name, added_at=db.utcnow())
+            )
+    return url
+
+
+def remove_endpoint(engine: sa.Engine, url: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == normalise_endpoint(url))
+        )
+
+
+def list_endpoints(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(sa.select(db.allowed_endpoints.c.url).order_by(db.allowed_endpoints.c.url)).scalars()
+        )
+
+
+def get_connector(engine: sa.Engine, name: str) -> ConnectorRecord | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(db.connectors).where(db.connectors.c.name == name)).first()
+    return _record(row) if row is not None else None
+
+
+def list_connectors(engine: sa.Engine) -> list[ConnectorRecord]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(db.connectors).order_by(db.connectors.c.name)).all()
+    return [_record(r) for r in rows]
+
+
+def catalog(engine: sa.Engine) -> dict[str, ConnectorSchema]:
+    """The enabled connectors' schemas, keyed by connector name."""
+    return {r.name: r.schema for r in list_connectors(engine) if r.enabled}
+
+
+def register_connector(
+    engine: sa.Engine,
+    *,
+    name: str,
+    endpoint: str,
+    fingerprint: str,
+    by: Principal,
+    gateway_key: Ed25519PrivateKey,
+    transport: httpx.BaseTransport | None = None,
+) -> ConnectorRecord:
+    """Register (or update) a department's connector under its pinned key."""
+    endpoint = normalise_endpoint(endpoint)
+    if endpoint not in list_endpoints(engine):
+        raise ApiError(
+            403, ErrorCode.FORBIDDEN, "the endpoint is not on the operator's allow-list", "endpoint"
+        )
+    existing = get_connector(engine, name)
+    if existing is not None and existing.department != by.department:
+        raise ApiError(403, ErrorCode.FORBIDDEN, "this connector belongs to another department", "name")
+    try:
+        schema = ConnectorClient.fetch_pinned_schema(
+            endpoint, connector=name, gateway_key=gateway_key, fingerprint=fingerprint, transport=transport
+        )
+    except ConnectorCallError as exc:
+        status = 422 if exc.code in ("bad_signature", "bad_schema") else 502
+        code = ErrorCode.INVALID_REQUEST if status == 422 else ErrorCode.CONNECTOR_UNAVAILABLE
+        raise ApiError(
+            status, code, f"the connector's schema was refused: {exc.message}", "endpoint"
+        ) from None
+    if schema.department != by.department:
+        raise ApiError(403, ErrorCode.FORBIDDEN, "the connector serves another department", "name")
+    now = db.utcnow()
+    values = {
+        "department": schema.department,
+        "endpoint": endpoint,
+        "key_fingerprint": fingerprint,
+        "signing_key": schema.signing_key,
+        "approval_key": schema.approval_key,
+        "schema_json": schema.model_dump_json(),
+        "enabled": True,
+        "registered_by": by.name,
+        "updated_at": now,
+    }
+    with engine.begin() as conn:
+        version = 1 if existing is None else existing.version + 1
+        if existing is None:
+            conn.execute(db.connectors.insert().values(name=name, version=version, **values))
+        else:
+            conn.execute(
+                db.connectors.update().where(db.connectors.c.name == name).values(version=version, **values)
+            )
+        conn.execute(
+            db.connector_versions.insert().values(
+                name=name,
+                version=version,
+                endpoint=endpoint,
+                key_fingerprint=fingerprint,
+                schema_json=values["schema_json"],
+                changed_by=by.name,
+                changed_at=now,
+            )
+        )
+    record = get_connector(engine, name)
+    assert record is not None
+    return record
+
+
+def set_enabled(engine: sa.Engine, name: str, enabled: bool) -> ConnectorRecord:
+    with engine.begin() as conn:
+        done = conn.execute(
+            db.connectors.update()
+            .where(db.connectors.c.name == name)
+            .values(enabled=enabled, updated_at=db.utcnow())
+        )
+    if done.rowcount == 0:
+        raise ApiError(404, ErrorCode.NOT_FOUND, "no connector of that name", "name")
+    record = get_connector(engine, name)
+    assert record is not None
+    return record

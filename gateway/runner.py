@@ -1,0 +1,296 @@
+"""Running an approved query: reserve budget, fetch concurrently, join, release through OpenDP, commit.
+
+    approved --(CAS)--> running
+      ledger.reserve (before the first extract; over budget: 409, state back to approved)
+      prepare the OpenDP measurement and check its privacy map (before any data)
+      signed extracts to every planned connector, concurrently (timeouts)
+        every call failed, none returned data   -> refund, state back to approved (nothing charged)
+        a call failed after another returned data -> the reservation stays spent, state failed
+      token join -> one row per unit -> release -> ledger.commit(result) in one transaction -> released
+
+`run` is idempotent: a released query returns its stored result and draws no fresh noise. The token-level
+frames live only in this function's memory and are dropped when it returns.
+"""
+
+from __future__ import annotations
+
+import datetime
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import pyarrow as pa
+import structlog
+
+from aggregation.executor import VALUE, unit_frame
+from aggregation.planner import ExtractPlan, Plan
+from aggregation.query import QuerySpec, StatisticKind
+from connectors.protocol import (
+    ExtractRequest,
+    SignedApproval,
+    SignedRule,
+    TokenSpec,
+    parse_public_key,
+    sha256_hex,
+)
+from gateway import queries
+from gateway.auth import Principal
+from gateway.connector_client import ConnectorCallError, ConnectorClient
+from gateway.context import GatewayContext
+from gateway.errors import ApiError, ErrorCode
+from gateway.registry import get_connector
+from privacy.errors import BudgetExceeded, PrivacyError
+from privacy.release import (
+    Count,
+    GroupDomain,
+    Histogram,
+    Mean,
+    Quantiles,
+    ReleaseSpec,
+    Statistic,
+    Sum,
+    prepare_release,
+)
+
+log = structlog.get_logger("fedgate.runner")
+
+PROXY_NOTE = (
+    "Disposable income here is a proxy built from what departments hold (wages, business income, pensions, "
+    "transfers, minus personal contributions); no department holds property income."
+)
+
+
+def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
+    """The OpenDP release a plan needs: public cells from the planned groups, public bounds and epsilon."""
+    q = plan.query
+    stats: list[Statistic] = []
+    for s in q.statistics:
+        if s.kind is StatisticKind.HISTOGRAM:
+            stats.append(Histogram(edges=tuple(s.edges or ())))
+        elif s.kind is StatisticKind.QUANTILES:
+            stats.append(Quantiles(probs=tuple(s.probs or ()), edges=tuple(s.edges or ())))
+        elif s.kind is StatisticKind.SUM:
+            stats.append(Sum())
+        elif s.kind is StatisticKind.MEAN:
+            stats.append(Mean())
+        else:
+            stats.append(Count())
+    measure = q.measure
+    return ReleaseSpec(
+        groups=tuple(GroupDomain(name=g.ref, values=g.domain) for g in plan.groups),
+        measure=VALUE if measure is not None else None,
+        lower=measure.lower if measure is not None else 0,
+        upper=measure.upper if measure is not None else 0,
+        statistics=tuple(stats),
+        epsilon=q.epsilon,
+        unit_multiplicity=plan.unit_multiplicity,
+        max_rows=max_rows,
+    )
+
+
+def _request(
+    ctx: GatewayContext,
+    spec: QuerySpec,
+    e: ExtractPlan,
+    cover: SignedApproval | SignedRule,
+    analyst: str,
+    epoch: int,
+) -> ExtractRequest:
+    return ExtractRequest(
+        connector=e.connector,
+        query_id=spec.query_id,
+        query_digest=spec.digest,
+        dataset=e.dataset,
+        unit=spec.unit,
+        period_start=spec.period_start,
+        period_end=spec.period_end,
+        measures=e.measures,
+        dimensions=e.dimensions,
+        household=e.household,
+        token=TokenSpec(epoch=epoch),
+        epsilon=spec.epsilon,
+        analyst=analyst,
+        approval=cover if isinstance(cover, SignedApproval) else None,
+        rule=cover if isinstance(cover, SignedRule) else None,
+    )
+
+
+def stored_result(ctx: GatewayContext, record: queries.QueryRecord) -> dict[str, Any]:
+    doc = ctx.ledger.result(record.id)
+    if doc is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, "no released result for this query", "query_id")
+    return doc
+
+
+def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[str, Any]:
+    record = queries.get_query(ctx.engine, query_id)
+    if record.analyst != analyst.name:
+        raise ApiError(404, ErrorCode.NOT_FOUND, "no query with that id", "query_id")
+    if record.state == "released":
+        return stored_result(ctx, record)
+    if ctx.ledger.result(query_id) is not None:
+        # A run committed its result but died before the state changed: serve what was released.
+        queries.set_state(ctx.engine, query_id, "released", expect=("running", "approved", "failed"))
+        return stored_result(ctx, record)
+    plan = queries.plan_or_422(ctx.engine, record.spec)
+    queries.refresh_state(ctx.engine, query_id, plan)
+    record = queries.get_query(ctx.engine, query_id)
+    if record.state != "approved":
+        code = ErrorCode.NOT_APPROVED if record.state in ("submitted", "rejected") else ErrorCode.CONFLICT
+        raise ApiError(409, code, f"the query is {record.state}; it runs only when approved", "query_id")
+    found, _ = queries.covers(ctx.engine, record, plan)
+    if not queries.set_state(ctx.engine, query_id, "running", expect=("approved",)):
+        raise ApiError(409, ErrorCode.CONFLICT, "the query is already running", "query_id")
+    ctx.audit.record("query.run", actor=analyst.name, query_id=query_id, query_digest=record.digest)
+    try:
+        return _run(ctx, plan, found, analyst)
+    except BaseException:
+        # Whatever failed, a query never stays 'running' in this process's view.
+        queries.set_state(
+            ctx.engine, query_id, "failed", expect=("running",), error_code=ErrorCode.INTERNAL.value
+        )
+        raise
+
+
+def _run(
+    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
+) -> dict[str, Any]:
+    spec = plan.query
+    qid = spec.query_id
+    datasets = [e.ref for e in plan.extracts]
+    try:
+        prepared = prepare_release(release_spec(plan, ctx.settings.max_rows))
+    except PrivacyError as exc:
+        queries.set_state(ctx.engine, qid, "approved", expect=("running",), error_code="invalid_request")
+        raise ApiError(
+            422, ErrorCode.INVALID_REQUEST, f"the release cannot be built: {exc}", "statistics"
+        ) from None
+    try:
+        reservation = ctx.ledger.reserve(qid, analyst=analyst.name, datasets=datasets, epsilon=spec.epsilon)
+    except BudgetExceeded as exc:
+        queries.set_state(ctx.engine, qid, "approved", expect=("running",), error_code="budget_exceeded")
+        ctx.audit.record(
+            "budget.refused",
+            actor=analyst.name,
+            query_id=qid,
+            scope=exc.scope,
+            requested=str(exc.requested),
+            remaining=str(exc.remaining),
+        )
+        raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
+    del reservation
+    tables, failures = _fetch(ctx, plan, found, analyst)
+    if failures:
+        if not tables:
+            ctx.ledger.refund(qid)
+            queries.set_state(
+                ctx.engine, qid, "approved", expect=("running",), error_code="connector_unavailable"
+            )
+            ctx.audit.record(
+                "query.failed",
+                query_id=qid,
+                reason="connector_unavailable",
+                charged=False,
+                connectors=sorted(failures),
+            )
+            raise ApiError(
+                503,
+                ErrorCode.CONNECTOR_UNAVAILABLE,
+                "a connector did not answer; nothing was charged, the query can be run again",
+                "query_id",
+            )
+        ctx.ledger.fail(qid)
+        queries.set_state(ctx.engine, qid, "failed", expect=("running",), error_code="connector_error")
+        ctx.audit.record(
+            "query.failed", query_id=qid, reason="connector_error", charged=True, connectors=sorted(failures)
+        )
+        raise ApiError(
+            502,
+            ErrorCode.CONNECTOR_ERROR,
+            "a connector failed after others had answered; the reserved budget stays spent",
+            "query_id",
+        )
+    frame = unit_frame(plan, tables)
+    del tables
+    released = prepared.run(frame)
+    del frame
+    doc = {
+        "query_id": qid,
+        "digest": spec.digest,
+        "epsilon": str(spec.epsilon),
+        "released_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "unit": spec.unit.value,
+        "measure": spec.measure.label if spec.measure else None,
+        "notes": [PROXY_NOTE] if spec.measure else [],
+        "release": released.to_json_dict(),
+    }
+    ctx.ledger.commit(qid, doc)
+    queries.set_state(ctx.engine, qid, "released", expect=("running",))
+    ctx.audit.record(
+        "query.released",
+        actor=analyst.name,
+        query_id=qid,
+        query_digest=spec.digest,
+        epsilon=str(spec.epsilon),
+        result_digest=sha256_hex(repr(doc).encode()),
+        release=doc["release"],
+    )
+    return doc
+
+
+def _fetch(
+    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
+) -> tuple[dict[str, pa.Table], dict[str, str]]:
+    """Call every planned connector concurrently; returns the tables and, per failed extract, its code."""
+    spec = plan.query
+    tables: dict[str, pa.Table] = {}
+    failures: dict[str, str] = {}
+    epoch = _token_epoch(ctx)
+
+    def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str]]:
+        record = get_connector(ctx.engine, e.connector)
+        if record is None or not record.enabled:
+            raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
+        req = _request(ctx, spec, e, found[e.department], analyst.name, epoch)
+        with ConnectorClient(
+            record.endpoint,
+            connector=e.connector,
+            gateway_key=ctx.gateway_key,
+            connector_key=parse_public_key(record.signing_key),
+            timeout=ctx.settings.connector_timeout_seconds,
+            transport=ctx.transport,
+        ) as client:
+            return client.extract(req), client.last_receipt
+
+    with ThreadPoolExecutor(max_workers=max(1, len(plan.extracts))) as pool:
+        futures = {pool.submit(call, e): e for e in plan.extracts}
+        for future in as_completed(futures):
+            e = futures[future]
+            try:
+                table, receipt = future.result()
+            except ConnectorCallError as exc:
+                failures[e.ref] = exc.code
+                ctx.audit.record(
+                    "connector.call",
+                    query_id=spec.query_id,
+                    connector=e.connector,
+                    dataset=e.dataset,
+                    outcome=exc.code,
+                    status=exc.status,
+                )
+                continue
+            if not tables:
+                ctx.ledger.mark_data_arrived(spec.query_id)
+            tables[e.ref] = table
+            ctx.audit.record(
+                "connector.call",
+                query_id=spec.query_id,
+                connector=e.connector,
+                dataset=e.dataset,
+                outcome="ok",
+                **receipt,
+            )
+    return tables, failures
+
+
+def _token_epoch(ctx: GatewayContext) -> int:
+    return ctx.settings.token_epoch

@@ -1,0 +1,191 @@
+"""Intervals: analytic half-widths against OpenDP's accuracy functions, and coverage of simulated intervals.
+
+Coverage tests run the whole pipeline many times with numpy: truth -> add the known noise -> interval from
+the noisy values and the public scales only -> does it contain the truth? Seeds are fixed so the tests are
+repeatable; the bands are set to fail for intervals that are too narrow, too wide or biased.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import opendp.prelude as dp
+import pytest
+
+from privacy import intervals
+from privacy.intervals import (
+    discrete_laplace_half_width,
+    laplace_half_width,
+    mean_from_noisy,
+    quantiles_from_noisy_histogram,
+    ratio_from_noisy,
+    ratio_of_ratios_from_noisy,
+    sample_noise,
+    share_from_noisy,
+    shares_from_noisy_histogram,
+)
+
+REPS = 1000
+
+
+@pytest.mark.parametrize("scale", [0.3, 0.5, 1.0, 2.0, 3.3, 10.0, 123.4, 1000.0, 12345.6, 1e7])
+def test_discrete_half_width_matches_opendp(scale: float) -> None:
+    dp.enable_features("contrib")
+    expected = math.floor(dp.discrete_laplacian_scale_to_accuracy(scale, 0.05))
+    assert discrete_laplace_half_width(scale) == expected
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0, 1000.0])
+def test_continuous_half_width_matches_opendp(scale: float) -> None:
+    dp.enable_features("contrib")
+    assert laplace_half_width(scale) == pytest.approx(dp.laplacian_scale_to_accuracy(scale, 0.05))
+
+
+@pytest.mark.parametrize("scale", [0.7, 2.0, 25.0])
+def test_discrete_half_width_is_the_smallest_that_covers(scale: float) -> None:
+    q = math.exp(-1.0 / scale)
+    k = discrete_laplace_half_width(scale)
+
+    def tail(k: int) -> float:
+        return 2 * q ** (k + 1) / (1 + q)  # P(|X| > k)
+
+    assert tail(k) <= 0.05 < tail(k - 1) if k > 0 else tail(0) <= 0.05
+    assert discrete_laplace_half_width(0.0) == 0
+
+
+def test_sampled_discrete_laplace_has_the_known_distribution() -> None:
+    rng = np.random.default_rng(7)
+    scale = 3.0
+    draws = sample_noise(rng, scale, 400_000)
+    q = math.exp(-1 / scale)
+    assert np.all(draws == np.round(draws))
+    assert draws.var() == pytest.approx(2 * q / (1 - q) ** 2, rel=0.02)
+    assert np.mean(draws == 0) == pytest.approx((1 - q) / (1 + q), abs=0.005)
+    assert np.mean(np.abs(draws) > discrete_laplace_half_width(scale)) <= 0.05 + 0.002
+
+
+def _coverage(truth: float, low: np.ndarray, high: np.ndarray) -> float:
+    return float(np.mean((low <= truth) & (truth <= high)))
+
+
+def test_ratio_interval_covers_95_percent() -> None:
+    rng = np.random.default_rng(11)
+    true_num, true_den = 50_000.0, 400.0  # e.g. income sum and households of a village
+    num_scale, den_scale = 300.0, 3.0
+    noisy_num = true_num + sample_noise(rng, num_scale, REPS)
+    noisy_den = true_den + sample_noise(rng, den_scale, REPS)
+    est = ratio_from_noisy(noisy_num, num_scale, noisy_den, den_scale, rng=rng)
+    coverage = _coverage(true_num / true_den, est.low, est.high)
+    assert 0.93 <= coverage <= 0.975
+    # Not absurdly wide: the mean width is close to the spread of the estimator itself.
+    spread = np.subtract(*np.percentile(noisy_num / noisy_den, [97.5, 2.5]))
+    assert 0.8 * spread <= float(np.mean(est.high - est.low)) <= 1.25 * spread
+
+
+def test_mean_interval_covers_and_is_clipped() -> None:
+    rng = np.random.default_rng(12)
+    true_sum, true_count = 120 * 640.0, 120.0
+    sum_scale, count_scale = 2000.0, 2.0
+    noisy_sum = true_sum + sample_noise(rng, sum_scale, REPS)
+    noisy_count = true_count + sample_noise(rng, count_scale, REPS)
+    est = mean_from_noisy(noisy_sum, sum_scale, noisy_count, count_scale, lower=0, upper=1000, rng=rng)
+    assert 0.93 <= _coverage(640.0, est.low, est.high) <= 0.975
+    assert np.all((est.low >= 0) & (est.high <= 1000))
+    tiny = mean_from_noisy([50.0], sum_scale, [0.0], count_scale, lower=0, upper=1000, rng=rng)
+    assert math.isnan(tiny.value[0]) and (tiny.low[0], tiny.high[0]) == (0.0, 1000.0)
+
+
+def test_share_interval_covers_95_percent() -> None:
+    rng = np.random.default_rng(13)
+    part, total = 300.0, 2000.0
+    scale = 4.0
+    noisy_part = part + sample_noise(rng, scale, REPS)
+    noisy_total = total + sample_noise(rng, scale, REPS)
+    est = share_from_noisy(noisy_part, scale, noisy_total, scale, rng=rng)
+    assert 0.93 <= _coverage(part / total, est.low, est.high) <= 0.975
+    assert np.all((est.low >= 0) & (est.high <= 1))
+
+
+def test_ratio_of_ratios_interval_covers_95_percent() -> None:
+    rng = np.random.default_rng(14)
+    a, b, c, d = 900.0, 3000.0, 5000.0, 10000.0  # (poor/all in a village) / (poor/all in the county)
+    scale = 5.0
+    noisy = [x + sample_noise(rng, scale, REPS) for x in (a, b, c, d)]
+    est = ratio_of_ratios_from_noisy(
+        noisy[0], scale, noisy[1], scale, noisy[2], scale, noisy[3], scale, rng=rng
+    )
+    assert 0.93 <= _coverage((a / b) / (c / d), est.low, est.high) <= 0.975
+
+
+def test_histogram_shares_cover_and_add_up() -> None:
+    rng = np.random.default_rng(15)
+    truth = np.array([40.0, 300.0, 500.0, 150.0, 10.0])
+    scale = 3.0
+    noisy = truth + sample_noise(rng, scale, (REPS, truth.size))
+    est = shares_from_noisy_histogram(noisy, scale, rng=rng)
+    assert np.allclose(est.value.sum(axis=1), 1.0)
+    true_shares = truth / truth.sum()
+    for j in range(truth.size):
+        assert 0.92 <= _coverage(true_shares[j], est.low[:, j], est.high[:, j]) <= 0.985
+
+
+def test_quantile_intervals_cover_the_true_quantile() -> None:
+    rng = np.random.default_rng(16)
+    edges = list(range(0, 1001, 50))
+    values = rng.gamma(4.0, 80.0, 1500).clip(0, 1000).astype(int)
+    # Bins: underflow (< 0), [0,50), ..., [950,1000), overflow (>= 1000).
+    truth = np.array(
+        [np.sum(values < edges[0])]
+        + [np.sum((values >= a) & (values < b)) for a, b in zip(edges, edges[1:], strict=False)]
+        + [np.sum(values >= edges[-1])],
+        dtype=float,
+    )
+    scale = 4.0
+    reps = 300
+    noisy = truth + sample_noise(rng, scale, (reps, truth.size))
+    probs = (0.1, 0.5, 0.9)
+    est = quantiles_from_noisy_histogram(
+        noisy, scale, edges=edges, lower=0, upper=1000, probs=probs, draws=1000, rng=rng
+    )
+    true_q = np.quantile(values, probs)
+    for j in range(len(probs)):
+        coverage = _coverage(float(true_q[j]), est.low[:, j], est.high[:, j])
+        assert coverage >= 0.9
+        # The interval is at most a few bins wide here: it is informative, not [lower, upper].
+        assert float(np.median(est.high[:, j] - est.low[:, j])) <= 200
+        assert np.all((est.low[:, j] <= est.value[:, j]) & (est.value[:, j] <= est.high[:, j]))
+        assert float(np.median(np.abs(est.value[:, j] - true_q[j]))) <= 50
+
+
+def test_quantiles_of_an_empty_histogram_are_undefined() -> None:
+    est = quantiles_from_noisy_histogram(
+        [[-3.0, -1.0, 0.0]], 1.0, edges=[10, 20], lower=0, upper=30, probs=[0.5], rng=np.random.default_rng(1)
+    )
+    assert math.isnan(est.value[0, 0]) and (est.low[0, 0], est.high[0, 0]) == (0.0, 30.0)
+
+
+def test_interval_functions_accept_only_noisy_values_and_public_parameters() -> None:
+    """No function takes a true value: every value parameter is named noisy_*; the rest are public."""
+    public = {
+        "scale",
+        "confidence",
+        "noise",
+        "draws",
+        "rng",
+        "size",
+        "lower",
+        "upper",
+        "edges",
+        "probs",
+        "clip",
+        "denominator_floor",
+    }
+    for name in intervals.__all__:
+        func = getattr(intervals, name)
+        if not inspect.isfunction(func):
+            continue
+        for param in inspect.signature(func).parameters:
+            assert "true" not in param and "truth" not in param, (name, param)
+            assert param.startswith("noisy_") or param.endswith("_scale") or param in public, (name, param)
