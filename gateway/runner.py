@@ -178,6 +178,21 @@ def _run(
         )
         raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
     del reservation
+    down = _unreachable(ctx, plan)
+    if down:
+        ctx.ledger.refund(qid)
+        queries.set_state(
+            ctx.engine, qid, "approved", expect=("running",), error_code="connector_unavailable"
+        )
+        ctx.audit.record(
+            "query.failed", query_id=qid, reason="connector_unavailable", charged=False, connectors=down
+        )
+        raise ApiError(
+            503,
+            ErrorCode.CONNECTOR_UNAVAILABLE,
+            "a connector is not answering; nothing was charged, the query can be run again later",
+            "query_id",
+        )
     tables, failures = _fetch(ctx, plan, found, analyst)
     if failures:
         if not tables:
@@ -290,6 +305,28 @@ def _fetch(
                 **receipt,
             )
     return tables, failures
+
+
+def _unreachable(ctx: GatewayContext, plan: Plan) -> list[str]:
+    """Connectors that do not answer a health check: checked before any extract, so a connector that is
+    down makes the query fail before any data arrives (and charge nothing)."""
+    down = []
+    for name in dict.fromkeys(e.connector for e in plan.extracts):
+        record = get_connector(ctx.engine, name)
+        if record is None or not record.enabled:
+            down.append(name)
+            continue
+        with ConnectorClient(
+            record.endpoint,
+            connector=name,
+            gateway_key=ctx.gateway_key,
+            connector_key=parse_public_key(record.signing_key),
+            timeout=min(5.0, ctx.settings.connector_timeout_seconds),
+            transport=ctx.transport,
+        ) as client:
+            if not client.health():
+                down.append(name)
+    return down
 
 
 def _token_epoch(ctx: GatewayContext) -> int:

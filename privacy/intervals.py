@@ -17,10 +17,11 @@ value, so calling it costs no privacy budget. Two methods:
   is the honest answer. Where a figure must lie in a known range (a share in [0, 1], a mean of values
   clamped to [lower, upper]) each draw is clipped to it.
 
-Quantiles come from a noisy histogram over public edges: the point estimate inverts the noisy CDF (negative
-bins clipped to 0) with linear interpolation inside the bin; the interval inverts a pointwise simulated CDF
-band at the bin edges, ``[F_hi^-1(p), F_lo^-1(p)]``, so its ends are bin edges and it also covers the
-unknown position of the quantile inside its bin.
+Quantiles come from a noisy histogram over public edges. The noisy CDF at each edge is the raw noisy
+cumulative count over the raw noisy total (unbiased; clipping bins at 0 first would bias tail quantiles
+outwards), made monotone by a running maximum; the point estimate inverts it with linear interpolation inside
+the bin. The interval inverts a pointwise simulated CDF band at the bin edges, ``[F_hi^-1(p), F_lo^-1(p)]``,
+so its ends are bin edges and it also covers the unknown position of the quantile inside its bin.
 """
 
 from __future__ import annotations
@@ -387,18 +388,28 @@ def histogram_boundaries(edges: Sequence[int], lower: int, upper: int) -> FloatA
     return np.asarray([lower, *edges, upper], dtype=np.float64)
 
 
+def _noisy_cdf(counts: npt.NDArray[np.float64]) -> FloatArray:
+    """CDF at each bin's right boundary from raw noisy counts (last axis = bins).
+
+    Raw cumulative sums are unbiased for the true ones; clipping every bin at 0 first would add the positive
+    part of the noise of every empty tail bin and push upper quantiles outwards. The total is floored at 1.
+    """
+    cum = np.cumsum(counts, axis=-1)
+    return np.asarray(cum / np.maximum(cum[..., -1:], 1.0), dtype=np.float64)
+
+
 def _invert_cdf(counts: FloatArray, bounds: FloatArray, probs: FloatArray) -> FloatArray:
-    """Interpolated quantiles of clipped histograms; counts (n, B), bounds (B+1,), probs (P,) -> (n, P)."""
-    clipped = np.maximum(counts, 0.0)
-    cum = np.cumsum(clipped, axis=1)
-    total = cum[:, -1]
+    """Interpolated quantiles of noisy histograms; counts (n, B), bounds (B+1,), probs (P,) -> (n, P)."""
+    # Monotone (running maximum) and within [0, 1]; a prefix of negative noise cannot make F decrease.
+    cdf = np.clip(np.maximum.accumulate(_noisy_cdf(counts), axis=1), 0.0, 1.0)
+    total = counts.sum(axis=1)
     out = np.full((counts.shape[0], probs.size), np.nan)
-    for row in np.flatnonzero(total > 0):
-        targets = probs * total[row]
-        bins = np.minimum(np.searchsorted(cum[row], targets, side="left"), counts.shape[1] - 1)
-        before = np.where(bins > 0, cum[row][np.maximum(bins - 1, 0)], 0.0)
-        width = clipped[row][bins]
-        frac = np.where(width > 0, (targets - before) / np.where(width > 0, width, 1.0), 0.0)
+    n_bins = counts.shape[1]
+    for row in np.flatnonzero(total >= 1.0):
+        bins = np.minimum(np.searchsorted(cdf[row], probs, side="left"), n_bins - 1)
+        before = np.where(bins > 0, cdf[row][np.maximum(bins - 1, 0)], 0.0)
+        step = cdf[row][bins] - before
+        frac = np.where(step > 0, (probs - before) / np.where(step > 0, step, 1.0), 0.0)
         out[row] = bounds[bins] + np.clip(frac, 0.0, 1.0) * (bounds[bins + 1] - bounds[bins])
     return out
 
@@ -419,7 +430,7 @@ def quantiles_from_noisy_histogram(
     """Quantiles of values clamped to [lower, upper] from noisy histograms over public ``edges``.
 
     ``noisy_counts`` has shape (cells, len(edges) + 1): the underflow bin, the inner bins, the overflow bin.
-    Returns arrays of shape (cells, len(probs)). A cell whose clipped histogram is empty gets NaN and the
+    Returns arrays of shape (cells, len(probs)). A cell whose noisy total is below 1 gets NaN and the
     interval [lower, upper]. See the module docstring for the method.
     """
     counts = np.atleast_2d(np.asarray(noisy_counts, dtype=np.float64))
@@ -438,9 +449,8 @@ def quantiles_from_noisy_histogram(
     batch = max(1, _MAX_BATCH_ELEMENTS // max(draws * n_bins, 1))
     for start in range(0, counts.shape[0], batch):
         block = counts[start : start + batch]
-        sim = np.maximum(block + sample_noise(generator, scale, (draws, *block.shape), noise), 0.0)
-        cum = np.cumsum(sim, axis=2)
-        cdf = cum / np.maximum(cum[:, :, -1:], 1.0)  # CDF at each bin's right boundary
+        sim = block + sample_noise(generator, scale, (draws, *block.shape), noise)
+        cdf = _noisy_cdf(sim)
         cdf_lo, cdf_hi = np.percentile(cdf, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)], axis=0)
         for offset in range(block.shape[0]):
             row = start + offset

@@ -8,6 +8,7 @@ repeatable; the bands are set to fail for intervals that are too narrow, too wid
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 
 import numpy as np
@@ -131,18 +132,18 @@ def test_histogram_shares_cover_and_add_up() -> None:
         assert 0.92 <= _coverage(true_shares[j], est.low[:, j], est.high[:, j]) <= 0.985
 
 
-def test_quantile_intervals_cover_the_true_quantile() -> None:
+@pytest.mark.parametrize(("scale", "max_width", "max_error"), [(4.0, 150, 25), (40.0, 800, 150)])
+def test_quantile_intervals_cover_the_true_quantile(scale: float, max_width: float, max_error: float) -> None:
     rng = np.random.default_rng(16)
     edges = list(range(0, 1001, 50))
     values = rng.gamma(4.0, 80.0, 1500).clip(0, 1000).astype(int)
     # Bins: underflow (< 0), [0,50), ..., [950,1000), overflow (>= 1000).
     truth = np.array(
         [np.sum(values < edges[0])]
-        + [np.sum((values >= a) & (values < b)) for a, b in zip(edges, edges[1:], strict=False)]
+        + [np.sum((values >= a) & (values < b)) for a, b in itertools.pairwise(edges)]
         + [np.sum(values >= edges[-1])],
         dtype=float,
     )
-    scale = 4.0
     reps = 300
     noisy = truth + sample_noise(rng, scale, (reps, truth.size))
     probs = (0.1, 0.5, 0.9)
@@ -153,10 +154,13 @@ def test_quantile_intervals_cover_the_true_quantile() -> None:
     for j in range(len(probs)):
         coverage = _coverage(float(true_q[j]), est.low[:, j], est.high[:, j])
         assert coverage >= 0.9
-        # The interval is at most a few bins wide here: it is informative, not [lower, upper].
-        assert float(np.median(est.high[:, j] - est.low[:, j])) <= 200
-        assert np.all((est.low[:, j] <= est.value[:, j]) & (est.value[:, j] <= est.high[:, j]))
-        assert float(np.median(np.abs(est.value[:, j] - true_q[j]))) <= 50
+        # Informative, not [lower, upper]: a few bins wide, and the estimate is close to the truth.
+        assert float(np.median(est.high[:, j] - est.low[:, j])) <= max_width
+        defined = ~np.isnan(est.value[:, j])
+        assert np.all(
+            (est.low[defined, j] <= est.value[defined, j]) & (est.value[defined, j] <= est.high[defined, j])
+        )
+        assert float(np.median(np.abs(est.value[defined, j] - true_q[j]))) <= max_error
 
 
 def test_quantiles_of_an_empty_histogram_are_undefined() -> None:

@@ -1,0 +1,295 @@
+"""End to end over real HTTP: the gateway and five connectors as processes; tax in PostgreSQL, social
+insurance in MariaDB; roles, approvals, runs, idempotence, failures and leak scans."""
+
+from __future__ import annotations
+
+import base64
+import re
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+
+import httpx
+import pytest
+from county_fixture import headline_query
+from dbservers import private_database
+from federation import Federation, register_everything, start_federation
+
+from aggregation.query import QuerySpec
+from connectors.protocol import (
+    Approval,
+    ApprovedDataset,
+    ExtractRequest,
+    TokenSpec,
+    load_private_key,
+    sign_approval,
+)
+from connectors.tokens import Suite
+from gateway.client import GatewayClient, GatewayError
+from gateway.process import start_gateway
+
+pytestmark = [pytest.mark.postgres, pytest.mark.mariadb, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    pg = private_database("postgres")
+    maria = private_database("mariadb")
+    tax_url, social_url = next(pg), next(maria)
+    federation = start_federation(tmp_path_factory.mktemp("fed"), tax_url=tax_url, social_url=social_url)
+    try:
+        register_everything(federation)
+        yield federation
+    finally:
+        federation.stop()
+        next(pg, None)
+        next(maria, None)
+
+
+def _query(purpose: str, **changes: object) -> QuerySpec:
+    data = headline_query().model_dump()
+    data.update(purpose=purpose, **changes)
+    return QuerySpec.model_validate(data)
+
+
+def test_headline_query_runs_once_and_is_served_again_for_free(fed: Federation) -> None:
+    with fed.client("analyst") as analyst:
+        before = analyst.budget()
+        view = analyst.submit(_query("Headline bands by village, end to end"))
+        assert view["state"] == "approved"
+        assert set(view["covered_by"]) == {"register", "tax", "social", "civil"}
+        first = analyst.run(view["id"])
+        again = analyst.run(view["id"])
+        fetched = analyst.result(view["id"])
+        after = analyst.budget()
+    assert first == again == fetched
+    cells = first["result"]["release"]["cells"]
+    villages = {c["groups"]["register.persons.village"] for c in cells}
+    domain = set(fed.truth()["as_linked"]["households_by_village"])
+    assert domain <= villages  # every public village is released, empty or not
+    assert all(c["low"] <= c["value"] <= c["high"] for c in cells)
+    spent = Decimal(before["federation_remaining"]) - Decimal(after["federation_remaining"])
+    assert spent == Decimal("1")
+
+
+def test_role_matrix(fed: Federation) -> None:
+    with fed.client("other-analyst") as other:
+        view = other.submit(_query("Bands by village, not covered by any rule"))
+        assert view["state"] == "submitted"  # the rules name only 'analyst'
+        with pytest.raises(GatewayError) as err:
+            other.run(view["id"])
+        assert err.value.status == 409 and err.value.code == "not_approved"
+    qid = view["id"]
+    spec = QuerySpec.model_validate(view["spec"])
+    # An analyst cannot approve, even with a correctly signed approval in hand.
+    signed = sign_approval(
+        load_private_key(fed.approval_key("tax")),
+        Approval(
+            department="tax",
+            query_id=qid,
+            query_digest=spec.digest,
+            unit=spec.unit,
+            period_start=spec.period_start,
+            period_end=spec.period_end,
+            datasets=tuple(ApprovedDataset.model_validate(d) for d in view["required_approvals"]["tax"]),
+            epsilon=spec.epsilon,
+        ),
+    )
+    for who in ("analyst", "other-analyst", "auditor", "operator"):
+        r = httpx.post(
+            f"{fed.gateway.url}/v1/queries/{qid}/approvals",
+            json=signed.model_dump(mode="json"),
+            headers={"authorization": f"Bearer {fed.keys[who]}"},
+        )
+        assert r.status_code == 403, who
+    # A department admin cannot approve for another department, nor with another department's key.
+    with fed.client("tax") as tax_admin:
+        with pytest.raises(GatewayError) as err:
+            tax_admin.approve(qid, fed.approval_key("tax"), "social")
+        assert err.value.status == 403
+        with pytest.raises(GatewayError) as err:
+            tax_admin.approve(qid, fed.approval_key("social"), "tax")
+        assert err.value.code == "not_approved"
+    # An auditor cannot run or submit queries.
+    with fed.client("auditor") as auditor:
+        for call in (lambda: auditor.run(qid), lambda: auditor.submit(_query("An auditor trying to ask"))):
+            with pytest.raises(GatewayError) as err:
+                call()
+            assert err.value.status == 403
+    # Nobody without a valid key gets anything.
+    for headers in ({}, {"authorization": "Bearer fgk_not-a-key"}, {"authorization": "Basic abc"}):
+        r = httpx.get(fed.gateway.url + "/v1/catalog", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+    # Every department approves with its own key: the query becomes approved and runs.
+    for dept in view["departments"]:
+        with fed.client(dept) as admin:
+            view = admin.approve(qid, fed.approval_key(dept), dept)
+    assert view["state"] == "approved"
+    assert set(view["covered_by"].values()) == {"approval"}
+    with fed.client("other-analyst") as other:
+        assert other.run(qid)["query_id"] == qid
+    # The connector itself refuses an approval signed with another department's key.
+    approval = Approval(
+        department="social",
+        query_id=spec.query_id,
+        query_digest=spec.digest,
+        unit=spec.unit,
+        period_start=spec.period_start,
+        period_end=spec.period_end,
+        datasets=(ApprovedDataset(dataset="pensions", measures=("pension_income",)),),
+        epsilon=spec.epsilon,
+    )
+    from gateway.connector_client import ConnectorCallError, ConnectorClient
+
+    forged = sign_approval(load_private_key(fed.approval_key("tax")), approval)
+    req = ExtractRequest(
+        connector="social",
+        query_id="q-forged-approval-01",
+        query_digest=spec.digest,
+        dataset="pensions",
+        unit=spec.unit,
+        period_start=spec.period_start,
+        period_end=spec.period_end,
+        measures=("pension_income",),
+        token=TokenSpec(epoch=1),
+        epsilon=spec.epsilon,
+        approval=forged,
+    )
+    gateway_key = load_private_key((fed.county / "keys" / "gateway.key").read_bytes())
+    social_key = load_private_key((fed.county / "keys" / "social-connector.key").read_bytes()).public_key()
+    with (
+        ConnectorClient(
+            fed.connectors["social"].url,
+            connector="social",
+            gateway_key=gateway_key,
+            connector_key=social_key,
+        ) as client,
+        pytest.raises(ConnectorCallError) as refused,
+    ):
+        client.extract(req)
+    assert refused.value.status == 403 and refused.value.code == "not_approved"
+
+
+def test_validation_errors_name_the_field_and_never_500(fed: Federation) -> None:
+    headers = {"authorization": f"Bearer {fed.keys['analyst']}"}
+    base = headline_query().model_dump(mode="json")
+    cases = [
+        ({**base, "epsilon": "5"}, "epsilon"),
+        ({**base, "group_by": ["register.persons.sex"]}, "group_by.0"),
+        ({**base, "group_by": ["tax.wages; DROP TABLE x"]}, "body.group_by.0"),
+        ({**base, "unit": "martian"}, "body.unit"),
+        ({k: v for k, v in base.items() if k != "purpose"}, "body.purpose"),
+    ]
+    for body, field in cases:
+        r = httpx.post(fed.gateway.url + "/v1/queries", json=body, headers=headers)
+        assert r.status_code == 422, body
+        assert r.json()["error"]["field"] == field
+    r = httpx.post(fed.gateway.url + "/v1/queries", content=b"{not json", headers=headers)
+    assert r.status_code == 422
+
+
+def test_no_raw_id_token_or_exact_count_anywhere(fed: Federation) -> None:
+    texts: list[str] = []
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(
+            _query("Bands by urban-rural code, leak scan", group_by=("register.persons.urban_rural",))
+        )
+        texts.append(str(view))
+        texts.append(str(analyst.run(view["id"])))
+        texts.append(str(analyst.catalog()))
+        texts.append(str(analyst.budget()))
+    metrics = httpx.get(
+        fed.gateway.url + "/metrics", headers={"authorization": f"Bearer {fed.keys['operator']}"}
+    )
+    assert metrics.status_code == 200
+    texts.append(metrics.text)
+    texts.append((fed.root / "gateway" / "gateway.log").read_text(errors="replace"))
+    with sqlite3.connect(fed.root / "gateway" / "gateway.sqlite3") as conn:
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+            texts.append(str(conn.execute(f'SELECT * FROM "{table}"').fetchall()))
+    blob = "\n".join(texts)
+    with sqlite3.connect(fed.county / "register.db") as reg:
+        ids = {r[0].strip().upper() for r in reg.execute("SELECT id_number FROM persons") if r[0]}
+    seen_ids = set(re.findall(r"\d{17}[\dX]|\d{15}", blob))
+    assert not seen_ids & ids
+    truth = fed.truth()["as_linked"]
+    exact = {truth["household_count"], truth["person_count"], truth["persons_seen"]}
+    for count in exact:
+        assert not re.search(rf"(?<![\d.]){count}(?![\d.])", blob), count
+    # Tokens: no 16-byte value in hex or base64 that a connector would hand out for these queries.
+    from connectors.federation_keys import load_keyring
+
+    keyring = load_keyring(fed.county / "keys" / "federation-keyring.json")
+    tok = keyring.tokenizer(epoch=1, suite=Suite.HMAC_SHA256, entity_kind="person", query_id=view["id"])
+
+    for rid in list(ids)[:200]:
+        t = tok.token(rid)
+        assert t.hex() not in blob and base64.b64encode(t).decode() not in blob
+
+
+def test_a_stopped_connector_charges_nothing(fed: Federation) -> None:
+    civil = fed.connectors["civil"]
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Bands while civil affairs is down"))
+        before = analyst.budget()["federation_remaining"]
+        civil.stop()
+        try:
+            with pytest.raises(GatewayError) as err:
+                analyst.run(view["id"])
+            assert err.value.status == 503 and err.value.code == "connector_unavailable"
+            assert analyst.budget()["federation_remaining"] == before
+            assert analyst.query(view["id"])["state"] == "approved"
+        finally:
+            from connectors.process import start_connector
+
+            restarted = start_connector(fed.county / "connectors" / "civil.yaml", log_dir=fed.root / "logs")
+            fed.connectors["civil"] = restarted
+        with fed.client("operator") as operator:
+            operator.allow_endpoint(restarted.url)
+        with fed.client("civil") as admin:
+            from connectors.protocol import fingerprint, load_private_key
+
+            key = load_private_key((fed.county / "keys" / "civil-connector.key").read_bytes()).public_key()
+            admin.register_connector("civil", restarted.url, fingerprint(key))
+        assert analyst.run(view["id"])["query_id"] == view["id"]
+
+
+def test_a_killed_gateway_serves_the_stored_numbers_after_restart(fed: Federation) -> None:
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Bands before a crash"))
+        first = analyst.run(view["id"])
+        slow = analyst.submit(_query("Bands while the gateway is killed"))
+    # Kill the gateway while a second run is in flight, then again after the first was released.
+    outcome: dict[str, object] = {}
+
+    def run_slow() -> None:
+        try:
+            with fed.client("analyst") as a:
+                outcome["doc"] = a.run(slow["id"])
+        except (GatewayError, httpx.HTTPError) as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run_slow)
+    thread.start()
+    time.sleep(0.3)
+    fed.gateway.process.send_signal(signal.SIGKILL)
+    fed.gateway.process.wait()
+    thread.join()
+    fed.gateway = start_gateway(fed.root / "gateway", signing_key_file=fed.county / "keys" / "gateway.key")
+    with fed.client("analyst") as analyst:
+        assert analyst.run(view["id"]) == first
+        state = analyst.query(slow["id"])["state"]
+        assert state in ("released", "failed", "approved")
+        if state == "released":
+            assert analyst.run(slow["id"]) == analyst.result(slow["id"])
+        if "doc" in outcome:
+            assert analyst.result(slow["id"]) == outcome["doc"]
+
+
+def test_gateway_client_errors_are_typed(fed: Federation) -> None:
+    with GatewayClient(fed.gateway.url, "fgk_wrong") as nobody, pytest.raises(GatewayError) as err:
+        nobody.budget()
+    assert err.value.status == 401

@@ -1,0 +1,325 @@
+"""OpenDP releases: public cells, the privacy-map check, the epsilon split, accuracy and serialisation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from decimal import Decimal
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from privacy.errors import PrivacyMapExceeded, ReleaseAlreadyRun, ReleaseInputError, SpecError
+from privacy.intervals import discrete_laplace_half_width
+from privacy.release import (
+    OTHER,
+    Count,
+    GroupDomain,
+    Histogram,
+    Mean,
+    Quantiles,
+    ReleaseCell,
+    ReleaseResult,
+    ReleaseSpec,
+    Sum,
+    prepare_release,
+)
+
+VILLAGES = GroupDomain(name="village", values=("a", "b", "c", "d"))
+URBAN = GroupDomain(name="urban", values=("1", "2"))
+HUGE = Decimal("1000000")  # noise far below one unit: integer outputs are exact, for checking the plumbing
+
+
+def spec(**kwargs: object) -> ReleaseSpec:
+    options: dict[str, object] = {
+        "groups": (VILLAGES, URBAN),
+        "measure": "income",
+        "lower": 0,
+        "upper": 1000,
+        "statistics": (Count(),),
+        "epsilon": Decimal("1"),
+        "max_rows": 100_000,
+    }
+    options.update(kwargs)
+    return ReleaseSpec.model_validate(options)
+
+
+def frame(n: int = 600, seed: int = 0) -> pl.DataFrame:
+    """Villages a and b only, plus a value outside the code list and nulls; incomes partly outside bounds."""
+    rng = np.random.default_rng(seed)
+    village = rng.choice(np.array(["a", "b", "zz", ""], dtype=object), n, p=[0.45, 0.35, 0.1, 0.1])
+    return pl.DataFrame(
+        {
+            "village": [None if v == "" else v for v in village],
+            "urban": rng.choice(["1", "2"], n).tolist(),
+            "income": rng.integers(-100, 1200, n),
+        },
+        schema={"village": pl.String, "urban": pl.String, "income": pl.Int64},
+    )
+
+
+def cells_of(result: ReleaseResult, statistic: str) -> list[ReleaseCell]:
+    return [c for c in result.cells if c.statistic == statistic]
+
+
+def key(cell: ReleaseCell) -> tuple[str | None, ...]:
+    return tuple(cell.groups[name] for name in ("village", "urban"))
+
+
+ALL_CELLS = set(itertools.product(("a", "b", "c", "d", None), ("1", "2", None)))
+
+
+def test_every_cell_of_the_public_domain_is_released_including_empty_ones() -> None:
+    statistics = (
+        Count(),
+        Sum(),
+        Mean(),
+        Histogram(edges=(0, 500)),
+        Quantiles(probs=(0.5, 0.9), edges=(0, 250, 500)),
+    )
+    result = prepare_release(spec(statistics=statistics)).run(frame())
+    for statistic in ("count", "sum", "mean"):
+        cells = cells_of(result, statistic)
+        assert len(cells) == len(ALL_CELLS) == 15
+        assert {key(c) for c in cells} == ALL_CELLS  # c, d and the other bucket included
+    histogram = cells_of(result, "histogram")
+    assert {(key(c), c.bin) for c in histogram} == {
+        (k, b) for k in ALL_CELLS for b in ("<0", "[0,500)", ">=500")
+    }
+    quantiles = cells_of(result, "quantiles")
+    assert {(key(c), c.prob) for c in quantiles} == {(k, p) for k in ALL_CELLS for p in (0.5, 0.9)}
+    for cell in cells_of(result, "count") + cells_of(result, "sum") + histogram:
+        assert isinstance(cell.value, int) and cell.low is not None and cell.high is not None
+        assert cell.low <= cell.value <= cell.high
+
+
+def test_out_of_domain_values_and_nulls_land_in_the_public_other_bucket() -> None:
+    data = frame()
+    result = prepare_release(spec(statistics=(Count(), Sum()), epsilon=HUGE)).run(data)
+    mapped = data.with_columns(
+        pl.when(pl.col("village").is_in(["a", "b", "c", "d"])).then(pl.col("village")).alias("village"),
+        pl.col("income").clip(0, 1000),
+    )
+    truth = {
+        (row["village"], row["urban"]): (row["n"], row["s"])
+        for row in mapped.group_by("village", "urban")
+        .agg(pl.len().alias("n"), pl.col("income").sum().alias("s"))
+        .to_dicts()
+    }
+    for cell in cells_of(result, "count"):
+        assert cell.value == truth.get(key(cell), (0, 0))[0]
+    for cell in cells_of(result, "sum"):
+        assert cell.value == truth.get(key(cell), (0, 0))[1]  # the measure is clamped to [lower, upper] too
+    assert any(key(c)[0] is OTHER and c.value for c in cells_of(result, "count"))
+
+
+def test_the_privacy_map_refuses_a_scale_too_small_for_epsilon() -> None:
+    s = spec(statistics=(Count(),), epsilon=Decimal("1"))
+    with pytest.raises(PrivacyMapExceeded) as info:
+        prepare_release(s, scale_overrides={"count": 0.5})
+    assert info.value.allowed == Decimal("1")
+    assert info.value.mapped == Decimal("2")
+    assert "epsilon=2" in str(info.value)
+    assert prepare_release(s, scale_overrides={"count": 1.0}).epsilon == Decimal("1")
+    with pytest.raises(SpecError):
+        prepare_release(s, scale_overrides={"sum": 1.0})
+
+
+def test_unit_multiplicity_doubles_the_scale_needed() -> None:
+    statistics = (Count(), Sum(), Histogram(edges=(100, 500)))
+    single = prepare_release(spec(statistics=statistics))
+    double = prepare_release(spec(statistics=statistics, unit_multiplicity=2))
+    assert single.scales.keys() == double.scales.keys() == {"count", "sum", "histogram"}
+    for name, scale in single.scales.items():
+        assert double.scales[name] == pytest.approx(2 * scale, rel=1e-12)
+    # The person-level scales are not enough once a household can bring two rows.
+    with pytest.raises(PrivacyMapExceeded) as info:
+        prepare_release(spec(statistics=statistics, unit_multiplicity=2), scale_overrides=single.scales)
+    assert info.value.d_in == 2
+    assert info.value.mapped == pytest.approx(Decimal(2), rel=Decimal("1e-6"))
+
+
+def test_epsilon_is_split_equally_and_mean_reuses_count_and_sum() -> None:
+    prepared = prepare_release(spec(statistics=(Count(), Sum(), Mean()), lower=-500, upper=100))
+    assert {k: q.share for k, q in prepared.quantities.items()} == {
+        "count": Decimal("0.5"),
+        "sum": Decimal("0.5"),
+    }
+    assert prepared.scales["count"] == pytest.approx(2.0)
+    assert prepared.scales["sum"] == pytest.approx(1000.0)  # sensitivity max(|-500|, |100|) / 0.5
+    assert Decimal("0.999999") < prepared.epsilon <= Decimal("1")
+
+    shared = prepare_release(
+        spec(statistics=(Histogram(edges=(0, 500)), Quantiles(probs=(0.5,), edges=(0, 500))))
+    )
+    assert set(shared.quantities) == {"histogram"}
+    separate = prepare_release(
+        spec(statistics=(Histogram(edges=(0, 500)), Quantiles(probs=(0.5,), edges=(0, 250, 500))))
+    )
+    assert set(separate.quantities) == {"histogram", "quantile_histogram"}
+    assert all(q.share == Decimal("0.5") for q in separate.quantities.values())
+
+
+def test_result_round_trips_through_json() -> None:
+    statistics = (
+        Count(),
+        Sum(),
+        Mean(),
+        Histogram(edges=(0, 500)),
+        Quantiles(probs=(0.5,), edges=(0, 250, 500)),
+    )
+    result = prepare_release(spec(statistics=statistics)).run(frame())
+    text = json.dumps(result.to_json_dict(), allow_nan=False)
+    back = ReleaseResult.from_json_dict(json.loads(text))
+    assert back == result
+    data = json.loads(text)
+    assert data["epsilon"] == str(result.epsilon) and data["epsilon_allowed"] == "1"
+    assert set(data["methods"]) == {"count", "sum", "mean", "histogram", "quantiles"}
+    assert set(data["scales"]) == {"count", "sum", "histogram", "quantile_histogram"}
+
+
+def test_counts_and_sums_fall_in_their_intervals_at_the_stated_rate() -> None:
+    villages = GroupDomain(name="village", values=tuple(f"v{i:03d}" for i in range(100)))
+    rng = np.random.default_rng(42)
+    n = 30_000
+    data = pl.DataFrame(
+        {
+            "village": rng.choice(list(villages.values), n, p=np.arange(1, 101) / 5050),
+            "urban": rng.choice(["1", "2"], n),
+            "income": rng.integers(0, 200, n),
+        }
+    )
+    s = spec(groups=(villages, URBAN), upper=200, statistics=(Count(), Sum()), epsilon=Decimal("0.2"))
+    prepared = prepare_release(s)
+    result = prepared.run(data)
+    truth = {
+        (r["village"], r["urban"]): (r["n"], r["s"])
+        for r in data.group_by("village", "urban")
+        .agg(pl.len().alias("n"), pl.col("income").sum().alias("s"))
+        .to_dicts()
+    }
+    for statistic, index in (("count", 0), ("sum", 1)):
+        cells = cells_of(result, statistic)
+        assert len(cells) == 101 * 3
+        scale = prepared.scales[statistic]
+        errors = np.array([c.value - truth.get(key(c), (0, 0))[index] for c in cells], dtype=float)
+        covered = np.mean([c.low <= truth.get(key(c), (0, 0))[index] <= c.high for c in cells])  # type: ignore[operator]
+        assert 0.90 <= covered <= 0.99, (statistic, covered)
+        # The interval is the analytic one, not inflated: close to scale * ln(20).
+        width = discrete_laplace_half_width(scale)
+        assert {c.high - c.low for c in cells} == {2 * width}  # type: ignore[operator]
+        assert 0.95 * scale * math.log(20) <= width <= 1.05 * scale * math.log(20) + 1
+        # Noise was really added, at the stated scale (mean |error| of Laplace noise is about the scale).
+        assert np.mean(errors != 0) > 0.5
+        assert 0.7 * scale <= float(np.mean(np.abs(errors))) <= 1.3 * scale
+
+
+def test_means_and_quantiles_are_sensible() -> None:
+    rng = np.random.default_rng(5)
+    n = 12_000
+    data = pl.DataFrame(
+        {
+            "village": rng.choice(["a", "b", "c"], n).tolist(),
+            "urban": rng.choice(["1", "2"], n).tolist(),
+            "income": rng.gamma(3.0, 100.0, n).clip(0, 999).astype(int),
+        }
+    )
+    edges = tuple(range(0, 1000, 50))
+    s = spec(statistics=(Mean(), Quantiles(probs=(0.25, 0.5, 0.75), edges=edges)), epsilon=Decimal("2"))
+    result = prepare_release(s).run(data)
+    truth = data.group_by("village", "urban").agg(
+        pl.col("income").mean().alias("mean"),
+        *(pl.col("income").quantile(p).alias(str(p)) for p in (0.25, 0.5, 0.75)),
+    )
+    expected = {(r["village"], r["urban"]): r for r in truth.to_dicts()}
+    inside = 0
+    for cell in cells_of(result, "mean"):
+        if key(cell)[0] in ("d", None) or key(cell)[1] is None:
+            assert cell.low is not None and cell.high is not None and cell.low >= 0 and cell.high <= 1000
+            continue
+        true_mean = expected[key(cell)]["mean"]
+        assert cell.value == pytest.approx(true_mean, rel=0.05)
+        inside += cell.low <= true_mean <= cell.high  # type: ignore[operator]
+    assert inside >= 5  # of 6 populated cells
+    inside = 0
+    for cell in cells_of(result, "quantiles"):
+        if key(cell)[0] in ("d", None) or key(cell)[1] is None:
+            continue
+        true_q = expected[key(cell)][str(cell.prob)]
+        assert cell.value == pytest.approx(true_q, abs=60)
+        assert cell.high - cell.low <= 300  # type: ignore[operator]
+        inside += cell.low <= true_q <= cell.high  # type: ignore[operator]
+    assert inside >= 17  # of 18
+
+
+def test_display_values_are_clipped_post_processing() -> None:
+    result = prepare_release(spec(statistics=(Count(), Sum()), epsilon=Decimal("0.05"))).run(frame(200))
+    for cell in cells_of(result, "count") + cells_of(result, "sum"):
+        assert cell.display == max(cell.value, 0)  # type: ignore[type-var]
+    assert any(c.value < 0 for c in cells_of(result, "count"))  # type: ignore[operator]
+
+
+def test_a_prepared_release_draws_noise_once() -> None:
+    prepared = prepare_release(spec())
+    prepared.run(frame())
+    with pytest.raises(ReleaseAlreadyRun):
+        prepared.run(frame())
+
+
+def test_frames_that_do_not_fit_are_refused_before_any_noise() -> None:
+    prepared = prepare_release(spec(max_rows=500))
+    with pytest.raises(ReleaseInputError) as info:
+        prepared.run(frame(777))
+    assert "777" not in str(info.value)  # no data-dependent numbers in errors
+    with pytest.raises(ReleaseInputError, match="integer"):
+        prepared.run(frame(100).with_columns(pl.col("income").cast(pl.Float64)))
+    with pytest.raises(ReleaseInputError, match="lacks"):
+        prepared.run(frame(100).drop("urban"))
+    prepared.run(frame(100))  # refusals drew no noise, so the one run is still available
+
+
+def test_no_groups_releases_one_cell() -> None:
+    s = spec(groups=(), statistics=(Count(), Histogram(edges=(0, 500))), epsilon=HUGE)
+    data = frame()
+    result = prepare_release(s).run(data)
+    assert [c.value for c in cells_of(result, "count")] == [data.height]
+    clamped = data["income"].clip(0, 1000)
+    assert [c.value for c in cells_of(result, "histogram")] == [
+        0,
+        int((clamped < 500).sum()),
+        int((clamped >= 500).sum()),
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"statistics": (Sum(),), "measure": None},
+        {"statistics": (Count(), Count())},
+        {"statistics": ()},
+        {"epsilon": Decimal("0")},
+        {"lower": 10, "upper": 10},
+        {"statistics": (Histogram(edges=(0, 2000)),)},
+        {"groups": (VILLAGES, VILLAGES)},
+        {"measure": "village"},
+        {"unit_multiplicity": 0},
+        {"max_rows": 0},
+    ],
+)
+def test_invalid_specs_are_refused_at_construction(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        spec(**bad)
+
+
+def test_statistic_parameters_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        Histogram(edges=(5, 5))
+    with pytest.raises(ValidationError):
+        Quantiles(probs=(0.5, 1.0), edges=(1, 2))
+    with pytest.raises(ValidationError):
+        GroupDomain(name="v", values=("a", "a"))
+    with pytest.raises(ValidationError):
+        GroupDomain(name="v", values=())
