@@ -148,7 +148,7 @@ def export_log(
     }
     written = 0
     with _atomic(out) as f:
-        f.write(rfc8785.dumps(header) + b"\n")
+        f.write(_json_line(header))
         f.writelines(lines)
         chunk: list[bytes] = []
         for e in log.entries(start, end):
@@ -167,13 +167,12 @@ def export_log(
 
 
 def _checkpoint_line(cp: StoredCheckpoint, consistency: dict[str, Any] | None) -> bytes:
-    line: dict[str, Any] = {
-        "kind": "checkpoint",
-        "size": cp.size,
-        "note": cp.note,
-        "consistency": consistency,
-    }
-    return rfc8785.dumps(line) + b"\n"
+    return _json_line({"kind": "checkpoint", "size": cp.size, "note": cp.note, "consistency": consistency})
+
+
+def _json_line(obj: dict[str, Any]) -> bytes:
+    # Compact and in the order written, so that "kind" comes first and a reader can tell lines apart.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 # --- connector logs

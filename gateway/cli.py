@@ -54,6 +54,7 @@ def gateway_group() -> None:
 def serve() -> None:
     """Serve the gateway on FEDGATE_HOST:FEDGATE_PORT until interrupted."""
     import uvicorn
+    from pydantic import ValidationError
 
     from connectors.logs import configure_logging
     from gateway.app import build_context, create_app
@@ -63,7 +64,7 @@ def serve() -> None:
     try:
         settings = GatewaySettings()
         ctx = build_context(settings)
-    except SettingsError as exc:
+    except (SettingsError, ValidationError) as exc:
         errors.print(f"[red]cannot start the gateway:[/red] {exc}")
         raise typer.Exit(2) from None
     tls: dict[str, Any] = {}

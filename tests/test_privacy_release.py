@@ -182,12 +182,13 @@ def test_result_round_trips_through_json() -> None:
 
 
 def test_counts_and_sums_fall_in_their_intervals_at_the_stated_rate() -> None:
-    villages = GroupDomain(name="village", values=tuple(f"v{i:03d}" for i in range(100)))
+    # 301 x 3 = 903 cells, so that the 90-99% band is many standard deviations wide on both sides.
+    villages = GroupDomain(name="village", values=tuple(f"v{i:03d}" for i in range(300)))
     rng = np.random.default_rng(42)
     n = 30_000
     data = pl.DataFrame(
         {
-            "village": rng.choice(list(villages.values), n, p=np.arange(1, 101) / 5050),
+            "village": rng.choice(list(villages.values), n, p=np.arange(1, 301) / 45150),
             "urban": rng.choice(["1", "2"], n),
             "income": rng.integers(0, 200, n),
         }
@@ -203,7 +204,7 @@ def test_counts_and_sums_fall_in_their_intervals_at_the_stated_rate() -> None:
     }
     for statistic, index in (("count", 0), ("sum", 1)):
         cells = cells_of(result, statistic)
-        assert len(cells) == 101 * 3
+        assert len(cells) == 301 * 3
         scale = prepared.scales[statistic]
         errors = np.array([c.value - truth.get(key(c), (0, 0))[index] for c in cells], dtype=float)
         covered = np.mean([c.low <= truth.get(key(c), (0, 0))[index] <= c.high for c in cells])  # type: ignore[operator]
@@ -235,28 +236,31 @@ def test_means_and_quantiles_are_sensible() -> None:
         *(pl.col("income").quantile(p).alias(str(p)) for p in (0.25, 0.5, 0.75)),
     )
     expected = {(r["village"], r["urban"]): r for r in truth.to_dicts()}
-    inside = 0
+    # Coverage rates are tested in test_privacy_intervals with fixed seeds; with few cells and OpenDP's
+    # unseeded noise, check closeness against the stated interval instead (misses ~6 sigma out, not 2).
     for cell in cells_of(result, "mean"):
+        assert cell.low is not None and cell.high is not None and 0 <= cell.low <= cell.high <= 1000
         if key(cell)[0] in ("d", None) or key(cell)[1] is None:
-            assert cell.low is not None and cell.high is not None and cell.low >= 0 and cell.high <= 1000
             continue
         true_mean = expected[key(cell)]["mean"]
         assert cell.value == pytest.approx(true_mean, rel=0.05)
-        inside += cell.low <= true_mean <= cell.high  # type: ignore[operator]
-    assert inside >= 5  # of 6 populated cells
-    inside = 0
+        assert abs(cell.value - true_mean) <= 1.5 * (cell.high - cell.low)  # type: ignore[operator]
+        assert cell.high - cell.low < 0.1 * true_mean
     for cell in cells_of(result, "quantiles"):
+        assert cell.low is not None and cell.high is not None and 0 <= cell.low <= cell.high <= 1000
         if key(cell)[0] in ("d", None) or key(cell)[1] is None:
             continue
         true_q = expected[key(cell)][str(cell.prob)]
-        assert cell.value == pytest.approx(true_q, abs=60)
-        assert cell.high - cell.low <= 300  # type: ignore[operator]
-        inside += cell.low <= true_q <= cell.high  # type: ignore[operator]
-    assert inside >= 17  # of 18
+        assert cell.value == pytest.approx(true_q, abs=60)  # within about one bin of 50
+        assert cell.high - cell.low <= 150
+        assert cell.low - 50 <= true_q <= cell.high + 50
 
 
 def test_display_values_are_clipped_post_processing() -> None:
-    result = prepare_release(spec(statistics=(Count(), Sum()), epsilon=Decimal("0.05"))).run(frame(200))
+    # Many empty cells (only a and b are populated), so some noisy counts are surely negative.
+    villages = GroupDomain(name="village", values=("a", "b", *(f"e{i}" for i in range(60))))
+    s = spec(groups=(villages, URBAN), statistics=(Count(), Sum()), epsilon=Decimal("0.05"))
+    result = prepare_release(s).run(frame(200))
     for cell in cells_of(result, "count") + cells_of(result, "sum"):
         assert cell.display == max(cell.value, 0)  # type: ignore[type-var]
     assert any(c.value < 0 for c in cells_of(result, "count"))  # type: ignore[operator]
