@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,14 +44,21 @@ from audit.checkpoint import (
 )
 from audit.entries import ACTION_KEY_ROTATED, GENESIS_HASH
 from audit.errors import CheckpointError, ExportFormatError, ProofError, VerificationFailed
-from audit.export import ENTRY_LINE, EXPORT_FORMAT
+from audit.export import EXPORT_FORMAT
 from audit.merkle import CompactRange, verify_consistency
 
 __all__ = ["Problem", "ProblemKind", "VerifyReport", "verify_export"]
 
 MAX_PROBLEMS = 1000
-_ROTATION_MARK = b'"action":"' + ACTION_KEY_ROTATED.encode() + b'"'
+# The rotation event is written by audit.checkpoint with "action" as its first key in RFC 8785 order.
+_ROTATION_HEAD = b'{"event":{"action":"' + ACTION_KEY_ROTATED.encode() + b'"'
+_ENTRY_HEAD = b'{"kind":"entry","seq":'
 _HEX64 = frozenset("0123456789abcdef")
+_HEX_BYTES = re.compile(rb"[0-9a-f]{64}")
+
+
+def _is_hex(value: bytes) -> bool:
+    return _HEX_BYTES.fullmatch(value) is not None
 
 
 class ProblemKind(StrEnum):
@@ -279,28 +288,48 @@ def _stream_entries(
         target_index += 1
         next_target = targets[target_index] if target_index < len(targets) else -1
 
-    match = ENTRY_LINE.fullmatch
     sha256 = hashlib.sha256
     fromhex = bytes.fromhex
     hashes = frontier.hashes
     size = frontier.size
     claimed_prev = prev_hash.hex().encode()
+    prev_digest = prev_hash  # always fromhex(claimed_prev), so the common case needs no hex decoding
     expect = start
     prev_seq = start - 1
     count = 0
-    line = first_line
-    while line:
+    for line in itertools.chain((first_line,) if first_line else (), f):
         number += 1
         count += 1
-        m = match(line)
-        if m is None:
+        # The line layout is fixed (see audit.export), so it is sliced rather than parsed: a regular
+        # expression over the whole entry would cost as much as everything else in this loop.
+        comma = line.find(b",", 22)
+        seq_b = line[22:comma]
+        body_end = -2 if line[-1:] == b"\n" else -1
+        prev_b = line[comma + 14 : comma + 78]
+        hash_b = line[comma + 88 : comma + 152]
+        entry = line[comma + 162 : body_end]
+        cut = entry.rfind(b',"seq":')
+        time_at = entry.find(b',"time":"', cut)
+        inner_b = entry[cut + 7 : time_at]
+        if (
+            line[:22] != _ENTRY_HEAD
+            or not seq_b.isdigit()
+            or (seq_b[0] == 48 and len(seq_b) > 1)  # b"0": no leading zeros
+            or line[comma : comma + 14] != b',"prev_hash":"'
+            or line[comma + 78 : comma + 88] != b'","hash":"'
+            or line[comma + 152 : comma + 162] != b'","entry":'
+            or line[body_end] != 125  # b"}"
+            or entry[:9] != b'{"event":'
+            or cut < 0
+            or time_at < 0
+            or entry[-3:] != b'Z"}'
+            or not inner_b.isdigit()
+        ):
             problem(expect, ProblemKind.FORMAT, f"line {number} is not an entry line of the export format")
             claimed_prev = b""
             prev_seq = expect
             expect += 1
-            line = f.readline()
             continue
-        seq_b, prev_b, hash_b, entry, inner_b = m.groups()
         seq = int(seq_b)
         blamed = False
         if seq != expect:
@@ -317,22 +346,39 @@ def _stream_entries(
                 ProblemKind.MISPLACED,
                 f"the entry at seq {seq} was written as entry {inner}: entries were moved or renumbered",
             )
-        if prev_b != claimed_prev and claimed_prev and not blamed:
-            # Nothing in this line is out of place, so the previous entry is the one that changed.
-            problem(
-                prev_seq,
-                ProblemKind.CHAIN,
-                f"entry {seq} does not chain to entry {prev_seq}: entry {prev_seq} was altered or inserted",
-            )
-        digest = sha256(fromhex(prev_b.decode()) + entry).digest()
+        if prev_b == claimed_prev:
+            digest = sha256(prev_digest + entry).digest()
+        elif not _is_hex(prev_b) or not _is_hex(hash_b):
+            problem(seq, ProblemKind.FORMAT, f"line {number}: a hash is not 64 lowercase hex digits")
+            claimed_prev = b""
+            prev_seq = seq
+            expect = seq + 1
+            continue
+        else:
+            if claimed_prev and not blamed:
+                # Nothing in this line is out of place, so the previous entry is the one that changed.
+                problem(
+                    prev_seq,
+                    ProblemKind.CHAIN,
+                    f"entry {seq} does not chain to entry {prev_seq}: "
+                    f"entry {prev_seq} was altered or inserted",
+                )
+            digest = sha256(fromhex(prev_b.decode()) + entry).digest()
         if digest.hex().encode() != hash_b:
+            if not _is_hex(hash_b):
+                problem(seq, ProblemKind.FORMAT, f"line {number}: the hash is not 64 lowercase hex digits")
+                claimed_prev = b""
+                prev_seq = seq
+                expect = seq + 1
+                continue
             problem(seq, ProblemKind.HASH, f"entry {seq} does not hash to its recorded hash: it was changed")
             # The tree is built from the recorded hashes, so one changed entry is blamed once, here,
             # rather than again by every checkpoint above it.
             digest = fromhex(hash_b.decode())
-        if _ROTATION_MARK in entry:
+        if entry.startswith(_ROTATION_HEAD):
             stream.rotations.append((seq, entry))
         claimed_prev = hash_b
+        prev_digest = digest
         prev_seq = seq
         expect = seq + 1
 
@@ -351,7 +397,6 @@ def _stream_entries(
             next_target = targets[target_index] if target_index < len(targets) else -1
         if progress is not None and not count & 0xFFFF:
             progress(count)
-        line = f.readline()
 
     frontier.size = size
     if progress is not None:

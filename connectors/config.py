@@ -176,6 +176,12 @@ def _check_public_key(value: str) -> str:
         raise ValueError("the key after 'ed25519:' is not valid base64") from None
     if len(raw) != 32:
         raise ValueError(f"an Ed25519 public key has 32 bytes, this one has {len(raw)}")
+    from connectors.protocol import is_weak_public_key
+
+    if is_weak_public_key(raw):
+        raise ValueError(
+            "this is a small-order point (e.g. all zeros): forged signatures would verify under it"
+        )
     return value
 
 

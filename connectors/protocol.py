@@ -62,13 +62,38 @@ def public_key_text(key: Ed25519PublicKey) -> str:
     return "ed25519:" + base64.b64encode(raw).decode()
 
 
+# Encodings of the small-order points of Curve25519 (libsodium's blocklist), compared with the sign bit
+# cleared: under such a "public key" forged signatures verify, so none may ever be trusted.
+_SMALL_ORDER = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "00" * 32,
+        "01" + "00" * 31,
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ec" + "ff" * 30 + "7f",
+        "ed" + "ff" * 30 + "7f",
+        "ee" + "ff" * 30 + "7f",
+    )
+)
+
+
+def is_weak_public_key(raw: bytes) -> bool:
+    """True for an encoding of a small-order point (or of a non-canonical form of one)."""
+    return len(raw) == 32 and raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER
+
+
 def parse_public_key(text: str) -> Ed25519PublicKey:
     if not text.startswith("ed25519:"):
         raise SignatureError("a public key is written 'ed25519:' followed by base64")
     try:
-        return Ed25519PublicKey.from_public_bytes(
-            base64.b64decode(text.removeprefix("ed25519:"), validate=True)
-        )
+        raw = base64.b64decode(text.removeprefix("ed25519:"), validate=True)
+    except ValueError:
+        raise SignatureError("not a valid Ed25519 public key") from None
+    if is_weak_public_key(raw):
+        raise SignatureError("a small-order point is not a usable public key")
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
     except ValueError:
         raise SignatureError("not a valid Ed25519 public key") from None
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Health probe for fedgate containers: GET one URL of the local process, exit 0 on a 2xx answer.
 
 Installed in the image as `fedgate-healthcheck` and used by the image's HEALTHCHECK, by compose and by the

@@ -10,6 +10,7 @@ that append fails the client gets 503 instead (the gateway fails closed).
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from pathlib import Path
 
@@ -68,8 +69,21 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
         ledger=ledger,
         audit=AuditTrail(SqlAuditSink(engine)),
     )
+    ctx.tls = connector_tls(settings)
     recover_interrupted_runs(ctx)
     return ctx
+
+
+def connector_tls(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """The TLS context for calls to connectors: trust the federation CA, present the gateway's certificate."""
+    if settings.tls_client_ca_file is None and settings.tls_cert_file is None:
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
+    )
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+    return context
 
 
 def recover_interrupted_runs(ctx: GatewayContext) -> None:

@@ -7,6 +7,7 @@ connector key and bound to exactly that request, before a byte of it is used.
 from __future__ import annotations
 
 import io
+import ssl
 
 import httpx
 import pyarrow as pa
@@ -53,12 +54,14 @@ class ConnectorClient:
         connector_key: Ed25519PublicKey,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.connector = connector
         self._key = gateway_key
         self._connector_key = connector_key
-        self._http = httpx.Client(timeout=timeout, transport=transport)
+        # `verify` carries the mutual-TLS context (the federation CA and the gateway's client certificate).
+        self._http = httpx.Client(timeout=timeout, transport=transport, verify=verify)
         # Digests and signature of the last verified answer, for the audit log.
         self.last_receipt: dict[str, str] = {}
 
@@ -144,6 +147,7 @@ class ConnectorClient:
         fingerprint: str,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> ConnectorSchema:
         """Fetch a schema knowing only the connector key's fingerprint (confirmed out of band).
 
@@ -157,6 +161,7 @@ class ConnectorClient:
             connector_key=gateway_key.public_key(),
             timeout=timeout,
             transport=transport,
+            verify=verify,
         )
         try:
             response = probe._call("GET", "/v1/schema", verify=False)

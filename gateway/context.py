@@ -6,6 +6,7 @@ Built once at start (`build_context`) and put on `app.state.context`; routes rea
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -13,10 +14,10 @@ import httpx
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, Request
-from privacy.ledger import Ledger
 
 from gateway.audit_trail import AuditTrail
 from gateway.settings import GatewaySettings
+from privacy.ledger import Ledger
 
 
 @dataclass
@@ -27,6 +28,8 @@ class GatewayContext:
     ledger: Ledger
     audit: AuditTrail
     transport: httpx.BaseTransport | None = None
+    tls: ssl.SSLContext | None = None
+    """mutual TLS toward connectors: the federation CA and the gateway's client certificate"""
     running: set[str] = field(default_factory=set)
 
 

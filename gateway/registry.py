@@ -10,6 +10,7 @@ with domains and units, never a count.
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,7 @@ def register_connector(
     by: Principal,
     gateway_key: Ed25519PrivateKey,
     transport: httpx.BaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> ConnectorRecord:
     """Register (or update) a department's connector under its pinned key."""
     endpoint = normalise_endpoint(endpoint)
@@ -137,7 +139,12 @@ def register_connector(
         raise ApiError(403, ErrorCode.FORBIDDEN, "this connector belongs to another department", "name")
     try:
         schema = ConnectorClient.fetch_pinned_schema(
-            endpoint, connector=name, gateway_key=gateway_key, fingerprint=fingerprint, transport=transport
+            endpoint,
+            connector=name,
+            gateway_key=gateway_key,
+            fingerprint=fingerprint,
+            transport=transport,
+            verify=verify,
         )
     except ConnectorCallError as exc:
         status = 422 if exc.code in ("bad_signature", "bad_schema") else 502

@@ -273,6 +273,7 @@ def _fetch(
             connector_key=parse_public_key(record.signing_key),
             timeout=ctx.settings.connector_timeout_seconds,
             transport=ctx.transport,
+            verify=ctx.tls or True,
         ) as client:
             return client.extract(req), client.last_receipt
 
@@ -323,6 +324,7 @@ def _unreachable(ctx: GatewayContext, plan: Plan) -> list[str]:
             connector_key=parse_public_key(record.signing_key),
             timeout=min(5.0, ctx.settings.connector_timeout_seconds),
             transport=ctx.transport,
+            verify=ctx.tls or True,
         ) as client:
             if not client.health():
                 down.append(name)

@@ -147,3 +147,16 @@ def test_extract_request_validation() -> None:
     ):
         with pytest.raises(ValidationError):
             ExtractRequest.model_validate({**ok, **bad})
+
+
+@pytest.mark.parametrize("hex_key", ["00" * 32, "01" + "00" * 31, "ec" + "ff" * 30 + "7f", "00" * 31 + "80"])
+def test_small_order_public_keys_are_refused(hex_key: str) -> None:
+    import base64
+
+    text = "ed25519:" + base64.b64encode(bytes.fromhex(hex_key)).decode()
+    with pytest.raises(SignatureError, match="small-order"):
+        parse_public_key(text)
+    from connectors.config import _check_public_key
+
+    with pytest.raises(ValueError, match="small-order"):
+        _check_public_key(text)

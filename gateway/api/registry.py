@@ -59,6 +59,7 @@ async def register_connector(body: ConnectorIn, ctx: ContextDep, admin: Departme
             by=admin,
             gateway_key=ctx.gateway_key,
             transport=ctx.transport,
+            verify=ctx.tls or True,
         )
     )
     await run_in_threadpool(
