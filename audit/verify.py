@@ -21,10 +21,13 @@ chained but not yet signed. An export whose entries no trusted checkpoint covers
 
 from __future__ import annotations
 
+import binascii
 import bisect
+import concurrent.futures
 import hashlib
-import itertools
 import json
+import multiprocessing
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -222,13 +225,15 @@ def verify_export(
     *,
     origin: str | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Verify an export offline; the report names the first bad sequence number and what is wrong.
 
     `public_keys` are the audit keys the auditor trusts (verifier key strings, PEM or raw keys, files, or
     key objects); one from anywhere in the log's key history is enough. `origin`, if given, must be the
     checkpoints' origin. The report is returned whether or not the export verifies: test `report.ok` or call
-    `report.raise_for_problems()`.
+    `report.raise_for_problems()`. `progress(n)` is told how many entries have been checked; `workers`
+    processes (default: one per usable core, for large files) share the re-hashing.
     """
     path = Path(path)
     trusted = [load_verifier(k) for k in public_keys]
@@ -245,111 +250,199 @@ def verify_export(
         report.start, report.end = start, end
         checkpoints: list[_CheckpointLine] = []
         number = 1
+        offset = len(first)
         line = f.readline()
         # Every line between the header and the first entry must be a checkpoint.
-        while line and not line.startswith(b'{"kind":"entry"'):
+        while line and not line.startswith(_ENTRY_HEAD):
             number += 1
+            offset += len(line)
             try:
                 checkpoints.append(_read_checkpoint(line, number))
             except ExportFormatError as exc:
                 report.add(start, ProblemKind.FORMAT, str(exc))
             line = f.readline()
-        targets = {cp.size for cp in checkpoints}
-        stream = _stream_entries(f, line, number, start, prev_hash, frontier, targets, report, progress)
+        state = _ScanState(
+            expect=start, prev_seq=start - 1, claimed_prev=prev_hash.hex().encode(), prev_digest=prev_hash
+        )
+        chunks = _plan_chunks(f, offset, state, number)
+    stream = _scan(path, chunks, frontier, {cp.size for cp in checkpoints}, report, progress, workers)
     _check_signatures(checkpoints, stream, trusted, origin, report)
     _check_roots(checkpoints, stream, report)
     return report
 
 
-def _stream_entries(
-    f: Any,
-    first_line: bytes,
-    number: int,
-    start: int,
-    prev_hash: bytes,
-    frontier: CompactRange,
-    target_sizes: set[int],
-    report: VerifyReport,
-    progress: Callable[[int], None] | None,
-) -> _Stream:
-    """The hot loop: re-hash, link and Merkle-accumulate every entry; note the roots at checkpoint sizes."""
-    stream = _Stream()
-    blame = stream.entry_problems
+# --- the entry scan
 
-    def problem(seq: int, kind: ProblemKind, message: str) -> None:
-        blame.append(seq)
-        report.add(seq, kind, message)
+_CHUNK_BYTES = 16 << 20
+_PARALLEL_BYTES = 64 << 20  # below this, starting worker processes costs more than it saves
 
-    targets = sorted(s for s in target_sizes if s >= frontier.size)
-    target_index = 0
-    next_target = targets[0] if targets else -1
-    if next_target == frontier.size:
-        stream.roots[next_target] = frontier.root()
-        target_index += 1
-        next_target = targets[target_index] if target_index < len(targets) else -1
 
+@dataclass(frozen=True)
+class _ScanState:
+    """What checking an entry line needs from the line before it."""
+
+    expect: int  # the seq the next line should have
+    prev_seq: int
+    claimed_prev: bytes  # the previous line's recorded hash (hex), b"" after a malformed line
+    prev_digest: bytes  # bytes.fromhex(claimed_prev), kept to spare the common case a hex decoding
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    begin: int  # byte offsets in the file, at line starts
+    end: int
+    first_line: int  # the line number of the chunk's first line
+    state: _ScanState
+
+
+@dataclass
+class _ChunkResult:
+    lines: int = 0
+    digests: bytearray = field(default_factory=bytearray)  # 32 bytes per well-formed entry line: the leaves
+    problems: list[tuple[int, ProblemKind, str]] = field(default_factory=list)
+    rotations: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+def _parse_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes] | None:
+    """(seq, prev_hash, hash, entry, inner seq) of an entry line (without its newline), or None.
+
+    The layout is fixed (see audit.export), so the line is sliced rather than parsed: a regular expression
+    over the whole entry would cost as much as everything else the scan does. The hashes are checked for
+    hex digits only where they are used.
+    """
+    comma = line.find(b",", 22)
+    seq_b = line[22:comma]
+    entry = line[comma + 162 : -1]
+    cut = entry.rfind(b',"seq":')
+    time_at = entry.find(b',"time":"', cut)
+    inner_b = entry[cut + 7 : time_at]
+    if (
+        line[:22] != _ENTRY_HEAD
+        or not seq_b.isdigit()
+        or (seq_b[0] == 48 and len(seq_b) > 1)  # b"0": no leading zeros
+        or line[comma : comma + 14] != b',"prev_hash":"'
+        or line[comma + 78 : comma + 88] != b'","hash":"'
+        or line[comma + 152 : comma + 162] != b'","entry":'
+        or line[-1:] != b"}"
+        or entry[:9] != b'{"event":'
+        or cut < 0
+        or time_at < 0
+        or entry[-3:] != b'Z"}'
+        or not inner_b.isdigit()
+    ):
+        return None
+    return seq_b, line[comma + 14 : comma + 78], line[comma + 88 : comma + 152], entry, inner_b
+
+
+def _state_after(line: bytes) -> _ScanState | None:
+    """The scan state after a well-formed line, which depends on that line alone; None if it is not one."""
+    parsed = _parse_line(line.rstrip(b"\n"))
+    if parsed is None or not _is_hex(parsed[2]):
+        return None
+    seq = int(parsed[0])
+    return _ScanState(
+        expect=seq + 1, prev_seq=seq, claimed_prev=parsed[2], prev_digest=bytes.fromhex(parsed[2].decode())
+    )
+
+
+def _plan_chunks(f: Any, begin: int, state: _ScanState, lines_before: int) -> list[_Chunk]:
+    """Split the entry lines into chunks of about `_CHUNK_BYTES`, each after a well-formed line.
+
+    Because the state after a well-formed line depends on that line only, scanning the chunks separately,
+    each from the state its preceding line leaves, finds exactly what one sequential scan would.
+    """
+    f.seek(0, 2)
+    size = f.tell()
+    chunks: list[_Chunk] = []
+    number = lines_before + 1
+    while begin < size:
+        target = begin + _CHUNK_BYTES
+        end = size
+        next_state = None
+        if target < size:
+            f.seek(target)
+            f.readline()  # the rest of a line that started before the target
+            for _ in range(64):
+                line = f.readline()
+                if not line:
+                    break
+                next_state = _state_after(line)
+                if next_state is not None:
+                    end = f.tell()
+                    break
+        if next_state is None:
+            end = size
+        f.seek(begin)
+        lines = f.read(end - begin).count(b"\n")
+        chunks.append(_Chunk(begin, end, number, state))
+        number += lines
+        if next_state is None:
+            break
+        begin, state = end, next_state
+    return chunks
+
+
+def _scan_chunk(path: str, chunk: _Chunk) -> _ChunkResult:
+    """Check every entry line of one chunk on its own; runs in a worker process for large files."""
+    with open(path, "rb") as f:
+        f.seek(chunk.begin)
+        data = f.read(chunk.end - chunk.begin)
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    return _scan_lines(lines, chunk.state, chunk.first_line)
+
+
+def _scan_lines(lines: list[bytes], state: _ScanState, number: int) -> _ChunkResult:
+    """The hot loop: re-hash each entry and check its seq, its inner seq and its link to the previous one."""
+    result = _ChunkResult()
+    problems = result.problems
+    digests = result.digests
+    parse = _parse_line
     sha256 = hashlib.sha256
     fromhex = bytes.fromhex
-    hashes = frontier.hashes
-    size = frontier.size
-    claimed_prev = prev_hash.hex().encode()
-    prev_digest = prev_hash  # always fromhex(claimed_prev), so the common case needs no hex decoding
-    expect = start
-    prev_seq = start - 1
-    count = 0
-    for line in itertools.chain((first_line,) if first_line else (), f):
+    hexlify = binascii.hexlify
+    expect, prev_seq = state.expect, state.prev_seq
+    claimed_prev, prev_digest = state.claimed_prev, state.prev_digest
+    number -= 1
+    for line in lines:
         number += 1
-        count += 1
-        # The line layout is fixed (see audit.export), so it is sliced rather than parsed: a regular
-        # expression over the whole entry would cost as much as everything else in this loop.
-        comma = line.find(b",", 22)
-        seq_b = line[22:comma]
-        body_end = -2 if line[-1:] == b"\n" else -1
-        prev_b = line[comma + 14 : comma + 78]
-        hash_b = line[comma + 88 : comma + 152]
-        entry = line[comma + 162 : body_end]
-        cut = entry.rfind(b',"seq":')
-        time_at = entry.find(b',"time":"', cut)
-        inner_b = entry[cut + 7 : time_at]
-        if (
-            line[:22] != _ENTRY_HEAD
-            or not seq_b.isdigit()
-            or (seq_b[0] == 48 and len(seq_b) > 1)  # b"0": no leading zeros
-            or line[comma : comma + 14] != b',"prev_hash":"'
-            or line[comma + 78 : comma + 88] != b'","hash":"'
-            or line[comma + 152 : comma + 162] != b'","entry":'
-            or line[body_end] != 125  # b"}"
-            or entry[:9] != b'{"event":'
-            or cut < 0
-            or time_at < 0
-            or entry[-3:] != b'Z"}'
-            or not inner_b.isdigit()
-        ):
-            problem(expect, ProblemKind.FORMAT, f"line {number} is not an entry line of the export format")
+        parsed = parse(line)
+        if parsed is None:
+            problems.append(
+                (expect, ProblemKind.FORMAT, f"line {number} is not an entry line of the export format")
+            )
             claimed_prev = b""
             prev_seq = expect
             expect += 1
             continue
+        seq_b, prev_b, hash_b, entry, inner_b = parsed
         seq = int(seq_b)
         blamed = False
         if seq != expect:
             blamed = True
             if seq > expect:
-                problem(expect, ProblemKind.MISSING, f"entries {expect}..{seq - 1} are missing")
+                problems.append((expect, ProblemKind.MISSING, f"entries {expect}..{seq - 1} are missing"))
             else:
-                problem(seq, ProblemKind.ORDER, f"entry {seq} appears again after entry {expect - 1}")
+                problems.append(
+                    (seq, ProblemKind.ORDER, f"entry {seq} appears again after entry {expect - 1}")
+                )
         if inner_b != seq_b:
             blamed = True
             inner = int(inner_b)
-            problem(
-                min(inner, seq),
-                ProblemKind.MISPLACED,
-                f"the entry at seq {seq} was written as entry {inner}: entries were moved or renumbered",
+            problems.append(
+                (
+                    min(inner, seq),
+                    ProblemKind.MISPLACED,
+                    f"the entry at seq {seq} was written as entry {inner}: entries were moved or renumbered",
+                )
             )
         if prev_b == claimed_prev:
             digest = sha256(prev_digest + entry).digest()
         elif not _is_hex(prev_b) or not _is_hex(hash_b):
-            problem(seq, ProblemKind.FORMAT, f"line {number}: a hash is not 64 lowercase hex digits")
+            problems.append(
+                (seq, ProblemKind.FORMAT, f"line {number}: a hash is not 64 lowercase hex digits")
+            )
             claimed_prev = b""
             prev_seq = seq
             expect = seq + 1
@@ -357,63 +450,127 @@ def _stream_entries(
         else:
             if claimed_prev and not blamed:
                 # Nothing in this line is out of place, so the previous entry is the one that changed.
-                problem(
-                    prev_seq,
-                    ProblemKind.CHAIN,
-                    f"entry {seq} does not chain to entry {prev_seq}: "
-                    f"entry {prev_seq} was altered or inserted",
+                problems.append(
+                    (
+                        prev_seq,
+                        ProblemKind.CHAIN,
+                        f"entry {seq} does not chain to entry {prev_seq}: entry {prev_seq} was altered or inserted",
+                    )
                 )
             digest = sha256(fromhex(prev_b.decode()) + entry).digest()
-        if digest.hex().encode() != hash_b:
+        if hexlify(digest) != hash_b:
             if not _is_hex(hash_b):
-                problem(seq, ProblemKind.FORMAT, f"line {number}: the hash is not 64 lowercase hex digits")
+                problems.append(
+                    (seq, ProblemKind.FORMAT, f"line {number}: the hash is not 64 lowercase hex digits")
+                )
                 claimed_prev = b""
                 prev_seq = seq
                 expect = seq + 1
                 continue
-            problem(seq, ProblemKind.HASH, f"entry {seq} does not hash to its recorded hash: it was changed")
+            problems.append(
+                (seq, ProblemKind.HASH, f"entry {seq} does not hash to its recorded hash: it was changed")
+            )
             # The tree is built from the recorded hashes, so one changed entry is blamed once, here,
             # rather than again by every checkpoint above it.
             digest = fromhex(hash_b.decode())
         if entry.startswith(_ROTATION_HEAD):
-            stream.rotations.append((seq, entry))
+            result.rotations.append((seq, entry))
+        digests += digest
         claimed_prev = hash_b
         prev_digest = digest
         prev_seq = seq
         expect = seq + 1
+    result.lines = len(lines)
+    return result
 
-        # Merkle: append the leaf SHA-256(0x00 || entry hash) to the frontier (see merkle.CompactRange).
-        node = sha256(b"\x00" + digest).digest()
-        n = size
-        while n & 1:
-            node = sha256(b"\x01" + hashes.pop() + node).digest()
-            n >>= 1
-        hashes.append(node)
-        size += 1
-        if size == next_target:
-            frontier.size = size
-            stream.roots[size] = frontier.root()
-            target_index += 1
-            next_target = targets[target_index] if target_index < len(targets) else -1
-        if progress is not None and not count & 0xFFFF:
+
+def _scan(
+    path: Path,
+    chunks: list[_Chunk],
+    frontier: CompactRange,
+    target_sizes: set[int],
+    report: VerifyReport,
+    progress: Callable[[int], None] | None,
+    workers: int | None,
+) -> _Stream:
+    """Scan the chunks (in worker processes when the file is large) and fold their leaves into the tree."""
+    stream = _Stream()
+    targets = sorted(s for s in target_sizes if s >= frontier.size)
+    total_bytes = sum(c.end - c.begin for c in chunks)
+    if workers is None:
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = usable if total_bytes >= _PARALLEL_BYTES else 1
+    workers = max(1, min(workers, len(chunks)))
+
+    if workers > 1:
+        # "spawn": forking a process that may run threads (a gateway, a test server) can deadlock the child.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_scan_chunk, str(path), c) for c in chunks]
+            _fold(stream, (fut.result() for fut in futures), frontier, targets, report, progress)
+    else:
+        _fold(stream, (_scan_chunk(str(path), c) for c in chunks), frontier, targets, report, progress)
+    return stream
+
+
+def _fold(
+    stream: _Stream,
+    results: Iterable[_ChunkResult],
+    frontier: CompactRange,
+    targets: list[int],
+    report: VerifyReport,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Add each chunk's leaves to the Merkle frontier, noting the roots at checkpoint sizes."""
+    sha256 = hashlib.sha256
+    hashes = frontier.hashes
+    size = frontier.size
+    target_index = 0
+    next_target = targets[0] if targets else -1
+    if next_target == size:
+        stream.roots[size] = frontier.root()
+        target_index += 1
+        next_target = targets[target_index] if target_index < len(targets) else -1
+    count = 0
+    for result in results:
+        for seq, kind, message in result.problems:
+            stream.entry_problems.append(seq)
+            report.add(seq, kind, message)
+        stream.rotations.extend(result.rotations)
+        digests = result.digests
+        for i in range(0, len(digests), 32):
+            # The leaf SHA-256(0x00 || entry hash), merged as in merkle.CompactRange.append.
+            node = sha256(b"\x00" + digests[i : i + 32]).digest()
+            n = size
+            while n & 1:
+                node = sha256(b"\x01" + hashes.pop() + node).digest()
+                n >>= 1
+            hashes.append(node)
+            size += 1
+            if size == next_target:
+                frontier.size = size
+                stream.roots[size] = frontier.root()
+                target_index += 1
+                next_target = targets[target_index] if target_index < len(targets) else -1
+        count += result.lines
+        if progress is not None:
             progress(count)
-
     frontier.size = size
-    if progress is not None:
-        progress(count)
     report.entries = count
+    start = report.start
     expected = report.end - start + 1
     if count < expected:
-        problem(
+        stream.entry_problems.append(start + count)
+        report.add(
             start + count,
             ProblemKind.TRUNCATED,
             f"the export ends after {count} entries; its header announces entries {start}..{report.end}",
         )
     elif count > expected:
-        problem(report.end + 1, ProblemKind.FORMAT, f"the export has entries beyond its end {report.end}")
+        stream.entry_problems.append(report.end + 1)
+        report.add(report.end + 1, ProblemKind.FORMAT, f"the export has entries beyond its end {report.end}")
     stream.size = size
     stream.root = frontier.root()
-    return stream
 
 
 def _key_history(

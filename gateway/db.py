@@ -261,11 +261,11 @@ def migrate(engine: sa.Engine) -> None:
     config = alembic_config()
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
-            pass
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.begin()
             if connection.dialect.name == "postgresql":
-                pass
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
         config.attributes["connection"] = connection
         try:
             command.upgrade(config, "head")

@@ -22,15 +22,10 @@ from rich.table import Table
 
 from aggregation.bands import BandShare, band_shares
 from aggregation.query import Measure, QuerySpec, Statistic, StatisticKind, Term
-from connectors.config import Unit, load_config
-from connectors.process import RunningConnector, start_connector
-from connectors.protocol import ApprovedDataset, fingerprint, load_private_key
-from gateway import db
-from gateway.auth import Role, create_principal
+from connectors.config import Unit
 from gateway.client import GatewayClient
-from gateway.process import start_gateway
+from gateway.localfed import register_everything, start_federation
 
-CONNECTORS = ("register", "tax", "social", "utility", "civil")
 BAND_EDGES = (100_000, 200_000, 500_000, 600_000)
 BANDS = {"100k–500k": (100_000, 500_000), "200k–600k": (200_000, 600_000)}
 URBAN = ("111", "112", "121", "122", "123")
@@ -75,57 +70,10 @@ def _ensure_county(county: Path, persons: int, fresh: bool) -> None:
     )
 
 
-def _setup_principals(state_dir: Path) -> dict[str, str]:
-    engine = db.make_engine(f"sqlite:///{state_dir / 'gateway.sqlite3'}")
-    db.migrate(engine)
-    keys = {}
-    _, keys["operator"] = create_principal(engine, role=Role.OPERATOR, name="operator", expires_days=30)
-    _, keys["analyst"] = create_principal(engine, role=Role.ANALYST, name="analyst", expires_days=30)
-    _, keys["auditor"] = create_principal(engine, role=Role.AUDITOR, name="auditor", expires_days=30)
-    for dept in CONNECTORS:
-        _, keys[dept] = create_principal(
-            engine, role=Role.DEPARTMENT_ADMIN, name=f"{dept}-admin", department=dept, expires_days=30
-        )
-    engine.dispose()
-    return keys
-
-
-def _register(
-    county: Path, gw: RunningConnector, running: list[RunningConnector], keys: dict[str, str]
-) -> None:
-    with GatewayClient(gw.url, keys["operator"]) as operator:
-        for conn in running:
-            operator.allow_endpoint(conn.url)
-    for conn in running:
-        cfg = load_config(county / "connectors" / f"{conn.name}.yaml").config
-        # Confirmed out of band in real life: the department reads its own connector's key fingerprint.
-        pinned = fingerprint(load_private_key(cfg.signing_key_file.read_bytes()).public_key())
-        with GatewayClient(gw.url, keys[conn.name]) as admin:
-            admin.register_connector(conn.name, conn.url, pinned)
-            schema = next(c for c in admin.catalog()["connectors"] if c["connector"] == conn.name)
-            scopes = [
-                ApprovedDataset(
-                    dataset=d["name"],
-                    measures=tuple(m["name"] for m in d["measures"]),
-                    dimensions=tuple(x["name"] for x in d["dimensions"] if x["household_level"]),
-                )
-                for d in schema["datasets"]
-            ]
-            admin.register_rule(
-                (county / "keys" / f"{cfg.department}-approval.key").read_bytes(),
-                department=cfg.department,
-                rule_id=f"{cfg.department}-monthly-monitoring",
-                datasets=scopes,
-                units=("household",),
-                max_epsilon_per_query=cfg.policy.max_epsilon_per_query,
-                analysts=("analyst",),
-            )
-
-
 def _shares_table(title: str, shares: list[BandShare], truth: dict[str, dict[str, Any]], label: str) -> Table:
     table = Table(title=title)
     for col in (label, "band", "DP share", "95% interval", "true share", "DP households"):
-        table.add_column(col, justify="left" if col in (label, "band") else "right")
+        table.add_column(col, justify="left" if col in (label, "band") else "right", no_wrap=col == label)
     for s in shares:
         true = truth[s.band].get(s.group)
         table.add_row(
@@ -148,20 +96,18 @@ def run_demo(
     for stale in (workdir / "gateway", county / "state"):
         shutil.rmtree(stale, ignore_errors=True)
     truth = json.loads((county / "truth.json").read_text())["as_linked"]
+    started = time.perf_counter()
+    with console.status("starting five connectors and the gateway on loopback"):
+        fed = start_federation(workdir, county=county)
     with ExitStack() as stack:
-        started = time.perf_counter()
-        running: list[RunningConnector] = []
-        with console.status("starting five connectors and the gateway on loopback"):
-            for name in CONNECTORS:
-                conn = start_connector(county / "connectors" / f"{name}.yaml", log_dir=workdir / "logs")
-                stack.callback(conn.stop)
-                running.append(conn)
-            keys = _setup_principals(workdir / "gateway")
-            gw = start_gateway(workdir / "gateway", signing_key_file=county / "keys" / "gateway.key")
-            stack.callback(gw.stop)
-        console.print(f"gateway {gw.url} and five connectors up in {time.perf_counter() - started:.1f} s")
-        _register(county, gw, running, keys)
+        stack.callback(fed.stop)
+        console.print(
+            f"gateway {fed.gateway.url} and five connectors up in {time.perf_counter() - started:.1f} s"
+        )
+        register_everything(fed, household_only=True)
         console.print("connectors registered under pinned keys; each department signed a pre-approval rule")
+        keys = fed.keys
+        gw = fed.gateway
         results = {}
         with GatewayClient(gw.url, keys["analyst"]) as analyst:
             for name, group in (

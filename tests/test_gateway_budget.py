@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 from county_fixture import headline_query
 from dbservers import private_database
-from federation import Federation, register_everything, start_federation
 
 from aggregation.query import QuerySpec
 from connectors.synth import generate_county
 from gateway.client import GatewayError
+from gateway.localfed import Federation, register_everything, start_federation
 
 pytestmark = [pytest.mark.slow]
 

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from county_fixture import headline_query
 from dbservers import private_database
-from federation import Federation, register_everything, start_federation
 
 from aggregation.query import QuerySpec
 from connectors.protocol import (
@@ -29,6 +28,7 @@ from connectors.protocol import (
 )
 from connectors.tokens import Suite
 from gateway.client import GatewayClient, GatewayError
+from gateway.localfed import Federation, register_everything, start_federation
 from gateway.process import start_gateway
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mariadb, pytest.mark.slow]

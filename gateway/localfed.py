@@ -1,8 +1,10 @@
-"""A whole federation on loopback for end-to-end tests: a small county, five connectors, the gateway.
+"""A whole federation on loopback: a synthetic county, five connectors and the gateway, for the demo,
+the end-to-end tests and the benchmarks.
 
 Tax lives in PostgreSQL and social insurance in MariaDB when their URLs are given; every component is
-its own uvicorn process; connectors are allowed, registered and pre-approved through the gateway's HTTP
-API exactly as the departments would do it.
+its own uvicorn process; principals are created on the gateway's database as the operator would
+(`fedgate users create`), and connectors are allowed, registered under their pinned key fingerprints and
+pre-approved through the gateway's HTTP API exactly as the departments would do it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Federation:
         return GatewayClient(self.gateway.url, self.keys[who])
 
     def truth(self) -> dict[str, Any]:
-        return json.loads((self.county / "truth.json").read_text())  # type: ignore[no-any-return]
+        return json.loads((self.county / "truth.json").read_text())
 
     def approval_key(self, department: str) -> bytes:
         return (self.county / "keys" / f"{department}-approval.key").read_bytes()
@@ -49,7 +51,16 @@ class Federation:
             p.stop()
 
 
-def register_everything(fed: Federation, *, rules: bool = True, max_epsilon: Decimal | None = None) -> None:
+def register_everything(
+    fed: Federation,
+    *,
+    rules: bool = True,
+    max_epsilon: Decimal | None = None,
+    household_only: bool = False,
+    analysts: tuple[str, ...] = ("analyst",),
+) -> None:
+    """Allow every connector's endpoint, register it under its pinned key, and sign a pre-approval rule
+    with each department's (demo) key covering its datasets for `analysts`."""
     with fed.client("operator") as operator:
         for conn in fed.connectors.values():
             operator.allow_endpoint(conn.url)
@@ -65,7 +76,9 @@ def register_everything(fed: Federation, *, rules: bool = True, max_epsilon: Dec
                 ApprovedDataset(
                     dataset=d["name"],
                     measures=tuple(m["name"] for m in d["measures"]),
-                    dimensions=tuple(x["name"] for x in d["dimensions"]),
+                    dimensions=tuple(
+                        x["name"] for x in d["dimensions"] if x["household_level"] or not household_only
+                    ),
                 )
                 for d in schema["datasets"]
             ]
@@ -74,9 +87,9 @@ def register_everything(fed: Federation, *, rules: bool = True, max_epsilon: Dec
                 department=cfg.department,
                 rule_id=f"{name}-tests",
                 datasets=scopes,
-                units=("household", "person"),
+                units=("household",) if household_only else ("household", "person"),
                 max_epsilon_per_query=max_epsilon or cfg.policy.max_epsilon_per_query,
-                analysts=("analyst",),
+                analysts=analysts,
             )
 
 
@@ -89,10 +102,12 @@ def start_federation(
     gateway_db_url: str | None = None,
     env: dict[str, str] | None = None,
     county: Path | None = None,
+    seed: int = 3,
 ) -> Federation:
+    """Start everything (generating a county under `root` unless one is given); stop it with `stop()`."""
     if county is None:
         county = root / "county"
-        generate_county(county, persons=persons, seed=3, tax_url=tax_url, social_url=social_url)
+        generate_county(county, persons=persons, seed=seed, tax_url=tax_url, social_url=social_url)
     running = {}
     try:
         for name in CONNECTORS:
@@ -110,7 +125,7 @@ def start_federation(
             (Role.AUDITOR, "auditor", None),
             *[(Role.DEPARTMENT_ADMIN, n, n) for n in CONNECTORS],
         ]:
-            _, keys[name] = create_principal(engine, role=role, name=name, department=dept, expires_days=1)
+            _, keys[name] = create_principal(engine, role=role, name=name, department=dept, expires_days=30)
         engine.dispose()
         gateway = start_gateway(
             state, signing_key_file=county / "keys" / "gateway.key", database_url=gateway_db_url, env=env
