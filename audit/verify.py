@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,7 +48,7 @@ from audit.checkpoint import (
 )
 from audit.entries import ACTION_KEY_ROTATED, GENESIS_HASH
 from audit.errors import CheckpointError, ExportFormatError, ProofError, VerificationFailed
-from audit.export import EXPORT_FORMAT
+from audit.export import ENTRY_HEAD, EXPORT_FORMAT, parse_entry_line
 from audit.merkle import CompactRange, verify_consistency
 
 __all__ = ["Problem", "ProblemKind", "VerifyReport", "verify_export"]
@@ -55,7 +56,6 @@ __all__ = ["Problem", "ProblemKind", "VerifyReport", "verify_export"]
 MAX_PROBLEMS = 1000
 # The rotation event is written by audit.checkpoint with "action" as its first key in RFC 8785 order.
 _ROTATION_HEAD = b'{"event":{"action":"' + ACTION_KEY_ROTATED.encode() + b'"'
-_ENTRY_HEAD = b'{"kind":"entry","seq":'
 _HEX64 = frozenset("0123456789abcdef")
 _HEX_BYTES = re.compile(rb"[0-9a-f]{64}")
 
@@ -253,7 +253,7 @@ def verify_export(
         offset = len(first)
         line = f.readline()
         # Every line between the header and the first entry must be a checkpoint.
-        while line and not line.startswith(_ENTRY_HEAD):
+        while line and not line.startswith(ENTRY_HEAD):
             number += 1
             offset += len(line)
             try:
@@ -264,8 +264,9 @@ def verify_export(
         state = _ScanState(
             expect=start, prev_seq=start - 1, claimed_prev=prev_hash.hex().encode(), prev_digest=prev_hash
         )
-        chunks = _plan_chunks(f, offset, state, number)
-    stream = _scan(path, chunks, frontier, {cp.size for cp in checkpoints}, report, progress, workers)
+        chunks = _plan_chunks(f, offset, state)
+    targets = {cp.size for cp in checkpoints}
+    stream = _scan(path, chunks, number, frontier, targets, report, progress, workers)
     _check_signatures(checkpoints, stream, trusted, origin, report)
     _check_roots(checkpoints, stream, report)
     return report
@@ -273,8 +274,8 @@ def verify_export(
 
 # --- the entry scan
 
-_CHUNK_BYTES = 16 << 20
-_PARALLEL_BYTES = 64 << 20  # below this, starting worker processes costs more than it saves
+_CHUNK_BYTES = 8 << 20
+_PARALLEL_BYTES = 16 << 20  # below this, forking workers costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -291,52 +292,21 @@ class _ScanState:
 class _Chunk:
     begin: int  # byte offsets in the file, at line starts
     end: int
-    first_line: int  # the line number of the chunk's first line
     state: _ScanState
 
 
 @dataclass
 class _ChunkResult:
     lines: int = 0
-    digests: bytearray = field(default_factory=bytearray)  # 32 bytes per well-formed entry line: the leaves
-    problems: list[tuple[int, ProblemKind, str]] = field(default_factory=list)
+    leaves: bytearray = field(default_factory=bytearray)  # SHA-256(0x00 || hash) per well-formed entry line
+    # (seq, kind, message, line within the chunk or 0); "{line}" in a message becomes the file's line number
+    problems: list[tuple[int, ProblemKind, str, int]] = field(default_factory=list)
     rotations: list[tuple[int, bytes]] = field(default_factory=list)
-
-
-def _parse_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes] | None:
-    """(seq, prev_hash, hash, entry, inner seq) of an entry line (without its newline), or None.
-
-    The layout is fixed (see audit.export), so the line is sliced rather than parsed: a regular expression
-    over the whole entry would cost as much as everything else the scan does. The hashes are checked for
-    hex digits only where they are used.
-    """
-    comma = line.find(b",", 22)
-    seq_b = line[22:comma]
-    entry = line[comma + 162 : -1]
-    cut = entry.rfind(b',"seq":')
-    time_at = entry.find(b',"time":"', cut)
-    inner_b = entry[cut + 7 : time_at]
-    if (
-        line[:22] != _ENTRY_HEAD
-        or not seq_b.isdigit()
-        or (seq_b[0] == 48 and len(seq_b) > 1)  # b"0": no leading zeros
-        or line[comma : comma + 14] != b',"prev_hash":"'
-        or line[comma + 78 : comma + 88] != b'","hash":"'
-        or line[comma + 152 : comma + 162] != b'","entry":'
-        or line[-1:] != b"}"
-        or entry[:9] != b'{"event":'
-        or cut < 0
-        or time_at < 0
-        or entry[-3:] != b'Z"}'
-        or not inner_b.isdigit()
-    ):
-        return None
-    return seq_b, line[comma + 14 : comma + 78], line[comma + 88 : comma + 152], entry, inner_b
 
 
 def _state_after(line: bytes) -> _ScanState | None:
     """The scan state after a well-formed line, which depends on that line alone; None if it is not one."""
-    parsed = _parse_line(line.rstrip(b"\n"))
+    parsed = parse_entry_line(line.rstrip(b"\n"))
     if parsed is None or not _is_hex(parsed[2]):
         return None
     seq = int(parsed[0])
@@ -345,7 +315,7 @@ def _state_after(line: bytes) -> _ScanState | None:
     )
 
 
-def _plan_chunks(f: Any, begin: int, state: _ScanState, lines_before: int) -> list[_Chunk]:
+def _plan_chunks(f: Any, begin: int, state: _ScanState) -> list[_Chunk]:
     """Split the entry lines into chunks of about `_CHUNK_BYTES`, each after a well-formed line.
 
     Because the state after a well-formed line depends on that line only, scanning the chunks separately,
@@ -354,7 +324,6 @@ def _plan_chunks(f: Any, begin: int, state: _ScanState, lines_before: int) -> li
     f.seek(0, 2)
     size = f.tell()
     chunks: list[_Chunk] = []
-    number = lines_before + 1
     while begin < size:
         target = begin + _CHUNK_BYTES
         end = size
@@ -372,10 +341,7 @@ def _plan_chunks(f: Any, begin: int, state: _ScanState, lines_before: int) -> li
                     break
         if next_state is None:
             end = size
-        f.seek(begin)
-        lines = f.read(end - begin).count(b"\n")
-        chunks.append(_Chunk(begin, end, number, state))
-        number += lines
+        chunks.append(_Chunk(begin, end, state))
         if next_state is None:
             break
         begin, state = end, next_state
@@ -390,28 +356,26 @@ def _scan_chunk(path: str, chunk: _Chunk) -> _ChunkResult:
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()
-    return _scan_lines(lines, chunk.state, chunk.first_line)
+    return _scan_lines(lines, chunk.state)
 
 
-def _scan_lines(lines: list[bytes], state: _ScanState, number: int) -> _ChunkResult:
+def _scan_lines(lines: list[bytes], state: _ScanState) -> _ChunkResult:
     """The hot loop: re-hash each entry and check its seq, its inner seq and its link to the previous one."""
     result = _ChunkResult()
-    problems = result.problems
-    digests = result.digests
-    parse = _parse_line
+    add = result.problems.append
+    leaves = result.leaves
+    parse = parse_entry_line
     sha256 = hashlib.sha256
     fromhex = bytes.fromhex
     hexlify = binascii.hexlify
     expect, prev_seq = state.expect, state.prev_seq
     claimed_prev, prev_digest = state.claimed_prev, state.prev_digest
-    number -= 1
+    number = 0
     for line in lines:
         number += 1
         parsed = parse(line)
         if parsed is None:
-            problems.append(
-                (expect, ProblemKind.FORMAT, f"line {number} is not an entry line of the export format")
-            )
+            add((expect, ProblemKind.FORMAT, "line {line} is not an entry line of the export format", number))
             claimed_prev = b""
             prev_seq = expect
             expect += 1
@@ -422,27 +386,18 @@ def _scan_lines(lines: list[bytes], state: _ScanState, number: int) -> _ChunkRes
         if seq != expect:
             blamed = True
             if seq > expect:
-                problems.append((expect, ProblemKind.MISSING, f"entries {expect}..{seq - 1} are missing"))
+                add((expect, ProblemKind.MISSING, f"entries {expect}..{seq - 1} are missing", 0))
             else:
-                problems.append(
-                    (seq, ProblemKind.ORDER, f"entry {seq} appears again after entry {expect - 1}")
-                )
+                add((seq, ProblemKind.ORDER, f"entry {seq} appears again after entry {expect - 1}", 0))
         if inner_b != seq_b:
             blamed = True
             inner = int(inner_b)
-            problems.append(
-                (
-                    min(inner, seq),
-                    ProblemKind.MISPLACED,
-                    f"the entry at seq {seq} was written as entry {inner}: entries were moved or renumbered",
-                )
-            )
+            moved = f"the entry at seq {seq} was written as entry {inner}: entries were moved or renumbered"
+            add((min(inner, seq), ProblemKind.MISPLACED, moved, 0))
         if prev_b == claimed_prev:
             digest = sha256(prev_digest + entry).digest()
         elif not _is_hex(prev_b) or not _is_hex(hash_b):
-            problems.append(
-                (seq, ProblemKind.FORMAT, f"line {number}: a hash is not 64 lowercase hex digits")
-            )
+            add((seq, ProblemKind.FORMAT, "line {line}: a hash is not 64 lowercase hex digits", number))
             claimed_prev = b""
             prev_seq = seq
             expect = seq + 1
@@ -450,32 +405,23 @@ def _scan_lines(lines: list[bytes], state: _ScanState, number: int) -> _ChunkRes
         else:
             if claimed_prev and not blamed:
                 # Nothing in this line is out of place, so the previous entry is the one that changed.
-                problems.append(
-                    (
-                        prev_seq,
-                        ProblemKind.CHAIN,
-                        f"entry {seq} does not chain to entry {prev_seq}: entry {prev_seq} was altered or inserted",
-                    )
-                )
+                broken = f"entry {seq} does not chain to entry {prev_seq}: it was altered or inserted"
+                add((prev_seq, ProblemKind.CHAIN, broken, 0))
             digest = sha256(fromhex(prev_b.decode()) + entry).digest()
         if hexlify(digest) != hash_b:
             if not _is_hex(hash_b):
-                problems.append(
-                    (seq, ProblemKind.FORMAT, f"line {number}: the hash is not 64 lowercase hex digits")
-                )
+                add((seq, ProblemKind.FORMAT, "line {line}: the hash is not 64 lowercase hex digits", number))
                 claimed_prev = b""
                 prev_seq = seq
                 expect = seq + 1
                 continue
-            problems.append(
-                (seq, ProblemKind.HASH, f"entry {seq} does not hash to its recorded hash: it was changed")
-            )
+            add((seq, ProblemKind.HASH, f"entry {seq} does not hash to its recorded hash: it was changed", 0))
             # The tree is built from the recorded hashes, so one changed entry is blamed once, here,
             # rather than again by every checkpoint above it.
             digest = fromhex(hash_b.decode())
         if entry.startswith(_ROTATION_HEAD):
             result.rotations.append((seq, entry))
-        digests += digest
+        leaves += sha256(b"\x00" + digest).digest()  # the Merkle leaf hash, done here to share the work
         claimed_prev = hash_b
         prev_digest = digest
         prev_seq = seq
@@ -487,6 +433,7 @@ def _scan_lines(lines: list[bytes], state: _ScanState, number: int) -> _ChunkRes
 def _scan(
     path: Path,
     chunks: list[_Chunk],
+    lines_before: int,
     frontier: CompactRange,
     target_sizes: set[int],
     report: VerifyReport,
@@ -501,21 +448,27 @@ def _scan(
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = usable if total_bytes >= _PARALLEL_BYTES else 1
     workers = max(1, min(workers, len(chunks)))
+    # Workers are forked, and only from a single-threaded process (the CLI, a benchmark): forking beside
+    # other threads can deadlock the child, and "spawn" would re-run a caller's unguarded main script.
+    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1
 
     if workers > 1:
-        # "spawn": forking a process that may run threads (a gateway, a test server) can deadlock the child.
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context("fork")
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [pool.submit(_scan_chunk, str(path), c) for c in chunks]
-            _fold(stream, (fut.result() for fut in futures), frontier, targets, report, progress)
+            results = (fut.result() for fut in futures)
+            _fold(stream, results, lines_before, frontier, targets, report, progress)
     else:
-        _fold(stream, (_scan_chunk(str(path), c) for c in chunks), frontier, targets, report, progress)
+        results = (_scan_chunk(str(path), c) for c in chunks)
+        _fold(stream, results, lines_before, frontier, targets, report, progress)
     return stream
 
 
 def _fold(
     stream: _Stream,
     results: Iterable[_ChunkResult],
+    lines_before: int,
     frontier: CompactRange,
     targets: list[int],
     report: VerifyReport,
@@ -533,14 +486,14 @@ def _fold(
         next_target = targets[target_index] if target_index < len(targets) else -1
     count = 0
     for result in results:
-        for seq, kind, message in result.problems:
+        for seq, kind, message, line in result.problems:
             stream.entry_problems.append(seq)
-            report.add(seq, kind, message)
+            report.add(seq, kind, message.format(line=lines_before + count + line) if line else message)
         stream.rotations.extend(result.rotations)
-        digests = result.digests
-        for i in range(0, len(digests), 32):
-            # The leaf SHA-256(0x00 || entry hash), merged as in merkle.CompactRange.append.
-            node = sha256(b"\x00" + digests[i : i + 32]).digest()
+        leaves = result.leaves
+        for i in range(0, len(leaves), 32):
+            # Merged as in merkle.CompactRange.append.
+            node = bytes(leaves[i : i + 32])
             n = size
             while n & 1:
                 node = sha256(b"\x01" + hashes.pop() + node).digest()
@@ -667,26 +620,27 @@ def _check_signatures(
 def _check_roots(checkpoints: list[_CheckpointLine], stream: _Stream, report: VerifyReport) -> None:
     """Signed roots against the entries, in size order; then coverage.
 
-    A mismatch at size N is blamed on the first entry after the last good checkpoint that the entries'
-    own checks already flagged, or else on the first entry after that checkpoint: no file can say more.
+    Only checkpoints whose signature holds are evidence; the others are reported once, as signature
+    problems. A mismatch at size N is blamed on the first entry after the last good checkpoint that the
+    entries' own checks already flagged, or else on the first entry after that checkpoint: no file can
+    say more.
     """
     last_good = report.start - 1
     verified = 0
-    start_problems = sorted(stream.entry_problems)
+    flagged = sorted(stream.entry_problems)
 
     def blame(upper: int) -> int:
-        i = bisect.bisect_right(start_problems, last_good)
-        if i < len(start_problems) and start_problems[i] <= upper:
-            return start_problems[i]
+        i = bisect.bisect_right(flagged, last_good)
+        if i < len(flagged) and flagged[i] <= upper:
+            return flagged[i]
         return last_good + 1
 
     by_size = {cp.size: cp for cp in checkpoints if cp.signed}
     for cp in sorted(checkpoints, key=lambda c: c.size):
-        if cp.checkpoint is None or cp.size < report.start - 1:
-            if cp.size < report.start - 1:
-                report.add(
-                    report.start, ProblemKind.FORMAT, f"line {cp.line}: a checkpoint precedes the range"
-                )
+        if cp.checkpoint is None or not cp.signed:
+            continue
+        if cp.size < report.start - 1:
+            report.add(report.start, ProblemKind.FORMAT, f"line {cp.line}: a checkpoint precedes the range")
             continue
         if cp.size in stream.roots:
             holds = stream.roots[cp.size] == cp.checkpoint.root
@@ -704,7 +658,7 @@ def _check_roots(checkpoints: list[_CheckpointLine], stream: _Stream, report: Ve
                 holds = True
             except ProofError:
                 holds = False
-                seq = blame(stream.size)
+                seq = blame(cp.size)
                 report.add(
                     seq,
                     ProblemKind.INCONSISTENT,
@@ -712,12 +666,12 @@ def _check_roots(checkpoints: list[_CheckpointLine], stream: _Stream, report: Ve
                 )
         else:
             holds = False
-            seq = blame(stream.size)
+            seq = blame(cp.size)
             report.add(
                 seq,
                 ProblemKind.INCONSISTENT,
-                f"the checkpoint of size {cp.size} lies beyond the last entry without a consistency proof "
-                f"from size {stream.size}: entries are missing",
+                f"the checkpoint of size {cp.size} lies beyond the last entry ({stream.size}) without a "
+                "consistency proof from there: entries are missing",
             )
         # Successive checkpoints: the proof from the previous one, between the two signed roots.
         earlier = by_size.get(cp.consistency_from) if cp.consistency_from is not None else None
@@ -733,15 +687,15 @@ def _check_roots(checkpoints: list[_CheckpointLine], stream: _Stream, report: Ve
                 )
             except ProofError:
                 holds = False
+                seq = blame(cp.size)
                 report.add(
-                    earlier.size + 1,
+                    seq,
                     ProblemKind.INCONSISTENT,
                     f"the checkpoint of size {cp.size} is not consistent with the one of size {earlier.size}",
                 )
-        if holds and cp.signed:
+        if holds:
             verified += 1
-            if cp.size > last_good:
-                last_good = cp.size
+            last_good = max(last_good, cp.size)
 
     report.checkpoints_verified = verified
     last = report.start + report.entries - 1

@@ -105,6 +105,27 @@ def _calls(dependant: Dependant) -> Iterator[object]:
         yield from _calls(sub)
 
 
+def _api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Dependant]]:
+    """(path template, methods, dependant) of every API route, routers included with their prefixes."""
+    try:
+        # Newer FastAPI keeps included routers as branches; their routes carry the include prefix and
+        # the include-level dependencies only in their route contexts.
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # pragma: no cover - older FastAPI flattens included routes into app.routes
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                yield route.path_format, route.methods or set(), route.dependant
+        return
+    for context in iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            dependant = getattr(context, "dependant", None) or context.original_route.dependant
+            yield (
+                context.path_format or context.original_route.path_format,
+                context.methods or set(),
+                dependant,
+            )
+
+
 def routes_without_auth(app: FastAPI) -> list[str]:
     """'METHOD /path' of every API route that does not depend on `current_principal`.
 
@@ -112,7 +133,7 @@ def routes_without_auth(app: FastAPI) -> list[str]:
     forgets its role check fails the suite instead of being open.
     """
     public: list[str] = []
-    for route in app.routes:
-        if isinstance(route, APIRoute) and not any(c is current_principal for c in _calls(route.dependant)):
-            public.extend(f"{method} {route.path}" for method in sorted(route.methods or ()))
+    for path, methods, dependant in _api_routes(app):
+        if not any(call is current_principal for call in _calls(dependant)):
+            public.extend(f"{method} {path}" for method in sorted(methods))
     return sorted(public)

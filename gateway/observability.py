@@ -58,10 +58,19 @@ class GatewayMetrics:
 
 
 def _route_template(scope: Scope) -> str:
-    # The router writes the matched route into the shared scope; an unknown path has none.
-    route = scope.get("route")
-    template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return template if isinstance(template, str) else UNMATCHED_ROUTE
+    """The matched route's path template, include prefixes and all; an unknown path has none.
+
+    The router writes the match into the shared scope. For a route of an included router, newer FastAPI
+    puts the original route (without the include prefix) in scope["route"] and the full template in its
+    own route context, so that is consulted first.
+    """
+    fastapi_scope = scope.get("fastapi")
+    effective = fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    for candidate in (effective, scope.get("route")):
+        template = getattr(candidate, "path_format", None)
+        if isinstance(template, str) and template:
+            return template
+    return UNMATCHED_ROUTE
 
 
 class MetricsMiddleware:

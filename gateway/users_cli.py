@@ -152,7 +152,7 @@ def list_(
         return
     table = Table(title="principals")
     for column in ("name", "role", "department", "key prefix", "created (UTC)", "expires (UTC)", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for r in records:
         table.add_row(
             r.name,

@@ -388,30 +388,31 @@ def histogram_boundaries(edges: Sequence[int], lower: int, upper: int) -> FloatA
     return np.asarray([lower, *edges, upper], dtype=np.float64)
 
 
-def _noisy_cdf(counts: npt.NDArray[np.float64]) -> FloatArray:
-    """CDF at each bin's right boundary from raw noisy counts (last axis = bins).
-
-    Raw cumulative sums are unbiased for the true ones; clipping every bin at 0 first would add the positive
-    part of the noise of every empty tail bin and push upper quantiles outwards. The total is floored at 1.
-    """
-    cum = np.cumsum(counts, axis=-1)
-    return np.asarray(cum / np.maximum(cum[..., -1:], 1.0), dtype=np.float64)
+def _first_true(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """Index of the first True along the last axis; the last index where there is none."""
+    first = np.argmax(mask, axis=-1)
+    return np.where(mask.any(axis=-1), first, mask.shape[-1] - 1)
 
 
 def _invert_cdf(counts: FloatArray, bounds: FloatArray, probs: FloatArray) -> FloatArray:
-    """Interpolated quantiles of noisy histograms; counts (n, B), bounds (B+1,), probs (P,) -> (n, P)."""
-    # Monotone (running maximum) and within [0, 1]; a prefix of negative noise cannot make F decrease.
-    cdf = np.clip(np.maximum.accumulate(_noisy_cdf(counts), axis=1), 0.0, 1.0)
-    total = counts.sum(axis=1)
-    out = np.full((counts.shape[0], probs.size), np.nan)
-    n_bins = counts.shape[1]
-    for row in np.flatnonzero(total >= 1.0):
-        bins = np.minimum(np.searchsorted(cdf[row], probs, side="left"), n_bins - 1)
-        before = np.where(bins > 0, cdf[row][np.maximum(bins - 1, 0)], 0.0)
-        step = cdf[row][bins] - before
-        frac = np.where(step > 0, (probs - before) / np.where(step > 0, step, 1.0), 0.0)
-        out[row] = bounds[bins] + np.clip(frac, 0.0, 1.0) * (bounds[bins + 1] - bounds[bins])
-    return out
+    """Interpolated quantiles of noisy histograms; counts (n, B), bounds (B+1,), probs (P,) -> (n, P).
+
+    The CDF at each bin's right boundary is the raw noisy cumulative count over the raw noisy total: raw
+    sums are unbiased, whereas clipping every bin at 0 first adds the positive part of the noise of every
+    empty tail bin and pushes upper quantiles outwards. A running maximum makes it monotone.
+    """
+    cum = np.cumsum(counts, axis=1)
+    total = cum[:, -1:]
+    cdf = np.clip(np.maximum.accumulate(cum / np.maximum(total, 1.0), axis=1), 0.0, 1.0)
+    bins = _first_true(cdf[:, None, :] >= probs[None, :, None])  # (n, P)
+    at = np.take_along_axis(cdf, bins, axis=1)
+    before = np.where(bins > 0, np.take_along_axis(cdf, np.maximum(bins - 1, 0), axis=1), 0.0)
+    step = at - before
+    frac = np.clip(
+        np.where(step > 0, (probs[None, :] - before) / np.where(step > 0, step, 1.0), 0.0), 0.0, 1.0
+    )
+    out = bounds[bins] + frac * (bounds[bins + 1] - bounds[bins])
+    return np.where(total >= 1.0, out, np.nan)
 
 
 def quantiles_from_noisy_histogram(
@@ -432,34 +433,37 @@ def quantiles_from_noisy_histogram(
     ``noisy_counts`` has shape (cells, len(edges) + 1): the underflow bin, the inner bins, the overflow bin.
     Returns arrays of shape (cells, len(probs)). A cell whose noisy total is below 1 gets NaN and the
     interval [lower, upper]. See the module docstring for the method.
+
+    The CDF band needs no per-cell simulation. With noisy cumulative count ``C_i`` at bin ``i``'s right
+    boundary, noisy total ``N`` and simulated noise ``S_i`` (bins up to ``i``) and ``R_i`` (bins after it),
+    a draw's CDF reaches ``p`` at that boundary iff ``Z_i = (1 - p) S_i - p R_i >= p N - C_i``. ``Z`` does not
+    depend on the cell, so its percentiles are simulated once for all cells: the upper band reaches ``p``
+    where ``p N - C_i`` is at most the upper percentile of ``Z_i``, the lower band where it is at most the
+    lower percentile.
     """
     counts = np.atleast_2d(np.asarray(noisy_counts, dtype=np.float64))
     bounds = histogram_boundaries(edges, lower, upper)
-    if counts.shape[1] != bounds.size - 1:
-        raise ValueError(f"expected {bounds.size - 1} bins per histogram, got {counts.shape[1]}")
+    n_bins = bounds.size - 1
+    if counts.ndim != 2 or counts.shape[1] != n_bins:
+        raise ValueError(f"expected {n_bins} bins per histogram, got shape {counts.shape}")
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 1 or np.any((p <= 0) | (p >= 1)):
         raise ValueError("quantile probabilities must lie strictly between 0 and 1")
     alpha = _alpha(confidence)
-    generator = _rng(rng)
     value = _invert_cdf(counts, bounds, p)
-    low = np.empty_like(value)
-    high = np.empty_like(value)
-    n_bins = counts.shape[1]
-    batch = max(1, _MAX_BATCH_ELEMENTS // max(draws * n_bins, 1))
-    for start in range(0, counts.shape[0], batch):
-        block = counts[start : start + batch]
-        sim = block + sample_noise(generator, scale, (draws, *block.shape), noise)
-        cdf = _noisy_cdf(sim)
-        cdf_lo, cdf_hi = np.percentile(cdf, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)], axis=0)
-        for offset in range(block.shape[0]):
-            row = start + offset
-            # Lower end: the left boundary of the first bin where even the upper CDF band reaches p.
-            first_hi = np.searchsorted(np.maximum.accumulate(cdf_hi[offset]), p, side="left")
-            # Upper end: the right boundary of the first bin where the lower CDF band reaches p.
-            first_lo = np.searchsorted(np.maximum.accumulate(cdf_lo[offset]), p, side="left")
-            low[row] = bounds[np.minimum(first_hi, n_bins - 1)]
-            high[row] = bounds[np.minimum(first_lo, n_bins - 1) + 1]
+
+    noise_draws = sample_noise(_rng(rng), scale, (draws, n_bins), noise)
+    up_to = np.cumsum(noise_draws, axis=1)  # S_i
+    after = up_to[:, -1:] - up_to  # R_i
+    z = (1.0 - p)[None, :, None] * up_to[:, None, :] - p[None, :, None] * after[:, None, :]  # (D, P, B)
+    z_lo, z_hi = np.percentile(z, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)], axis=0)  # (P, B)
+
+    cum = np.cumsum(counts, axis=1)
+    gap = p[None, :, None] * cum[:, None, -1:] - cum[:, None, :]  # p N - C_i, (n, P, B)
+    # Lower end: the left boundary of the first bin where even the upper CDF band reaches p.
+    low = bounds[_first_true(gap <= z_hi[None, :, :])]
+    # Upper end: the right boundary of the first bin where the lower CDF band reaches p.
+    high = bounds[_first_true(gap <= z_lo[None, :, :]) + 1]
     undefined = np.isnan(value)
     low = np.where(undefined, float(lower), np.fmin(low, value))
     high = np.where(undefined, float(upper), np.fmax(high, value))

@@ -19,7 +19,8 @@ query failed; budget stays spent). Everything but ``refunded`` counts against ev
 Amounts are exact: epsilons are Decimals that must be whole multiples of 10^-9 and are stored as integer
 nano-epsilon, so sums in SQL never drift. Reservations are atomic: on SQLite the checks and the insert run in
 one ``BEGIN IMMEDIATE`` transaction (the database's single writer lock); elsewhere (PostgreSQL, MariaDB) the
-transaction locks the rows of the windows it reads with ``SELECT ... FOR UPDATE``, in a fixed order. State
+transaction locks the rows of the windows it reads with ``SELECT ... FOR UPDATE``, in a fixed order (the rows
+are created beforehand, in a transaction of their own). State
 changes are compare-and-set updates, so a refund racing the arrival of data cannot both succeed.
 For SQLite use a file database and give the engine a busy timeout (``connect_args={"timeout": ...}``).
 """
@@ -247,21 +248,30 @@ class Ledger:
             with self._engine.begin() as conn:
                 yield conn
 
+    def _ensure_windows(self, windows: Sequence[str]) -> None:
+        """Create the lock rows of these windows, in their own short transaction.
+
+        Kept out of the locking transaction: on MariaDB an INSERT IGNORE that meets an existing row takes a
+        shared lock on it, and upgrading that to the exclusive lock of FOR UPDATE deadlocks concurrent
+        reservations.
+        """
+        now = self._clock()
+        rows = [{"budget_window": w, "created_at": now} for w in sorted(windows)]
+        with self._engine.begin() as conn:
+            if self._dialect == "postgresql":
+                conn.execute(postgresql.insert(windows_table).on_conflict_do_nothing(), rows)
+            elif self._dialect in ("mysql", "mariadb"):
+                conn.execute(mysql.insert(windows_table).prefix_with("IGNORE"), rows)
+            else:  # pragma: no cover - other dialects: insert the missing rows, tolerate a racing twin
+                present = set(conn.execute(sa.select(windows_table.c.budget_window)).scalars())
+                missing = [r for r in rows if r["budget_window"] not in present]
+                if missing:
+                    conn.execute(sa.insert(windows_table), missing)
+
     def _lock_windows(self, conn: sa.Connection, windows: Sequence[str]) -> None:
         """Serialise reservations that read these windows (no-op on SQLite, already exclusive)."""
         if self._dialect == "sqlite":
             return
-        now = self._clock()
-        rows = [{"budget_window": w, "created_at": now} for w in sorted(windows)]
-        if self._dialect == "postgresql":
-            conn.execute(postgresql.insert(windows_table).on_conflict_do_nothing(), rows)
-        elif self._dialect in ("mysql", "mariadb"):
-            conn.execute(mysql.insert(windows_table).prefix_with("IGNORE"), rows)
-        else:  # pragma: no cover - other dialects: insert the missing rows one by one
-            present = set(conn.execute(sa.select(windows_table.c.budget_window)).scalars())
-            missing = [r for r in rows if r["budget_window"] not in present]
-            if missing:
-                conn.execute(sa.insert(windows_table), missing)
         conn.execute(
             sa.select(windows_table.c.budget_window)
             .where(windows_table.c.budget_window.in_(sorted(windows)))
@@ -408,6 +418,8 @@ class Ledger:
         names = tuple(sorted(set(datasets)))
         window = self.current_window()
         years = self.multi_year_windows(window)
+        if self._dialect != "sqlite":
+            self._ensure_windows(years)
         with self._write() as conn:
             self._lock_windows(conn, years)
             existing = self._entry(conn, query_id)

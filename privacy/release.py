@@ -31,9 +31,10 @@ privacy map for ``d_in = unit_multiplicity`` with the epsilon before any data ex
 
 **What is released.** Every cell of every statistic with its noisy value, a post-processed display value and
 a 95% interval: raw noisy integers for counts, sums and histogram bins (which may be negative), with an
-analytic integer-Laplace interval; the display value clips to what the figure can be (counts at 0, sums of
-non-negative values at 0). Means are ``noisy sum / noisy count`` (undefined where the noisy count is below 1)
-and quantiles invert the noisy histogram's CDF; both get simulated intervals (:mod:`privacy.intervals`).
+analytic integer-Laplace interval; the display value clips to what the figure can be (counts at 0; sums at 0
+when the bounds force a sign). Means are ``noisy sum / noisy count`` (undefined where the noisy count is
+below 1) and quantiles invert the noisy histogram's CDF; both get simulated intervals
+(:mod:`privacy.intervals`).
 """
 
 from __future__ import annotations
@@ -338,6 +339,7 @@ class PreparedRelease:
         compositor: dp.Measurement,
         epsilon: Decimal,
         input_columns: Sequence[str],
+        bin_edges: Mapping[str, tuple[int, ...]],
     ) -> None:
         self.spec = spec
         self.quantities = {q.name: q for q in quantities}
@@ -345,6 +347,7 @@ class PreparedRelease:
         self._compositor = compositor
         self.epsilon = epsilon
         self._input_columns = list(input_columns)
+        self._bin_edges = dict(bin_edges)
         self._lock = threading.Lock()
         self._used = False
         self._keys = _keys_frame(spec.groups).with_row_index(_CELL)
@@ -395,16 +398,12 @@ class PreparedRelease:
                 raise ReleaseInputError(f"measure {spec.measure!r} holds nulls; the caller clamps and fills")
             measure = pl.col(spec.measure).cast(pl.Int64).clip(spec.lower, spec.upper)
             exprs.append(measure.alias(spec.measure))
-            for column, kind in ((_HBIN, "histogram"), (_QBIN, "quantile_histogram")):
-                if column in self._input_columns:
-                    stat = spec.statistic("histogram" if kind == "histogram" else "quantiles")
-                    assert isinstance(stat, Histogram | Quantiles)
-                    labels = list(histogram_bin_labels(stat.edges))
-                    exprs.append(
-                        measure.cut(list(stat.edges), labels=labels, left_closed=True)
-                        .cast(pl.String)
-                        .alias(column)
-                    )
+            # Binning is a row-wise map of the clamped measure: it changes no distance between frames.
+            for column, edges in self._bin_edges.items():
+                labels = list(histogram_bin_labels(edges))
+                exprs.append(
+                    measure.cut(list(edges), labels=labels, left_closed=True).cast(pl.String).alias(column)
+                )
         return frame.select(exprs).select(self._input_columns)
 
     def _cells_table(self, output: pl.DataFrame, bins: pl.DataFrame | None) -> pl.DataFrame:
@@ -436,26 +435,27 @@ class PreparedRelease:
         counts = table[_COUNT].to_numpy() if table is not None and _COUNT in table.columns else None
         sums = table[_SUM].to_numpy() if table is not None and _SUM in table.columns else None
 
-        def direct(stat: StatKind, values: np.ndarray, quantity: _Quantity, floor: int | None) -> None:
+        def direct(stat: StatKind, values: np.ndarray, quantity: _Quantity, sign: int) -> None:
+            # sign: +1 if the true figure cannot be negative, -1 if it cannot be positive, 0 if either.
             width = intervals.discrete_laplace_half_width(quantity.scale, confidence)
             for groups, raw in zip(group_rows, values.tolist(), strict=True):
                 v = int(raw)
-                shown = max(v, floor) if floor is not None else v
+                shown = max(v, 0) if sign > 0 else min(v, 0) if sign < 0 else v
                 cells.append(
                     ReleaseCell(
                         groups=groups, statistic=stat, value=v, display=shown, low=v - width, high=v + width
                     )
                 )
-            methods[stat] = _direct_note(stat, quantity, spec, width, floor)
+            methods[stat] = _direct_note(stat, quantity, spec, width, sign)
 
-        sum_floor = 0 if spec.lower >= 0 else None
+        sum_sign = 1 if spec.lower >= 0 else -1 if spec.upper <= 0 else 0
         for stat in spec.statistics:
             if isinstance(stat, Count):
                 assert counts is not None
-                direct("count", counts, self.quantities["count"], 0)
+                direct("count", counts, self.quantities["count"], 1)
             elif isinstance(stat, Sum):
                 assert sums is not None
-                direct("sum", sums, self.quantities["sum"], sum_floor)
+                direct("sum", sums, self.quantities["sum"], sum_sign)
             elif isinstance(stat, Mean):
                 assert counts is not None and sums is not None
                 est = intervals.mean_from_noisy(
@@ -500,7 +500,7 @@ class PreparedRelease:
                                 high=v + width,
                             )
                         )
-                methods["histogram"] = _direct_note("histogram", quantity, spec, width, 0)
+                methods["histogram"] = _direct_note("histogram", quantity, spec, width, 1)
             elif isinstance(stat, Quantiles):
                 shared = _quantiles_share_histogram(spec)
                 name = "histogram" if shared else "quantile_histogram"
@@ -558,13 +558,17 @@ def _float_or_none(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
-def _direct_note(stat: StatKind, q: _Quantity, spec: ReleaseSpec, width: int, floor: int | None) -> str:
+def _direct_note(stat: StatKind, q: _Quantity, spec: ReleaseSpec, width: int, sign: int) -> str:
     what = {
         "count": "units per cell: OpenDP dp.len(signed=True)",
         "sum": f"sum of {spec.measure} clamped to [{spec.lower}, {spec.upper}] per cell: OpenDP .dp.sum",
         "histogram": f"units per cell and bin of {spec.measure}: OpenDP dp.len(signed=True) per bin",
     }[stat]
-    shown = "display = raw value" if floor is None else f"display = max(raw, {floor}) (post-processing)"
+    shown = {
+        1: "display = max(raw, 0) (post-processing)",
+        -1: "display = min(raw, 0) (post-processing)",
+        0: "display = raw value",
+    }[sign]
     return (
         f"{what}, integer Laplace noise of scale {q.scale:.6g} (epsilon share {q.share}, sensitivity "
         f"{q.sensitivity} per unit); {CONFIDENCE:.0%} interval = raw ± {width}, the analytic integer-Laplace "
@@ -638,11 +642,13 @@ def prepare_release(
         quantities.append(_Quantity(name, share, sensitivity, scale))
     by_name = {q.name: q for q in quantities}
 
-    bin_columns = []
-    if "histogram" in by_name:
-        bin_columns.append(_HBIN)
-    if "quantile_histogram" in by_name:
-        bin_columns.append(_QBIN)
+    bin_edges: dict[str, tuple[int, ...]] = {}
+    hist, quant = spec.statistic("histogram"), spec.statistic("quantiles")
+    if "histogram" in by_name and isinstance(hist, Histogram):
+        bin_edges[_HBIN] = hist.edges
+    if "quantile_histogram" in by_name and isinstance(quant, Quantiles):
+        bin_edges[_QBIN] = quant.edges
+    bin_columns = list(bin_edges)
     domain, columns = _input_domain(spec, bin_columns)
     schema: dict[str, pl.DataType] = {g.name: pl.String() for g in spec.groups}
     if spec.measure is not None:
@@ -664,28 +670,27 @@ def prepare_release(
     if cell_aggs:
         plans.append(("cells", _grouped(schema, names, cell_aggs, keys)))
     for name, column in (("histogram", _HBIN), ("quantile_histogram", _QBIN)):
-        if name in by_name:
-            stat = spec.statistic("histogram" if name == "histogram" else "quantiles")
-            assert isinstance(stat, Histogram | Quantiles)
-            bins = _bins_frame(column, stat.edges).drop(_BIN_INDEX)
+        if column in bin_edges:
+            bins = _bins_frame(column, bin_edges[column]).drop(_BIN_INDEX)
             bin_keys = bins if keys is None else keys.join(bins, how="cross")
             agg = dp.len(scale=by_name[name].scale, signed=True).alias(_COUNT)
             plans.append((name, _grouped(schema, [*names, column], [agg], bin_keys)))
 
     d_in = spec.unit_multiplicity
     measurements = [
-        (
-            name,
-            dp.m.make_private_lazyframe(domain, dp.symmetric_distance(), dp.max_divergence(), plan),
-        )
+        (name, dp.m.make_private_lazyframe(domain, dp.symmetric_distance(), dp.max_divergence(), plan))
         for name, plan in plans
     ]
+    # OpenDP's adaptive compositor, with each measurement's own privacy map as its budget, gives the map of
+    # the whole release and re-checks each measurement when it runs. (make_composition would also give the
+    # map, but in 0.16 collecting the OnceFrames it returns crashes the interpreter.)
     d_mids = [float(meas.map(d_in)) for _, meas in measurements]
     compositor = dp.c.make_adaptive_composition(
         domain, dp.symmetric_distance(), dp.max_divergence(), d_in=d_in, d_mids=d_mids
     )
-    mapped = Decimal(float(compositor.map(d_in)))
-    if mapped > spec.epsilon:
-        raise PrivacyMapExceeded(spec.epsilon, Decimal(repr(float(compositor.map(d_in)))), d_in)
-    epsilon = Decimal(repr(float(compositor.map(d_in))))
-    return PreparedRelease(spec, quantities, measurements, compositor, epsilon, columns)
+    total = float(compositor.map(d_in))
+    # Decimal(float) is the float's exact binary value, so this comparison has no tolerance at all.
+    if Decimal(total) > spec.epsilon:
+        raise PrivacyMapExceeded(spec.epsilon, Decimal(repr(total)), d_in)
+    epsilon = Decimal(repr(total))
+    return PreparedRelease(spec, quantities, measurements, compositor, epsilon, columns, bin_edges)

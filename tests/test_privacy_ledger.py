@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from dbservers import postgres_url  # noqa: F401 (fixture)
+from dbservers import mariadb_url, postgres_url  # noqa: F401 (fixtures)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -377,5 +377,25 @@ def test_budget_race_postgres(postgres_url: str, clock: Clock) -> None:  # noqa:
         assert ledger.result(first.query_id) == {"cells": [1, 2]}
         ledger.refund(reserved[1].query_id)
         assert ledger.spent() == Decimal("0.9")
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.mariadb
+def test_budget_race_mariadb(mariadb_url: str, clock: Clock) -> None:  # noqa: F811
+    eng = sa.create_engine(mariadb_url, pool_size=10, max_overflow=40)
+    try:
+        create_tables(eng)
+        ledger = Ledger(
+            eng,
+            window_cap=Decimal("1.0"),
+            multi_year_cap=Decimal("5"),
+            default_analyst_quota=None,
+            clock=clock,
+        )
+        ok, refused, errors = race(ledger)
+        assert errors == []  # no deadlocks between the window-row insert and FOR UPDATE
+        assert (ok, refused) == (10, 30)
+        assert ledger.spent() == Decimal("1.0")
     finally:
         eng.dispose()

@@ -1,0 +1,286 @@
+"""`fedgate audit ...`: export, tail, verify and reconcile the audit log, and manage the audit key.
+
+`verify` exits 0 when every entry re-hashes, chains and is covered by checkpoints signed with the given
+key, and 1 otherwise, naming the first bad sequence number and what is wrong (2 for unusable arguments).
+`reconcile` exits 0 when the gateway's and the connector's logs agree, 1 otherwise.
+
+Imports are deferred into the commands so that mounting this app in the main CLI loads neither
+SQLAlchemy nor the cryptography library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from audit.store import AuditLog
+    from audit.verify import VerifyReport
+
+audit_app = typer.Typer(help="Export, inspect and verify the tamper-evident audit log.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+DbOption = Annotated[
+    str, typer.Option("--db", help="SQLAlchemy URL of the audit store, e.g. sqlite:///audit.db")
+]
+
+
+def _open_log(db: str) -> AuditLog:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from audit.errors import AuditUnavailable
+    from audit.store import AuditLog
+    from connectors.logs import configure_logging
+
+    configure_logging()  # log lines go to stderr, keeping stdout for results
+    try:
+        url = make_url(db)
+    except ArgumentError:
+        errors.print(f"[red]not a database URL:[/red] {db}")
+        raise typer.Exit(2) from None
+    file_db = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if file_db and not Path(str(url.database)).is_file():
+        errors.print(f"[red]no audit store at[/red] {url.database}")
+        raise typer.Exit(2)
+    try:
+        return AuditLog.open(db, create=False)
+    except AuditUnavailable as exc:
+        errors.print(f"[red]cannot open the audit store:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@audit_app.command("export")
+def export(
+    db: DbOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="the JSON Lines file to write")],
+    start: Annotated[int, typer.Option(min=1, help="first sequence number")] = 1,
+    end: Annotated[int | None, typer.Option(min=0, help="last sequence number (default: the head)")] = None,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(help="sign a checkpoint of the head first with this audit key file (PRIVATE+KEY+...)"),
+    ] = None,
+) -> None:
+    """Export a range of entries, with the checkpoints that cover it, as JSON Lines."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from audit.checkpoint import Checkpointer, load_signer
+    from audit.errors import AuditError
+    from audit.export import export_log
+
+    log = _open_log(db)
+    try:
+        checkpointer = Checkpointer(log, load_signer(signing_key)) if signing_key else None
+        size = log.head().size
+        last = size if end is None else min(end, size)
+        with Progress(
+            TextColumn("export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=errors
+        ) as progress:
+            task = progress.add_task("export", total=max(last - start + 1, 0))
+            summary = export_log(
+                log,
+                out,
+                start=start,
+                end=end,
+                checkpointer=checkpointer,
+                progress=lambda n: progress.update(task, completed=n),
+            )
+    except (AuditError, ValueError, OSError) as exc:
+        errors.print(f"[red]export failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"wrote entries {summary.start}..{summary.end} ({summary.entries} entries, "
+        f"{summary.checkpoints} checkpoints) to {summary.path}"
+    )
+
+
+@audit_app.command("tail")
+def tail(
+    db: DbOption,
+    n: Annotated[int, typer.Option("-n", "--lines", min=1, max=10_000, help="how many entries")] = 20,
+) -> None:
+    """Show the last entries of the log."""
+    from rich.table import Table
+
+    from audit.errors import AuditError
+
+    log = _open_log(db)
+    try:
+        size, root = log.head()
+        entries = list(log.entries(max(size - n + 1, 1), size))
+    except AuditError as exc:
+        errors.print(f"[red]cannot read the audit log:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"audit log: {size} entries, root {root.hex()[:16]}…")
+    for column in ("seq", "time (UTC)", "action", "actor", "outcome", "query", "connector", "hash"):
+        table.add_column(column, no_wrap=column in ("seq", "hash"))
+    for e in entries:
+        event = e.event
+        table.add_row(
+            str(e.seq),
+            e.time.strftime("%Y-%m-%d %H:%M:%S"),
+            *(str(event.get(k) or "") for k in ("action", "actor", "outcome", "query_id", "connector")),
+            e.hash[:12],
+        )
+    console.print(table)
+
+
+@audit_app.command("verify")
+def verify(
+    file: Annotated[Path, typer.Argument(help="an export written by `fedgate audit export`")],
+    public_key: Annotated[
+        list[str],
+        typer.Option(
+            "--public-key",
+            "-k",
+            help="trusted audit key: a verifier key (name+id+base64), a PEM or base64 Ed25519 key, or a file",
+        ),
+    ],
+    origin: Annotated[str | None, typer.Option(help="require the checkpoints to name this origin")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="also fail when the newest entries are not yet signed")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the report as JSON here")
+    ] = None,
+) -> None:
+    """Verify an export offline: re-hash every entry, recompute chain and Merkle roots, check signatures."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from audit.errors import AuditError
+    from audit.verify import verify_export
+
+    if not file.is_file():
+        errors.print(f"[red]no such export:[/red] {file}")
+        raise typer.Exit(2)
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors
+        ) as progress:
+            task = progress.add_task("verifying", total=None)
+            report = verify_export(
+                file,
+                public_key,
+                origin=origin,
+                progress=lambda n: progress.update(task, description=f"verified {n:,} entries"),
+            )
+    except (AuditError, ValueError) as exc:
+        errors.print(f"[red]cannot verify:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if json_out is not None:
+        _write_report(report, json_out)
+    if not report.ok:
+        first = report.first_problem
+        assert first is not None
+        console.print(f"[red]FAILED[/red] first bad sequence number {first.seq}: {first.message}")
+        if report.problem_count > 1:
+            console.print(f"{report.problem_count - 1} more problem(s):")
+            for p in sorted(report.problems, key=lambda p: p.seq)[1:20]:
+                console.print(f"  seq {p.seq} [{p.kind.value}] {p.message}")
+        raise typer.Exit(1)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if strict and report.uncovered_from is not None:
+        console.print(f"[red]FAILED[/red] first bad sequence number {report.uncovered_from}: not yet signed")
+        raise typer.Exit(1)
+    last = report.start + report.entries - 1
+    console.print(
+        f"[green]OK[/green] entries {report.start}..{last} re-hashed and chained; "
+        f"{report.checkpoints_verified} signed checkpoint(s) verified, covering up to {report.covered_to}"
+        + (f"; origin {report.origin}" if report.origin else "")
+    )
+
+
+def _write_report(report: VerifyReport, path: Path) -> None:
+    import dataclasses
+    import json
+
+    data = dataclasses.asdict(report)
+    data["path"] = str(data["path"])
+    data["ok"] = report.ok
+    data["first_bad_seq"] = report.first_bad_seq
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+@audit_app.command("reconcile")
+def reconcile(
+    gateway_export: Annotated[Path, typer.Argument(help="the gateway's audit export")],
+    connector_export: Annotated[Path, typer.Argument(help="the connector's local log export")],
+    connector: Annotated[
+        str | None, typer.Option(help="the connector's name (default: from the connector export)")
+    ] = None,
+) -> None:
+    """List connector calls and checkpoints present on one side and missing or different on the other."""
+    from rich.table import Table
+
+    from audit.errors import AuditError
+    from audit.reconcile import reconcile as run_reconcile
+
+    try:
+        differences = run_reconcile(gateway_export, connector_export, connector=connector)
+    except (AuditError, ValueError, OSError) as exc:
+        errors.print(f"[red]cannot reconcile:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not differences:
+        console.print("[green]OK[/green] the gateway's log and the connector's log agree")
+        return
+    table = Table(title=f"{len(differences)} difference(s)")
+    for column in ("kind", "gateway seq", "connector seq", "request digest", "what"):
+        table.add_column(column)
+    for d in differences:
+        table.add_row(
+            d.kind.value,
+            "" if d.gateway_seq is None else str(d.gateway_seq),
+            "" if d.connector_seq is None else str(d.connector_seq),
+            (d.request_digest or "")[:16],
+            d.message,
+        )
+    console.print(table)
+    raise typer.Exit(1)
+
+
+@audit_app.command("keygen")
+def keygen(
+    name: Annotated[str, typer.Option(help="the key name, which is also the checkpoints' origin")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the private key (mode 0600)")],
+) -> None:
+    """Create an audit signing key; prints the verifier key to give auditors and connectors."""
+    import os
+
+    from audit.checkpoint import NoteSigner
+    from audit.errors import CheckpointError
+
+    if out.exists():
+        errors.print(f"[red]refusing to overwrite[/red] {out}")
+        raise typer.Exit(2)
+    try:
+        signer = NoteSigner.generate(name)
+    except CheckpointError as exc:
+        errors.print(f"[red]bad key name:[/red] {exc}")
+        raise typer.Exit(2) from None
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(signer.skey() + "\n")
+    console.print(signer.vkey)
+
+
+@audit_app.command("checkpoint")
+def checkpoint(
+    db: DbOption,
+    signing_key: Annotated[Path, typer.Option(help="the audit key file (PRIVATE+KEY+...)")],
+) -> None:
+    """Sign and store a checkpoint of the current head now."""
+    from audit.checkpoint import Checkpointer, load_signer
+    from audit.errors import AuditError
+
+    log = _open_log(db)
+    try:
+        cp = Checkpointer(log, load_signer(signing_key)).checkpoint()
+    except (AuditError, OSError) as exc:
+        errors.print(f"[red]cannot sign a checkpoint:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(cp.note, end="", markup=False, highlight=False)
