@@ -68,7 +68,12 @@ __all__ = [
     "verify_rotation",
 ]
 
-log = structlog.get_logger(__name__)
+
+def _logger() -> Any:
+    # Fetched per use: logs here are rare, and a logger cached on first use would keep writing to the
+    # stream of whichever command first used it.
+    return structlog.get_logger(__name__)
+
 
 ALG_ED25519 = 0x01
 EM_DASH = "\u2014"
@@ -448,7 +453,7 @@ class Checkpointer:
             cp = Checkpoint.sign(self.origin, size, root, self._signer)
             self.log.add_checkpoint(size=size, key_id=self._signer.key_id.hex(), root=root, note=cp.note)
             self._last_size, self._last_time = size, self._clock()
-            log.info("audit.checkpoint", size=size, key_id=self._signer.key_id.hex())
+            _logger().info("audit.checkpoint", size=size, key_id=self._signer.key_id.hex())
             return cp
 
     def due(self, size: int | None = None) -> bool:
@@ -491,7 +496,7 @@ class Checkpointer:
                 self.maybe_checkpoint()
             except AuditUnavailable as exc:
                 # The next append fails closed anyway; keep trying so checkpoints resume with the store.
-                log.error("audit.checkpoint_failed", error=str(exc))
+                _logger().error("audit.checkpoint_failed", error=str(exc))
 
     def rotate(self, new_signer: NoteSigner, *, actor: str, reason: str | None = None) -> AppendedEntry:
         """See `rotate_key`. Holding the lock throughout keeps every checkpoint of a size from the rotation
@@ -517,7 +522,7 @@ class Checkpointer:
             appended = self.log._append_reserved(event)
             self._signer = new_signer
             self.checkpoint()
-            log.info("audit.key_rotated", seq=appended.seq, new_key_id=new_signer.key_id.hex())
+            _logger().info("audit.key_rotated", seq=appended.seq, new_key_id=new_signer.key_id.hex())
             return appended
 
 

@@ -56,7 +56,12 @@ __all__ = [
     "create_tables",
 ]
 
-log = structlog.get_logger(__name__)
+
+def _logger() -> Any:
+    # Fetched per use: logs here are rare, and a logger cached on first use would keep writing to the
+    # stream of whichever command first used it.
+    return structlog.get_logger(__name__)
+
 
 audit_metadata = sa.MetaData()
 
@@ -310,7 +315,7 @@ class AuditLog:
             for g in batch:
                 g.error = exc
         except BaseException as exc:  # fail closed whatever went wrong
-            log.error("audit.append_failed", error=type(exc).__name__)
+            _logger().error("audit.append_failed", error=type(exc).__name__)
             unavailable = AuditUnavailable(f"the audit log cannot be written ({type(exc).__name__})")
             unavailable.__cause__ = exc
             for g in batch:
@@ -324,7 +329,7 @@ class AuditLog:
                 try:
                     listener(size)
                 except Exception as exc:  # a listener must never undo a committed append
-                    log.error("audit.listener_failed", error=type(exc).__name__)
+                    _logger().error("audit.listener_failed", error=type(exc).__name__)
 
     def _write(self, events: list[tuple[bytes, dict[str, str | None]]]) -> tuple[list[AppendedEntry], int]:
         try:
@@ -369,7 +374,7 @@ class AuditLog:
                 )
                 conn.commit()
         except SQLAlchemyError as exc:
-            log.error("audit.unavailable", error=type(exc).__name__)
+            _logger().error("audit.unavailable", error=type(exc).__name__)
             raise AuditUnavailable(f"the audit log cannot be written ({type(exc).__name__})") from exc
         except ProofError as exc:
             raise AuditUnavailable(

@@ -25,6 +25,7 @@ import binascii
 import bisect
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -581,7 +582,6 @@ def _check_signatures(
     if expected_origin is None and len(origins) == 1:
         expected_origin = next(iter(origins))
     report.origin = expected_origin
-    roots: dict[int, bytes] = {}
     for cp in checkpoints:
         seq = max(cp.size, report.start)
         if cp.checkpoint is None:
@@ -610,11 +610,6 @@ def _check_signatures(
             )
             continue
         cp.signed = True
-        known = roots.setdefault(cp.size, cp.checkpoint.root)
-        if known != cp.checkpoint.root:
-            report.add(
-                seq, ProblemKind.FORK, f"two signed checkpoints of size {cp.size} have different roots"
-            )
 
 
 def _check_roots(checkpoints: list[_CheckpointLine], stream: _Stream, report: VerifyReport) -> None:
@@ -635,67 +630,27 @@ def _check_roots(checkpoints: list[_CheckpointLine], stream: _Stream, report: Ve
             return flagged[i]
         return last_good + 1
 
-    by_size = {cp.size: cp for cp in checkpoints if cp.signed}
-    for cp in sorted(checkpoints, key=lambda c: c.size):
-        if cp.checkpoint is None or not cp.signed:
-            continue
-        if cp.size < report.start - 1:
-            report.add(report.start, ProblemKind.FORMAT, f"line {cp.line}: a checkpoint precedes the range")
-            continue
-        if cp.size in stream.roots:
-            holds = stream.roots[cp.size] == cp.checkpoint.root
-            if not holds:
-                seq = blame(cp.size)
-                report.add(
-                    seq,
-                    ProblemKind.ROOT,
-                    f"entries {seq}..{cp.size} are not those the checkpoint of size {cp.size} signed: "
-                    "the Merkle root of the entries differs from the signed root",
-                )
-        elif cp.consistency_from == stream.size and cp.proof is not None:
-            try:
-                verify_consistency(stream.size, cp.size, cp.proof, stream.root, cp.checkpoint.root)
-                holds = True
-            except ProofError:
-                holds = False
-                seq = blame(cp.size)
-                report.add(
-                    seq,
-                    ProblemKind.INCONSISTENT,
-                    f"entries {seq}..{stream.size} are not a prefix of the log signed at size {cp.size}",
-                )
-        else:
-            holds = False
-            seq = blame(cp.size)
-            report.add(
-                seq,
-                ProblemKind.INCONSISTENT,
-                f"the checkpoint of size {cp.size} lies beyond the last entry ({stream.size}) without a "
-                "consistency proof from there: entries are missing",
-            )
-        # Successive checkpoints: the proof from the previous one, between the two signed roots.
-        earlier = by_size.get(cp.consistency_from) if cp.consistency_from is not None else None
-        if (
-            earlier is not None
-            and earlier is not cp
-            and earlier.checkpoint is not None
-            and cp.proof is not None
-        ):
-            try:
-                verify_consistency(
-                    earlier.size, cp.size, cp.proof, earlier.checkpoint.root, cp.checkpoint.root
-                )
-            except ProofError:
-                holds = False
-                seq = blame(cp.size)
-                report.add(
-                    seq,
-                    ProblemKind.INCONSISTENT,
-                    f"the checkpoint of size {cp.size} is not consistent with the one of size {earlier.size}",
-                )
-        if holds:
-            verified += 1
-            last_good = max(last_good, cp.size)
+    by_size: dict[int, _CheckpointLine] = {}
+    for cp in checkpoints:
+        if cp.signed:
+            by_size.setdefault(cp.size, cp)
+    signed = sorted(
+        (cp for cp in checkpoints if cp.signed and cp.checkpoint is not None), key=lambda c: c.size
+    )
+    for size, group in itertools.groupby(signed, key=lambda c: c.size):
+        # Checkpoints of one size are judged together, against the last good size below them.
+        good = False
+        roots: set[bytes] = set()
+        for cp in group:
+            roots.add(cp.checkpoint.root if cp.checkpoint else b"")
+            if _check_one(cp, stream, report, blame, by_size):
+                verified += 1
+                good = True
+        if len(roots) > 1:
+            seq = blame(size)
+            report.add(seq, ProblemKind.FORK, f"two signed checkpoints of size {size} have different roots")
+        elif good:
+            last_good = max(last_good, size)
 
     report.checkpoints_verified = verified
     last = report.start + report.entries - 1
@@ -711,3 +666,62 @@ def _check_roots(checkpoints: list[_CheckpointLine], stream: _Stream, report: Ve
         report.warnings.append(
             f"entries {last_good + 1}..{last} are chained but not yet covered by a signed checkpoint"
         )
+
+
+def _check_one(
+    cp: _CheckpointLine,
+    stream: _Stream,
+    report: VerifyReport,
+    blame: Callable[[int], int],
+    by_size: dict[int, _CheckpointLine],
+) -> bool:
+    """Whether one signed checkpoint agrees with the entries (and with the previous one); reports if not."""
+    assert cp.checkpoint is not None
+    if cp.size < report.start - 1:
+        report.add(report.start, ProblemKind.FORMAT, f"line {cp.line}: a checkpoint precedes the range")
+        return False
+    if cp.size in stream.roots:
+        holds = stream.roots[cp.size] == cp.checkpoint.root
+        if not holds:
+            seq = blame(cp.size)
+            report.add(
+                seq,
+                ProblemKind.ROOT,
+                f"entries {seq}..{cp.size} are not those the checkpoint of size {cp.size} signed: "
+                "the Merkle root of the entries differs from the signed root",
+            )
+    elif cp.consistency_from == stream.size and cp.proof is not None:
+        try:
+            verify_consistency(stream.size, cp.size, cp.proof, stream.root, cp.checkpoint.root)
+            holds = True
+        except ProofError:
+            holds = False
+            seq = blame(cp.size)
+            report.add(
+                seq,
+                ProblemKind.INCONSISTENT,
+                f"entries {seq}..{stream.size} are not a prefix of the log signed at size {cp.size}",
+            )
+    else:
+        holds = False
+        seq = blame(cp.size)
+        report.add(
+            seq,
+            ProblemKind.INCONSISTENT,
+            f"the checkpoint of size {cp.size} lies beyond the last entry ({stream.size}) without a "
+            "consistency proof from there: entries are missing",
+        )
+    # Successive checkpoints: the proof from the previous one, between the two signed roots.
+    earlier = by_size.get(cp.consistency_from) if cp.consistency_from is not None else None
+    if earlier is not None and earlier is not cp and earlier.checkpoint is not None and cp.proof is not None:
+        try:
+            verify_consistency(earlier.size, cp.size, cp.proof, earlier.checkpoint.root, cp.checkpoint.root)
+        except ProofError:
+            holds = False
+            seq = blame(cp.size)
+            report.add(
+                seq,
+                ProblemKind.INCONSISTENT,
+                f"the checkpoint of size {cp.size} is not consistent with the one of size {earlier.size}",
+            )
+    return holds

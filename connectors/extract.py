@@ -141,10 +141,15 @@ class Extractor:
         if spec.household_column is not None:
             aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
         before = len(frame)
-        if aggs:
-            frame = frame.groupby(_NID, sort=False).agg(**aggs).reset_index()
-        else:
-            frame = frame[[_NID]].drop_duplicates()
+        # Only IDs seen under more than one raw form need re-aggregating; they are few, and a group-by over
+        # every row (object columns included) would cost seconds at county scale.
+        repeated = frame[_NID].duplicated(keep=False)
+        if repeated.any():
+            if aggs:
+                merged = frame[repeated].groupby(_NID, sort=False).agg(**aggs).reset_index()
+            else:
+                merged = frame.loc[repeated, [_NID]].drop_duplicates()
+            frame = pd.concat([frame[~repeated], merged[frame.columns]], ignore_index=True)
         quality.duplicate_ids = before - len(frame)
 
         columns: dict[str, pa.Array] = {}

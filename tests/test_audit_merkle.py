@@ -24,7 +24,16 @@ from audit.merkle import (
 # github.com/transparency-dev/merkle testonly/constants.go: LeafInputs() and RootHashes().
 LEAF_INPUTS = [
     bytes.fromhex(h)
-    for h in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f")
+    for h in (
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
+        "606162636465666768696a6b6c6d6e6f",
+    )
 ]
 ROOTS = {
     1: "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
@@ -128,7 +137,10 @@ def test_hashers_match_the_rfc6962_vectors() -> None:
     assert EMPTY_ROOT.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert leaf_hash(b"").hex() == "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
     assert leaf_hash(b"L123456").hex() == "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56"
-    assert node_hash(b"N123", b"N456").hex() == "aa217fe888e47007fa15edab33c2b492a722cb106c64667fc2b044444de66bbb"
+    assert (
+        node_hash(b"N123", b"N456").hex()
+        == "aa217fe888e47007fa15edab33c2b492a722cb106c64667fc2b044444de66bbb"
+    )
     # Second-preimage resistance: a node is not the leaf of its children's concatenation.
     left, right = leaf_hash(b"Hello"), leaf_hash(b"World")
     assert node_hash(left, right) != leaf_hash(left + right)
@@ -180,7 +192,10 @@ def test_inclusion_proof_vectors(index: int, size: int, proof: list[str]) -> Non
         (index, size, leaf, expected[:-1], root),
         (index, size, leaf, [*expected, b""], root),
     ]
-    bad += [(index, size, leaf, [*expected[:i], _flip(p), *expected[i + 1 :]], root) for i, p in enumerate(expected)]
+    bad += [
+        (index, size, leaf, [*expected[:i], _flip(p), *expected[i + 1 :]], root)
+        for i, p in enumerate(expected)
+    ]
     for args in bad:
         with pytest.raises(ProofError):
             verify_inclusion(*args)
@@ -308,7 +323,9 @@ def test_every_consistency_proof_verifies_and_any_flipped_byte_fails(size: int, 
         forked = MerkleTree(other_leaves)
         if size1 < size2:
             with pytest.raises(ProofError):
-                verify_consistency(size1, size2, forked.consistency_proof(size1, size2), root1, forked.root(size2))
+                verify_consistency(
+                    size1, size2, forked.consistency_proof(size1, size2), root1, forked.root(size2)
+                )
 
 
 def test_large_tree_roots_and_proofs_agree_with_the_definition() -> None:
