@@ -10,8 +10,9 @@ SQLAlchemy nor the cryptography library.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -29,15 +30,36 @@ DbOption = Annotated[
 ]
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written: a test runner swaps it for every command."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _configure_logging() -> None:
+    import structlog
+
+    from connectors.logs import configure_logging
+
+    if not structlog.is_configured():
+        configure_logging()
+    # Log lines go to stderr, keeping stdout for results (notes, tables) that may be piped.
+    factory: Any = structlog.PrintLoggerFactory(cast(Any, _Stderr()))
+    structlog.configure(logger_factory=factory, cache_logger_on_first_use=False)
+
+
 def _open_log(db: str) -> AuditLog:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     from audit.errors import AuditUnavailable
     from audit.store import AuditLog
-    from connectors.logs import configure_logging
 
-    configure_logging()  # log lines go to stderr, keeping stdout for results
+    _configure_logging()
     try:
         url = make_url(db)
     except ArgumentError:

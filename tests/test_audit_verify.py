@@ -18,7 +18,7 @@ import rfc8785
 from typer.testing import CliRunner
 
 import audit.verify as verify_module
-from audit.checkpoint import Checkpoint, CheckpointPolicy, Checkpointer, NoteSigner, rotate_key
+from audit.checkpoint import Checkpoint, Checkpointer, CheckpointPolicy, NoteSigner, rotate_key
 from audit.cli import audit_app
 from audit.entries import entry_bytes
 from audit.errors import VerificationFailed
