@@ -293,3 +293,43 @@ def test_gateway_client_errors_are_typed(fed: Federation) -> None:
     with GatewayClient(fed.gateway.url, "fgk_wrong") as nobody, pytest.raises(GatewayError) as err:
         nobody.budget()
     assert err.value.status == 401
+
+
+def test_the_command_line_submits_approves_runs_and_shows_budget(
+    fed: Federation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import json as jsonlib
+
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    work = tmp_path_factory.mktemp("cli")
+    spec_file = work / "query.json"
+    spec_file.write_text(_query("Bands by village from the command line").model_dump_json())
+    runner = CliRunner()
+    env = {"FEDGATE_URL": fed.gateway.url, "FEDGATE_API_KEY": fed.keys["other-analyst"]}
+    submitted = runner.invoke(app, ["query", "submit", str(spec_file), "--json"], env=env)
+    assert submitted.exit_code == 0, submitted.output
+    view = jsonlib.loads(submitted.stdout)
+    assert view["state"] == "submitted"
+    for dept in view["departments"]:
+        key = fed.county / "keys" / f"{dept}-approval.key"
+        admin_env = {"FEDGATE_URL": fed.gateway.url, "FEDGATE_API_KEY": fed.keys[dept]}
+        approved = runner.invoke(
+            app, ["approve", view["id"], "--key", str(key), "--department", dept], env=admin_env
+        )
+        assert approved.exit_code == 0, approved.output
+    csv_path = work / "result.csv"
+    ran = runner.invoke(app, ["query", "run", view["id"], "--csv", str(csv_path)], env=env)
+    assert ran.exit_code == 0, ran.output
+    assert "95% intervals" in ran.stdout
+    assert (
+        csv_path.read_text()
+        .splitlines()[0]
+        .startswith("register.persons.village,statistic,bin,value,low,high")
+    )
+    budget = runner.invoke(app, ["budget", "--json"], env=env)
+    assert budget.exit_code == 0 and jsonlib.loads(budget.stdout)["analyst"] == "other-analyst"
+    refused = runner.invoke(app, ["query", "run", "q-doesnotexist000"], env=env)
+    assert refused.exit_code == 1 and "not_found" in refused.output
