@@ -62,6 +62,7 @@ def _request(query_id: str, measures: tuple[str, ...], epoch: int) -> ExtractReq
         period_end="2025-12",
         measures=measures,
         token=TokenSpec(epoch=epoch),
+        epsilon=Decimal("1"),
         approval=signed,
     )
 
