@@ -34,6 +34,7 @@ import rfc8785
 
 from audit.entries import GENESIS_HASH
 from audit.errors import ExportFormatError
+from audit.scan import ENTRY_HEAD, parse_entry_line
 from audit.store import AuditLog, StoredCheckpoint
 
 __all__ = [
@@ -50,39 +51,6 @@ __all__ = [
 
 EXPORT_FORMAT = "fedgate-audit-export/1"
 CONNECTOR_FORMAT = "fedgate-connector-log/1"
-
-ENTRY_HEAD = b'{"kind":"entry","seq":'
-
-
-def parse_entry_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes] | None:
-    """(seq, prev_hash, hash, entry, inner seq) of an entry line (without its newline), or None.
-
-    The layout is fixed (see audit.export), so the line is sliced rather than parsed: a regular expression
-    over the whole entry would cost as much as everything else the scan does. The hashes are checked for
-    hex digits only where they are used.
-    """
-    comma = line.find(b",", 22)
-    seq_b = line[22:comma]
-    entry = line[comma + 162 : -1]
-    cut = entry.rfind(b',"seq":')
-    time_at = entry.find(b',"time":"', cut)
-    inner_b = entry[cut + 7 : time_at]
-    if (
-        line[:22] != ENTRY_HEAD
-        or not seq_b.isdigit()
-        or (seq_b[0] == 48 and len(seq_b) > 1)  # b"0": no leading zeros
-        or line[comma : comma + 14] != b',"prev_hash":"'
-        or line[comma + 78 : comma + 88] != b'","hash":"'
-        or line[comma + 152 : comma + 162] != b'","entry":'
-        or line[-1:] != b"}"
-        or entry[:9] != b'{"event":'
-        or cut < 0
-        or time_at < 0
-        or entry[-3:] != b'Z"}'
-        or not inner_b.isdigit()
-    ):
-        return None
-    return seq_b, line[comma + 14 : comma + 78], line[comma + 88 : comma + 152], entry, inner_b
 
 
 def entry_line(seq: int, prev_hash: str, hash_: str, canonical: bytes) -> bytes:

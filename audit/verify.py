@@ -21,7 +21,6 @@ chained but not yet signed. An export whose entries no trusted checkpoint covers
 
 from __future__ import annotations
 
-import binascii
 import bisect
 import concurrent.futures
 import hashlib
@@ -29,11 +28,9 @@ import itertools
 import json
 import multiprocessing
 import os
-import re
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -49,36 +46,15 @@ from audit.checkpoint import (
 )
 from audit.entries import ACTION_KEY_ROTATED, GENESIS_HASH
 from audit.errors import CheckpointError, ExportFormatError, ProofError, VerificationFailed
-from audit.export import ENTRY_HEAD, EXPORT_FORMAT, parse_entry_line
+from audit.export import EXPORT_FORMAT
 from audit.merkle import CompactRange, verify_consistency
+from audit.scan import ENTRY_HEAD, Chunk, ChunkResult, ProblemKind, ScanState, plan_chunks, scan_chunk
 
 __all__ = ["Problem", "ProblemKind", "VerifyReport", "verify_export"]
 
 MAX_PROBLEMS = 1000
-# The rotation event is written by audit.checkpoint with "action" as its first key in RFC 8785 order.
-_ROTATION_HEAD = b'{"event":{"action":"' + ACTION_KEY_ROTATED.encode() + b'"'
+_PARALLEL_BYTES = 16 << 20  # below this, starting worker processes costs more than it saves
 _HEX64 = frozenset("0123456789abcdef")
-_HEX_BYTES = re.compile(rb"[0-9a-f]{64}")
-
-
-def _is_hex(value: bytes) -> bool:
-    return _HEX_BYTES.fullmatch(value) is not None
-
-
-class ProblemKind(StrEnum):
-    FORMAT = "format"  # a line does not follow the export format
-    MISSING = "missing"  # sequence numbers skip: entries were deleted
-    ORDER = "order"  # a sequence number repeats or goes back: entries inserted or swapped
-    MISPLACED = "misplaced"  # the seq inside the hashed entry is not the line's: moved or renumbered
-    HASH = "hash"  # the entry's bytes do not hash to its recorded hash: its content changed
-    CHAIN = "chain"  # an entry's prev_hash is not the previous entry's hash
-    TRUNCATED = "truncated"  # the file ends before the range the header announces
-    ROOT = "root"  # the entries do not hash to a signed checkpoint's root
-    SIGNATURE = "signature"  # a checkpoint is not signed by the key active at its size
-    INCONSISTENT = "inconsistent"  # a checkpoint is not consistent with an earlier one
-    FORK = "fork"  # two signed checkpoints of one size disagree
-    ROTATION = "rotation"  # a key rotation entry does not verify or does not chain
-    UNSIGNED = "unsigned"  # no trusted checkpoint covers the entries
 
 
 @dataclass(frozen=True)
@@ -130,12 +106,13 @@ class VerifyReport:
 
     def add(self, seq: int, kind: ProblemKind, message: str) -> None:
         self.problem_count += 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(Problem(seq, kind, message))
-        elif seq < min(p.seq for p in self.problems):
-            # Keep the earliest problems: the first bad sequence number must survive a flood.
-            self.problems.remove(max(self.problems, key=lambda p: p.seq))
-            self.problems.append(Problem(seq, kind, message))
+        if len(self.problems) >= MAX_PROBLEMS and seq >= self.problems[-1].seq:
+            return  # a flood of problems: keep the earliest, the first bad sequence number among them
+        self.problems.append(Problem(seq, kind, message))
+        if len(self.problems) >= MAX_PROBLEMS:
+            # Stable, so problems with one seq keep the order they were found in.
+            self.problems.sort(key=lambda p: p.seq)
+            del self.problems[MAX_PROBLEMS:]
 
 
 @dataclass
@@ -262,10 +239,10 @@ def verify_export(
             except ExportFormatError as exc:
                 report.add(start, ProblemKind.FORMAT, str(exc))
             line = f.readline()
-        state = _ScanState(
+        state = ScanState(
             expect=start, prev_seq=start - 1, claimed_prev=prev_hash.hex().encode(), prev_digest=prev_hash
         )
-        chunks = _plan_chunks(f, offset, state)
+        chunks = plan_chunks(f, offset, state)
     targets = {cp.size for cp in checkpoints}
     stream = _scan(path, chunks, number, frontier, targets, report, progress, workers)
     _check_signatures(checkpoints, stream, trusted, origin, report)
@@ -273,167 +250,9 @@ def verify_export(
     return report
 
 
-# --- the entry scan
-
-_CHUNK_BYTES = 8 << 20
-_PARALLEL_BYTES = 16 << 20  # below this, forking workers costs more than it saves
-
-
-@dataclass(frozen=True)
-class _ScanState:
-    """What checking an entry line needs from the line before it."""
-
-    expect: int  # the seq the next line should have
-    prev_seq: int
-    claimed_prev: bytes  # the previous line's recorded hash (hex), b"" after a malformed line
-    prev_digest: bytes  # bytes.fromhex(claimed_prev), kept to spare the common case a hex decoding
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    begin: int  # byte offsets in the file, at line starts
-    end: int
-    state: _ScanState
-
-
-@dataclass
-class _ChunkResult:
-    lines: int = 0
-    leaves: bytearray = field(default_factory=bytearray)  # SHA-256(0x00 || hash) per well-formed entry line
-    # (seq, kind, message, line within the chunk or 0); "{line}" in a message becomes the file's line number
-    problems: list[tuple[int, ProblemKind, str, int]] = field(default_factory=list)
-    rotations: list[tuple[int, bytes]] = field(default_factory=list)
-
-
-def _state_after(line: bytes) -> _ScanState | None:
-    """The scan state after a well-formed line, which depends on that line alone; None if it is not one."""
-    parsed = parse_entry_line(line.rstrip(b"\n"))
-    if parsed is None or not _is_hex(parsed[2]):
-        return None
-    seq = int(parsed[0])
-    return _ScanState(
-        expect=seq + 1, prev_seq=seq, claimed_prev=parsed[2], prev_digest=bytes.fromhex(parsed[2].decode())
-    )
-
-
-def _plan_chunks(f: Any, begin: int, state: _ScanState) -> list[_Chunk]:
-    """Split the entry lines into chunks of about `_CHUNK_BYTES`, each after a well-formed line.
-
-    Because the state after a well-formed line depends on that line only, scanning the chunks separately,
-    each from the state its preceding line leaves, finds exactly what one sequential scan would.
-    """
-    f.seek(0, 2)
-    size = f.tell()
-    chunks: list[_Chunk] = []
-    while begin < size:
-        target = begin + _CHUNK_BYTES
-        end = size
-        next_state = None
-        if target < size:
-            f.seek(target)
-            f.readline()  # the rest of a line that started before the target
-            for _ in range(64):
-                line = f.readline()
-                if not line:
-                    break
-                next_state = _state_after(line)
-                if next_state is not None:
-                    end = f.tell()
-                    break
-        if next_state is None:
-            end = size
-        chunks.append(_Chunk(begin, end, state))
-        if next_state is None:
-            break
-        begin, state = end, next_state
-    return chunks
-
-
-def _scan_chunk(path: str, chunk: _Chunk) -> _ChunkResult:
-    """Check every entry line of one chunk on its own; runs in a worker process for large files."""
-    with open(path, "rb") as f:
-        f.seek(chunk.begin)
-        data = f.read(chunk.end - chunk.begin)
-    lines = data.split(b"\n")
-    if data.endswith(b"\n"):
-        lines.pop()
-    return _scan_lines(lines, chunk.state)
-
-
-def _scan_lines(lines: list[bytes], state: _ScanState) -> _ChunkResult:
-    """The hot loop: re-hash each entry and check its seq, its inner seq and its link to the previous one."""
-    result = _ChunkResult()
-    add = result.problems.append
-    leaves = result.leaves
-    parse = parse_entry_line
-    sha256 = hashlib.sha256
-    fromhex = bytes.fromhex
-    hexlify = binascii.hexlify
-    expect, prev_seq = state.expect, state.prev_seq
-    claimed_prev, prev_digest = state.claimed_prev, state.prev_digest
-    number = 0
-    for line in lines:
-        number += 1
-        parsed = parse(line)
-        if parsed is None:
-            add((expect, ProblemKind.FORMAT, "line {line} is not an entry line of the export format", number))
-            claimed_prev = b""
-            prev_seq = expect
-            expect += 1
-            continue
-        seq_b, prev_b, hash_b, entry, inner_b = parsed
-        seq = int(seq_b)
-        blamed = False
-        if seq != expect:
-            blamed = True
-            if seq > expect:
-                add((expect, ProblemKind.MISSING, f"entries {expect}..{seq - 1} are missing", 0))
-            else:
-                add((seq, ProblemKind.ORDER, f"entry {seq} appears again after entry {expect - 1}", 0))
-        if inner_b != seq_b:
-            blamed = True
-            inner = int(inner_b)
-            moved = f"the entry at seq {seq} was written as entry {inner}: entries were moved or renumbered"
-            add((min(inner, seq), ProblemKind.MISPLACED, moved, 0))
-        if prev_b == claimed_prev:
-            digest = sha256(prev_digest + entry).digest()
-        elif not _is_hex(prev_b) or not _is_hex(hash_b):
-            add((seq, ProblemKind.FORMAT, "line {line}: a hash is not 64 lowercase hex digits", number))
-            claimed_prev = b""
-            prev_seq = seq
-            expect = seq + 1
-            continue
-        else:
-            if claimed_prev and not blamed:
-                # Nothing in this line is out of place, so the previous entry is the one that changed.
-                broken = f"entry {seq} does not chain to entry {prev_seq}: it was altered or inserted"
-                add((prev_seq, ProblemKind.CHAIN, broken, 0))
-            digest = sha256(fromhex(prev_b.decode()) + entry).digest()
-        if hexlify(digest) != hash_b:
-            if not _is_hex(hash_b):
-                add((seq, ProblemKind.FORMAT, "line {line}: the hash is not 64 lowercase hex digits", number))
-                claimed_prev = b""
-                prev_seq = seq
-                expect = seq + 1
-                continue
-            add((seq, ProblemKind.HASH, f"entry {seq} does not hash to its recorded hash: it was changed", 0))
-            # The tree is built from the recorded hashes, so one changed entry is blamed once, here,
-            # rather than again by every checkpoint above it.
-            digest = fromhex(hash_b.decode())
-        if entry.startswith(_ROTATION_HEAD):
-            result.rotations.append((seq, entry))
-        leaves += sha256(b"\x00" + digest).digest()  # the Merkle leaf hash, done here to share the work
-        claimed_prev = hash_b
-        prev_digest = digest
-        prev_seq = seq
-        expect = seq + 1
-    result.lines = len(lines)
-    return result
-
-
 def _scan(
     path: Path,
-    chunks: list[_Chunk],
+    chunks: list[Chunk],
     lines_before: int,
     frontier: CompactRange,
     target_sizes: set[int],
@@ -449,26 +268,36 @@ def _scan(
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = usable if total_bytes >= _PARALLEL_BYTES else 1
     workers = max(1, min(workers, len(chunks)))
-    # Workers are forked, and only from a single-threaded process (the CLI, a benchmark): forking beside
-    # other threads can deadlock the child, and "spawn" would re-run a caller's unguarded main script.
-    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
-        workers = 1
-
-    if workers > 1:
-        context = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(_scan_chunk, str(path), c) for c in chunks]
-            results = (fut.result() for fut in futures)
-            _fold(stream, results, lines_before, frontier, targets, report, progress)
-    else:
-        results = (_scan_chunk(str(path), c) for c in chunks)
-        _fold(stream, results, lines_before, frontier, targets, report, progress)
+    results = _chunk_results(str(path), chunks, workers)
+    _fold(stream, results, lines_before, frontier, targets, report, progress)
     return stream
+
+
+def _chunk_results(path: str, chunks: list[Chunk], workers: int) -> Iterator[ChunkResult]:
+    """Each chunk's result, in order: from worker processes if asked and possible, else scanned here."""
+    done = 0
+    if workers > 1:
+        # "spawn", not "fork": forking a process that runs other threads (a progress bar, a server) can
+        # deadlock the child. A pool that cannot start (say, a caller's script without a __main__ guard)
+        # is not an error: the remaining chunks are scanned in this process.
+        context = multiprocessing.get_context("spawn")
+        try:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = [pool.submit(scan_chunk, path, c) for c in chunks]
+                for future in futures:
+                    result = future.result()
+                    done += 1
+                    yield result
+            return
+        except (BrokenProcessPool, OSError):
+            pass
+    for chunk in chunks[done:]:
+        yield scan_chunk(path, chunk)
 
 
 def _fold(
     stream: _Stream,
-    results: Iterable[_ChunkResult],
+    results: Iterable[ChunkResult],
     lines_before: int,
     frontier: CompactRange,
     targets: list[int],
@@ -572,7 +401,7 @@ def _check_signatures(
     origin: str | None,
     report: VerifyReport,
 ) -> None:
-    """Each checkpoint must be signed by the key active at its size; one size must have one root."""
+    """Each checkpoint must be signed by the key active at its size (or, with no rotation, a given key)."""
     history = _key_history(stream.rotations, trusted, report)
     rotation_seqs = [seq for seq, _ in history or []]
     if history:

@@ -9,9 +9,11 @@ that append fails the client gets 503 instead (the gateway fails closed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -20,17 +22,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from audit.checkpoint import Checkpointer, CheckpointPolicy, NoteSigner, load_signer
+from audit.store import AuditLog
 from connectors.protocol import load_private_key, private_key_pem
 from gateway import db
+from gateway.api import audit as audit_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
-from gateway.audit_trail import AuditTrail, SqlAuditSink
+from gateway.audit_trail import AuditLogSink, AuditTrail
 from gateway.auth import authenticate
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, install_error_handlers, install_request_id
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, SettingsError
 from privacy.ledger import Ledger
 
 log = structlog.get_logger("fedgate.gateway")
@@ -50,6 +55,45 @@ def load_gateway_key(settings: GatewaySettings) -> Ed25519PrivateKey:
     return load_private_key(Path(path).read_bytes())
 
 
+def load_audit_signer(settings: GatewaySettings) -> NoteSigner:
+    """The audit key that signs checkpoints; in development, one generated once under the state directory."""
+    path = settings.audit_key_file
+    if path is None:
+        path = settings.state_dir / "audit.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(NoteSigner.generate(settings.audit_origin).skey())
+            log.warning("gateway.generated_development_audit_key", path=str(path))
+    return load_signer(Path(path))
+
+
+def check_ledger_against_audit(ctx: GatewayContext) -> None:
+    """Refuse to start if the ledger shows less spending than the audit log records.
+
+    Every `query.released` entry names a query whose charge the ledger must still hold: a ledger restored
+    from an older backup would lack it and hand that budget back.
+    """
+    sink = ctx.audit.sink
+    if not isinstance(sink, AuditLogSink):
+        return
+    missing = 0
+    after = 0
+    while True:
+        page = sink.log.filter(action="query.released", after_seq=after, limit=1000)
+        if not page:
+            break
+        missing += sum(1 for e in page if ctx.ledger.result(str(e.event.get("query_id"))) is None)
+        after = page[-1].seq
+    if missing:
+        raise SettingsError(
+            f"the budget ledger shows less spending than the audit log records: {missing} released queries "
+            "have no charge in the ledger. A restored backup must not hand budget back; restore the ledger "
+            "that matches the audit log."
+        )
+
+
 def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None) -> GatewayContext:
     if settings.mode == "production":
         settings.check_production()
@@ -67,8 +111,19 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
         engine=engine,
         gateway_key=load_gateway_key(settings),
         ledger=ledger,
-        audit=AuditTrail(SqlAuditSink(engine)),
+        audit=AuditTrail(AuditLogSink(AuditLog(engine))),
     )
+    sink = ctx.audit.sink
+    assert isinstance(sink, AuditLogSink)
+    ctx.checkpointer = Checkpointer(
+        sink.log,
+        load_audit_signer(settings),
+        origin=settings.audit_origin,
+        policy=CheckpointPolicy(
+            every_entries=settings.checkpoint_every_entries, every_seconds=settings.checkpoint_every_seconds
+        ),
+    )
+    check_ledger_against_audit(ctx)
     ctx.tls = connector_tls(settings)
     recover_interrupted_runs(ctx)
     return ctx
@@ -180,7 +235,16 @@ class AuditMiddleware:
 
 
 def create_app(context: GatewayContext) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if context.checkpointer is not None:
+            context.checkpointer.start()
+        yield
+        if context.checkpointer is not None:
+            context.checkpointer.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="fedgate gateway",
         version="1",
         description=(
@@ -201,4 +265,5 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(registry_routes.router)
     app.include_router(query_routes.router)
     app.include_router(run_routes.router)
+    app.include_router(audit_routes.router)
     return app

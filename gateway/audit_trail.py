@@ -1,67 +1,64 @@
 """The gateway's audit trail: every request and every semantic event becomes a durable entry.
 
-The entry is committed before the response it records is sent; if it cannot be written the request
-fails with 503 and nothing is released (fail closed). Entries never carry raw IDs, tokens, API keys,
-secrets or exact data-dependent counts: callers pass only public facts, digests and DP values.
+Entries go to the tamper-evident log of `audit.store` (hash-chained, Merkle-checkpointed, signed) in the
+gateway's own database. An entry is committed before the response it records is sent; if it cannot be
+written the request fails with 503 and nothing is released (fail closed). Entries never carry raw IDs,
+tokens, API keys, secrets or exact data-dependent counts: callers pass only public facts, digests and DP
+values, and `audit.entries.check_event` rejects the obvious mistakes loudly.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import db
+from audit.errors import AuditUnavailable
+from audit.store import AuditLog
 from gateway.errors import ApiError, ErrorCode
 
 log = structlog.get_logger("fedgate.audit")
 
-FORBIDDEN_KEYS = frozenset({"api_key", "authorization", "token", "tokens", "secret", "password", "raw_id"})
-
 
 class AuditSink(Protocol):
-    def append(self, entry: dict[str, Any]) -> int:
-        """Durably append one entry; return its sequence number or raise."""
+    def append(self, event: dict[str, Any]) -> int:
+        """Durably append one event; return its sequence number or raise `AuditUnavailable`."""
         ...
 
 
-class SqlAuditSink:
-    """Append-only entries in the gateway's database (`audit_simple`)."""
+class AuditLogSink:
+    """The tamper-evident log."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
+    def __init__(self, audit_log: AuditLog) -> None:
+        self.log = audit_log
 
-    def append(self, entry: dict[str, Any]) -> int:
-        with self._engine.begin() as conn:
-            result = conn.execute(
-                db.audit_simple.insert().values(at=db.utcnow(), entry_json=json.dumps(entry, sort_keys=True))
-            )
-            key = result.inserted_primary_key
-        return int(key[0]) if key else 0
+    def append(self, event: dict[str, Any]) -> int:
+        return self.log.append(event).seq
 
-    def entries(self) -> list[dict[str, Any]]:
-        with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(db.audit_simple).order_by(db.audit_simple.c.seq)).all()
-        return [{"seq": r.seq, **json.loads(r.entry_json)} for r in rows]
+
+def _outcome(action: str, fields: dict[str, Any]) -> str:
+    status = fields.get("status")
+    if isinstance(status, int):
+        return "ok" if status < 400 else "refused" if status < 500 else "error"
+    if action.endswith((".failed", ".refused", ".rejected", ".interrupted")):
+        return "refused" if action.endswith((".refused", ".rejected")) else "failed"
+    return str(fields.get("outcome", "ok"))
 
 
 class AuditTrail:
-    """Records entries through a sink; turns any failure into a 503 so the caller fails closed."""
+    """Records events through a sink; turns any failure to write into a 503 so the caller fails closed."""
 
     def __init__(self, sink: AuditSink) -> None:
         self.sink = sink
 
     def record(self, action: str, **fields: Any) -> int:
-        bad = FORBIDDEN_KEYS.intersection(fields)
-        if bad:
-            raise ValueError(f"audit entries never carry {', '.join(sorted(bad))}")
-        entry = {"action": action, **fields}
+        event = {"action": action, **fields}
+        actor = fields.get("actor", fields.get("principal"))
+        event["actor"] = actor if isinstance(actor, str) else "-"
+        event["outcome"] = _outcome(action, fields)
         try:
-            return self.sink.append(entry)
-        except (SQLAlchemyError, OSError) as exc:
+            return self.sink.append(event)
+        except AuditUnavailable as exc:
             log.error("audit.unavailable", action=action, error=type(exc).__name__)
             raise ApiError(
                 503, ErrorCode.AUDIT_UNAVAILABLE, "the audit log cannot be written; nothing was done"

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, Request
 
+from audit.checkpoint import Checkpointer
 from gateway.audit_trail import AuditTrail
 from gateway.settings import GatewaySettings
 from privacy.ledger import Ledger
@@ -28,6 +29,7 @@ class GatewayContext:
     ledger: Ledger
     audit: AuditTrail
     transport: httpx.BaseTransport | None = None
+    checkpointer: Checkpointer | None = None
     tls: ssl.SSLContext | None = None
     """mutual TLS toward connectors: the federation CA and the gateway's client certificate"""
     running: set[str] = field(default_factory=set)

@@ -65,6 +65,15 @@ class GatewaySettings(BaseSettings):
         None, description="CA bundle for mutual TLS with connectors: verifies the connectors' certificates"
     )
     connector_timeout_seconds: float = Field(60, gt=0, le=3600)
+    audit_key_file: Path | None = Field(
+        None,
+        description="the audit log's note signing key (PRIVATE+KEY+...); unset in development: generated",
+    )
+    audit_origin: str = Field(
+        "fedgate-gateway", pattern=r"^[A-Za-z0-9._/-]{1,64}$", description="checkpoint origin"
+    )
+    checkpoint_every_entries: int = Field(256, ge=1, le=1_000_000)
+    checkpoint_every_seconds: float = Field(30.0, gt=0, le=86_400)
     token_epoch: int = Field(
         1,
         ge=0,

@@ -60,12 +60,22 @@ def test_sigkill_mid_append_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert child.stdout is not None
     acknowledged: dict[int, str] = {}
     deadline = time.monotonic() + 60
-    try:
-        while len(acknowledged) < 600 and time.monotonic() < deadline:
+
+    def read_until(count: int) -> None:
+        assert child.stdout is not None
+        while len(acknowledged) < count and time.monotonic() < deadline:
             line = child.stdout.readline()
             if not line:
-                break
+                return
             _acknowledge(line, acknowledged)
+
+    try:
+        read_until(300)
+        observer = AuditLog.open(url)
+        while not observer.checkpoints() and time.monotonic() < deadline:
+            time.sleep(0.01)  # let the writer's checkpointer sign at least once before the kill
+        observer.engine.dispose()
+        read_until(600)  # and kill it while it is busy appending again
     finally:
         os.kill(child.pid, signal.SIGKILL)
         rest, _ = child.communicate(timeout=30)

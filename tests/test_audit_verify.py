@@ -17,7 +17,7 @@ import pytest
 import rfc8785
 from typer.testing import CliRunner
 
-import audit.verify as verify_module
+import audit.scan as scan_module
 from audit.checkpoint import Checkpoint, Checkpointer, CheckpointPolicy, NoteSigner, rotate_key
 from audit.cli import audit_app
 from audit.entries import entry_bytes
@@ -296,7 +296,7 @@ def test_chunked_and_parallel_scans_find_exactly_what_one_pass_finds(
 ) -> None:
     reports: dict[str, list[VerifyReport]] = {}
     for label, chunk, workers in (("one pass", 1 << 30, 1), ("chunked", 2000, 1), ("parallel", 3000, 2)):
-        monkeypatch.setattr(verify_module, "_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(scan_module, "CHUNK_BYTES", chunk)
         for tamper, _, _ in CASES:
             export = Export(clean)
             tamper(export, forked_checkpoints)
@@ -453,3 +453,22 @@ def test_cli_strict_fails_on_an_unsigned_tail(tmp_path: Path, cli_log: tuple[str
     assert result.exit_code == 0 and "warning" in result.output
     result = runner.invoke(audit_app, ["verify", str(out), "--public-key", vkey, "--strict"])
     assert result.exit_code == 1 and "first bad sequence number 41" in _words(result.output)
+
+
+def test_a_flood_of_problems_keeps_the_first(tmp_path: Path, clean: Path, signer: NoteSigner) -> None:
+    export = Export(clean)
+    first = export.index(1)
+    export.lines[first:] = [b"not an entry\n"] * 5000
+    report = verify_export(export.write(tmp_path / "flood.jsonl"), [signer.vkey])
+    assert report.problem_count > 5000 and len(report.problems) == 1000
+    assert report.first_bad_seq == 1 and report.first_problem is not None
+    assert report.first_problem.kind == ProblemKind.FORMAT
+
+
+def test_garbage_is_a_format_problem_not_a_crash(tmp_path: Path, signer: NoteSigner) -> None:
+    for content in (b"", b"{}\n", b"not json\n", b'{"kind":"header","format":"fedgate-audit-export/1"}\n'):
+        path = tmp_path / "garbage.jsonl"
+        path.write_bytes(content)
+        report = verify_export(path, [signer.vkey])
+        assert not report.ok and report.first_problem is not None
+        assert (report.first_bad_seq, report.first_problem.kind) == (1, ProblemKind.FORMAT)

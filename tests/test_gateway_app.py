@@ -73,7 +73,7 @@ def test_the_gateway_fails_closed_when_the_audit_log_cannot_be_written(ctx: Gate
     headers = {"authorization": f"Bearer {operator}"}
     assert client.get("/v1/endpoints", headers=headers).status_code == 200
     with ctx.engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE audit_simple"))
+        conn.execute(sa.text("DROP TABLE audit_entries"))
     r = client.post("/v1/endpoints", json={"url": "http://127.0.0.1:9"}, headers=headers)
     assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable"
     r = client.get("/v1/endpoints", headers=headers)

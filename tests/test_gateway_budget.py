@@ -101,9 +101,10 @@ def test_every_request_leaves_an_audit_entry(fed: Federation) -> None:
     assert [c.status_code for c in calls] == [401, 401, 404, 422, 403]
     engine = sa.create_engine(fed.database_url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT entry_json FROM audit_simple ORDER BY seq")).scalars().all()
+        rows = conn.execute(sa.text("SELECT entry FROM audit_entries ORDER BY seq")).scalars().all()
     engine.dispose()
-    requests = [json.loads(r) for r in rows if json.loads(r)["action"] == "http.request"]
+    events = [json.loads(r)["event"] for r in rows]
+    requests = [e for e in events if e["action"] == "http.request"]
     tail = [(e["method"], e["status"]) for e in requests[-5:]]
     assert tail == [("GET", 401), ("GET", 401), ("GET", 404), ("POST", 422), ("POST", 403)]
     assert requests[-1]["principal"] == "analyst" and requests[-1]["path"] == "/v1/endpoints"

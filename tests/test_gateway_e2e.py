@@ -207,7 +207,7 @@ def test_no_raw_id_token_or_exact_count_anywhere(fed: Federation) -> None:
     assert metrics.status_code == 200
     texts.append(metrics.text)
     texts.append((fed.root / "gateway" / "gateway.log").read_text(errors="replace"))
-    with sqlite3.connect(fed.root / "gateway" / "gateway.sqlite3") as conn:
+    with sqlite3.connect(fed.root / "gateway" / "gateway.sqlite3") as conn:  # audit entries included
         for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
             texts.append(str(conn.execute(f'SELECT * FROM "{table}"').fetchall()))
     blob = "\n".join(texts)

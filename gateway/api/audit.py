@@ -1,0 +1,194 @@
+"""Routes for auditors: search the audit log, prove entries and consistency, export ranges.
+
+The auditor role only (analysts and department admins get 403). A checkpoint or proof needs no trust in
+the gateway: an auditor checks it offline with the audit public key (`fedgate audit verify`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from audit.errors import ProofError
+from audit.export import export_log
+from audit.store import AuditLog, StoredEntry
+from gateway.audit_trail import AuditLogSink
+from gateway.auth import Principal, Role
+from gateway.context import ContextDep, GatewayContext
+from gateway.deps import require_roles
+from gateway.errors import ApiError, ErrorCode, error_responses
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=error_responses(401, 403, 404, 422))
+Auditor = Annotated[Principal, Depends(require_roles(Role.AUDITOR))]
+
+
+class EntryOut(BaseModel):
+    seq: int
+    time: str
+    hash: str
+    prev_hash: str
+    event: dict[str, Any]
+
+
+class EntriesOut(BaseModel):
+    entries: list[EntryOut]
+    next_after_seq: int | None
+
+
+class EntryProofOut(BaseModel):
+    entry: EntryOut
+    tree_size: int
+    root: str
+    inclusion_proof: list[str]
+
+
+class CheckpointOut(BaseModel):
+    size: int
+    root: str
+    note: str
+    public_key: str
+
+
+class ConsistencyOut(BaseModel):
+    from_size: int
+    to_size: int
+    proof: list[str]
+
+
+def _log(ctx: GatewayContext) -> AuditLog:
+    sink = ctx.audit.sink
+    if not isinstance(sink, AuditLogSink):
+        raise ApiError(404, ErrorCode.NOT_FOUND, "this gateway keeps no tamper-evident audit log")
+    return sink.log
+
+
+def _entry(e: StoredEntry) -> EntryOut:
+    return EntryOut(seq=e.seq, time=e.record["time"], hash=e.hash, prev_hash=e.prev_hash, event=e.event)
+
+
+def _b64(items: list[bytes]) -> list[str]:
+    return [base64.b64encode(p).decode() for p in items]
+
+
+@router.get("/entries", response_model=EntriesOut)
+async def list_entries(
+    ctx: ContextDep,
+    auditor: Auditor,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    actor: str | None = Query(None, max_length=100),
+    action: str | None = Query(None, max_length=100),
+    query_id: str | None = Query(None, max_length=80),
+    connector: str | None = Query(None, max_length=64),
+    outcome: str | None = Query(None, max_length=32),
+    after_seq: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+) -> EntriesOut:
+    """Entries matching every filter, by sequence number; page with `after_seq`."""
+    for moment, name in ((since, "since"), (until, "until")):
+        if moment is not None and moment.tzinfo is None:
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, "give a time zone (e.g. Z)", name)
+    page = await run_in_threadpool(
+        lambda: _log(ctx).filter(
+            since=since,
+            until=until,
+            actor=actor,
+            action=action,
+            query_id=query_id,
+            connector=connector,
+            outcome=outcome,
+            after_seq=after_seq,
+            limit=limit,
+        )
+    )
+    return EntriesOut(
+        entries=[_entry(e) for e in page], next_after_seq=page[-1].seq if len(page) == limit else None
+    )
+
+
+@router.get("/entries/{seq}", response_model=EntryProofOut)
+async def get_entry(seq: int, ctx: ContextDep, auditor: Auditor) -> EntryProofOut:
+    """One entry with its inclusion proof in the current tree."""
+    audit_log = _log(ctx)
+
+    def load() -> EntryProofOut:
+        entry = audit_log.entry(seq)
+        if entry is None:
+            raise ApiError(404, ErrorCode.NOT_FOUND, "no entry with that sequence number", "seq")
+        size, root = audit_log.head()
+        return EntryProofOut(
+            entry=_entry(entry),
+            tree_size=size,
+            root=root.hex(),
+            inclusion_proof=_b64(audit_log.inclusion_proof(seq, size)),
+        )
+
+    return await run_in_threadpool(load)
+
+
+def latest_checkpoint(ctx: GatewayContext) -> CheckpointOut:
+    assert ctx.checkpointer is not None
+    stored = _log(ctx).latest_checkpoint()
+    if stored is None:
+        ctx.checkpointer.checkpoint()
+        stored = _log(ctx).latest_checkpoint()
+    assert stored is not None
+    return CheckpointOut(
+        size=stored.size, root=stored.root, note=stored.note, public_key=ctx.checkpointer.verifier.vkey()
+    )
+
+
+@router.get("/checkpoint", response_model=CheckpointOut)
+async def get_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
+    """The latest signed checkpoint (signed-note text) and the key to check it with."""
+    return await run_in_threadpool(latest_checkpoint, ctx)
+
+
+@router.post("/checkpoint", response_model=CheckpointOut)
+async def sign_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
+    """Sign a checkpoint of the current head now."""
+    assert ctx.checkpointer is not None
+    await run_in_threadpool(ctx.checkpointer.checkpoint)
+    return await run_in_threadpool(latest_checkpoint, ctx)
+
+
+@router.get("/consistency", response_model=ConsistencyOut)
+async def consistency(
+    ctx: ContextDep, auditor: Auditor, from_size: int = Query(ge=0), to_size: int = Query(ge=0)
+) -> ConsistencyOut:
+    """The RFC 9162 consistency proof between two tree sizes."""
+    try:
+        proof = await run_in_threadpool(_log(ctx).consistency_proof, from_size, to_size)
+    except (ProofError, ValueError) as exc:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, str(exc), "from_size") from None
+    return ConsistencyOut(from_size=from_size, to_size=to_size, proof=_b64(proof))
+
+
+@router.get("/export", response_class=FileResponse)
+async def export(
+    ctx: ContextDep,
+    auditor: Auditor,
+    background: BackgroundTasks,
+    start: int = Query(1, ge=1),
+    end: int | None = None,
+) -> FileResponse:
+    """A range as JSON Lines with the checkpoints that cover it (a fresh checkpoint of the head is signed)."""
+    work = Path(tempfile.mkdtemp(prefix="fedgate-audit-"))
+    out = work / "audit-export.jsonl"
+    try:
+        await run_in_threadpool(
+            lambda: export_log(_log(ctx), out, start=start, end=end, checkpointer=ctx.checkpointer)
+        )
+    except ValueError as exc:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, str(exc), "start") from None
+    background.add_task(shutil.rmtree, work, True)
+    return FileResponse(out, media_type="application/x-ndjson", filename="audit-export.jsonl")
