@@ -28,6 +28,7 @@ _EXPORTS = {
     "create_tables": "audit.store",
     "check_event": "audit.entries",
     "connector_call_event": "audit.entries",
+    "scrub": "audit.entries",
     "Checkpoint": "audit.checkpoint",
     "CheckpointPolicy": "audit.checkpoint",
     "Checkpointer": "audit.checkpoint",
@@ -85,6 +86,7 @@ __all__ = [
     "open_checkpoint",
     "reconcile",
     "rotate_key",
+    "scrub",
     "verify_export",
     "witness",
 ]
@@ -109,7 +111,7 @@ if TYPE_CHECKING:
         open_checkpoint,
         rotate_key,
     )
-    from audit.entries import check_event, connector_call_event
+    from audit.entries import check_event, connector_call_event, scrub
     from audit.errors import (
         AuditError,
         AuditUnavailable,

@@ -217,7 +217,7 @@ def parse_verifier(vkey: str) -> NoteVerifier:
 
 
 def load_verifier(value: str | Path | NoteVerifier | Ed25519PublicKey) -> NoteVerifier:
-    """A verifier from a verifier key string, a PEM key, base64 of the raw 32-byte key, or a file of one.
+    """A verifier from a verifier key string, a PEM key, the raw 32-byte key in base64 or hex, or a file.
 
     A PEM or raw key carries no name, so it matches signature lines of any name whose key ID fits the key.
     """
@@ -239,10 +239,16 @@ def load_verifier(value: str | Path | NoteVerifier | Ed25519PublicKey) -> NoteVe
             return parse_verifier(text)
         except CheckpointError:
             pass
-    raw = _b64decode(text, "public key") if text else b""
+    if text.startswith("PRIVATE+KEY+"):
+        raise CheckpointError("that is a private signer key: give the verifier key (<name>+<id>+<base64>)")
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raw = bytes.fromhex(text)
+    else:
+        raw = _b64decode(text, "public key") if text else b""
     if len(raw) != 32:
         raise CheckpointError(
-            "a public key is a verifier key (<name>+<id>+<base64>), a PEM Ed25519 key, or base64 of 32 bytes"
+            "a public key is a verifier key (<name>+<id>+<base64>), a PEM Ed25519 key, or 32 bytes in "
+            "base64 or hex"
         )
     return NoteVerifier(Ed25519PublicKey.from_public_bytes(raw))
 
@@ -424,9 +430,8 @@ class Checkpointer:
         self.log = log
         self._signer = signer
         self.origin = origin or signer.name
-        checkpoint_body(
-            self.origin, 0, bytes(32)
-        )  # reject an unusable origin now, not at the first checkpoint
+        # Reject an unusable origin now rather than at the first checkpoint.
+        checkpoint_body(self.origin, 0, bytes(32))
         self.policy = policy or CheckpointPolicy()
         self._clock = clock
         self._lock = threading.RLock()

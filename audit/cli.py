@@ -116,7 +116,7 @@ def export(
         raise typer.Exit(1) from None
     console.print(
         f"wrote entries {summary.start}..{summary.end} ({summary.entries} entries, "
-        f"{summary.checkpoints} checkpoints) to {summary.path}"
+        f"{summary.checkpoints} checkpoint(s)) to {summary.path}"
     )
 
 
@@ -287,7 +287,7 @@ def keygen(
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(signer.skey() + "\n")
-    console.print(signer.vkey)
+    typer.echo(signer.vkey)
 
 
 @audit_app.command("checkpoint")
@@ -305,4 +305,4 @@ def checkpoint(
     except (AuditError, OSError) as exc:
         errors.print(f"[red]cannot sign a checkpoint:[/red] {exc}")
         raise typer.Exit(1) from None
-    console.print(cp.note, end="", markup=False, highlight=False)
+    typer.echo(cp.note, nl=False)  # verbatim: a wrapped signature line would not verify

@@ -46,6 +46,7 @@ __all__ = [
     "connector_call_event",
     "entry_bytes",
     "format_time",
+    "scrub",
 ]
 
 GENESIS_HASH = bytes(32)
@@ -166,6 +167,16 @@ def check_event(event: Mapping[str, Any], *, allow_reserved: bool = False) -> No
     if not allow_reserved and event.get("action") in _RESERVED_ACTIONS:
         raise UnsafeEntry(f"the action {event['action']!r} is written only by the audit package itself")
     _walk(event, "")
+
+
+def scrub(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `event` (as a dict) if it may be logged, so it can be checked inline; else raise `UnsafeEntry`.
+
+    Nothing is removed or masked: a secret in an audit event is a bug to fix where the event is built,
+    and silently dropping a field would leave an entry that says less than its author thinks.
+    """
+    check_event(event)
+    return dict(event)
 
 
 def canonical_event(event: Mapping[str, Any]) -> bytes:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import rfc8785
 
+from audit.checkpoint import Checkpointer
 from audit.entries import GENESIS_HASH
 from audit.errors import ExportFormatError
 from audit.scan import ENTRY_HEAD, parse_entry_line
@@ -91,13 +92,13 @@ def export_log(
     *,
     start: int = 1,
     end: int | None = None,
-    checkpointer: Any = None,
+    checkpointer: Checkpointer | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ExportSummary:
     """Write entries start..end (default: to the head) with the checkpoints that cover them.
 
-    With a `checkpointer` (an `audit.checkpoint.Checkpointer`), a checkpoint of the current head is signed
-    first, so that the whole range is covered by a signature. `progress(n)` is called with the number of
+    With a `checkpointer`, a checkpoint of the current head is signed first, so that the whole range is
+    covered by a signature. `progress(n)` is called with the number of
     entries written so far.
     """
     if checkpointer is not None:

@@ -14,7 +14,8 @@ the digest of the answer it sent, and the checkpoint the request carried. An aud
 
 Only the gateway's extract calls (`path` ending in `/extract`) are expected in the connector's log: those
 are the calls a connector records with their request digest. Export both logs at about the same time;
-calls made between the two exports show up as missing on the side exported first.
+calls made between the two exports show up as missing on the side exported first. Reconciling does not
+re-verify either export's chain beyond the connector's: run `verify` on the gateway export first.
 """
 
 from __future__ import annotations

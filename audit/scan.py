@@ -125,7 +125,8 @@ class ChunkResult:
 def state_after(line: bytes) -> ScanState | None:
     """The scan state after a well-formed line, which depends on that line alone; None if it is not one."""
     parsed = parse_entry_line(line.rstrip(b"\n"))
-    if parsed is None or not is_hex(parsed[2]):
+    # `scan_lines` treats a line whose hashes are not hex as malformed, whatever else it holds.
+    if parsed is None or not is_hex(parsed[1]) or not is_hex(parsed[2]):
         return None
     seq = int(parsed[0])
     return ScanState(

@@ -247,6 +247,7 @@ def verify_export(
     stream = _scan(path, chunks, number, frontier, targets, report, progress, workers)
     _check_signatures(checkpoints, stream, trusted, origin, report)
     _check_roots(checkpoints, stream, report)
+    report.problems.sort(key=lambda p: p.seq)  # stable: one seq's problems stay in the order found
     return report
 
 

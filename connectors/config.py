@@ -199,6 +199,12 @@ class PolicySpec(_Strict):
     admin_key_sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the department admin key"
     )
+    audit_public_keys: tuple[str, ...] = Field(
+        (),
+        max_length=2,
+        description="the gateway's audit note keys (name+keyid+base64): when set, every extract must carry a "
+        "checkpoint consistent with the last one this connector witnessed",
+    )
     max_clock_skew_seconds: int = Field(60, ge=5, le=600)
 
     @field_validator("approval_public_key")

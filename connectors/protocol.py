@@ -443,6 +443,9 @@ class ExtractRequest(_Model):
     approval: SignedApproval | None = None
     rule: SignedRule | None = None
     checkpoint: str | None = Field(None, max_length=4096, description="the gateway's latest audit checkpoint")
+    checkpoint_proof: tuple[str, ...] = Field(
+        (), max_length=64, description="base64 consistency proof from the size this connector last witnessed"
+    )
 
     @field_validator("measures", "dimensions")
     @classmethod
@@ -491,6 +494,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_KEY_EPOCH = "unknown_key_epoch"
     SOURCE_UNAVAILABLE = "source_unavailable"
+    FORK_DETECTED = "fork_detected"
     INTERNAL = "internal"
 
 

@@ -32,6 +32,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from audit.checkpoint import parse_verifier
+from audit.errors import CheckpointError, ForkDetected, ProofError
+from audit.witness import witness
 from connectors.config import DatasetSpec, EntityKind, LoadedConfig, Unit
 from connectors.errors import RequestRefused, SourceError, UnknownKeyEpoch
 from connectors.extract import Extractor
@@ -171,6 +174,7 @@ class ConnectorService:
         self.approval_key = parse_public_key(self.cfg.policy.approval_public_key)
         self.schema = build_schema(loaded, public_key_text(self.signing_key.public_key()))
         self.extractor = Extractor(loaded, source, keyring)
+        self.audit_verifiers = [parse_verifier(v) for v in self.cfg.policy.audit_public_keys]
 
     # --- request authentication
 
@@ -335,6 +339,47 @@ class ConnectorService:
             raise _refuse(403, ErrorCode.NOT_APPROVED, "epsilon is above the rule's maximum per query")
         return rule
 
+    def witness(self, req: ExtractRequest) -> None:
+        """Check the gateway's audit checkpoint against the last one witnessed here; refuse on a fork.
+
+        A connector that pins the gateway's audit key serves only requests whose checkpoint is signed by it
+        and extends (by an RFC 9162 consistency proof) the last checkpoint it accepted. Once it has seen a
+        forked history it refuses everything until an operator resolves the fork.
+        """
+        if not self.audit_verifiers:
+            return
+        size, last, forked = self.state.witnessed()
+        if forked:
+            raise _refuse(
+                409, ErrorCode.FORK_DETECTED, "this connector saw a forked audit history; it serves nothing"
+            )
+        if req.checkpoint is None:
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "this connector requires the gateway's audit checkpoint"
+            )
+        try:
+            proof = [base64.b64decode(p, validate=True) for p in req.checkpoint_proof]
+            accepted = witness(last, req.checkpoint, proof, self.audit_verifiers)
+        except ForkDetected:
+            self.state.mark_fork()
+            self.state.append_log(
+                {"kind": "fork_detected", "last_checkpoint": last, "presented_checkpoint": req.checkpoint}
+            )
+            log.error("connector.fork_detected", witnessed_size=size)
+            raise _refuse(
+                409,
+                ErrorCode.FORK_DETECTED,
+                "the gateway's audit checkpoint is not consistent with the last one",
+            ) from None
+        except (CheckpointError, ProofError, ValueError):
+            raise _refuse(
+                403,
+                ErrorCode.FORBIDDEN,
+                "the audit checkpoint is not signed by the gateway's audit key or its proof is malformed",
+            ) from None
+        if accepted.size >= size:
+            self.state.remember_checkpoint(accepted.size, accepted.note)
+
     def extract(
         self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
     ) -> tuple[bytes, dict[str, Any]]:
@@ -348,7 +393,9 @@ class ConnectorService:
                 403, ErrorCode.UNKNOWN_KEY_EPOCH, "this connector holds no federation key of that epoch"
             ) from None
         # The checkpoint changes between retries; the rest of the request identifies it.
-        fingerprint_ = sha256_hex(canonical_json(req.model_dump(mode="json", exclude={"checkpoint"})))
+        fingerprint_ = sha256_hex(
+            canonical_json(req.model_dump(mode="json", exclude={"checkpoint", "checkpoint_proof"}))
+        )
         window = budget_window()
         epsilon = req.epsilon
         try:
@@ -453,8 +500,11 @@ def create_app(service: ConnectorService) -> FastAPI:
         )
 
     @app.get("/v1/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "connector": cfg.name, "protocol": PROTOCOL_VERSION}
+    async def health() -> dict[str, str | int]:
+        size, _note, _forked = await run_in_threadpool(service.state.witnessed)
+        # The size of the gateway's log this connector last witnessed: public, so the gateway can send a
+        # consistency proof from it with the next request.
+        return {"status": "ok", "connector": cfg.name, "protocol": PROTOCOL_VERSION, "witnessed_size": size}
 
     @app.get("/v1/schema")
     async def schema(request: Request) -> Response:
@@ -476,6 +526,7 @@ def create_app(service: ConnectorService) -> FastAPI:
                 422, ErrorCode.INVALID_REQUEST, "invalid extract request: " + ", ".join(fields)
             ) from None
         dataset = service.check_extract(req, verified)
+        await run_in_threadpool(service.witness, req)
         request.state.log_extra = {
             "dataset": dataset.name,
             "request_digest": verified.digest,

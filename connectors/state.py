@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS spent (
     window TEXT NOT NULL, query_id TEXT NOT NULL, epsilon TEXT NOT NULL, PRIMARY KEY (window, query_id));
 CREATE TABLE IF NOT EXISTS quality (
     dataset TEXT PRIMARY KEY, counters TEXT NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS witness (
+    id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, note TEXT NOT NULL,
+    forked INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, entry TEXT NOT NULL,
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
@@ -181,6 +184,26 @@ class ConnectorState:
         with self._lock:
             rows = self._db.execute("SELECT dataset, counters, updated_at FROM quality").fetchall()
         return {r[0]: {**json.loads(r[1]), "updated_at": r[2]} for r in rows}
+
+    # --- witnessing the gateway's audit log
+
+    def witnessed(self) -> tuple[int, str | None, bool]:
+        """(size, signed note, fork seen) of the last gateway checkpoint this connector accepted."""
+        with self._lock:
+            row = self._db.execute("SELECT size, note, forked FROM witness WHERE id = 1").fetchone()
+        return (0, None, False) if row is None else (int(row[0]), str(row[1]), bool(row[2]))
+
+    def remember_checkpoint(self, size: int, note: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO witness VALUES (1, ?, ?, 0) ON CONFLICT(id) DO UPDATE SET size = ?, note = ?",
+                (size, note, size, note),
+            )
+
+    def mark_fork(self) -> None:
+        """Remember for good that the gateway showed a forked history: serve nothing until it is resolved."""
+        with self._tx() as db:
+            db.execute("UPDATE witness SET forked = 1 WHERE id = 1")
 
     # --- local log
 

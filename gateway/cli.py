@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from audit.cli import audit_app
 from connectors.cli import connector_app, synth
 from gateway.users_cli import users_app
 
@@ -35,6 +36,7 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(users_app, name="users")
 app.add_typer(query_app, name="query")
 app.add_typer(connector_app, name="connector")
+app.add_typer(audit_app, name="audit")
 app.command("synth")(synth)
 console = Console()
 errors = Console(stderr=True)

@@ -12,6 +12,7 @@ The transport can be injected (httpx.MockTransport or an ASGI transport in tests
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -153,3 +154,28 @@ class GatewayClient:
 
     def budget(self) -> Any:
         return self._do("GET", "/v1/budget")
+
+    # --- auditors
+
+    def audit_entries(self, **filters: Any) -> Any:
+        params = {k: v for k, v in filters.items() if v is not None}
+        response = self._http.get("/v1/audit/entries", params=params)
+        if response.status_code >= 400:
+            err = response.json()["error"]
+            raise GatewayError(response.status_code, err["code"], err["message"], err.get("field"))
+        return response.json()
+
+    def audit_checkpoint(self) -> Any:
+        return self._do("GET", "/v1/audit/checkpoint")
+
+    def audit_export(self, out: Path) -> Path:
+        """Download the whole log with the checkpoints that cover it, as JSON Lines."""
+        with self._http.stream("GET", "/v1/audit/export") as response:
+            if response.status_code >= 400:
+                response.read()
+                err = response.json()["error"]
+                raise GatewayError(response.status_code, err["code"], err["message"], err.get("field"))
+            with out.open("wb") as fh:
+                for chunk in response.iter_bytes():
+                    fh.write(chunk)
+        return out

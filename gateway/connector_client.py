@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import ssl
+from typing import Any
 
 import httpx
 import pyarrow as pa
@@ -129,10 +130,18 @@ class ConnectorClient:
         return response
 
     def health(self) -> bool:
+        return self.health_info() is not None
+
+    def health_info(self) -> dict[str, Any] | None:
+        """The connector's health answer (public: status and the audit size it last witnessed), or None."""
         try:
-            return self._http.get(self.base_url + "/v1/health").status_code == 200
-        except httpx.HTTPError:
-            return False
+            response = self._http.get(self.base_url + "/v1/health")
+            if response.status_code != 200:
+                return None
+            info = response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
 
     def schema(self) -> ConnectorSchema:
         return ConnectorSchema.model_validate_json(self._call("GET", "/v1/schema").content)

@@ -87,6 +87,23 @@ def _shares_table(title: str, shares: list[BandShare], truth: dict[str, dict[str
     return table
 
 
+def _export_and_verify_audit(url: str, auditor_key: str, out: Path) -> None:
+    """As the auditor: export the whole audit log and verify it offline with the audit public key."""
+    from audit.verify import verify_export
+
+    with GatewayClient(url, auditor_key) as auditor:
+        public_key = auditor.audit_checkpoint()["public_key"]
+        auditor.audit_export(out)
+    report = verify_export(out, [public_key])
+    verdict = "[green]verified[/green]" if report.ok else "[red]FAILED[/red]"
+    console.print(
+        f"audit log exported to {out} and {verdict} offline: {report.entries} entries re-hashed, "
+        f"{report.checkpoints_verified} signed checkpoints checked (key {public_key.split('+')[0]})"
+    )
+    if not report.ok:
+        raise SystemExit(f"the audit log does not verify: {report.problems[0]}")
+
+
 def run_demo(
     workdir: Path, *, persons: int, fresh: bool, once: bool = True, json_out: Path | None = None
 ) -> None:
@@ -150,6 +167,7 @@ def run_demo(
         )
         left, cap = budget["federation_remaining"], budget["federation_cap"]
         console.print(f"federation budget left this window: ε {left} of {cap}")
+        _export_and_verify_audit(gw.url, keys["auditor"], workdir / "audit-export.jsonl")
         if json_out is not None:
             doc = {
                 "results": results,

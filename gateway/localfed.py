@@ -128,7 +128,11 @@ def start_federation(
             _, keys[name] = create_principal(engine, role=role, name=name, department=dept, expires_days=30)
         engine.dispose()
         gateway = start_gateway(
-            state, signing_key_file=county / "keys" / "gateway.key", database_url=gateway_db_url, env=env
+            state,
+            signing_key_file=county / "keys" / "gateway.key",
+            audit_key_file=county / "keys" / "audit.key",
+            database_url=gateway_db_url,
+            env=env,
         )
     except BaseException:
         for p in running.values():

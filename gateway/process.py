@@ -18,6 +18,7 @@ def start_gateway(
     *,
     signing_key_file: Path,
     database_url: str | None = None,
+    audit_key_file: Path | None = None,
     port: int | None = None,
     env: dict[str, str] | None = None,
     wait_seconds: float = 60.0,
@@ -33,6 +34,8 @@ def start_gateway(
     }
     if database_url:
         settings["FEDGATE_DATABASE_URL"] = database_url
+    if audit_key_file is not None:
+        settings["FEDGATE_AUDIT_KEY_FILE"] = str(audit_key_file)
     log_path = state_dir / "gateway.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(

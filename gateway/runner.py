@@ -14,6 +14,7 @@ frames live only in this function's memory and are dropped when it returns.
 
 from __future__ import annotations
 
+import base64
 import datetime
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
@@ -178,7 +179,7 @@ def _run(
         )
         raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
     del reservation
-    down = _unreachable(ctx, plan)
+    down, witnessed = _health(ctx, plan)
     if down:
         ctx.ledger.refund(qid)
         queries.set_state(
@@ -193,7 +194,8 @@ def _run(
             "a connector is not answering; nothing was charged, the query can be run again later",
             "query_id",
         )
-    tables, failures = _fetch(ctx, plan, found, analyst)
+    checkpoint, proofs = _checkpoint_for(ctx, witnessed)
+    tables, failures = _fetch(ctx, plan, found, analyst, checkpoint, proofs)
     if failures:
         if not tables:
             ctx.ledger.refund(qid)
@@ -253,7 +255,12 @@ def _run(
 
 
 def _fetch(
-    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
+    ctx: GatewayContext,
+    plan: Plan,
+    found: dict[str, SignedApproval | SignedRule],
+    analyst: Principal,
+    checkpoint: str | None,
+    proofs: dict[str, list[str]],
 ) -> tuple[dict[str, pa.Table], dict[str, str]]:
     """Call every planned connector concurrently; returns the tables and, per failed extract, its code."""
     spec = plan.query
@@ -265,7 +272,9 @@ def _fetch(
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
             raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
-        req = _request(ctx, spec, e, found[e.department], analyst.name, epoch)
+        req = _request(ctx, spec, e, found[e.department], analyst.name, epoch).model_copy(
+            update={"checkpoint": checkpoint, "checkpoint_proof": tuple(proofs.get(e.connector, ()))}
+        )
         with ConnectorClient(
             record.endpoint,
             connector=e.connector,
@@ -308,10 +317,13 @@ def _fetch(
     return tables, failures
 
 
-def _unreachable(ctx: GatewayContext, plan: Plan) -> list[str]:
-    """Connectors that do not answer a health check: checked before any extract, so a connector that is
-    down makes the query fail before any data arrives (and charge nothing)."""
-    down = []
+def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]:
+    """Connectors that do not answer a health check, and the audit size each live one last witnessed.
+
+    Checked before any extract, so a connector that is down makes the query fail before any data arrives
+    (and charge nothing)."""
+    down: list[str] = []
+    witnessed: dict[str, int] = {}
     for name in dict.fromkeys(e.connector for e in plan.extracts):
         record = get_connector(ctx.engine, name)
         if record is None or not record.enabled:
@@ -326,9 +338,30 @@ def _unreachable(ctx: GatewayContext, plan: Plan) -> list[str]:
             transport=ctx.transport,
             verify=ctx.tls or True,
         ) as client:
-            if not client.health():
-                down.append(name)
-    return down
+            info = client.health_info()
+        if info is None:
+            down.append(name)
+        else:
+            size = info.get("witnessed_size", 0)
+            witnessed[name] = size if isinstance(size, int) and size >= 0 else 0
+    return down, witnessed
+
+
+def _checkpoint_for(
+    ctx: GatewayContext, witnessed: dict[str, int]
+) -> tuple[str | None, dict[str, list[str]]]:
+    """A fresh signed checkpoint and, per connector, the consistency proof from the size it witnessed."""
+    if ctx.checkpointer is None:
+        return None, {}
+    checkpoint = ctx.checkpointer.checkpoint()
+    proofs = {}
+    for name, size in witnessed.items():
+        if 0 < size < checkpoint.size:
+            raw = ctx.checkpointer.log.consistency_proof(size, checkpoint.size)
+            proofs[name] = [base64.b64encode(p).decode() for p in raw]
+        else:
+            proofs[name] = []
+    return checkpoint.note, proofs
 
 
 def _token_epoch(ctx: GatewayContext) -> int:

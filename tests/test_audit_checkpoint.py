@@ -146,10 +146,13 @@ def test_verifier_keys_load_from_every_form(tmp_path: Path) -> None:
     (tmp_path / "vkey").write_text(signer.vkey + "\n")
     (tmp_path / "pem").write_text(pem)
     note = Checkpoint.sign(ORIGIN, 1, bytes(32), signer).note
-    for form in (signer.vkey, pem, raw, str(tmp_path / "vkey"), tmp_path / "pem", pub):
+    hexed = pub.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    for form in (signer.vkey, pem, raw, hexed, str(tmp_path / "vkey"), tmp_path / "pem", pub):
         open_checkpoint(note, [load_verifier(form)])
     with pytest.raises(CheckpointError):
         load_verifier("not a key")
+    with pytest.raises(CheckpointError, match="private"):
+        load_verifier(signer.skey())
     (tmp_path / "skey").write_text(signer.skey())
     assert load_signer(tmp_path / "skey").vkey == signer.vkey
     with pytest.raises(CheckpointError, match="ID does not match"):

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit.checkpoint import Checkpointer, NoteSigner
-from audit.entries import GENESIS_HASH, check_event, entry_bytes
+from audit.entries import GENESIS_HASH, check_event, entry_bytes, scrub
 from audit.errors import AuditUnavailable, UnsafeEntry
 from audit.export import export_log
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
@@ -175,6 +175,9 @@ def test_unsafe_events_fail_loudly_and_write_nothing(tmp_path: Path, event: dict
 
 
 def test_safe_events_pass_the_check() -> None:
+    assert scrub({"action": "x", "outcome": "ok"}) == {"action": "x", "outcome": "ok"}
+    with pytest.raises(UnsafeEntry, match="api_key"):
+        scrub({"action": "x", "api_key": "k"})
     check_event(
         {
             "action": "connector.call",

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import rfc8785
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import audit.scan as scan_module
@@ -472,3 +474,37 @@ def test_garbage_is_a_format_problem_not_a_crash(tmp_path: Path, signer: NoteSig
         report = verify_export(path, [signer.vkey])
         assert not report.ok and report.first_problem is not None
         assert (report.first_bad_seq, report.first_problem.kind) == (1, ProblemKind.FORMAT)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_random_damage_is_found_alike_in_one_pass_and_in_chunks(
+    tmp_path: Path, clean: Path, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch, data: st.DataObject
+) -> None:
+    export = Export(clean)
+    first = export.index(1)
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        i = data.draw(st.integers(first, len(export.lines) - 1), label="line")
+        action = data.draw(
+            st.sampled_from(["delete", "duplicate", "swap", "flip", "garbage"]), label="action"
+        )
+        if action == "delete" and len(export.lines) > first + 1:
+            del export.lines[i]
+        elif action == "duplicate":
+            export.lines.insert(i, export.lines[i])
+        elif action == "swap" and i + 1 < len(export.lines):
+            export.lines[i], export.lines[i + 1] = export.lines[i + 1], export.lines[i]
+        elif action == "flip":
+            line = bytearray(export.lines[i])
+            at = data.draw(st.integers(0, len(line) - 2), label="byte")
+            line[at] ^= data.draw(st.integers(1, 127), label="mask")
+            export.lines[i] = bytes(line)
+        elif action == "garbage":
+            export.lines.insert(i, b"garbage\n")
+    path = export.write(tmp_path / "damaged.jsonl")
+    monkeypatch.setattr(scan_module, "CHUNK_BYTES", 1 << 30)
+    whole = verify_export(path, [signer.vkey])
+    monkeypatch.setattr(scan_module, "CHUNK_BYTES", data.draw(st.integers(300, 4000), label="chunk"))
+    chunked = verify_export(path, [signer.vkey], workers=1)
+    assert chunked.problems == whole.problems
+    assert (chunked.entries, chunked.problem_count) == (whole.entries, whole.problem_count)

@@ -278,7 +278,11 @@ def test_a_killed_gateway_serves_the_stored_numbers_after_restart(fed: Federatio
     fed.gateway.process.send_signal(signal.SIGKILL)
     fed.gateway.process.wait()
     thread.join()
-    fed.gateway = start_gateway(fed.root / "gateway", signing_key_file=fed.county / "keys" / "gateway.key")
+    fed.gateway = start_gateway(
+        fed.root / "gateway",
+        signing_key_file=fed.county / "keys" / "gateway.key",
+        audit_key_file=fed.county / "keys" / "audit.key",
+    )
     with fed.client("analyst") as analyst:
         assert analyst.run(view["id"]) == first
         state = analyst.query(slow["id"])["state"]

@@ -259,6 +259,7 @@ def connector_configs(sources: dict[str, _Doc], keys: DemoKeys) -> dict[str, _Do
                 "gateway_public_keys": [keys.gateway_public],
                 "approval_public_key": keys.approval_public[name],
                 "admin_key_sha256": keys.admin_sha256[name],
+                "audit_public_keys": [keys.audit_public],
             },
             "signing_key_file": f"../keys/{name}-connector.key",
             "federation_keyring_file": "../keys/federation-keyring.json",

@@ -30,6 +30,8 @@ class DemoKeys:
 
     directory: Path
     gateway_public: str
+    audit_public: str
+    """the gateway's audit note verifier key, pinned by connectors that witness its log"""
     connector_public: dict[str, str]
     approval_public: dict[str, str]
     admin_sha256: dict[str, str]
@@ -72,6 +74,10 @@ def write_demo_keys(directory: Path, connectors: list[str], departments: list[st
         b"These keys were generated for the synthetic demo county. Never use them in production.\n",
     )
     gateway = _signing_key(directory / "gateway.key")
+    from audit.checkpoint import NoteSigner
+
+    audit_signer = NoteSigner.generate("fedgate-gateway")
+    _write_private(directory / "audit.key", audit_signer.skey().encode("ascii"))
     connector_public = {c: _signing_key(directory / f"{c}-connector.key") for c in connectors}
     approval_public = {d: _signing_key(directory / f"{d}-approval.key") for d in departments}
     admin_sha256: dict[str, str] = {}
@@ -85,6 +91,7 @@ def write_demo_keys(directory: Path, connectors: list[str], departments: list[st
     public = {
         "demo": True,
         "gateway": gateway,
+        "audit": audit_signer.vkey,
         "connectors": connector_public,
         "approvals": approval_public,
     }
@@ -92,6 +99,7 @@ def write_demo_keys(directory: Path, connectors: list[str], departments: list[st
     return DemoKeys(
         directory=directory,
         gateway_public=gateway,
+        audit_public=audit_signer.vkey,
         connector_public=connector_public,
         approval_public=approval_public,
         admin_sha256=admin_sha256,
