@@ -12,7 +12,8 @@ Gateway export (`fedgate-audit-export/1`), one JSON object per line, in this ord
    checkpoint beyond E, if any, is included with a proof from size E, so the range's tail is covered too;
 3. the entries, by seq: `{"kind":"entry","seq":N,"prev_hash":"<hex>","hash":"<hex>","entry":<canonical>}`,
    where `entry` is the stored canonical entry, byte for byte (see `audit.entries`), so a verifier
-   re-hashes exactly these bytes: hash = SHA-256(prev_hash || entry).
+   re-hashes exactly these bytes: hash = SHA-256(prev_hash || entry). Entry lines are written compactly
+   with the keys in exactly this order; the verifier relies on that layout and refuses any other.
 
 Connector log export (`fedgate-connector-log/1`): a header `{"kind":"header","format":...,"connector":NAME}`
 then one line per local log entry as `ConnectorState.log_entries()` returns it: `{"seq","entry",

@@ -418,7 +418,7 @@ class ConnectorService:
                 f"requested epsilon {exc.requested}, remaining in window {window}: {exc.remaining}",
             ) from None
         if reservation.replay is not None:
-            return reservation.replay, {"replay": True}
+            return reservation.replay, {"replay": True, "response_digest": sha256_hex(reservation.replay)}
         try:
             result = self.extractor.run(req, dataset)
             body = result.to_ipc()

@@ -35,11 +35,20 @@ from connectors.protocol import (
 class ConnectorCallError(Exception):
     """A connector refused, failed or answered with something that does not verify."""
 
-    def __init__(self, connector: str, status: int | None, code: str, message: str) -> None:
+    def __init__(
+        self,
+        connector: str,
+        status: int | None,
+        code: str,
+        message: str,
+        receipt: dict[str, str] | None = None,
+    ) -> None:
         self.connector = connector
         self.status = status
         self.code = code
         self.message = message
+        # The digest of the signed request, so the refusal can be matched against the connector's log.
+        self.receipt = receipt or {}
         super().__init__(f"connector {connector}: {status or '-'} {code}: {message}")
 
 
@@ -95,18 +104,21 @@ class ConnectorClient:
         headers = signed.as_headers()
         if body:
             headers["content-type"] = "application/json"
+        digest = request_digest(message)
+        receipt = {"request_digest": digest}
         try:
             response = self._http.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise ConnectorCallError(self.connector, None, "unreachable", type(exc).__name__) from None
+            raise ConnectorCallError(
+                self.connector, None, "unreachable", type(exc).__name__, receipt
+            ) from None
         if response.status_code != 200:
             try:
                 err = response.json()
                 code, text = str(err.get("error", "error")), str(err.get("message", ""))
             except ValueError:
                 code, text = "error", "the connector answered without a JSON error body"
-            raise ConnectorCallError(self.connector, response.status_code, code, text)
-        digest = request_digest(message)
+            raise ConnectorCallError(self.connector, response.status_code, code, text, receipt)
         response.request.extensions["fedgate_digest"] = digest
         if not verify:
             return response

@@ -25,6 +25,7 @@ import structlog
 from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import QuerySpec, StatisticKind
+from audit.entries import connector_call_event
 from connectors.protocol import (
     ExtractRequest,
     SignedApproval,
@@ -294,27 +295,42 @@ def _fetch(
                 table, receipt = future.result()
             except ConnectorCallError as exc:
                 failures[e.ref] = exc.code
-                ctx.audit.record(
-                    "connector.call",
-                    query_id=spec.query_id,
-                    connector=e.connector,
-                    dataset=e.dataset,
-                    outcome=exc.code,
-                    status=exc.status,
+                _record_call(
+                    ctx, spec.query_id, e, checkpoint, exc.receipt, outcome=exc.code, status=exc.status
                 )
                 continue
             if not tables:
                 ctx.ledger.mark_data_arrived(spec.query_id)
             tables[e.ref] = table
-            ctx.audit.record(
-                "connector.call",
-                query_id=spec.query_id,
-                connector=e.connector,
-                dataset=e.dataset,
-                outcome="ok",
-                **receipt,
-            )
+            _record_call(ctx, spec.query_id, e, checkpoint, receipt, outcome="ok", status=200)
     return tables, failures
+
+
+def _record_call(
+    ctx: GatewayContext,
+    query_id: str,
+    e: ExtractPlan,
+    checkpoint: str | None,
+    receipt: dict[str, str],
+    *,
+    outcome: str,
+    status: int | None,
+) -> None:
+    """One `connector.call` entry, in the shape `fedgate audit reconcile` matches against the connector."""
+    event = connector_call_event(
+        connector=e.connector,
+        path="/v1/extract",
+        request_digest=receipt.get("request_digest", ""),
+        response_digest=receipt.get("response_digest"),
+        connector_signature=receipt.get("connector_signature"),
+        checkpoint=checkpoint,
+        outcome=outcome,
+        query_id=query_id,
+        dataset=e.dataset,
+        status=status,
+    )
+    action = event.pop("action")
+    ctx.audit.record(action, **event)
 
 
 def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]:
