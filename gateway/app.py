@@ -10,6 +10,7 @@ that append fails the client gets 503 instead (the gateway fails closed).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import ssl
 import time
@@ -34,6 +35,7 @@ from gateway.audit_trail import AuditLogSink, AuditTrail
 from gateway.auth import authenticate
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, install_error_handlers, install_request_id
+from gateway.flood import FloodGate
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
 from gateway.settings import GatewaySettings, SettingsError
 from privacy.ledger import Ledger
@@ -169,12 +171,23 @@ def recover_interrupted_runs(ctx: GatewayContext) -> None:
         ctx.audit.record("query.interrupted", query_id=qid, charged=not refunded)
 
 
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps(
+        {"error": {"code": code, "message": message, "field": None, "request_id": None}}
+    ).encode()
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class AuditMiddleware:
     """Append one audit entry per HTTP request before its response starts; 503 if that fails."""
 
-    def __init__(self, app: ASGIApp, context: GatewayContext) -> None:
+    def __init__(self, app: ASGIApp, context: GatewayContext, flood: FloodGate | None = None) -> None:
         self.app = app
         self.ctx = context
+        self.flood = flood or FloodGate()
 
     def _principal(self, scope: Scope) -> tuple[str | None, str | None]:
         for name, value in scope.get("headers", []):
@@ -194,11 +207,23 @@ class AuditMiddleware:
 
         started = time.perf_counter()
         sent_503 = False
+        client = (scope.get("client") or ("-", 0))[0]
+        principal, role = await run_in_threadpool(self._principal, scope)
+        if principal is None and scope.get("path") != "/healthz":
+            admitted, summary = self.flood.admit(client)
+            if summary is not None:
+                # A summary never blocks; the next audited request fails closed if the log is down.
+                with contextlib.suppress(ApiError):
+                    await run_in_threadpool(
+                        lambda: self.ctx.audit.record("http.unauthenticated_flood", **summary)
+                    )
+            if not admitted:
+                await _send_error(send, 429, "rate_limited", "too many requests without a valid API key")
+                return
 
         async def audited_send(message: Message) -> None:
             nonlocal sent_503
             if message["type"] == "http.response.start":
-                principal, role = await run_in_threadpool(self._principal, scope)
                 state = scope.get("state", {})
                 entry = {
                     "method": scope["method"],
@@ -207,25 +232,14 @@ class AuditMiddleware:
                     "principal": principal,
                     "role": role,
                     "request_id": state.get("request_id"),
-                    "client": (scope.get("client") or ("-", 0))[0],
+                    "client": client,
                     "latency_ms": round((time.perf_counter() - started) * 1000, 1),
                 }
                 try:
                     await run_in_threadpool(lambda: self.ctx.audit.record("http.request", **entry))
                 except ApiError:
                     sent_503 = True
-                    body = (
-                        b'{"error":{"code":"audit_unavailable","message":"the audit log cannot be written",'
-                        b'"field":null,"request_id":null}}'
-                    )
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 503,
-                            "headers": [(b"content-type", b"application/json")],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                    await _send_error(send, 503, "audit_unavailable", "the audit log cannot be written")
                     return
             elif sent_503:
                 return

@@ -121,3 +121,28 @@ def test_production_mode_refuses_to_start_without_tls_and_with_demo_keys(tmp_pat
     text = str(err.value)
     assert "TLS" in text or "tls" in text
     assert "demo" in text.lower()
+
+
+def test_unauthenticated_floods_are_rate_limited_and_counted(ctx: GatewayContext) -> None:
+    from gateway.app import AuditMiddleware
+    from gateway.flood import FloodGate
+
+    clock = [0.0]
+    gate = FloodGate(burst=5, window_seconds=60, clock=lambda: clock[0])
+    app = create_app(ctx)
+    for m in app.user_middleware:
+        if m.cls is AuditMiddleware:
+            m.kwargs["flood"] = gate
+    client = TestClient(app)
+    statuses = [client.get("/v1/catalog").status_code for _ in range(40)]
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+    assert client.get("/healthz").status_code == 200  # liveness is never limited
+    _, analyst = create_principal(ctx.engine, role=Role.ANALYST, name="ana2")
+    assert client.get("/v1/catalog", headers={"authorization": f"Bearer {analyst}"}).status_code == 200
+    clock[0] = 61.0
+    assert client.get("/v1/catalog").status_code == 401
+    sink = ctx.audit.sink
+    events = [e.event for e in sink.log.entries()]  # type: ignore[attr-defined]
+    assert sum(1 for e in events if e["action"] == "http.request" and e["status"] == 401) == 6
+    summaries = [e for e in events if e["action"] == "http.unauthenticated_flood"]
+    assert len(summaries) == 1 and summaries[0]["suppressed"] == 35
