@@ -46,8 +46,9 @@ class SourceError(ConnectorError):
 class RequestRefused(ConnectorError):
     """A request is refused with an HTTP status and one of the fixed error codes."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, extra: dict[str, int] | None = None) -> None:
         self.status = status
         self.code = code
         self.message = message
+        self.extra = extra or {}
         super().__init__(f"{status} {code}: {message}")

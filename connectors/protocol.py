@@ -444,7 +444,14 @@ class ExtractRequest(_Model):
     rule: SignedRule | None = None
     checkpoint: str | None = Field(None, max_length=4096, description="the gateway's latest audit checkpoint")
     checkpoint_proof: tuple[str, ...] = Field(
-        (), max_length=64, description="base64 consistency proof from the size this connector last witnessed"
+        (),
+        max_length=64,
+        description="base64 consistency proof between `checkpoint_against` and the checkpoint",
+    )
+    checkpoint_against: int = Field(
+        0,
+        ge=0,
+        description="the audit size this connector last witnessed, which the proof starts (or ends) at",
     )
 
     @field_validator("measures", "dimensions")
@@ -495,6 +502,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_KEY_EPOCH = "unknown_key_epoch"
     SOURCE_UNAVAILABLE = "source_unavailable"
     FORK_DETECTED = "fork_detected"
+    CHECKPOINT_STALE = "checkpoint_stale"
     INTERNAL = "internal"
 
 

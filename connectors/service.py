@@ -17,6 +17,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -84,8 +85,11 @@ def _refuse(status: int, code: ErrorCode, message: str) -> RequestRefused:
     return RequestRefused(status, code.value, message)
 
 
-def _error(status: int, code: str, message: str, request_id: str | None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, "request_id": request_id}, status_code=status)
+def _error(
+    status: int, code: str, message: str, request_id: str | None, extra: dict[str, int] | None = None
+) -> JSONResponse:
+    body = {"error": code, "message": message, "request_id": request_id, **(extra or {})}
+    return JSONResponse(body, status_code=status)
 
 
 def budget_window(now: float | None = None) -> str:
@@ -175,6 +179,9 @@ class ConnectorService:
         self.schema = build_schema(loaded, public_key_text(self.signing_key.public_key()))
         self.extractor = Extractor(loaded, source, keyring)
         self.audit_verifiers = [parse_verifier(v) for v in self.cfg.policy.audit_public_keys]
+        # Kept in memory too, so a health check never waits on the state file while extracts run.
+        self.witnessed_size = state.witnessed()[0]
+        self._witness_lock = threading.Lock()
 
     # --- request authentication
 
@@ -348,6 +355,10 @@ class ConnectorService:
         """
         if not self.audit_verifiers:
             return
+        with self._witness_lock:
+            self._witness(req)
+
+    def _witness(self, req: ExtractRequest) -> None:
         size, last, forked = self.state.witnessed()
         if forked:
             raise _refuse(
@@ -356,6 +367,14 @@ class ConnectorService:
         if req.checkpoint is None:
             raise _refuse(
                 422, ErrorCode.INVALID_REQUEST, "this connector requires the gateway's audit checkpoint"
+            )
+        if req.checkpoint_against != size:
+            # Another request moved this witness on since the gateway asked; it retries with a fresh proof.
+            raise RequestRefused(
+                409,
+                ErrorCode.CHECKPOINT_STALE.value,
+                "the proof is not from the audit size this connector last witnessed",
+                {"witnessed_size": size},
             )
         try:
             proof = [base64.b64decode(p, validate=True) for p in req.checkpoint_proof]
@@ -379,6 +398,7 @@ class ConnectorService:
             ) from None
         if accepted.size >= size:
             self.state.remember_checkpoint(accepted.size, accepted.note)
+            self.witnessed_size = accepted.size
 
     def extract(
         self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
@@ -478,7 +498,9 @@ def create_app(service: ConnectorService) -> FastAPI:
     async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
         log.info("connector.refused", path=request.url.path, status=exc.status, code=exc.code)
         request.state.log_extra = {**getattr(request.state, "log_extra", {}), "error": exc.code}
-        return _error(exc.status, exc.code, exc.message, getattr(request.state, "request_id", None))
+        return _error(
+            exc.status, exc.code, exc.message, getattr(request.state, "request_id", None), exc.extra
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -501,7 +523,7 @@ def create_app(service: ConnectorService) -> FastAPI:
 
     @app.get("/v1/health")
     async def health() -> dict[str, str | int]:
-        size, _note, _forked = await run_in_threadpool(service.state.witnessed)
+        size = service.witnessed_size
         # The size of the gateway's log this connector last witnessed: public, so the gateway can send a
         # consistency proof from it with the next request.
         return {"status": "ok", "connector": cfg.name, "protocol": PROTOCOL_VERSION, "witnessed_size": size}

@@ -49,6 +49,8 @@ class ConnectorCallError(Exception):
         self.message = message
         # The digest of the signed request, so the refusal can be matched against the connector's log.
         self.receipt = receipt or {}
+        # Public numbers a refusal may carry (the audit size a connector last witnessed).
+        self.extra: dict[str, int] = {}
         super().__init__(f"connector {connector}: {status or '-'} {code}: {message}")
 
 
@@ -116,9 +118,13 @@ class ConnectorClient:
             try:
                 err = response.json()
                 code, text = str(err.get("error", "error")), str(err.get("message", ""))
-            except ValueError:
-                code, text = "error", "the connector answered without a JSON error body"
-            raise ConnectorCallError(self.connector, response.status_code, code, text, receipt)
+            except (ValueError, AttributeError):
+                err, code, text = {}, "error", "the connector answered without a JSON error body"
+            failure = ConnectorCallError(self.connector, response.status_code, code, text, receipt)
+            size = err.get("witnessed_size") if isinstance(err, dict) else None
+            if isinstance(size, int):
+                failure.extra["witnessed_size"] = size
+            raise failure
         response.request.extensions["fedgate_digest"] = digest
         if not verify:
             return response

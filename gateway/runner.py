@@ -25,7 +25,9 @@ import structlog
 from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import QuerySpec, StatisticKind
+from audit.checkpoint import Checkpoint
 from audit.entries import connector_call_event
+from audit.errors import ProofError
 from connectors.protocol import (
     ExtractRequest,
     SignedApproval,
@@ -195,8 +197,8 @@ def _run(
             "a connector is not answering; nothing was charged, the query can be run again later",
             "query_id",
         )
-    checkpoint, proofs = _checkpoint_for(ctx, witnessed)
-    tables, failures = _fetch(ctx, plan, found, analyst, checkpoint, proofs)
+    checkpoint = ctx.checkpointer.checkpoint() if ctx.checkpointer is not None else None
+    tables, failures = _fetch(ctx, plan, found, analyst, checkpoint, witnessed)
     if failures:
         if not tables:
             ctx.ledger.refund(qid)
@@ -260,8 +262,8 @@ def _fetch(
     plan: Plan,
     found: dict[str, SignedApproval | SignedRule],
     analyst: Principal,
-    checkpoint: str | None,
-    proofs: dict[str, list[str]],
+    checkpoint: Checkpoint | None,
+    witnessed: dict[str, int],
 ) -> tuple[dict[str, pa.Table], dict[str, str]]:
     """Call every planned connector concurrently; returns the tables and, per failed extract, its code."""
     spec = plan.query
@@ -273,9 +275,8 @@ def _fetch(
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
             raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
-        req = _request(ctx, spec, e, found[e.department], analyst.name, epoch).model_copy(
-            update={"checkpoint": checkpoint, "checkpoint_proof": tuple(proofs.get(e.connector, ()))}
-        )
+        base = _request(ctx, spec, e, found[e.department], analyst.name, epoch)
+        against = witnessed.get(e.connector, 0)
         with ConnectorClient(
             record.endpoint,
             connector=e.connector,
@@ -285,24 +286,44 @@ def _fetch(
             transport=ctx.transport,
             verify=ctx.tls or True,
         ) as client:
-            return client.extract(req), client.last_receipt
+            for attempt in range(WITNESS_RETRIES):
+                try:
+                    fields = _witness_fields(ctx, checkpoint, against)
+                except ProofError:
+                    # The connector witnessed more of the log than this gateway holds: a restored backup or
+                    # another gateway's history. It will not serve us, and it must not.
+                    raise ConnectorCallError(
+                        e.connector,
+                        None,
+                        "audit_history_behind",
+                        "the connector witnessed a longer audit log",
+                    ) from None
+                req = base.model_copy(update=fields)
+                try:
+                    return client.extract(req), client.last_receipt
+                except ConnectorCallError as exc:
+                    moved = exc.extra.get("witnessed_size")
+                    # Concurrent runs moved the connector's witness on: prove against where it is now.
+                    if exc.code != "checkpoint_stale" or moved is None or attempt == WITNESS_RETRIES - 1:
+                        raise
+                    against = moved
+            raise AssertionError("unreachable: the last attempt returns or raises")
 
     with ThreadPoolExecutor(max_workers=max(1, len(plan.extracts))) as pool:
         futures = {pool.submit(call, e): e for e in plan.extracts}
+        note = checkpoint.note if checkpoint is not None else None
         for future in as_completed(futures):
             e = futures[future]
             try:
                 table, receipt = future.result()
             except ConnectorCallError as exc:
                 failures[e.ref] = exc.code
-                _record_call(
-                    ctx, spec.query_id, e, checkpoint, exc.receipt, outcome=exc.code, status=exc.status
-                )
+                _record_call(ctx, spec.query_id, e, note, exc.receipt, outcome=exc.code, status=exc.status)
                 continue
             if not tables:
                 ctx.ledger.mark_data_arrived(spec.query_id)
             tables[e.ref] = table
-            _record_call(ctx, spec.query_id, e, checkpoint, receipt, outcome="ok", status=200)
+            _record_call(ctx, spec.query_id, e, note, receipt, outcome="ok", status=200)
     return tables, failures
 
 
@@ -350,7 +371,7 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
             connector=name,
             gateway_key=ctx.gateway_key,
             connector_key=parse_public_key(record.signing_key),
-            timeout=min(5.0, ctx.settings.connector_timeout_seconds),
+            timeout=min(15.0, ctx.settings.connector_timeout_seconds),
             transport=ctx.transport,
             verify=ctx.tls or True,
         ) as client:
@@ -363,21 +384,22 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
     return down, witnessed
 
 
-def _checkpoint_for(
-    ctx: GatewayContext, witnessed: dict[str, int]
-) -> tuple[str | None, dict[str, list[str]]]:
-    """A fresh signed checkpoint and, per connector, the consistency proof from the size it witnessed."""
-    if ctx.checkpointer is None:
-        return None, {}
-    checkpoint = ctx.checkpointer.checkpoint()
-    proofs = {}
-    for name, size in witnessed.items():
-        if 0 < size < checkpoint.size:
-            raw = ctx.checkpointer.log.consistency_proof(size, checkpoint.size)
-            proofs[name] = [base64.b64encode(p).decode() for p in raw]
-        else:
-            proofs[name] = []
-    return checkpoint.note, proofs
+WITNESS_RETRIES = 8
+
+
+def _witness_fields(ctx: GatewayContext, checkpoint: Checkpoint | None, against: int) -> dict[str, Any]:
+    """The checkpoint and the RFC 9162 consistency proof between it and the size a connector witnessed."""
+    if checkpoint is None or ctx.checkpointer is None:
+        return {}
+    proof: list[bytes] = []
+    if 0 < against != checkpoint.size:
+        low, high = sorted((against, checkpoint.size))
+        proof = ctx.checkpointer.log.consistency_proof(low, high)
+    return {
+        "checkpoint": checkpoint.note,
+        "checkpoint_proof": tuple(base64.b64encode(p).decode() for p in proof),
+        "checkpoint_against": against,
+    }
 
 
 def _token_epoch(ctx: GatewayContext) -> int:

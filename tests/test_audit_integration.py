@@ -57,10 +57,14 @@ def witnessing(tmp_path: Path) -> Iterator[tuple[Department, RunningConnector, N
 
 
 def _extract(
-    dept: Department, conn: RunningConnector, qid: str, note: str | None, proof: list[bytes]
+    dept: Department, conn: RunningConnector, qid: str, note: str | None, proof: list[bytes], against: int = 0
 ) -> httpx.Response:
     req = dept.request(qid).model_copy(
-        update={"checkpoint": note, "checkpoint_proof": tuple(base64.b64encode(p).decode() for p in proof)}
+        update={
+            "checkpoint": note,
+            "checkpoint_proof": tuple(base64.b64encode(p).decode() for p in proof),
+            "checkpoint_against": against,
+        }
     )
     return signed_call(
         conn.url, "/v1/extract", key=dept.gateway_key, connector=dept.name, body=req.body(), query_id=qid
@@ -78,7 +82,14 @@ def test_a_connector_refuses_a_history_rewritten_and_resigned_with_the_gateways_
     for i in range(4):
         honest.append({"action": "test.event", "actor": "tester", "name": f"more{i}"})
     grown = _checkpoint(honest, signer)
-    ok = _extract(dept, conn, "q-witness-0002", grown.note, honest.consistency_proof(first.size, grown.size))
+    proof = honest.consistency_proof(first.size, grown.size)
+    stale = _extract(dept, conn, "q-witness-0002", grown.note, proof, against=3)
+    assert stale.status_code == 409 and stale.json() == {
+        **stale.json(),
+        "error": "checkpoint_stale",
+        "witnessed_size": 5,
+    }
+    ok = _extract(dept, conn, "q-witness-0002", grown.note, proof, against=first.size)
     assert ok.status_code == 200
     assert conn.process.poll() is None
     # The operator rewrites history (entry 3 changed) and re-signs it with the gateway's own audit key.
@@ -87,18 +98,25 @@ def test_a_connector_refuses_a_history_rewritten_and_resigned_with_the_gateways_
     )
     forged = _checkpoint(forged_log, signer)
     r = _extract(
-        dept, conn, "q-witness-0003", forged.note, forged_log.consistency_proof(grown.size, forged.size)
+        dept,
+        conn,
+        "q-witness-0003",
+        forged.note,
+        forged_log.consistency_proof(grown.size, forged.size),
+        grown.size,
     )
     assert r.status_code == 409 and r.json()["error"] == "fork_detected"
     # From then on the connector serves nothing, even a request consistent with what it saw before.
     for i in range(2):
         honest.append({"action": "test.event", "actor": "tester", "name": f"late{i}"})
     later = _checkpoint(honest, signer)
-    r = _extract(dept, conn, "q-witness-0004", later.note, honest.consistency_proof(grown.size, later.size))
+    r = _extract(
+        dept, conn, "q-witness-0004", later.note, honest.consistency_proof(grown.size, later.size), grown.size
+    )
     assert r.status_code == 409
     # A checkpoint signed by another key is refused outright.
     stranger = _checkpoint(honest, NoteSigner.generate(ORIGIN))
-    assert _extract(dept, conn, "q-witness-0005", stranger.note, []).status_code in (403, 409)
+    assert _extract(dept, conn, "q-witness-0005", stranger.note, [], grown.size).status_code in (403, 409)
 
     # Reconcile: the forged gateway log does not reproduce the checkpoints the connector witnessed.
     conn.stop()

@@ -4,6 +4,7 @@ PostgreSQL as the gateway's own store; and every request, refused or not, leaves
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -33,6 +34,8 @@ def county(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _federation(root: Path, county: Path, gateway_db_url: str | None) -> Federation:
     # Room for exactly ten queries of epsilon 0.1 in this window.
     env = {"FEDGATE_WINDOW_EPSILON": "1.0", "FEDGATE_DEFAULT_ANALYST_QUOTA": "1.0"}
+    # Each federation is a new gateway: its connectors start without another gateway's witnessed history.
+    shutil.rmtree(county / "state", ignore_errors=True)
     fed = start_federation(root, county=county, gateway_db_url=gateway_db_url, env=env)
     register_everything(fed)
     return fed
