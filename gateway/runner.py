@@ -142,15 +142,23 @@ def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[st
         code = ErrorCode.NOT_APPROVED if record.state in ("submitted", "rejected") else ErrorCode.CONFLICT
         raise ApiError(409, code, f"the query is {record.state}; it runs only when approved", "query_id")
     found, _ = queries.covers(ctx.engine, record, plan)
+    # Audited before anything changes: if the audit log cannot be written, nothing runs (503).
+    ctx.audit.record("query.run", actor=analyst.name, query_id=query_id, query_digest=record.digest)
     if not queries.set_state(ctx.engine, query_id, "running", expect=("approved",)):
         raise ApiError(409, ErrorCode.CONFLICT, "the query is already running", "query_id")
-    ctx.audit.record("query.run", actor=analyst.name, query_id=query_id, query_digest=record.digest)
     try:
         return _run(ctx, plan, found, analyst)
-    except BaseException:
-        # Whatever failed, a query never stays 'running' in this process's view.
+    except BaseException as exc:
+        # Whatever failed, a query never stays 'running'. Without data it can run again (approved); once
+        # data arrived its reservation stays spent (failed).
+        entry = ctx.ledger.entry(query_id)
+        spent = entry is not None and entry.state != "refunded"
+        if spent and entry is not None and entry.state == "reserved" and not entry.data_arrived:
+            ctx.ledger.refund(query_id)
+            spent = False
+        failure = exc.code.value if isinstance(exc, ApiError) else ErrorCode.INTERNAL.value
         queries.set_state(
-            ctx.engine, query_id, "failed", expect=("running",), error_code=ErrorCode.INTERNAL.value
+            ctx.engine, query_id, "failed" if spent else "approved", expect=("running",), error_code=failure
         )
         raise
 

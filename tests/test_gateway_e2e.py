@@ -283,7 +283,21 @@ def test_a_killed_gateway_serves_the_stored_numbers_after_restart(fed: Federatio
         signing_key_file=fed.county / "keys" / "gateway.key",
         audit_key_file=fed.county / "keys" / "audit.key",
     )
+    # After the crash the audit log verifies offline, without a gap, and every release has its entry.
+    from audit.verify import verify_export
+
+    with fed.client("auditor") as auditor:
+        public_key = auditor.audit_checkpoint()["public_key"]
+        export = auditor.audit_export(fed.root / "after-crash.jsonl")
+        released = {
+            e["event"]["query_id"]
+            for e in auditor.audit_entries(action="query.released", limit=1000)["entries"]
+        }
+    report = verify_export(export, [public_key])
+    assert report.ok, report.problems[:3]
     with fed.client("analyst") as analyst:
+        for q in analyst.queries():
+            assert (q["state"] == "released") == (q["id"] in released), q["id"]
         assert analyst.run(view["id"]) == first
         state = analyst.query(slow["id"])["state"]
         assert state in ("released", "failed", "approved")
@@ -337,3 +351,27 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
     assert budget.exit_code == 0 and jsonlib.loads(budget.stdout)["analyst"] == "other-analyst"
     refused = runner.invoke(app, ["query", "run", "q-doesnotexist000"], env=env)
     assert refused.exit_code == 1 and "not_found" in refused.output
+
+
+def test_a_query_run_fails_closed_when_the_audit_log_cannot_be_written(fed: Federation) -> None:
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Bands while the audit log is read-only"))
+        before = analyst.budget()["federation_remaining"]
+    db = fed.root / "gateway" / "gateway.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER audit_read_only BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'read-only'); END"
+        )
+    try:
+        with fed.client("analyst") as analyst, pytest.raises(GatewayError) as err:
+            analyst.run(view["id"])
+        assert err.value.status == 503 and err.value.code == "audit_unavailable"
+    finally:
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER audit_read_only")
+    with fed.client("analyst") as analyst:
+        assert analyst.budget()["federation_remaining"] == before
+        assert analyst.query(view["id"])["state"] == "approved"
+        with pytest.raises(GatewayError):
+            analyst.result(view["id"])
