@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from aggregation.query import SIZE_BAND, SIZE_BANDS, QuerySpec, split_dimension
 from connectors.config import EntityKind, Unit
-from connectors.protocol import ConnectorSchema, DatasetSchema, DimensionSchema
+from connectors.protocol import (
+    ConnectorSchema,
+    DatasetSchema,
+    DimensionSchema,
+    ExtractRequest,
+    SignedApproval,
+    SignedRule,
+    TokenSpec,
+)
 
 
 class PlanError(Exception):
@@ -36,6 +44,28 @@ class ExtractPlan:
     @property
     def ref(self) -> str:
         return f"{self.connector}.{self.dataset}"
+
+    def request(
+        self, query: QuerySpec, cover: SignedApproval | SignedRule, *, epoch: int, analyst: str | None = None
+    ) -> ExtractRequest:
+        """The extract request for this part of `query`, carrying the department's approval or rule."""
+        return ExtractRequest(
+            connector=self.connector,
+            query_id=query.query_id,
+            query_digest=query.digest,
+            dataset=self.dataset,
+            unit=query.unit,
+            period_start=query.period_start,
+            period_end=query.period_end,
+            measures=self.measures,
+            dimensions=self.dimensions,
+            household=self.household,
+            token=TokenSpec(epoch=epoch),
+            epsilon=query.epsilon,
+            analyst=analyst,
+            approval=cover if isinstance(cover, SignedApproval) else None,
+            rule=cover if isinstance(cover, SignedRule) else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -29,9 +28,7 @@ from connectors.protocol import (
     Approval,
     ApprovedDataset,
     ConnectorSchema,
-    ExtractRequest,
     SignedApproval,
-    TokenSpec,
 )
 from connectors.sources import ENTITY, HOUSEHOLD, open_source
 from gateway.demo import headline
@@ -60,22 +57,10 @@ def centralized(root: Path, catalog: dict[str, ConnectorSchema]) -> pl.DataFrame
             query_digest=spec.digest,
             unit=spec.unit,
             datasets=(ApprovedDataset(dataset=e.dataset),),
-            epsilon=Decimal(1),
+            epsilon=spec.epsilon,
         )
-        req = ExtractRequest(
-            connector=e.connector,
-            query_id=spec.query_id,
-            query_digest=spec.digest,
-            dataset=e.dataset,
-            unit=spec.unit,
-            period_start=spec.period_start,
-            period_end=spec.period_end,
-            measures=e.measures,
-            dimensions=e.dimensions,
-            household=e.household,
-            token=TokenSpec(epoch=1),
-            epsilon=Decimal(1),
-            approval=SignedApproval(approval=approval, key_fingerprint="0" * 64, signature=""),
+        req = e.request(
+            spec, SignedApproval(approval=approval, key_fingerprint="0" * 64, signature=""), epoch=1
         )
         source = open_source(loaded.config.source)
         rollup = rollup_spec(dataset, req, loaded.config.source.chunk_rows)

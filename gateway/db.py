@@ -3,7 +3,8 @@
 An embedded SQLite file by default, PostgreSQL in production. The schema is created and upgraded only by
 the Alembic revisions in `gateway/migrations/`, never by `metadata.create_all`, so every deployment walks
 the same history. The tables hold principals (key hashes only), the connector registry, queries,
-department-signed approvals and rules, and a simple append-only audit table. Nothing token-level or
+department-signed approvals and rules, and the simple audit table of revision 0001 (superseded by the
+tamper-evident log of `audit.store`, revision 0003, and left empty). Nothing token-level or
 row-level is ever stored here.
 """
 

@@ -24,15 +24,13 @@ import structlog
 
 from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
-from aggregation.query import QuerySpec, StatisticKind
+from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
 from audit.entries import connector_call_event
 from audit.errors import ProofError
 from connectors.protocol import (
-    ExtractRequest,
     SignedApproval,
     SignedRule,
-    TokenSpec,
     parse_public_key,
     sha256_hex,
 )
@@ -88,33 +86,6 @@ def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
         epsilon=q.epsilon,
         unit_multiplicity=plan.unit_multiplicity,
         max_rows=max_rows,
-    )
-
-
-def _request(
-    ctx: GatewayContext,
-    spec: QuerySpec,
-    e: ExtractPlan,
-    cover: SignedApproval | SignedRule,
-    analyst: str,
-    epoch: int,
-) -> ExtractRequest:
-    return ExtractRequest(
-        connector=e.connector,
-        query_id=spec.query_id,
-        query_digest=spec.digest,
-        dataset=e.dataset,
-        unit=spec.unit,
-        period_start=spec.period_start,
-        period_end=spec.period_end,
-        measures=e.measures,
-        dimensions=e.dimensions,
-        household=e.household,
-        token=TokenSpec(epoch=epoch),
-        epsilon=spec.epsilon,
-        analyst=analyst,
-        approval=cover if isinstance(cover, SignedApproval) else None,
-        rule=cover if isinstance(cover, SignedRule) else None,
     )
 
 
@@ -283,7 +254,7 @@ def _fetch(
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
             raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
-        base = _request(ctx, spec, e, found[e.department], analyst.name, epoch)
+        base = e.request(spec, found[e.department], epoch=epoch, analyst=analyst.name)
         against = witnessed.get(e.connector, 0)
         with ConnectorClient(
             record.endpoint,

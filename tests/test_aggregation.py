@@ -18,9 +18,7 @@ from connectors.protocol import (
     Approval,
     ApprovedDataset,
     ConnectorSchema,
-    ExtractRequest,
     SignedApproval,
-    TokenSpec,
 )
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
@@ -56,26 +54,12 @@ def _run(plan: Plan, services: dict[str, ConnectorService]) -> pl.DataFrame:
             query_id=q.query_id,
             query_digest=q.digest,
             unit=q.unit,
-            period_start=q.period_start,
-            period_end=q.period_end,
-            datasets=(ApprovedDataset(dataset=e.dataset, measures=e.measures, dimensions=e.dimensions),),
+            datasets=(ApprovedDataset(dataset=e.dataset),),
             epsilon=q.epsilon,
         )
-        req = ExtractRequest(
-            connector=e.connector,
-            query_id=q.query_id,
-            query_digest=q.digest,
-            dataset=e.dataset,
-            unit=q.unit,
-            period_start=q.period_start,
-            period_end=q.period_end,
-            measures=e.measures,
-            dimensions=e.dimensions,
-            household=e.household,
-            token=TokenSpec(epoch=service.keyring.current_epoch),
-            epsilon=q.epsilon,
-            approval=SignedApproval(approval=approval, key_fingerprint="0" * 64, signature=""),
-        )
+        # The in-process extractor does not check approvals (the service does), so an unsigned one serves.
+        unsigned = SignedApproval(approval=approval, key_fingerprint="0" * 64, signature="")
+        req = e.request(q, unsigned, epoch=service.keyring.current_epoch)
         dataset = service.cfg.dataset(e.dataset)
         assert dataset is not None
         tables[e.ref] = Extractor(service.loaded, service.source, service.keyring).run(req, dataset).table
