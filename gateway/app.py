@@ -14,7 +14,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -43,32 +43,41 @@ from privacy.ledger import Ledger
 log = structlog.get_logger("fedgate.gateway")
 
 
+def _key_file(
+    settings: GatewaySettings, configured: Path | None, name: str, make: Callable[[], bytes]
+) -> Path:
+    """A configured key file; in development only, one generated once under the state directory."""
+    if configured is not None:
+        return Path(configured)
+    if settings.mode == "production":
+        raise SettingsError(f"production mode needs an explicit key file for the {name} (FEDGATE_* setting)")
+    path = settings.state_dir / f"{name.replace(' ', '-')}.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(make())
+        log.warning("gateway.generated_development_key", key=name, path=str(path))
+    return path
+
+
 def load_gateway_key(settings: GatewaySettings) -> Ed25519PrivateKey:
-    """The configured key; in development, one generated once under the state directory."""
-    path = settings.signing_key_file
-    if path is None:
-        path = settings.state_dir / "gateway.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(private_key_pem(Ed25519PrivateKey.generate()))
-            log.warning("gateway.generated_development_key", path=str(path))
-    return load_private_key(Path(path).read_bytes())
+    """The key that signs requests to connectors."""
+    path = _key_file(
+        settings, settings.signing_key_file, "gateway", lambda: private_key_pem(Ed25519PrivateKey.generate())
+    )
+    return load_private_key(path.read_bytes())
 
 
 def load_audit_signer(settings: GatewaySettings) -> NoteSigner:
-    """The audit key that signs checkpoints; in development, one generated once under the state directory."""
-    path = settings.audit_key_file
-    if path is None:
-        path = settings.state_dir / "audit.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(NoteSigner.generate(settings.audit_origin).skey())
-            log.warning("gateway.generated_development_audit_key", path=str(path))
-    return load_signer(Path(path))
+    """The audit key that signs checkpoints."""
+    path = _key_file(
+        settings,
+        settings.audit_key_file,
+        "audit",
+        lambda: NoteSigner.generate(settings.audit_origin).skey().encode(),
+    )
+    return load_signer(path)
 
 
 def check_ledger_against_audit(ctx: GatewayContext) -> None:
