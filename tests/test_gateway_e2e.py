@@ -214,7 +214,7 @@ def test_no_raw_id_token_or_exact_count_anywhere(fed: Federation) -> None:
     with sqlite3.connect(fed.county / "register.db") as reg:
         ids = {r[0].strip().upper() for r in reg.execute("SELECT id_number FROM persons") if r[0]}
     seen_ids = set(re.findall(r"\d{17}[\dX]|\d{15}", blob))
-    assert not seen_ids & ids
+    assert not seen_ids & ids, "a registered ID number appears in a response, log or database row"
     truth = fed.truth()["as_linked"]
     exact = {truth["household_count"], truth["person_count"], truth["persons_seen"]}
     for count in exact:
@@ -227,7 +227,7 @@ def test_no_raw_id_token_or_exact_count_anywhere(fed: Federation) -> None:
 
     for rid in list(ids)[:200]:
         t = tok.token(rid)
-        assert t.hex() not in blob and base64.b64encode(t).decode() not in blob
+        assert t.hex() not in blob and base64.b64encode(t).decode() not in blob, "a person token leaked"
 
 
 def test_a_stopped_connector_charges_nothing(fed: Federation) -> None:

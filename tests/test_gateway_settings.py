@@ -195,3 +195,11 @@ def test_production_refuses_placeholder_database_password(tmp_path: Path) -> Non
     with pytest.raises(SettingsError, match="placeholder password") as info:
         settings.check_production()
     assert "changethis" not in str(info.value)
+
+
+def test_every_setting_is_documented_for_operators() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text(encoding="utf-8")
+    missing = [f for f in GatewaySettings.model_fields if f"FEDGATE_{f.upper()}" not in doc]
+    assert not missing, f"settings without documentation in docs/deployment.md: {missing}"

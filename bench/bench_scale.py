@@ -1,0 +1,199 @@
+"""How the headline query's time and memory grow with the county: 50,000 to 1,200,000 persons.
+
+At each size (--quick: only 50,000 and 200,000) a fresh federation (gateway and five connectors, each its
+own process on loopback) runs the headline household band query by village end to end through the HTTP
+API, and the peak resident memory (VmHWM) of the gateway and of each connector is read after it. Fresh
+processes per size, so each peak belongs to that size's query (plus the process's own start-up memory,
+reported as the gateway's VmRSS before the query).
+
+Bytes per token held in the gateway: the headline query's six extracts are produced in process with the
+connectors' own `Extractor` at 200,000 persons, and their Arrow tables' `nbytes` is divided by their rows
+(every row is one token, plus that person's measures or attributes).
+
+Writes bench/results/scale.png (time and memory against persons).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.bench_engines import headline_plan
+from bench.bench_extract import RESULTS, county
+from bench.bench_gateway import _peak_rss_mb
+from bench.common import BenchResult
+from connectors.config import load_config
+from connectors.extract import Extractor
+from connectors.federation_keys import load_keyring
+from connectors.protocol import Approval, ApprovedDataset, SignedApproval
+from connectors.sources import open_source
+from gateway.demo import headline
+from gateway.localfed import Federation, register_everything, start_federation
+
+SIZES = (50_000, 200_000, 600_000, 1_200_000)
+QUICK_LIMIT = 200_000
+CHART = RESULTS / "scale.png"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(persons: int) -> dict[str, Any]:
+    """One end-to-end headline query on a fresh federation over the county of `persons`."""
+    root = county(persons)
+    with sqlite3.connect(root / "register.db") as db:
+        households = int(db.execute("SELECT COUNT(DISTINCT household_no) FROM persons").fetchone()[0])
+    workdir = RESULTS / f"scale-{persons}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(root / "state", ignore_errors=True)
+    fed: Federation = start_federation(workdir, county=root)
+    try:
+        register_everything(fed, household_only=True)
+        with fed.client("analyst") as analyst:
+            spec = headline("register.persons.village", "0.5").model_copy(
+                update={"purpose": f"Scale benchmark at {persons} persons of the headline household query"}
+            )
+            qid = analyst.submit(spec)["id"]
+            idle = _rss_mb(fed.gateway.process.pid)
+            start = time.perf_counter()
+            analyst.run(qid)
+            seconds = time.perf_counter() - start
+        connectors = {n: _peak_rss_mb(c.process.pid) for n, c in fed.connectors.items()}
+        return {
+            "persons": persons,
+            "households": households,
+            "seconds": seconds,
+            "gateway_idle_mib": idle,
+            "gateway_peak_mib": _peak_rss_mb(fed.gateway.process.pid),
+            "connector_max_mib": max(connectors.values()),
+            "connector_max_name": max(connectors, key=lambda n: connectors[n]),
+            "connectors_sum_mib": sum(connectors.values()),
+        }
+    finally:
+        fed.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def token_bytes(persons: int) -> tuple[float, float, int]:
+    """Bytes per token row and in total that the gateway holds for one headline query; and the rows."""
+    root = county(persons)
+    spec = headline("register.persons.village", "0.5")
+    plan = headline_plan(root)
+    total_bytes = 0
+    total_rows = 0
+    for e in plan.extracts:
+        loaded = load_config(root / "connectors" / f"{e.connector}.yaml")
+        dataset = loaded.config.dataset(e.dataset)
+        assert dataset is not None
+        approval = Approval(
+            department=e.department,
+            query_id=spec.query_id,
+            query_digest=spec.digest,
+            unit=spec.unit,
+            datasets=(ApprovedDataset(dataset=e.dataset),),
+            epsilon=spec.epsilon,
+        )
+        req = e.request(
+            spec, SignedApproval(approval=approval, key_fingerprint="0" * 64, signature=""), epoch=1
+        )
+        source = open_source(loaded.config.source)
+        try:
+            keyring = load_keyring(loaded.config.federation_keyring_file)
+            table = Extractor(loaded, source, keyring).run(req, dataset).table
+        finally:
+            source.close()
+        total_bytes += table.nbytes
+        total_rows += table.num_rows
+    return total_bytes / total_rows, float(total_bytes), total_rows
+
+
+def chart(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    persons = [r["persons"] / 1e6 for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(persons, [r["seconds"] for r in rows], "o-", label="fedgate end to end")
+    left.set_xlabel("persons (millions)")
+    left.set_ylabel("seconds")
+    left.set_title("Headline household query: time")
+    left.grid(alpha=0.3)
+    left.legend()
+    right.plot(persons, [r["gateway_peak_mib"] for r in rows], "o-", label="gateway VmHWM")
+    right.plot(persons, [r["connector_max_mib"] for r in rows], "s-", label="largest connector VmHWM")
+    right.plot(persons, [r["connectors_sum_mib"] for r in rows], "^--", label="five connectors, sum")
+    right.set_xlabel("persons (millions)")
+    right.set_ylabel("MiB")
+    right.set_title("Peak resident memory")
+    right.grid(alpha=0.3)
+    right.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def run(quick: bool) -> list[BenchResult]:
+    sizes = [s for s in SIZES if not quick or s <= QUICK_LIMIT]
+    rows = [measure(s) for s in sizes]
+    chart(rows, CHART)
+    results = []
+    for r in rows:
+        label = f"{int(r['persons']):,} persons"
+        hh = f"{int(r['households']):,} households; "
+        results += [
+            BenchResult("scale", f"{label}: end to end", r["seconds"], "s", None, f"{hh}one fresh query"),
+            BenchResult(
+                "scale",
+                f"{label}: gateway peak RSS",
+                r["gateway_peak_mib"],
+                "MiB",
+                None,
+                f"VmHWM; {r['gateway_idle_mib']:.0f} MiB before the query",
+            ),
+            BenchResult(
+                "scale",
+                f"{label}: largest connector peak RSS",
+                r["connector_max_mib"],
+                "MiB",
+                None,
+                f"{r['connector_max_name']}; all five together {r['connectors_sum_mib']:.0f} MiB",
+            ),
+        ]
+    per_token, total, tokens = token_bytes(QUICK_LIMIT if not quick else sizes[0])
+    at = QUICK_LIMIT if not quick else sizes[0]
+    results.append(
+        BenchResult(
+            "scale",
+            "bytes per token row held in the gateway",
+            per_token,
+            "B",
+            None,
+            f"Arrow nbytes / rows over the 6 extracts at {at:,} persons: {tokens:,} rows, "
+            f"{total / 2**20:.1f} MiB",
+        )
+    )
+    if len(rows) >= 2:
+        first, last = rows[0], rows[-1]
+        growth = (last["seconds"] / first["seconds"]) / (last["persons"] / first["persons"])
+        results.append(
+            BenchResult(
+                "scale",
+                "time growth relative to linear",
+                growth,
+                "x",
+                None,
+                f"({last['seconds']:.1f} s / {first['seconds']:.1f} s) / "
+                f"({int(last['persons']):,} / {int(first['persons']):,}); 1 = linear; chart: {CHART.name}",
+            )
+        )
+    return results
