@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("opendp", "pandas", "pyarrow", "cryptography", "sqlalchemy", "polars", "duckdb")
+PACKAGES = (
+    "opendp",
+    "pandas",
+    "pyarrow",
+    "cryptography",
+    "sqlalchemy",
+    "polars",
+    "duckdb",
+    "pipeline-dp",
+    "python-dp",
+    "matplotlib",
+)
 
 
 @dataclass

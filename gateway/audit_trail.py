@@ -63,3 +63,15 @@ class AuditTrail:
             raise ApiError(
                 503, ErrorCode.AUDIT_UNAVAILABLE, "the audit log cannot be written; nothing was done"
             ) from None
+
+
+def record_offline(engine: Any, action: str, **fields: Any) -> int:
+    """Append one event from a command run on the gateway host (users created or revoked) to the same log.
+
+    Raises `AuditUnavailable` if it cannot be written; the caller undoes what it did.
+    """
+    trail = AuditTrail(AuditLogSink(AuditLog(engine)))
+    try:
+        return trail.record(action, **fields)
+    except ApiError:
+        raise AuditUnavailable("the audit log cannot be written") from None

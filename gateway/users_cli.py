@@ -65,7 +65,9 @@ def create(
     """Create a principal and print its API key, once."""
     from rich.console import Console
 
-    from gateway.auth import create_principal
+    from audit.errors import AuditUnavailable
+    from gateway.audit_trail import record_offline
+    from gateway.auth import create_principal, revoke_principal
     from gateway.errors import ApiError
 
     engine = _engine(database_url)
@@ -73,6 +75,19 @@ def create(
         principal, key = create_principal(
             engine, role=role, name=name, department=department, expires_days=expires
         )
+        try:
+            record_offline(
+                engine,
+                "user.created",
+                actor="operator (fedgate users)",
+                principal=principal.name,
+                role=principal.role.value,
+                department=principal.department,
+                expires_at=principal.expires_at.isoformat(),
+            )
+        except AuditUnavailable:
+            revoke_principal(engine, principal.name)
+            raise _fail("the audit log cannot be written; the new key was revoked at once") from None
     except ApiError as exc:
         raise _fail(exc.message) from None
     finally:
@@ -98,12 +113,20 @@ def revoke(
     """Revoke a principal's API key immediately."""
     from rich.console import Console
 
+    from audit.errors import AuditUnavailable
+    from gateway.audit_trail import record_offline
     from gateway.auth import revoke_principal
     from gateway.errors import ApiError
 
     engine = _engine(database_url)
     try:
         record = revoke_principal(engine, name)
+        try:
+            record_offline(engine, "user.revoked", actor="operator (fedgate users)", principal=record.name)
+        except AuditUnavailable:
+            raise _fail(
+                "the key is revoked, but the audit log cannot be written: check the database"
+            ) from None
     except ApiError as exc:
         raise _fail(exc.message) from None
     finally:

@@ -146,3 +146,26 @@ def test_unauthenticated_floods_are_rate_limited_and_counted(ctx: GatewayContext
     assert sum(1 for e in events if e["action"] == "http.request" and e["status"] == 401) == 6
     summaries = [e for e in events if e["action"] == "http.unauthenticated_flood"]
     assert len(summaries) == 1 and summaries[0]["suppressed"] == 35
+
+
+def test_users_created_and_revoked_on_the_command_line_are_audited(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from audit.store import AuditLog
+    from gateway.users_cli import users_app
+
+    url = f"sqlite:///{tmp_path / 'gw.sqlite3'}"
+    runner = CliRunner()
+    made = runner.invoke(users_app, ["create", "--role", "analyst", "--name", "ana", "--database-url", url])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    gone = runner.invoke(users_app, ["revoke", "ana", "--database-url", url])
+    assert gone.exit_code == 0, gone.output
+    engine = db.make_engine(url)
+    events = [e.event for e in AuditLog(engine).entries()]
+    engine.dispose()
+    assert [(e["action"], e["principal"]) for e in events] == [
+        ("user.created", "ana"),
+        ("user.revoked", "ana"),
+    ]
+    assert all(key not in str(e) for e in events)
