@@ -75,15 +75,25 @@ def _household_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: li
     for ref in measured:
         persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
     persons = persons.with_columns(_person_value(plan, frames))
+    groups = plan.query.member_groups
+    for g in groups:
+        if g.dimension is not None:
+            member = pl.col(g.dimension).is_in(list(g.values or ()))
+        else:
+            member = pl.col(g.measure or "").fill_null(0) >= (g.at_least or 0)
+        persons = persons.with_columns(member.fill_null(False).alias(g.ref))
     attrs = [c for c in frames[plan.spine].columns if c not in (TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN)]
     aggs = [pl.col(a).drop_nulls().first().alias(a) for a in attrs]
+    # Only "has a member in the group" leaves the household: never which member, nor how many.
+    aggs += [pl.col(g.ref).any().alias(g.ref) for g in groups]
     aggs.append(pl.len().alias("_size"))
     if plan.query.measure is not None:
         aggs.append(pl.col(VALUE).sum())
     households = persons.group_by(HOUSEHOLD_TOKEN_COLUMN).agg(aggs)
     size = pl.col("_size")
+    flags = [pl.when(pl.col(g.ref)).then(pl.lit("1")).otherwise(pl.lit("0")).alias(g.ref) for g in groups]
     return households.with_columns(
-        pl.when(size >= 5).then(pl.lit("5+")).otherwise(size.cast(pl.Utf8)).alias(SIZE_BAND)
+        pl.when(size >= 5).then(pl.lit("5+")).otherwise(size.cast(pl.Utf8)).alias(SIZE_BAND), *flags
     )
 
 

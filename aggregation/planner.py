@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aggregation.query import SIZE_BAND, SIZE_BANDS, QuerySpec, split_dimension
+from aggregation.query import (
+    HAS_PREFIX,
+    MEMBER_FLAG_DOMAIN,
+    SIZE_BAND,
+    SIZE_BANDS,
+    MemberGroup,
+    QuerySpec,
+    split_dimension,
+)
 from connectors.config import EntityKind, Unit
 from connectors.protocol import (
     ConnectorSchema,
@@ -153,6 +161,10 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
                 if query.unit is not Unit.HOUSEHOLD:
                     raise PlanError(field, f"{SIZE_BAND} exists only in household queries")
                 domain = SIZE_BANDS
+            elif ref.startswith(HAS_PREFIX):
+                if ref not in {g.ref for g in query.member_groups}:
+                    raise PlanError(field, f"{ref} names no group declared in member_groups")
+                domain = MEMBER_FLAG_DOMAIN
             else:
                 schema, ds, dim = _dimension(catalog, ref, field, query.unit)
                 domain = dim.domain
@@ -171,6 +183,8 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
                         f"filters.{i}.values.{outside[0]}", f"not a code of {ref}'s public domain"
                     )
                 filters.append((ref, frozenset(f.values)))
+    for i, group in enumerate(query.member_groups):
+        _plan_member_group(catalog, group, f"member_groups.{i}", measures, dims, owners)
     spine = _spine(catalog)
     if spine_needed and spine is None:
         raise PlanError("unit", "no connector in the catalog maps persons to households")
@@ -210,6 +224,45 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
         departments=departments,
         unit_multiplicity=query.member_cap or 1,
     )
+
+
+def _plan_member_group(
+    catalog: Mapping[str, ConnectorSchema],
+    group: MemberGroup,
+    field: str,
+    measures: dict[str, list[str]],
+    dims: dict[str, list[str]],
+    owners: dict[str, ConnectorSchema],
+) -> None:
+    """A key group reads one person-level dimension or measure; it only ever reaches the analyst as a
+    household attribute (has a member in the group, or not)."""
+    ref = group.dimension or group.measure or ""
+    parts = ref.split(".")
+    if len(parts) != 3:
+        raise PlanError(
+            f"{field}.{'dimension' if group.dimension else 'measure'}", "give connector.dataset.name"
+        )
+    schema, ds = _dataset(catalog, ".".join(parts[:2]), field)
+    if ds.entity_kind is not EntityKind.PERSON:
+        raise PlanError(field, f"{ds.name} is keyed by {ds.entity_kind.value}, not person")
+    key = f"{schema.connector}.{ds.name}"
+    owners[key] = schema
+    if group.dimension is not None:
+        dim = next((d for d in ds.dimensions if d.name == parts[2]), None)
+        if dim is None:
+            raise PlanError(f"{field}.dimension", f"{key} declares no dimension {parts[2]!r}")
+        outside = [j for j, v in enumerate(group.values or ()) if v not in dim.domain]
+        if outside:
+            raise PlanError(f"{field}.values.{outside[0]}", f"not a code of {ref}'s public domain")
+        dims.setdefault(key, [])
+        if dim.name not in dims[key]:
+            dims[key].append(dim.name)
+    else:
+        if not any(m.name == parts[2] for m in ds.measures):
+            raise PlanError(f"{field}.measure", f"{key} declares no measure {parts[2]!r}")
+        measures.setdefault(key, [])
+        if parts[2] not in measures[key]:
+            measures[key].append(parts[2])
 
 
 def _spine(catalog: Mapping[str, ConnectorSchema]) -> str | None:

@@ -61,6 +61,39 @@ class Filter(_Frozen):
     values: tuple[str, ...] = Field(min_length=1, max_length=10_000)
 
 
+HAS_PREFIX = "household.has_"
+MEMBER_FLAG_DOMAIN: tuple[str, ...] = ("0", "1")
+"""The public domain of a `household.has_<group>` attribute: no member / at least one member in the group."""
+
+
+class MemberGroup(_Frozen):
+    """A key group of persons; `household.has_<name>` says whether a household has a member in it.
+
+    A person is in the group when a dimension of theirs takes one of `values`, or when a measure of
+    theirs over the query period reaches `at_least` (both public choices of the query).
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,30}$")]
+    dimension: Annotated[str, Field(pattern=DIMENSION_REF)] | None = None
+    values: tuple[str, ...] | None = Field(None, min_length=1, max_length=1_000)
+    measure: Annotated[str, Field(pattern=DIMENSION_REF)] | None = Field(
+        None, description="connector.dataset.measure"
+    )
+    at_least: int | None = Field(None, ge=-(10**12), le=10**12)
+
+    @model_validator(mode="after")
+    def _check(self) -> MemberGroup:
+        by_dimension = self.dimension is not None and self.values is not None
+        by_measure = self.measure is not None and self.at_least is not None
+        if by_dimension == by_measure or (self.dimension is None) != (self.values is None):
+            raise ValueError("define the group by dimension and values, or by measure and at_least")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return HAS_PREFIX + self.name
+
+
 class StatisticKind(StrEnum):
     COUNT = "count"
     SUM = "sum"
@@ -110,6 +143,9 @@ class QuerySpec(_Frozen):
     member_cap: int | None = Field(
         None, ge=1, le=20, description="person queries: public cap on persons counted per household"
     )
+    member_groups: tuple[MemberGroup, ...] = Field(
+        (), max_length=4, description="household queries: key groups usable as household.has_<name>"
+    )
 
     @field_validator("epsilon")
     @classmethod
@@ -136,6 +172,11 @@ class QuerySpec(_Frozen):
             raise ValueError("person queries need member_cap (persons counted per household)")
         if self.unit is not Unit.PERSON and self.member_cap is not None:
             raise ValueError("member_cap applies to person queries only")
+        if self.member_groups and self.unit is not Unit.HOUSEHOLD:
+            raise ValueError("member_groups apply to household queries only")
+        names = [g.name for g in self.member_groups]
+        if len(set(names)) != len(names):
+            raise ValueError("member group names repeat")
         return self
 
     def canonical(self) -> bytes:
@@ -155,8 +196,10 @@ class QuerySpec(_Frozen):
         for t in self.measure.terms if self.measure else ():
             refs.append(t.dataset)
         for d in (*self.group_by, *(f.dimension for f in self.filters)):
-            if d != SIZE_BAND:
+            if d != SIZE_BAND and not d.startswith(HAS_PREFIX):
                 refs.append(".".join(d.split(".")[:2]))
+        for g in self.member_groups:
+            refs.append(".".join((g.dimension or g.measure or "").split(".")[:2]))
         return tuple(dict.fromkeys(refs))
 
 
