@@ -25,8 +25,26 @@ audit_app = typer.Typer(help="Export, inspect and verify the tamper-evident audi
 console = Console()
 errors = Console(stderr=True)
 
+
+def _default_db() -> str:
+    # The gateway keeps its audit log in its own database: the same settings find it.
+    import os
+
+    url = os.environ.get("FEDGATE_DATABASE_URL")
+    if url:
+        return url
+    state = Path(os.environ.get("FEDGATE_STATE_DIR", ".fedgate")).resolve()
+    return f"sqlite:///{state / 'gateway.sqlite3'}"
+
+
 DbOption = Annotated[
-    str, typer.Option("--db", help="SQLAlchemy URL of the audit store, e.g. sqlite:///audit.db")
+    str,
+    typer.Option(
+        "--db",
+        default_factory=_default_db,
+        help="SQLAlchemy URL of the audit store (default: the gateway's database from FEDGATE_DATABASE_URL, "
+        "or FEDGATE_STATE_DIR/gateway.sqlite3)",
+    ),
 ]
 
 
@@ -78,13 +96,16 @@ def _open_log(db: str) -> AuditLog:
 
 @audit_app.command("export")
 def export(
-    db: DbOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="the JSON Lines file to write")],
+    db: DbOption,
     start: Annotated[int, typer.Option(min=1, help="first sequence number")] = 1,
     end: Annotated[int | None, typer.Option(min=0, help="last sequence number (default: the head)")] = None,
     signing_key: Annotated[
         Path | None,
-        typer.Option(help="sign a checkpoint of the head first with this audit key file (PRIVATE+KEY+...)"),
+        typer.Option(
+            envvar="FEDGATE_AUDIT_KEY_FILE",
+            help="sign a checkpoint of the head first with this audit key file (PRIVATE+KEY+...)",
+        ),
     ] = None,
 ) -> None:
     """Export a range of entries, with the checkpoints that cover it, as JSON Lines."""

@@ -28,6 +28,7 @@ import json
 import math
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +278,35 @@ def fedgate_step(plan: Plan, frame: pl.DataFrame, max_rows: int) -> int:
     return len(prepare_release(release_spec(plan, max_rows)).run(frame).cells)
 
 
+def _profile_fedgate_step(plan: Plan, frame: pl.DataFrame, max_rows: int) -> BenchResult:
+    """Where fedgate's DP step spends its time, from one run under cProfile (which slows it a little)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    start = time.perf_counter()
+    fedgate_step(plan, frame, max_rows)
+    total = time.perf_counter() - start
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
+    def cumulative(module: str, function: str) -> float:
+        return sum(
+            v[3] for (path, _line, name), v in stats.items() if path.endswith(module) and name == function
+        )
+
+    parts = {
+        "prepare_release (build, privacy map)": cumulative("privacy/release.py", "prepare_release"),
+        "input checks, clamp, binning": cumulative("privacy/release.py", "_input"),
+        "OpenDP apply (frame serialised into OpenDP, noisy group-by)": cumulative("opendp/mod.py", "__call__")
+        + cumulative("opendp/_data.py", "onceframe_collect"),
+        "post-processing (intervals, release cells)": cumulative("privacy/release.py", "_postprocess"),
+    }
+    note = "; ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
+    return BenchResult("engines", "fedgate DP step, profiled once", total, "s", None, note)
+
+
 def pipelinedp_count(frame: pl.DataFrame, keys: list[tuple[str | None, str]], epsilon: float) -> int:
     import pipeline_dp
 
@@ -485,6 +515,7 @@ def run(quick: bool) -> list[BenchResult]:
             "engines", "ratio fedgate DP step / OpenDP floor", fed / floor, "x", None, "target <= 1.2"
         ),
     ]
+    results.append(_profile_fedgate_step(plan, frame, max_rows))
     results += _pipelinedp(frame, villages, eps, times)
     results += _smartnoise(frame, workdir, eps, times, cells)
     best_exact = min(exact_times.values())

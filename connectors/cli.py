@@ -72,6 +72,34 @@ def check(
     typer.echo(service.schema.model_dump_json(indent=2))
 
 
+@connector_app.command("export-log")
+def export_log(
+    config: Annotated[Path, typer.Option("--config", "-c", help="the connector's YAML/TOML configuration")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the JSON Lines file to write")],
+) -> None:
+    """Export the local log (requests served, checkpoints witnessed) for `fedgate audit reconcile`."""
+    from audit.export import export_connector_log
+    from connectors.config import load_config
+    from connectors.errors import ConnectorError
+    from connectors.state import ConnectorState
+
+    try:
+        cfg = load_config(config).config
+    except ConnectorError as exc:
+        console.print(f"[red]invalid:[/red] {exc}")
+        raise typer.Exit(2) from None
+    state = ConnectorState(cfg.state_dir)
+    try:
+        verified = state.verify_log()
+        count = export_connector_log(state, out, connector=cfg.name)
+    except ValueError as exc:
+        console.print(f"[red]the local log does not verify:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        state.close()
+    console.print(f"local log verified ({verified} entries) and {count} entries written to {out}")
+
+
 def synth(
     out: Annotated[Path, typer.Option("--out", help="directory to write the county into")],
     persons: Annotated[int, typer.Option(min=100, max=5_000_000, help="registered persons")] = 20_000,

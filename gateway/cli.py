@@ -206,9 +206,11 @@ def query_result(
 def approve(
     query_id: str,
     key: Annotated[Path, typer.Option("--key", help="the department's approval private key (PEM)")],
-    department: Annotated[str, typer.Option("--department", help="your department")],
     url: UrlOpt,
     api_key: KeyOpt,
+    department: Annotated[
+        str | None, typer.Option("--department", help="your department (default: your API key's)")
+    ] = None,
     reject: Annotated[str | None, typer.Option("--reject", help="reject with this reason instead")] = None,
 ) -> None:
     """Approve (or reject) a query touching your department's data, signing with the department's key."""
@@ -216,7 +218,11 @@ def approve(
         if reject is not None:
             view = _call(lambda: gw.reject(query_id, reject))
         else:
-            view = _call(lambda: gw.approve(query_id, key.read_bytes(), department))
+            dept = department or _call(gw.me)["department"]
+            if not dept:
+                errors.print("[red]forbidden[/red]: only a department admin approves queries")
+                raise typer.Exit(1)
+            view = _call(lambda: gw.approve(query_id, key.read_bytes(), dept))
     _print_query(view, False)
 
 

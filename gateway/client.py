@@ -82,6 +82,9 @@ class GatewayClient:
             "POST", "/v1/connectors", {"name": name, "endpoint": endpoint, "key_fingerprint": key_fingerprint}
         )
 
+    def me(self) -> Any:
+        return self._do("GET", "/v1/me")
+
     def catalog(self) -> Any:
         return self._do("GET", "/v1/catalog")
 

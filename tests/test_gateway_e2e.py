@@ -334,9 +334,8 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
     for dept in view["departments"]:
         key = fed.county / "keys" / f"{dept}-approval.key"
         admin_env = {"FEDGATE_URL": fed.gateway.url, "FEDGATE_API_KEY": fed.keys[dept]}
-        approved = runner.invoke(
-            app, ["approve", view["id"], "--key", str(key), "--department", dept], env=admin_env
-        )
+        # The department comes from the admin's own API key (GET /v1/me).
+        approved = runner.invoke(app, ["approve", view["id"], "--key", str(key)], env=admin_env)
         assert approved.exit_code == 0, approved.output
     csv_path = work / "result.csv"
     ran = runner.invoke(app, ["query", "run", view["id"], "--csv", str(csv_path)], env=env)
@@ -375,3 +374,32 @@ def test_a_query_run_fails_closed_when_the_audit_log_cannot_be_written(fed: Fede
         assert analyst.query(view["id"])["state"] == "approved"
         with pytest.raises(GatewayError):
             analyst.result(view["id"])
+
+
+def test_the_gateway_and_a_connector_logs_reconcile(fed: Federation) -> None:
+    from typer.testing import CliRunner
+
+    from audit.reconcile import reconcile
+    from gateway.cli import app
+
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Bands before reconciling the logs"))
+        analyst.run(view["id"])
+    with fed.client("auditor") as auditor:
+        gateway_export = auditor.audit_export(fed.root / "gateway-for-reconcile.jsonl")
+    connector_export = fed.root / "tax-log.jsonl"
+    exported = CliRunner().invoke(
+        app,
+        [
+            "connector",
+            "export-log",
+            "--config",
+            str(fed.county / "connectors" / "tax.yaml"),
+            "--out",
+            str(connector_export),
+        ],
+    )
+    assert exported.exit_code == 0, exported.output
+    assert reconcile(gateway_export, connector_export) == []
+    # The connector witnessed the gateway's checkpoints: its log names them.
+    assert '"checkpoint":"fedgate-gateway' in connector_export.read_text()

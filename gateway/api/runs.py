@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from gateway import queries, runner
-from gateway.api.schemas import BudgetOut, EpsilonIn, ResultOut
+from gateway.api.schemas import BudgetOut, EpsilonIn, MeOut, ResultOut
 from gateway.auth import Principal, Role
 from gateway.context import ContextDep
 from gateway.deps import CurrentPrincipal, require_roles
@@ -69,6 +69,14 @@ async def get_result(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> R
     if not allowed:
         raise ApiError(404, ErrorCode.NOT_FOUND, "no query with that id", "query_id")
     return _result_out(await run_in_threadpool(runner.stored_result, ctx, record))
+
+
+@router.get("/me", response_model=MeOut)
+async def whoami(who: CurrentPrincipal) -> MeOut:
+    """The caller's name, role and (for a department admin) department."""
+    return MeOut(
+        name=who.name, role=who.role.value, department=who.department, expires_at=who.expires_at.isoformat()
+    )
 
 
 @router.get("/budget", response_model=BudgetOut)

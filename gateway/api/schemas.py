@@ -14,6 +14,13 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class MeOut(BaseModel):
+    name: str
+    role: str
+    department: str | None
+    expires_at: str
+
+
 class EndpointIn(_In):
     url: str = Field(max_length=512)
 
