@@ -327,3 +327,27 @@ def checkpoint(
         errors.print(f"[red]cannot sign a checkpoint:[/red] {exc}")
         raise typer.Exit(1) from None
     typer.echo(cp.note, nl=False)  # verbatim: a wrapped signature line would not verify
+
+
+@audit_app.command("rotate")
+def rotate(
+    db: DbOption,
+    old_key: Annotated[Path, typer.Option("--old-key", help="the current audit key file (PRIVATE+KEY+...)")],
+    new_key: Annotated[Path, typer.Option("--new-key", help="the new audit key file (fedgate audit keygen)")],
+    actor: Annotated[str, typer.Option(help="who rotates, for the entry")] = "operator",
+    reason: Annotated[str | None, typer.Option(help="why, for the entry")] = None,
+) -> None:
+    """Rotate the audit key: the rotation is an entry signed by both keys; then restart the gateway with
+    FEDGATE_AUDIT_KEY_FILE pointing at the new key and give connectors and auditors its verifier key."""
+    from audit.checkpoint import Checkpointer, load_signer, rotate_key
+    from audit.errors import AuditError
+
+    log = _open_log(db)
+    try:
+        new = load_signer(new_key)
+        entry = rotate_key(Checkpointer(log, load_signer(old_key)), new, actor=actor, reason=reason)
+    except (AuditError, OSError, ValueError) as exc:
+        errors.print(f"[red]cannot rotate the audit key:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"rotation logged as entry {entry.seq}; the new verifier key is:")
+    typer.echo(new.vkey)

@@ -205,3 +205,42 @@ def test_a_gateway_whose_ledger_is_behind_its_audit_log_refuses_to_start(gateway
     gateway_ctx.audit.record("query.released", actor="ana", query_id="q-audited-000002", epsilon="0.5")
     with pytest.raises(SettingsError, match="less spending than the audit log"):
         build_context(gateway_ctx.settings, engine=gateway_ctx.engine)
+
+
+def test_the_audit_key_rotates_on_the_command_line_and_old_exports_still_verify(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from audit.cli import audit_app
+
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    log = AuditLog.open(url)
+    old, new = NoteSigner.generate(ORIGIN), NoteSigner.generate(ORIGIN)
+    (tmp_path / "old.key").write_text(old.skey())
+    (tmp_path / "new.key").write_text(new.skey())
+    for i in range(5):
+        log.append({"action": "test.event", "actor": "tester", "name": f"before{i}"})
+    runner = CliRunner()
+    rotated = runner.invoke(
+        audit_app,
+        [
+            "rotate",
+            "--db",
+            url,
+            "--old-key",
+            str(tmp_path / "old.key"),
+            "--new-key",
+            str(tmp_path / "new.key"),
+        ],
+    )
+    assert rotated.exit_code == 0, rotated.output
+    assert new.vkey in rotated.stdout
+    log.append({"action": "test.event", "actor": "tester", "name": "after"})
+    out = tmp_path / "export.jsonl"
+    exported = runner.invoke(
+        audit_app, ["export", "--db", url, "--out", str(out), "--signing-key", str(tmp_path / "new.key")]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert any(e.event["action"] == "audit.key_rotated" for e in log.entries())
+    for trusted in (old.vkey, new.vkey):  # one key from anywhere in the history is enough
+        assert verify_export(out, [trusted]).ok
+    assert not verify_export(out, [NoteSigner.generate(ORIGIN).vkey]).ok
