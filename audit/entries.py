@@ -37,6 +37,7 @@ from audit.errors import UnsafeEntry
 
 __all__ = [
     "ACTION_CONNECTOR_CALL",
+    "ACTION_CONNECTOR_REQUEST",
     "ACTION_KEY_ROTATED",
     "FILTER_FIELDS",
     "GENESIS_HASH",
@@ -57,6 +58,8 @@ FILTER_FIELDS = ("actor", "action", "query_id", "connector", "outcome")
 ACTION_KEY_ROTATED = "audit.key_rotated"
 # One call from the gateway to a connector; `audit.reconcile` matches these against the connector's log.
 ACTION_CONNECTOR_CALL = "connector.call"
+# Logged before a request to a connector is sent, so a gateway that dies mid-call still shows what it sent.
+ACTION_CONNECTOR_REQUEST = "connector.request"
 _RESERVED_ACTIONS = frozenset({ACTION_KEY_ROTATED})
 
 # Key names are compared with case and separators removed, so "API-Key", "apiKey" and "x_api_key" all match.

@@ -30,7 +30,7 @@ from typing import Any
 import rfc8785
 
 from audit.checkpoint import Checkpoint
-from audit.entries import ACTION_CONNECTOR_CALL, GENESIS_HASH
+from audit.entries import ACTION_CONNECTOR_CALL, ACTION_CONNECTOR_REQUEST, GENESIS_HASH
 from audit.errors import CheckpointError, ExportFormatError, ProofError
 from audit.export import EXPORT_FORMAT, parse_entry_line, read_connector_log
 from audit.merkle import CompactRange, leaf_hash
@@ -38,10 +38,12 @@ from audit.merkle import CompactRange, leaf_hash
 __all__ = ["Difference", "DifferenceKind", "reconcile"]
 
 _CALL_MARK = b'"action":"' + ACTION_CONNECTOR_CALL.encode() + b'"'
+_REQUEST_MARK = b'"action":"' + ACTION_CONNECTOR_REQUEST.encode() + b'"'
 
 
 class DifferenceKind(StrEnum):
     CALL_MISSING_IN_GATEWAY = "call_missing_in_gateway"
+    CALL_ANSWER_UNRECORDED = "call_answer_unrecorded"
     CALL_MISSING_IN_CONNECTOR = "call_missing_in_connector"
     RESPONSE_DIFFERS = "response_differs"
     CALL_CHECKPOINT_DIFFERS = "call_checkpoint_differs"
@@ -77,6 +79,7 @@ class _GatewaySide:
     calls: dict[str, list[_Call]]
     roots: dict[int, bytes]  # recomputed from the entries at the sizes asked for
     signed: dict[int, set[bytes]]  # roots of the export's checkpoints, by size
+    sent: dict[str, int]  # request digest -> seq of the entry logged before the request was sent
 
 
 def _str(value: Any) -> str | None:
@@ -88,6 +91,7 @@ def _read_gateway(path: Path, connector: str, sizes: set[int]) -> _GatewaySide:
     calls: dict[str, list[_Call]] = {}
     roots: dict[int, bytes] = {}
     signed: dict[int, set[bytes]] = {}
+    sent: dict[str, int] = {}
     with path.open("rb") as f:
         try:
             header = json.loads(f.readline())
@@ -119,6 +123,12 @@ def _read_gateway(path: Path, connector: str, sizes: set[int]) -> _GatewaySide:
             frontier.append(leaf_hash(bytes.fromhex(hash_b.decode())))
             if frontier.size in sizes:
                 roots[frontier.size] = frontier.root()
+            if _REQUEST_MARK in entry:
+                event = json.loads(entry).get("event", {})
+                digest = _str(event.get("request_digest"))
+                if event.get("connector") == connector and digest is not None:
+                    sent.setdefault(digest, int(seq_b))
+                continue
             if _CALL_MARK not in entry:
                 continue
             event = json.loads(entry).get("event", {})
@@ -132,7 +142,7 @@ def _read_gateway(path: Path, connector: str, sizes: set[int]) -> _GatewaySide:
                 int(seq_b), digest, _str(event.get("response_digest")), _str(event.get("checkpoint"))
             )
             calls.setdefault(digest, []).append(call)
-    return _GatewaySide(start, end, calls, roots, signed)
+    return _GatewaySide(start, end, calls, roots, signed, sent)
 
 
 def _connector_chain(entries: list[dict[str, Any]]) -> list[Difference]:
@@ -195,6 +205,18 @@ def reconcile(
     for digest, on_connector in connector_calls.items():
         on_gateway = gateway.calls.get(digest)
         cseq, centry = on_connector[0]
+        if not on_gateway and digest in gateway.sent:
+            differences.append(
+                Difference(
+                    DifferenceKind.CALL_ANSWER_UNRECORDED,
+                    f"gateway entry {gateway.sent[digest]} logged sending the request of connector entry "
+                    f"{cseq}, but not its answer: the gateway stopped during the call",
+                    request_digest=digest,
+                    gateway_seq=gateway.sent[digest],
+                    connector_seq=cseq,
+                )
+            )
+            continue
         if not on_gateway:
             differences.append(
                 Difference(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -76,6 +77,8 @@ class ConnectorClient:
         self._http = httpx.Client(timeout=timeout, transport=transport, verify=verify)
         # Digests and signature of the last verified answer, for the audit log.
         self.last_receipt: dict[str, str] = {}
+        self.before_send: Callable[[str, str], None] | None = None
+        """Called with (path, request digest) after signing and before sending."""
 
     def close(self) -> None:
         self._http.close()
@@ -108,6 +111,9 @@ class ConnectorClient:
             headers["content-type"] = "application/json"
         digest = request_digest(message)
         receipt = {"request_digest": digest}
+        if self.before_send is not None:
+            # The caller records what it is about to send first; if it cannot, nothing is sent.
+            self.before_send(path, digest)
         try:
             response = self._http.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:

@@ -26,7 +26,7 @@ from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
-from audit.entries import connector_call_event
+from audit.entries import ACTION_CONNECTOR_REQUEST, connector_call_event
 from audit.errors import ProofError
 from connectors.protocol import (
     SignedApproval,
@@ -265,6 +265,20 @@ def _fetch(
             transport=ctx.transport,
             verify=ctx.tls or True,
         ) as client:
+
+            def log_request(path: str, digest: str) -> None:
+                ctx.audit.record(
+                    ACTION_CONNECTOR_REQUEST,
+                    actor="gateway",
+                    connector=e.connector,
+                    path=path,
+                    request_digest=digest,
+                    query_id=spec.query_id,
+                    dataset=e.dataset,
+                    checkpoint=checkpoint.note if checkpoint is not None else None,
+                )
+
+            client.before_send = log_request
             for attempt in range(WITNESS_RETRIES):
                 try:
                     fields = _witness_fields(ctx, checkpoint, against)

@@ -400,6 +400,9 @@ def test_the_gateway_and_a_connector_logs_reconcile(fed: Federation) -> None:
         ],
     )
     assert exported.exit_code == 0, exported.output
-    assert reconcile(gateway_export, connector_export) == []
+    # The only disagreement allowed: a run the killed gateway sent but never saw answered, which its log
+    # shows as sent (connector.request) without an answer.
+    differences = reconcile(gateway_export, connector_export)
+    assert all(d.kind == "call_answer_unrecorded" for d in differences), differences
     # The connector witnessed the gateway's checkpoints: its log names them.
     assert '"checkpoint":"fedgate-gateway' in connector_export.read_text()
