@@ -21,6 +21,8 @@ from aggregation.query import (
 )
 from connectors.config import EntityKind, Unit
 from connectors.protocol import (
+    Approval,
+    ApprovedDataset,
     ConnectorSchema,
     DatasetSchema,
     DimensionSchema,
@@ -52,6 +54,22 @@ class ExtractPlan:
     @property
     def ref(self) -> str:
         return f"{self.connector}.{self.dataset}"
+
+    def unsafe_unapproved_request(self, query: QuerySpec, *, epoch: int) -> ExtractRequest:
+        """A request with an unsigned approval, for running an `Extractor` in process (benchmarks, tests).
+
+        No connector service accepts it: the service checks the department's signature before extracting.
+        """
+        approval = Approval(
+            department=self.department,
+            query_id=query.query_id,
+            query_digest=query.digest,
+            unit=query.unit,
+            datasets=(ApprovedDataset(dataset=self.dataset),),
+            epsilon=query.epsilon,
+        )
+        unsigned = SignedApproval(approval=approval, key_fingerprint="0" * 64, signature="")
+        return self.request(query, unsigned, epoch=epoch)
 
     def request(
         self, query: QuerySpec, cover: SignedApproval | SignedRule, *, epoch: int, analyst: str | None = None
