@@ -83,8 +83,8 @@ def load_audit_signer(settings: GatewaySettings) -> NoteSigner:
 def check_ledger_against_audit(ctx: GatewayContext) -> None:
     """Refuse to start if the ledger shows less spending than the audit log records.
 
-    Every `query.released` entry names a query whose charge the ledger must still hold: a ledger restored
-    from an older backup would lack it and hand that budget back.
+    Every `query.released` entry names a query whose charge the ledger must still count (reserved,
+    charged or spent): a ledger restored from an older backup would lack it and hand that budget back.
     """
     sink = ctx.audit.sink
     if not isinstance(sink, AuditLogSink):
@@ -95,7 +95,9 @@ def check_ledger_against_audit(ctx: GatewayContext) -> None:
         page = sink.log.filter(action="query.released", after_seq=after, limit=1000)
         if not page:
             break
-        missing += sum(1 for e in page if ctx.ledger.result(str(e.event.get("query_id"))) is None)
+        for e in page:
+            entry = ctx.ledger.entry(str(e.event.get("query_id")))
+            missing += entry is None or entry.state == "refunded"
         after = page[-1].seq
     if missing:
         raise SettingsError(

@@ -31,6 +31,7 @@ from audit.errors import ProofError
 from connectors.protocol import (
     SignedApproval,
     SignedRule,
+    canonical_json,
     parse_public_key,
     sha256_hex,
 )
@@ -222,17 +223,19 @@ def _run(
         "notes": [PROXY_NOTE] if spec.measure else [],
         "release": released.to_json_dict(),
     }
-    ctx.ledger.commit(qid, doc)
-    queries.set_state(ctx.engine, qid, "released", expect=("running",))
+    # The release is audited before it is committed: if the entry cannot be written nothing is released
+    # (503), and a crash between the two leaves an audited, charged release that is never served.
     ctx.audit.record(
         "query.released",
         actor=analyst.name,
         query_id=qid,
         query_digest=spec.digest,
         epsilon=str(spec.epsilon),
-        result_digest=sha256_hex(repr(doc).encode()),
+        result_digest=sha256_hex(canonical_json(doc)),
         release=doc["release"],
     )
+    ctx.ledger.commit(qid, doc)
+    queries.set_state(ctx.engine, qid, "released", expect=("running",))
     return doc
 
 

@@ -297,7 +297,12 @@ def test_a_killed_gateway_serves_the_stored_numbers_after_restart(fed: Federatio
     assert report.ok, report.problems[:3]
     with fed.client("analyst") as analyst:
         for q in analyst.queries():
-            assert (q["state"] == "released") == (q["id"] in released), q["id"]
+            # Every release has its entry; an entry without a release is a run that died between the two
+            # (audited and charged, never served).
+            if q["state"] == "released":
+                assert q["id"] in released, q["id"]
+            if q["id"] in released:
+                assert q["state"] in ("released", "failed"), q["id"]
         assert analyst.run(view["id"]) == first
         state = analyst.query(slow["id"])["state"]
         assert state in ("released", "failed", "approved")
