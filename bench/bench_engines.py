@@ -2,13 +2,16 @@
 
 All on the same 200,000-person county (20,000 with --quick) in the same run.
 
-Centralized data: a trusted central party loads the five stores the query reads (register, tax and social
+Centralized data: a trusted central party loads the six tables the query reads (register, tax and social
 insurance from SQLite through pandas, civil assistance from CSV), normalises the IDs with the connectors'
 own rules and drops invalid ones (the load, timed on its own), and keeps the cleaned tables in memory and
-as a Parquet copy. The exact query (per-person sums over 2025, each clipped to its configured bounds, joined
-on the ID to the register, summed per household, clamped to the query's bounds, binned at 100k/200k/500k/
-600k, counted per village x band) then runs in DuckDB over the loaded frames and over the Parquet copy, and
-in Polars over both. Every engine must return the same histogram.
+as a Parquet copy. (DuckDB cannot download its SQLite scanner extension here, hence the load through
+pandas; it reads Parquet natively.)
+
+The exact query (per-person sums over 2025, each clipped to its configured bounds, joined on the ID to the
+register, summed per household, clamped to the query's bounds, binned at 100k/200k/500k/600k, counted per
+village x band) runs in DuckDB over the loaded frames and over the Parquet copy, and in Polars over both.
+Every engine must return the same histogram.
 
 DP step on the centrally joined one-row-per-household frame:
 - floor: OpenDP directly, `make_private_lazyframe` built once with `global_scale` = 1/epsilon over the

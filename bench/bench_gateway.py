@@ -25,10 +25,7 @@ from connectors.config import load_config
 from connectors.extract import rollup_spec
 from connectors.ids import IdKind, normalize_many
 from connectors.protocol import (
-    Approval,
-    ApprovedDataset,
     ConnectorSchema,
-    SignedApproval,
 )
 from connectors.sources import ENTITY, HOUSEHOLD, open_source
 from gateway.demo import headline
@@ -51,17 +48,7 @@ def centralized(root: Path, catalog: dict[str, ConnectorSchema]) -> pl.DataFrame
         loaded = load_config(root / "connectors" / f"{e.connector}.yaml")
         dataset = loaded.config.dataset(e.dataset)
         assert dataset is not None
-        approval = Approval(
-            department=e.department,
-            query_id=spec.query_id,
-            query_digest=spec.digest,
-            unit=spec.unit,
-            datasets=(ApprovedDataset(dataset=e.dataset),),
-            epsilon=spec.epsilon,
-        )
-        req = e.request(
-            spec, SignedApproval(approval=approval, key_fingerprint="0" * 64, signature=""), epoch=1
-        )
+        req = e.unsafe_unapproved_request(spec, epoch=1)
         source = open_source(loaded.config.source)
         rollup = rollup_spec(dataset, req, loaded.config.source.chunk_rows)
         raw = pl.concat([pl.from_pandas(c[list(rollup.output_columns)]) for c in source.rollup(rollup)])

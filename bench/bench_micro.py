@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -176,20 +176,35 @@ def _server_extracts(persons: int, times: int) -> list[BenchResult]:
 
     results = []
     out = RESULTS / f"micro-servers-{persons}"
-    try:
-        with _private_database("PostgreSQL") as pg, _private_database("MariaDB") as maria:
-            shutil.rmtree(out, ignore_errors=True)
-            generate_county(out, persons=persons, seed=11, tax_url=pg, social_url=maria)
-            for kind, connector, name in SERVER_KINDS:
-                results.append(_extract_rate(out, kind, connector, name, times))
-    except sa.exc.SQLAlchemyError as exc:
-        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+    urls: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
+    with ExitStack() as stack:
         for kind, _connector, _name in SERVER_KINDS:
-            if not any(r.metric.endswith(kind) for r in results):
-                note = f"unavailable: {type(exc).__name__}: {reason}"
-                results.append(BenchResult("micro", f"extract, {kind}", float("nan"), "rows/s", None, note))
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+            try:
+                urls[kind] = stack.enter_context(_private_database(kind))
+            except sa.exc.SQLAlchemyError as exc:
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                unavailable[kind] = f"unavailable: {type(exc).__name__}: {reason}"
+        try:
+            if urls:
+                shutil.rmtree(out, ignore_errors=True)
+                generate_county(
+                    out,
+                    persons=persons,
+                    seed=11,
+                    tax_url=urls.get("PostgreSQL"),
+                    social_url=urls.get("MariaDB"),
+                )
+            for kind, connector, name in SERVER_KINDS:
+                if kind in urls:
+                    results.append(_extract_rate(out, kind, connector, name, times))
+                else:
+                    nan = float("nan")
+                    results.append(
+                        BenchResult("micro", f"extract, {kind}", nan, "rows/s", None, unavailable[kind])
+                    )
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
     return results
 
 

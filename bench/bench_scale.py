@@ -22,7 +22,6 @@ instead of about one village per 700 persons.
 
 from __future__ import annotations
 
-import math
 import shutil
 import sqlite3
 import time
@@ -36,13 +35,11 @@ from bench.common import BenchResult
 from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
-from connectors.protocol import Approval, ApprovedDataset, SignedApproval
 from connectors.sources import open_source
 from gateway.demo import headline
 from gateway.localfed import Federation, register_everything, start_federation
 
 SIZES = (50_000, 200_000, 600_000, 1_200_000)
-MAX_VILLAGES = 640
 QUICK_LIMIT = 200_000
 CHART = RESULTS / "scale.png"
 
@@ -54,23 +51,9 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def city(persons: int) -> Path:
-    """The cached county of `persons`, with larger villages where the generator runs out of names."""
-    from connectors.synth import geography
-
-    default = geography.PERSONS_PER_VILLAGE
-    if persons / default <= MAX_VILLAGES:
-        return county(persons)
-    geography.PERSONS_PER_VILLAGE = math.ceil(persons / MAX_VILLAGES)
-    try:
-        return county(persons)
-    finally:
-        geography.PERSONS_PER_VILLAGE = default
-
-
 def measure(persons: int) -> dict[str, Any]:
     """One end-to-end headline query on a fresh federation over the county of `persons`."""
-    root = city(persons)
+    root = county(persons)
     with sqlite3.connect(root / "register.db") as db:
         households = int(db.execute("SELECT COUNT(DISTINCT household_no) FROM persons").fetchone()[0])
     workdir = RESULTS / f"scale-{persons}"
@@ -144,17 +127,7 @@ def token_bytes(persons: int) -> tuple[float, float, int]:
         loaded = load_config(root / "connectors" / f"{e.connector}.yaml")
         dataset = loaded.config.dataset(e.dataset)
         assert dataset is not None
-        approval = Approval(
-            department=e.department,
-            query_id=spec.query_id,
-            query_digest=spec.digest,
-            unit=spec.unit,
-            datasets=(ApprovedDataset(dataset=e.dataset),),
-            epsilon=spec.epsilon,
-        )
-        req = e.request(
-            spec, SignedApproval(approval=approval, key_fingerprint="0" * 64, signature=""), epoch=1
-        )
+        req = e.unsafe_unapproved_request(spec, epoch=1)
         source = open_source(loaded.config.source)
         try:
             keyring = load_keyring(loaded.config.federation_keyring_file)

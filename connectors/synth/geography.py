@@ -90,6 +90,9 @@ URBAN_POPULATION_SHARE = 0.68
 
 PERSONS_PER_VILLAGE = 700
 MIN_VILLAGES = 10
+# Past this many villages the invented names and the 3-digit village codes of the largest township run
+# out; bigger populations (a city-sized benchmark) get bigger villages instead.
+MAX_VILLAGES = 640
 
 _NAME_HEADS = "东西南北金银青沙港渔海石峰田湾礁龙凤平安兴和新长太清黄白大小前后里外上下"
 _NAME_TAILS = "岙沙港湾礁山岭浦头门峰园塘河田嘴滩岗"
@@ -132,7 +135,7 @@ def _allocate(total: int, weights: list[float], minimum: int) -> list[int]:
 
 def build_geography(rng: np.random.Generator, persons: int) -> Geography:
     """Townships and about one village or community per 700 registered persons (at least 10)."""
-    n_villages = max(MIN_VILLAGES, round(persons / PERSONS_PER_VILLAGE))
+    n_villages = min(MAX_VILLAGES, max(MIN_VILLAGES, round(persons / PERSONS_PER_VILLAGE)))
     per_township = _allocate(n_villages, [t[2] for t in _TOWNSHIPS], minimum=1)
     pairs = [h + t for h in _NAME_HEADS for t in _NAME_TAILS]
     picked = rng.choice(len(pairs), size=n_villages, replace=False)
