@@ -201,12 +201,14 @@ class AuditMiddleware:
         self.flood = flood or FloodGate()
 
     def _principal(self, scope: Scope) -> tuple[str | None, str | None]:
+        """Authenticate once per request; the route's dependency reuses the result (scope state)."""
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value.startswith(b"Bearer "):
                 try:
                     p = authenticate(self.ctx.engine, value[7:].decode("latin-1").strip())
                 except ApiError:
                     return None, None
+                scope.setdefault("state", {})["principal"] = p
                 return p.name, p.role.value
         return None, None
 

@@ -63,15 +63,21 @@ EngineDep = Annotated[sa.Engine, Depends(get_engine)]
 
 
 async def current_principal(
+    request: Request,
     engine: EngineDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The caller named by `Authorization: Bearer <key>`; 401 without a valid, unexpired, unrevoked key."""
     if credentials is None:
         raise ApiError(401, ErrorCode.UNAUTHENTICATED, INVALID_KEY)
-    # The lookup blocks on the database; the binding below must happen here, in the request's own context,
-    # so that log lines of the route and of the middleware after it carry the principal.
-    principal = await run_in_threadpool(authenticate, engine, credentials.credentials)
+    # The gateway's audit middleware has already authenticated this very request's key: reuse it.
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        principal = cached
+    else:
+        # The lookup blocks on the database; the binding below must happen here, in the request's own
+        # context, so that log lines of the route and of the middleware after it carry the principal.
+        principal = await run_in_threadpool(authenticate, engine, credentials.credentials)
     structlog.contextvars.bind_contextvars(principal=principal.name, role=principal.role.value)
     return principal
 
