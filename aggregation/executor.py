@@ -36,7 +36,7 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Categorical).cast(pl.Utf8))
 
 
-def _person_value(plan: Plan, frames: Mapping[str, pl.DataFrame]) -> list[pl.Expr]:
+def _person_value(plan: Plan) -> list[pl.Expr]:
     measure = plan.query.measure
     if measure is None:
         return []
@@ -74,7 +74,7 @@ def _household_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: li
     persons = frames[plan.spine].filter(pl.col(HOUSEHOLD_TOKEN_COLUMN).is_not_null())
     for ref in measured:
         persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
-    persons = persons.with_columns(_person_value(plan, frames))
+    persons = persons.with_columns(_person_value(plan))
     groups = plan.query.member_groups
     for g in groups:
         if g.dimension is not None:
@@ -107,7 +107,7 @@ def _person_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: list[
     else:
         assert plan.spine is not None, "the planner gives every person query a population"
         persons = frames[plan.spine]
-    persons = persons.with_columns(_person_value(plan, frames))
+    persons = persons.with_columns(_person_value(plan))
     if plan.spine is not None:
         # Cap the persons counted per household; the release pays for `member_cap` rows per household.
         # Persons the register does not know (floating population) are their own household.

@@ -253,7 +253,7 @@ def _fetch(
     spec = plan.query
     tables: dict[str, pa.Table] = {}
     failures: dict[str, str] = {}
-    epoch = _token_epoch(ctx)
+    epoch = ctx.settings.token_epoch
 
     def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str]]:
         record = get_connector(ctx.engine, e.connector)
@@ -401,7 +401,3 @@ def _witness_fields(ctx: GatewayContext, checkpoint: Checkpoint | None, against:
         "checkpoint_proof": tuple(base64.b64encode(p).decode() for p in proof),
         "checkpoint_against": against,
     }
-
-
-def _token_epoch(ctx: GatewayContext) -> int:
-    return ctx.settings.token_epoch

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from aggregation.planner import PlanError, plan_query
 from aggregation.query import QuerySpec
-from connectors.protocol import SignedApproval, SignedRule
+from connectors.protocol import ConnectorSchema, SignedApproval, SignedRule
 from gateway import db, queries
 from gateway.api.schemas import DecisionOut, QueriesOut, QueryOut, RejectionIn, RuleOut, RulesOut
 from gateway.auth import Principal, Role
@@ -25,10 +25,14 @@ Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
 DepartmentAdmin = Annotated[Principal, Depends(require_roles(Role.DEPARTMENT_ADMIN))]
 
 
-def query_view(ctx: GatewayContext, record: queries.QueryRecord) -> QueryOut:
+def query_view(
+    ctx: GatewayContext, record: queries.QueryRecord, cat: dict[str, ConnectorSchema] | None = None
+) -> QueryOut:
+    """A query with its departments, required approvals and decisions (`cat`: the catalog, read once
+    by callers that show many queries)."""
     out = QueryOut(**record.view())
     try:
-        plan = plan_query(record.spec, catalog(ctx.engine))
+        plan = plan_query(record.spec, catalog(ctx.engine) if cat is None else cat)
     except PlanError:
         return out  # the catalog changed since submission; the run will refuse it with the reason
     found, _ = queries.covers(ctx.engine, record, plan)
@@ -77,8 +81,12 @@ async def submit_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst, respo
 
 @router.get("/queries", response_model=QueriesOut)
 async def list_queries(ctx: ContextDep, who: CurrentPrincipal) -> QueriesOut:
-    records = await run_in_threadpool(queries.list_queries, ctx.engine, who)
-    return QueriesOut(queries=[await run_in_threadpool(query_view, ctx, r) for r in records])
+    def views() -> list[QueryOut]:
+        records = queries.list_queries(ctx.engine, who)
+        cat = catalog(ctx.engine)
+        return [query_view(ctx, r, cat) for r in records]
+
+    return QueriesOut(queries=await run_in_threadpool(views))
 
 
 @router.get("/queries/{query_id}", response_model=QueryOut)
