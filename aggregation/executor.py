@@ -7,6 +7,12 @@
     person query:    union of the involved extracts' person tokens (floating population included)
                      -> per-person value and attributes -> at most `member_cap` persons per household
                      (persons absent from the register are their own household) -> filters -> clamp
+    coverage query:  the register's persons (the seed's "1"), `person.covered` = has a row in any of
+                     the coverage extracts, then as a person query
+
+A household's value is the signed sum of its members' measures (the `household` members term adds 1
+per member, so it is the household size), divided by its members when the measure is per capita. With
+a baseline period the same sum over the baseline columns gives `household.income_trend`.
 
 The frame this returns has one row per unit by construction (a `group_by` on the unit's token), group
 columns named by their dimension reference, and `value` when the query has a measure. It lives in memory
@@ -16,17 +22,28 @@ for one query only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 
 import polars as pl
 import pyarrow as pa
 
 from aggregation.planner import Plan
-from aggregation.query import SIZE_BAND
+from aggregation.query import (
+    COVERED,
+    INCOME_TREND,
+    SIZE_BAND,
+    TREND_FELL,
+    TREND_NO_BASELINE,
+    TREND_NOT_FELL,
+    Measure,
+)
 from connectors.config import Unit
-from connectors.protocol import HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN
+from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN
 
 VALUE = "value"
+_BASE = "_baseline_value"
 _HH = "_household"
+_SHARE_SCALE = 10**6  # drop_share has at most 6 decimal places: compare in exact integers
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:
@@ -36,12 +53,24 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Categorical).cast(pl.Utf8))
 
 
+def _signed_sum(measure: Measure, suffix: str) -> pl.Expr:
+    parts = [
+        pl.lit(t.sign, dtype=pl.Int64)
+        if t.is_members
+        else pl.col(f"{t.dataset}.{t.measure}{suffix}").fill_null(0) * t.sign
+        for t in measure.terms
+    ]
+    return pl.sum_horizontal(parts)
+
+
 def _person_value(plan: Plan) -> list[pl.Expr]:
     measure = plan.query.measure
     if measure is None:
         return []
-    parts = [pl.col(f"{t.dataset}.{t.measure}").fill_null(0) * t.sign for t in measure.terms]
-    return [pl.sum_horizontal(parts).alias(VALUE)]
+    exprs = [_signed_sum(measure, "").alias(VALUE)]
+    if plan.query.baseline is not None:
+        exprs.append(_signed_sum(measure, BASELINE_SUFFIX).alias(_BASE))
+    return exprs
 
 
 def _prefixed(ref: str, frame: pl.DataFrame) -> pl.DataFrame:
@@ -85,20 +114,54 @@ def _household_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: li
     attrs = [c for c in frames[plan.spine].columns if c not in (TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN)]
     aggs = [pl.col(a).drop_nulls().first().alias(a) for a in attrs]
     # Only "has a member in the group" leaves the household: never which member, nor how many.
-    aggs += [pl.col(g.ref).any().alias(g.ref) for g in groups]
+    aggs += [(~pl.col(g.ref).any() if g.negate else pl.col(g.ref).any()).alias(g.ref) for g in groups]
     aggs.append(pl.len().alias("_size"))
-    if plan.query.measure is not None:
+    measure = plan.query.measure
+    if measure is not None:
         aggs.append(pl.col(VALUE).sum())
+        if plan.query.baseline is not None:
+            aggs.append(pl.col(_BASE).sum())
     households = persons.group_by(HOUSEHOLD_TOKEN_COLUMN).agg(aggs)
     size = pl.col("_size")
     flags = [pl.when(pl.col(g.ref)).then(pl.lit("1")).otherwise(pl.lit("0")).alias(g.ref) for g in groups]
-    return households.with_columns(
+    households = households.with_columns(
         pl.when(size >= 5).then(pl.lit("5+")).otherwise(size.cast(pl.Utf8)).alias(SIZE_BAND), *flags
+    )
+    if measure is not None and plan.query.baseline is not None:
+        households = households.with_columns(_trend(measure, plan.query.baseline.drop_share))
+    if measure is not None and measure.per_capita:
+        households = households.with_columns((pl.col(VALUE) / size).round().cast(pl.Int64).alias(VALUE))
+    return households
+
+
+def _trend(measure: Measure, drop_share: Decimal) -> pl.Expr:
+    """`household.income_trend` from the household's values in both periods, each clamped to the bounds."""
+    now = pl.col(VALUE).clip(measure.lower, measure.upper).cast(pl.Int64)
+    before = pl.col(_BASE).clip(measure.lower, measure.upper).cast(pl.Int64)
+    kept = _SHARE_SCALE - int(drop_share * _SHARE_SCALE)
+    fell = now * _SHARE_SCALE < before * kept
+    return (
+        pl.when(before <= 0)
+        .then(pl.lit(TREND_NO_BASELINE))
+        .when(fell)
+        .then(pl.lit(TREND_FELL))
+        .otherwise(pl.lit(TREND_NOT_FELL))
+        .alias(INCOME_TREND)
     )
 
 
 def _person_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: list[str]) -> pl.DataFrame:
-    if measured:
+    if plan.coverage:
+        # The register's persons are the population; coverage extracts only mark who has a record.
+        assert plan.spine is not None, "the planner refuses coverage without a register"
+        seen = pl.concat([frames[ref].select(TOKEN_COLUMN) for ref in plan.coverage]).unique()
+        persons = frames[plan.spine].join(
+            seen.with_columns(pl.lit("1").alias(COVERED)), on=TOKEN_COLUMN, how="left"
+        )
+        persons = persons.with_columns(pl.col(COVERED).fill_null("0"))
+        for ref in measured:
+            persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
+    elif measured:
         persons = pl.concat([frames[ref].select(TOKEN_COLUMN) for ref in measured]).unique()
         for ref in measured:
             persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")

@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aggregation.query import (
+    COVERED,
+    COVERED_DOMAIN,
     HAS_PREFIX,
+    INCOME_TREND,
     MEMBER_FLAG_DOMAIN,
     SIZE_BAND,
     SIZE_BANDS,
+    TREND_DOMAIN,
     MemberGroup,
     QuerySpec,
     split_dimension,
@@ -50,6 +54,8 @@ class ExtractPlan:
     measures: tuple[str, ...]
     dimensions: tuple[str, ...]
     household: bool = False
+    baseline: bool = False
+    """carry the query's baseline period too (datasets whose measures make up the query's measure)"""
 
     @property
     def ref(self) -> str:
@@ -75,6 +81,7 @@ class ExtractPlan:
         self, query: QuerySpec, cover: SignedApproval | SignedRule, *, epoch: int, analyst: str | None = None
     ) -> ExtractRequest:
         """The extract request for this part of `query`, carrying the department's approval or rule."""
+        baseline = query.baseline if self.baseline else None
         return ExtractRequest(
             connector=self.connector,
             query_id=query.query_id,
@@ -83,6 +90,8 @@ class ExtractPlan:
             unit=query.unit,
             period_start=query.period_start,
             period_end=query.period_end,
+            baseline_start=baseline.period_start if baseline else None,
+            baseline_end=baseline.period_end if baseline else None,
             measures=self.measures,
             dimensions=self.dimensions,
             household=self.household,
@@ -111,6 +120,8 @@ class Plan:
     departments: tuple[str, ...]
     unit_multiplicity: int
     """Rows one household can contribute to the measured frame: 1, or the member cap."""
+    coverage: tuple[str, ...] = ()
+    """`connector.dataset` refs whose persons count as covered (person queries over the register)."""
 
 
 def _dataset(
@@ -160,6 +171,8 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
     if query.measure is not None:
         for i, term in enumerate(query.measure.terms):
             field = f"measure.terms.{i}"
+            if term.is_members:
+                continue  # the household size, computed from the register's mapping
             schema, ds = _dataset(catalog, term.dataset, f"{field}.dataset")
             if ds.entity_kind is not EntityKind.PERSON:
                 raise PlanError(
@@ -183,6 +196,14 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
                 if ref not in {g.ref for g in query.member_groups}:
                     raise PlanError(field, f"{ref} names no group declared in member_groups")
                 domain = MEMBER_FLAG_DOMAIN
+            elif ref == INCOME_TREND:
+                if query.baseline is None:
+                    raise PlanError(field, f"{INCOME_TREND} needs a baseline period in the query")
+                domain = TREND_DOMAIN
+            elif ref == COVERED:
+                if not query.coverage:
+                    raise PlanError(field, f"{COVERED} needs the coverage datasets in the query")
+                domain = COVERED_DOMAIN
             else:
                 schema, ds, dim = _dimension(catalog, ref, field, query.unit)
                 domain = dim.domain
@@ -201,11 +222,27 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
                         f"filters.{i}.values.{outside[0]}", f"not a code of {ref}'s public domain"
                     )
                 filters.append((ref, frozenset(f.values)))
+    measured_refs = set(measures)
     for i, group in enumerate(query.member_groups):
         _plan_member_group(catalog, group, f"member_groups.{i}", measures, dims, owners)
+    for i, ref in enumerate(query.coverage):
+        schema, ds = _dataset(catalog, ref, f"coverage.{i}")
+        if ds.entity_kind is not EntityKind.PERSON:
+            raise PlanError(f"coverage.{i}", f"{ref} is keyed by {ds.entity_kind.value}, not person")
+        dims.setdefault(ref, [])
+        owners[ref] = schema
+    if query.baseline is not None:
+        for ref in measured_refs:
+            _, ds = _dataset(catalog, ref, "baseline")
+            if ds.period_grain is None:
+                raise PlanError("baseline", f"{ref} has no period, so it has no baseline to compare")
     spine = _spine(catalog)
     if spine_needed and spine is None:
         raise PlanError("unit", "no connector in the catalog maps persons to households")
+    if query.coverage and spine is None:
+        raise PlanError(
+            "coverage", "coverage counts the register's persons, and no register is in the catalog"
+        )
     if not measures and not dims and query.unit is Unit.PERSON:
         raise PlanError("measure", "a person query needs a measure or a dimension to define its population")
     if spine is not None and (spine_needed or query.unit is Unit.PERSON):
@@ -222,6 +259,7 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
                 measures=tuple(measures.get(ref, ())),
                 dimensions=tuple(dims.get(ref, ())),
                 household=ref == spine,
+                baseline=query.baseline is not None and ref in measured_refs,
             )
         )
     departments = tuple(dict.fromkeys(catalog[e.connector].department for e in extracts))
@@ -241,6 +279,7 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
         filters=tuple(filters),
         departments=departments,
         unit_multiplicity=query.member_cap or 1,
+        coverage=query.coverage,
     )
 
 

@@ -22,6 +22,16 @@ from connectors.protocol import Period, canonical_json, sha256_hex
 DATASET_REF = r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$"
 DIMENSION_REF = r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}(\.[a-z][a-z0-9_]{0,62})?$"
 SIZE_BAND = "household.size_band"
+HOUSEHOLD_MEMBERS = "household"
+"""`Term(dataset="household", measure="members")` adds one per registered member: the household size."""
+MEMBERS_MEASURE = "members"
+INCOME_TREND = "household.income_trend"
+TREND_FELL, TREND_NOT_FELL, TREND_NO_BASELINE = "fell", "not_fell", "no_baseline_income"
+TREND_DOMAIN: tuple[str, ...] = (TREND_FELL, TREND_NOT_FELL, TREND_NO_BASELINE)
+"""The public domain of `household.income_trend` in a query with a baseline period."""
+COVERED = "person.covered"
+COVERED_DOMAIN: tuple[str, ...] = ("0", "1")
+"""`person.covered`: 1 when the person has a row in at least one of the query's `coverage` datasets."""
 SIZE_BANDS: tuple[str, ...] = ("1", "2", "3", "4", "5+")
 """The public domain of the gateway-computed household size band."""
 
@@ -33,9 +43,25 @@ class _Frozen(BaseModel):
 
 
 class Term(_Frozen):
-    dataset: Annotated[str, Field(pattern=DATASET_REF, description="connector.dataset")]
+    dataset: Annotated[
+        str,
+        Field(
+            pattern=r"^([a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}|household)$",
+            description='connector.dataset, or "household" with measure "members" (household size)',
+        ),
+    ]
     measure: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
     sign: Literal[1, -1] = 1
+
+    @model_validator(mode="after")
+    def _members(self) -> Term:
+        if self.dataset == HOUSEHOLD_MEMBERS and self.measure != MEMBERS_MEASURE:
+            raise ValueError(f'the "household" pseudo-dataset has one measure: {MEMBERS_MEASURE!r}')
+        return self
+
+    @property
+    def is_members(self) -> bool:
+        return self.dataset == HOUSEHOLD_MEMBERS
 
 
 class Measure(_Frozen):
@@ -45,6 +71,9 @@ class Measure(_Frozen):
     lower: int = Field(ge=-(10**12), le=10**12, description="public lower bound of the per-unit value")
     upper: int = Field(ge=-(10**12), le=10**12, description="public upper bound of the per-unit value")
     label: str = Field("", max_length=120)
+    per_capita: bool = Field(
+        False, description="household queries: the household's value divided by its registered members"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Measure:
@@ -70,7 +99,8 @@ class MemberGroup(_Frozen):
     """A key group of persons; `household.has_<name>` says whether a household has a member in it.
 
     A person is in the group when a dimension of theirs takes one of `values`, or when a measure of
-    theirs over the query period reaches `at_least` (both public choices of the query).
+    theirs over the query period reaches `at_least` (both public choices of the query). With `negate`,
+    `household.has_<name>` is 1 for households where *no* member matches (e.g. no wage earner).
     """
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,30}$")]
@@ -80,6 +110,7 @@ class MemberGroup(_Frozen):
         None, description="connector.dataset.measure"
     )
     at_least: int | None = Field(None, ge=-(10**12), le=10**12)
+    negate: bool = Field(False, description="the household attribute is 1 when no member matches")
 
     @model_validator(mode="after")
     def _check(self) -> MemberGroup:
@@ -94,12 +125,39 @@ class MemberGroup(_Frozen):
         return HAS_PREFIX + self.name
 
 
+class Baseline(_Frozen):
+    """An earlier period the measure is also rolled up over, in the same extract (so tokens link).
+
+    The query may then group or filter on `household.income_trend`: `fell` when the household's value in
+    the query period is below `(1 - drop_share)` times its baseline value, `no_baseline_income` when its
+    baseline value is at most 0, `not_fell` otherwise.
+    """
+
+    period_start: Period
+    period_end: Period
+    drop_share: Decimal = Field(gt=0, lt=1, description="public share of the baseline value, e.g. 0.3")
+
+    @field_validator("drop_share")
+    @classmethod
+    def _places(cls, value: Decimal) -> Decimal:
+        if value.as_tuple().exponent < -6:  # type: ignore[operator]
+            raise ValueError("drop_share has at most 6 decimal places")
+        return value.normalize()
+
+    @model_validator(mode="after")
+    def _order(self) -> Baseline:
+        if self.period_start > self.period_end:
+            raise ValueError("baseline period_start is after its period_end")
+        return self
+
+
 class StatisticKind(StrEnum):
     COUNT = "count"
     SUM = "sum"
     MEAN = "mean"
     HISTOGRAM = "histogram"
     QUANTILES = "quantiles"
+    LORENZ = "lorenz"
 
 
 class Statistic(_Frozen):
@@ -109,7 +167,7 @@ class Statistic(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> Statistic:
-        needs_edges = self.kind in (StatisticKind.HISTOGRAM, StatisticKind.QUANTILES)
+        needs_edges = self.kind in (StatisticKind.HISTOGRAM, StatisticKind.QUANTILES, StatisticKind.LORENZ)
         if needs_edges != (self.edges is not None):
             raise ValueError(
                 f"edges are required for {self.kind.value} and only there"
@@ -146,6 +204,15 @@ class QuerySpec(_Frozen):
     member_groups: tuple[MemberGroup, ...] = Field(
         (), max_length=4, description="household queries: key groups usable as household.has_<name>"
     )
+    baseline: Baseline | None = Field(
+        None, description="household queries: an earlier period, for household.income_trend"
+    )
+    coverage: tuple[Annotated[str, Field(pattern=DATASET_REF)], ...] = Field(
+        (),
+        max_length=16,
+        description="person queries: the population is the register's persons, and person.covered says "
+        "whether each has a row in any of these datasets",
+    )
 
     @field_validator("epsilon")
     @classmethod
@@ -165,9 +232,10 @@ class QuerySpec(_Frozen):
             StatisticKind.MEAN,
             StatisticKind.HISTOGRAM,
             StatisticKind.QUANTILES,
+            StatisticKind.LORENZ,
         }
         if self.measure is None and any(s.kind in needs_measure for s in self.statistics):
-            raise ValueError("sum, mean, histogram and quantiles need a measure")
+            raise ValueError("sum, mean, histogram, quantiles and lorenz need a measure")
         if self.unit is Unit.PERSON and self.member_cap is None:
             raise ValueError("person queries need member_cap (persons counted per household)")
         if self.unit is not Unit.PERSON and self.member_cap is not None:
@@ -177,6 +245,22 @@ class QuerySpec(_Frozen):
         names = [g.name for g in self.member_groups]
         if len(set(names)) != len(names):
             raise ValueError("member group names repeat")
+        household_only = self.unit is not Unit.HOUSEHOLD
+        if self.measure is not None and household_only:
+            if self.measure.per_capita:
+                raise ValueError("per_capita applies to household queries only")
+            if any(t.is_members for t in self.measure.terms):
+                raise ValueError('the "household" members term applies to household queries only')
+        if self.baseline is not None:
+            if household_only or self.measure is None:
+                raise ValueError("a baseline applies to household queries with a measure")
+            if self.baseline.period_end >= self.period_start:
+                raise ValueError("the baseline period must end before period_start")
+        if self.coverage:
+            if self.unit is not Unit.PERSON:
+                raise ValueError("coverage applies to person queries only")
+            if len(set(self.coverage)) != len(self.coverage):
+                raise ValueError("coverage repeats a dataset")
         return self
 
     def canonical(self) -> bytes:
@@ -194,10 +278,12 @@ class QuerySpec(_Frozen):
         """Every `connector.dataset` the query reads, in first-mention order."""
         refs: list[str] = []
         for t in self.measure.terms if self.measure else ():
-            refs.append(t.dataset)
+            if not t.is_members:
+                refs.append(t.dataset)
         for d in (*self.group_by, *(f.dimension for f in self.filters)):
-            if d != SIZE_BAND and not d.startswith(HAS_PREFIX):
+            if d not in (SIZE_BAND, INCOME_TREND, COVERED) and not d.startswith(HAS_PREFIX):
                 refs.append(".".join(d.split(".")[:2]))
+        refs.extend(self.coverage)
         for g in self.member_groups:
             refs.append(".".join((g.dimension or g.measure or "").split(".")[:2]))
         return tuple(dict.fromkeys(refs))

@@ -7,6 +7,10 @@ Sloppy and legacy forms of one ID arrive as different raw IDs, so rows are re-ag
 normalisation: exactly one row per entity leaves. Invalid IDs are dropped and counted for the
 department's own quality report. Rows are sorted by token so the answer carries no trace of the source's
 order (which follows ID numbers, hence birth dates and regions).
+
+A request with a baseline period runs the roll-up twice, over the query period and over the baseline,
+and joins the two by normalised ID: each measure `m` comes as `m` and `m + BASELINE_SUFFIX`, both
+clipped, 0 where the entity has no rows in that period; an entity with rows in either period appears.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pyarrow as pa
 from connectors.config import DatasetSpec, DerivedDimension, EntityKind, LoadedConfig, Rollup
 from connectors.federation_keys import FederationKeyring
 from connectors.ids import IdKind, normalize_many
-from connectors.protocol import HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN, ExtractRequest
+from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN, ExtractRequest
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, Source
 from connectors.tokens import TOKEN_BYTES
 
@@ -33,7 +37,11 @@ _NID = "_nid"
 
 @dataclass
 class QualityCounters:
-    """Per-extract data quality, for the department's admin only (exact, so never forwarded)."""
+    """Per-extract data quality, for the department's admin only (exact, so never forwarded).
+
+    The ID counters count what each source roll-up returned: with a baseline there are two roll-ups, so
+    a raw ID seen in both periods is counted once in each.
+    """
 
     raw_ids: int = 0
     invalid_ids: int = 0
@@ -63,8 +71,18 @@ class Extract:
         return sink.getvalue()
 
 
-def rollup_spec(dataset: DatasetSpec, request: ExtractRequest, chunk_rows: int) -> RollupSpec:
-    """The source roll-up for a request, built from configured names only."""
+def rollup_spec(
+    dataset: DatasetSpec,
+    request: ExtractRequest,
+    chunk_rows: int,
+    *,
+    period: tuple[str, str] | None = None,
+) -> RollupSpec:
+    """The source roll-up for a request, built from configured names only.
+
+    `period` replaces the request's period range (for the baseline roll-up).
+    """
+    start, end = period if period is not None else (request.period_start, request.period_end)
     measures = []
     for name in request.measures:
         m = dataset.measure(name)
@@ -76,13 +94,13 @@ def rollup_spec(dataset: DatasetSpec, request: ExtractRequest, chunk_rows: int) 
         assert d is not None
         if d.column is not None:
             dims.append((d.name, d.column))
-    period = dataset.period
+    declared = dataset.period
     return RollupSpec(
         relation=dataset.table or dataset.file or "",
         entity_column=dataset.entity.column,
-        period_column=period.column if period and request.period_start else None,
-        period_start=request.period_start if period else None,
-        period_end=request.period_end if period else None,
+        period_column=declared.column if declared and start else None,
+        period_start=start if declared else None,
+        period_end=end if declared else None,
         measures=tuple(measures),
         dimensions=tuple(dims),
         household_column=dataset.household.column if request.household and dataset.household else None,
@@ -101,6 +119,40 @@ def _derived(nids: pd.Series, kind: DerivedDimension) -> pd.Series:
     return pd.Series([f"{s}-{e}" for s, e in zip(start, end, strict=True)], index=nids.index)
 
 
+def _merge_repeated(frame: pd.DataFrame, aggs: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """Collapse the rows that share a normalised ID into one, by `aggs`."""
+    # Only IDs seen more than once need re-aggregating; they are few, and a group-by over every row
+    # (object columns included) would cost seconds at county scale.
+    repeated = frame[_NID].duplicated(keep=False)
+    if not repeated.any():
+        return frame
+    if aggs:
+        merged = frame[repeated].groupby(_NID, sort=False).agg(**aggs).reset_index()
+    else:
+        merged = frame.loc[repeated, [_NID]].drop_duplicates()
+    return pd.concat([frame[~repeated], merged[frame.columns]], ignore_index=True)
+
+
+def _join_baseline(main: pd.DataFrame, base: pd.DataFrame, spec: RollupSpec) -> pd.DataFrame:
+    """One row per entity with rows in either period: `m` from `main`, `m + BASELINE_SUFFIX` from `base`.
+
+    Each side already has one row per normalised ID. Dimensions and the household number are the
+    maximum over both periods, as one roll-up over the union of their rows would give; a measure is 0
+    in a period where the entity has no rows.
+    """
+    main_measures = [n for n, _c, _r in spec.measures]
+    base = base.rename(columns={n: n + BASELINE_SUFFIX for n in main_measures})
+    both = pd.concat([main, base], ignore_index=True)
+    # An ID in both periods has two rows whose measure columns are disjoint (NaN on the other side), so
+    # "max" keeps each side's value whatever the measure's own roll-up.
+    aggs = {c: (c, "max") for c in both.columns if c != _NID}
+    both = _merge_repeated(both, aggs)
+    for name in main_measures:
+        for column in (name, name + BASELINE_SUFFIX):
+            both[column] = both[column].fillna(0)
+    return both
+
+
 class Extractor:
     """Runs one approved extract against a source."""
 
@@ -111,54 +163,26 @@ class Extractor:
 
     def run(self, request: ExtractRequest, dataset: DatasetSpec) -> Extract:
         quality = QualityCounters()
-        spec = rollup_spec(dataset, request, self._loaded.config.source.chunk_rows)
-        chunks = list(self._source.rollup(spec))
-        frame = (
-            pd.concat(chunks, ignore_index=True)
-            if chunks
-            else pd.DataFrame(columns=list(spec.output_columns))
-        )
-
-        id_kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
-        raws = [v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()]
-        batch = normalize_many(id_kind, raws)
-        quality.raw_ids = len(raws)
-        quality.invalid_ids = batch.invalid
-        quality.legacy_ids = batch.legacy
-        quality.cleaned_ids = batch.cleaned
-        quality.invalid_reasons = Counter(batch.reasons)
-        frame[_NID] = batch.values
-        frame = frame[frame[_NID].notna()].drop(columns=[ENTITY])
-        if BAD_VALUES in frame.columns:
-            quality.bad_values += int(frame.pop(BAD_VALUES).sum())
-
-        for name, _column, _rollup in spec.measures:
-            values = pd.to_numeric(frame[name], errors="coerce")
-            quality.bad_values += int(values.isna().sum())
-            frame[name] = values.fillna(0)
-        aggs: dict[str, tuple[str, str]] = {n: (n, _REAGG[r]) for n, _c, r in spec.measures}
-        aggs.update({n: (n, "max") for n, _c in spec.dimensions})
-        if spec.household_column is not None:
-            aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
-        before = len(frame)
-        # Only IDs seen under more than one raw form need re-aggregating; they are few, and a group-by over
-        # every row (object columns included) would cost seconds at county scale.
-        repeated = frame[_NID].duplicated(keep=False)
-        if repeated.any():
-            if aggs:
-                merged = frame[repeated].groupby(_NID, sort=False).agg(**aggs).reset_index()
-            else:
-                merged = frame.loc[repeated, [_NID]].drop_duplicates()
-            frame = pd.concat([frame[~repeated], merged[frame.columns]], ignore_index=True)
-        quality.duplicate_ids = before - len(frame)
+        chunk_rows = self._loaded.config.source.chunk_rows
+        spec = rollup_spec(dataset, request, chunk_rows)
+        frame = self._rolled_up(spec, dataset, quality)
+        # (output column, measure): the query period's columns, then with a baseline the baseline's.
+        outputs = [(name, name) for name in request.measures]
+        baseline = (request.baseline_start, request.baseline_end)
+        # Without measures a baseline would add no column, so it does not widen the population either.
+        if baseline[0] is not None and baseline[1] is not None and request.measures:
+            base_spec = rollup_spec(dataset, request, chunk_rows, period=(baseline[0], baseline[1]))
+            base = self._rolled_up(base_spec, dataset, quality)
+            frame = _join_baseline(frame, base, spec)
+            outputs = [(c, n) for n in request.measures for c in (n, n + BASELINE_SUFFIX)]
 
         columns: dict[str, pa.Array] = {}
-        for name in request.measures:
+        for column, name in outputs:
             m = dataset.measure(name)
             assert m is not None
             lower, upper = m.bounds
-            clipped = np.clip(np.rint(frame[name].to_numpy(dtype=np.float64)), lower, upper)
-            columns[name] = pa.array(clipped.astype(np.int64))
+            clipped = np.clip(np.rint(frame[column].to_numpy(dtype=np.float64)), lower, upper)
+            columns[column] = pa.array(clipped.astype(np.int64))
         for name in request.dimensions:
             d = dataset.dimension(name)
             assert d is not None
@@ -196,3 +220,38 @@ class Extractor:
         table = pa.table(out)
         table = table.sort_by(TOKEN_COLUMN) if table.num_rows else table
         return Extract(table=table, quality=quality)
+
+    def _rolled_up(self, spec: RollupSpec, dataset: DatasetSpec, quality: QualityCounters) -> pd.DataFrame:
+        """One source roll-up, by normalised ID: one row per valid entity, measures numeric (0 if bad)."""
+        chunks = list(self._source.rollup(spec))
+        frame = (
+            pd.concat(chunks, ignore_index=True)
+            if chunks
+            else pd.DataFrame(columns=list(spec.output_columns))
+        )
+
+        id_kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
+        raws = [v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()]
+        batch = normalize_many(id_kind, raws)
+        quality.raw_ids += len(raws)
+        quality.invalid_ids += batch.invalid
+        quality.legacy_ids += batch.legacy
+        quality.cleaned_ids += batch.cleaned
+        quality.invalid_reasons.update(batch.reasons)
+        frame[_NID] = batch.values
+        frame = frame[frame[_NID].notna()].drop(columns=[ENTITY])
+        if BAD_VALUES in frame.columns:
+            quality.bad_values += int(frame.pop(BAD_VALUES).sum())
+
+        for name, _column, _rollup in spec.measures:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            quality.bad_values += int(values.isna().sum())
+            frame[name] = values.fillna(0)
+        aggs: dict[str, tuple[str, str]] = {n: (n, _REAGG[r]) for n, _c, r in spec.measures}
+        aggs.update({n: (n, "max") for n, _c in spec.dimensions})
+        if spec.household_column is not None:
+            aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
+        before = len(frame)
+        frame = _merge_repeated(frame, aggs)
+        quality.duplicate_ids += before - len(frame)
+        return frame

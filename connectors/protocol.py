@@ -48,9 +48,42 @@ Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256, l
 QueryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,80}$")]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
+# An extract with a baseline carries, beside each measure `m` over the query period, the column
+# `m + BASELINE_SUFFIX`: the same measure over the baseline period, for the same tokens.
+BASELINE_SUFFIX = "__baseline"
+_BASELINE_FIELDS = ("baseline_start", "baseline_end")
+
 
 class SignatureError(Exception):
     """A signature, key or signed message does not verify."""
+
+
+def _check_baseline(
+    period_start: str | None,
+    period_end: str | None,
+    baseline_start: str | None,
+    baseline_end: str | None,
+) -> None:
+    """The baseline, when there is one, is a whole range that ends before the query period starts.
+
+    Tokens of two queries never link, so a comparison of two periods must come from one query whose
+    extract carries both; the baseline may not overlap the query period, or a month would count twice.
+    """
+    if (baseline_start is None) != (baseline_end is None):
+        raise ValueError("give both baseline_start and baseline_end, or neither")
+    if baseline_start is None or baseline_end is None:
+        return
+    if baseline_start > baseline_end:
+        raise ValueError("baseline_start is after baseline_end")
+    if period_start is None:
+        raise ValueError("a baseline needs a period range: give period_start and period_end too")
+    if baseline_end >= period_start:
+        raise ValueError("baseline_end must be before period_start: the baseline may not overlap the period")
+
+
+def _absent_baseline(model: BaseModel) -> set[str]:
+    """The baseline fields a message leaves unset, which its canonical form omits."""
+    return {f for f in _BASELINE_FIELDS if getattr(model, f) is None}
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -339,9 +372,19 @@ class Approval(_Model):
     datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
     epsilon: Decimal = Field(gt=0, description="the privacy loss the query may spend, counted once per query")
     expires_at: int | None = Field(None, description="unix seconds after which the approval is void")
+    baseline_start: Period | None = Field(None, description="first month of the approved baseline period")
+    baseline_end: Period | None = Field(None, description="last month of the approved baseline period")
+
+    @model_validator(mode="after")
+    def _baseline(self) -> Approval:
+        _check_baseline(self.period_start, self.period_end, self.baseline_start, self.baseline_end)
+        return self
 
     def signing_bytes(self) -> bytes:
-        return b"fedgate-approval/1\n" + canonical_json(self.model_dump(mode="json"))
+        # The baseline fields came after approvals were first signed: left out when unset, so an approval
+        # without a baseline has the same canonical bytes (and signature) as before they existed.
+        body = self.model_dump(mode="json", exclude=_absent_baseline(self))
+        return b"fedgate-approval/1\n" + canonical_json(body)
 
     def covers(self, dataset: str) -> ApprovedDataset | None:
         return next((d for d in self.datasets if d.dataset == dataset), None)
@@ -432,6 +475,13 @@ class ExtractRequest(_Model):
     unit: Unit
     period_start: Period | None = None
     period_end: Period | None = None
+    baseline_start: Period | None = Field(
+        None, description="first month of a baseline period, before period_start (with baseline_end)"
+    )
+    baseline_end: Period | None = Field(
+        None,
+        description=f"last month of the baseline period; each measure m also comes as m{BASELINE_SUFFIX}",
+    )
     measures: tuple[str, ...] = Field((), max_length=64)
     dimensions: tuple[str, ...] = Field((), max_length=64)
     household: bool = Field(False, description="add the household token column (register only)")
@@ -475,10 +525,17 @@ class ExtractRequest(_Model):
             and self.period_start > self.period_end
         ):
             raise ValueError("period_start is after period_end")
+        _check_baseline(self.period_start, self.period_end, self.baseline_start, self.baseline_end)
         return self
 
     def body(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        # Unset baseline fields are left out (here and in the carried approval), so a request without a
+        # baseline is the same bytes as before they existed and a connector that predates them still
+        # accepts it.
+        exclude: dict[str, Any] = dict.fromkeys(_absent_baseline(self), True)
+        if self.approval is not None:
+            exclude["approval"] = {"approval": _absent_baseline(self.approval.approval)}
+        return canonical_json(self.model_dump(mode="json", exclude=exclude))
 
 
 TOKEN_COLUMN = "token"  # noqa: S105 (a column name)

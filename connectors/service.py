@@ -17,6 +17,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import json
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ from connectors.extract import Extractor
 from connectors.federation_keys import FederationKeyring
 from connectors.protocol import (
     ARROW_STREAM,
+    BASELINE_SUFFIX,
     H_CONNECTOR,
     H_KEY,
     H_NONCE,
@@ -288,6 +290,23 @@ class ConnectorService:
             )
         if dataset.period is not None and req.period_start is None:
             raise _refuse(422, ErrorCode.INVALID_REQUEST, f"dataset {dataset.name} needs a period range")
+        if req.baseline_start is not None:
+            if dataset.period is None:
+                raise _refuse(
+                    422,
+                    ErrorCode.INVALID_REQUEST,
+                    f"dataset {dataset.name} has no period column, so it cannot serve a baseline:"
+                    " leave baseline_start and baseline_end unset",
+                )
+            # The baseline columns must not shadow a requested field of the same name.
+            clash = {m + BASELINE_SUFFIX for m in req.measures} & {*req.measures, *req.dimensions}
+            if clash:
+                raise _refuse(
+                    422,
+                    ErrorCode.INVALID_REQUEST,
+                    f"with a baseline each measure m also comes as m{BASELINE_SUFFIX}, which names"
+                    " another requested field: ask for that field in a request without a baseline",
+                )
         self.check_approval(req, dataset)
         return dataset
 
@@ -326,9 +345,14 @@ class ConnectorService:
             raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another unit")
         if (approval.period_start, approval.period_end) != (req.period_start, req.period_end):
             raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another period range")
+        if (approval.baseline_start, approval.baseline_end) != (req.baseline_start, req.baseline_end):
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the approval is for another baseline period (or none)"
+            )
         return approval
 
     def _check_rule(self, req: ExtractRequest) -> ApprovalRule:
+        # A rule states no period, so it covers any period range and any baseline inside its other limits.
         assert req.rule is not None
         try:
             rule = verify_rule(self.approval_key, req.rule)
@@ -412,10 +436,13 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.UNKNOWN_KEY_EPOCH, "this connector holds no federation key of that epoch"
             ) from None
-        # The checkpoint changes between retries; the rest of the request identifies it.
-        fingerprint_ = sha256_hex(
-            canonical_json(req.model_dump(mode="json", exclude={"checkpoint", "checkpoint_proof"}))
-        )
+        # The checkpoint changes between retries; the rest of the request identifies it. Taken from the
+        # body's form, which leaves unset baseline fields out, so a retry of an extract served before
+        # those fields existed still matches its stored answer.
+        identity = {
+            k: v for k, v in json.loads(req.body()).items() if k not in ("checkpoint", "checkpoint_proof")
+        }
+        fingerprint_ = sha256_hex(canonical_json(identity))
         window = budget_window()
         epsilon = req.epsilon
         try:

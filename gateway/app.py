@@ -28,6 +28,8 @@ from audit.store import AuditLog
 from connectors.protocol import load_private_key, private_key_pem
 from gateway import db
 from gateway.api import audit as audit_routes
+from gateway.api import indicators as indicator_routes
+from gateway.api import key_groups as key_group_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
@@ -157,7 +159,8 @@ def connector_tls(settings: GatewaySettings) -> ssl.SSLContext | None:
 def recover_interrupted_runs(ctx: GatewayContext) -> None:
     """A query left 'running' by a process that died: released if its result was committed, else failed.
 
-    Failed keeps the reservation spent if any data had arrived, and refunds it if none had.
+    Failed keeps the reservation spent if any data had arrived, and refunds it if none had. Reservations
+    of a pack's queries that never started are refunded.
     """
     from gateway import queries
 
@@ -180,6 +183,11 @@ def recover_interrupted_runs(ctx: GatewayContext) -> None:
         state = "approved" if refunded else "failed"
         queries.set_state(ctx.engine, qid, state, expect=("running",), error_code="interrupted")
         ctx.audit.record("query.interrupted", query_id=qid, charged=not refunded)
+    # A pack reserves all its queries before the first runs; those a dead process never started are
+    # reservations without data, and are refunded like any run that died before data arrived.
+    for qid in ctx.ledger.reserved_without_data():
+        ctx.ledger.refund(qid)
+        ctx.audit.record("query.reservation_released", query_id=qid, charged=False)
 
 
 async def _send_error(send: Send, status: int, code: str, message: str) -> None:
@@ -290,7 +298,9 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(health_router)
     app.include_router(metrics_router)
     app.include_router(registry_routes.router)
+    app.include_router(key_group_routes.router)
     app.include_router(query_routes.router)
     app.include_router(run_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(indicator_routes.router)
     return app

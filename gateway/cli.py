@@ -5,6 +5,7 @@ fedgate users create|revoke|list           principals and API keys (operator, on
 fedgate query submit|show|run|result|list  an analyst's queries (FEDGATE_URL, FEDGATE_API_KEY)
 fedgate approve QUERY_ID --key FILE        a department admin signs an approval with the department key
 fedgate budget                             remaining epsilon
+fedgate groups list|show|add|retire        named key groups (household.has_<name>)
 fedgate connector serve|check              a department's connector
 fedgate synth                              a synthetic county
 fedgate demo                               everything above on loopback
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
+from gateway.groups_cli import groups_app
 from gateway.users_cli import users_app
 
 app = typer.Typer(
@@ -36,6 +38,7 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(users_app, name="users")
 app.add_typer(query_app, name="query")
 app.add_typer(connector_app, name="connector")
+app.add_typer(groups_app, name="groups")
 app.add_typer(audit_app, name="audit")
 app.command("synth")(synth)
 console = Console()

@@ -11,9 +11,11 @@ The transport can be injected (httpx.MockTransport or an ASGI transport in tests
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -26,6 +28,7 @@ from connectors.protocol import (
     sign_approval,
     sign_rule,
 )
+from gateway.api.schemas import KeyGroupIn
 
 
 class GatewayError(Exception):
@@ -88,6 +91,27 @@ class GatewayClient:
     def catalog(self) -> Any:
         return self._do("GET", "/v1/catalog")
 
+    # --- key groups
+
+    def list_groups(self, *, include_retired: bool = False) -> Any:
+        """The latest version of every registered key group (retired ones too if asked)."""
+        suffix = "?include_retired=true" if include_retired else ""
+        return self._do("GET", "/v1/groups" + suffix)["groups"]
+
+    def group(self, name: str, version: int | None = None) -> Any:
+        """One key group: its latest version, or an older one."""
+        suffix = "" if version is None else f"?version={int(version)}"
+        return self._do("GET", f"/v1/groups/{quote(name, safe='')}{suffix}")
+
+    def register_group(self, group: KeyGroupIn | Mapping[str, Any]) -> Any:
+        """Register a key group (operator or department admin); identical again changes nothing."""
+        body = group.model_dump(mode="json") if isinstance(group, KeyGroupIn) else dict(group)
+        return self._do("POST", "/v1/groups", body)
+
+    def retire_group(self, name: str) -> Any:
+        """Retire a key group (operator): it stays readable, but no new query can use it."""
+        return self._do("POST", f"/v1/groups/{quote(name, safe='')}/retire")
+
     # --- queries
 
     def submit(self, spec: QuerySpec | dict[str, Any]) -> Any:
@@ -109,6 +133,8 @@ class GatewayClient:
             raise GatewayError(
                 403, "forbidden", "this query does not touch that department's data", "query_id"
             )
+        # The department signs the baseline too, so its connector serves exactly the periods it approved.
+        baseline = getattr(spec, "baseline", None)
         approval = Approval(
             department=department,
             query_id=spec.query_id,
@@ -116,6 +142,8 @@ class GatewayClient:
             unit=spec.unit,
             period_start=spec.period_start,
             period_end=spec.period_end,
+            baseline_start=None if baseline is None else baseline.period_start,
+            baseline_end=None if baseline is None else baseline.period_end,
             datasets=tuple(scopes),
             epsilon=spec.epsilon,
         )

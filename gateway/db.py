@@ -3,9 +3,9 @@
 An embedded SQLite file by default, PostgreSQL in production. The schema is created and upgraded only by
 the Alembic revisions in `gateway/migrations/`, never by `metadata.create_all`, so every deployment walks
 the same history. The tables hold principals (key hashes only), the connector registry, queries,
-department-signed approvals and rules, and the simple audit table of revision 0001 (superseded by the
-tamper-evident log of `audit.store`, revision 0003, and left empty). Nothing token-level or
-row-level is ever stored here.
+department-signed approvals and rules, the named key groups (revision 0004), and the simple audit table
+of revision 0001 (superseded by the tamper-evident log of `audit.store`, revision 0003, and left empty).
+Nothing token-level or row-level is ever stored here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "connector_versions",
     "connectors",
     "gateway_metadata",
+    "key_groups",
     "make_engine",
     "migrate",
     "principals",
@@ -194,6 +195,26 @@ rules = sa.Table(
     sa.Column("created_by", sa.String(_NAME), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+# One row per version of a named key group ("X" group); a version never changes once written, except that
+# retiring the name stamps every version of it.
+key_groups = sa.Table(
+    "key_groups",
+    gateway_metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("definition_json", sa.Text(), nullable=False),
+    sa.Column("definition_digest", sa.String(64), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("title_zh", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("created_by", sa.String(_NAME), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("retired_at", UtcDateTime(), nullable=True),
+    sa.Column("retired_by", sa.String(_NAME), nullable=True),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+    sa.CheckConstraint("(retired_at IS NULL) = (retired_by IS NULL)", name="retired_at_iff_retired_by"),
 )
 
 audit_simple = sa.Table(

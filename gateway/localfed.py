@@ -23,6 +23,7 @@ from gateway import db
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient
 from gateway.process import start_gateway
+from gateway.seed_groups import SEED_GROUPS
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
 
@@ -58,9 +59,11 @@ def register_everything(
     max_epsilon: Decimal | None = None,
     household_only: bool = False,
     analysts: tuple[str, ...] = ("analyst",),
+    groups: bool = True,
 ) -> None:
-    """Allow every connector's endpoint, register it under its pinned key, and sign a pre-approval rule
-    with each department's (demo) key covering its datasets for `analysts`."""
+    """Allow every connector's endpoint, register it under its pinned key, sign a pre-approval rule
+    with each department's (demo) key covering its datasets for `analysts`, and (`groups`) register the
+    monitoring plan's key groups (`gateway.seed_groups`) as the operator."""
     with fed.client("operator") as operator:
         for conn in fed.connectors.values():
             operator.allow_endpoint(conn.url)
@@ -91,6 +94,10 @@ def register_everything(
                 max_epsilon_per_query=max_epsilon or cfg.policy.max_epsilon_per_query,
                 analysts=analysts,
             )
+    if groups:
+        with fed.client("operator") as operator:
+            for group in SEED_GROUPS:
+                operator.register_group(group)
 
 
 def start_federation(

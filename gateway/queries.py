@@ -306,6 +306,11 @@ def _approval_covers(
         return False
     if (a.period_start, a.period_end) != (spec.period_start, spec.period_end):
         return False
+    # The department signs the baseline too: a query needs an approval of exactly its baseline (or of none).
+    baseline = getattr(spec, "baseline", None)
+    wanted = (None, None) if baseline is None else (baseline.period_start, baseline.period_end)
+    if (a.baseline_start, a.baseline_end) != wanted:
+        return False
     if a.expires_at is not None and a.expires_at < time.time():
         return False
     return all(_fits(a.covers(e.dataset), e) for e in extracts if e.department == dept)

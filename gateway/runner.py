@@ -48,6 +48,7 @@ from privacy.release import (
     Count,
     GroupDomain,
     Histogram,
+    Lorenz,
     Mean,
     Quantiles,
     ReleaseSpec,
@@ -73,6 +74,8 @@ def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
             stats.append(Histogram(edges=tuple(s.edges or ())))
         elif s.kind is StatisticKind.QUANTILES:
             stats.append(Quantiles(probs=tuple(s.probs or ()), edges=tuple(s.edges or ())))
+        elif s.kind is StatisticKind.LORENZ:
+            stats.append(Lorenz(edges=tuple(s.edges or ())))
         elif s.kind is StatisticKind.SUM:
             stats.append(Sum())
         elif s.kind is StatisticKind.MEAN:

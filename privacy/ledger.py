@@ -337,6 +337,16 @@ class Ledger:
         with self._engine.connect() as conn:
             return self._entry(conn, query_id)
 
+    def reserved_without_data(self) -> list[str]:
+        """Query ids holding a reservation that no connector has answered yet (refundable)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(entries_table.c.query_id)
+                .where(entries_table.c.state == RESERVED, entries_table.c.data_arrived.is_(False))
+                .order_by(entries_table.c.query_id)
+            )
+            return list(rows.scalars())
+
     def spent(self, window: str | None = None) -> Decimal:
         """Epsilon counted in ``window`` (default: the current one): reserved + charged + spent_failed."""
         with self._engine.connect() as conn:
@@ -412,64 +422,96 @@ class Ledger:
         :class:`BudgetExceeded` naming the first cap that would be passed, :class:`QueryMismatch` if the id
         was reserved with another analyst, dataset list or epsilon.
         """
-        units = to_nano(epsilon)
-        if units <= 0:
-            raise ValueError("epsilon must be > 0")
-        names = tuple(sorted(set(datasets)))
+        return self.reserve_many([(query_id, datasets, epsilon)], analyst=analyst)[0]
+
+    def reserve_many(
+        self, items: Sequence[tuple[str, Sequence[str], Decimal]], *, analyst: str
+    ) -> list[Reservation]:
+        """Reserve several queries (id, datasets, epsilon) of one analyst all together or not at all.
+
+        One transaction checks every cap against the sum of the new reservations (a pack of indicators
+        that does not fit is refused before any of its queries runs); entries already counted are returned
+        as they are, exactly as :meth:`reserve` does for one query.
+        """
+        wanted = []
+        for query_id, datasets, epsilon in items:
+            units = to_nano(epsilon)
+            if units <= 0:
+                raise ValueError("epsilon must be > 0")
+            wanted.append((query_id, tuple(sorted(set(datasets))), units))
+        if len({q for q, _, _ in wanted}) != len(wanted):
+            raise ValueError("a query id appears twice in one reservation")
         window = self.current_window()
         years = self.multi_year_windows(window)
         if self._dialect != "sqlite":
             self._ensure_windows(years)
+        out: list[Reservation] = []
         with self._write() as conn:
             self._lock_windows(conn, years)
-            existing = self._entry(conn, query_id)
-            if existing is not None:
-                if (existing.analyst, existing.datasets, to_nano(existing.epsilon)) != (
-                    analyst,
-                    names,
-                    units,
-                ):
-                    raise QueryMismatch(
-                        f"query {query_id!r} was reserved before with a different analyst, dataset list or "
-                        "epsilon; a query id names one immutable query"
-                    )
-                if existing.state != REFUNDED:
-                    return existing
-            self._check_caps(conn, window, years, analyst, names, units)
+            fresh: list[tuple[str, tuple[str, ...], int, Reservation | None]] = []
+            for query_id, names, units in wanted:
+                existing = self._entry(conn, query_id)
+                if existing is not None:
+                    if (existing.analyst, existing.datasets, to_nano(existing.epsilon)) != (
+                        analyst,
+                        names,
+                        units,
+                    ):
+                        raise QueryMismatch(
+                            f"query {query_id!r} was reserved before with a different analyst, dataset list "
+                            "or epsilon; a query id names one immutable query"
+                        )
+                    if existing.state != REFUNDED:
+                        out.append(existing)
+                        continue
+                fresh.append((query_id, names, units, existing))
+            if fresh:
+                per_dataset: dict[str, int] = {}
+                for _, names, units, _ in fresh:
+                    for d in names:
+                        per_dataset[d] = per_dataset.get(d, 0) + units
+                total = sum(units for _, _, units, _ in fresh)
+                self._check_caps(conn, window, years, analyst, per_dataset, total)
             now = self._clock()
-            if existing is None:
-                conn.execute(
-                    sa.insert(entries_table).values(
+            for query_id, names, units, existing in fresh:
+                if existing is None:
+                    conn.execute(
+                        sa.insert(entries_table).values(
+                            query_id=query_id,
+                            budget_window=window,
+                            analyst=analyst,
+                            epsilon_nano=units,
+                            state=RESERVED,
+                            data_arrived=False,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                    if names:
+                        conn.execute(
+                            sa.insert(entry_datasets_table),
+                            [{"query_id": query_id, "dataset": d} for d in names],
+                        )
+                else:
+                    conn.execute(
+                        sa.update(entries_table)
+                        .where(entries_table.c.query_id == query_id, entries_table.c.state == REFUNDED)
+                        .values(state=RESERVED, data_arrived=False, budget_window=window, updated_at=now)
+                    )
+                out.append(
+                    Reservation(
                         query_id=query_id,
-                        budget_window=window,
+                        window=window,
                         analyst=analyst,
-                        epsilon_nano=units,
+                        datasets=names,
+                        epsilon=from_nano(units),
                         state=RESERVED,
                         data_arrived=False,
-                        created_at=now,
-                        updated_at=now,
+                        created=True,
                     )
                 )
-                if names:
-                    conn.execute(
-                        sa.insert(entry_datasets_table), [{"query_id": query_id, "dataset": d} for d in names]
-                    )
-            else:
-                conn.execute(
-                    sa.update(entries_table)
-                    .where(entries_table.c.query_id == query_id, entries_table.c.state == REFUNDED)
-                    .values(state=RESERVED, data_arrived=False, budget_window=window, updated_at=now)
-                )
-        return Reservation(
-            query_id=query_id,
-            window=window,
-            analyst=analyst,
-            datasets=names,
-            epsilon=from_nano(units),
-            state=RESERVED,
-            data_arrived=False,
-            created=True,
-        )
+        order = {q: i for i, (q, _, _) in enumerate(wanted)}
+        return sorted(out, key=lambda r: order[r.query_id])
 
     def _check_caps(
         self,
@@ -477,12 +519,14 @@ class Ledger:
         window: str,
         years: Sequence[str],
         analyst: str,
-        datasets: Sequence[str],
+        per_dataset: Mapping[str, int],
         units: int,
     ) -> None:
-        def check(cap: int, spent: int, scope: str, kind: str) -> None:
-            if spent + units > cap:
-                raise BudgetExceeded(scope, from_nano(units), from_nano(max(cap - spent, 0)), kind=kind)
+        """Every cap against ``units`` more in all, and ``per_dataset[d]`` more on each dataset."""
+
+        def check(cap: int, spent: int, scope: str, kind: str, more: int = units) -> None:
+            if spent + more > cap:
+                raise BudgetExceeded(scope, from_nano(more), from_nano(max(cap - spent, 0)), kind=kind)
 
         check(self._window_cap, self._spent_window(conn, window), f"federation window {window}", "window")
         check(
@@ -491,8 +535,9 @@ class Ledger:
             f"multi-year {years[0]}-{years[-1]}",
             "multi_year",
         )
-        for dataset, cap in sorted(self._dataset_caps(conn, datasets).items()):
-            check(cap, self._spent_dataset(conn, window, dataset), f"dataset {dataset}", "dataset")
+        for dataset, cap in sorted(self._dataset_caps(conn, list(per_dataset)).items()):
+            spent = self._spent_dataset(conn, window, dataset)
+            check(cap, spent, f"dataset {dataset}", "dataset", per_dataset[dataset])
         quota = self._quota(conn, analyst)
         if quota is not None:
             check(quota, self._spent_analyst(conn, window, analyst), f"analyst quota of {analyst}", "analyst")

@@ -16,13 +16,28 @@ rare key is never revealed.
 quantities they need: ``count`` (units per cell; for ``count`` and ``mean``), ``sum`` (of the measure per
 cell; for ``sum`` and ``mean``), ``histogram`` (units per cell x bin; for ``histogram``) and
 ``quantile_histogram`` (for ``quantiles``; the same quantity as ``histogram`` when the edges are equal, and
-then measured once). Epsilon is split in **equal shares** among these quantities; ``mean`` is post-processing
-of the count and the sum, so asking for count, sum and mean costs the same as count and sum. Each quantity's
-noise scale is ``sensitivity / share`` where the sensitivity for one unit is ``unit_multiplicity`` rows for
-counts and histograms and ``unit_multiplicity * max(|lower|, |upper|)`` for sums. Scales are enlarged by one
-part in 10^9 so that OpenDP's outward-rounded floating-point privacy map never passes the exact share; the
-check against the spec's epsilon is then exact (no tolerance): the Decimal value of OpenDP's composed map
-must be at most ``epsilon``.
+then measured once), and for ``lorenz`` two more: ``lorenz_count`` (units per cell x bin) and ``lorenz_sum``
+(per cell x bin, the units' offsets inside their bin, see below). Epsilon is split in **equal shares** among
+these quantities; ``mean`` is post-processing of the count and the sum, so asking for count, sum and mean
+costs the same as count and sum. Each quantity's noise scale is ``sensitivity / share`` where the
+sensitivity for one unit is ``unit_multiplicity`` rows for counts and histograms (``lorenz_count`` too),
+``unit_multiplicity * max(|lower|, |upper|)`` for sums and ``unit_multiplicity * R`` for ``lorenz_sum``.
+Scales are enlarged by one part in 10^9 so that OpenDP's outward-rounded floating-point privacy map never
+passes the exact share; the check against the spec's epsilon is then exact (no tolerance): the Decimal value
+of OpenDP's composed map must be at most ``epsilon``.
+
+**Lorenz: bin sums with noise sized to the bin width.** For the Gini coefficient, income shares and the
+Lorenz curve, ``lorenz`` releases a fine histogram over public edges together with each bin's income. The
+bins are the histogram's, and after clamping every bin ``j`` has finite boundaries ``b_j`` and
+``b_{j+1} = b_j + w_j`` (:func:`privacy.intervals.histogram_boundaries`). A unit's income in its bin is
+``b_j`` (public) plus its offset ``x - b_j`` in ``[0, w_j]``, so only the offsets need noise. Each offset is
+normalised to the common integer resolution ``R`` (:data:`LORENZ_RESOLUTION`),
+``t = round((x - b_j) R / w_j)`` in ``[0, R]``, and one OpenDP sum of ``t`` with bounds ``(0, R)`` and one
+scale ``s`` noises every bin. Back in yuan, bin ``j``'s offset-sum is ``noisy_t * w_j / R`` with noise scale
+``s * w_j / R``: proportional to the bin's width rather than to the global bound, so narrow low-income bins
+get small absolute noise. ``ReleaseResult.scales["lorenz_sum"]`` is ``s`` in normalised units. The bin label
+and ``t`` are row-wise maps of the clamped measure computed before OpenDP sees the frame, so they change no
+distance. A zero-width bin (an edge equal to a bound) has ``t = 0`` and releases 0 yuan.
 
 **Built once, checked before data.** :func:`prepare_release` builds one OpenDP measurement per group-by (with
 explicit scales; no scale search) and OpenDP's adaptive compositor over them, then compares the compositor's
@@ -30,11 +45,13 @@ privacy map for ``d_in = unit_multiplicity`` with the epsilon before any data ex
 :meth:`PreparedRelease.run` then applies it to the collected frame, once.
 
 **What is released.** Every cell of every statistic with its noisy value, a post-processed display value and
-a 95% interval: raw noisy integers for counts, sums and histogram bins (which may be negative), with an
-analytic integer-Laplace interval; the display value clips to what the figure can be (counts at 0; sums at 0
-when the bounds force a sign). Means are ``noisy sum / noisy count`` (undefined where the noisy count is
-below 1) and quantiles invert the noisy histogram's CDF; both get simulated intervals
-(:mod:`privacy.intervals`).
+a 95% interval: raw noisy integers for counts, sums, histogram and lorenz bins (which may be negative), with
+an analytic integer-Laplace interval (``lorenz_sum`` cells: the noisy offset-sum in yuan, the half-width
+scaled by ``w_j / R`` too); the display value clips to what the figure can be (counts at 0; sums at 0 when
+the bounds force a sign; offset-sums at 0). Means are ``noisy sum / noisy count`` (undefined where the noisy
+count is below 1) and quantiles invert the noisy histogram's CDF; both get simulated intervals
+(:mod:`privacy.intervals`). Gini, income shares and the Lorenz curve are post-processing of the lorenz cells
+(:mod:`aggregation.distribution`).
 """
 
 from __future__ import annotations
@@ -55,10 +72,12 @@ from privacy import intervals
 from privacy.errors import PrivacyMapExceeded, ReleaseAlreadyRun, ReleaseInputError, SpecError
 
 __all__ = [
+    "LORENZ_RESOLUTION",
     "OTHER",
     "Count",
     "GroupDomain",
     "Histogram",
+    "Lorenz",
     "Mean",
     "PreparedRelease",
     "Quantiles",
@@ -80,12 +99,24 @@ CONFIDENCE: Final = intervals.CONFIDENCE
 # as exactly sensitivity/share could otherwise map to one ulp above the share.
 SCALE_HEADROOM: Final = 1e-9
 
+LORENZ_RESOLUTION: Final = 2**20
+"""Common integer resolution ``R`` of the Lorenz offsets: a unit's offset in its bin is ``t`` in ``[0, R]``.
+
+Rounding moves a unit's offset by at most ``w_j / (2 R)``, so a bin of a million units is off by at most
+half a bin width, below the noise. OpenDP refuses an i64 sum whose bound times the frame-length bound could
+overflow (``max_rows * R >= 2**63``): with ``R = 2**20`` that allows ``max_rows`` up to about 8.8e12.
+"""
+
+_I64_MAX: Final = 2**63 - 1
+
 # Internal column names; group and measure names may not use the prefix.
 _PREFIX: Final = "fedgate__"
 _COUNT: Final = _PREFIX + "count"
 _SUM: Final = _PREFIX + "sum"
 _HBIN: Final = _PREFIX + "hbin"
 _QBIN: Final = _PREFIX + "qbin"
+_LBIN: Final = _PREFIX + "lbin"
+_LOFFSET: Final = _PREFIX + "loffset"
 _CELL: Final = _PREFIX + "cell"
 _BIN_INDEX: Final = _PREFIX + "bin_index"
 
@@ -179,9 +210,21 @@ class Quantiles(BaseModel):
         return probs
 
 
-StatKind = Literal["count", "sum", "mean", "histogram", "quantiles"]
+class Lorenz(BaseModel):
+    """Units and their income per cell x bin over public ``edges`` (the histogram's bins), for the Gini
+    coefficient, income shares and the Lorenz curve; each bin's income noise is sized to its width."""
 
-Statistic = Annotated[Count | Sum | Mean | Histogram | Quantiles, Field(discriminator="kind")]
+    model_config = _FROZEN
+    kind: Literal["lorenz"] = "lorenz"
+    edges: tuple[int, ...]
+
+    _edges = field_validator("edges")(_check_edges)
+
+
+# "lorenz_sum" names released cells only: it is the second half of the lorenz statistic.
+StatKind = Literal["count", "sum", "mean", "histogram", "quantiles", "lorenz", "lorenz_sum"]
+
+Statistic = Annotated[Count | Sum | Mean | Histogram | Quantiles | Lorenz, Field(discriminator="kind")]
 
 
 class ReleaseSpec(BaseModel):
@@ -210,7 +253,7 @@ class ReleaseSpec(BaseModel):
         kinds = [s.kind for s in self.statistics]
         if len(set(kinds)) != len(kinds):
             raise ValueError("each statistic kind may appear once")
-        needs_measure = {"sum", "mean", "histogram", "quantiles"} & set(kinds)
+        needs_measure = {"sum", "mean", "histogram", "quantiles", "lorenz"} & set(kinds)
         if needs_measure and self.measure is None:
             raise ValueError(f"statistics {sorted(needs_measure)} need a measure column")
         if self.measure is not None:
@@ -219,10 +262,15 @@ class ReleaseSpec(BaseModel):
             if self.lower >= self.upper:
                 raise ValueError("the measure bounds need lower < upper")
         for stat in self.statistics:
-            if isinstance(stat, Histogram | Quantiles) and not (
+            if isinstance(stat, Histogram | Quantiles | Lorenz) and not (
                 self.lower <= stat.edges[0] and stat.edges[-1] <= self.upper
             ):
                 raise ValueError(f"{stat.kind} edges must lie within [lower, upper]")
+        if "lorenz" in kinds and self.max_rows * LORENZ_RESOLUTION > _I64_MAX:
+            raise ValueError(
+                f"lorenz needs max_rows * {LORENZ_RESOLUTION} to fit in i64 (OpenDP refuses a sum that could "
+                f"overflow); lower max_rows to at most {_I64_MAX // LORENZ_RESOLUTION}"
+            )
         return self
 
     def statistic(self, kind: str) -> Statistic | None:
@@ -233,8 +281,9 @@ class ReleaseSpec(BaseModel):
 class ReleaseCell(BaseModel):
     """One released figure: a cell (group values), a statistic, optionally a bin or a probability.
 
-    ``value`` is the raw output (noisy integer for count, sum and histogram; float for mean and quantile;
-    None where undefined); ``display`` is the post-processed value to show; ``low``/``high`` is the interval.
+    ``value`` is the raw output (noisy integer for count, sum, histogram and lorenz; float for mean,
+    quantile and lorenz_sum, the noisy offset-sum of a bin in the measure's unit; None where undefined);
+    ``display`` is the post-processed value to show; ``low``/``high`` is the interval.
     """
 
     model_config = _FROZEN
@@ -266,6 +315,10 @@ class ReleaseResult(BaseModel):
     epsilon_shares: dict[str, Decimal]
     methods: dict[str, str]
     cells: tuple[ReleaseCell, ...]
+    lorenz_resolution: int | None = Field(
+        default=None,
+        description="R of a lorenz release: bin j's lorenz_sum scale in yuan is scales['lorenz_sum'] w_j / R",
+    )
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types only (Decimals as strings), for storage and for the API."""
@@ -306,6 +359,9 @@ def _quantities(spec: ReleaseSpec) -> list[tuple[str, Decimal]]:
         out.append(("histogram", m))
     if "quantiles" in kinds and not _quantiles_share_histogram(spec):
         out.append(("quantile_histogram", m))
+    if "lorenz" in kinds:
+        out.append(("lorenz_count", m))
+        out.append(("lorenz_sum", m * LORENZ_RESOLUTION))
     return out
 
 
@@ -340,6 +396,7 @@ class PreparedRelease:
         epsilon: Decimal,
         input_columns: Sequence[str],
         bin_edges: Mapping[str, tuple[int, ...]],
+        lorenz_edges: tuple[int, ...] | None = None,
     ) -> None:
         self.spec = spec
         self.quantities = {q.name: q for q in quantities}
@@ -348,6 +405,7 @@ class PreparedRelease:
         self.epsilon = epsilon
         self._input_columns = list(input_columns)
         self._bin_edges = dict(bin_edges)
+        self._lorenz_edges = lorenz_edges
         self._lock = threading.Lock()
         self._used = False
         self._keys = _keys_frame(spec.groups).with_row_index(_CELL)
@@ -404,7 +462,13 @@ class PreparedRelease:
                 exprs.append(
                     measure.cut(list(edges), labels=labels, left_closed=True).cast(pl.String).alias(column)
                 )
-        return frame.select(exprs).select(self._input_columns)
+        data = frame.select(exprs)
+        if self._lorenz_edges is not None:
+            assert spec.measure is not None
+            data = data.with_columns(
+                _lorenz_offsets(data[spec.measure], self._lorenz_edges, spec.lower, spec.upper)
+            )
+        return data.select(self._input_columns)
 
     def _cells_table(self, output: pl.DataFrame, bins: pl.DataFrame | None) -> pl.DataFrame:
         """OpenDP's output joined back to the public keys in their fixed order (post-processing)."""
@@ -531,6 +595,9 @@ class PreparedRelease:
                             )
                         )
                 methods["quantiles"] = _quantile_note(quantity, shared)
+            elif isinstance(stat, Lorenz):
+                cells.extend(self._lorenz_cells(outputs["lorenz"], stat, group_rows, confidence))
+                methods["lorenz"], methods["lorenz_sum"] = _lorenz_notes(self.quantities, spec, confidence)
         return ReleaseResult(
             group_names=tuple(names),
             measure=spec.measure,
@@ -544,14 +611,68 @@ class PreparedRelease:
             epsilon_shares={name: q.share for name, q in self.quantities.items()},
             methods=methods,
             cells=tuple(cells),
+            lorenz_resolution=LORENZ_RESOLUTION if spec.statistic("lorenz") is not None else None,
         )
 
-    def _matrix(self, output: pl.DataFrame, column: str, edges: Sequence[int]) -> np.ndarray:
-        """Noisy histogram counts as a (cells, bins) matrix in the public key order."""
+    def _lorenz_cells(
+        self,
+        output: pl.DataFrame,
+        stat: Lorenz,
+        group_rows: Sequence[dict[str, str | None]],
+        confidence: float,
+    ) -> list[ReleaseCell]:
+        """A count cell and a yuan offset-sum cell per cell x bin, with analytic intervals."""
+        spec = self.spec
+        counts = self._matrix(output, _LBIN, stat.edges)
+        offsets = self._matrix(output, _LBIN, stat.edges, _SUM)
+        count_width = intervals.discrete_laplace_half_width(self.quantities["lorenz_count"].scale, confidence)
+        offset_width = intervals.discrete_laplace_half_width(self.quantities["lorenz_sum"].scale, confidence)
+        # Yuan per normalised offset unit, bin by bin: the noise in yuan is proportional to the bin width.
+        per_unit = (
+            np.diff(intervals.histogram_boundaries(stat.edges, spec.lower, spec.upper)) / LORENZ_RESOLUTION
+        ).tolist()
+        labels = histogram_bin_labels(stat.edges)
+        out: list[ReleaseCell] = []
+        for groups, count_row, offset_row in zip(group_rows, counts.tolist(), offsets.tolist(), strict=True):
+            for label, raw_count, raw_offset, unit in zip(
+                labels, count_row, offset_row, per_unit, strict=True
+            ):
+                n = int(raw_count)
+                out.append(
+                    ReleaseCell(
+                        groups=groups,
+                        statistic="lorenz",
+                        bin=label,
+                        value=n,
+                        display=max(n, 0),
+                        low=n - count_width,
+                        high=n + count_width,
+                    )
+                )
+                # A zero-width bin releases exactly 0 (never -0.0): its offsets are all 0 by definition.
+                yuan = float(int(raw_offset) * unit) if unit > 0 else 0.0
+                half = float(offset_width * unit)
+                out.append(
+                    ReleaseCell(
+                        groups=groups,
+                        statistic="lorenz_sum",
+                        bin=label,
+                        value=yuan,
+                        display=max(yuan, 0.0),
+                        low=yuan - half,
+                        high=yuan + half,
+                    )
+                )
+        return out
+
+    def _matrix(
+        self, output: pl.DataFrame, column: str, edges: Sequence[int], value: str = _COUNT
+    ) -> np.ndarray:
+        """Noisy per-bin values (counts by default) as a (cells, bins) matrix in the public key order."""
         bins = _bins_frame(column, edges)
         table = self._cells_table(output, bins)
         n_bins = bins.height
-        return table[_COUNT].to_numpy().reshape(-1, n_bins)
+        return table[value].to_numpy().reshape(-1, n_bins)
 
 
 def _float_or_none(x: float) -> float | None:
@@ -594,7 +715,51 @@ def _quantile_note(q: _Quantity, shared: bool) -> str:
     )
 
 
-def _input_domain(spec: ReleaseSpec, bin_columns: Sequence[str]) -> tuple[Any, list[str]]:
+def _lorenz_offsets(clamped: pl.Series, edges: Sequence[int], lower: int, upper: int) -> pl.Series:
+    """Each unit's offset inside its bin, normalised to ``[0, LORENZ_RESOLUTION]`` (a row-wise map)."""
+    bounds = intervals.histogram_boundaries(edges, lower, upper)
+    widths = np.diff(bounds)
+    x = clamped.to_numpy().astype(np.float64)
+    # Bin j holds e_{j-1} <= x < e_j, the same bins as polars' left-closed cut; the clamped upper bound
+    # falls in the last bin.
+    j = np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right")
+    width = widths[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(width > 0, np.rint((x - bounds[j]) * LORENZ_RESOLUTION / width), 0.0)
+    return pl.Series(_LOFFSET, np.clip(t, 0, LORENZ_RESOLUTION).astype(np.int64), dtype=pl.Int64)
+
+
+def _lorenz_notes(
+    quantities: Mapping[str, _Quantity], spec: ReleaseSpec, confidence: float
+) -> tuple[str, str]:
+    count, offsets = quantities["lorenz_count"], quantities["lorenz_sum"]
+    count_width = intervals.discrete_laplace_half_width(count.scale, confidence)
+    offset_width = intervals.discrete_laplace_half_width(offsets.scale, confidence)
+    r = LORENZ_RESOLUTION
+    count_note = (
+        f"units per cell and bin of {spec.measure} clamped to [{spec.lower}, {spec.upper}]: OpenDP "
+        f"dp.len(signed=True) per bin, integer Laplace noise of scale {count.scale:.6g} (epsilon share "
+        f"{count.share}, sensitivity {count.sensitivity} per unit); {confidence:.0%} interval = raw ± "
+        f"{count_width}, the analytic integer-Laplace half-width; display = max(raw, 0) (post-processing). "
+        f"Released with lorenz_sum, the bins' incomes, for the Gini coefficient, income shares and the "
+        f"Lorenz curve (aggregation.distribution)"
+    )
+    sum_note = (
+        f"per cell and bin j with boundaries [b_j, b_j + w_j]: the sum of the units' offsets x - b_j, in the "
+        f"measure's unit. Each offset is normalised to t = round((x - b_j) * {r} / w_j) in [0, {r}] and one "
+        f"OpenDP .dp.sum of t with bounds (0, {r}) adds integer Laplace noise of scale {offsets.scale:.6g} "
+        f"(epsilon share {offsets.share}, sensitivity {offsets.sensitivity} per unit); value = noisy t-sum * "
+        f"w_j / {r}, so bin j's noise scale is {offsets.scale:.6g} * w_j / {r}, proportional to the bin's "
+        f"width. {confidence:.0%} interval = value ± {offset_width} * w_j / {r} (the analytic "
+        f"integer-Laplace half-width, scaled); display = max(value, 0) (post-processing). A bin's income "
+        f"is count * b_j + offset-sum; rounding moves each unit's offset by at most w_j / {2 * r}"
+    )
+    return count_note, sum_note
+
+
+def _input_domain(
+    spec: ReleaseSpec, bin_columns: Sequence[str], int_columns: Sequence[str] = ()
+) -> tuple[Any, list[str]]:
     series = [dp.series_domain(g.name, dp.option_domain(dp.atom_domain(T=dp.String))) for g in spec.groups]
     columns = [g.name for g in spec.groups]
     if spec.measure is not None:
@@ -602,6 +767,9 @@ def _input_domain(spec: ReleaseSpec, bin_columns: Sequence[str]) -> tuple[Any, l
         columns.append(spec.measure)
     for column in bin_columns:
         series.append(dp.series_domain(column, dp.atom_domain(T=dp.String)))
+        columns.append(column)
+    for column in int_columns:
+        series.append(dp.series_domain(column, dp.atom_domain(T=dp.i64)))
         columns.append(column)
     domain = dp.with_margin(dp.lazyframe_domain(series), dp.polars.Margin(by=[], max_length=spec.max_rows))
     return domain, columns
@@ -624,8 +792,9 @@ def prepare_release(
     """Build the OpenDP measurements for ``spec`` once and check OpenDP's privacy map against its epsilon.
 
     ``scale_overrides`` replaces the computed noise scale of named quantities ("count", "sum", "histogram",
-    "quantile_histogram"); it exists for tests and for auditors reproducing a release, and it bypasses
-    nothing: the privacy map still decides. Raises :class:`PrivacyMapExceeded` before any data is seen.
+    "quantile_histogram", "lorenz_count", "lorenz_sum"; the last in normalised offset units); it exists for
+    tests and for auditors reproducing a release, and it bypasses nothing: the privacy map still decides.
+    Raises :class:`PrivacyMapExceeded` before any data is seen.
     """
     dp.enable_features("contrib")
     overrides = dict(scale_overrides or {})
@@ -648,13 +817,20 @@ def prepare_release(
         bin_edges[_HBIN] = hist.edges
     if "quantile_histogram" in by_name and isinstance(quant, Quantiles):
         bin_edges[_QBIN] = quant.edges
+    lorenz = spec.statistic("lorenz")
+    lorenz_edges = lorenz.edges if isinstance(lorenz, Lorenz) else None
+    if lorenz_edges is not None:
+        bin_edges[_LBIN] = lorenz_edges
     bin_columns = list(bin_edges)
-    domain, columns = _input_domain(spec, bin_columns)
+    int_columns = [_LOFFSET] if lorenz_edges is not None else []
+    domain, columns = _input_domain(spec, bin_columns, int_columns)
     schema: dict[str, pl.DataType] = {g.name: pl.String() for g in spec.groups}
     if spec.measure is not None:
         schema[spec.measure] = pl.Int64()
     for column in bin_columns:
         schema[column] = pl.String()
+    for column in int_columns:
+        schema[column] = pl.Int64()
     names = [g.name for g in spec.groups]
     keys = _keys_frame(spec.groups) if names else None
 
@@ -675,6 +851,16 @@ def prepare_release(
             bin_keys = bins if keys is None else keys.join(bins, how="cross")
             agg = dp.len(scale=by_name[name].scale, signed=True).alias(_COUNT)
             plans.append((name, _grouped(schema, [*names, column], [agg], bin_keys)))
+    if lorenz_edges is not None:
+        bins = _bins_frame(_LBIN, lorenz_edges).drop(_BIN_INDEX)
+        bin_keys = bins if keys is None else keys.join(bins, how="cross")
+        aggs = [
+            dp.len(scale=by_name["lorenz_count"].scale, signed=True).alias(_COUNT),
+            dp.polars.DPExpr(pl.col(_LOFFSET))
+            .sum((0, LORENZ_RESOLUTION), scale=by_name["lorenz_sum"].scale)
+            .alias(_SUM),
+        ]
+        plans.append(("lorenz", _grouped(schema, [*names, _LBIN], aggs, bin_keys)))
 
     d_in = spec.unit_multiplicity
     measurements = [
@@ -693,4 +879,6 @@ def prepare_release(
     if Decimal(total) > spec.epsilon:
         raise PrivacyMapExceeded(spec.epsilon, Decimal(repr(total)), d_in)
     epsilon = Decimal(repr(total))
-    return PreparedRelease(spec, quantities, measurements, compositor, epsilon, columns, bin_edges)
+    return PreparedRelease(
+        spec, quantities, measurements, compositor, epsilon, columns, bin_edges, lorenz_edges
+    )

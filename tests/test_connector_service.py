@@ -22,10 +22,27 @@ from connector_fixture import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbservers import mariadb_url, postgres_url  # noqa: F401 (fixtures)
 
+from connectors.config import Unit
 from connectors.federation_keys import load_keyring
 from connectors.ids import resident_attributes
 from connectors.process import RunningConnector, start_connector
-from connectors.protocol import TOKEN_COLUMN, ConnectorSchema, TokenSpec
+from connectors.protocol import (
+    BASELINE_SUFFIX,
+    TOKEN_COLUMN,
+    Approval,
+    ApprovalRule,
+    ApprovedDataset,
+    ConnectorSchema,
+    SignatureError,
+    SignedApproval,
+    TokenSpec,
+    canonical_json,
+    fingerprint,
+    sha256_hex,
+    sign_approval,
+    sign_rule,
+    verify_approval,
+)
 from connectors.state import ConnectorState
 from gateway.connector_client import ConnectorCallError, ConnectorClient
 
@@ -433,3 +450,216 @@ def test_a_signed_rule_admits_queries_inside_it_and_only_those(
     forged = sign_rule(Ed25519PrivateKey.generate(), rule().rule)  # type: ignore[attr-defined]
     r = _post(dept, conn, "q-rule-20000", approval=None, rule=forged, epsilon=Decimal("0.5"), **narrow)
     assert r.status_code == 403
+
+
+# --- a baseline period in one extract
+
+MAIN = {"period_start": "2025-07", "period_end": "2025-12"}
+BASELINE = {"baseline_start": "2025-01", "baseline_end": "2025-06"}
+
+
+@pytest.fixture(scope="module")
+def baseline_dept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Department, RunningConnector]]:
+    # Its own department, so these extracts do not draw on the epsilon window of the other tests'.
+    dept = make_department(tmp_path_factory.mktemp("baseline"), "sqlite", epsilon_window="100")
+    conn = start_connector(dept.config_path)
+    yield dept, conn
+    conn.stop()
+
+
+def _period_approval(
+    dept: Department, query_id: str, baseline: tuple[str, str] | None = ("2025-01", "2025-06")
+) -> SignedApproval:
+    """The department's approval of the second half of 2025, with the baseline it states (if any)."""
+    approval = Approval(
+        department=dept.name,
+        query_id=query_id,
+        query_digest=sha256_hex(query_id.encode()),
+        unit=Unit.PERSON,
+        baseline_start=baseline[0] if baseline else None,
+        baseline_end=baseline[1] if baseline else None,
+        datasets=(
+            ApprovedDataset(
+                dataset="wages",
+                measures=("wage_income", "months_paid"),
+                dimensions=("district", "sex", "birth_year_band"),
+            ),
+        ),
+        epsilon=Decimal("0.5"),
+        **MAIN,
+    )
+    return sign_approval(dept.approval_key, approval)
+
+
+def test_a_baseline_stated_by_the_approval_is_served_beside_the_period(
+    baseline_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = baseline_dept
+    r = _post(dept, conn, "q-base-00001", approval=_period_approval(dept, "q-base-00001"), **MAIN, **BASELINE)
+    assert r.status_code == 200, r.text
+    rows = {x[TOKEN_COLUMN]: x for x in pa.ipc.open_stream(io.BytesIO(r.content)).read_all().to_pylist()}
+    assert len(rows) == len(EXPECTED)  # A and C were paid only in the baseline, and still appear
+    row = rows[_token_of(dept, "q-base-00001", PERSON_A)]
+    assert (row["wage_income"], row["wage_income" + BASELINE_SUFFIX]) == (0, 50_000)
+    assert (row["months_paid"], row["months_paid" + BASELINE_SUFFIX]) == (0, 5)
+
+
+def test_a_baseline_the_approval_does_not_state_is_refused(
+    baseline_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = baseline_dept
+    cases = [
+        (_period_approval(dept, "q-base-00002", baseline=None), BASELINE),  # approved without one
+        (_period_approval(dept, "q-base-00003", baseline=("2025-01", "2025-03")), BASELINE),  # another one
+        (_period_approval(dept, "q-base-00004"), {}),  # approved with one, asked without
+    ]
+    for signed, baseline in cases:
+        query_id = signed.approval.query_id
+        r = _post(dept, conn, query_id, approval=signed, **MAIN, **baseline)
+        assert r.status_code == 403 and r.json()["error"] == "not_approved", query_id
+        assert "baseline" in r.json()["message"]
+
+
+def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConnector]) -> None:
+    dept, conn = baseline_dept
+    rule = ApprovalRule(
+        department=dept.name,
+        rule_id="with-baseline",
+        datasets=(ApprovedDataset(dataset="wages", measures=("wage_income",)),),
+        units=(Unit.PERSON,),
+        max_epsilon_per_query=Decimal("0.5"),
+        analysts=("*",),
+    )
+    r = _post(
+        dept,
+        conn,
+        "q-base-00005",
+        approval=None,
+        rule=sign_rule(dept.approval_key, rule),
+        epsilon=Decimal("0.5"),
+        measures=("wage_income",),
+        dimensions=(),
+        **MAIN,
+        **BASELINE,
+    )
+    assert r.status_code == 200, r.text
+    table = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()
+    assert table.column_names == [TOKEN_COLUMN, "wage_income", "wage_income" + BASELINE_SUFFIX]
+
+
+def test_a_baseline_overlapping_the_period_is_invalid(
+    baseline_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = baseline_dept
+    good = dept.request("q-base-00006", approval=_period_approval(dept, "q-base-00006"), **MAIN, **BASELINE)
+    for baseline in (
+        {"baseline_start": "2025-01", "baseline_end": "2025-07"},  # overlaps the period's first month
+        {"baseline_start": "2026-01", "baseline_end": "2026-06"},  # after the period
+        {"baseline_start": "2025-06", "baseline_end": "2025-01"},  # reversed
+        {"baseline_start": "2025-01", "baseline_end": None},  # half a range
+    ):
+        # Built by hand: the protocol model itself refuses to make such a request.
+        body = canonical_json({**good.model_dump(mode="json"), **baseline})
+        r = signed_call(
+            conn.url,
+            "/v1/extract",
+            key=dept.gateway_key,
+            connector=dept.name,
+            body=body,
+            query_id=good.query_id,
+        )
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request", baseline
+    r = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=good.body(),
+        query_id=good.query_id,
+    )
+    assert r.status_code == 200  # the same request with a sound baseline is served
+
+
+def test_a_baseline_needs_a_dataset_with_a_period(tmp_path: Path) -> None:
+    import yaml
+
+    dept = make_department(tmp_path, "sqlite")
+    cfg = yaml.safe_load(dept.config_path.read_text())
+    del cfg["datasets"][0]["period"]  # a snapshot table
+    dept.config_path.write_text(yaml.safe_dump(cfg))
+    conn = start_connector(dept.config_path)
+    try:
+        signed = _period_approval(dept, "q-base-00007")
+        r = _post(dept, conn, "q-base-00007", approval=signed, **MAIN, **BASELINE)
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+        assert "period" in r.json()["message"]
+        plain = _period_approval(dept, "q-base-00008", baseline=None)
+        assert _post(dept, conn, "q-base-00008", approval=plain, **MAIN).status_code == 200
+    finally:
+        conn.stop()
+
+
+def test_another_baseline_is_another_request_for_the_served_once_check(
+    baseline_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = baseline_dept
+    first = _post(
+        dept, conn, "q-base-00009", approval=_period_approval(dept, "q-base-00009"), **MAIN, **BASELINE
+    )
+    assert first.status_code == 200
+    # The department signed a second approval for the same query with a shorter baseline.
+    shorter = _period_approval(dept, "q-base-00009", baseline=("2025-04", "2025-06"))
+    again = _post(
+        dept, conn, "q-base-00009", approval=shorter, **MAIN, baseline_start="2025-04", baseline_end="2025-06"
+    )
+    assert again.status_code == 403 and again.json()["error"] == "already_served"
+
+
+# A known approval and its signature under a fixed key, made before approvals had baseline fields:
+# approvals without a baseline must keep these exact signed bytes, or every stored approval breaks.
+_KNOWN_KEY = bytes(range(32))
+_KNOWN_BYTES = (
+    b'fedgate-approval/1\n{"datasets":[{"dataset":"wages","dimensions":[],"measures":["wage_income"]}],'
+    b'"department":"tax","epsilon":"0.25","expires_at":null,"period_end":"2025-12","period_start":"2025-01",'
+    b'"query_digest":"' + b"a" * 64 + b'","query_id":"q-proto-0001","unit":"household",'
+    b'"version":"fedgate-approval/1"}'
+)
+_KNOWN_SIGNATURE = "Wh7y1Kt/sUyftZS4W8iGHsEyv6Jw9Lq1tUlPv9cAMcq1T28yDJBQwvzuz+p5QByl1T8NQqKa9/sYjMoIcUy3Dw=="
+
+
+def test_approvals_without_a_baseline_keep_their_signed_bytes() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey as Key
+
+    key = Key.from_private_bytes(_KNOWN_KEY)
+    approval = Approval(
+        department="tax",
+        query_id="q-proto-0001",
+        query_digest="a" * 64,
+        unit=Unit.HOUSEHOLD,
+        period_start="2025-01",
+        period_end="2025-12",
+        datasets=(ApprovedDataset(dataset="wages", measures=("wage_income",)),),
+        epsilon=Decimal("0.25"),
+    )
+    assert approval.signing_bytes() == _KNOWN_BYTES and b"baseline" not in approval.signing_bytes()
+    known = SignedApproval(
+        approval=approval, key_fingerprint=fingerprint(key.public_key()), signature=_KNOWN_SIGNATURE
+    )
+    assert verify_approval(key.public_key(), known) == approval
+    assert sign_approval(key, approval).signature == _KNOWN_SIGNATURE
+    # A baseline is signed: adding one to a signed approval breaks its signature.
+    widened = approval.model_copy(update={"baseline_start": "2024-01", "baseline_end": "2024-12"})
+    with pytest.raises(SignatureError):
+        verify_approval(key.public_key(), known.model_copy(update={"approval": widened}))
+    assert b'"baseline_end":"2024-12","baseline_start":"2024-01"' in widened.signing_bytes()
+
+
+def test_requests_without_a_baseline_carry_no_baseline_field(
+    baseline_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, _conn = baseline_dept
+    assert b"baseline" not in dept.request("q-base-00010").body()
+    with_base = dept.request(
+        "q-base-00011", approval=_period_approval(dept, "q-base-00011"), **MAIN, **BASELINE
+    )
+    assert with_base.body().count(b'"baseline_start":"2025-01"') == 2  # the request's and the approval's

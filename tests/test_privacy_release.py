@@ -15,10 +15,12 @@ from pydantic import ValidationError
 from privacy.errors import PrivacyMapExceeded, ReleaseAlreadyRun, ReleaseInputError, SpecError
 from privacy.intervals import discrete_laplace_half_width
 from privacy.release import (
+    LORENZ_RESOLUTION,
     OTHER,
     Count,
     GroupDomain,
     Histogram,
+    Lorenz,
     Mean,
     Quantiles,
     ReleaseCell,
@@ -312,6 +314,10 @@ def test_no_groups_releases_one_cell() -> None:
         {"measure": "village"},
         {"unit_multiplicity": 0},
         {"max_rows": 0},
+        {"statistics": (Lorenz(edges=(0, 2000)),)},
+        {"statistics": (Lorenz(edges=(-5, 500)),)},
+        {"statistics": (Lorenz(edges=(0, 500)),), "measure": None},
+        {"statistics": (Lorenz(edges=(0, 500)),), "max_rows": 2**44},
     ],
 )
 def test_invalid_specs_are_refused_at_construction(bad: dict[str, object]) -> None:
@@ -325,6 +331,129 @@ def test_statistic_parameters_are_validated() -> None:
     with pytest.raises(ValidationError):
         Quantiles(probs=(0.5, 1.0), edges=(1, 2))
     with pytest.raises(ValidationError):
+        Lorenz(edges=(5, 3))
+    with pytest.raises(ValidationError):
         GroupDomain(name="v", values=("a", "a"))
     with pytest.raises(ValidationError):
         GroupDomain(name="v", values=())
+
+
+R = LORENZ_RESOLUTION
+
+
+def test_lorenz_privacy_map_is_exact_and_the_scales_are_as_documented() -> None:
+    alone = prepare_release(spec(statistics=(Lorenz(edges=(0, 500)),)))
+    assert list(alone.quantities) == ["lorenz_count", "lorenz_sum"]
+    assert all(q.share == Decimal("0.5") for q in alone.quantities.values())
+    assert alone.quantities["lorenz_sum"].sensitivity == R
+    assert alone.scales["lorenz_count"] == pytest.approx(2.0, rel=1e-8)
+    assert alone.scales["lorenz_sum"] == pytest.approx(2.0 * R, rel=1e-8)  # m * R / share
+    assert Decimal("0.999999") < alone.epsilon <= Decimal("1")
+
+    third = Decimal(1) / 3
+    both = prepare_release(spec(statistics=(Lorenz(edges=(0, 500)), Count()), unit_multiplicity=2))
+    assert list(both.quantities) == ["count", "lorenz_count", "lorenz_sum"]  # fixed order, lorenz last
+    assert all(q.share == third for q in both.quantities.values())
+    assert both.scales["count"] == pytest.approx(2 / float(third), rel=1e-8)
+    assert both.scales["lorenz_count"] == pytest.approx(2 / float(third), rel=1e-8)
+    assert both.scales["lorenz_sum"] == pytest.approx(2 * R / float(third), rel=1e-8)
+    assert Decimal("0.999999") < both.epsilon <= Decimal("1")
+
+    # OpenDP's own map agrees with sensitivity R per row: a sum scale a little below m * R / share is refused.
+    tight = {"lorenz_sum": 2.0 * R * (1 - 1e-6)}
+    with pytest.raises(PrivacyMapExceeded):
+        prepare_release(spec(statistics=(Lorenz(edges=(0, 500)),)), scale_overrides=tight)
+    exact = prepare_release(
+        spec(statistics=(Lorenz(edges=(0, 500)),)), scale_overrides={"lorenz_sum": 4.0 * R}
+    )
+    assert exact.epsilon == pytest.approx(Decimal("0.75"), rel=Decimal("1e-8"))  # 0.5 + 1 * R / (4 R)
+
+
+def test_lorenz_cells_are_released_for_every_cell_and_bin_with_width_sized_intervals() -> None:
+    edges = (0, 100, 400, 1000)  # the first and last bins have width 0 once clamped to [0, 1000]
+    result = prepare_release(spec(statistics=(Lorenz(edges=edges), Count()))).run(frame())
+    labels = ("<0", "[0,100)", "[100,400)", "[400,1000)", ">=1000")
+    widths = dict(zip(labels, (0, 100, 300, 600, 0), strict=True))
+    for statistic in ("lorenz", "lorenz_sum"):
+        cells = cells_of(result, statistic)
+        assert {(key(c), c.bin) for c in cells} == {(k, b) for k in ALL_CELLS for b in labels}
+        for cell in cells:
+            assert cell.low is not None and cell.high is not None and cell.value is not None
+            assert cell.low <= cell.value <= cell.high
+    for cell in cells_of(result, "lorenz"):
+        assert isinstance(cell.value, int) and cell.display == max(cell.value, 0)
+    scale = result.scales["lorenz_sum"]
+    half = discrete_laplace_half_width(scale)
+    for cell in cells_of(result, "lorenz_sum"):
+        assert isinstance(cell.value, float) and cell.display == max(cell.value, 0.0)
+        assert cell.bin is not None and cell.high is not None and cell.low is not None
+        assert cell.high - cell.low == pytest.approx(2 * half * widths[cell.bin] / R)
+        if widths[cell.bin] == 0:
+            assert cell.value == cell.low == cell.high == 0.0
+    assert {"lorenz", "lorenz_sum", "count"} <= set(result.methods)
+    assert "proportional to the bin's width" in result.methods["lorenz_sum"]
+    assert result.lorenz_resolution == R
+    back = ReleaseResult.from_json_dict(json.loads(json.dumps(result.to_json_dict(), allow_nan=False)))
+    assert back == result
+
+
+def test_noise_free_lorenz_release_has_the_exact_counts_and_offsets() -> None:
+    edges = (0, 250, 500)
+    data = frame(900, seed=3)
+    s = spec(groups=(), statistics=(Lorenz(edges=edges),), epsilon=Decimal(10**9))
+    result = prepare_release(s).run(data)
+    x = data["income"].clip(0, 1000).to_numpy().astype(np.float64)
+    bounds = np.asarray([0, 0, 250, 500, 1000], dtype=np.float64)
+    j = np.searchsorted(np.asarray(edges), x, side="right")
+    width = np.diff(bounds)[j]
+    t = np.where(width > 0, np.rint((x - bounds[j]) * R / np.where(width > 0, width, 1)), 0)
+    counts = [c.value for c in cells_of(result, "lorenz")]
+    assert counts == np.bincount(j, minlength=4).tolist()
+    assert counts[0] == 0 and counts[3] == int(np.sum(x >= 500))  # incomes above 1000 clamped into the last
+    sums = np.asarray([c.value for c in cells_of(result, "lorenz_sum")], dtype=np.float64)
+    per_unit = np.diff(bounds) / R
+    exact_t = np.bincount(j, weights=t, minlength=4)
+    assert np.allclose(sums, exact_t * per_unit, rtol=1e-12, atol=0)
+    # In yuan, off by at most half a resolution step per unit.
+    offsets = np.bincount(j, weights=x - bounds[j], minlength=4)
+    assert np.all(np.abs(sums - offsets) <= np.bincount(j, minlength=4) * per_unit / 2 + 1e-9)
+
+
+def test_lorenz_sums_carry_width_sized_noise_at_the_stated_rate() -> None:
+    villages = GroupDomain(name="village", values=tuple(f"v{i:03d}" for i in range(300)))
+    rng = np.random.default_rng(43)
+    n = 30_000
+    data = pl.DataFrame(
+        {
+            "village": rng.choice(list(villages.values), n),
+            "urban": rng.choice(["1", "2"], n),
+            "income": rng.integers(0, 1000, n),
+        }
+    )
+    edges = (0, 100, 1000)  # widths 0, 100, 900, 0
+    s = spec(groups=(villages, URBAN), statistics=(Lorenz(edges=edges),), epsilon=Decimal("0.5"))
+    result = prepare_release(s).run(data)
+    bounds = {"[0,100)": 0, "[100,1000)": 100}
+    truth = {
+        (r["village"], r["urban"], r["bin"]): r["offset"]
+        for r in data.with_columns(
+            pl.when(pl.col("income") < 100)
+            .then(pl.lit("[0,100)"))
+            .otherwise(pl.lit("[100,1000)"))
+            .alias("bin")
+        )
+        .group_by("village", "urban", "bin")
+        .agg((pl.col("income") - pl.col("bin").replace_strict(bounds)).sum().alias("offset"))
+        .to_dicts()
+    }
+    scale = result.scales["lorenz_sum"]
+    for label, width in (("[0,100)", 100), ("[100,1000)", 900)):
+        cells = [c for c in cells_of(result, "lorenz_sum") if c.bin == label]
+        assert len(cells) == 301 * 3
+        true = [truth.get((*key(c), label), 0) for c in cells]
+        errors = np.asarray([c.value for c in cells], dtype=np.float64) - np.asarray(true, dtype=np.float64)
+        covered = np.mean([c.low <= v <= c.high for c, v in zip(cells, true, strict=True)])  # type: ignore[operator]
+        assert 0.90 <= covered <= 0.99, (label, covered)
+        # The yuan noise scale is scale * w / R: 4 * 100 = 400 yuan for the narrow bin, 3600 for the wide one.
+        yuan_scale = scale * width / R
+        assert 0.8 * yuan_scale <= float(np.mean(np.abs(errors))) <= 1.2 * yuan_scale

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aggregation.query import MemberGroup
 from connectors.protocol import ApprovedDataset, ConnectorSchema
 
 
@@ -125,3 +127,34 @@ class BudgetOut(BaseModel):
     datasets: dict[str, str] = Field(
         {}, description="dataset -> epsilon remaining under its department's cap"
     )
+
+
+class KeyGroupIn(_In):
+    """A named key group to register; its name is `definition.name` (household.has_<name> in queries)."""
+
+    definition: MemberGroup
+    title: str = Field(min_length=1, max_length=200, description="English title")
+    title_zh: str = Field(min_length=1, max_length=200, description="Chinese title")
+    description: str = Field("", max_length=2_000, description="what the group means, for analysts")
+
+
+class KeyGroupOut(BaseModel):
+    """One version of a named key group: a public definition, never a count of its members."""
+
+    name: str
+    version: int = Field(description="versions 1..version exist; older ones stay readable")
+    household_attribute: str = Field(description="what household queries group or filter on")
+    definition: MemberGroup
+    definition_digest: str = Field(description="SHA-256 of the definition's canonical JSON")
+    title: str
+    title_zh: str
+    description: str
+    created_by: str
+    created_at: datetime
+    retired: bool
+    retired_at: datetime | None
+    retired_by: str | None
+
+
+class KeyGroupsOut(BaseModel):
+    groups: list[KeyGroupOut]

@@ -1,0 +1,160 @@
+"""Early warning: households, by village, whose income in the period fell by more than a given share
+below the previous period.
+
+One query rolls the income proxy up over both periods in the same extracts (so one household's two
+values link), with household membership fixed at the end of the later period; a DP count of households
+by village x `household.income_trend` (fell / not fell / no income in the earlier period, counted
+separately). Counts only: differential privacy cannot name a household, and nothing here does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from aggregation.indicators import cells, specs
+from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.model import (
+    Figure,
+    IndicatorError,
+    IndicatorParams,
+    MonitoringConfig,
+    ReleaseDecl,
+)
+from aggregation.query import (
+    INCOME_TREND,
+    TREND_DOMAIN,
+    TREND_FELL,
+    TREND_NO_BASELINE,
+    TREND_NOT_FELL,
+    Baseline,
+    QuerySpec,
+    Statistic,
+    StatisticKind,
+)
+
+TREND = "trend"
+
+
+def _months(period: str) -> int:
+    year, month = period.split("-")
+    return int(year) * 12 + int(month) - 1
+
+
+def _period(index: int) -> str:
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def baseline_of(params: IndicatorParams, config: MonitoringConfig) -> Baseline:
+    """The earlier period (default: as many months just before the period) and the public drop share."""
+    start, end = params.baseline_start, params.baseline_end
+    if start is None or end is None:
+        length = _months(params.period_end) - _months(params.period_start) + 1
+        first = _months(params.period_start) - length
+        start, end = _period(first), _period(first + length - 1)
+    try:
+        return Baseline(period_start=start, period_end=end, drop_share=params.drop_share or config.drop_share)
+    except ValueError as exc:
+        raise IndicatorError("baseline", str(exc)) from None
+
+
+class EarlyWarning(Template):
+    name = "early_warning"
+    title = "Early warning: households whose income fell"
+    title_zh = "家庭收入下降预警（按村/社区计数）"
+    description = (
+        "Households by village whose income fell by more than the drop share against the previous period; "
+        "households without income in the earlier period counted separately. Counts only."
+    )
+
+    def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]:
+        b = baseline_of(params, config)
+        return (
+            ReleaseDecl(
+                role=TREND,
+                what="count of households by village x income trend against "
+                f"{b.period_start}..{b.period_end} (fell: below {1 - b.drop_share} of the earlier value)",
+                weight=Fraction(1),
+            ),
+        )
+
+    def build(
+        self, role: str, epsilon: Decimal, params: IndicatorParams, config: MonitoringConfig
+    ) -> QuerySpec:
+        if _months(params.period_start) <= 0:
+            raise IndicatorError("period_start", "the period has no earlier period to compare with")
+        return specs.query(
+            params,
+            indicator=self.name,
+            role=role,
+            epsilon=epsilon,
+            measure=specs.income(config),
+            baseline=baseline_of(params, config),
+            group_by=(config.village, INCOME_TREND),
+            statistics=(Statistic(kind=StatisticKind.COUNT),),
+        )
+
+    def figures(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> tuple[list[Figure], dict[str, str], Curves]:
+        release = releases[TREND]
+        counts = cells.direct(release, "count")
+        villages = sorted({k[0] for k in counts if k[0] is not None})
+        every = [*villages, None]
+        matrix = np.array([[counts.get((v, t), 0.0) for t in TREND_DOMAIN] for v in every])
+        fell, not_fell, none = (
+            TREND_DOMAIN.index(t) for t in (TREND_FELL, TREND_NOT_FELL, TREND_NO_BASELINE)
+        )
+
+        def figures_of(m: np.ndarray) -> np.ndarray:
+            # Pool raw noisy counts (unbiased), then clip each pooled count at 0.
+            rows = np.concatenate([m.sum(axis=-2, keepdims=True), m[..., :-1, :]], axis=-2)
+            rows = np.maximum(rows, 0)
+            share = cells.safe_ratio(rows[..., fell], rows[..., fell] + rows[..., not_fell])
+            return np.stack([rows[..., fell], rows[..., none], share], axis=-1)
+
+        value, low, high = cells.simulate(
+            [matrix], [cells.scale(release, "count")], figures_of, rng=np.random.default_rng(seed)
+        )
+        b = baseline_of(params, config)
+        names = ["county", *[str(v) for v in villages]]
+        out: list[Figure] = []
+        for i, name in enumerate(names):
+            for j, (figure, label, unit) in enumerate(
+                (
+                    ("households_fell", f"income fell by more than {b.drop_share:%}", "households"),
+                    (
+                        "households_no_baseline",
+                        f"no income in {b.period_start}..{b.period_end}",
+                        "households",
+                    ),
+                    ("share_fell", "of households with earlier income", "share"),
+                )
+            ):
+                out.append(
+                    Figure(
+                        figure=figure,
+                        label=label,
+                        group=name,
+                        value=float(value[i, j]),
+                        low=float(low[i, j]),
+                        high=float(high[i, j]),
+                        unit=unit,
+                    )
+                )
+        methods = {
+            "households_fell": "noisy count of households whose clamped income in the period is below "
+            f"(1 - {b.drop_share}) x their clamped income in {b.period_start}..{b.period_end}",
+            "households_no_baseline": "noisy count of households with no positive income in the earlier "
+            "period",
+            "share_fell": "noisy fell / (noisy fell + noisy not fell); 95% intervals by simulation",
+        }
+        return out, methods, {}

@@ -1,0 +1,170 @@
+"""Routes: the indicator library and the monitoring packs (analysts run them; anyone may list them)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from aggregation.indicators import INDICATORS, PACKS, IndicatorParams, IndicatorResult
+from gateway import indicators
+from gateway.auth import Principal, Role
+from gateway.context import ContextDep
+from gateway.deps import CurrentPrincipal, require_roles
+from gateway.errors import error_responses
+
+router = APIRouter(
+    prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 422, 502, 503)
+)
+
+Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
+
+_PERIOD = r"^\d{4}-(0[1-9]|1[0-2])(\.\.\d{4}-(0[1-9]|1[0-2]))?$"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IndicatorRunIn(_In):
+    period: str = Field(pattern=_PERIOD, description="YYYY-MM (the months ending then) or YYYY-MM..YYYY-MM")
+    epsilon: Decimal | None = Field(
+        None, gt=0, le=10, description="total for the indicator; default: the smallest department cap"
+    )
+    bands: dict[str, tuple[int, int]] | None = Field(
+        None, max_length=12, description="income bands [low, high) in yuan; default the seed's two bands"
+    )
+    groups: list[str] | None = Field(None, max_length=12, description="registered key groups (key_groups)")
+    baseline: str | None = Field(None, pattern=_PERIOD, description="early_warning: the earlier period")
+    drop_share: Decimal | None = Field(None, gt=0, lt=1, description="early_warning: the fall that counts")
+
+
+class PackRunIn(_In):
+    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="the reference month, YYYY-MM")
+    epsilon: Decimal | None = Field(None, gt=0, le=10, description="default: the smallest department cap")
+    groups: list[str] | None = Field(None, max_length=12, description="key groups; default the standard five")
+
+
+class IndicatorsRunOut(BaseModel):
+    pack: str | None
+    period: str
+    epsilon: str = Field(description="the total charged (exactly the sum of the queries' epsilons)")
+    indicators: list[IndicatorResult]
+
+
+class ReleaseOut(BaseModel):
+    role: str
+    what: str
+    share: str
+
+
+class IndicatorOut(BaseModel):
+    name: str
+    title: str
+    title_zh: str
+    counted: str
+    protected_unit: str = "household"
+    description: str
+    releases: list[ReleaseOut]
+
+
+class PackMemberOut(BaseModel):
+    indicator: str
+    share: str
+    months: str
+
+
+class PackOut(BaseModel):
+    name: str
+    title: str
+    title_zh: str
+    members: list[PackMemberOut]
+
+
+class LibraryOut(BaseModel):
+    indicators: list[IndicatorOut]
+    packs: list[PackOut]
+
+
+def library() -> LibraryOut:
+    """Every indicator with its releases and epsilon split, and every pack with its split."""
+    probe = IndicatorParams(
+        period_start="2025-01",
+        period_end="2025-12",
+        epsilon=Decimal(1),
+        analyst="-",
+        groups=(),
+    )
+    out = []
+    for t in INDICATORS.values():
+        try:
+            decls = t.releases(probe, indicators.CONFIG)
+            releases = [ReleaseOut(role=d.role, what=d.what, share=str(d.weight)) for d in decls]
+        except ValueError:
+            releases = [ReleaseOut(role="group:<name>", what="one histogram per key group", share="1/groups")]
+        out.append(
+            IndicatorOut(
+                name=t.name,
+                title=t.title,
+                title_zh=t.title_zh,
+                counted=t.counted,
+                description=t.description,
+                releases=releases,
+            )
+        )
+    packs = [
+        PackOut(
+            name=p.name,
+            title=p.title,
+            title_zh=p.title_zh,
+            members=[PackMemberOut(**m) for m in p.description(indicators.CONFIG)],
+        )
+        for p in PACKS.values()
+    ]
+    return LibraryOut(indicators=out, packs=packs)
+
+
+@router.get("/indicators", response_model=LibraryOut)
+async def list_indicators(who: CurrentPrincipal) -> LibraryOut:
+    """The indicator library: what each releases, how its epsilon is split; the packs and their splits."""
+    return library()
+
+
+def _out(doc: dict[str, Any]) -> IndicatorsRunOut:
+    return IndicatorsRunOut.model_validate(doc)
+
+
+@router.post("/indicators/{name}/run", response_model=IndicatorsRunOut)
+async def run_indicator(
+    name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst
+) -> IndicatorsRunOut:
+    """Run one indicator: its queries are submitted, must be approved, are charged together, and its
+    figures come with 95% intervals. Running it again returns the same figures and charges nothing."""
+    doc = await run_in_threadpool(
+        lambda: indicators.run_indicator(
+            ctx,
+            analyst,
+            name,
+            period=body.period,
+            epsilon=body.epsilon,
+            bands=body.bands,
+            groups=body.groups,
+            baseline=body.baseline,
+            drop_share=body.drop_share,
+        )
+    )
+    return _out(doc)
+
+
+@router.post("/packs/{name}/run", response_model=IndicatorsRunOut)
+async def run_pack(name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst) -> IndicatorsRunOut:
+    """Run a pack (e.g. `monthly`) for a reference month within one epsilon, split as documented."""
+    doc = await run_in_threadpool(
+        lambda: indicators.run_pack(
+            ctx, analyst, name, period=body.period, epsilon=body.epsilon, groups=body.groups
+        )
+    )
+    return _out(doc)

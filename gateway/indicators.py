@@ -1,0 +1,281 @@
+"""Running indicators and packs: submit their queries, reserve the whole epsilon at once, run, derive figures.
+
+    build the queries (public parameters only)      -> 422 naming the field
+    epsilon within every involved department's cap   -> 422 naming the department (the smallest cap wins)
+    submit each query (identified by its digest)     -> approved by rules or department signatures, else
+                                                        409 not_approved with the ids still waiting
+    ledger.reserve_many (all or nothing)             -> 409 budget_exceeded before any extract
+    run each query (the runner: extracts, join, release, commit), in order
+      a failure: queries not yet run are refunded; what ran stays released or spent, as for any query
+    figures from the released results (post-processing; no budget)
+
+Running the same indicator with the same parameters again finds the same queries released and returns
+the same figures (interval simulations are seeded by the queries' digests), charging nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from aggregation.indicators import (
+    INDICATORS,
+    PACKS,
+    IndicatorError,
+    IndicatorParams,
+    MonitoringConfig,
+    SubQuery,
+    Template,
+    evaluate,
+    months_ending,
+)
+from aggregation.indicators.early_warning import EarlyWarning
+from aggregation.indicators.key_groups import KeyGroups
+from aggregation.planner import Plan
+from gateway import key_groups, queries, runner
+from gateway.auth import Principal
+from gateway.context import GatewayContext
+from gateway.errors import ApiError, ErrorCode
+from gateway.registry import catalog
+from privacy.errors import BudgetExceeded
+
+log = structlog.get_logger("fedgate.indicators")
+
+CONFIG = MonitoringConfig()
+ANNUAL_MONTHS, WARNING_MONTHS = 12, 3
+_PROBE = Decimal(1)
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> ApiError:
+    return ApiError(404, ErrorCode.NOT_FOUND, f"no {kind} named {name!r}; known: {', '.join(known)}", "name")
+
+
+def parse_period(text: str, months: int) -> tuple[str, str]:
+    """`YYYY-MM` (the `months` months ending then) or `YYYY-MM..YYYY-MM`."""
+    try:
+        if ".." in text:
+            start, end = text.split("..", 1)
+            IndicatorParams(period_start=start, period_end=end, epsilon=_PROBE, analyst="-")
+            if start > end:
+                raise IndicatorError("period", "the period's start is after its end")
+            return start, end
+        IndicatorParams(period_start=text, period_end=text, epsilon=_PROBE, analyst="-")
+        return months_ending(text, months)
+    except IndicatorError:
+        raise
+    except ValueError:
+        raise IndicatorError("period", "give YYYY-MM or YYYY-MM..YYYY-MM") from None
+
+
+def _indicator_error(exc: IndicatorError) -> ApiError:
+    return ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field)
+
+
+def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]]:
+    try:
+        return [t.queries(p, CONFIG) for t, p in items]
+    except IndicatorError as exc:
+        raise _indicator_error(exc) from None
+    except ValueError as exc:
+        raise ApiError(
+            422, ErrorCode.INVALID_REQUEST, f"the indicator's query is invalid: {exc}", None
+        ) from None
+
+
+def _plans(ctx: GatewayContext, subqueries: list[SubQuery]) -> list[Plan]:
+    return [queries.plan_or_422(ctx.engine, q.spec) for q in subqueries]
+
+
+def smallest_cap(ctx: GatewayContext, plans: list[Plan]) -> tuple[Decimal, str]:
+    """The smallest per-query epsilon cap of every department the plans touch, and that department."""
+    cat = catalog(ctx.engine)
+    caps: dict[str, Decimal] = {}
+    for plan in plans:
+        for e in plan.extracts:
+            caps[e.department] = min(
+                caps.get(e.department, Decimal("Infinity")), cat[e.connector].policy.max_epsilon_per_query
+            )
+    department = min(caps, key=lambda d: (caps[d], d))
+    return caps[department], department
+
+
+def _with_epsilon(
+    ctx: GatewayContext,
+    make: Callable[[Decimal], list[tuple[Template, IndicatorParams]]],
+    epsilon: Decimal | None,
+) -> tuple[list[tuple[Template, IndicatorParams]], Decimal]:
+    """Fix the total epsilon: the one asked for if every department's cap allows it (else refused), by
+    default the smallest cap; `make` builds the indicators for a total."""
+    try:
+        probe = _build(make(_PROBE))
+        cap, department = smallest_cap(ctx, _plans(ctx, [q for qs in probe for q in qs]))
+        total = cap if epsilon is None else epsilon
+        if total > cap:
+            raise ApiError(
+                422,
+                ErrorCode.INVALID_REQUEST,
+                f"epsilon {total} is above department {department}'s cap of {cap} per query; every "
+                "department involved must allow the whole total (the smallest cap wins)",
+                "epsilon",
+            )
+        return make(total), total
+    except IndicatorError as exc:
+        raise _indicator_error(exc) from None
+
+
+def run_indicator(
+    ctx: GatewayContext,
+    analyst: Principal,
+    name: str,
+    *,
+    period: str,
+    epsilon: Decimal | None,
+    bands: dict[str, tuple[int, int]] | None = None,
+    groups: list[str] | None = None,
+    baseline: str | None = None,
+    drop_share: Decimal | None = None,
+) -> dict[str, Any]:
+    template = INDICATORS.get(name)
+    if template is None:
+        raise _unknown("indicator", name, sorted(INDICATORS))
+    try:
+        months = WARNING_MONTHS if isinstance(template, EarlyWarning) else ANNUAL_MONTHS
+        start, end = parse_period(period, months)
+        base = parse_period(baseline, 1) if baseline else (None, None)
+    except IndicatorError as exc:
+        raise _indicator_error(exc) from None
+    names = (
+        groups if groups is not None else list(CONFIG.key_groups) if isinstance(template, KeyGroups) else []
+    )
+    params = IndicatorParams(
+        period_start=start,
+        period_end=end,
+        epsilon=_PROBE,
+        analyst=analyst.name,
+        bands=bands,
+        groups=key_groups.resolve(ctx.engine, names) if names else (),
+        baseline_start=base[0],
+        baseline_end=base[1],
+        drop_share=drop_share,
+    )
+    items, total = _with_epsilon(
+        ctx, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
+    )
+    results = _execute(ctx, analyst, items, label=name)
+    return {"pack": None, "period": period, "epsilon": str(total), "indicators": results}
+
+
+def run_pack(
+    ctx: GatewayContext,
+    analyst: Principal,
+    name: str,
+    *,
+    period: str,
+    epsilon: Decimal | None,
+    groups: list[str] | None = None,
+) -> dict[str, Any]:
+    pack = PACKS.get(name)
+    if pack is None:
+        raise _unknown("pack", name, sorted(PACKS))
+    try:
+        parse_period(period, 1)
+        if ".." in period:
+            raise IndicatorError("period", "a pack takes one reference month, YYYY-MM")
+        pack.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
+    except IndicatorError as exc:
+        raise _indicator_error(exc) from None
+    resolved = key_groups.resolve(ctx.engine, groups if groups is not None else list(CONFIG.key_groups))
+    items, total = _with_epsilon(
+        ctx, lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved), epsilon
+    )
+    results = _execute(ctx, analyst, items, label=f"pack:{name}")
+    return {"pack": name, "period": period, "epsilon": str(total), "indicators": results}
+
+
+def _execute(
+    ctx: GatewayContext, analyst: Principal, items: list[tuple[Template, IndicatorParams]], *, label: str
+) -> list[dict[str, Any]]:
+    built = _build(items)
+    flat = [q for qs in built for q in qs]
+    plans = _plans(ctx, flat)
+    records = []
+    for q in flat:
+        record, new = queries.submit(ctx.engine, q.spec, analyst)
+        if new:
+            ctx.audit.record(
+                "query.submitted",
+                actor=analyst.name,
+                query_id=record.id,
+                query_digest=record.digest,
+                spec=q.spec.model_dump(mode="json"),
+                state=record.state,
+                indicator=label,
+            )
+        records.append(queries.get_query(ctx.engine, record.id))
+    waiting = []
+    for record, plan in zip(records, plans, strict=True):
+        if record.state in ("released",) or ctx.ledger.result(record.id) is not None:
+            continue
+        if record.state != "approved":
+            found, _ = queries.covers(ctx.engine, record, plan)
+            missing = [d for d in plan.departments if d not in found]
+            waiting.append(f"{record.id} ({record.state}; waiting for {', '.join(missing) or 'none'})")
+    if waiting:
+        raise ApiError(
+            409,
+            ErrorCode.NOT_APPROVED,
+            f"{len(waiting)} of the {label} queries are not approved: " + "; ".join(waiting),
+            "name",
+        )
+    to_run = [
+        (q, plan)
+        for q, plan, record in zip(flat, plans, records, strict=True)
+        if record.state != "released" and ctx.ledger.result(record.id) is None
+    ]
+    if to_run:
+        try:
+            ctx.ledger.reserve_many(
+                [(q.spec.query_id, [e.ref for e in plan.extracts], q.spec.epsilon) for q, plan in to_run],
+                analyst=analyst.name,
+            )
+        except BudgetExceeded as exc:
+            ctx.audit.record(
+                "budget.refused",
+                actor=analyst.name,
+                indicator=label,
+                query_ids=[q.spec.query_id for q, _ in to_run],
+                scope=exc.scope,
+                requested=str(exc.requested),
+                remaining=str(exc.remaining),
+            )
+            raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
+    ctx.audit.record(
+        "indicator.run",
+        actor=analyst.name,
+        indicator=label,
+        query_ids=[q.spec.query_id for q in flat],
+        epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+    )
+    released: dict[str, dict[str, Any]] = {}
+    pending = [q.spec.query_id for q, _ in to_run]
+    try:
+        for q in flat:
+            released[q.spec.query_id] = runner.run_query(ctx, q.spec.query_id, analyst)
+            if q.spec.query_id in pending:
+                pending.remove(q.spec.query_id)
+    except BaseException:
+        for qid in pending:
+            entry = ctx.ledger.entry(qid)
+            if entry is not None and entry.state == "reserved" and not entry.data_arrived:
+                ctx.ledger.refund(qid)
+        ctx.audit.record("indicator.failed", actor=analyst.name, indicator=label, refunded=pending)
+        raise
+    out = []
+    for (template, params), subqueries in zip(items, built, strict=True):
+        releases = {q.role: released[q.spec.query_id]["release"] for q in subqueries}
+        result = evaluate(template, params, CONFIG, subqueries, releases)
+        out.append(result.model_dump(mode="json"))
+    return out
