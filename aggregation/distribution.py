@@ -6,8 +6,10 @@ and public parameters (edges, bounds, noise scales), never a true value. The ``l
 (:func:`privacy.intervals.histogram_boundaries`), a noisy count ``c_j`` and the noisy sum ``s_j`` of the
 units' offsets ``x - b_j`` in yuan.
 
-**Estimates.** Negative noisy counts are clipped to 0 and each offset-sum to ``[0, c_j w_j]`` (the offsets of
-``c_j`` units lie in ``[0, w_j]``), so bin ``j``'s total ``T_j = c_j b_j + s_j`` has its mean inside the bin.
+**Estimates.** The raw noisy counts and offset-sums are used as released (not clipped per bin: clipping
+would add the positive part of the noise of every empty tail bin, at that bin's high edge, and bias the
+mean, the top quintile and the Gini upwards); bin ``j``'s total is ``T_j = c_j b_j + s_j``, an unbiased
+estimate, and only the resulting figures are clipped to their admissible ranges.
 With ``N = sum c_j`` and ``T = sum T_j``, the Lorenz curve has the points ``(P_j, L_j)`` at the bin boundaries
 (``P_j`` = cumulative count share, ``L_j`` = cumulative income share, from ``(0, 0)`` to ``(1, 1)``) and is
 linear between them, which is what equality within each bin gives. Then
@@ -27,9 +29,9 @@ overstated in the same way (the true curve sags below the chord inside a bin).
 **Negative incomes.** With ``lower < 0`` the bins below 0 have negative totals: the Lorenz curve dips below 0,
 the bottom shares can be negative and the Gini can exceed 1. That is the standard formula's honest answer
 for such data, so values are *not* clipped to [0, 1] then (the Gini is still at least 0 whenever the total
-is positive). With ``lower >= 0`` everything lies in [0, 1] by construction and is clipped to it only
-against rounding. Shares and the Gini are undefined (NaN) where the noisy total ``T`` is not positive or the
-noisy count ``N`` is below 1; the mean where ``N`` is below 1.
+is positive). With ``lower >= 0`` the true figures lie in [0, 1], and the estimates are clipped to it
+(noisy bins can push them slightly outside). Shares and the Gini are undefined (NaN) where the noisy
+total ``T`` is not positive or the noisy count ``N`` is below 1; the mean where ``N`` is below 1.
 
 **Intervals.** As in :mod:`privacy.intervals`: the known noise is drawn ``draws`` times around the noisy
 values (integer Laplace of the count scale for the counts; Laplace of each bin's yuan scale for the
@@ -170,8 +172,11 @@ def _figures_unchecked(
     noisy_counts: FloatArray, noisy_offset_sums: FloatArray, bounds: FloatArray, *, lower: float, upper: float
 ) -> _Figures:
     widths = np.diff(bounds)
-    counts = np.maximum(noisy_counts, 0.0)
-    offsets = np.clip(noisy_offset_sums, 0.0, counts * widths)
+    # Raw noisy bins, not clipped: clipping every bin at 0 adds the positive part of the noise of every
+    # empty bin (most of them in the income tail, each at a high bin edge) and biases the mean, the top
+    # quintile and the Gini upwards; raw sums are unbiased, and only the figures are clipped.
+    counts = np.asarray(noisy_counts, dtype=np.float64)
+    offsets = np.asarray(noisy_offset_sums, dtype=np.float64)
     totals = counts * bounds[:-1] + offsets
     n = counts.sum(axis=-1)
     t = totals.sum(axis=-1)
@@ -188,7 +193,7 @@ def _figures_unchecked(
     end = (*curve.shape[:-1], 1)
     quintiles = np.diff(np.concatenate([np.zeros(end), curve, np.ones(end)], axis=-1), axis=-1)
     if lower >= 0:
-        # Within [0, 1] by construction (bin means lie inside their bins); this only absorbs rounding.
+        # Noisy bins can push a figure slightly outside [0, 1]; the true one lies inside.
         income, gini, quintiles = np.clip(income, 0, 1), np.clip(gini, 0, 1), np.clip(quintiles, 0, 1)
     nan = np.nan
     return _Figures(

@@ -11,7 +11,7 @@ The transport can be injected (httpx.MockTransport or an ASGI transport in tests
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,52 @@ class GatewayClient:
 
     def budget(self) -> Any:
         return self._do("GET", "/v1/budget")
+
+    # --- indicators
+
+    def indicators(self) -> Any:
+        """The indicator library and the packs, with their releases and epsilon splits."""
+        return self._do("GET", "/v1/indicators")
+
+    def run_indicator(
+        self,
+        name: str,
+        *,
+        period: str,
+        epsilon: Decimal | str | None = None,
+        bands: Mapping[str, tuple[int, int]] | None = None,
+        groups: Sequence[str] | None = None,
+        baseline: str | None = None,
+        drop_share: Decimal | str | None = None,
+    ) -> Any:
+        """Run one indicator for `period` (YYYY-MM or YYYY-MM..YYYY-MM); its figures with 95% intervals."""
+        body: dict[str, Any] = {"period": period}
+        for key, value in (
+            ("epsilon", epsilon),
+            ("bands", dict(bands) if bands is not None else None),
+            ("groups", list(groups) if groups is not None else None),
+            ("baseline", baseline),
+            ("drop_share", drop_share),
+        ):
+            if value is not None:
+                body[key] = str(value) if isinstance(value, Decimal) else value
+        return self._do("POST", f"/v1/indicators/{name}/run", body)
+
+    def run_pack(
+        self,
+        name: str = "monthly",
+        *,
+        period: str,
+        epsilon: Decimal | str | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> Any:
+        """Run a pack (the monthly monitoring pack) for a reference month within one epsilon."""
+        body: dict[str, Any] = {"period": period}
+        if epsilon is not None:
+            body["epsilon"] = str(epsilon)
+        if groups is not None:
+            body["groups"] = list(groups)
+        return self._do("POST", f"/v1/packs/{name}/run", body)
 
     # --- auditors
 

@@ -20,8 +20,9 @@ value, so calling it costs no privacy budget. Two methods:
 Quantiles come from a noisy histogram over public edges. The noisy CDF at each edge is the raw noisy
 cumulative count over the raw noisy total (unbiased; clipping bins at 0 first would bias tail quantiles
 outwards), made monotone by a running maximum; the point estimate inverts it with linear interpolation inside
-the bin. The interval inverts a pointwise simulated CDF band at the bin edges, ``[F_hi^-1(p), F_lo^-1(p)]``,
-so its ends are bin edges and it also covers the unknown position of the quantile inside its bin.
+the bin. The interval inverts a pointwise simulated CDF band, ``[F_hi^-1(p), F_lo^-1(p)]``, linear inside
+a bin like the estimate: it targets the within-bin-linear quantile of the clamped values (the difference
+to the exact quantile, at most a bin width, is the documented binning bias).
 """
 
 from __future__ import annotations
@@ -415,6 +416,25 @@ def _invert_cdf(counts: FloatArray, bounds: FloatArray, probs: FloatArray) -> Fl
     return np.where(total >= 1.0, out, np.nan)
 
 
+def _band_crossing(excess: FloatArray, at_lower: FloatArray, bounds: FloatArray) -> FloatArray:
+    """Where a CDF band reaches p: the first bin whose right boundary has ``excess <= 0``, linear inside it.
+
+    ``excess`` (n, P, B) is ``p N - C_i - z_i`` at each bin's right boundary; ``at_lower`` (n, P) is its
+    value at the lower bound (``p N``: nothing lies below it, so no noise either). Interpolating inside the
+    bin, as the point estimate does, keeps the ends off the bin edges: the interval targets the same
+    within-bin-linear quantile as the estimate, instead of adding a whole bin on each side.
+    """
+    first = _first_true(excess <= 0.0)
+    at = np.take_along_axis(excess, first[..., None], axis=-1)[..., 0]
+    previous = np.take_along_axis(excess, np.maximum(first - 1, 0)[..., None], axis=-1)[..., 0]
+    before = np.where(first > 0, previous, at_lower)
+    step = before - at
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.clip(np.where(step > 0, before / step, 1.0), 0.0, 1.0)
+    frac = np.where(at > 0, 1.0, frac)  # the band never reaches p inside the bounds: the upper bound
+    return np.asarray(bounds[first] + frac * (bounds[first + 1] - bounds[first]), dtype=np.float64)
+
+
 def quantiles_from_noisy_histogram(
     noisy_counts: npt.ArrayLike,
     scale: float,
@@ -460,10 +480,10 @@ def quantiles_from_noisy_histogram(
 
     cum = np.cumsum(counts, axis=1)
     gap = p[None, :, None] * cum[:, None, -1:] - cum[:, None, :]  # p N - C_i, (n, P, B)
-    # Lower end: the left boundary of the first bin where even the upper CDF band reaches p.
-    low = bounds[_first_true(gap <= z_hi[None, :, :])]
-    # Upper end: the right boundary of the first bin where the lower CDF band reaches p.
-    high = bounds[_first_true(gap <= z_lo[None, :, :]) + 1]
+    # Lower end: where even the upper CDF band reaches p; upper end: where the lower band does.
+    p_total = p[None, :] * cum[:, -1:]  # p N, the excess at the lower bound
+    low = _band_crossing(gap - z_hi[None, :, :], p_total, bounds)
+    high = _band_crossing(gap - z_lo[None, :, :], p_total, bounds)
     undefined = np.isnan(value)
     low = np.where(undefined, float(lower), np.fmin(low, value))
     high = np.where(undefined, float(upper), np.fmax(high, value))

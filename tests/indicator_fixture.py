@@ -26,9 +26,7 @@ EXACT_EPSILON = Decimal(10) ** 12
 """Epsilon of an unsafe exact evaluation: noise scales near 1e-6 and below, so the noise is 0."""
 
 
-def frames(
-    queries: Sequence[SubQuery], services: Mapping[str, ConnectorService]
-) -> dict[str, pl.DataFrame]:
+def frames(queries: Sequence[SubQuery], services: Mapping[str, ConnectorService]) -> dict[str, pl.DataFrame]:
     """The one-row-per-unit frame of every sub-query, keyed by role."""
     catalog: dict[str, ConnectorSchema] = {n: s.schema for n, s in services.items()}
     out = {}

@@ -1,0 +1,413 @@
+"""Showing an indicator run to a person: rich tables, a CSV of every figure, and a chart.
+
+A run document is what `POST /v1/indicators/{name}/run` and `POST /v1/packs/{name}/run` return:
+{"pack", "period", "epsilon", "indicators": [IndicatorResult JSON, ...]}. The command line and the demo
+render it through the same three functions:
+
+    print_run(console, doc)    one table per indicator, notes, the run's total epsilon
+    write_csv(doc, path)       every figure of every indicator, one row each
+    write_plot(doc, path)      PNG or SVG: shares by village, Lorenz curves, urban vs rural, key groups
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+from rich.console import Console
+from rich.table import Table
+
+from aggregation.indicators.model import Figure, IndicatorResult
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "CSV_COLUMNS",
+    "REFERENCE_GROUPS",
+    "format_interval",
+    "format_value",
+    "print_run",
+    "results_of",
+    "write_csv",
+    "write_plot",
+]
+
+REFERENCE_GROUPS = ("county", "urban", "rural")
+"""Pools shown before (and drawn as reference lines across) the villages."""
+
+CSV_COLUMNS = (
+    "indicator",
+    "period_start",
+    "period_end",
+    "epsilon",
+    "figure",
+    "label",
+    "group",
+    "unit",
+    "value",
+    "low",
+    "high",
+    "exact",
+)
+
+EARLY_WARNING = "early_warning"
+COUNTS_ONLY = "Counts only: no household is named or listed, here or anywhere in the federation's output."
+
+PLOT_SUFFIXES = (".png", ".svg")
+_MISSING = "—"
+
+
+def results_of(doc: Mapping[str, Any]) -> list[IndicatorResult]:
+    """The run's indicators, validated (a document from the gateway or from `model_dump(mode="json")`)."""
+    return [IndicatorResult.model_validate(item) for item in doc["indicators"]]
+
+
+def _finite(value: float | None) -> TypeGuard[float]:
+    return value is not None and math.isfinite(value)
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A figure's value for reading: shares as %, yuan with separators, counts as integers."""
+    if value is None or not math.isfinite(value):
+        return _MISSING
+    if unit == "share":
+        return f"{value:.1%}"
+    if unit == "yuan":
+        return f"{value:,.0f}"
+    if unit in ("households", "persons"):
+        return f"{round(value):,}"
+    return f"{value:.3f}"
+
+
+def format_interval(low: float | None, high: float | None, unit: str) -> str:
+    # An en dash, not "[a, b]": thousands separators would make a comma list ambiguous.
+    if not (_finite(low) and _finite(high)):
+        return _MISSING
+    return f"{format_value(low, unit)} – {format_value(high, unit)}"
+
+
+def _group_order(group: str) -> tuple[int, str]:
+    if group in REFERENCE_GROUPS:
+        return REFERENCE_GROUPS.index(group), ""
+    return len(REFERENCE_GROUPS), group
+
+
+def _by_figure(figures: Iterable[Figure]) -> dict[tuple[str, str], list[Figure]]:
+    """Figures keyed by (figure, label) in the order they first appear, groups ordered within each."""
+    out: dict[tuple[str, str], list[Figure]] = {}
+    for f in figures:
+        out.setdefault((f.figure, f.label), []).append(f)
+    return {key: sorted(items, key=lambda f: _group_order(f.group)) for key, items in out.items()}
+
+
+def _table(result: IndicatorResult, max_groups: int) -> Table:
+    with_exact = any(f.exact is not None for f in result.figures)
+    releases = len(result.queries)
+    title = (
+        f"[bold]{result.title}[/bold]  {result.title_zh}\n"
+        f"{result.period_start}..{result.period_end} · ε charged {result.epsilon} "
+        f"({releases} release{'s' if releases != 1 else ''}) · counted: {result.counted}"
+    )
+    caption = f"[bold]{COUNTS_ONLY}[/bold]" if result.indicator == EARLY_WARNING else None
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    table.add_column("group")
+    table.add_column("figure")
+    table.add_column("label")
+    table.add_column("DP value", justify="right")
+    table.add_column("95% interval", justify="right")
+    if with_exact:
+        table.add_column("exact", justify="right")
+    groups = list(_by_figure(result.figures).items())
+    for i, ((figure, label), items) in enumerate(groups):
+        references = [f for f in items if f.group in REFERENCE_GROUPS]
+        others = [f for f in items if f.group not in REFERENCE_GROUPS]
+        shown = references + others[:max_groups]
+        left_out = len(others) - min(len(others), max_groups)
+        for j, f in enumerate(shown):
+            row = [
+                f.group,
+                figure,
+                label,
+                format_value(f.value, f.unit),
+                format_interval(f.low, f.high, f.unit),
+            ]
+            if with_exact:
+                row.append(format_value(f.exact, f.unit))
+            last = j == len(shown) - 1 and not left_out
+            table.add_row(*row, end_section=last and i < len(groups) - 1)
+        if left_out:
+            more = f"… {left_out} more group{'s' if left_out != 1 else ''} left out (the CSV has them all)"
+            table.add_row(f"[dim]{more}[/dim]", "", "", "", "", *([""] if with_exact else []))
+            if i < len(groups) - 1:
+                table.add_section()
+    return table
+
+
+def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12) -> None:
+    """One table per indicator with its notes, then the run's total epsilon.
+
+    Villages can be many: each figure shows county, urban and rural, then at most `max_groups` other
+    groups. A note already printed under an earlier table of the same run is not repeated.
+    """
+    seen: set[str] = set()
+    for result in results_of(doc):
+        console.print(_table(result, max_groups))
+        for name, points in result.curves.items():
+            console.print(f"[dim]{name}: {len(points)} points (in the JSON and the plot)[/dim]")
+        for note in result.notes:
+            if note not in seen:
+                console.print(f"[dim]{note}[/dim]", highlight=False)
+                seen.add(note)
+        console.print()
+    what = f"pack {doc['pack']}" if doc.get("pack") else "indicator run"
+    console.print(
+        f"[bold]total ε of this {what} for {doc['period']}: {doc['epsilon']}[/bold] "
+        "(the sum of its releases' ε; running it again returns the same figures and charges nothing)",
+        highlight=False,
+    )
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def write_csv(doc: Mapping[str, Any], path: Path) -> Path:
+    """Every figure of every indicator as one row (no group is left out), UTF-8 with a header."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for r in results_of(doc):
+            for f in r.figures:
+                writer.writerow(
+                    [
+                        r.indicator,
+                        r.period_start,
+                        r.period_end,
+                        r.epsilon,
+                        f.figure,
+                        f.label,
+                        f.group,
+                        f.unit,
+                        _cell(f.value),
+                        _cell(f.low),
+                        _cell(f.high),
+                        _cell(f.exact),
+                    ]
+                )
+    return path
+
+
+# --- the chart
+
+_REFERENCE_STYLE = {"county": ("black", "-"), "urban": ("tab:blue", "--"), "rural": ("tab:green", ":")}
+_EXACT_STYLE: dict[str, Any] = {"marker": "x", "color": "tab:red", "linestyle": "none", "zorder": 3}
+_EXACT_LABEL = "exact (evaluated without noise)"
+# Past this many villages only every n-th code is written under the axis.
+_MAX_TICK_LABELS = 60
+
+
+def _errors(items: Sequence[Figure]) -> list[list[float]]:
+    """Error-bar lengths below and above each value (0 where an end is missing)."""
+
+    def gap(upper: float | None, lower: float | None) -> float:
+        return max(0.0, upper - lower) if _finite(upper) and _finite(lower) else 0.0
+
+    return [[gap(f.value, f.low) for f in items], [gap(f.high, f.value) for f in items]]
+
+
+def _exact_marks(ax: Axes, x: Sequence[float], items: Sequence[Figure]) -> None:
+    marked = [(xi, f.exact) for xi, f in zip(x, items, strict=True) if _finite(f.exact)]
+    if marked:
+        ax.plot([m[0] for m in marked], [m[1] for m in marked], label=_EXACT_LABEL, **_EXACT_STYLE)
+
+
+def _by_village(ax: Axes, result: IndicatorResult, figure: str, label: str, title: str) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    items = [f for f in result.figures if f.figure == figure and f.label == label]
+    villages = sorted(
+        (f for f in items if f.group not in REFERENCE_GROUPS and _finite(f.value)), key=lambda f: f.group
+    )
+    x = list(range(len(villages)))
+    ax.errorbar(
+        x,
+        [f.value for f in villages],
+        yerr=_errors(villages),
+        fmt="o",
+        markersize=4,
+        capsize=2,
+        color="tab:purple",
+        label="DP value, 95% interval",
+    )
+    _exact_marks(ax, x, villages)
+    for f in items:
+        if f.group in REFERENCE_GROUPS and _finite(f.value):
+            color, style = _REFERENCE_STYLE[f.group]
+            ax.axhline(
+                f.value,
+                color=color,
+                linestyle=style,
+                linewidth=1,
+                label=f"{f.group} {format_value(f.value, f.unit)}",
+            )
+    step = max(1, math.ceil(len(villages) / _MAX_TICK_LABELS))
+    ax.set_xticks(x[::step], labels=[f.group for f in villages][::step], rotation=90, fontsize=7)
+    ax.set_xlabel("village / community (code)")
+    if items and items[0].unit == "share":
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_title(f"{title} ({result.period_start}..{result.period_end}, ε {result.epsilon})", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _bands(ax: Axes, result: IndicatorResult) -> None:
+    band = result.figures[0].label
+    _by_village(ax, result, "share", band, f"Households with disposable income {band} yuan, by village")
+
+
+def _coverage(ax: Axes, result: IndicatorResult) -> None:
+    label = result.figures[0].label
+    _by_village(ax, result, "coverage", label, f"Coverage: {label}, by village")
+
+
+def _early_warning(ax: Axes, result: IndicatorResult) -> None:
+    share = next(f for f in result.figures if f.figure == "share_fell")
+    fell = next(f for f in result.figures if f.figure == "households_fell")
+    _by_village(
+        ax,
+        result,
+        "share_fell",
+        share.label,
+        f"Early warning (counts only): share of households {fell.label}, by village",
+    )
+
+
+def _lorenz(ax: Axes, result: IndicatorResult) -> None:
+    gini = {f.label: f for f in result.figures if f.figure == "gini" and f.group == "county"}
+    for name, points in result.curves.items():
+        label = name.removeprefix("lorenz ")
+        p = [pt["p"] for pt in points]
+        shares = [pt["share"] for pt in points]
+        g = gini.get(label)
+        legend = f"{label} (Gini {format_value(g.value, 'index')})" if g is not None else label
+        (line,) = ax.plot(p, shares, linewidth=1.5, label=legend)
+        low = [pt.get("low", math.nan) for pt in points]
+        high = [pt.get("high", math.nan) for pt in points]
+        ax.fill_between(p, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="equality")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("share of households, lowest income first")
+    ax.set_ylabel("share of income")
+    ax.set_title(f"Lorenz curves with 95% bands ({result.period_start}..{result.period_end})", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+def _yuan_axis(ax: Axes) -> None:
+    from matplotlib.ticker import StrMethodFormatter
+
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+
+
+def _urban_rural(ax: Axes, result: IndicatorResult) -> None:
+    per_capita = {f.group: f for f in result.figures if f.figure == "per_capita_income"}
+    bars = [per_capita[g] for g in ("urban", "rural") if g in per_capita and _finite(per_capita[g].value)]
+    x = list(range(len(bars)))
+    ax.bar(x, [f.value for f in bars], color=["tab:blue", "tab:green"][: len(bars)], alpha=0.7)
+    ax.errorbar(x, [f.value for f in bars], yerr=_errors(bars), fmt="none", color="black", capsize=6)
+    _exact_marks(ax, x, bars)
+    county = per_capita.get("county")
+    if county is not None and _finite(county.value):
+        ax.axhline(
+            county.value,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"county {format_value(county.value, 'yuan')}",
+        )
+    ax.set_xticks(x, labels=[f.group for f in bars])
+    _yuan_axis(ax)
+    ax.set_ylabel("per-capita disposable income (yuan)")
+    ratio = next((f for f in result.figures if f.figure == "urban_rural_ratio"), None)
+    title = "Urban vs rural per-capita income"
+    if ratio is not None:
+        title += (
+            f"\nratio {format_value(ratio.value, 'ratio')} "
+            f"(95% {format_interval(ratio.low, ratio.high, 'ratio')})"
+        )
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _key_groups(ax: Axes, result: IndicatorResult) -> None:
+    items = [f for f in result.figures if f.figure == "households" and f.group == "county"]
+    x = list(range(len(items)))
+    ax.bar(x, [f.value or 0.0 for f in items], color="tab:orange", alpha=0.7)
+    ax.errorbar(x, [f.value or 0.0 for f in items], yerr=_errors(items), fmt="none", color="black", capsize=4)
+    _exact_marks(ax, x, items)
+    ax.set_xticks(x, labels=[f.label for f in items], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("households (county-wide)")
+    ax.set_title(f"Key groups: households ({result.period_start}..{result.period_end})", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+
+
+Panel = Callable[["Axes", IndicatorResult], None]
+# Panels spanning the figure's width (one point per village), then the small ones side by side.
+WIDE_PANELS: dict[str, Panel] = {
+    "income_bands": _bands,
+    "coverage": _coverage,
+    EARLY_WARNING: _early_warning,
+}
+SMALL_PANELS: dict[str, Panel] = {
+    "income_distribution": _lorenz,
+    "urban_rural_ratio": _urban_rural,
+    "key_groups": _key_groups,
+}
+
+
+def write_plot(doc: Mapping[str, Any], path: Path) -> Path:
+    """A chart of what the run contains, PNG or SVG by the file's suffix.
+
+    Titles are in English: the Chinese titles need a CJK font that a server may not have.
+    Raises ValueError for another suffix, or when no indicator of the run has a chart.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in PLOT_SUFFIXES:
+        raise ValueError(f"a plot is written as .png or .svg, not {path.suffix or 'no suffix'}: {path}")
+    # The object API with the Agg canvas leaves pyplot's global backend and figure list alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as Chart
+
+    results = [r for r in results_of(doc) if r.figures]
+    wide = [(WIDE_PANELS[r.indicator], r) for r in results if r.indicator in WIDE_PANELS]
+    small = [(SMALL_PANELS[r.indicator], r) for r in results if r.indicator in SMALL_PANELS]
+    if not wide and not small:
+        names = ", ".join(r.indicator for r in results) or "none"
+        raise ValueError(f"nothing to plot: no chart is drawn for the indicators of this run ({names})")
+    villages = max(
+        (len({f.group for f in r.figures} - set(REFERENCE_GROUPS)) for _, r in wide),
+        default=0,
+    )
+    columns = max(1, len(small))
+    width = min(28.0, max(5.0 * columns, 0.28 * villages + 3.0, 8.0))
+    rows = len(wide) + (1 if small else 0)
+    chart = Chart(figsize=(width, 4.6 * rows), layout="constrained")
+    FigureCanvasAgg(chart)
+    grid = chart.add_gridspec(rows, columns)
+    for row, (draw, result) in enumerate(wide):
+        draw(chart.add_subplot(grid[row, :]), result)
+    for column, (draw, result) in enumerate(small):
+        draw(chart.add_subplot(grid[rows - 1, column]), result)
+    what = f"pack {doc['pack']}" if doc.get("pack") else "indicators"
+    chart.suptitle(f"fedgate {what} for {doc['period']}: total ε {doc['epsilon']}, 95% intervals")
+    chart.savefig(path, format=suffix.removeprefix("."), dpi=110)
+    return path
