@@ -266,10 +266,8 @@ class ConnectorService:
             raise _refuse(
                 422, ErrorCode.UNKNOWN_FIELD, f"dataset {dataset.name} declares no field named in the request"
             )
-        if not req.measures and not req.dimensions and not req.household:
-            raise _refuse(
-                422, ErrorCode.INVALID_REQUEST, "ask for at least one measure, dimension or the household"
-            )
+        # A request with no measure, dimension or household asks only which persons have a row in the
+        # period (coverage): the most minimal extract there is, so it is served like any other.
         if req.unit not in cfg.policy.allowed_units:
             raise _refuse(
                 403, ErrorCode.FORBIDDEN, f"this department does not answer {req.unit.value} queries"

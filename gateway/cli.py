@@ -6,6 +6,7 @@ fedgate query submit|show|run|result|list  an analyst's queries (FEDGATE_URL, FE
 fedgate approve QUERY_ID --key FILE        a department admin signs an approval with the department key
 fedgate budget                             remaining epsilon
 fedgate groups list|show|add|retire        named key groups (household.has_<name>)
+fedgate indicators list|run                the indicator library; run an indicator or the monthly pack
 fedgate connector serve|check              a department's connector
 fedgate synth                              a synthetic county
 fedgate demo                               everything above on loopback
@@ -25,6 +26,7 @@ from rich.table import Table
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
 from gateway.groups_cli import groups_app
+from gateway.indicators_cli import indicators_app
 from gateway.users_cli import users_app
 
 app = typer.Typer(
@@ -39,6 +41,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(query_app, name="query")
 app.add_typer(connector_app, name="connector")
 app.add_typer(groups_app, name="groups")
+app.add_typer(indicators_app, name="indicators")
 app.add_typer(audit_app, name="audit")
 app.command("synth")(synth)
 console = Console()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from aggregation.indicators.model import Figure, IndicatorResult
@@ -104,16 +105,18 @@ def _by_figure(figures: Iterable[Figure]) -> dict[tuple[str, str], list[Figure]]
     return {key: sorted(items, key=lambda f: _group_order(f.group)) for key, items in out.items()}
 
 
-def _table(result: IndicatorResult, max_groups: int) -> Table:
+def _table(result: IndicatorResult, max_groups: int) -> tuple[Table, int]:
+    """The indicator's table and how many rows it leaves out."""
     with_exact = any(f.exact is not None for f in result.figures)
     releases = len(result.queries)
     title = (
-        f"[bold]{result.title}[/bold]  {result.title_zh}\n"
+        f"[bold]{escape(result.title)}[/bold]  {escape(result.title_zh)}\n"
         f"{result.period_start}..{result.period_end} · ε charged {result.epsilon} "
         f"({releases} release{'s' if releases != 1 else ''}) · counted: {result.counted}"
     )
-    caption = f"[bold]{COUNTS_ONLY}[/bold]" if result.indicator == EARLY_WARNING else None
-    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    if result.indicator == EARLY_WARNING:
+        title += f"\n[bold]{COUNTS_ONLY}[/bold]"
+    table = Table(title=title, title_justify="left")
     table.add_column("group")
     table.add_column("figure")
     table.add_column("label")
@@ -121,30 +124,32 @@ def _table(result: IndicatorResult, max_groups: int) -> Table:
     table.add_column("95% interval", justify="right")
     if with_exact:
         table.add_column("exact", justify="right")
-    groups = list(_by_figure(result.figures).items())
-    for i, ((figure, label), items) in enumerate(groups):
-        references = [f for f in items if f.group in REFERENCE_GROUPS]
+    blocks = []
+    left_out = 0
+    for (figure, label), items in _by_figure(result.figures).items():
         others = [f for f in items if f.group not in REFERENCE_GROUPS]
-        shown = references + others[:max_groups]
-        left_out = len(others) - min(len(others), max_groups)
-        for j, f in enumerate(shown):
-            row = [
-                f.group,
-                figure,
-                label,
+        rows = [
+            [
+                # Labels can come from the analyst (band names): never read them as rich markup.
+                escape(f.group),
+                escape(figure),
+                escape(label),
                 format_value(f.value, f.unit),
                 format_interval(f.low, f.high, f.unit),
+                *([format_value(f.exact, f.unit)] if with_exact else []),
             ]
-            if with_exact:
-                row.append(format_value(f.exact, f.unit))
-            last = j == len(shown) - 1 and not left_out
-            table.add_row(*row, end_section=last and i < len(groups) - 1)
-        if left_out:
-            more = f"… {left_out} more group{'s' if left_out != 1 else ''} left out (the CSV has them all)"
-            table.add_row(f"[dim]{more}[/dim]", "", "", "", "", *([""] if with_exact else []))
-            if i < len(groups) - 1:
-                table.add_section()
-    return table
+            for f in [f for f in items if f.group in REFERENCE_GROUPS] + others[:max_groups]
+        ]
+        if len(others) > max_groups:
+            rows.append([f"[dim]… {len(others) - max_groups} more[/dim]", *[""] * (len(table.columns) - 1)])
+            left_out += len(others) - max_groups
+        blocks.append(rows)
+    for i, rows in enumerate(blocks):
+        # A rule between figures only where a figure spans several rows; one-row figures stay compact.
+        rule = i < len(blocks) - 1 and (len(rows) > 1 or len(blocks[i + 1]) > 1)
+        for j, row in enumerate(rows):
+            table.add_row(*row, end_section=rule and j == len(rows) - 1)
+    return table, left_out
 
 
 def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12) -> None:
@@ -155,12 +160,19 @@ def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12)
     """
     seen: set[str] = set()
     for result in results_of(doc):
-        console.print(_table(result, max_groups))
+        table, left_out = _table(result, max_groups)
+        console.print(table)
+        if left_out:
+            console.print(
+                f"[dim]{left_out} rows left out: each figure shows county, urban and rural and at most "
+                f"{max_groups} other groups (the CSV has them all).[/dim]",
+                highlight=False,
+            )
         for name, points in result.curves.items():
-            console.print(f"[dim]{name}: {len(points)} points (in the JSON and the plot)[/dim]")
+            console.print(f"[dim]{escape(name)}: {len(points)} points (in the JSON and the plot)[/dim]")
         for note in result.notes:
             if note not in seen:
-                console.print(f"[dim]{note}[/dim]", highlight=False)
+                console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
                 seen.add(note)
         console.print()
     what = f"pack {doc['pack']}" if doc.get("pack") else "indicator run"
@@ -210,6 +222,10 @@ _EXACT_LABEL = "exact (evaluated without noise)"
 _MAX_TICK_LABELS = 60
 
 
+def _values(items: Sequence[Figure]) -> list[float]:
+    return [f.value if _finite(f.value) else math.nan for f in items]
+
+
 def _errors(items: Sequence[Figure]) -> list[list[float]]:
     """Error-bar lengths below and above each value (0 where an end is missing)."""
 
@@ -235,7 +251,7 @@ def _by_village(ax: Axes, result: IndicatorResult, figure: str, label: str, titl
     x = list(range(len(villages)))
     ax.errorbar(
         x,
-        [f.value for f in villages],
+        _values(villages),
         yerr=_errors(villages),
         fmt="o",
         markersize=4,
@@ -260,7 +276,8 @@ def _by_village(ax: Axes, result: IndicatorResult, figure: str, label: str, titl
     if items and items[0].unit == "share":
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_title(f"{title} ({result.period_start}..{result.period_end}, ε {result.epsilon})", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    # Beside the axes: inside, it would cover villages' points.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -282,7 +299,8 @@ def _early_warning(ax: Axes, result: IndicatorResult) -> None:
         result,
         "share_fell",
         share.label,
-        f"Early warning (counts only): share of households {fell.label}, by village",
+        f"Early warning (counts only): households whose {fell.label}, share of those with earlier "
+        "income, by village",
     )
 
 
@@ -308,6 +326,14 @@ def _lorenz(ax: Axes, result: IndicatorResult) -> None:
     ax.grid(alpha=0.3)
 
 
+def _legend_above_bars(ax: Axes) -> None:
+    # Headroom so the legend sits above the error bars instead of on them.
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top + 0.25 * (top - bottom))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
+
+
 def _yuan_axis(ax: Axes) -> None:
     from matplotlib.ticker import StrMethodFormatter
 
@@ -318,8 +344,8 @@ def _urban_rural(ax: Axes, result: IndicatorResult) -> None:
     per_capita = {f.group: f for f in result.figures if f.figure == "per_capita_income"}
     bars = [per_capita[g] for g in ("urban", "rural") if g in per_capita and _finite(per_capita[g].value)]
     x = list(range(len(bars)))
-    ax.bar(x, [f.value for f in bars], color=["tab:blue", "tab:green"][: len(bars)], alpha=0.7)
-    ax.errorbar(x, [f.value for f in bars], yerr=_errors(bars), fmt="none", color="black", capsize=6)
+    ax.bar(x, _values(bars), color=["tab:blue", "tab:green"][: len(bars)], alpha=0.7)
+    ax.errorbar(x, _values(bars), yerr=_errors(bars), fmt="none", color="black", capsize=6)
     _exact_marks(ax, x, bars)
     county = per_capita.get("county")
     if county is not None and _finite(county.value):
@@ -341,22 +367,20 @@ def _urban_rural(ax: Axes, result: IndicatorResult) -> None:
             f"(95% {format_interval(ratio.low, ratio.high, 'ratio')})"
         )
     ax.set_title(title, fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper right")
+    _legend_above_bars(ax)
     ax.grid(axis="y", alpha=0.3)
 
 
 def _key_groups(ax: Axes, result: IndicatorResult) -> None:
     items = [f for f in result.figures if f.figure == "households" and f.group == "county"]
     x = list(range(len(items)))
-    ax.bar(x, [f.value or 0.0 for f in items], color="tab:orange", alpha=0.7)
-    ax.errorbar(x, [f.value or 0.0 for f in items], yerr=_errors(items), fmt="none", color="black", capsize=4)
+    ax.bar(x, _values(items), color="tab:orange", alpha=0.7)
+    ax.errorbar(x, _values(items), yerr=_errors(items), fmt="none", color="black", capsize=4)
     _exact_marks(ax, x, items)
     ax.set_xticks(x, labels=[f.label for f in items], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("households (county-wide)")
     ax.set_title(f"Key groups: households ({result.period_start}..{result.period_end})", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper right")
+    _legend_above_bars(ax)
     ax.grid(axis="y", alpha=0.3)
 
 

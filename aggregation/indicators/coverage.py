@@ -68,7 +68,9 @@ class Coverage(Template):
         villages = sorted({k[0] for k in counts if k[0] is not None})
         every = [*villages, None]
         yes = np.array([counts.get((v, "1"), 0.0) for v in every])
-        no = np.array([counts.get((v, "0"), 0.0) + counts.get((v, None), 0.0) for v in every])
+        # `person.covered` is computed at the gateway and never null: its public "other" cells are
+        # structurally empty and left out (adding them would add their noise to the figure).
+        no = np.array([counts.get((v, "0"), 0.0) for v in every])
 
         def shares(y: np.ndarray, n: np.ndarray) -> np.ndarray:
             # Pool raw noisy counts (unbiased), clip each pooled count at 0, then divide.

@@ -65,8 +65,8 @@ class MonitoringConfig(BaseModel):
     distribution_upper: int = Field(
         2_000_000, description="upper clamp of household income in the distribution's lorenz histogram"
     )
-    per_capita_lower: int = -100_000
-    per_capita_upper: int = 1_000_000
+    per_capita_lower: int = -50_000
+    per_capita_upper: int = 500_000
     village: str = "register.persons.village"
     urban_rural: str = "register.persons.urban_rural"
     size_cap: int = Field(8, ge=1, le=20, description="public cap on members counted per household")
@@ -78,8 +78,11 @@ class MonitoringConfig(BaseModel):
         "civil.assistance",
     )
     bands: dict[str, tuple[int, int]] = {"100k–500k": (100_000, 500_000), "200k–600k": (200_000, 600_000)}
+    # Fine where most households are (quantiles are read linearly inside a bin, so the bin width there is
+    # the resolution of P10, P50 and P90), coarse in the thin tail.
     household_edges: tuple[int, ...] = (
-        *range(0, 300_000, 10_000),
+        *range(0, 60_000, 2_000),
+        *range(60_000, 300_000, 5_000),
         *range(300_000, 600_000, 25_000),
         *range(600_000, 1_000_000, 100_000),
         1_000_000,
@@ -87,10 +90,11 @@ class MonitoringConfig(BaseModel):
         1_500_000,
     )
     per_capita_edges: tuple[int, ...] = (
-        *range(0, 150_000, 5_000),
+        *range(0, 40_000, 1_000),
+        *range(40_000, 150_000, 2_500),
         *range(150_000, 300_000, 12_500),
-        *range(300_000, 600_000, 50_000),
-        600_000,
+        300_000,
+        400_000,
     )
     key_groups: tuple[str, ...] = ("dibao", "fishery", "pensioner", "no_wage_earner", "migrant")
     drop_share: Decimal = Decimal("0.3")

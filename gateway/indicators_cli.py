@@ -1,0 +1,314 @@
+"""`fedgate indicators`: the indicator library and the monitoring packs, listed and run through the gateway.
+
+    fedgate indicators list [--json]                 indicators with their releases and epsilon split; packs
+    fedgate indicators run NAME --period P [...]     one indicator (income_bands, urban_rural_ratio, ...)
+    fedgate indicators run --pack monthly --period P the monthly monitoring pack for a reference month
+
+    run options: --epsilon E, --band LABEL=LOW:HIGH (repeat), --group NAME (repeat), --baseline P,
+                 --drop-share S; output: --json (print JSON) or --json FILE, --csv FILE, --plot FILE.png|.svg
+
+Talks to the gateway's HTTP API (FEDGATE_URL, FEDGATE_API_KEY) like `fedgate query`. Arguments that cannot
+be right are refused before any request (exit 2); gateway errors print their code and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    from gateway.client import GatewayClient
+
+__all__ = ["client_factory", "indicators_app", "normalized_shares", "parse_bands", "save"]
+
+indicators_app = typer.Typer(
+    help="List the indicator library and run indicators or the monthly monitoring pack.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="FEDGATE_URL", help="the gateway's base URL")]
+KeyOpt = Annotated[str, typer.Option("--api-key", envvar="FEDGATE_API_KEY", help="your API key")]
+
+T = TypeVar("T")
+STDOUT = "-"
+"""`--json` without a file (or `--json -`): the run's JSON on stdout instead of the tables."""
+PLOT_SUFFIXES = (".png", ".svg")
+
+
+def _default_client(url: str, key: str) -> GatewayClient:
+    from gateway.client import GatewayClient
+
+    return GatewayClient(url, key)
+
+
+client_factory: Callable[[str, str], GatewayClient] = _default_client
+"""Builds the client for a URL and API key; tests put one here that talks to an in-process gateway."""
+
+
+def _call(fn: Callable[[], T]) -> T:
+    from gateway.client import GatewayError
+
+    try:
+        return fn()
+    except GatewayError as exc:
+        errors.print(
+            f"[red]{exc.code}[/red] ({exc.status}): {exc.message}"
+            + (f" [field {exc.field}]" if exc.field else ""),
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+
+
+class _OptionalJsonValue(TyperCommand):
+    """Lets `--json` stand alone (print to stdout) or take a FILE, which typer options cannot express:
+    a bare `--json` (last, or followed by another option) becomes `--json -` before parsing."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        fixed: list[str] = []
+        for i, arg in enumerate(args):
+            fixed.append(arg)
+            following = args[i + 1] if i + 1 < len(args) else None
+            if arg == "--json" and (following is None or (following.startswith("-") and following != STDOUT)):
+                fixed.append(STDOUT)
+        return super().parse_args(ctx, fixed)
+
+
+def parse_bands(values: list[str]) -> dict[str, tuple[int, int]]:
+    """`LABEL=LOW:HIGH` (yuan, integers; `100_000` is fine) into the bands the gateway takes."""
+    bands: dict[str, tuple[int, int]] = {}
+    for text in values:
+        label, sep, ends = text.partition("=")
+        low, colon, high = ends.partition(":")
+        try:
+            if not (sep and colon and label.strip()):
+                raise ValueError
+            pair = (int(low), int(high))
+        except ValueError:
+            raise typer.BadParameter(
+                f"{text!r}: give LABEL=LOW:HIGH with LOW and HIGH in yuan, e.g. 100k–500k=100000:500000",
+                param_hint="'--band'",
+            ) from None
+        if label.strip() in bands:
+            raise typer.BadParameter(f"band {label.strip()!r} is given twice", param_hint="'--band'")
+        bands[label.strip()] = pair
+    return bands
+
+
+def _decimal(text: str | None, option: str) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise typer.BadParameter(f"{text!r} is not a number", param_hint=f"'{option}'") from None
+    if not value.is_finite():
+        raise typer.BadParameter(f"{text!r} is not a finite number", param_hint=f"'{option}'")
+    return value
+
+
+def normalized_shares(releases: list[dict[str, Any]]) -> list[str]:
+    """Each release's fraction of the indicator's epsilon. The library lists declared weights (1/2 and
+    1/3 split 3/5 and 2/5); a share that is not a number (one per key group) is shown as listed."""
+    try:
+        weights = [Fraction(r["share"]) for r in releases]
+    except (ValueError, ZeroDivisionError):
+        return [str(r["share"]) for r in releases]
+    whole = sum(weights, Fraction(0))
+    return [str(w / whole) if whole > 0 else str(w) for w in weights]
+
+
+@indicators_app.command("list")
+def list_indicators(
+    url: UrlOpt,
+    api_key: KeyOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+) -> None:
+    """The indicators with the releases each makes and their share of its epsilon; the packs."""
+    with client_factory(url, api_key) as gw:
+        library = _call(gw.indicators)
+    if as_json:
+        typer.echo(json.dumps(library, indent=2, ensure_ascii=False))
+        return
+    table = Table(title="indicators (each release is one DP query; shares of the indicator's ε)")
+    for col in ("name", "title", "counted", "release", "share of ε", "what"):
+        table.add_column(col, justify="right" if col == "share of ε" else "left")
+    for i, ind in enumerate(library["indicators"]):
+        shares = normalized_shares(ind["releases"])
+        for j, (rel, share) in enumerate(zip(ind["releases"], shares, strict=True)):
+            first = j == 0
+            table.add_row(
+                ind["name"] if first else "",
+                f"{ind['title']}\n{ind['title_zh']}" if first else "",
+                ind["counted"] if first else "",
+                rel["role"],
+                share,
+                rel["what"],
+                end_section=j == len(ind["releases"]) - 1 and i < len(library["indicators"]) - 1,
+            )
+    console.print(table)
+    packs = Table(title="packs (shares of the pack's ε)")
+    for col in ("pack", "title", "indicator", "share of ε", "months"):
+        packs.add_column(col, justify="right" if col == "share of ε" else "left")
+    for pack in library["packs"]:
+        for j, member in enumerate(pack["members"]):
+            packs.add_row(
+                pack["name"] if j == 0 else "",
+                f"{pack['title']}\n{pack['title_zh']}" if j == 0 else "",
+                member["indicator"],
+                member["share"],
+                member["months"],
+            )
+    console.print(packs)
+
+
+@indicators_app.command("run", cls=_OptionalJsonValue)
+def run(
+    url: UrlOpt,
+    api_key: KeyOpt,
+    period: Annotated[
+        str,
+        typer.Option(
+            "--period",
+            metavar="P",
+            help="YYYY-MM (the 12 months ending then; early_warning: 3) or YYYY-MM..YYYY-MM; "
+            "a pack takes one reference month",
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Argument(metavar="NAME", help="the indicator (see `fedgate indicators list`); or use --pack"),
+    ] = None,
+    pack: Annotated[
+        str | None, typer.Option("--pack", metavar="PACK", help="run a pack instead, e.g. monthly")
+    ] = None,
+    epsilon: Annotated[
+        str | None,
+        typer.Option(
+            "--epsilon", metavar="E", help="the total ε of the run; default: the smallest department cap"
+        ),
+    ] = None,
+    band: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--band",
+            metavar="LABEL=LOW:HIGH",
+            help="an income band LABEL=LOW:HIGH in yuan (repeat; not with --pack)",
+        ),
+    ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", metavar="NAME", help="a registered key group (repeat; key_groups, packs)"),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", metavar="P", help="early_warning: the earlier period to compare with"),
+    ] = None,
+    drop_share: Annotated[
+        str | None,
+        typer.Option("--drop-share", metavar="S", help="early_warning: the fall that counts, e.g. 0.3"),
+    ] = None,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="[FILE]",
+            help="print the run as JSON instead of tables, or (with FILE) also write it there",
+        ),
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", metavar="FILE", help="also write every figure (all groups) to this CSV file"),
+    ] = None,
+    plot_path: Annotated[
+        Path | None,
+        typer.Option("--plot", metavar="FILE", help="also draw the figures to this .png or .svg file"),
+    ] = None,
+) -> None:
+    """Run an indicator or a pack: its queries must be approved; they are charged together and the figures
+    come with 95% intervals. Running the same again returns the same figures and charges nothing."""
+    if name is not None and pack is not None:
+        raise typer.BadParameter("give an indicator NAME or --pack, not both", param_hint="NAME / '--pack'")
+    if name is None and pack is None:
+        raise typer.BadParameter(
+            "give an indicator NAME (see `fedgate indicators list`) or --pack monthly",
+            param_hint="NAME / '--pack'",
+        )
+    if pack is not None:
+        for given, option in ((band, "--band"), (baseline, "--baseline"), (drop_share, "--drop-share")):
+            if given:
+                raise typer.BadParameter("applies to one indicator, not to a pack", param_hint=f"'{option}'")
+    if plot_path is not None and plot_path.suffix.lower() not in PLOT_SUFFIXES:
+        raise typer.BadParameter("the plot is written as .png or .svg", param_hint="'--plot'")
+    total = _decimal(epsilon, "--epsilon")
+    share = _decimal(drop_share, "--drop-share")
+    bands = parse_bands(band) if band else None
+    groups = list(group) if group else None
+    to_stdout = json_out == STDOUT
+    # With JSON on stdout, progress and file notices go to stderr so stdout stays parseable.
+    info = errors if to_stdout else console
+
+    def call(gw: GatewayClient) -> Any:
+        if pack is not None:
+            return gw.run_pack(pack, period=period, epsilon=total, groups=groups)
+        return gw.run_indicator(
+            name or "",
+            period=period,
+            epsilon=total,
+            bands=bands,
+            groups=groups,
+            baseline=baseline,
+            drop_share=share,
+        )
+
+    with (
+        client_factory(url, api_key) as gw,
+        errors.status("the gateway runs the queries: extracts, join, DP"),
+    ):
+        doc = _call(lambda: call(gw))
+    if to_stdout:
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        from gateway.indicators_view import print_run
+
+        print_run(console, doc)
+    save(doc, json_out=None if to_stdout else json_out, csv_path=csv_path, plot_path=plot_path, info=info)
+
+
+def save(
+    doc: dict[str, Any],
+    *,
+    json_out: str | None,
+    csv_path: Path | None,
+    plot_path: Path | None,
+    info: Console,
+) -> None:
+    """Write the files asked for; a file that cannot be written ends the command with exit code 2."""
+    from gateway.indicators_view import write_csv, write_plot
+
+    writers: list[tuple[Path, Callable[[Path], object]]] = []
+    if json_out is not None:
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        writers.append((Path(json_out), lambda p: p.write_text(text, encoding="utf-8")))
+    if csv_path is not None:
+        writers.append((csv_path, lambda p: write_csv(doc, p)))
+    if plot_path is not None:
+        writers.append((plot_path, lambda p: write_plot(doc, p)))
+    for path, write in writers:
+        try:
+            write(path)
+        except (OSError, ValueError) as exc:
+            errors.print(f"[red]error:[/red] cannot write {path}: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        info.print(f"wrote {path}", highlight=False)

@@ -1,0 +1,384 @@
+"""The indicator library: post-processing on fixed noisy inputs, the new query features on hand-made
+extracts, exact values against the county's truth file, interval coverage over repeated releases, and
+exact epsilon splits."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import indicator_fixture as fx
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aggregation.executor import VALUE, unit_frame
+from aggregation.indicators import (
+    INDICATORS,
+    PACKS,
+    IndicatorError,
+    IndicatorParams,
+    MonitoringConfig,
+    evaluate,
+)
+from aggregation.indicators.model import split_epsilon
+from aggregation.planner import PlanError, plan_query
+from aggregation.query import (
+    COVERED,
+    INCOME_TREND,
+    Baseline,
+    Measure,
+    QuerySpec,
+    Statistic,
+    StatisticKind,
+    Term,
+)
+from connectors.config import Unit, load_config
+from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN
+from connectors.service import ConnectorService, build_service
+from connectors.synth import generate_county
+from gateway.seed_groups import SEED_GROUPS
+
+CONNECTORS = ("register", "tax", "social", "utility", "civil")
+CONFIG = MonitoringConfig()
+TINY = 1e-9  # a noise scale that draws nothing: post-processing on fixed inputs is deterministic
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ConnectorService]:
+    out = tmp_path_factory.mktemp("indicators")
+    generate_county(out, persons=4_000, seed=11)
+    return {n: build_service(load_config(out / "connectors" / f"{n}.yaml")) for n in CONNECTORS}
+
+
+def _params(**changes: Any) -> IndicatorParams:
+    base = {"period_start": "2025-01", "period_end": "2025-12", "epsilon": Decimal(1), "analyst": "ana"}
+    return IndicatorParams(**{**base, **changes})
+
+
+def _release(
+    group_names: tuple[str, ...], statistic: str, cells: dict[tuple[Any, ...], float], **scales: float
+):
+    """A stored release in the shape the gateway keeps, with fixed noisy values."""
+    return {
+        "group_names": list(group_names),
+        "scales": scales,
+        "cells": [
+            {"groups": dict(zip(group_names, key, strict=True)), "statistic": statistic, "value": value}
+            for key, value in cells.items()
+        ],
+    }
+
+
+def _figures(name: str, params: IndicatorParams, releases: dict[str, Any]) -> dict[tuple[str, str, str], Any]:
+    template = INDICATORS[name]
+    result = evaluate(template, params, CONFIG, template.queries(params, CONFIG), releases)
+    return {f.key: f for f in result.figures}
+
+
+# --- post-processing on fixed noisy inputs ------------------------------------------------------------
+
+
+def test_urban_rural_ratio_from_fixed_noisy_sums() -> None:
+    ur = (CONFIG.urban_rural,)
+    income = _release(
+        ur, "sum", {("111",): 1000, ("121",): 500, ("210",): 300, ("220",): 100, (None,): 0}, sum=TINY
+    )
+    members = _release(ur, "sum", {("111",): 10, ("121",): 5, ("210",): 8, ("220",): 2, (None,): 0}, sum=TINY)
+    figs = _figures("urban_rural_ratio", _params(), {"income_sum": income, "members_sum": members})
+    label = "per-capita disposable income"
+    # urban (1xx): 1500 / 15; rural (2xx): 400 / 10; county: 1900 / 25; ratio 100 / 40.
+    assert figs[("per_capita_income", label, "urban")].value == pytest.approx(100.0)
+    assert figs[("per_capita_income", label, "rural")].value == pytest.approx(40.0)
+    assert figs[("per_capita_income", label, "county")].value == pytest.approx(76.0)
+    ratio = figs[("urban_rural_ratio", "urban / rural per-capita income", "county")]
+    assert ratio.value == pytest.approx(2.5)
+    assert ratio.low == pytest.approx(2.5) and ratio.high == pytest.approx(2.5)
+
+
+def test_coverage_from_fixed_noisy_counts() -> None:
+    names = (CONFIG.village, COVERED)
+    counts = {("v1", "1"): 80, ("v1", "0"): 20, ("v2", "1"): 30, ("v2", "0"): 70, ("v2", None): 9}
+    counts.update({(None, "1"): -4, (None, "0"): 4})
+    figs = _figures("coverage", _params(), {"persons": _release(names, "count", counts, count=TINY)})
+    label = "persons with an income record"
+    assert figs[("coverage", label, "v1")].value == pytest.approx(0.8)
+    assert figs[("coverage", label, "v2")].value == pytest.approx(
+        0.3
+    )  # the structurally empty cell is left out
+    # County-wide pools raw noisy counts, then clips: (80 + 30 - 4) / (106 + 94).
+    assert figs[("coverage", label, "county")].value == pytest.approx(106 / 200)
+
+
+def test_early_warning_from_fixed_noisy_counts() -> None:
+    names = (CONFIG.village, INCOME_TREND)
+    counts = {
+        ("v1", "fell"): 5,
+        ("v1", "not_fell"): 45,
+        ("v1", "no_baseline_income"): 10,
+        ("v2", "fell"): -2,
+        ("v2", "not_fell"): 20,
+        ("v2", "no_baseline_income"): 3,
+    }
+    params = _params(period_start="2025-10")
+    figs = _figures("early_warning", params, {"trend": _release(names, "count", counts, count=TINY)})
+    by = {(k[0], k[2]): f.value for k, f in figs.items()}
+    assert by[("households_fell", "v1")] == 5 and by[("share_fell", "v1")] == pytest.approx(0.1)
+    assert by[("households_fell", "v2")] == 0 and by[("share_fell", "v2")] == 0  # clipped at 0
+    assert by[("households_fell", "county")] == 3  # raw 5 - 2, pooled before clipping
+    assert by[("households_no_baseline", "county")] == 13
+    assert by[("share_fell", "county")] == pytest.approx(3 / 68)
+
+
+def test_key_group_counts_pool_raw_bins() -> None:
+    group = SEED_GROUPS[0].definition
+    edges = (100_000, 200_000, 500_000, 600_000)
+    labels = ["<100000", "[100000,200000)", "[200000,500000)", "[500000,600000)", ">=600000"]
+    cells = []
+    for village, bins in (("v1", [10, 5, 3, -1, 0]), ("v2", [-2, 1, 0, 0, 1]), (None, [0, 0, 0, 0, 0])):
+        for label, value in zip(labels, bins, strict=True):
+            cells.append(
+                {"groups": {CONFIG.village: village}, "statistic": "histogram", "bin": label, "value": value}
+            )
+    release = {"group_names": [CONFIG.village], "scales": {"histogram": TINY}, "cells": cells}
+    figs = _figures("key_groups", _params(groups=(group,)), {f"group:{group.name}": release})
+    assert figs[("households", group.name, "v1")].value == 17
+    assert figs[("households", group.name, "v2")].value == 0  # raw -2 + 1 + 1, clipped at the end
+    assert figs[("households", group.name, "county")].value == 17
+    assert len(edges) == 4
+    # 100k–500k among v1's households: (5 + 3) / (10 + 5 + 3) with the negative bin clipped.
+    assert figs[("share 100k–500k", group.name, "v1")].value == pytest.approx(8 / 18)
+
+
+# --- the query features indicators rely on, on hand-made extracts ---------------------------------------
+
+
+def _tok(i: int) -> bytes:
+    return i.to_bytes(16, "big")
+
+
+def test_members_term_per_capita_and_income_trend_on_hand_made_extracts(
+    services: dict[str, ConnectorService],
+) -> None:
+    catalog = {n: s.schema for n, s in services.items()}
+    terms = (Term(dataset="tax.wages", measure="wage_income"),)
+    query = QuerySpec(
+        purpose="hand-made extracts for the executor",
+        unit=Unit.HOUSEHOLD,
+        period_start="2025-07",
+        period_end="2025-12",
+        measure=Measure(terms=terms, lower=0, upper=1_000_000),
+        baseline=Baseline(period_start="2025-01", period_end="2025-06", drop_share=Decimal("0.3")),
+        group_by=(INCOME_TREND,),
+        statistics=(Statistic(kind=StatisticKind.COUNT),),
+        epsilon=Decimal(1),
+    )
+    plan = plan_query(query, catalog)
+    wages = next(e for e in plan.extracts if e.ref == "tax.wages")
+    assert wages.baseline and not next(e for e in plan.extracts if e.ref == "register.persons").baseline
+    register = pa.table(
+        {
+            TOKEN_COLUMN: [_tok(i) for i in range(1, 8)],
+            HOUSEHOLD_TOKEN_COLUMN: [_tok(100 + h) for h in (1, 1, 2, 3, 3, 3, 4)],
+        }
+    )
+    # Household 1: 60 now against 100 before (fell, below 70); 2: 70 against 100 (not fell: not below 70);
+    # 3: no baseline income; 4: no wage rows at all (no baseline income either).
+    tax = pa.table(
+        {
+            TOKEN_COLUMN: [_tok(1), _tok(2), _tok(3), _tok(4), _tok(5)],
+            "wage_income": pa.array([60, 0, 70, 5, 0], pa.int64()),
+            "wage_income" + BASELINE_SUFFIX: pa.array([50, 50, 100, 0, 0], pa.int64()),
+        }
+    )
+    frame = unit_frame(plan, {"register.persons": register, "tax.wages": tax})
+    trend = sorted(frame[INCOME_TREND].to_list())
+    assert trend == ["fell", "no_baseline_income", "no_baseline_income", "not_fell"]
+
+    def value_for(measure: Measure) -> list[int]:
+        q = query.model_copy(update={"measure": measure, "baseline": None, "group_by": ()})
+        p = plan_query(q, catalog)
+        return sorted(unit_frame(p, {"register.persons": register, "tax.wages": tax})[VALUE].to_list())
+
+    members = Measure(terms=(Term(dataset="household", measure="members"),), lower=0, upper=2)
+    assert value_for(members) == [1, 1, 2, 2]  # sizes 2, 1, 3, 1, the 3 clamped to the public cap 2
+    per_capita = Measure(terms=terms, lower=0, upper=1_000_000, per_capita=True)
+    assert value_for(per_capita) == [0, 2, 30, 70]  # 60 / 2, 70 / 1, 5 / 3 rounded, 0
+
+
+def test_the_query_model_refuses_misplaced_features(services: dict[str, ConnectorService]) -> None:
+    catalog = {n: s.schema for n, s in services.items()}
+    members = Measure(terms=(Term(dataset="household", measure="members"),), lower=0, upper=8)
+    base = {"purpose": "misplaced features", "period_start": "2025-01", "period_end": "2025-12", "epsilon": 1}
+    count = (Statistic(kind=StatisticKind.COUNT),)
+    with pytest.raises(ValueError, match="household queries only"):
+        QuerySpec(**base, unit=Unit.PERSON, member_cap=2, measure=members, statistics=count)
+    with pytest.raises(ValueError, match="pseudo-dataset"):
+        Term(dataset="household", measure="size")
+    with pytest.raises(ValueError, match="coverage applies to person queries"):
+        QuerySpec(**base, unit=Unit.HOUSEHOLD, coverage=("tax.wages",), statistics=count)
+    with pytest.raises(ValueError, match="must end before"):
+        QuerySpec(
+            **base,
+            unit=Unit.HOUSEHOLD,
+            measure=members,
+            statistics=count,
+            baseline=Baseline(period_start="2025-06", period_end="2025-07", drop_share=Decimal("0.2")),
+        )
+    with pytest.raises(PlanError, match="needs a baseline") as exc:
+        plan_query(
+            QuerySpec(**base, unit=Unit.HOUSEHOLD, group_by=(INCOME_TREND,), statistics=count), catalog
+        )
+    assert exc.value.field == "group_by.0"
+    with pytest.raises(PlanError, match="coverage datasets"):
+        plan_query(
+            QuerySpec(
+                **base,
+                unit=Unit.PERSON,
+                member_cap=2,
+                group_by=(COVERED,),
+                statistics=count,
+                measure=members.model_copy(
+                    update={"terms": (Term(dataset="tax.wages", measure="wage_income"),)}
+                ),
+            ),
+            catalog,
+        )
+
+
+# --- exact values against the county's truth file -------------------------------------------------------
+
+
+def test_exact_bands_per_capita_and_ratio_match_the_truth_file(services: dict[str, ConnectorService]) -> None:
+    import json
+
+    county = services["register"].loaded.path.parent.parent
+    truth = json.loads((county / "truth.json").read_text())["as_linked"]
+    config = CONFIG.model_copy(update={"income_sum_upper": CONFIG.income_upper})  # truth clamps no household
+    for name in ("income_bands", "urban_rural_ratio"):
+        template = INDICATORS[name]
+        queries = template.queries(_params(), config)
+        frames = fx.frames(queries, services)
+        releases = fx.release(queries, services, frames, exact=True)
+        figs = {f.key: f.value for f in evaluate(template, _params(), config, queries, releases).figures}
+        if name == "income_bands":
+            for band, key in (
+                ("100k–500k", "share_income_100k_500k"),
+                ("200k–600k", "share_income_200k_600k"),
+            ):
+                for area in ("county", "urban", "rural"):
+                    assert figs[("share", band, area)] == pytest.approx(truth[key][area], abs=1e-9)
+                for village, share in truth[key]["by_village"].items():
+                    if share is not None:
+                        assert figs[("share", band, village)] == pytest.approx(share, abs=1e-9)
+        else:
+            for area in ("county", "urban", "rural"):
+                got = figs[("per_capita_income", "per-capita disposable income", area)]
+                assert got == pytest.approx(truth["per_capita_income"][area], rel=1e-9)
+            ratio = figs[("urban_rural_ratio", "urban / rural per-capita income", "county")]
+            assert ratio == pytest.approx(truth["urban_rural_ratio"], rel=1e-9)
+
+
+# --- interval coverage over repeated releases -------------------------------------------------------------
+
+RUNS = 500
+
+
+def _gini(values: np.ndarray) -> float:
+    x = np.sort(values.astype(float))
+    n = len(x)
+    return float(2 * np.sum(np.arange(1, n + 1) * x) / (n * x.sum()) - (n + 1) / n)
+
+
+def _truths(name: str, frames: dict[str, pl.DataFrame]) -> dict[tuple[str, str, str], float]:
+    """The as-linked, clipped truth of each headline figure, from the exact one-row-per-unit frames."""
+    if name == "income_bands":
+        v = frames["by_urban_rural"][VALUE].to_numpy()
+        return {("share", "100k–500k", "county"): float(((v >= 100_000) & (v < 500_000)).mean())}
+    if name == "urban_rural_ratio":
+        inc, mem, ur = frames["income_sum"], frames["members_sum"], pl.col(CONFIG.urban_rural)
+
+        def per_capita(prefix: str) -> float:
+            return (
+                inc.filter(ur.str.starts_with(prefix))[VALUE].sum()
+                / mem.filter(ur.str.starts_with(prefix))[VALUE].sum()
+            )
+
+        return {
+            ("urban_rural_ratio", "urban / rural per-capita income", "county"): per_capita("1")
+            / per_capita("2")
+        }
+    if name == "income_distribution":
+        h = frames["household"][VALUE].to_numpy()
+        return {
+            ("gini", "household income", "county"): _gini(h),
+            ("P50", "household income", "county"): float(np.quantile(h, 0.5)),
+        }
+    if name == "coverage":
+        covered = frames["persons"][COVERED].to_numpy()
+        return {("coverage", "persons with an income record", "county"): float((covered == "1").mean())}
+    if name == "key_groups":
+        return {("households", "dibao", "county"): float(frames["group:dibao"].height)}
+    trend = frames["trend"][INCOME_TREND].to_numpy()
+    return {("households_fell", "income fell by more than 30%", "county"): float((trend == "fell").sum())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(INDICATORS))
+def test_headline_intervals_cover_the_as_linked_truth(
+    name: str, services: dict[str, ConnectorService]
+) -> None:
+    """Over repeated releases, each stated 95% interval covers the truth in 90–99% of runs: not less
+    (intervals too narrow) and not more (uselessly wide)."""
+    params = _params(groups=(SEED_GROUPS[0].definition,))
+    if name == "early_warning":
+        params = params.model_copy(update={"period_start": "2025-10"})
+    template = INDICATORS[name]
+    queries = template.queries(params, CONFIG)
+    frames = fx.frames(queries, services)
+    truths = _truths(name, frames)
+    hits = dict.fromkeys(truths, 0)
+    for _ in range(RUNS):
+        result = evaluate(template, params, CONFIG, queries, fx.release(queries, services, frames))
+        for f in result.figures:
+            if f.key in truths:
+                assert f.low is not None and f.high is not None and f.low <= f.high
+                hits[f.key] += f.low <= truths[f.key] <= f.high
+    for key, n in hits.items():
+        assert 0.90 <= n / RUNS <= 0.99, (key, n / RUNS, truths[key])
+
+
+# --- epsilon splits --------------------------------------------------------------------------------------
+
+
+@given(
+    total=st.decimals(min_value=Decimal("0.001"), max_value=Decimal(10), places=6),
+    weights=st.lists(st.fractions(min_value=Fraction(1, 100), max_value=5), min_size=1, max_size=8),
+)
+def test_an_epsilon_split_adds_up_exactly(total: Decimal, weights: list[Fraction]) -> None:
+    try:
+        parts = split_epsilon(total, {f"r{i}": w for i, w in enumerate(weights)})
+    except IndicatorError:
+        return  # too small to split at 1e-6: refused, never rounded to zero
+    assert sum(parts.values(), Decimal(0)) == total
+    assert all(p > 0 and p.as_tuple().exponent >= -6 for p in parts.values())
+
+
+def test_the_monthly_pack_declares_its_split_and_charges_its_total() -> None:
+    pack = PACKS["monthly"]
+    groups = tuple(g.definition for g in SEED_GROUPS)
+    for epsilon in (Decimal(1), Decimal("0.7"), Decimal("0.123457")):
+        members = pack.params(period="2025-12", epsilon=epsilon, analyst="ana", groups=groups)
+        assert sum((p.epsilon for _, p in members), Decimal(0)) == epsilon
+        queries = [q for t, p in members for q in t.queries(p, CONFIG)]
+        assert sum((q.spec.epsilon for q in queries), Decimal(0)) == epsilon
+        assert len({q.spec.query_id for q in queries}) == len(queries)
+    periods = {t.name: (p.period_start, p.period_end) for t, p in members}
+    assert periods["income_bands"] == ("2025-01", "2025-12")
+    assert periods["early_warning"] == ("2025-10", "2025-12")
+    with pytest.raises(IndicatorError):
+        pack.params(period="2025-12", epsilon=Decimal("0.000005"), analyst="ana", groups=groups)
