@@ -1,10 +1,11 @@
-"""`make demo`: a synthetic county, five connectors and the gateway on loopback, and the headline query.
+"""`make demo`: a synthetic county, five connectors and the gateway on loopback, and the monthly pack.
 
 Every step goes through the real interfaces: principals are created on the gateway's database as the
 operator would (`fedgate users create`), connectors are allowed and registered over HTTP under their
-pinned key fingerprints, each department signs a pre-approval rule with its own (demo) key, and the
-analyst submits and runs the queries. Because the county is synthetic, the true value is shown beside
-each DP figure.
+pinned key fingerprints, each department signs a pre-approval rule with its own (demo) key, the operator
+registers the five key groups, and the analyst runs the monthly monitoring pack (every indicator of the
+county's plan, each from its own DP releases). Because the county is synthetic, its as-linked true value
+is shown beside each DP figure.
 """
 
 from __future__ import annotations
@@ -13,45 +14,16 @@ import json
 import shutil
 import time
 from contextlib import ExitStack
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from aggregation.bands import BandShare, band_shares
-from aggregation.query import Measure, QuerySpec, Statistic, StatisticKind, Term
-from connectors.config import Unit
 from gateway.client import GatewayClient
+from gateway.indicators_view import print_run
 from gateway.localfed import register_everything, start_federation
 
-BAND_EDGES = (100_000, 200_000, 500_000, 600_000)
-BANDS = {"100k–500k": (100_000, 500_000), "200k–600k": (200_000, 600_000)}
-URBAN = ("111", "112", "121", "122", "123")
-RURAL = ("210", "220")
-INCOME_TERMS = (
-    Term(dataset="tax.wages", measure="wage_income"),
-    Term(dataset="tax.business_income", measure="business_income"),
-    Term(dataset="social.pensions", measure="pension_income"),
-    Term(dataset="civil.assistance", measure="assistance_income"),
-    Term(dataset="social.contributions", measure="personal_contribution", sign=-1),
-)
 console = Console()
-
-
-def headline(group: str, epsilon: str) -> QuerySpec:
-    return QuerySpec(
-        purpose="Monthly monitoring: households by annual disposable income band, by "
-        + group.rsplit(".", 1)[-1],
-        unit=Unit.HOUSEHOLD,
-        period_start="2025-01",
-        period_end="2025-12",
-        measure=Measure(terms=INCOME_TERMS, lower=-200_000, upper=5_000_000, label="disposable income proxy"),
-        group_by=(group,),
-        statistics=(Statistic(kind=StatisticKind.HISTOGRAM, edges=BAND_EDGES),),
-        epsilon=Decimal(epsilon),
-    )
 
 
 def _ensure_county(county: Path, persons: int, fresh: bool) -> None:
@@ -68,23 +40,6 @@ def _ensure_county(county: Path, persons: int, fresh: bool) -> None:
         f"generated {summary.persons:,} persons in {summary.households:,} households and "
         f"{summary.villages} villages in {summary.elapsed_seconds:.1f} s -> {county}"
     )
-
-
-def _shares_table(title: str, shares: list[BandShare], truth: dict[str, dict[str, Any]], label: str) -> Table:
-    table = Table(title=title)
-    for col in (label, "band", "DP share", "95% interval", "true share", "DP households"):
-        table.add_column(col, justify="left" if col in (label, "band") else "right", no_wrap=col == label)
-    for s in shares:
-        true = truth[s.band].get(s.group)
-        table.add_row(
-            s.group,
-            s.band,
-            f"{s.share:.1%}",
-            f"[{s.low:.1%}, {s.high:.1%}]",
-            "-" if true is None else f"{true:.1%}",
-            f"{s.households:,.0f}",
-        )
-    return table
 
 
 def _export_and_verify_audit(url: str, auditor_key: str, out: Path) -> None:
@@ -104,6 +59,20 @@ def _export_and_verify_audit(url: str, auditor_key: str, out: Path) -> None:
         raise SystemExit(f"the audit log does not verify: {report.problems[0]}")
 
 
+def with_truth(doc: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
+    """The pack's figures with the county's as-linked truth beside them, matched by figure key.
+
+    Only a synthetic county has a truth file; the gateway never sets `exact` itself."""
+    pack = truth.get("monthly_pack", {}).get("indicators", {})
+    for indicator in doc["indicators"]:
+        known = {
+            (t["figure"], t["label"], t["group"]): t["value"] for t in pack.get(indicator["indicator"], [])
+        }
+        for figure in indicator["figures"]:
+            figure["exact"] = known.get((figure["figure"], figure["label"], figure["group"]))
+    return doc
+
+
 def run_demo(
     workdir: Path, *, persons: int, fresh: bool, once: bool = True, json_out: Path | None = None
 ) -> None:
@@ -112,7 +81,8 @@ def run_demo(
     # Each demo starts with fresh gateway and connector state: budgets and served extracts begin at zero.
     for stale in (workdir / "gateway", county / "state"):
         shutil.rmtree(stale, ignore_errors=True)
-    truth = json.loads((county / "truth.json").read_text())["as_linked"]
+    document = json.loads((county / "truth.json").read_text())
+    truth, year = document["as_linked"], document["year"]
     started = time.perf_counter()
     with console.status("starting five connectors and the gateway on loopback"):
         fed = start_federation(workdir, county=county)
@@ -121,60 +91,35 @@ def run_demo(
         console.print(
             f"gateway {fed.gateway.url} and five connectors up in {time.perf_counter() - started:.1f} s"
         )
-        register_everything(fed, household_only=True)
-        console.print("connectors registered under pinned keys; each department signed a pre-approval rule")
+        register_everything(fed)
+        console.print(
+            "connectors registered under pinned keys; each department signed a pre-approval rule; "
+            "the five key groups registered"
+        )
         keys = fed.keys
         gw = fed.gateway
-        results = {}
+        period = f"{year}-12"
         with GatewayClient(gw.url, keys["analyst"]) as analyst:
-            for name, group in (
-                ("village", "register.persons.village"),
-                ("urban_rural", "register.persons.urban_rural"),
-            ):
-                spec = headline(group, "0.5")
-                view = analyst.submit(spec)
-                t0 = time.perf_counter()
-                results[name] = analyst.run(view["id"])["result"]
-                took = time.perf_counter() - t0
-                console.print(f"query {view['id']} ({name}) {view['state']} -> released in {took:.1f} s")
-            budget = analyst.budget()
-        by_code = band_shares(
-            results["urban_rural"]["release"],
-            edges=BAND_EDGES,
-            bands=BANDS,
-            group_key="register.persons.urban_rural",
-            pools={"county": URBAN + RURAL, "urban": URBAN, "rural": RURAL},
-        )
-        by_village = band_shares(
-            results["village"]["release"], edges=BAND_EDGES, bands=BANDS, group_key="register.persons.village"
-        )
-        true_shares = {
-            "100k–500k": {**truth["share_income_100k_500k"], **truth["share_income_100k_500k"]["by_village"]},
-            "200k–600k": {**truth["share_income_200k_600k"], **truth["share_income_200k_600k"]["by_village"]},
-        }
-        console.print(
-            _shares_table("Households by disposable income band (DP, ε = 0.5)", by_code, true_shares, "area")
-        )
-        console.print(
-            _shares_table(
-                "… by village (first 8 of the public village list)", by_village[:16], true_shares, "village"
+            t0 = time.perf_counter()
+            with console.status(f"running the monthly monitoring pack for {period}"):
+                doc = analyst.run_pack("monthly", period=period)
+            took = time.perf_counter() - t0
+            queries = sum(len(i["queries"]) for i in doc["indicators"])
+            console.print(
+                f"monthly pack for {period}: {len(doc['indicators'])} indicators from {queries} DP releases, "
+                f"ε {doc['epsilon']} in all (the smallest department cap), released in {took:.1f} s"
             )
-        )
+            budget = analyst.budget()
+        print_run(console, with_truth(doc, truth))
         console.print(
-            "[dim]Disposable income is a proxy from what departments hold (wages, business income, pensions, "
-            "assistance, minus personal contributions); no department holds property income. True values are "
-            "shown only because the county is synthetic.[/dim]"
+            "[dim]The 'exact' column is the county's as-linked truth (truth.json), shown only because the "
+            "county is synthetic; no analyst ever sees it.[/dim]"
         )
         left, cap = budget["federation_remaining"], budget["federation_cap"]
         console.print(f"federation budget left this window: ε {left} of {cap}")
         _export_and_verify_audit(gw.url, keys["auditor"], workdir / "audit-export.jsonl")
         if json_out is not None:
-            doc = {
-                "results": results,
-                "band_shares": [s.__dict__ for s in by_code + by_village],
-                "truth_as_linked": {k: v for k, v in truth.items() if k.startswith("share_")},
-            }
-            json_out.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+            json_out.write_text(json.dumps(doc, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
             console.print(f"results written to {json_out}")
         if once:
             return

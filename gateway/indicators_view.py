@@ -62,9 +62,18 @@ PLOT_SUFFIXES = (".png", ".svg")
 _MISSING = "—"
 
 
+def _with_gaps(item: Mapping[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN: an interval end the simulation left undefined arrives as null; as NaN it is a gap.
+    curves = {
+        name: [{k: math.nan if v is None else v for k, v in point.items()} for point in points]
+        for name, points in (item.get("curves") or {}).items()
+    }
+    return {**item, "curves": curves}
+
+
 def results_of(doc: Mapping[str, Any]) -> list[IndicatorResult]:
     """The run's indicators, validated (a document from the gateway or from `model_dump(mode="json")`)."""
-    return [IndicatorResult.model_validate(item) for item in doc["indicators"]]
+    return [IndicatorResult.model_validate(_with_gaps(item)) for item in doc["indicators"]]
 
 
 def _finite(value: float | None) -> TypeGuard[float]:

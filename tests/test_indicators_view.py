@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from connectors.config import load_config
 from connectors.service import build_service
 from connectors.synth import generate_county
 from gateway import indicators_cli
+from gateway.api.indicators import IndicatorsRunOut
 from gateway.app import build_context, create_app
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient
@@ -202,6 +204,22 @@ def test_labels_are_printed_as_given_not_read_as_markup(runs: dict[str, dict[str
     for f in doc["indicators"][0]["figures"]:
         f["label"] = "[bold]low[/bold]"
     assert "[bold]low[/bold]" in _render(doc)
+
+
+def test_a_run_as_the_gateway_sends_it_renders_and_plots(
+    runs: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    # The gateway's response model writes an undefined (NaN) interval end as null.
+    doc = _only(runs["noisy"], "income_distribution")
+    points = doc["indicators"][0]["curves"]["lorenz household income"]
+    doc["indicators"][0]["curves"]["lorenz household income"] = [
+        {**points[0], "low": math.nan, "high": math.nan},
+        *points[1:],
+    ]
+    wire = json.loads(IndicatorsRunOut.model_validate(doc).model_dump_json())
+    assert wire["indicators"][0]["curves"]["lorenz household income"][0]["low"] is None
+    assert "Income distribution" in _render(wire)
+    assert write_plot(wire, tmp_path / "wire.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_write_csv_has_one_row_per_figure_with_its_values(
@@ -415,7 +433,9 @@ def test_save_writes_the_json_csv_and_plot_the_command_asks_for(
         plot_path=tmp_path / "run.svg",
         info=console,
     )
-    assert json.loads((tmp_path / "run.json").read_text(encoding="utf-8")) == doc
+    # Compared as JSON text: a Lorenz band can hold NaN, which never equals itself.
+    written = json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))
+    assert json.dumps(written, sort_keys=True) == json.dumps(doc, sort_keys=True)
     assert (tmp_path / "run.csv").read_text(encoding="utf-8").startswith(",".join(CSV_COLUMNS))
     ET.parse(tmp_path / "run.svg")  # noqa: S314 (our own file)
     assert console.export_text().count("wrote ") == 3

@@ -73,11 +73,16 @@ class EarlyWarning(Template):
 
     def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]:
         b = baseline_of(params, config)
+        against = (
+            f"{b.period_start}..{b.period_end}"
+            if params.baseline_start
+            else "the equally long period just before"
+        )
         return (
             ReleaseDecl(
                 role=TREND,
-                what="count of households by village x income trend against "
-                f"{b.period_start}..{b.period_end} (fell: below {1 - b.drop_share} of the earlier value)",
+                what=f"count of households by village x income trend against {against} "
+                f"(fell: below {1 - b.drop_share} of the earlier value)",
                 weight=Fraction(1),
             ),
         )

@@ -67,7 +67,10 @@ class IncomeDistribution(Template):
             role=role,
             epsilon=epsilon,
             measure=specs.income(
-                config, per_capita=per_capita, upper=None if per_capita else config.distribution_upper
+                config,
+                per_capita=per_capita,
+                lower=None if per_capita else config.distribution_lower,
+                upper=None if per_capita else config.distribution_upper,
             ),
             statistics=(Statistic(kind=StatisticKind.LORENZ, edges=edges),),
         )

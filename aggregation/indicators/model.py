@@ -65,7 +65,12 @@ class MonitoringConfig(BaseModel):
     distribution_upper: int = Field(
         2_000_000, description="upper clamp of household income in the distribution's lorenz histogram"
     )
-    per_capita_lower: int = -50_000
+    distribution_lower: int = Field(
+        0,
+        description="lower clamp in the distribution: the Lorenz curve, Gini and quintile shares are defined "
+        "for incomes of at least 0, so a household's net loss counts as 0 there",
+    )
+    per_capita_lower: int = 0
     per_capita_upper: int = 500_000
     village: str = "register.persons.village"
     urban_rural: str = "register.persons.urban_rural"

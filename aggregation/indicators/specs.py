@@ -10,10 +10,13 @@ from aggregation.query import HOUSEHOLD_MEMBERS, MEMBERS_MEASURE, Measure, Query
 from connectors.config import Unit
 
 
-def income(config: MonitoringConfig, *, per_capita: bool = False, upper: int | None = None) -> Measure:
+def income(
+    config: MonitoringConfig, *, per_capita: bool = False, lower: int | None = None, upper: int | None = None
+) -> Measure:
     """The disposable-income proxy per household (or per member of it), clamped to public bounds.
 
-    `upper` replaces the household upper bound where a release's sensitivity grows with it (sums)."""
+    `lower` and `upper` replace the household bounds where a release needs its own (a sum's sensitivity
+    grows with the bound; the Gini is defined for non-negative incomes)."""
     if per_capita:
         return Measure(
             terms=config.income_terms,
@@ -24,7 +27,7 @@ def income(config: MonitoringConfig, *, per_capita: bool = False, upper: int | N
         )
     return Measure(
         terms=config.income_terms,
-        lower=config.income_lower,
+        lower=config.income_lower if lower is None else lower,
         upper=config.income_upper if upper is None else upper,
         label="household disposable income proxy",
     )

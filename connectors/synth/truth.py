@@ -8,6 +8,10 @@ Two truths are written:
   clipped to the public bounds, a household is its register members whose register number is valid, and
   the floating population belongs to no household.
 
+Both carry `monthly_pack`: every figure of the gateway's monthly monitoring pack for the reference month
+{year}-12, keyed as the indicator templates key them (indicator, figure, label, group), so a demo can set
+each DP figure beside its true value.
+
 It is computed from what the generator knows it did (which persons' numbers it broke in which department),
 not by any connector code. Only aggregates are written: no per-person or per-household figure.
 """
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +30,117 @@ import numpy.typing as npt
 import pandas as pd
 
 from connectors.synth.defects import DepartmentDefects
-from connectors.synth.geography import Geography
+from connectors.synth.geography import COUNTY_CODE, REGION_CODES, Geography
 from connectors.synth.policy import bounds
 from connectors.synth.population import Population
 from connectors.synth.records import Records
 
-__all__ = ["BANDS", "INCOME_MEASURES", "build_truth", "write_truth"]
+__all__ = [
+    "ANNUAL_MONTHS",
+    "BANDS",
+    "COVERAGE_DATASETS",
+    "DISTRIBUTION_LOWER",
+    "DISTRIBUTION_UPPER",
+    "DROP_SHARE",
+    "INCOME_LOWER",
+    "INCOME_MEASURES",
+    "INCOME_SUM_UPPER",
+    "INCOME_TERMS",
+    "INCOME_UPPER",
+    "KEY_GROUPS",
+    "PACK_BANDS",
+    "PER_CAPITA_LOWER",
+    "PER_CAPITA_UPPER",
+    "QUANTILE_PROBS",
+    "SIZE_CAP",
+    "WARNING_MONTHS",
+    "KeyGroup",
+    "build_truth",
+    "write_truth",
+]
 
 # Household income bands of the county's targets, as half-open intervals [low, high) in yuan a year.
 BANDS: dict[str, tuple[int, int]] = {"100k_500k": (100_000, 500_000), "200k_600k": (200_000, 600_000)}
 
-# The disposable-income proxy: measure -> (department holding it, sign).
-INCOME_MEASURES: dict[str, tuple[str, int]] = {
-    "wage_income": ("tax", 1),
-    "business_income": ("tax", 1),
-    "pension_income": ("social", 1),
-    "assistance_income": ("civil", 1),
-    "personal_contribution": ("social", -1),
+# The disposable-income proxy as (dataset, measure, sign) terms, and measure -> (department, sign).
+INCOME_TERMS: tuple[tuple[str, str, int], ...] = (
+    ("tax.wages", "wage_income", 1),
+    ("tax.business_income", "business_income", 1),
+    ("social.pensions", "pension_income", 1),
+    ("civil.assistance", "assistance_income", 1),
+    ("social.contributions", "personal_contribution", -1),
+)
+INCOME_MEASURES: dict[str, tuple[str, int]] = {m: (d.partition(".")[0], s) for d, m, s in INCOME_TERMS}
+
+# Which of the generator's record frames each person dataset of the federation is made from.
+_DATASET_FRAMES: dict[str, str] = {
+    "tax.wages": "wages",
+    "tax.business_income": "business",
+    "social.contributions": "contributions",
+    "social.pensions": "pensions",
+    "civil.assistance": "assistance",
 }
+
+# --- the monthly monitoring pack's public definitions ---------------------------------------------------
+# These mirror `aggregation.indicators.MonitoringConfig` (clamps, caps, bands, coverage datasets, the drop
+# share, the key-group names), the monthly pack's periods (`aggregation.indicators.pack`), the quantiles of
+# `aggregation.indicators.income_distribution` and the seed key groups (`gateway.seed_groups`). A department
+# installs the connectors package alone, so it cannot import them; tests/test_pack_truth.py checks the
+# copies are equal.
+INCOME_LOWER = -200_000
+INCOME_UPPER = 5_000_000
+INCOME_SUM_UPPER = 1_500_000
+"""upper clamp of household income in the urban-rural sums"""
+DISTRIBUTION_UPPER = 2_000_000
+"""upper clamp of household income in the household-income distribution"""
+DISTRIBUTION_LOWER = 0
+PER_CAPITA_LOWER = 0
+PER_CAPITA_UPPER = 500_000
+SIZE_CAP = 8
+"""members counted per household (in sizes and in person counts)"""
+PACK_BANDS: dict[str, tuple[int, int]] = {"100k–500k": (100_000, 500_000), "200k–600k": (200_000, 600_000)}
+COVERAGE_DATASETS: tuple[str, ...] = (
+    "tax.wages",
+    "tax.business_income",
+    "social.contributions",
+    "social.pensions",
+    "civil.assistance",
+)
+DROP_SHARE = Decimal("0.3")
+ANNUAL_MONTHS = 12
+"""income figures cover the twelve months ending in the reference month"""
+WARNING_MONTHS = 3
+"""early warning compares the three months ending in the reference month with the three before"""
+QUANTILE_PROBS = (0.1, 0.5, 0.9)
+_SHARE_SCALE = 10**6  # the drop share has at most six decimal places: compare in exact integers
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """A key group, with the fields of `aggregation.query.MemberGroup`: a person is in it when a dimension
+    of theirs takes one of `values`, or when their roll-up of `measure` reaches `at_least`; with `negate`
+    a household is in it when no member is."""
+
+    name: str
+    dimension: str | None = None
+    values: tuple[str, ...] | None = None
+    measure: str | None = None
+    at_least: int | None = None
+    negate: bool = False
+
+
+KEY_GROUPS: tuple[KeyGroup, ...] = (
+    KeyGroup("dibao", measure="civil.assistance.assistance_income", at_least=1),
+    KeyGroup("fishery", dimension="social.occupations.occupation_medium", values=("5-04",)),
+    KeyGroup("pensioner", measure="social.pensions.pension_income", at_least=1),
+    KeyGroup("no_wage_earner", measure="tax.wages.wage_income", at_least=1, negate=True),
+    # In-migrants: a register ID issued anywhere on the published region list but the county itself.
+    KeyGroup(
+        "migrant",
+        dimension="register.persons.region_code",
+        values=tuple(sorted(code for code in REGION_CODES if code != COUNTY_CODE)),
+    ),
+)
 
 _Floats = npt.NDArray[np.float64]
 
@@ -71,12 +170,48 @@ DEFINITIONS = {
         "the floating population is in no household"
     ),
     "data_quality": "exact counts of the defects put into each department's ID columns",
+    "monthly_pack": (
+        "every figure of the monthly monitoring pack for the reference month, as (figure, label, group, "
+        "value) per indicator, keyed as the gateway's templates key them; income over the twelve months "
+        "ending in it, early warning over its last three months against the three before. as_linked "
+        "applies the pack's public clamps (household income, per-capita income, members per household); "
+        "raw applies none. A share over no households is null"
+    ),
 }
 
 
-def _annual(frame: pd.DataFrame, persons: int) -> _Floats:
-    weights = frame["amount"].to_numpy().astype(np.float64)
-    return np.bincount(frame["person"].to_numpy(), weights=weights, minlength=persons).astype(np.float64)
+def _frame(records: Records, dataset: str) -> pd.DataFrame:
+    frame: pd.DataFrame = getattr(records, _DATASET_FRAMES[dataset])
+    return frame
+
+
+def _components(
+    records: Records,
+    persons: int,
+    defects: Mapping[str, DepartmentDefects] | None,
+    months: tuple[int, int] = (1, 12),
+) -> dict[str, _Floats]:
+    """Each person's roll-up of each income measure over `months` (first, last; both included).
+
+    With `defects` (as linked), a person's records under an invalid number in a department are dropped and
+    each roll-up is clipped to the measure's public bounds, as the department's connector does.
+    """
+    out: dict[str, _Floats] = {}
+    for dataset, measure, _sign in INCOME_TERMS:
+        frame = _frame(records, dataset)
+        person = frame["person"].to_numpy()
+        amount = frame["amount"].to_numpy().astype(np.float64)
+        if months != (1, 12):
+            month = frame["month"].to_numpy()
+            inside = (month >= months[0]) & (month <= months[1])
+            person, amount = person[inside], amount[inside]
+        total = np.bincount(person, weights=amount, minlength=persons).astype(np.float64)
+        if defects is not None:
+            low, high = bounds(measure)
+            invalid = defects[INCOME_MEASURES[measure][0]].invalid
+            total = np.where(invalid, 0.0, np.clip(total, low, high))
+        out[measure] = total
+    return out
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -152,17 +287,8 @@ def build_truth(
     pop = population
     n = pop.persons
     registered = np.arange(n) < pop.registered
-    raw = {
-        "wage_income": _annual(records.wages, n),
-        "business_income": _annual(records.business, n),
-        "pension_income": _annual(records.pensions, n),
-        "assistance_income": _annual(records.assistance, n),
-        "personal_contribution": _annual(records.contributions, n),
-    }
-    linked: dict[str, _Floats] = {}
-    for measure, (department, _) in INCOME_MEASURES.items():
-        low, high = bounds(measure)
-        linked[measure] = np.where(defects[department].invalid, 0.0, np.clip(raw[measure], low, high))
+    raw = _components(records, n, None)
+    linked = _components(records, n, defects)
     valid_register = registered & ~defects["register"].invalid
 
     floating = np.flatnonzero(~registered)
@@ -186,6 +312,10 @@ def build_truth(
     }
     doc["raw"]["persons_seen"] = _persons_seen(records, registered, None)
     doc["as_linked"]["persons_seen"] = _persons_seen(records, registered, defects)
+    doc["raw"]["monthly_pack"] = _monthly_pack(geography, pop, records, None, year=year, annual=raw)
+    doc["as_linked"]["monthly_pack"] = _monthly_pack(
+        geography, pop, records, defects, year=year, annual=linked
+    )
     return doc
 
 
@@ -211,6 +341,238 @@ def _persons_seen(
             people = people[~defects[department].invalid[people]]
         seen[people] = True
     return int(seen.sum())
+
+
+# --- the monthly monitoring pack -------------------------------------------------------------------------
+
+_Bools = npt.NDArray[np.bool_]
+_Figure = dict[str, Any]
+
+
+def _figure(figure: str, label: str, group: str, value: float | int | None) -> _Figure:
+    return {"figure": figure, "label": label, "group": group, "value": value}
+
+
+def _distribution(values: _Floats) -> dict[str, float | None]:
+    """P10/P50/P90, mean, Gini and quintile shares of one value per household, from the values themselves.
+
+    The quintile shares read the exact Lorenz curve (points (i/N, cumulative share of the i smallest)) at
+    20%, 40%, ... linearly between its points, so N need not be a multiple of five.
+    """
+    n = len(values)
+    out: dict[str, float | None] = {}
+    quantiles = np.quantile(values, QUANTILE_PROBS) if n else [None] * len(QUANTILE_PROBS)
+    for p, q in zip(QUANTILE_PROBS, quantiles, strict=True):
+        out[f"P{round(p * 100)}"] = None if q is None else float(q)
+    out["mean"] = float(values.mean()) if n else None
+    ordered = np.sort(values)
+    total = float(ordered.sum())
+    if not n or total <= 0:
+        out["gini"] = None
+        out.update({f"quintile {k} share": None for k in range(1, 6)})
+        return out
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    out["gini"] = float(2 * np.sum(ranks * ordered) / (n * total) - (n + 1) / n)
+    cumulative = np.concatenate([[0.0], np.cumsum(ordered)])
+    # L(k/5) at position k*n/5 = i + f with integers, so the interpolation point is exact.
+    points = []
+    for k in range(6):
+        i, rest = divmod(k * n, 5)
+        upper = cumulative[min(i + 1, n)]
+        points.append((cumulative[i] + rest / 5 * (upper - cumulative[i])) / total)
+    points[-1] = 1.0
+    for k in range(1, 6):
+        out[f"quintile {k} share"] = float(points[k] - points[k - 1])
+    return out
+
+
+def _group_flags(
+    group: KeyGroup,
+    population: Population,
+    records: Records,
+    defects: Mapping[str, DepartmentDefects] | None,
+    annual: Mapping[str, _Floats],
+) -> _Bools:
+    """Per person: in the key group (measure groups on the person's annual roll-up, as given)."""
+    n = population.persons
+    if group.measure is not None and group.at_least is not None:
+        dataset, _, measure = group.measure.rpartition(".")
+        if (dataset, measure) not in {(d, m) for d, m, _ in INCOME_TERMS}:
+            raise ValueError(f"key group {group.name}: no roll-up of {group.measure} in the truth")
+        flags: _Bools = annual[measure] >= group.at_least
+        return flags
+    dataset, _, column = (group.dimension or "").rpartition(".")
+    if dataset == "social.occupations":
+        person = records.occupations["person"].to_numpy()
+        codes = records.occupations[column].to_numpy().astype(str)
+        department = "social"
+    elif dataset == "register.persons" and column == "region_code":
+        person = np.arange(population.registered)
+        codes = population.person_id[: population.registered].astype("U6")
+        department = "register"
+    else:
+        raise ValueError(f"key group {group.name}: no values of {group.dimension} in the truth")
+    hit = np.isin(codes, list(group.values or ()))
+    if defects is not None:
+        hit &= ~defects[department].invalid[person]
+    flags = np.zeros(n, dtype=bool)
+    flags[person[hit]] = True
+    return flags
+
+
+def _monthly_pack(
+    geography: Geography,
+    population: Population,
+    records: Records,
+    defects: Mapping[str, DepartmentDefects] | None,
+    *,
+    year: int,
+    annual: Mapping[str, _Floats],
+) -> dict[str, Any]:
+    """The pack's figures for {year}-12 from the generator's records.
+
+    With `defects` as linked (a household is its members with a valid register number, records under
+    invalid numbers dropped per department, roll-ups clipped, the pack's public clamps applied); without,
+    raw (all registered members and records, nothing clipped or clamped). `annual` holds each person's
+    roll-up of each income measure over the year, read the same way.
+    """
+    pop = population
+    n, h = pop.persons, pop.households
+    if int(pop.household_size.max(initial=0)) > SIZE_CAP:
+        # The federation would then count the members with the smallest tokens: not knowable here.
+        raise AssertionError(f"a household has more than {SIZE_CAP} members, the pack's public size cap")
+    linked = defects is not None
+    registered = np.arange(n) < pop.registered
+    member = registered & ~defects["register"].invalid if defects is not None else registered
+    people = np.flatnonzero(member)
+    home = pop.household[people]
+    size = np.bincount(home, minlength=h)
+    present = size > 0
+    village = pop.household_village
+    codes = geography.village_codes.tolist()
+    urban_village = geography.village_is_urban
+    areas = ["county", "urban", "rural", *codes]
+    local = ["county", *codes]
+
+    def tally(mask: _Bools, weights: _Floats | None = None) -> dict[str, float]:
+        """Households in `mask` (or their `weights` summed): county-wide, urban, rural, per village."""
+        picked = None if weights is None else weights[mask]
+        per = np.bincount(village[mask], weights=picked, minlength=len(codes)).astype(np.float64)
+        out = {
+            "county": float(per.sum()),
+            "urban": float(per[urban_village].sum()),
+            "rural": float(per[~urban_village].sum()),
+        }
+        out.update(zip(codes, per.tolist(), strict=True))
+        return out
+
+    def shares(hit: _Bools, among: _Bools, groups: list[str]) -> list[tuple[str, float | None]]:
+        num, den = tally(hit & among), tally(among)
+        return [(g, _ratio(num[g], den[g])) for g in groups]
+
+    def clamp(values: _Floats, lower: int, upper: int) -> _Floats:
+        return np.clip(values, lower, upper) if linked else values
+
+    def household_income(components: Mapping[str, _Floats]) -> _Floats:
+        income = np.zeros(h)
+        for _dataset, measure, sign in INCOME_TERMS:
+            income += sign * np.bincount(home, weights=components[measure][people], minlength=h)
+        return income
+
+    income = household_income(annual)
+    banded = clamp(income, INCOME_LOWER, INCOME_UPPER)
+    in_band = {band: (banded >= low) & (banded < high) for band, (low, high) in PACK_BANDS.items()}
+
+    pack: dict[str, list[_Figure]] = {
+        "income_bands": [
+            _figure("share", band, g, v)
+            for band, hit in in_band.items()
+            for g, v in shares(hit, present, areas)
+        ]
+    }
+
+    summed = tally(present, clamp(income, INCOME_LOWER, INCOME_SUM_UPPER))
+    members = tally(present, clamp(size.astype(np.float64), 0, SIZE_CAP))
+    per_capita = {g: _ratio(summed[g], members[g]) for g in ("county", "urban", "rural")}
+    urban_pc, rural_pc = per_capita["urban"], per_capita["rural"]
+    pack["urban_rural_ratio"] = [
+        *(_figure("per_capita_income", "per-capita disposable income", g, v) for g, v in per_capita.items()),
+        _figure(
+            "urban_rural_ratio",
+            "urban / rural per-capita income",
+            "county",
+            _ratio(urban_pc, rural_pc) if urban_pc is not None and rural_pc is not None else None,
+        ),
+    ]
+
+    distributions = {
+        "household income": clamp(income[present], DISTRIBUTION_LOWER, DISTRIBUTION_UPPER),
+        "per-capita income": clamp(
+            np.rint(income[present] / size[present]), PER_CAPITA_LOWER, PER_CAPITA_UPPER
+        ),
+    }
+    pack["income_distribution"] = [
+        _figure(figure, label, "county", value)
+        for label, values in distributions.items()
+        for figure, value in _distribution(values).items()
+    ]
+
+    covered = np.zeros(n, dtype=bool)
+    for dataset in COVERAGE_DATASETS:
+        person = _frame(records, dataset)["person"].to_numpy()
+        if defects is not None:
+            # A department's connector is named for it: tax.wages is the tax department's.
+            person = person[~defects[dataset.partition(".")[0]].invalid[person]]
+        covered[person] = True
+    reached = tally(present, np.bincount(home, weights=covered[people], minlength=h).astype(np.float64))
+    persons = tally(present, size.astype(np.float64))
+    pack["coverage"] = [
+        _figure("coverage", "persons with an income record", g, _ratio(reached[g], persons[g])) for g in local
+    ]
+
+    groups: list[_Figure] = []
+    for group in KEY_GROUPS:
+        flags = _group_flags(group, pop, records, defects, annual)
+        has = np.bincount(home, weights=flags[people], minlength=h) > 0
+        hit = present & (~has if group.negate else has)
+        counted = tally(hit)
+        groups += [_figure("households", group.name, g, int(counted[g])) for g in local]
+        groups += [
+            _figure(f"share {band}", group.name, g, v)
+            for band in PACK_BANDS
+            for g, v in shares(in_band[band], hit, local)
+        ]
+    pack["key_groups"] = groups
+
+    end = 12
+    now_months = (end - WARNING_MONTHS + 1, end)
+    before_months = (end - 2 * WARNING_MONTHS + 1, end - WARNING_MONTHS)
+    now = clamp(household_income(_components(records, n, defects, now_months)), INCOME_LOWER, INCOME_UPPER)
+    before = clamp(
+        household_income(_components(records, n, defects, before_months)), INCOME_LOWER, INCOME_UPPER
+    )
+    now_int, before_int = np.rint(now).astype(np.int64), np.rint(before).astype(np.int64)
+    kept = _SHARE_SCALE - int(DROP_SHARE * _SHARE_SCALE)
+    no_baseline = present & (before_int <= 0)
+    fell = present & ~no_baseline & (now_int * _SHARE_SCALE < before_int * kept)
+    not_fell = present & ~no_baseline & ~fell
+    fell_n, not_fell_n, none_n = tally(fell), tally(not_fell), tally(no_baseline)
+    baseline_label = f"no income in {year}-{before_months[0]:02d}..{year}-{before_months[1]:02d}"
+    pack["early_warning"] = [
+        figure
+        for g in local
+        for figure in (
+            _figure("households_fell", f"income fell by more than {DROP_SHARE:%}", g, int(fell_n[g])),
+            _figure("households_no_baseline", baseline_label, g, int(none_n[g])),
+            _figure(
+                "share_fell",
+                "of households with earlier income",
+                g,
+                _ratio(fell_n[g], fell_n[g] + not_fell_n[g]),
+            ),
+        )
+    ]
+    return {"period": f"{year}-12", "indicators": pack}
 
 
 def write_truth(path: Path, doc: Mapping[str, Any]) -> Path:

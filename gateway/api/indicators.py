@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -58,7 +59,7 @@ class IndicatorsRunOut(BaseModel):
 class ReleaseOut(BaseModel):
     role: str
     what: str
-    share: str
+    share: str = Field(description="the release's share of the indicator's epsilon, as a fraction")
 
 
 class IndicatorOut(BaseModel):
@@ -102,7 +103,8 @@ def library() -> LibraryOut:
     for t in INDICATORS.values():
         try:
             decls = t.releases(probe, indicators.CONFIG)
-            releases = [ReleaseOut(role=d.role, what=d.what, share=str(d.weight)) for d in decls]
+            whole = sum((d.weight for d in decls), Fraction(0))
+            releases = [ReleaseOut(role=d.role, what=d.what, share=str(d.weight / whole)) for d in decls]
         except ValueError:
             releases = [ReleaseOut(role="group:<name>", what="one histogram per key group", share="1/groups")]
         out.append(
