@@ -49,6 +49,11 @@ ANNUAL_MONTHS, WARNING_MONTHS = 12, 3
 _PROBE = Decimal(1)
 
 
+def _plain(value: Decimal) -> str:
+    """1.0 and 1 are one epsilon: print it without trailing zeros or an exponent."""
+    return format(value.normalize(), "f")
+
+
 def _unknown(kind: str, name: str, known: list[str]) -> ApiError:
     return ApiError(404, ErrorCode.NOT_FOUND, f"no {kind} named {name!r}; known: {', '.join(known)}", "name")
 
@@ -165,7 +170,7 @@ def run_indicator(
         ctx, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
     )
     results = _execute(ctx, analyst, items, label=name)
-    return {"pack": None, "period": period, "epsilon": str(total), "indicators": results}
+    return {"pack": None, "period": period, "epsilon": _plain(total), "indicators": results}
 
 
 def run_pack(
@@ -192,7 +197,7 @@ def run_pack(
         ctx, lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved), epsilon
     )
     results = _execute(ctx, analyst, items, label=f"pack:{name}")
-    return {"pack": name, "period": period, "epsilon": str(total), "indicators": results}
+    return {"pack": name, "period": period, "epsilon": _plain(total), "indicators": results}
 
 
 def _execute(

@@ -22,7 +22,7 @@ def test_the_demo_prints_the_monthly_pack_with_intervals_and_truth(
         assert title in printed
     assert "verified" in printed and "95% interval" in printed
     doc = json.loads(out.read_text())
-    assert doc["pack"] == "monthly" and doc["epsilon"] == "1.0"
+    assert doc["pack"] == "monthly" and doc["epsilon"] == "1"
     figures = [f for i in doc["indicators"] for f in i["figures"]]
     assert len(figures) > 100
     # The demo adds the synthetic county's truth beside each figure (the gateway itself never does).

@@ -103,15 +103,19 @@ def test_urban_rural_ratio_from_fixed_noisy_sums() -> None:
 def test_coverage_from_fixed_noisy_counts() -> None:
     names = (CONFIG.village, COVERED)
     counts = {("v1", "1"): 80, ("v1", "0"): 20, ("v2", "1"): 30, ("v2", "0"): 70, ("v2", None): 9}
-    counts.update({(None, "1"): -4, (None, "0"): 4})
-    figs = _figures("coverage", _params(), {"persons": _release(names, "count", counts, count=TINY)})
+    county = {("1",): 107, ("0",): -3, (None,): 5}
+    releases = {
+        "persons": _release(names, "count", counts, count=TINY),
+        "county": _release((COVERED,), "count", county, count=TINY),
+    }
+    figs = _figures("coverage", _params(), releases)
     label = "persons with an income record"
     assert figs[("coverage", label, "v1")].value == pytest.approx(0.8)
     assert figs[("coverage", label, "v2")].value == pytest.approx(
         0.3
     )  # the structurally empty cell is left out
-    # County-wide pools raw noisy counts, then clips: (80 + 30 - 4) / (106 + 94).
-    assert figs[("coverage", label, "county")].value == pytest.approx(106 / 200)
+    # County-wide from its own release: a negative count clips to 0, the empty "other" cell is left out.
+    assert figs[("coverage", label, "county")].value == pytest.approx(1.0)
 
 
 def test_early_warning_from_fixed_noisy_counts() -> None:
@@ -124,34 +128,48 @@ def test_early_warning_from_fixed_noisy_counts() -> None:
         ("v2", "not_fell"): 20,
         ("v2", "no_baseline_income"): 3,
     }
+    county = {("fell",): 4, ("not_fell",): 76, ("no_baseline_income",): 12, (None,): 3}
     params = _params(period_start="2025-10")
-    figs = _figures("early_warning", params, {"trend": _release(names, "count", counts, count=TINY)})
-    by = {(k[0], k[2]): f.value for k, f in figs.items()}
+    releases = {
+        "trend": _release(names, "count", counts, count=TINY),
+        "county": _release((INCOME_TREND,), "count", county, count=TINY),
+    }
+    by = {(k[0], k[2]): f.value for k, f in _figures("early_warning", params, releases).items()}
     assert by[("households_fell", "v1")] == 5 and by[("share_fell", "v1")] == pytest.approx(0.1)
     assert by[("households_fell", "v2")] == 0 and by[("share_fell", "v2")] == 0  # clipped at 0
-    assert by[("households_fell", "county")] == 3  # raw 5 - 2, pooled before clipping
-    assert by[("households_no_baseline", "county")] == 13
-    assert by[("share_fell", "county")] == pytest.approx(3 / 68)
+    assert by[("households_fell", "county")] == 4  # from the county-wide release
+    assert by[("households_no_baseline", "county")] == 12
+    assert by[("share_fell", "county")] == pytest.approx(4 / 80)
 
 
-def test_key_group_counts_pool_raw_bins() -> None:
+def test_key_group_counts_add_raw_bins() -> None:
     group = SEED_GROUPS[0].definition
-    edges = (100_000, 200_000, 500_000, 600_000)
     labels = ["<100000", "[100000,200000)", "[200000,500000)", "[500000,600000)", ">=600000"]
-    cells = []
-    for village, bins in (("v1", [10, 5, 3, -1, 0]), ("v2", [-2, 1, 0, 0, 1]), (None, [0, 0, 0, 0, 0])):
-        for label, value in zip(labels, bins, strict=True):
-            cells.append(
-                {"groups": {CONFIG.village: village}, "statistic": "histogram", "bin": label, "value": value}
-            )
-    release = {"group_names": [CONFIG.village], "scales": {"histogram": TINY}, "cells": cells}
-    figs = _figures("key_groups", _params(groups=(group,)), {f"group:{group.name}": release})
+
+    def histogram(rows: dict[str | None, list[int]], grouped: bool) -> dict[str, Any]:
+        cells = [
+            {
+                "groups": {CONFIG.village: village} if grouped else {},
+                "statistic": "histogram",
+                "bin": label,
+                "value": value,
+            }
+            for village, bins in rows.items()
+            for label, value in zip(labels, bins, strict=True)
+        ]
+        names = [CONFIG.village] if grouped else []
+        return {"group_names": names, "scales": {"histogram": TINY}, "cells": cells}
+
+    villages = histogram({"v1": [10, 5, 3, -1, 0], "v2": [-2, 1, 0, 0, 1], None: [0, 0, 0, 0, 0]}, True)
+    county = histogram({None: [12, 6, 2, 1, -1]}, False)
+    releases = {f"group:{group.name}": villages, f"group:{group.name}:county": county}
+    figs = _figures("key_groups", _params(groups=(group,)), releases)
     assert figs[("households", group.name, "v1")].value == 17
     assert figs[("households", group.name, "v2")].value == 0  # raw -2 + 1 + 1, clipped at the end
-    assert figs[("households", group.name, "county")].value == 17
-    assert len(edges) == 4
+    assert figs[("households", group.name, "county")].value == 20  # from the county-wide release
     # 100k–500k among v1's households: (5 + 3) / (10 + 5 + 3) with the negative bin clipped.
     assert figs[("share 100k–500k", group.name, "v1")].value == pytest.approx(8 / 18)
+    assert figs[("share 100k–500k", group.name, "county")].value == pytest.approx(8 / 21)
 
 
 # --- the query features indicators rely on, on hand-made extracts ---------------------------------------
@@ -322,7 +340,7 @@ def _truths(name: str, frames: dict[str, pl.DataFrame]) -> dict[tuple[str, str, 
         covered = frames["persons"][COVERED].to_numpy()
         return {("coverage", "persons with an income record", "county"): float((covered == "1").mean())}
     if name == "key_groups":
-        return {("households", "dibao", "county"): float(frames["group:dibao"].height)}
+        return {("households", "dibao", "county"): float(frames["group:dibao:county"].height)}
     trend = frames["trend"][INCOME_TREND].to_numpy()
     return {("households_fell", "income fell by more than 30%", "county"): float((trend == "fell").sum())}
 

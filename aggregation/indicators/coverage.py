@@ -1,9 +1,9 @@
 """Personal income monitoring coverage: the share of registered persons with at least one income record
 in any department over the period, by village and county-wide.
 
-One DP histogram (a count) of the register's persons by village x covered, so each person falls in one
-cell. The household stays the protected unit: at most `size_cap` members of a household are counted, and
-the release pays for that many rows per household.
+DP counts of the register's persons by covered (county-wide) and by village x covered, so each person
+falls in one cell of each. The household stays the protected unit: at most `size_cap` members of a
+household are counted, and each release pays for that many rows per household.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from aggregation.indicators.model import Figure, IndicatorParams, MonitoringConf
 from aggregation.query import COVERED, QuerySpec, Statistic, StatisticKind
 from connectors.config import Unit
 
-PERSONS = "persons"
+PERSONS, COUNTY = "persons", "county"
 
 
 class Coverage(Template):
@@ -32,13 +32,10 @@ class Coverage(Template):
     description = "Share of registered persons with at least one income record in any department."
 
     def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]:
+        what = f"count of registered persons (at most {config.size_cap} per household)"
         return (
-            ReleaseDecl(
-                role=PERSONS,
-                what="count of registered persons by village x covered "
-                f"(at most {config.size_cap} per household)",
-                weight=Fraction(1),
-            ),
+            ReleaseDecl(role=COUNTY, what=what + " by covered, county-wide", weight=Fraction(1, 2)),
+            ReleaseDecl(role=PERSONS, what=what + " by village x covered", weight=Fraction(1, 2)),
         )
 
     def build(
@@ -52,7 +49,7 @@ class Coverage(Template):
             unit=Unit.PERSON,
             member_cap=config.size_cap,
             coverage=config.coverage_datasets,
-            group_by=(config.village, COVERED),
+            group_by=(COVERED,) if role == COUNTY else (config.village, COVERED),
             statistics=(Statistic(kind=StatisticKind.COUNT),),
         )
 
@@ -63,28 +60,24 @@ class Coverage(Template):
         releases: Mapping[str, Mapping[str, Any]],
         seed: int,
     ) -> tuple[list[Figure], dict[str, str], Curves]:
-        release = releases[PERSONS]
-        counts = cells.direct(release, "count")
+        county = cells.direct(releases[COUNTY], "count")
+        counts = cells.direct(releases[PERSONS], "count")
         villages = sorted({k[0] for k in counts if k[0] is not None})
-        every = [*villages, None]
-        yes = np.array([counts.get((v, "1"), 0.0) for v in every])
         # `person.covered` is computed at the gateway and never null: its public "other" cells are
         # structurally empty and left out (adding them would add their noise to the figure).
-        no = np.array([counts.get((v, "0"), 0.0) for v in every])
+        yes = np.array([county.get(("1",), 0.0), *(counts.get((v, "1"), 0.0) for v in villages)])
+        no = np.array([county.get(("0",), 0.0), *(counts.get((v, "0"), 0.0) for v in villages)])
+        scales = np.array(
+            [cells.scale(releases[COUNTY], "count")]
+            + [cells.scale(releases[PERSONS], "count")] * len(villages)
+        )
 
         def shares(y: np.ndarray, n: np.ndarray) -> np.ndarray:
-            # Pool raw noisy counts (unbiased), clip each pooled count at 0, then divide.
-            pooled_y = np.concatenate([y.sum(axis=-1, keepdims=True), y[..., :-1]], axis=-1)
-            pooled_n = np.concatenate([n.sum(axis=-1, keepdims=True), n[..., :-1]], axis=-1)
-            pooled_y, pooled_n = np.maximum(pooled_y, 0), np.maximum(pooled_n, 0)
-            return cells.safe_ratio(pooled_y, pooled_y + pooled_n)
+            y, n = np.maximum(y, 0), np.maximum(n, 0)
+            return cells.safe_ratio(y, y + n)
 
         value, low, high = cells.simulate(
-            [yes, no],
-            [cells.scale(release, "count")] * 2,
-            shares,
-            rng=np.random.default_rng(seed),
-            clip=(0, 1),
+            [yes, no], [scales, scales], shares, rng=np.random.default_rng(seed), clip=(0, 1)
         )
         groups = ["county", *[str(v) for v in villages]]
         figures = [
@@ -100,8 +93,8 @@ class Coverage(Template):
             for i, g in enumerate(groups)
         ]
         methods = {
-            "coverage": "noisy covered persons / noisy registered persons, each pooled from raw noisy "
-            "cells and then clipped at 0; county-wide pools every village and the public 'other' cell; 95% "
-            "interval by simulating the integer-Laplace noise of every pooled cell",
+            "coverage": "noisy covered persons / noisy registered persons (each clipped at 0), county-wide "
+            "from the county-wide release, per village from the village release; 95% interval by "
+            "simulating the integer-Laplace noise of both counts",
         }
         return figures, methods, {}

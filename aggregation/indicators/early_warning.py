@@ -1,10 +1,11 @@
 """Early warning: households, by village, whose income in the period fell by more than a given share
 below the previous period.
 
-One query rolls the income proxy up over both periods in the same extracts (so one household's two
-values link), with household membership fixed at the end of the later period; a DP count of households
-by village x `household.income_trend` (fell / not fell / no income in the earlier period, counted
-separately). Counts only: differential privacy cannot name a household, and nothing here does.
+Each query rolls the income proxy up over both periods in the same extracts (so one household's two
+values link), with household membership fixed at the end of the later period: DP counts of households
+by `household.income_trend` (fell / not fell / no income in the earlier period, counted separately),
+county-wide and by village. Counts only: differential privacy cannot name a household, and nothing
+here does.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from aggregation.query import (
     StatisticKind,
 )
 
-TREND = "trend"
+TREND, COUNTY = "trend", "county"
 
 
 def _months(period: str) -> int:
@@ -78,13 +79,13 @@ class EarlyWarning(Template):
             if params.baseline_start
             else "the equally long period just before"
         )
+        what = (
+            f"count of households by income trend against {against} "
+            f"(fell: below {1 - b.drop_share} of the earlier value)"
+        )
         return (
-            ReleaseDecl(
-                role=TREND,
-                what=f"count of households by village x income trend against {against} "
-                f"(fell: below {1 - b.drop_share} of the earlier value)",
-                weight=Fraction(1),
-            ),
+            ReleaseDecl(role=COUNTY, what=what + ", county-wide", weight=Fraction(1, 2)),
+            ReleaseDecl(role=TREND, what=what + ", by village", weight=Fraction(1, 2)),
         )
 
     def build(
@@ -99,7 +100,7 @@ class EarlyWarning(Template):
             epsilon=epsilon,
             measure=specs.income(config),
             baseline=baseline_of(params, config),
-            group_by=(config.village, INCOME_TREND),
+            group_by=(INCOME_TREND,) if role == COUNTY else (config.village, INCOME_TREND),
             statistics=(Statistic(kind=StatisticKind.COUNT),),
         )
 
@@ -110,25 +111,29 @@ class EarlyWarning(Template):
         releases: Mapping[str, Mapping[str, Any]],
         seed: int,
     ) -> tuple[list[Figure], dict[str, str], Curves]:
-        release = releases[TREND]
-        counts = cells.direct(release, "count")
+        county = cells.direct(releases[COUNTY], "count")
+        counts = cells.direct(releases[TREND], "count")
         villages = sorted({k[0] for k in counts if k[0] is not None})
-        every = [*villages, None]
-        matrix = np.array([[counts.get((v, t), 0.0) for t in TREND_DOMAIN] for v in every])
+        # County-wide from the county-wide release; each village from the village release. The public
+        # "other" cells of the trend are structurally empty (the gateway computes it for every household).
+        matrix = np.array(
+            [[county.get((t,), 0.0) for t in TREND_DOMAIN]]
+            + [[counts.get((v, t), 0.0) for t in TREND_DOMAIN] for v in villages]
+        )
+        scales = np.array(
+            [[cells.scale(releases[COUNTY], "count")] * 3]
+            + [[cells.scale(releases[TREND], "count")] * 3] * len(villages)
+        )
         fell, not_fell, none = (
             TREND_DOMAIN.index(t) for t in (TREND_FELL, TREND_NOT_FELL, TREND_NO_BASELINE)
         )
 
         def figures_of(m: np.ndarray) -> np.ndarray:
-            # Pool raw noisy counts (unbiased), then clip each pooled count at 0.
-            rows = np.concatenate([m.sum(axis=-2, keepdims=True), m[..., :-1, :]], axis=-2)
-            rows = np.maximum(rows, 0)
+            rows = np.maximum(m, 0)
             share = cells.safe_ratio(rows[..., fell], rows[..., fell] + rows[..., not_fell])
             return np.stack([rows[..., fell], rows[..., none], share], axis=-1)
 
-        value, low, high = cells.simulate(
-            [matrix], [cells.scale(release, "count")], figures_of, rng=np.random.default_rng(seed)
-        )
+        value, low, high = cells.simulate([matrix], [scales], figures_of, rng=np.random.default_rng(seed))
         b = baseline_of(params, config)
         names = ["county", *[str(v) for v in villages]]
         out: list[Figure] = []

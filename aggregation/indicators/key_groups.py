@@ -2,8 +2,9 @@
 
 Each group is a named filter registered in the gateway (households with a minimum-livelihood recipient,
 with a fishery worker, with a pensioner, with no wage earner, in-migrant households, ...). Groups
-overlap, so each is its own DP histogram, charged separately: households of the group by village over
-the band edges. Counts pool the bins; band shares are as in the income-band indicator.
+overlap, so each is measured on its own and charged separately, by two DP histograms of the group's
+households over the band edges: one county-wide (the county figures) and one by village (the village
+figures). Counts add the bins; band shares are as in the income-band indicator.
 """
 
 from __future__ import annotations
@@ -28,30 +29,31 @@ from aggregation.indicators.model import (
 )
 from aggregation.query import Filter, QuerySpec, Statistic, StatisticKind
 
+COUNTY = ":county"
+
 
 class KeyGroups(Template):
     name = "key_groups"
-    title = "Key groups: households, and their income bands, by village"
-    title_zh = "重点群体家庭数及收入分档（按村/社区）"
+    title = "Key groups: households, and their income bands, county-wide and by village"
+    title_zh = "重点群体家庭数及收入分档（全县、按村/社区）"
     description = "For each named key group: households with a member in it, and their income-band shares."
 
     def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]:
         if not params.groups:
             raise IndicatorError("groups", "name at least one registered key group")
-        return tuple(
-            ReleaseDecl(
-                role=f"group:{g.name}",
-                what=f"histogram of households with household.has_{g.name} = 1 over the band edges, "
-                "by village",
-                weight=Fraction(1, len(params.groups)),
-            )
-            for g in params.groups
-        )
+        share = Fraction(1, 2 * len(params.groups))
+        out = []
+        for g in params.groups:
+            what = f"histogram of households with household.has_{g.name} = 1 over the band edges"
+            out.append(ReleaseDecl(role=f"group:{g.name}{COUNTY}", what=what + ", county-wide", weight=share))
+            out.append(ReleaseDecl(role=f"group:{g.name}", what=what + ", by village", weight=share))
+        return tuple(out)
 
     def build(
         self, role: str, epsilon: Decimal, params: IndicatorParams, config: MonitoringConfig
     ) -> QuerySpec:
-        group = next(g for g in params.groups if f"group:{g.name}" == role)
+        name = role.removeprefix("group:").removesuffix(COUNTY)
+        group = next(g for g in params.groups if g.name == name)
         return specs.query(
             params,
             indicator=self.name,
@@ -60,7 +62,7 @@ class KeyGroups(Template):
             measure=specs.income(config),
             member_groups=(group,),
             filters=(Filter(dimension=group.ref, values=("1",)),),
-            group_by=(config.village,),
+            group_by=() if role.endswith(COUNTY) else (config.village,),
             statistics=(Statistic(kind=StatisticKind.HISTOGRAM, edges=band_edges(bands_of(params, config))),),
         )
 
@@ -75,59 +77,59 @@ class KeyGroups(Template):
         edges = band_edges(bands)
         figures: list[Figure] = []
         for i, group in enumerate(params.groups):
-            release = releases[f"group:{group.name}"]
-            bins = cells.binned(release, "histogram", edges)
-            keys = sorted(bins, key=str)
-            villages = [k for k in keys if k[0] is not None]
-            matrix = np.array([bins[k] for k in keys])
-            real = np.array([k[0] is not None for k in keys])
-
-            def totals(m: np.ndarray, real: np.ndarray = real) -> np.ndarray:
-                # Raw noisy bins add up without bias; only the pooled total is clipped at 0.
-                per_cell = m.sum(axis=-1)
-                pooled = np.concatenate([per_cell.sum(axis=-1, keepdims=True), per_cell[..., real]], axis=-1)
-                return np.maximum(pooled, 0)
-
-            value, low, high = cells.simulate(
-                [matrix], [cells.scale(release, "histogram")], totals, rng=np.random.default_rng(seed + i)
-            )
-            names = ["county", *[str(k[0]) for k in villages]]
-            figures += [
-                Figure(
-                    figure="households",
-                    label=group.name,
-                    group=name,
-                    value=float(value[j]),
-                    low=float(low[j]),
-                    high=float(high[j]),
-                    unit="households",
+            # County-wide figures from the county-wide release: a village histogram pooled over hundreds
+            # of villages would carry the noise of every one of its cells.
+            county = releases[f"group:{group.name}{COUNTY}"]
+            by_village = releases[f"group:{group.name}"]
+            rng = np.random.default_rng(seed + i)
+            for release, group_key in ((county, None), (by_village, config.village)):
+                bins = cells.binned(release, "histogram", edges)
+                keys = [k for k in sorted(bins, key=str) if group_key is None or k[0] is not None]
+                matrix = np.array([bins[k] for k in keys])
+                value, low, high = cells.simulate(
+                    [matrix],
+                    [cells.scale(release, "histogram")],
+                    # Raw noisy bins add up without bias; only the total is clipped at 0.
+                    lambda m: np.maximum(m.sum(axis=-1), 0),
+                    rng=rng,
                 )
-                for j, name in enumerate(names)
-            ]
-            all_keys = [str(k[0]) for k in keys]
-            shares = band_shares(
-                release,
-                edges=edges,
-                bands=bands,
-                group_key=config.village,
-                seed=seed + 100 + i,
-                pools={"county": all_keys, **{n: [n] for n in names[1:]}},
-            )
-            figures += [
-                Figure(
-                    figure=f"share {s.band}",
-                    label=group.name,
-                    group=s.group,
-                    value=s.share,
-                    low=s.low,
-                    high=s.high,
-                    unit="share",
+                names = ["county"] if group_key is None else [str(k[0]) for k in keys]
+                figures += [
+                    Figure(
+                        figure="households",
+                        label=group.name,
+                        group=n,
+                        value=float(value[j]),
+                        low=float(low[j]),
+                        high=float(high[j]),
+                        unit="households",
+                    )
+                    for j, n in enumerate(names)
+                ]
+                shares = band_shares(
+                    release,
+                    edges=edges,
+                    bands=bands,
+                    group_key=group_key,
+                    seed=seed + 100 + i,
+                    pools={"county": [""]} if group_key is None else {n: [n] for n in names},
                 )
-                for s in shares
-            ]
+                figures += [
+                    Figure(
+                        figure=f"share {s.band}",
+                        label=group.name,
+                        group=s.group,
+                        value=s.share,
+                        low=s.low,
+                        high=s.high,
+                        unit="share",
+                    )
+                    for s in shares
+                ]
         methods = {
-            "households": "sum of the group's raw noisy bins per village, pooled county-wide, then clipped "
-            "at 0; 95% interval by simulating the integer-Laplace noise of every bin",
+            "households": "sum of the group's raw noisy bins, clipped at 0: county-wide from the county-wide "
+            "release, per village from the village release; 95% interval by simulating the integer-Laplace "
+            "noise of every bin",
             "share": "as in income_bands, within the group's households",
         }
         return figures, methods, {}
