@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
+from gateway.cli_common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 from gateway.groups_cli import groups_app
 from gateway.indicators_cli import indicators_app
 from gateway.users_cli import users_app
@@ -44,12 +44,7 @@ app.add_typer(groups_app, name="groups")
 app.add_typer(indicators_app, name="indicators")
 app.add_typer(audit_app, name="audit")
 app.command("synth")(synth)
-console = Console()
-errors = Console(stderr=True)
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="FEDGATE_URL", help="the gateway's base URL")]
-KeyOpt = Annotated[str, typer.Option("--api-key", envvar="FEDGATE_API_KEY", help="your API key")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="also write the result cells to this CSV file")]
 
 
@@ -87,19 +82,6 @@ def _client(url: str, key: str) -> Any:
     from gateway.client import GatewayClient
 
     return GatewayClient(url, key)
-
-
-def _call(fn: Any) -> Any:
-    from gateway.client import GatewayError
-
-    try:
-        return fn()
-    except GatewayError as exc:
-        errors.print(
-            f"[red]{exc.code}[/red] ({exc.status}): {exc.message}"
-            + (f" [field {exc.field}]" if exc.field else "")
-        )
-        raise typer.Exit(1) from None
 
 
 def _print_query(view: dict[str, Any], as_json: bool) -> None:
@@ -166,19 +148,19 @@ def query_submit(
 
     spec = QuerySpec.model_validate_json(spec_file.read_text(encoding="utf-8"))
     with _client(url, api_key) as gw:
-        _print_query(_call(lambda: gw.submit(spec)), as_json)
+        _print_query(call_gateway(lambda: gw.submit(spec)), as_json)
 
 
 @query_app.command("show")
 def query_show(query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False) -> None:
     with _client(url, api_key) as gw:
-        _print_query(_call(lambda: gw.query(query_id)), as_json)
+        _print_query(call_gateway(lambda: gw.query(query_id)), as_json)
 
 
 @query_app.command("list")
 def query_list(url: UrlOpt, api_key: KeyOpt) -> None:
     with _client(url, api_key) as gw:
-        rows = _call(gw.queries)
+        rows = call_gateway(gw.queries)
     table = Table(title="queries")
     for col in ("id", "state", "unit", "epsilon", "purpose"):
         table.add_column(col)
@@ -195,7 +177,7 @@ def query_run(
 ) -> None:
     """Run an approved query (again: returns the stored result, charges nothing)."""
     with _client(url, api_key) as gw, console.status("running: extracts, token join, DP release"):
-        doc = _call(lambda: gw.run(query_id))
+        doc = call_gateway(lambda: gw.run(query_id))
     print_result(doc["result"], as_json=as_json, csv_path=csv_path)
 
 
@@ -204,7 +186,7 @@ def query_result(
     query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False, csv_path: CsvOpt = None
 ) -> None:
     with _client(url, api_key) as gw:
-        doc = _call(lambda: gw.result(query_id))
+        doc = call_gateway(lambda: gw.result(query_id))
     print_result(doc["result"], as_json=as_json, csv_path=csv_path)
 
 
@@ -222,13 +204,13 @@ def approve(
     """Approve (or reject) a query touching your department's data, signing with the department's key."""
     with _client(url, api_key) as gw:
         if reject is not None:
-            view = _call(lambda: gw.reject(query_id, reject))
+            view = call_gateway(lambda: gw.reject(query_id, reject))
         else:
-            dept = department or _call(gw.me)["department"]
+            dept = department or call_gateway(gw.me)["department"]
             if not dept:
                 errors.print("[red]forbidden[/red]: only a department admin approves queries")
                 raise typer.Exit(1)
-            view = _call(lambda: gw.approve(query_id, key.read_bytes(), dept))
+            view = call_gateway(lambda: gw.approve(query_id, key.read_bytes(), dept))
     _print_query(view, False)
 
 
@@ -236,7 +218,7 @@ def approve(
 def budget(url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False) -> None:
     """The federation's remaining epsilon in this window and your own quota."""
     with _client(url, api_key) as gw:
-        view = _call(gw.budget)
+        view = call_gateway(gw.budget)
     if as_json:
         typer.echo(json.dumps(view, indent=2))
         return

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from gateway.cli_common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 
 if TYPE_CHECKING:
     from gateway.api.schemas import KeyGroupIn
@@ -32,30 +33,11 @@ groups_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-errors = Console(stderr=True)
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="FEDGATE_URL", help="the gateway's base URL")]
-KeyOpt = Annotated[str, typer.Option("--api-key", envvar="FEDGATE_API_KEY", help="your API key")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 T = TypeVar("T")
 # Past this many codes a definition's summary shows the first few and the count.
 _SHOWN_CODES = 4
-
-
-def _call(fn: Callable[[], T]) -> T:
-    from gateway.client import GatewayError
-
-    try:
-        return fn()
-    except GatewayError as exc:
-        errors.print(
-            f"[red]{exc.code}[/red] ({exc.status}): {exc.message}"
-            + (f" [field {exc.field}]" if exc.field else ""),
-            highlight=False,
-        )
-        raise typer.Exit(1) from None
 
 
 def describe_definition(definition: Mapping[str, Any]) -> str:
@@ -104,7 +86,7 @@ def list_groups(
 ) -> None:
     """The registered key groups, latest version of each."""
     with _client(url, api_key) as gw:
-        rows = _call(lambda: gw.list_groups(include_retired=include_retired))
+        rows = call_gateway(lambda: gw.list_groups(include_retired=include_retired))
     if as_json:
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -135,7 +117,7 @@ def show(
 ) -> None:
     """One key group: its definition, titles and history."""
     with _client(url, api_key) as gw:
-        _print_group(_call(lambda: gw.group(name, version)), as_json)
+        _print_group(call_gateway(lambda: gw.group(name, version)), as_json)
 
 
 def _read_groups(path: Path) -> list[KeyGroupIn]:
@@ -175,11 +157,11 @@ def add(
     groups = _read_groups(file)
     with _client(url, api_key) as gw:
         for group in groups:
-            _print_group(_call(functools.partial(gw.register_group, group)), as_json)
+            _print_group(call_gateway(functools.partial(gw.register_group, group)), as_json)
 
 
 @groups_app.command("retire")
 def retire(name: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False) -> None:
     """Retire a key group (operator): it stays readable; new queries can no longer use it."""
     with _client(url, api_key) as gw:
-        _print_group(_call(lambda: gw.retire_group(name)), as_json)
+        _print_group(call_gateway(lambda: gw.retire_group(name)), as_json)

@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
+from gateway.cli_common import KeyOpt, UrlOpt, call_gateway, console, errors
+
 if TYPE_CHECKING:
     from gateway.client import GatewayClient
 
@@ -35,11 +37,7 @@ indicators_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-errors = Console(stderr=True)
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="FEDGATE_URL", help="the gateway's base URL")]
-KeyOpt = Annotated[str, typer.Option("--api-key", envvar="FEDGATE_API_KEY", help="your API key")]
 
 T = TypeVar("T")
 STDOUT = "-"
@@ -55,20 +53,6 @@ def _default_client(url: str, key: str) -> GatewayClient:
 
 client_factory: Callable[[str, str], GatewayClient] = _default_client
 """Builds the client for a URL and API key; tests put one here that talks to an in-process gateway."""
-
-
-def _call(fn: Callable[[], T]) -> T:
-    from gateway.client import GatewayError
-
-    try:
-        return fn()
-    except GatewayError as exc:
-        errors.print(
-            f"[red]{exc.code}[/red] ({exc.status}): {exc.message}"
-            + (f" [field {exc.field}]" if exc.field else ""),
-            highlight=False,
-        )
-        raise typer.Exit(1) from None
 
 
 class _OptionalJsonValue(TyperCommand):
@@ -137,7 +121,7 @@ def list_indicators(
 ) -> None:
     """The indicators with the releases each makes and their share of its epsilon; the packs."""
     with client_factory(url, api_key) as gw:
-        library = _call(gw.indicators)
+        library = call_gateway(gw.indicators)
     if as_json:
         typer.echo(json.dumps(library, indent=2, ensure_ascii=False))
         return
@@ -276,7 +260,7 @@ def run(
         client_factory(url, api_key) as gw,
         errors.status("the gateway runs the queries: extracts, join, DP"),
     ):
-        doc = _call(lambda: call(gw))
+        doc = call_gateway(lambda: call(gw))
     if to_stdout:
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
