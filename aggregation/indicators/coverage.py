@@ -34,8 +34,8 @@ class Coverage(Template):
     def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]:
         what = f"count of registered persons (at most {config.size_cap} per household)"
         return (
-            ReleaseDecl(role=COUNTY, what=what + " by covered, county-wide", weight=Fraction(1, 2)),
-            ReleaseDecl(role=PERSONS, what=what + " by village x covered", weight=Fraction(1, 2)),
+            ReleaseDecl(role=COUNTY, what=what + " by covered, county-wide", weight=Fraction(1, 4)),
+            ReleaseDecl(role=PERSONS, what=what + " by village x covered", weight=Fraction(3, 4)),
         )
 
     def build(

@@ -84,8 +84,8 @@ class EarlyWarning(Template):
             f"(fell: below {1 - b.drop_share} of the earlier value)"
         )
         return (
-            ReleaseDecl(role=COUNTY, what=what + ", county-wide", weight=Fraction(1, 2)),
-            ReleaseDecl(role=TREND, what=what + ", by village", weight=Fraction(1, 2)),
+            ReleaseDecl(role=COUNTY, what=what + ", county-wide", weight=Fraction(1, 4)),
+            ReleaseDecl(role=TREND, what=what + ", by village", weight=Fraction(3, 4)),
         )
 
     def build(
