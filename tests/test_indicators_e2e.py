@@ -179,3 +179,19 @@ def test_the_command_line_lists_and_runs_indicators(fed: Federation, tmp_path: P
     assert json.loads(out.read_text())["epsilon"] == "1"  # the pack of the first test, served again
     assert csv_path.read_text().count("\n") > 50
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_pack_whose_connector_is_down_charges_nothing(fed: Federation) -> None:
+    """Last in the module: it stops a connector for good."""
+    fed.connectors["civil"].stop()
+    with fed.client("analyst") as analyst:
+        before = _spent(analyst)
+        with pytest.raises(GatewayError) as exc:
+            analyst.run_pack("monthly", period="2025-10", epsilon="0.5")
+        assert exc.value.status == 503 and exc.value.code == "connector_unavailable"
+        assert _spent(analyst) == before  # the failed query refunded, the ones not yet run released
+        queries = {q["id"] for q in analyst.queries() if "2024-11 to 2025-10" in q["spec"]["purpose"]}
+        assert queries and _extract_requests(fed, queries) == []
+    with fed.client("auditor") as auditor:
+        failed = auditor.audit_entries(action="indicator.failed")["entries"]
+    assert failed and failed[-1]["event"]["indicator"] == "pack:monthly"
