@@ -165,6 +165,13 @@ class SourceSpec(_Strict):
     url: str = Field(description="SQLAlchemy URL (sqlite, postgresql+psycopg, mysql+pymysql) or a directory")
     kind: Literal["sql", "files"] = "sql"
     chunk_rows: int = Field(50_000, ge=1_000, le=5_000_000)
+    rollup_cache_seconds: int = Field(
+        120,
+        ge=0,
+        le=3_600,
+        description="how long a roll-up (before tokens) is reused by later extracts asking for the same one, "
+        "e.g. the queries of one indicator pack; 0 turns the cache off",
+    )
 
 
 def _check_public_key(value: str) -> str:

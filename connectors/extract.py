@@ -16,7 +16,9 @@ clipped, 0 where the entity has no rows in that period; an entity with rows in e
 from __future__ import annotations
 
 import io
-from collections import Counter
+import threading
+import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,13 +155,42 @@ def _join_baseline(main: pd.DataFrame, base: pd.DataFrame, spec: RollupSpec) -> 
     return both
 
 
+# Roll-ups kept at once: a pack's queries ask for a handful of distinct ones per dataset.
+ROLLUP_CACHE_ENTRIES = 8
+
+
+@dataclass
+class _CachedRollup:
+    expires: float
+    frame: pd.DataFrame
+    quality: QualityCounters
+
+
+def _add_quality(into: QualityCounters, more: QualityCounters) -> None:
+    for name, value in more.__dict__.items():
+        if name == "invalid_reasons":
+            into.invalid_reasons.update(value)
+        else:
+            setattr(into, name, getattr(into, name) + value)
+
+
 class Extractor:
-    """Runs one approved extract against a source."""
+    """Runs one approved extract against a source.
+
+    The queries of an indicator pack ask one connector for the same roll-up several times, each under
+    its own tokens (tokens of two queries never link). The roll-up before tokens — the source's GROUP BY,
+    normalised IDs, re-aggregated — is the expensive part, so it is kept for `rollup_cache_seconds` and
+    reused; tokens, clipping and dimensions are made afresh for every request. The cache lives in the
+    connector's memory only, beside the data it was read from, and every extract's quality counters are
+    counted as if read anew.
+    """
 
     def __init__(self, loaded: LoadedConfig, source: Source, keyring: FederationKeyring) -> None:
         self._loaded = loaded
         self._source = source
         self._keyring = keyring
+        self._cache: OrderedDict[tuple[str, RollupSpec], _CachedRollup] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def run(self, request: ExtractRequest, dataset: DatasetSpec) -> Extract:
         quality = QualityCounters()
@@ -222,6 +253,28 @@ class Extractor:
         return Extract(table=table, quality=quality)
 
     def _rolled_up(self, spec: RollupSpec, dataset: DatasetSpec, quality: QualityCounters) -> pd.DataFrame:
+        """One source roll-up by normalised ID, from the cache while fresh; adds its quality counts."""
+        ttl = self._loaded.config.source.rollup_cache_seconds
+        key = (dataset.name, spec)
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit.expires > now:
+                self._cache.move_to_end(key)
+                _add_quality(quality, hit.quality)
+                return hit.frame
+        local = QualityCounters()
+        frame = self._read_rollup(spec, dataset, local)
+        _add_quality(quality, local)
+        if ttl > 0:
+            with self._cache_lock:
+                self._cache[key] = _CachedRollup(now + ttl, frame, local)
+                self._cache.move_to_end(key)
+                while len(self._cache) > ROLLUP_CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
+        return frame
+
+    def _read_rollup(self, spec: RollupSpec, dataset: DatasetSpec, quality: QualityCounters) -> pd.DataFrame:
         """One source roll-up, by normalised ID: one row per valid entity, measures numeric (0 if bad)."""
         chunks = list(self._source.rollup(spec))
         frame = (
