@@ -44,11 +44,11 @@ import polars as pl
 from aggregation.planner import Plan, plan_query
 from bench.bench_extract import RESULTS, county
 from bench.common import BenchResult, repeat, summarize, timings
+from bench.headline import BAND_EDGES, headline
 from connectors.config import load_config
 from connectors.ids import IdKind, normalize_many
 from connectors.protocol import ConnectorSchema, load_private_key, public_key_text
 from connectors.service import build_schema
-from gateway.demo import BAND_EDGES, headline
 from gateway.runner import release_spec
 from gateway.settings import GatewaySettings
 from privacy.release import histogram_bin_labels, prepare_release

@@ -21,6 +21,7 @@ import polars as pl
 from aggregation.planner import plan_query
 from bench.bench_extract import RESULTS, county
 from bench.common import BenchResult, summarize
+from bench.headline import headline
 from connectors.config import load_config
 from connectors.extract import rollup_spec
 from connectors.ids import IdKind, normalize_many
@@ -28,7 +29,6 @@ from connectors.protocol import (
     ConnectorSchema,
 )
 from connectors.sources import ENTITY, HOUSEHOLD, open_source
-from gateway.demo import headline
 from gateway.localfed import Federation, register_everything, start_federation
 
 

@@ -32,11 +32,11 @@ from bench.bench_engines import _table, duckdb_sql, headline_plan, load, sources
 from bench.bench_extract import RESULTS, county
 from bench.bench_gateway import _peak_rss_mb
 from bench.common import BenchResult
+from bench.headline import headline
 from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
 from connectors.sources import open_source
-from gateway.demo import headline
 from gateway.localfed import Federation, register_everything, start_federation
 
 SIZES = (50_000, 200_000, 600_000, 1_200_000)
