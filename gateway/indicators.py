@@ -220,14 +220,28 @@ def _execute(
                 indicator=label,
             )
         records.append(queries.get_query(ctx.engine, record.id))
-    waiting = []
+    waiting, stuck = [], []
     for record, plan in zip(records, plans, strict=True):
-        if record.state in ("released",) or ctx.ledger.result(record.id) is not None:
+        if record.state == "released" or ctx.ledger.result(record.id) is not None:
             continue
-        if record.state != "approved":
-            found, _ = queries.covers(ctx.engine, record, plan)
-            missing = [d for d in plan.departments if d not in found]
-            waiting.append(f"{record.id} ({record.state}; waiting for {', '.join(missing) or 'none'})")
+        if record.state in ("running", "failed"):
+            stuck.append(f"{record.id} ({record.state})")
+        elif record.state != "approved":
+            found, rejected = queries.covers(ctx.engine, record, plan)
+            if rejected:
+                waiting.append(f"{record.id} (rejected by {', '.join(rejected)})")
+            else:
+                missing = [d for d in plan.departments if d not in found]
+                waiting.append(f"{record.id} (waiting for {', '.join(missing)})")
+    if stuck:
+        raise ApiError(
+            409,
+            ErrorCode.CONFLICT,
+            f"{len(stuck)} of the {label} queries cannot run now: " + "; ".join(stuck) + ". A running "
+            "one is in progress elsewhere; a failed one has spent its budget, so ask with another epsilon "
+            "or period",
+            "name",
+        )
     if waiting:
         raise ApiError(
             409,
@@ -240,6 +254,14 @@ def _execute(
         for q, plan, record in zip(flat, plans, records, strict=True)
         if record.state != "released" and ctx.ledger.result(record.id) is None
     ]
+    # Audited before anything is reserved: if the audit log cannot be written, nothing runs (503).
+    ctx.audit.record(
+        "indicator.run",
+        actor=analyst.name,
+        indicator=label,
+        query_ids=[q.spec.query_id for q in flat],
+        epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+    )
     if to_run:
         try:
             ctx.ledger.reserve_many(
@@ -257,13 +279,6 @@ def _execute(
                 remaining=str(exc.remaining),
             )
             raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
-    ctx.audit.record(
-        "indicator.run",
-        actor=analyst.name,
-        indicator=label,
-        query_ids=[q.spec.query_id for q in flat],
-        epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
-    )
     released: dict[str, dict[str, Any]] = {}
     pending = [q.spec.query_id for q, _ in to_run]
     try:
