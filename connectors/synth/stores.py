@@ -2,7 +2,8 @@
 
 SQL stores go through SQLAlchemy: tables are dropped and recreated, loaded in bulk over the driver's
 own connection (PostgreSQL COPY, SQLite and MariaDB batched inserts), and indexed on the ID and month
-columns after the load, which is much faster than maintaining the index row by row. File stores are
+columns (covering the rest, so that roll-ups read the index alone) after the load, which is much faster
+than maintaining the index row by row. File stores are
 Parquet (row groups of a month's readings, so period filters skip the rest) and CSV.
 """
 
@@ -38,8 +39,15 @@ def _sa_table(metadata: sa.MetaData, table: Table) -> sa.Table:
 
 
 def _index(sa_table: sa.Table, table: Table) -> sa.Index:
+    """ID and month first, then every other column: the roll-ups read the index alone.
+
+    Without the other columns MariaDB walks the (ID, month) index in order for the GROUP BY and fetches
+    every row's amount from the table, one random read each: minutes at city scale with the default
+    128 MiB buffer pool, where an index-only scan takes seconds.
+    """
     cols = [table.id_column] + ([table.month_column] if table.month_column else [])
-    return sa.Index(f"ix_{table.name}_{'_'.join(cols)}", *(sa_table.c[c] for c in cols))
+    cols += [c for c in table.frame.columns if c not in cols]
+    return sa.Index(f"ix_{table.name}_rollup", *(sa_table.c[c] for c in cols))
 
 
 def _chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
