@@ -12,7 +12,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from bench.common import BenchResult, repeat
+from bench.common import BenchResult, cold_rollups, repeat
 from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
@@ -35,7 +35,7 @@ def county(persons: int) -> Path:
         from connectors.synth import generate_county
 
         generate_county(out, persons=persons, seed=11)
-    return out
+    return cold_rollups(out)
 
 
 def _request(query_id: str, measures: tuple[str, ...], epoch: int) -> ExtractRequest:

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from bench.bench_extract import RESULTS, county
-from bench.common import BenchResult, summarize, timings
+from bench.common import BenchResult, cold_rollups, summarize, timings
 from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
@@ -195,6 +195,7 @@ def _server_extracts(persons: int, times: int) -> list[BenchResult]:
                     tax_url=urls.get("PostgreSQL"),
                     social_url=urls.get("MariaDB"),
                 )
+                cold_rollups(out)
             for kind, connector, name in SERVER_KINDS:
                 if kind in urls:
                     results.append(_extract_rate(out, kind, connector, name, times))

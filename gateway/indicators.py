@@ -282,7 +282,14 @@ def _execute(
     released: dict[str, dict[str, Any]] = {}
     pending = [q.spec.query_id for q, _ in to_run]
     try:
-        for q in flat:
+        for i, q in enumerate(flat, start=1):
+            log.info(
+                "indicator.query",
+                indicator=label,
+                role=q.role,
+                query_id=q.spec.query_id,
+                step=f"{i}/{len(flat)}",
+            )
             released[q.spec.query_id] = runner.run_query(ctx, q.spec.query_id, analyst)
             if q.spec.query_id in pending:
                 pending.remove(q.spec.query_id)
