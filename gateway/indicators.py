@@ -15,11 +15,12 @@ the same figures (interval simulations are seeded by the queries' digests), char
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 import structlog
+from pydantic import TypeAdapter, ValidationError
 
 from aggregation.indicators import (
     INDICATORS,
@@ -34,7 +35,8 @@ from aggregation.indicators import (
 )
 from aggregation.indicators.early_warning import EarlyWarning
 from aggregation.indicators.key_groups import KeyGroups
-from aggregation.planner import Plan
+from aggregation.planner import Plan, PlanError, plan_query
+from connectors.protocol import ConnectorSchema, Period
 from gateway import key_groups, queries, runner
 from gateway.auth import Principal
 from gateway.context import GatewayContext
@@ -58,21 +60,20 @@ def _unknown(kind: str, name: str, known: list[str]) -> ApiError:
     return ApiError(404, ErrorCode.NOT_FOUND, f"no {kind} named {name!r}; known: {', '.join(known)}", "name")
 
 
+_PERIOD = TypeAdapter(Period)
+
+
 def parse_period(text: str, months: int) -> tuple[str, str]:
     """`YYYY-MM` (the `months` months ending then) or `YYYY-MM..YYYY-MM`."""
     try:
-        if ".." in text:
-            start, end = text.split("..", 1)
-            IndicatorParams(period_start=start, period_end=end, epsilon=_PROBE, analyst="-")
-            if start > end:
-                raise IndicatorError("period", "the period's start is after its end")
-            return start, end
-        IndicatorParams(period_start=text, period_end=text, epsilon=_PROBE, analyst="-")
-        return months_ending(text, months)
-    except IndicatorError:
-        raise
-    except ValueError:
+        ends = [_PERIOD.validate_python(p) for p in text.split("..", 1)]
+    except ValidationError:
         raise IndicatorError("period", "give YYYY-MM or YYYY-MM..YYYY-MM") from None
+    if len(ends) == 1:
+        return months_ending(ends[0], months)
+    if ends[0] > ends[1]:
+        raise IndicatorError("period", "the period's start is after its end")
+    return ends[0], ends[1]
 
 
 def _indicator_error(exc: IndicatorError) -> ApiError:
@@ -90,13 +91,16 @@ def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]
         ) from None
 
 
-def _plans(ctx: GatewayContext, subqueries: list[SubQuery]) -> list[Plan]:
-    return [queries.plan_or_422(ctx.engine, q.spec) for q in subqueries]
+def _plans(cat: Mapping[str, ConnectorSchema], subqueries: list[SubQuery]) -> list[Plan]:
+    """Every query planned against one reading of the catalog (422 naming the field)."""
+    try:
+        return [plan_query(q.spec, cat) for q in subqueries]
+    except PlanError as exc:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
 
 
-def smallest_cap(ctx: GatewayContext, plans: list[Plan]) -> tuple[Decimal, str]:
+def smallest_cap(cat: Mapping[str, ConnectorSchema], plans: list[Plan]) -> tuple[Decimal, str]:
     """The smallest per-query epsilon cap of every department the plans touch, and that department."""
-    cat = catalog(ctx.engine)
     caps: dict[str, Decimal] = {}
     for plan in plans:
         for e in plan.extracts:
@@ -108,7 +112,7 @@ def smallest_cap(ctx: GatewayContext, plans: list[Plan]) -> tuple[Decimal, str]:
 
 
 def _with_epsilon(
-    ctx: GatewayContext,
+    cat: Mapping[str, ConnectorSchema],
     make: Callable[[Decimal], list[tuple[Template, IndicatorParams]]],
     epsilon: Decimal | None,
 ) -> tuple[list[tuple[Template, IndicatorParams]], Decimal]:
@@ -116,7 +120,7 @@ def _with_epsilon(
     default the smallest cap; `make` builds the indicators for a total."""
     try:
         probe = _build(make(_PROBE))
-        cap, department = smallest_cap(ctx, _plans(ctx, [q for qs in probe for q in qs]))
+        cap, department = smallest_cap(cat, _plans(cat, [q for qs in probe for q in qs]))
         total = cap if epsilon is None else epsilon
         if total > cap:
             raise ApiError(
@@ -166,10 +170,11 @@ def run_indicator(
         baseline_end=base[1],
         drop_share=drop_share,
     )
+    cat = catalog(ctx.engine)
     items, total = _with_epsilon(
-        ctx, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
+        cat, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
     )
-    results = _execute(ctx, analyst, items, label=name)
+    results = _execute(ctx, cat, analyst, items, label=name)
     return {"pack": None, "period": period, "epsilon": _plain(total), "indicators": results}
 
 
@@ -186,26 +191,32 @@ def run_pack(
     if pack is None:
         raise _unknown("pack", name, sorted(PACKS))
     try:
-        parse_period(period, 1)
         if ".." in period:
             raise IndicatorError("period", "a pack takes one reference month, YYYY-MM")
+        parse_period(period, 1)
         pack.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
     resolved = key_groups.resolve(ctx.engine, groups if groups is not None else list(CONFIG.key_groups))
+    cat = catalog(ctx.engine)
     items, total = _with_epsilon(
-        ctx, lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved), epsilon
+        cat, lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved), epsilon
     )
-    results = _execute(ctx, analyst, items, label=f"pack:{name}")
+    results = _execute(ctx, cat, analyst, items, label=f"pack:{name}")
     return {"pack": name, "period": period, "epsilon": _plain(total), "indicators": results}
 
 
 def _execute(
-    ctx: GatewayContext, analyst: Principal, items: list[tuple[Template, IndicatorParams]], *, label: str
+    ctx: GatewayContext,
+    cat: Mapping[str, ConnectorSchema],
+    analyst: Principal,
+    items: list[tuple[Template, IndicatorParams]],
+    *,
+    label: str,
 ) -> list[dict[str, Any]]:
     built = _build(items)
     flat = [q for qs in built for q in qs]
-    plans = _plans(ctx, flat)
+    plans = _plans(cat, flat)
     records = []
     for q in flat:
         record, new = queries.submit(ctx.engine, q.spec, analyst)
@@ -220,9 +231,10 @@ def _execute(
                 indicator=label,
             )
         records.append(queries.get_query(ctx.engine, record.id))
+    done = {r.id for r in records if r.state == "released" or ctx.ledger.result(r.id) is not None}
     waiting, stuck = [], []
     for record, plan in zip(records, plans, strict=True):
-        if record.state == "released" or ctx.ledger.result(record.id) is not None:
+        if record.id in done:
             continue
         if record.state in ("running", "failed"):
             stuck.append(f"{record.id} ({record.state})")
@@ -250,9 +262,7 @@ def _execute(
             "name",
         )
     to_run = [
-        (q, plan)
-        for q, plan, record in zip(flat, plans, records, strict=True)
-        if record.state != "released" and ctx.ledger.result(record.id) is None
+        (q, plan) for q, plan, record in zip(flat, plans, records, strict=True) if record.id not in done
     ]
     # Audited before anything is reserved: if the audit log cannot be written, nothing runs (503).
     ctx.audit.record(

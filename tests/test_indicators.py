@@ -400,3 +400,18 @@ def test_the_monthly_pack_declares_its_split_and_charges_its_total() -> None:
     assert periods["early_warning"] == ("2025-10", "2025-12")
     with pytest.raises(IndicatorError):
         pack.params(period="2025-12", epsilon=Decimal("0.000005"), analyst="ana", groups=groups)
+
+
+def test_periods_and_the_default_earlier_period() -> None:
+    from aggregation.indicators.periods import months_before, months_ending
+    from gateway.indicators import parse_period
+
+    assert months_ending("2025-12", 12) == ("2025-01", "2025-12")
+    assert months_ending("2025-02", 3) == ("2024-12", "2025-02")
+    assert months_before("2025-10", "2025-12") == ("2025-07", "2025-09")
+    assert months_before("2025-01", "2025-01") == ("2024-12", "2024-12")
+    assert parse_period("2025-12", 3) == ("2025-10", "2025-12")
+    assert parse_period("2025-03..2025-05", 12) == ("2025-03", "2025-05")
+    for bad in ("2025-13", "2025-5", "2025-06..2025-01", "soon"):
+        with pytest.raises(IndicatorError):
+            parse_period(bad, 12)

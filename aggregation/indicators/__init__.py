@@ -29,7 +29,8 @@ from aggregation.indicators.model import (
     QueryRef,
     SubQuery,
 )
-from aggregation.indicators.pack import MONTHLY, Pack, months_ending
+from aggregation.indicators.pack import MONTHLY, Pack
+from aggregation.indicators.periods import months_ending
 from aggregation.indicators.urban_rural import UrbanRuralRatio
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -19,8 +20,8 @@ from aggregation.query import QuerySpec
 Curves = dict[str, list[dict[str, float]]]
 
 
-class Template:
-    """Subclasses declare `releases` and implement `build` (one query per role) and `figures`."""
+class Template(ABC):
+    """An indicator: it declares its releases, builds one query per release and derives its figures."""
 
     name: str = ""
     title: str = ""
@@ -28,13 +29,15 @@ class Template:
     counted: str = "household"
     description: str = ""
 
+    @abstractmethod
     def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]:
-        raise NotImplementedError
+        """The releases this indicator needs, each with its weight in the indicator's epsilon."""
 
+    @abstractmethod
     def build(
         self, role: str, epsilon: Decimal, params: IndicatorParams, config: MonitoringConfig
     ) -> QuerySpec:
-        raise NotImplementedError
+        """The query of one declared release, at its share of epsilon."""
 
     def queries(self, params: IndicatorParams, config: MonitoringConfig) -> list[SubQuery]:
         """One query per declared release, with epsilon split exactly by the declared weights."""
@@ -42,6 +45,7 @@ class Template:
         split = split_epsilon(params.epsilon, {d.role: d.weight for d in decls})
         return [SubQuery(role=d.role, spec=self.build(d.role, split[d.role], params, config)) for d in decls]
 
+    @abstractmethod
     def figures(
         self,
         params: IndicatorParams,
@@ -49,4 +53,5 @@ class Template:
         releases: Mapping[str, Mapping[str, Any]],
         seed: int,
     ) -> tuple[list[Figure], dict[str, str], Curves]:
-        raise NotImplementedError
+        """Figures, the method of each, and curves, from the released results (role -> release JSON);
+        post-processing only, its simulations seeded by `seed`."""

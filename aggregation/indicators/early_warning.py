@@ -26,6 +26,7 @@ from aggregation.indicators.model import (
     MonitoringConfig,
     ReleaseDecl,
 )
+from aggregation.indicators.periods import months_before
 from aggregation.query import (
     INCOME_TREND,
     TREND_DOMAIN,
@@ -41,22 +42,11 @@ from aggregation.query import (
 TREND, COUNTY = "trend", "county"
 
 
-def _months(period: str) -> int:
-    year, month = period.split("-")
-    return int(year) * 12 + int(month) - 1
-
-
-def _period(index: int) -> str:
-    return f"{index // 12:04d}-{index % 12 + 1:02d}"
-
-
 def baseline_of(params: IndicatorParams, config: MonitoringConfig) -> Baseline:
     """The earlier period (default: as many months just before the period) and the public drop share."""
     start, end = params.baseline_start, params.baseline_end
     if start is None or end is None:
-        length = _months(params.period_end) - _months(params.period_start) + 1
-        first = _months(params.period_start) - length
-        start, end = _period(first), _period(first + length - 1)
+        start, end = months_before(params.period_start, params.period_end)
     try:
         return Baseline(period_start=start, period_end=end, drop_share=params.drop_share or config.drop_share)
     except ValueError as exc:
@@ -91,8 +81,6 @@ class EarlyWarning(Template):
     def build(
         self, role: str, epsilon: Decimal, params: IndicatorParams, config: MonitoringConfig
     ) -> QuerySpec:
-        if _months(params.period_start) <= 0:
-            raise IndicatorError("period_start", "the period has no earlier period to compare with")
         return specs.query(
             params,
             indicator=self.name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import ROUND_FLOOR, Decimal
 from fractions import Fraction
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -191,28 +191,6 @@ class IndicatorResult(BaseModel):
     curves: dict[str, list[dict[str, float]]] = Field(
         default_factory=dict, description="e.g. the Lorenz curve: points with p, share, low, high"
     )
-
-
-class Indicator(Protocol):
-    """A named template: releases it needs (with their epsilon split) and the figures derived from them."""
-
-    name: str
-    title: str
-    title_zh: str
-    counted: str
-    description: str
-
-    def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]: ...
-
-    def queries(self, params: IndicatorParams, config: MonitoringConfig) -> list[SubQuery]: ...
-
-    def figures(
-        self,
-        params: IndicatorParams,
-        config: MonitoringConfig,
-        releases: Mapping[str, Mapping[str, Any]],
-        seed: int,
-    ) -> tuple[list[Figure], dict[str, str], dict[str, list[dict[str, float]]]]: ...
 
 
 def split_epsilon(total: Decimal, weights: Mapping[str, Fraction]) -> dict[str, Decimal]:

@@ -18,29 +18,13 @@ from aggregation.indicators.early_warning import EarlyWarning
 from aggregation.indicators.income_bands import IncomeBands
 from aggregation.indicators.income_distribution import IncomeDistribution
 from aggregation.indicators.key_groups import KeyGroups
-from aggregation.indicators.model import IndicatorError, IndicatorParams, MonitoringConfig, split_epsilon
+from aggregation.indicators.model import IndicatorParams, MonitoringConfig, split_epsilon
+from aggregation.indicators.periods import months_ending
 from aggregation.indicators.urban_rural import UrbanRuralRatio
 from aggregation.query import MemberGroup
 
 ANNUAL_MONTHS = 12
 WARNING_MONTHS = 3
-
-
-def month_index(period: str) -> int:
-    year, month = period.split("-")
-    return int(year) * 12 + int(month) - 1
-
-
-def month(index: int) -> str:
-    return f"{index // 12:04d}-{index % 12 + 1:02d}"
-
-
-def months_ending(period: str, count: int) -> tuple[str, str]:
-    """The `count` months ending with `period` (YYYY-MM), as (first, last)."""
-    end = month_index(period)
-    if end - count + 1 < 0:
-        raise IndicatorError("period", "the period is too early to look back from")
-    return month(end - count + 1), period
 
 
 @dataclass(frozen=True)
