@@ -117,8 +117,7 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
     db.migrate(engine)
     ledger = Ledger(
         engine,
-        window_cap=settings.window_epsilon,
-        multi_year_cap=settings.multi_year_epsilon,
+        year_cap=settings.data_year_epsilon,
         default_analyst_quota=settings.default_analyst_quota,
     )
     ctx = GatewayContext(

@@ -4,7 +4,7 @@ fedgate gateway serve                      run the gateway (settings from FEDGAT
 fedgate users create|revoke|list           principals and API keys (operator, on the gateway host)
 fedgate query submit|show|run|result|list  an analyst's queries (FEDGATE_URL, FEDGATE_API_KEY)
 fedgate approve QUERY_ID --key FILE        a department admin signs an approval with the department key
-fedgate budget                             remaining epsilon
+fedgate budget [--year YYYY]               spent and remaining epsilon per data year
 fedgate groups list|show|add|retire        named key groups (household.has_<name>)
 fedgate indicators list|run                the indicator library; run an indicator or the monthly pack
 fedgate connector serve|check              a department's connector
@@ -215,20 +215,39 @@ def approve(
 
 
 @app.command("budget")
-def budget(url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False) -> None:
-    """The federation's remaining epsilon in this window and your own quota."""
+def budget(
+    url: UrlOpt,
+    api_key: KeyOpt,
+    years: Annotated[
+        list[str] | None,
+        typer.Option("--year", help="data year YYYY to show (repeatable) / 要查看的数据年度（可重复）"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Spent and remaining epsilon per data year, and your own share of each.
+    按数据年度显示已用和剩余的隐私预算（ε），以及您本人的份额。"""
     with _client(url, api_key) as gw:
-        view = call_gateway(gw.budget)
+        view = call_gateway(lambda: gw.budget(years))
     if as_json:
         typer.echo(json.dumps(view, indent=2))
         return
-    table = Table(title=f"privacy budget, window {view['window']}", show_header=False)
-    table.add_row("federation cap", view["federation_cap"])
-    table.add_row("federation remaining", view["federation_remaining"])
-    if view.get("analyst"):
-        table.add_row(f"quota of {view['analyst']}", str(view["analyst_quota"]))
-        table.add_row("quota remaining", str(view["analyst_remaining"]))
+    mine = bool(view.get("analyst"))
+    table = Table(
+        title=f"privacy budget per data year (cap ε {view['year_cap']} each, for the year's lifetime) / "
+        "各数据年度隐私预算"
+    )
+    for column in ("data year / 数据年度", "spent / 已用", "remaining / 剩余"):
+        table.add_column(column)
+    if mine:
+        table.add_column(f"{view['analyst']} remaining / 本人剩余")
+    for y in view["years"]:
+        row = [y["year"], y["spent"], y["remaining"]]
+        if mine:
+            row.append(str(y["analyst_remaining"]) if y["analyst_remaining"] is not None else "no quota")
+        table.add_row(*row)
     console.print(table)
+    if not view["years"]:
+        console.print("no data year has been charged yet / 尚无数据年度被扣减预算")
 
 
 @app.command("demo")

@@ -183,8 +183,10 @@ class GatewayClient:
     def result(self, query_id: str) -> Any:
         return self._do("GET", f"/v1/queries/{query_id}/result")
 
-    def budget(self) -> Any:
-        return self._do("GET", "/v1/budget")
+    def budget(self, years: list[str] | None = None) -> Any:
+        """Spent and remaining epsilon per data year (default: every year charged so far)."""
+        query = "&".join(f"year={y}" for y in years or [])
+        return self._do("GET", "/v1/budget" + (f"?{query}" if query else ""))
 
     # --- indicators
 

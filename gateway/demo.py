@@ -115,8 +115,10 @@ def run_demo(
             "[dim]The 'exact' column is the county's as-linked truth (truth.json), shown only because the "
             "county is synthetic; no analyst ever sees it.[/dim]"
         )
-        left, cap = budget["federation_remaining"], budget["federation_cap"]
-        console.print(f"federation budget left this window: ε {left} of {cap}")
+        for year in budget["years"]:
+            console.print(
+                f"federation budget left for data year {year['year']}: ε {year['remaining']} of {year['cap']}"
+            )
         _export_and_verify_audit(gw.url, keys["auditor"], workdir / "audit-export.jsonl")
         if json_out is not None:
             json_out.write_text(json.dumps(doc, indent=2, default=str, ensure_ascii=False), encoding="utf-8")

@@ -4,7 +4,8 @@
     epsilon within every involved department's cap   -> 422 naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
                                                         409 not_approved with the ids still waiting
-    ledger.reserve_many (all or nothing)             -> 409 budget_exceeded before any extract
+    ledger.reserve_many (all or nothing, each query  -> 409 budget_exceeded naming the data year, before
+      to every data year it reads)                      any extract
     run each query (the runner: extracts, join, release, commit), in order
       a failure: queries not yet run are refunded; what ran stays released or spent, as for any query
     figures from the released results (post-processing; no budget)
@@ -43,6 +44,7 @@ from gateway.context import GatewayContext
 from gateway.errors import ApiError, ErrorCode
 from gateway.registry import catalog
 from privacy.errors import BudgetExceeded
+from privacy.ledger import Charge
 
 log = structlog.get_logger("fedgate.indicators")
 
@@ -275,20 +277,21 @@ def _execute(
     if to_run:
         try:
             ctx.ledger.reserve_many(
-                [(q.spec.query_id, [e.ref for e in plan.extracts], q.spec.epsilon) for q, plan in to_run],
+                [
+                    Charge(
+                        q.spec.query_id,
+                        [e.ref for e in plan.extracts],
+                        q.spec.epsilon,
+                        runner.charged_years(q.spec),
+                    )
+                    for q, plan in to_run
+                ],
                 analyst=analyst.name,
             )
         except BudgetExceeded as exc:
-            ctx.audit.record(
-                "budget.refused",
-                actor=analyst.name,
-                indicator=label,
-                query_ids=[q.spec.query_id for q, _ in to_run],
-                scope=exc.scope,
-                requested=str(exc.requested),
-                remaining=str(exc.remaining),
-            )
-            raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
+            raise runner.budget_refused(
+                ctx, exc, analyst.name, indicator=label, query_ids=[q.spec.query_id for q, _ in to_run]
+            ) from None
     released: dict[str, dict[str, Any]] = {}
     pending = [q.spec.query_id for q, _ in to_run]
     try:

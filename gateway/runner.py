@@ -1,7 +1,8 @@
 """Running an approved query: reserve budget, fetch concurrently, join, release through OpenDP, commit.
 
     approved --(CAS)--> running
-      ledger.reserve (before the first extract; over budget: 409, state back to approved)
+      ledger.reserve, to every data year the query reads (before the first extract; over budget: 409
+        naming the data year, state back to approved)
       prepare the OpenDP measurement and check its privacy map (before any data)
       signed extracts to every planned connector, concurrently (timeouts)
         every call failed, none returned data   -> refund, state back to approved (nothing charged)
@@ -26,7 +27,7 @@ import structlog
 
 from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
-from aggregation.query import StatisticKind
+from aggregation.query import QuerySpec, StatisticKind
 from audit.checkpoint import Checkpoint
 from audit.entries import ACTION_CONNECTOR_REQUEST, connector_call_event
 from audit.errors import ProofError
@@ -44,6 +45,7 @@ from gateway.context import GatewayContext
 from gateway.errors import ApiError, ErrorCode
 from gateway.registry import get_connector
 from privacy.errors import BudgetExceeded, PrivacyError
+from privacy.ledger import data_years
 from privacy.release import (
     Count,
     GroupDomain,
@@ -63,6 +65,28 @@ PROXY_NOTE = (
     "Disposable income here is a proxy built from what departments hold (wages, business income, pensions, "
     "transfers, minus personal contributions); no department holds property income."
 )
+
+
+def charged_years(spec: QuerySpec) -> tuple[str, ...]:
+    """The data years a query is charged to: every year of its period and of its baseline period."""
+    ranges = [(spec.period_start, spec.period_end)]
+    if spec.baseline is not None:
+        ranges.append((spec.baseline.period_start, spec.baseline.period_end))
+    return data_years(ranges)
+
+
+def budget_refused(ctx: GatewayContext, exc: BudgetExceeded, analyst: str, **what: Any) -> ApiError:
+    """Audit a refusal by the ledger and turn it into the 409 naming requested, remaining and the year."""
+    ctx.audit.record(
+        "budget.refused",
+        actor=analyst,
+        **what,
+        scope=exc.scope,
+        data_year=exc.data_year,
+        requested=str(exc.requested),
+        remaining=str(exc.remaining),
+    )
+    return ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon")
 
 
 def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
@@ -154,18 +178,12 @@ def _run(
             422, ErrorCode.INVALID_REQUEST, f"the release cannot be built: {exc}", "statistics"
         ) from None
     try:
-        reservation = ctx.ledger.reserve(qid, analyst=analyst.name, datasets=datasets, epsilon=spec.epsilon)
+        reservation = ctx.ledger.reserve(
+            qid, analyst=analyst.name, datasets=datasets, epsilon=spec.epsilon, data_years=charged_years(spec)
+        )
     except BudgetExceeded as exc:
         queries.set_state(ctx.engine, qid, "approved", expect=("running",), error_code="budget_exceeded")
-        ctx.audit.record(
-            "budget.refused",
-            actor=analyst.name,
-            query_id=qid,
-            scope=exc.scope,
-            requested=str(exc.requested),
-            remaining=str(exc.remaining),
-        )
-        raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
+        raise budget_refused(ctx, exc, analyst.name, query_id=qid) from None
     del reservation
     down, witnessed = _health(ctx, plan)
     if down:

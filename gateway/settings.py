@@ -80,10 +80,16 @@ class GatewaySettings(BaseSettings):
         description="the federation key epoch connectors tokenise under (public; the secret is not here)",
     )
 
-    window_epsilon: Decimal = Field(Decimal(10), gt=0, description="federation epsilon per budget window")
-    multi_year_epsilon: Decimal = Field(Decimal(30), gt=0, description="federation epsilon over all windows")
+    data_year_epsilon: Decimal = Field(
+        Decimal(10),
+        gt=0,
+        description="federation epsilon per data year, for its lifetime: every query that reads a month of "
+        "the year is charged to it, whenever it runs",
+    )
     default_analyst_quota: Decimal | None = Field(
-        Decimal(5), ge=0, description="epsilon per analyst per window; unset: only the federation cap"
+        Decimal(10),
+        ge=0,
+        description="one analyst's epsilon per data year (lifetime); unset: only the federation cap",
     )
     max_rows: int = Field(5_000_000, gt=0, description="public bound on rows, used for DP margins")
     metrics_enabled: bool = True
@@ -111,15 +117,10 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _caps_consistent(self) -> GatewaySettings:
-        if self.multi_year_epsilon < self.window_epsilon:
+        if self.default_analyst_quota is not None and self.default_analyst_quota > self.data_year_epsilon:
             raise ValueError(
-                f"multi_year_epsilon ({self.multi_year_epsilon}) is below window_epsilon "
-                f"({self.window_epsilon}); raise FEDGATE_MULTI_YEAR_EPSILON or lower FEDGATE_WINDOW_EPSILON"
-            )
-        if self.default_analyst_quota is not None and self.default_analyst_quota > self.window_epsilon:
-            raise ValueError(
-                f"default_analyst_quota ({self.default_analyst_quota}) exceeds window_epsilon "
-                f"({self.window_epsilon}); no analyst can spend more than the whole federation"
+                f"default_analyst_quota ({self.default_analyst_quota}) exceeds data_year_epsilon "
+                f"({self.data_year_epsilon}); no analyst can spend more than the whole federation"
             )
         return self
 

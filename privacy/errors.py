@@ -58,18 +58,34 @@ class LedgerError(PrivacyError):
 class BudgetExceeded(LedgerError):
     """A reservation would pass a cap.
 
-    ``scope`` names the cap in words ("federation window 2026", "multi-year 2022-2026", "dataset tax.wages",
-    "analyst quota of alice"); ``kind`` is one of "window", "multi_year", "dataset", "analyst".
+    ``scope`` names the cap in words ("data year 2025", "dataset tax.wages, data year 2025", "analyst quota
+    of alice, data year 2025"); ``kind`` is one of "data_year", "dataset", "analyst"; ``data_year`` is the
+    data year whose budget is spent (None for a cap that is not per data year).
     """
 
-    def __init__(self, scope: str, requested: Decimal, remaining: Decimal, *, kind: str = "window") -> None:
+    def __init__(
+        self,
+        scope: str,
+        requested: Decimal,
+        remaining: Decimal,
+        *,
+        kind: str = "data_year",
+        data_year: str | None = None,
+    ) -> None:
         self.scope = scope
         self.kind = kind
         self.requested = requested
         self.remaining = remaining
+        self.data_year = data_year
         super().__init__(
             f"Not enough privacy budget in {scope}: requested epsilon={requested}, "
             f"remaining epsilon={remaining}; the request exceeds the remaining budget by {self.difference}."
+            + (
+                f" A data year's budget is for its lifetime: queries that read {data_year} are refused "
+                "whenever they run."
+                if data_year is not None
+                else ""
+            )
         )
 
     @property

@@ -1,16 +1,19 @@
 """The federation's privacy budget ledger (SQLAlchemy Core 2.0, synchronous).
 
-Every query reserves its epsilon here before the first extract, whatever datasets it touches. Caps, all
-per **budget window** (the calendar year of the clock's reading, labelled ``'YYYY'``; give the ledger a clock
-in the federation's time zone):
+The protected unit is **one household over one data year**: all its members' records, in every
+department, for the months of one calendar year of the data. Every query reserves its epsilon here before
+the first extract, and is charged **the full epsilon to every data year it reads** (its period and its
+baseline period: a query over 2024-07..2025-06 charges 2024 and 2025, since either household-year can
+change its answer). Caps, all **per data year and for the year's lifetime** (whenever the queries run):
 
-- the **federation window cap** (``window_cap``): all queries of the window together;
-- the **multi-year cap** (``multi_year_cap``): all queries of the current window and the
-  ``multi_year_span - 1`` windows before it (default span 5 calendar years), so that a new year does not
-  hand a fresh full budget to a population that was queried every year;
-- **per-dataset caps** set by the owning department (:meth:`Ledger.set_dataset_cap`): all queries of the
-  window that touch the dataset;
-- **per-analyst quotas** (:meth:`Ledger.set_analyst_quota`, else ``default_analyst_quota``; None = none).
+- the **data-year cap** (``year_cap``): all queries that read the year, together;
+- **per-dataset caps** set by the owning department (:meth:`Ledger.set_dataset_cap`): all queries that
+  read the year of that dataset;
+- **per-analyst quotas** (:meth:`Ledger.set_analyst_quota`, else ``default_analyst_quota``; None = none):
+  one analyst's share of each data year.
+
+So a household-year's loss is bounded by the data-year cap whatever the date a query runs: data for 2025
+queried in 2031 draws on 2025's budget, not on a fresh one.
 
 An entry moves ``reserved -> charged`` (released; the result is stored in the same transaction),
 ``reserved -> refunded`` (only while no connector has returned data) or ``reserved -> spent_failed`` (the
@@ -19,16 +22,16 @@ query failed; budget stays spent). Everything but ``refunded`` counts against ev
 Amounts are exact: epsilons are Decimals that must be whole multiples of 10^-9 and are stored as integer
 nano-epsilon, so sums in SQL never drift. Reservations are atomic: on SQLite the checks and the insert run in
 one ``BEGIN IMMEDIATE`` transaction (the database's single writer lock); elsewhere (PostgreSQL, MariaDB) the
-transaction locks the rows of the windows it reads with ``SELECT ... FOR UPDATE``, in a fixed order (the rows
-are created beforehand, in a transaction of their own). State
-changes are compare-and-set updates, so a refund racing the arrival of data cannot both succeed.
+transaction locks the rows of the data years it charges with ``SELECT ... FOR UPDATE``, in a fixed order
+(the rows are created beforehand, in a transaction of their own). State changes are compare-and-set
+updates, so a refund racing the arrival of data cannot both succeed.
 For SQLite use a file database and give the engine a busy timeout (``connect_args={"timeout": ...}``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,9 +51,12 @@ __all__ = [
     "RESERVED",
     "SPENT_FAILED",
     "BudgetView",
+    "Charge",
+    "DataYearBudget",
     "Ledger",
     "Reservation",
     "create_tables",
+    "data_years",
     "ledger_metadata",
 ]
 
@@ -65,7 +71,8 @@ COUNTED_STATES: Final = (RESERVED, CHARGED, SPENT_FAILED)
 
 ledger_metadata = sa.MetaData()
 
-# One row per budget window: the row a reservation locks on PostgreSQL and MariaDB.
+# One row per data year: the row a reservation charging that year locks on PostgreSQL and MariaDB.
+# (The table kept its first name, from when budgets followed the calendar year a query ran in.)
 windows_table = sa.Table(
     "ledger_windows",
     ledger_metadata,
@@ -77,6 +84,7 @@ entries_table = sa.Table(
     "ledger_entries",
     ledger_metadata,
     sa.Column("query_id", sa.String(200), primary_key=True),
+    # The calendar year the query was reserved in: a record only, no cap reads it.
     sa.Column("budget_window", sa.String(16), nullable=False),
     sa.Column("analyst", sa.String(200), nullable=False),
     sa.Column("epsilon_nano", sa.BigInteger, nullable=False),
@@ -90,6 +98,15 @@ entries_table = sa.Table(
     ),
     sa.Index("ix_ledger_entries_window_state", "budget_window", "state"),
     sa.Index("ix_ledger_entries_analyst_window", "analyst", "budget_window"),
+)
+
+# Each data year an entry charges, its full epsilon (migration 0005).
+entry_years_table = sa.Table(
+    "ledger_entry_years",
+    ledger_metadata,
+    sa.Column("query_id", sa.String(200), sa.ForeignKey("ledger_entries.query_id"), primary_key=True),
+    sa.Column("data_year", sa.String(4), primary_key=True),
+    sa.Index("ix_ledger_entry_years_data_year", "data_year"),
 )
 
 entry_datasets_table = sa.Table(
@@ -153,8 +170,52 @@ def _local_now() -> datetime:
 
 
 def calendar_year(moment: datetime) -> str:
-    """The default budget window: the calendar year of ``moment``, as ``'YYYY'``."""
+    """The calendar year of ``moment``, as ``'YYYY'`` (recorded with each entry; caps ignore it)."""
     return f"{moment.year:04d}"
+
+
+def _year_of(period: str) -> int:
+    year, sep, month = period.partition("-")
+    if not (sep and len(year) == 4 and year.isdigit() and month.isdigit() and 1 <= int(month) <= 12):
+        raise ValueError(f"period {period!r} is not YYYY-MM")
+    return int(year)
+
+
+def data_years(ranges: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The data years (``'YYYY'``, sorted) that month ranges ``(YYYY-MM, YYYY-MM)`` read, each once.
+
+    The one rule for what a query is charged to: every calendar year any of its months falls in (its
+    period and its baseline period alike).
+    """
+    years: set[int] = set()
+    for start, end in ranges:
+        first, last = _year_of(start), _year_of(end)
+        if (first, start) > (last, end):
+            raise ValueError(f"period {start}..{end} ends before it starts")
+        years.update(range(first, last + 1))
+    if not years:
+        raise ValueError("a charge needs at least one period")
+    return tuple(f"{y:04d}" for y in sorted(years))
+
+
+def _valid_years(years: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(sorted(set(years)))
+    if not out:
+        raise ValueError("a charge needs at least one data year")
+    for y in out:
+        if not (len(y) == 4 and y.isdigit()):
+            raise ValueError(f"data year {y!r} is not YYYY")
+    return out
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one query asks of the ledger: its epsilon, charged in full to each of its data years."""
+
+    query_id: str
+    datasets: Sequence[str]
+    epsilon: Decimal
+    data_years: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -162,9 +223,9 @@ class Reservation:
     """A query's ledger entry. ``created`` is False when :meth:`Ledger.reserve` found it already there."""
 
     query_id: str
-    window: str
     analyst: str
     datasets: tuple[str, ...]
+    data_years: tuple[str, ...]
     epsilon: Decimal
     state: str
     data_arrived: bool
@@ -172,19 +233,38 @@ class Reservation:
 
 
 @dataclass(frozen=True)
-class BudgetView:
-    """What is left in the current window for one analyst; None where no quota applies."""
+class DataYearBudget:
+    """One data year's lifetime budget: spent by every query that read it, and what is left.
 
-    window: str
-    window_cap: Decimal
-    window_remaining: Decimal
-    multi_year_windows: tuple[str, ...]
-    multi_year_cap: Decimal
-    multi_year_remaining: Decimal
-    analyst: str
-    analyst_quota: Decimal | None
+    ``analyst_*`` are the asking analyst's (None where no quota applies); ``datasets`` maps each capped
+    dataset to what its department's cap leaves in this year.
+    """
+
+    year: str
+    cap: Decimal
+    spent: Decimal
+    remaining: Decimal
+    analyst_spent: Decimal
     analyst_remaining: Decimal | None
     datasets: Mapping[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """Per data year: cap, spent and remaining, for the federation, one analyst and the capped datasets."""
+
+    year_cap: Decimal
+    analyst: str
+    analyst_quota: Decimal | None
+    dataset_caps: Mapping[str, Decimal]
+    years: tuple[DataYearBudget, ...]
+
+    def year(self, year: str) -> DataYearBudget:
+        """The figures of one data year (KeyError if the view does not show it)."""
+        for y in self.years:
+            if y.year == year:
+                return y
+        raise KeyError(year)
 
 
 class Ledger:
@@ -194,37 +274,24 @@ class Ledger:
         self,
         engine: sa.Engine,
         *,
-        window_cap: Decimal,
-        multi_year_cap: Decimal,
+        year_cap: Decimal,
         default_analyst_quota: Decimal | None,
-        multi_year_span: int = 5,
         clock: Callable[[], datetime] = _local_now,
     ) -> None:
-        for name, value in (("window_cap", window_cap), ("multi_year_cap", multi_year_cap)):
-            if to_nano(value) < 0:
-                raise ValueError(f"{name} must be >= 0")
+        if to_nano(year_cap) < 0:
+            raise ValueError("year_cap must be >= 0")
         if default_analyst_quota is not None and to_nano(default_analyst_quota) < 0:
             raise ValueError("default_analyst_quota must be >= 0")
-        if multi_year_span < 1:
-            raise ValueError("multi_year_span must be at least 1")
         self._engine = engine
-        self._window_cap = to_nano(window_cap)
-        self._multi_year_cap = to_nano(multi_year_cap)
+        self._year_cap = to_nano(year_cap)
         self._default_quota = None if default_analyst_quota is None else to_nano(default_analyst_quota)
-        self._span = multi_year_span
         self._clock = clock
         self._dialect = engine.dialect.name
 
-    # -- windows -------------------------------------------------------------------------------------
-
-    def current_window(self) -> str:
-        """The budget window of the clock's current reading."""
-        return calendar_year(self._clock())
-
-    def multi_year_windows(self, window: str | None = None) -> tuple[str, ...]:
-        """The windows the multi-year cap adds up: ``window`` and the ``multi_year_span - 1`` before it."""
-        year = int(window or self.current_window())
-        return tuple(f"{y:04d}" for y in range(year - self._span + 1, year + 1))
+    @property
+    def year_cap(self) -> Decimal:
+        """The lifetime epsilon of one data year, over every query that reads it."""
+        return from_nano(self._year_cap)
 
     # -- transactions ----------------------------------------------------------------------------------
 
@@ -248,15 +315,15 @@ class Ledger:
             with self._engine.begin() as conn:
                 yield conn
 
-    def _ensure_windows(self, windows: Sequence[str]) -> None:
-        """Create the lock rows of these windows, in their own short transaction.
+    def _ensure_years(self, years: Sequence[str]) -> None:
+        """Create the lock rows of these data years, in their own short transaction.
 
         Kept out of the locking transaction: on MariaDB an INSERT IGNORE that meets an existing row takes a
         shared lock on it, and upgrading that to the exclusive lock of FOR UPDATE deadlocks concurrent
         reservations.
         """
         now = self._clock()
-        rows = [{"budget_window": w, "created_at": now} for w in sorted(windows)]
+        rows = [{"budget_window": y, "created_at": now} for y in sorted(years)]
         with self._engine.begin() as conn:
             if self._dialect == "postgresql":
                 conn.execute(postgresql.insert(windows_table).on_conflict_do_nothing(), rows)
@@ -268,13 +335,13 @@ class Ledger:
                 if missing:
                     conn.execute(sa.insert(windows_table), missing)
 
-    def _lock_windows(self, conn: sa.Connection, windows: Sequence[str]) -> None:
-        """Serialise reservations that read these windows (no-op on SQLite, already exclusive)."""
+    def _lock_years(self, conn: sa.Connection, years: Sequence[str]) -> None:
+        """Serialise reservations that charge these data years (no-op on SQLite, already exclusive)."""
         if self._dialect == "sqlite":
             return
         conn.execute(
             sa.select(windows_table.c.budget_window)
-            .where(windows_table.c.budget_window.in_(sorted(windows)))
+            .where(windows_table.c.budget_window.in_(sorted(years)))
             .order_by(windows_table.c.budget_window)
             .with_for_update()
         ).all()
@@ -282,24 +349,23 @@ class Ledger:
     # -- reading ---------------------------------------------------------------------------------------
 
     @staticmethod
-    def _sum(conn: sa.Connection, *conditions: sa.ColumnElement[bool]) -> int:
+    def _sum(conn: sa.Connection, year: str, *conditions: sa.ColumnElement[bool]) -> int:
+        """Counted epsilon of the entries charging ``year`` (and meeting ``conditions``)."""
+        charging = sa.select(entry_years_table.c.query_id).where(entry_years_table.c.data_year == year)
         query = sa.select(sa.func.coalesce(sa.func.sum(entries_table.c.epsilon_nano), 0)).where(
-            entries_table.c.state.in_(COUNTED_STATES), *conditions
+            entries_table.c.state.in_(COUNTED_STATES), entries_table.c.query_id.in_(charging), *conditions
         )
         return int(conn.execute(query).scalar_one())
 
-    def _spent_window(self, conn: sa.Connection, window: str) -> int:
-        return self._sum(conn, entries_table.c.budget_window == window)
+    def _spent_year(self, conn: sa.Connection, year: str) -> int:
+        return self._sum(conn, year)
 
-    def _spent_windows(self, conn: sa.Connection, windows: Sequence[str]) -> int:
-        return self._sum(conn, entries_table.c.budget_window.in_(list(windows)))
+    def _spent_analyst(self, conn: sa.Connection, year: str, analyst: str) -> int:
+        return self._sum(conn, year, entries_table.c.analyst == analyst)
 
-    def _spent_analyst(self, conn: sa.Connection, window: str, analyst: str) -> int:
-        return self._sum(conn, entries_table.c.budget_window == window, entries_table.c.analyst == analyst)
-
-    def _spent_dataset(self, conn: sa.Connection, window: str, dataset: str) -> int:
+    def _spent_dataset(self, conn: sa.Connection, year: str, dataset: str) -> int:
         linked = sa.select(entry_datasets_table.c.query_id).where(entry_datasets_table.c.dataset == dataset)
-        return self._sum(conn, entries_table.c.budget_window == window, entries_table.c.query_id.in_(linked))
+        return self._sum(conn, year, entries_table.c.query_id.in_(linked))
 
     def _dataset_caps(self, conn: sa.Connection, datasets: Sequence[str] | None = None) -> dict[str, int]:
         query = sa.select(dataset_caps_table.c.dataset, dataset_caps_table.c.cap_nano)
@@ -317,16 +383,19 @@ class Ledger:
         row = conn.execute(sa.select(entries_table).where(entries_table.c.query_id == query_id)).one_or_none()
         if row is None:
             return None
-        datasets = conn.execute(
-            sa.select(entry_datasets_table.c.dataset)
-            .where(entry_datasets_table.c.query_id == query_id)
-            .order_by(entry_datasets_table.c.dataset)
-        ).scalars()
+
+        def linked(table: sa.Table, column: str) -> tuple[str, ...]:
+            return tuple(
+                conn.execute(
+                    sa.select(table.c[column]).where(table.c.query_id == query_id).order_by(table.c[column])
+                ).scalars()
+            )
+
         return Reservation(
             query_id=row.query_id,
-            window=row.budget_window,
             analyst=row.analyst,
-            datasets=tuple(datasets),
+            datasets=linked(entry_datasets_table, "dataset"),
+            data_years=linked(entry_years_table, "data_year"),
             epsilon=from_nano(int(row.epsilon_nano)),
             state=row.state,
             data_arrived=bool(row.data_arrived),
@@ -347,35 +416,53 @@ class Ledger:
             )
             return list(rows.scalars())
 
-    def spent(self, window: str | None = None) -> Decimal:
-        """Epsilon counted in ``window`` (default: the current one): reserved + charged + spent_failed."""
+    def spent(self, year: str) -> Decimal:
+        """Epsilon counted against data year ``year``: reserved + charged + spent_failed."""
         with self._engine.connect() as conn:
-            return from_nano(self._spent_window(conn, window or self.current_window()))
+            return from_nano(self._spent_year(conn, _valid_years([year])[0]))
 
-    def remaining(self, analyst: str) -> BudgetView:
-        """Remaining budget of the current window: federation, multi-year, the analyst's quota, datasets."""
-        window = self.current_window()
-        years = self.multi_year_windows(window)
+    def charged_years(self) -> tuple[str, ...]:
+        """Every data year some counted entry charges, in order."""
         with self._engine.connect() as conn:
-            window_left = self._window_cap - self._spent_window(conn, window)
-            multi_left = self._multi_year_cap - self._spent_windows(conn, years)
-            quota = self._quota(conn, analyst)
-            analyst_left = None if quota is None else quota - self._spent_analyst(conn, window, analyst)
-            datasets = {
-                name: from_nano(max(cap - self._spent_dataset(conn, window, name), 0))
-                for name, cap in sorted(self._dataset_caps(conn).items())
-            }
+            rows = conn.execute(
+                sa.select(entry_years_table.c.data_year)
+                .join(entries_table, entries_table.c.query_id == entry_years_table.c.query_id)
+                .where(entries_table.c.state.in_(COUNTED_STATES))
+                .distinct()
+                .order_by(entry_years_table.c.data_year)
+            )
+            return tuple(rows.scalars())
+
+    def remaining(self, analyst: str, years: Sequence[str] | None = None) -> BudgetView:
+        """Spent and remaining per data year: ``years``, by default every year charged so far."""
+        shown = _valid_years(years) if years else self.charged_years()
+        with self._engine.connect() as conn:
+            quota = self._quota(conn, analyst) if analyst else None
+            caps = self._dataset_caps(conn)
+            out = []
+            for year in shown:
+                spent = self._spent_year(conn, year)
+                mine = self._spent_analyst(conn, year, analyst) if analyst else 0
+                out.append(
+                    DataYearBudget(
+                        year=year,
+                        cap=from_nano(self._year_cap),
+                        spent=from_nano(spent),
+                        remaining=from_nano(max(self._year_cap - spent, 0)),
+                        analyst_spent=from_nano(mine),
+                        analyst_remaining=None if quota is None else from_nano(max(quota - mine, 0)),
+                        datasets={
+                            name: from_nano(max(cap - self._spent_dataset(conn, year, name), 0))
+                            for name, cap in sorted(caps.items())
+                        },
+                    )
+                )
         return BudgetView(
-            window=window,
-            window_cap=from_nano(self._window_cap),
-            window_remaining=from_nano(max(window_left, 0)),
-            multi_year_windows=years,
-            multi_year_cap=from_nano(self._multi_year_cap),
-            multi_year_remaining=from_nano(max(multi_left, 0)),
+            year_cap=from_nano(self._year_cap),
             analyst=analyst,
             analyst_quota=None if quota is None else from_nano(quota),
-            analyst_remaining=None if analyst_left is None else from_nano(max(analyst_left, 0)),
-            datasets=datasets,
+            dataset_caps={name: from_nano(cap) for name, cap in sorted(caps.items())},
+            years=tuple(out),
         )
 
     def result(self, query_id: str) -> dict[str, Any] | None:
@@ -403,82 +490,88 @@ class Ledger:
                 )
 
     def set_dataset_cap(self, dataset: str, epsilon: Decimal | None) -> None:
-        """Set the department's cap for ``dataset`` per window; None removes it."""
+        """Set the department's lifetime cap for each data year of ``dataset``; None removes it."""
         self._upsert(dataset_caps_table, "dataset", dataset, "cap_nano", epsilon)
 
     def set_analyst_quota(self, analyst: str, epsilon: Decimal | None) -> None:
-        """Set ``analyst``'s quota per window; None falls back to the default quota."""
+        """Set ``analyst``'s share of each data year; None falls back to the default quota."""
         self._upsert(analyst_quotas_table, "analyst", analyst, "quota_nano", epsilon)
 
     # -- the life of an entry --------------------------------------------------------------------------
 
     def reserve(
-        self, query_id: str, *, analyst: str, datasets: Sequence[str], epsilon: Decimal
+        self,
+        query_id: str,
+        *,
+        analyst: str,
+        datasets: Sequence[str],
+        epsilon: Decimal,
+        data_years: Sequence[str],
     ) -> Reservation:
-        """Atomically check every cap and reserve ``epsilon`` for the query in the current window.
+        """Atomically check every cap of every data year and reserve ``epsilon`` against each of them.
 
         Idempotent: if the query already has a counted entry it is returned (``created=False``) and nothing
         is charged again; a refunded entry is reserved afresh (a retry after no data arrived). Raises
-        :class:`BudgetExceeded` naming the first cap that would be passed, :class:`QueryMismatch` if the id
-        was reserved with another analyst, dataset list or epsilon.
+        :class:`BudgetExceeded` naming the first cap and data year that would be passed,
+        :class:`QueryMismatch` if the id was reserved with another analyst, dataset list, epsilon or data
+        years.
         """
-        return self.reserve_many([(query_id, datasets, epsilon)], analyst=analyst)[0]
+        return self.reserve_many([Charge(query_id, datasets, epsilon, data_years)], analyst=analyst)[0]
 
-    def reserve_many(
-        self, items: Sequence[tuple[str, Sequence[str], Decimal]], *, analyst: str
-    ) -> list[Reservation]:
-        """Reserve several queries (id, datasets, epsilon) of one analyst all together or not at all.
+    def reserve_many(self, items: Sequence[Charge], *, analyst: str) -> list[Reservation]:
+        """Reserve several queries of one analyst all together or not at all.
 
         One transaction checks every cap against the sum of the new reservations (a pack of indicators
         that does not fit is refused before any of its queries runs); entries already counted are returned
         as they are, exactly as :meth:`reserve` does for one query.
         """
         wanted = []
-        for query_id, datasets, epsilon in items:
-            units = to_nano(epsilon)
+        for item in items:
+            units = to_nano(item.epsilon)
             if units <= 0:
                 raise ValueError("epsilon must be > 0")
-            wanted.append((query_id, tuple(sorted(set(datasets))), units))
-        if len({q for q, _, _ in wanted}) != len(wanted):
+            names = tuple(sorted(set(item.datasets)))
+            wanted.append((item.query_id, names, units, _valid_years(item.data_years)))
+        if len({q for q, _, _, _ in wanted}) != len(wanted):
             raise ValueError("a query id appears twice in one reservation")
-        window = self.current_window()
-        years = self.multi_year_windows(window)
+        years = sorted({y for _, _, _, ys in wanted for y in ys})
         if self._dialect != "sqlite":
-            self._ensure_windows(years)
+            self._ensure_years(years)
         out: list[Reservation] = []
         with self._write() as conn:
-            self._lock_windows(conn, years)
-            fresh: list[tuple[str, tuple[str, ...], int, Reservation | None]] = []
-            for query_id, names, units in wanted:
+            self._lock_years(conn, years)
+            fresh: list[tuple[str, tuple[str, ...], int, tuple[str, ...], Reservation | None]] = []
+            for query_id, names, units, ys in wanted:
                 existing = self._entry(conn, query_id)
                 if existing is not None:
-                    if (existing.analyst, existing.datasets, to_nano(existing.epsilon)) != (
+                    if (
+                        existing.analyst,
+                        existing.datasets,
+                        to_nano(existing.epsilon),
+                        existing.data_years,
+                    ) != (
                         analyst,
                         names,
                         units,
+                        ys,
                     ):
                         raise QueryMismatch(
-                            f"query {query_id!r} was reserved before with a different analyst, dataset list "
-                            "or epsilon; a query id names one immutable query"
+                            f"query {query_id!r} was reserved before with a different analyst, dataset list, "
+                            "epsilon or data years; a query id names one immutable query"
                         )
                     if existing.state != REFUNDED:
                         out.append(existing)
                         continue
-                fresh.append((query_id, names, units, existing))
+                fresh.append((query_id, names, units, ys, existing))
             if fresh:
-                per_dataset: dict[str, int] = {}
-                for _, names, units, _ in fresh:
-                    for d in names:
-                        per_dataset[d] = per_dataset.get(d, 0) + units
-                total = sum(units for _, _, units, _ in fresh)
-                self._check_caps(conn, window, years, analyst, per_dataset, total)
+                self._check_caps(conn, analyst, [(names, units, ys) for _, names, units, ys, _ in fresh])
             now = self._clock()
-            for query_id, names, units, existing in fresh:
+            for query_id, names, units, ys, existing in fresh:
                 if existing is None:
                     conn.execute(
                         sa.insert(entries_table).values(
                             query_id=query_id,
-                            budget_window=window,
+                            budget_window=calendar_year(now),
                             analyst=analyst,
                             epsilon_nano=units,
                             state=RESERVED,
@@ -486,6 +579,9 @@ class Ledger:
                             created_at=now,
                             updated_at=now,
                         )
+                    )
+                    conn.execute(
+                        sa.insert(entry_years_table), [{"query_id": query_id, "data_year": y} for y in ys]
                     )
                     if names:
                         conn.execute(
@@ -496,51 +592,57 @@ class Ledger:
                     conn.execute(
                         sa.update(entries_table)
                         .where(entries_table.c.query_id == query_id, entries_table.c.state == REFUNDED)
-                        .values(state=RESERVED, data_arrived=False, budget_window=window, updated_at=now)
+                        .values(
+                            state=RESERVED,
+                            data_arrived=False,
+                            budget_window=calendar_year(now),
+                            updated_at=now,
+                        )
                     )
                 out.append(
                     Reservation(
                         query_id=query_id,
-                        window=window,
                         analyst=analyst,
                         datasets=names,
+                        data_years=ys,
                         epsilon=from_nano(units),
                         state=RESERVED,
                         data_arrived=False,
                         created=True,
                     )
                 )
-        order = {q: i for i, (q, _, _) in enumerate(wanted)}
+        order = {q: i for i, (q, _, _, _) in enumerate(wanted)}
         return sorted(out, key=lambda r: order[r.query_id])
 
     def _check_caps(
         self,
         conn: sa.Connection,
-        window: str,
-        years: Sequence[str],
         analyst: str,
-        per_dataset: Mapping[str, int],
-        units: int,
+        fresh: Sequence[tuple[tuple[str, ...], int, tuple[str, ...]]],
     ) -> None:
-        """Every cap against ``units`` more in all, and ``per_dataset[d]`` more on each dataset."""
+        """Every cap of every data year against what the new entries (datasets, units, years) add to it."""
 
-        def check(cap: int, spent: int, scope: str, kind: str, more: int = units) -> None:
+        def check(cap: int, spent: int, more: int, scope: str, kind: str, year: str) -> None:
             if spent + more > cap:
-                raise BudgetExceeded(scope, from_nano(more), from_nano(max(cap - spent, 0)), kind=kind)
+                raise BudgetExceeded(
+                    scope, from_nano(more), from_nano(max(cap - spent, 0)), kind=kind, data_year=year
+                )
 
-        check(self._window_cap, self._spent_window(conn, window), f"federation window {window}", "window")
-        check(
-            self._multi_year_cap,
-            self._spent_windows(conn, years),
-            f"multi-year {years[0]}-{years[-1]}",
-            "multi_year",
-        )
-        for dataset, cap in sorted(self._dataset_caps(conn, list(per_dataset)).items()):
-            spent = self._spent_dataset(conn, window, dataset)
-            check(cap, spent, f"dataset {dataset}", "dataset", per_dataset[dataset])
         quota = self._quota(conn, analyst)
-        if quota is not None:
-            check(quota, self._spent_analyst(conn, window, analyst), f"analyst quota of {analyst}", "analyst")
+        all_datasets = sorted({d for names, _, _ in fresh for d in names})
+        caps = self._dataset_caps(conn, all_datasets)
+        for year in sorted({y for _, _, ys in fresh for y in ys}):
+            charging = [(names, units) for names, units, ys in fresh if year in ys]
+            more = sum(units for _, units in charging)
+            check(self._year_cap, self._spent_year(conn, year), more, f"data year {year}", "data_year", year)
+            for dataset, cap in sorted(caps.items()):
+                on_dataset = sum(units for names, units in charging if dataset in names)
+                if on_dataset:
+                    spent = self._spent_dataset(conn, year, dataset)
+                    check(cap, spent, on_dataset, f"dataset {dataset}, data year {year}", "dataset", year)
+            if quota is not None:
+                spent = self._spent_analyst(conn, year, analyst)
+                check(quota, spent, more, f"analyst quota of {analyst}, data year {year}", "analyst", year)
 
     def _transition(
         self,

@@ -195,7 +195,11 @@ def test_a_gateway_whose_ledger_is_behind_its_audit_log_refuses_to_start(gateway
     sink = gateway_ctx.audit.sink
     assert isinstance(sink, AuditLogSink)
     gateway_ctx.ledger.reserve(
-        "q-audited-000001", analyst="ana", datasets=["tax.wages"], epsilon=Decimal("0.5")
+        "q-audited-000001",
+        analyst="ana",
+        datasets=["tax.wages"],
+        epsilon=Decimal("0.5"),
+        data_years=("2025",),
     )
     gateway_ctx.ledger.mark_data_arrived("q-audited-000001")
     gateway_ctx.ledger.commit("q-audited-000001", {"release": "noisy values"})

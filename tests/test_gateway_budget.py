@@ -32,8 +32,8 @@ def county(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _federation(root: Path, county: Path, gateway_db_url: str | None) -> Federation:
-    # Room for exactly ten queries of epsilon 0.1 in this window.
-    env = {"FEDGATE_WINDOW_EPSILON": "1.0", "FEDGATE_DEFAULT_ANALYST_QUOTA": "1.0"}
+    # Room for exactly ten queries of epsilon 0.1 on the headline query's data year.
+    env = {"FEDGATE_DATA_YEAR_EPSILON": "1.0", "FEDGATE_DEFAULT_ANALYST_QUOTA": "1.0"}
     # Each federation is a new gateway: its connectors start without another gateway's witnessed history.
     shutil.rmtree(county / "state", ignore_errors=True)
     fed = start_federation(root, county=county, gateway_db_url=gateway_db_url, env=env)
@@ -80,12 +80,13 @@ def test_forty_concurrent_runs_with_room_for_ten_release_exactly_ten(fed: Federa
     with fed.client("analyst") as analyst:
         budget = analyst.budget()
         states = [analyst.query(q)["state"] for q in ids]
-    assert Decimal(budget["federation_remaining"]) == 0
+    assert [(y["year"], Decimal(y["remaining"])) for y in budget["years"]] == [("2025", 0)]
     assert states.count("released") == 10 and states.count("approved") == 30
     # Over budget is a 409 that says requested, remaining and the difference.
     with fed.client("analyst") as analyst, pytest.raises(GatewayError) as err:
         analyst.run(ids[outcomes.index("budget_exceeded")])
     assert err.value.status == 409 and "requested" in err.value.message and "remaining" in err.value.message
+    assert "data year 2025" in err.value.message
 
 
 def test_every_request_leaves_an_audit_entry(fed: Federation) -> None:

@@ -35,8 +35,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.mariadb, pytest.mark.slow]
 
 # The module runs about ten queries of epsilon 1 for one analyst: room for all of them, whatever order.
 GATEWAY_ENV = {
-    "FEDGATE_WINDOW_EPSILON": "20",
-    "FEDGATE_MULTI_YEAR_EPSILON": "60",
+    "FEDGATE_DATA_YEAR_EPSILON": "20",
     "FEDGATE_DEFAULT_ANALYST_QUOTA": "15",
 }
 
@@ -66,21 +65,21 @@ def _query(purpose: str, **changes: object) -> QuerySpec:
 
 def test_headline_query_runs_once_and_is_served_again_for_free(fed: Federation) -> None:
     with fed.client("analyst") as analyst:
-        before = analyst.budget()
+        before = analyst.budget(["2025"])
         view = analyst.submit(_query("Headline bands by village, end to end"))
         assert view["state"] == "approved"
         assert set(view["covered_by"]) == {"register", "tax", "social", "civil"}
         first = analyst.run(view["id"])
         again = analyst.run(view["id"])
         fetched = analyst.result(view["id"])
-        after = analyst.budget()
+        after = analyst.budget(["2025"])
     assert first == again == fetched
     cells = first["result"]["release"]["cells"]
     villages = {c["groups"]["register.persons.village"] for c in cells}
     domain = set(fed.truth()["as_linked"]["households_by_village"])
     assert domain <= villages  # every public village is released, empty or not
     assert all(c["low"] <= c["value"] <= c["high"] for c in cells)
-    spent = Decimal(before["federation_remaining"]) - Decimal(after["federation_remaining"])
+    spent = Decimal(before["years"][0]["remaining"]) - Decimal(after["years"][0]["remaining"])
     assert spent == Decimal("1")
 
 
@@ -244,13 +243,13 @@ def test_a_stopped_connector_charges_nothing(fed: Federation) -> None:
     civil = fed.connectors["civil"]
     with fed.client("analyst") as analyst:
         view = analyst.submit(_query("Bands while civil affairs is down"))
-        before = analyst.budget()["federation_remaining"]
+        before = analyst.budget(["2025"])["years"][0]["remaining"]
         civil.stop()
         try:
             with pytest.raises(GatewayError) as err:
                 analyst.run(view["id"])
             assert err.value.status == 503 and err.value.code == "connector_unavailable"
-            assert analyst.budget()["federation_remaining"] == before
+            assert analyst.budget(["2025"])["years"][0]["remaining"] == before
             assert analyst.query(view["id"])["state"] == "approved"
         finally:
             from connectors.process import start_connector
@@ -371,7 +370,7 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
 def test_a_query_run_fails_closed_when_the_audit_log_cannot_be_written(fed: Federation) -> None:
     with fed.client("analyst") as analyst:
         view = analyst.submit(_query("Bands while the audit log is read-only"))
-        before = analyst.budget()["federation_remaining"]
+        before = analyst.budget(["2025"])["years"][0]["remaining"]
     db = fed.root / "gateway" / "gateway.sqlite3"
     with sqlite3.connect(db) as conn:
         conn.execute(
@@ -386,7 +385,7 @@ def test_a_query_run_fails_closed_when_the_audit_log_cannot_be_written(fed: Fede
         with sqlite3.connect(db) as conn:
             conn.execute("DROP TRIGGER audit_read_only")
     with fed.client("analyst") as analyst:
-        assert analyst.budget()["federation_remaining"] == before
+        assert analyst.budget(["2025"])["years"][0]["remaining"] == before
         assert analyst.query(view["id"])["state"] == "approved"
         with pytest.raises(GatewayError):
             analyst.result(view["id"])

@@ -58,9 +58,8 @@ def test_defaults_in_development(tmp_path: Path) -> None:
     settings = GatewaySettings()
     assert settings.mode == "development"
     assert (settings.host, settings.port) == ("127.0.0.1", 8700)
-    assert settings.window_epsilon == Decimal(10) and isinstance(settings.window_epsilon, Decimal)
-    assert settings.multi_year_epsilon == Decimal(30)
-    assert settings.default_analyst_quota == Decimal(5)
+    assert settings.data_year_epsilon == Decimal(10) and isinstance(settings.data_year_epsilon, Decimal)
+    assert settings.default_analyst_quota == Decimal(10)
     assert settings.max_rows == 5_000_000
     assert settings.metrics_enabled is True
     assert settings.database_url_resolved() == f"sqlite:///{Path('.fedgate').resolve() / 'gateway.sqlite3'}"
@@ -76,8 +75,7 @@ def test_default_database_is_sqlite_under_state_dir(tmp_path: Path) -> None:
 
 def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FEDGATE_MODE", "production")
-    monkeypatch.setenv("FEDGATE_WINDOW_EPSILON", "2.5")
-    monkeypatch.setenv("FEDGATE_MULTI_YEAR_EPSILON", "7.5")
+    monkeypatch.setenv("FEDGATE_DATA_YEAR_EPSILON", "2.5")
     monkeypatch.setenv("FEDGATE_DEFAULT_ANALYST_QUOTA", "0.1")
     monkeypatch.setenv("FEDGATE_PORT", "9443")
     monkeypatch.setenv("FEDGATE_STATE_DIR", str(tmp_path))
@@ -85,8 +83,7 @@ def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("FEDGATE_METRICS_ENABLED", "false")
     settings = get_settings()
     assert settings.mode == "production"
-    assert settings.window_epsilon == Decimal("2.5")
-    assert settings.multi_year_epsilon == Decimal("7.5")
+    assert settings.data_year_epsilon == Decimal("2.5")
     assert settings.default_analyst_quota == Decimal("0.1")
     assert settings.port == 9443
     assert settings.metrics_enabled is False
@@ -104,9 +101,8 @@ def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"window_epsilon": "0"}, "greater than 0"),
-        ({"window_epsilon": "10", "multi_year_epsilon": "5"}, "multi_year_epsilon (5) is below"),
-        ({"default_analyst_quota": "11"}, "exceeds window_epsilon"),
+        ({"data_year_epsilon": "0"}, "greater than 0"),
+        ({"default_analyst_quota": "11"}, "exceeds data_year_epsilon"),
         ({"port": 0}, "greater than or equal to 1"),
         ({"mode": "staging"}, "development"),
         ({"max_rows": 0}, "greater than 0"),

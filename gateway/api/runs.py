@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
+from pydantic import StringConstraints
 
 from gateway import queries, runner
-from gateway.api.schemas import BudgetOut, EpsilonIn, MeOut, ResultOut
+from gateway.api.schemas import BudgetOut, DataYearBudgetOut, EpsilonIn, MeOut, ResultOut
 from gateway.auth import Principal, Role
 from gateway.context import ContextDep
 from gateway.deps import CurrentPrincipal, require_roles
@@ -27,18 +28,24 @@ DepartmentAdmin = Annotated[Principal, Depends(require_roles(Role.DEPARTMENT_ADM
 def _budget_out(view: BudgetView, analyst: str | None) -> BudgetOut:
     mine = analyst is not None
     return BudgetOut(
-        window=view.window,
-        federation_cap=str(view.window_cap),
-        federation_remaining=str(view.window_remaining),
-        multi_year_windows=list(view.multi_year_windows),
-        multi_year_cap=str(view.multi_year_cap),
-        multi_year_remaining=str(view.multi_year_remaining),
+        year_cap=str(view.year_cap),
         analyst=analyst,
         analyst_quota=str(view.analyst_quota) if mine and view.analyst_quota is not None else None,
-        analyst_remaining=str(view.analyst_remaining)
-        if mine and view.analyst_remaining is not None
-        else None,
-        datasets={k: str(v) for k, v in view.datasets.items()},
+        dataset_caps={k: str(v) for k, v in view.dataset_caps.items()},
+        years=[
+            DataYearBudgetOut(
+                year=y.year,
+                cap=str(y.cap),
+                spent=str(y.spent),
+                remaining=str(y.remaining),
+                analyst_spent=str(y.analyst_spent) if mine else None,
+                analyst_remaining=str(y.analyst_remaining)
+                if mine and y.analyst_remaining is not None
+                else None,
+                datasets={k: str(v) for k, v in y.datasets.items()},
+            )
+            for y in view.years
+        ],
     )
 
 
@@ -79,11 +86,21 @@ async def whoami(who: CurrentPrincipal) -> MeOut:
     )
 
 
+DataYears = Annotated[
+    list[Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]] | None,
+    Query(
+        alias="year",
+        max_length=50,
+        description="data years to show (repeat: ?year=2024&year=2025); default: every year charged so far",
+    ),
+]
+
+
 @router.get("/budget", response_model=BudgetOut)
-async def get_budget(ctx: ContextDep, who: CurrentPrincipal) -> BudgetOut:
-    """The federation's remaining epsilon in this window and, for an analyst, their own quota."""
+async def get_budget(ctx: ContextDep, who: CurrentPrincipal, years: DataYears = None) -> BudgetOut:
+    """Spent and remaining epsilon per data year and, for an analyst, their own share of each year."""
     analyst = who.name if who.role is Role.ANALYST else None
-    view = await run_in_threadpool(ctx.ledger.remaining, analyst or "")
+    view = await run_in_threadpool(ctx.ledger.remaining, analyst or "", years)
     return _budget_out(view, analyst)
 
 
@@ -102,7 +119,7 @@ async def set_quota(analyst: str, body: EpsilonIn, ctx: ContextDep, operator: Op
 async def set_dataset_cap(
     dataset: str, body: EpsilonIn, ctx: ContextDep, admin: DepartmentAdmin
 ) -> BudgetOut:
-    """A department caps the epsilon any window may spend on one of its datasets (`connector.dataset`)."""
+    """A department caps the epsilon each data year of one of its datasets may lose (`connector.dataset`)."""
     from gateway.registry import get_connector
 
     connector = await run_in_threadpool(get_connector, ctx.engine, dataset.partition(".")[0])

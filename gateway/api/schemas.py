@@ -114,18 +114,30 @@ class EpsilonIn(_In):
     epsilon: Decimal = Field(ge=0, le=1_000)
 
 
-class BudgetOut(BaseModel):
-    window: str
-    federation_cap: str
-    federation_remaining: str
-    multi_year_windows: list[str]
-    multi_year_cap: str
-    multi_year_remaining: str
-    analyst: str | None
-    analyst_quota: str | None
-    analyst_remaining: str | None
+class DataYearBudgetOut(BaseModel):
+    """One data year's lifetime budget (public amounts: caps and the epsilon of queries, never data)."""
+
+    year: str = Field(description="the data year, YYYY: every query reading a month of it is charged here")
+    cap: str
+    spent: str
+    remaining: str
+    analyst_spent: str | None = Field(description="the asking analyst's share; null for other roles")
+    analyst_remaining: str | None = Field(description="left of the analyst's quota; null without one")
     datasets: dict[str, str] = Field(
-        {}, description="dataset -> epsilon remaining under its department's cap"
+        {}, description="dataset -> epsilon this year has left under its department's cap"
+    )
+
+
+class BudgetOut(BaseModel):
+    """Budgets per data year: the protected unit is a household over a data year."""
+
+    protected_unit: str = "household over a data year"
+    year_cap: str = Field(description="federation epsilon per data year, for its lifetime")
+    analyst: str | None
+    analyst_quota: str | None = Field(description="the analyst's epsilon per data year; null without one")
+    dataset_caps: dict[str, str] = Field({}, description="dataset -> its department's cap per data year")
+    years: list[DataYearBudgetOut] = Field(
+        description="every data year charged so far (or the years asked for), oldest first"
     )
 
 
