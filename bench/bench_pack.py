@@ -138,7 +138,7 @@ class CentralKeys:
 def pack_items(analyst: str, epsilon: Decimal) -> list[tuple[Template, IndicatorParams, list[SubQuery]]]:
     """The monthly pack's indicators with their parameters and queries, exactly as the gateway builds them."""
     groups = tuple(g.definition for g in SEED_GROUPS)
-    items = PACKS["monthly"].params(period=PERIOD, epsilon=epsilon, analyst=analyst, groups=groups)
+    items = PACKS["year_end"].params(period=PERIOD, epsilon=epsilon, analyst=analyst, groups=groups)
     return [(t, p, t.queries(p, CONFIG)) for t, p in items]
 
 
@@ -445,7 +445,7 @@ def _indicators_one_by_one(analyst: GatewayClient, skip: set[str]) -> list[dict[
     """The pack's indicators run one by one with the pack's epsilon shares: the same queries (digests) as
     `run_pack` builds, for when the pack route cannot run one of them."""
     out = []
-    items = PACKS["monthly"].params(period=PERIOD, epsilon=EPSILON, analyst="-", groups=())
+    items = PACKS["year_end"].params(period=PERIOD, epsilon=EPSILON, analyst="-", groups=())
     for template, params in items:
         if template.name in skip:
             continue
@@ -495,7 +495,7 @@ def _fedgate(root: Path, repeats: int) -> dict[str, Any]:
             start = time.perf_counter()
             try:
                 if failure is None:
-                    answer = analyst.run_pack("monthly", period=PERIOD, epsilon=EPSILON)["indicators"]
+                    answer = analyst.run_pack("year_end", period=PERIOD, epsilon=EPSILON)["indicators"]
                 else:
                     answer = _indicators_one_by_one(analyst, skipped)
             except GatewayError as exc:

@@ -1,9 +1,9 @@
-"""`make demo`: a synthetic county, five connectors and the gateway on loopback, and the monthly pack.
+"""`make demo`: a synthetic county, five connectors and the gateway on loopback, and the year-end pack.
 
 Every step goes through the real interfaces: principals are created on the gateway's database as the
 operator would (`fedgate users create`), connectors are allowed and registered over HTTP under their
 pinned key fingerprints, each department signs a pre-approval rule with its own (demo) key, the operator
-registers the five key groups, and the analyst runs the monthly monitoring pack (every indicator of the
+registers the five key groups, and the analyst runs the year-end monitoring pack (every indicator of the
 county's plan, each from its own DP releases). Because the county is synthetic, its as-linked true value
 is shown beside each DP figure.
 """
@@ -101,13 +101,13 @@ def run_demo(
         period = f"{year}-12"
         with GatewayClient(gw.url, keys["analyst"]) as analyst:
             t0 = time.perf_counter()
-            with console.status(f"running the monthly monitoring pack for {period}"):
-                doc = analyst.run_pack("monthly", period=period)
+            with console.status(f"running the year-end monitoring pack for {period}"):
+                doc = analyst.run_pack("year_end", period=period)
             took = time.perf_counter() - t0
             queries = sum(len(i["queries"]) for i in doc["indicators"])
             console.print(
-                f"monthly pack for {period}: {len(doc['indicators'])} indicators from {queries} DP releases, "
-                f"ε {doc['epsilon']} in all (the smallest department cap), released in {took:.1f} s"
+                f"year-end pack for {period}: {len(doc['indicators'])} indicators from {queries} DP "
+                f"releases, ε {doc['epsilon']} in all (the calendar's), released in {took:.1f} s"
             )
             budget = analyst.budget()
         print_run(console, with_truth(doc, truth))

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
+from aggregation.data_years import query_data_years
 from aggregation.indicators import (
     INDICATORS,
     PACKS,
@@ -33,10 +34,15 @@ from aggregation.indicators import (
     Template,
     evaluate,
     months_ending,
+    simulation_seed,
 )
 from aggregation.indicators.early_warning import EarlyWarning
 from aggregation.indicators.key_groups import KeyGroups
+from aggregation.indicators.pack import Pack
+from aggregation.indicators.periods import previous_months
+from aggregation.indicators.rolling import ROLLING_MONTHS, rolling_urban_rural
 from aggregation.planner import Plan, PlanError, plan_query
+from aggregation.query import MemberGroup
 from connectors.protocol import ConnectorSchema, Period
 from gateway import key_groups, queries, runner
 from gateway.auth import Principal
@@ -82,9 +88,18 @@ def _indicator_error(exc: IndicatorError) -> ApiError:
     return ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field)
 
 
-def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]]:
+ConfigOf = Callable[[Template], MonitoringConfig]
+
+
+def _base_config(template: Template) -> MonitoringConfig:
+    return CONFIG
+
+
+def _build(
+    items: list[tuple[Template, IndicatorParams]], config_of: ConfigOf = _base_config
+) -> list[list[SubQuery]]:
     try:
-        return [t.queries(p, CONFIG) for t, p in items]
+        return [t.queries(p, config_of(t)) for t, p in items]
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
     except ValueError as exc:
@@ -117,13 +132,18 @@ def _with_epsilon(
     cat: Mapping[str, ConnectorSchema],
     make: Callable[[Decimal], list[tuple[Template, IndicatorParams]]],
     epsilon: Decimal | None,
+    *,
+    default: Decimal | None = None,
+    config_of: ConfigOf = _base_config,
 ) -> tuple[list[tuple[Template, IndicatorParams]], Decimal]:
     """Fix the total epsilon: the one asked for if every department's cap allows it (else refused), by
-    default the smallest cap; `make` builds the indicators for a total."""
+    default `default` (a pack's calendar epsilon) within the smallest cap, else the smallest cap; `make`
+    builds the indicators for a total."""
     try:
-        probe = _build(make(_PROBE))
+        probe = _build(make(_PROBE), config_of)
         cap, department = smallest_cap(cat, _plans(cat, [q for qs in probe for q in qs]))
-        total = cap if epsilon is None else epsilon
+        calendar = cap if default is None else min(default, cap)
+        total = calendar if epsilon is None else epsilon
         if total > cap:
             raise ApiError(
                 422,
@@ -201,11 +221,47 @@ def run_pack(
         raise _indicator_error(exc) from None
     resolved = key_groups.resolve(ctx.engine, groups if groups is not None else list(CONFIG.key_groups))
     cat = catalog(ctx.engine)
-    items, total = _with_epsilon(
-        cat, lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved), epsilon
-    )
-    results = _execute(ctx, cat, analyst, items, label=f"pack:{name}")
+
+    def config_of(template: Template) -> MonitoringConfig:
+        return pack.config_for(template.name, CONFIG)
+
+    def make(e: Decimal) -> list[tuple[Template, IndicatorParams]]:
+        return pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved)
+
+    items, total = _with_epsilon(cat, make, epsilon, default=pack.default_epsilon, config_of=config_of)
+    results = _execute(ctx, cat, analyst, items, label=f"pack:{name}", config_of=config_of)
+    if pack.rolling_member is not None:
+        rolled = _rolling(ctx, pack, period, total, analyst, resolved)
+        if rolled is not None:
+            results.append(rolled)
     return {"pack": name, "period": period, "epsilon": _plain(total), "indicators": results}
+
+
+def _rolling(
+    ctx: GatewayContext,
+    pack: Pack,
+    period: str,
+    total: Decimal,
+    analyst: Principal,
+    groups: tuple[MemberGroup, ...],
+) -> dict[str, Any] | None:
+    """The rolling 12-month figures of the pack's rolling member, if this analyst released that member
+    in each of the twelve monthly packs ending in `period` at the same epsilon (post-processing only)."""
+    member = pack.rolling_member
+    assert member is not None
+    months = []
+    for ref in [*previous_months(period, ROLLING_MONTHS - 1), period]:
+        for template, params in pack.params(period=ref, epsilon=total, analyst=analyst.name, groups=groups):
+            if template.name != member:
+                continue
+            subqueries = template.queries(params, pack.config_for(template.name, CONFIG))
+            released = {q.role: ctx.ledger.result(q.spec.query_id) for q in subqueries}
+            if any(doc is None for doc in released.values()):
+                return None
+            months.append((ref, subqueries, {role: doc["release"] for role, doc in released.items() if doc}))
+    seed = simulation_seed([q.spec.digest for _, subqueries, _ in months for q in subqueries])
+    result = rolling_urban_rural(pack.config_for(member, CONFIG), months, seed)
+    return result.model_dump(mode="json")
 
 
 def _execute(
@@ -215,8 +271,9 @@ def _execute(
     items: list[tuple[Template, IndicatorParams]],
     *,
     label: str,
+    config_of: ConfigOf = _base_config,
 ) -> list[dict[str, Any]]:
-    built = _build(items)
+    built = _build(items, config_of)
     flat = [q for qs in built for q in qs]
     plans = _plans(cat, flat)
     records = []
@@ -282,7 +339,7 @@ def _execute(
                         q.spec.query_id,
                         [e.ref for e in plan.extracts],
                         q.spec.epsilon,
-                        runner.charged_years(q.spec),
+                        query_data_years(q.spec),
                     )
                     for q, plan in to_run
                 ],
@@ -316,6 +373,6 @@ def _execute(
     out = []
     for (template, params), subqueries in zip(items, built, strict=True):
         releases = {q.role: released[q.spec.query_id]["release"] for q in subqueries}
-        result = evaluate(template, params, CONFIG, subqueries, releases)
+        result = evaluate(template, params, config_of(template), subqueries, releases)
         out.append(result.model_dump(mode="json"))
     return out

@@ -25,9 +25,10 @@ from typing import Any
 import pyarrow as pa
 import structlog
 
+from aggregation.data_years import query_data_years
 from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
-from aggregation.query import QuerySpec, StatisticKind
+from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
 from audit.entries import ACTION_CONNECTOR_REQUEST, connector_call_event
 from audit.errors import ProofError
@@ -45,7 +46,6 @@ from gateway.context import GatewayContext
 from gateway.errors import ApiError, ErrorCode
 from gateway.registry import get_connector
 from privacy.errors import BudgetExceeded, PrivacyError
-from privacy.ledger import data_years
 from privacy.release import (
     Count,
     GroupDomain,
@@ -65,14 +65,6 @@ PROXY_NOTE = (
     "Disposable income here is a proxy built from what departments hold (wages, business income, pensions, "
     "transfers, minus personal contributions); no department holds property income."
 )
-
-
-def charged_years(spec: QuerySpec) -> tuple[str, ...]:
-    """The data years a query is charged to: every year of its period and of its baseline period."""
-    ranges = [(spec.period_start, spec.period_end)]
-    if spec.baseline is not None:
-        ranges.append((spec.baseline.period_start, spec.baseline.period_end))
-    return data_years(ranges)
 
 
 def budget_refused(ctx: GatewayContext, exc: BudgetExceeded, analyst: str, **what: Any) -> ApiError:
@@ -179,7 +171,11 @@ def _run(
         ) from None
     try:
         reservation = ctx.ledger.reserve(
-            qid, analyst=analyst.name, datasets=datasets, epsilon=spec.epsilon, data_years=charged_years(spec)
+            qid,
+            analyst=analyst.name,
+            datasets=datasets,
+            epsilon=spec.epsilon,
+            data_years=query_data_years(spec),
         )
     except BudgetExceeded as exc:
         queries.set_state(ctx.engine, qid, "approved", expect=("running",), error_code="budget_exceeded")

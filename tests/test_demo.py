@@ -1,4 +1,4 @@
-"""`make demo` end to end on a small county: the monthly pack through the live federation, every DP
+"""`make demo` end to end on a small county: the year-end pack through the live federation, every DP
 figure printed beside the county's as-linked truth, and the audit log exported and verified."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_the_demo_prints_the_monthly_pack_with_intervals_and_truth(
         assert title in printed
     assert "verified" in printed and "95% interval" in printed
     doc = json.loads(out.read_text())
-    assert doc["pack"] == "monthly" and doc["epsilon"] == "1"
+    assert doc["pack"] == "year_end" and doc["epsilon"] == "1"
     figures = [f for i in doc["indicators"] for f in i["figures"]]
     assert len(figures) > 100
     # The demo adds the synthetic county's truth beside each figure (the gateway itself never does).

@@ -386,8 +386,8 @@ def test_an_epsilon_split_adds_up_exactly(total: Decimal, weights: list[Fraction
     assert all(p > 0 and p.as_tuple().exponent >= -6 for p in parts.values())
 
 
-def test_the_monthly_pack_declares_its_split_and_charges_its_total() -> None:
-    pack = PACKS["monthly"]
+def test_the_year_end_pack_declares_its_split_and_charges_its_total() -> None:
+    pack = PACKS["year_end"]
     groups = tuple(g.definition for g in SEED_GROUPS)
     for epsilon in (Decimal(1), Decimal("0.7"), Decimal("0.123457")):
         members = pack.params(period="2025-12", epsilon=epsilon, analyst="ana", groups=groups)

@@ -1,4 +1,4 @@
-"""Indicators and the monthly pack through the gateway's HTTP API against a live loopback federation:
+"""Indicators and the calendar's packs through the gateway's HTTP API against a live loopback federation:
 approvals, one reservation for the whole pack, exact charges, idempotent re-runs, refusals before any
 extract, and the command line."""
 
@@ -17,8 +17,7 @@ from gateway.client import GatewayClient, GatewayError
 from gateway.localfed import Federation, register_everything, start_federation
 
 GATEWAY_ENV = {
-    "FEDGATE_WINDOW_EPSILON": "5",
-    "FEDGATE_MULTI_YEAR_EPSILON": "20",
+    "FEDGATE_DATA_YEAR_EPSILON": "5",
     "FEDGATE_DEFAULT_ANALYST_QUOTA": "5",
 }
 
@@ -33,9 +32,10 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         federation.stop()
 
 
-def _spent(client: GatewayClient) -> Decimal:
-    budget = client.budget()
-    return Decimal(budget["federation_cap"]) - Decimal(budget["federation_remaining"])
+def _spent(client: GatewayClient, year: str = "2025") -> Decimal:
+    """Epsilon spent on one data year (the synthetic county's data are 2025's)."""
+    (budget,) = client.budget([year])["years"]
+    return Decimal(budget["spent"])
 
 
 def _extract_requests(fed: Federation, query_ids: set[str]) -> list[object]:
@@ -47,12 +47,12 @@ def _extract_requests(fed: Federation, query_ids: set[str]) -> list[object]:
         ]
 
 
-def test_the_monthly_pack_charges_exactly_its_total_once(fed: Federation) -> None:
+def test_the_year_end_pack_charges_exactly_its_total_once(fed: Federation) -> None:
     with fed.client("analyst") as analyst:
         before = _spent(analyst)
-        doc = analyst.run_pack("monthly", period="2025-12")
+        doc = analyst.run_pack("year_end", period="2025-12")
         after = _spent(analyst)
-        # The default is the smallest department cap (1.0 for every synthetic department).
+        # The calendar's default, within the smallest department cap (1.0 for every synthetic department).
         assert Decimal(doc["epsilon"]) == Decimal(1)
         assert after - before == Decimal(1)
         names = [i["indicator"] for i in doc["indicators"]]
@@ -82,9 +82,22 @@ def test_the_monthly_pack_charges_exactly_its_total_once(fed: Federation) -> Non
         warning = doc["indicators"][5]
         assert any("Counts only" in n for n in warning["notes"])
         # Again: the same queries, the stored releases, the same figures, nothing charged.
-        again = analyst.run_pack("monthly", period="2025-12")
+        again = analyst.run_pack("year_end", period="2025-12")
         assert again == doc
         assert _spent(analyst) == after
+
+
+def test_the_monthly_pack_releases_the_month_and_charges_its_data_years(fed: Federation) -> None:
+    with fed.client("analyst") as analyst:
+        before = {y: _spent(analyst, y) for y in ("2024", "2025")}
+        doc = analyst.run_pack("monthly", period="2025-01")
+        # January's early warning compares with December 2024: that part is charged to 2024 as well.
+        assert Decimal(doc["epsilon"]) == Decimal("0.7")
+        names = [i["indicator"] for i in doc["indicators"]]
+        assert names == ["urban_rural_ratio", "coverage", "early_warning"]
+        assert {(i["period_start"], i["period_end"]) for i in doc["indicators"]} == {("2025-01", "2025-01")}
+        assert _spent(analyst, "2025") - before["2025"] == Decimal("0.7")
+        assert _spent(analyst, "2024") - before["2024"] == Decimal("0.21")
 
 
 def test_one_indicator_with_its_own_bands_and_epsilon(fed: Federation) -> None:
@@ -111,6 +124,7 @@ def test_refusals_name_the_field_and_charge_nothing(fed: Federation) -> None:
             (lambda: analyst.run_indicator("income_bands", period="2025-12", bands={"x": (5, 1)}), "bands"),
             (lambda: analyst.run_indicator("no_such_indicator", period="2025-12"), "name"),
             (lambda: analyst.run_pack("monthly", period="2025-13"), "body.period"),
+            (lambda: analyst.run_pack("year_end", period="2025-11"), "period"),
             (lambda: analyst.run_indicator("key_groups", period="2025-12", groups=["nobody"]), "groups.0"),
         ):
             with pytest.raises(GatewayError) as exc:
@@ -127,20 +141,21 @@ def test_refusals_name_the_field_and_charge_nothing(fed: Federation) -> None:
 
 def test_a_pack_that_does_not_fit_is_refused_before_any_extract(fed: Federation) -> None:
     with fed.client("analyst") as analyst:
-        view = analyst.budget()
-    spent = Decimal(view["analyst_quota"]) - Decimal(view["analyst_remaining"])
+        view = analyst.budget(["2025"])
+    spent = Decimal(view["analyst_quota"]) - Decimal(view["years"][0]["analyst_remaining"])
     with fed.client("operator") as operator:
         operator._do("PUT", "/v1/budget/quotas/analyst", {"epsilon": str(spent + Decimal("0.5"))})
     try:
         with fed.client("analyst") as analyst:
             before = _spent(analyst)
-            remaining = Decimal(analyst.budget()["analyst_remaining"])
+            remaining = Decimal(analyst.budget(["2025"])["years"][0]["analyst_remaining"])
             assert remaining == Decimal("0.5")
             with pytest.raises(GatewayError) as exc:
                 analyst.run_pack("monthly", period="2025-11", epsilon="0.9")
             assert exc.value.status == 409 and exc.value.code == "budget_exceeded"
+            assert "data year 2025" in exc.value.message
             assert _spent(analyst) == before
-            queries = {q["id"] for q in analyst.queries() if "2024-12 to 2025-11" in q["spec"]["purpose"]}
+            queries = {q["id"] for q in analyst.queries() if "2025-11 to 2025-11" in q["spec"]["purpose"]}
             assert queries, "the pack's queries were submitted"
             assert _extract_requests(fed, queries) == []
     finally:
@@ -162,7 +177,7 @@ def test_the_command_line_lists_and_runs_indicators(fed: Federation, tmp_path: P
             "indicators",
             "run",
             "--pack",
-            "monthly",
+            "year_end",
             "--period",
             "2025-12",
             "--json",
@@ -190,7 +205,7 @@ def test_a_pack_whose_connector_is_down_charges_nothing(fed: Federation) -> None
             analyst.run_pack("monthly", period="2025-10", epsilon="0.5")
         assert exc.value.status == 503 and exc.value.code == "connector_unavailable"
         assert _spent(analyst) == before  # the failed query refunded, the ones not yet run released
-        queries = {q["id"] for q in analyst.queries() if "2024-11 to 2025-10" in q["spec"]["purpose"]}
+        queries = {q["id"] for q in analyst.queries() if "2025-10 to 2025-10" in q["spec"]["purpose"]}
         assert queries and _extract_requests(fed, queries) == []
     with fed.client("auditor") as auditor:
         failed = auditor.audit_entries(action="indicator.failed")["entries"]

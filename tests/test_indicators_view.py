@@ -1,6 +1,6 @@
 """Rendering an indicator run (tables, CSV, chart) and the `fedgate indicators` command line.
 
-The run documents are real: the monthly pack's indicators evaluated in process on a synthetic county, once
+The run documents are real: the year-end pack's indicators evaluated in process on a synthetic county, once
 with DP noise and once more without noise to fill `exact` (as the demo does). The command line is tested
 for what it refuses before any request and, against an in-process gateway, for `list` and gateway errors.
 """
@@ -51,14 +51,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The monthly pack for 2025-12 on a 3,000-person county: "noisy" (no exact) and "exact" (with it)."""
+    """The year-end pack for 2025-12 on a 3,000-person county: "noisy" (no exact) and "exact" (with it)."""
     county = tmp_path_factory.mktemp("county")
     generate_county(county, persons=3000, seed=5)
     services = {n: build_service(load_config(county / "connectors" / f"{n}.yaml")) for n in CONNECTORS}
     config = MonitoringConfig()
     groups = tuple(g.definition for g in SEED_GROUPS)
     noisy, exact = [], []
-    for template, params in PACKS["monthly"].params(
+    for template, params in PACKS["year_end"].params(
         period="2025-12", epsilon=Decimal(2), analyst="ana", groups=groups
     ):
         queries = template.queries(params, config)
@@ -70,7 +70,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
         for f in result.figures:
             f.exact = values[f.key]
         exact.append(result.model_dump(mode="json"))
-    head = {"pack": "monthly", "period": "2025-12", "epsilon": "2"}
+    head = {"pack": "year_end", "period": "2025-12", "epsilon": "2"}
     return {"noisy": {**head, "indicators": noisy}, "exact": {**head, "indicators": exact}}
 
 
@@ -132,7 +132,7 @@ def test_print_run_shows_every_indicator_its_figures_and_the_total(runs: dict[st
         assert item["title"] in text and item["title_zh"] in text
         assert f"ε charged {item['epsilon']}" in text
         assert f"{item['period_start']}..{item['period_end']}" in text
-    assert "total ε of this pack monthly for 2025-12: 2" in text
+    assert "total ε of this pack year_end for 2025-12: 2" in text
     rows = _rows(text)
     county = _figure(doc, "income_bands", "share", "county")
     assert [
@@ -383,7 +383,7 @@ def test_list_prints_the_library_and_its_json(gateway: str) -> None:
     as_json = _invoke(["list", "--json"], {"FEDGATE_API_KEY": gateway})
     library = json.loads(as_json.stdout)
     assert {i["name"] for i in library["indicators"]} == set(INDICATORS)
-    assert [p["name"] for p in library["packs"]] == ["monthly"]
+    assert [p["name"] for p in library["packs"]] == ["monthly", "year_end"]
 
 
 def test_gateway_errors_print_their_code_and_exit_1(gateway: str) -> None:

@@ -74,8 +74,8 @@ def test_the_truth_copies_the_pack_definitions_exactly() -> None:
     assert all(is_urban(code) == CONFIG.is_urban(code) for code in URBAN_RURAL)
     assert (t.ANNUAL_MONTHS, t.WARNING_MONTHS) == (pack_module.ANNUAL_MONTHS, pack_module.WARNING_MONTHS)
     # The periods the pack gives its members for the reference month, and early warning's baseline.
-    members = PACKS["monthly"].params(period=PERIOD, epsilon=Decimal(1), analyst="t", groups=GROUPS)
-    periods = {m.months for m in PACKS["monthly"].members}
+    members = PACKS["year_end"].params(period=PERIOD, epsilon=Decimal(1), analyst="t", groups=GROUPS)
+    periods = {m.months for m in PACKS["year_end"].members}
     assert periods == {t.ANNUAL_MONTHS, t.WARNING_MONTHS}
     for template, params in members:
         if template.name == "early_warning":
@@ -145,7 +145,7 @@ def test_every_exact_figure_of_the_pack_equals_the_truth(
     services, doc = county
     truth = _truth_figures(doc["as_linked"]["monthly_pack"])
     assert doc["as_linked"]["monthly_pack"]["period"] == PERIOD
-    members = PACKS["monthly"].params(period=PERIOD, epsilon=Decimal(1), analyst="t", groups=GROUPS)
+    members = PACKS["year_end"].params(period=PERIOD, epsilon=Decimal(1), analyst="t", groups=GROUPS)
     assert {t.name for t, _ in members} == set(truth)
     wrong: list[str] = []
     for template, params in members:

@@ -3,7 +3,8 @@
     indicator(params) -> queries (each an ordinary query: approved, charged, audited)
     released results  -> figures with 95% intervals (post-processing only: no extra budget)
 
-:data:`INDICATORS` lists every template by name; :data:`PACKS` the packs (the monthly monitoring pack).
+:data:`INDICATORS` lists every template by name; :data:`PACKS` the packs of the monitoring calendar
+(`monthly`, each month's increments; `year_end`, a data year's annual figures).
 :func:`evaluate` turns the releases of one indicator into its :class:`IndicatorResult`.
 """
 
@@ -29,7 +30,7 @@ from aggregation.indicators.model import (
     QueryRef,
     SubQuery,
 )
-from aggregation.indicators.pack import MONTHLY, Pack
+from aggregation.indicators.pack import MONTHLY, YEAR_END, Pack
 from aggregation.indicators.periods import months_ending
 from aggregation.indicators.urban_rural import UrbanRuralRatio
 
@@ -52,7 +53,7 @@ INDICATORS: dict[str, Template] = {
     t.name: t
     for t in (IncomeBands(), UrbanRuralRatio(), IncomeDistribution(), Coverage(), KeyGroups(), EarlyWarning())
 }
-PACKS: dict[str, Pack] = {MONTHLY.name: MONTHLY}
+PACKS: dict[str, Pack] = {p.name: p for p in (MONTHLY, YEAR_END)}
 
 COUNTS_ONLY = (
     "Counts only: differential privacy cannot name households, and this indicator does not; no list of "

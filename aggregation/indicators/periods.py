@@ -1,4 +1,4 @@
-"""Month arithmetic on `YYYY-MM` periods, for packs and for the early warning's earlier period."""
+"""Month arithmetic on `YYYY-MM` periods: packs, rolling figures, the early warning's earlier period."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def months_before(start: str, end: str) -> tuple[str, str]:
     if first < 0:
         raise IndicatorError("period_start", "the period has no earlier period to compare with")
     return month(first), month(first + length - 1)
+
+
+def previous_months(period: str, count: int) -> list[str]:
+    """The `count` months before `period`, oldest first (the earlier releases of a rolling figure)."""
+    end = month_index(period)
+    if end - count < 0:
+        raise IndicatorError("period", "the period is too early to look back from")
+    return [month(i) for i in range(end - count, end)]
