@@ -93,7 +93,7 @@ TOKEN_EPOCH = GatewaySettings.model_fields["token_epoch"].default
 COUNTY_GROUPS = ("county", "urban", "rural")
 DETAIL = RESULTS / "pack-figures.json"
 # Enough budget for three packs and three person queries by one analyst (defaults: 5 and 10).
-ENV = {"FEDGATE_DEFAULT_ANALYST_QUOTA": "20", "FEDGATE_WINDOW_EPSILON": "20"}
+ENV = {"FEDGATE_DEFAULT_ANALYST_QUOTA": "20", "FEDGATE_DATA_YEAR_EPSILON": "20"}
 
 
 # --- the central party's join keys

@@ -226,7 +226,7 @@ class GatewayClient:
         epsilon: Decimal | str | None = None,
         groups: Sequence[str] | None = None,
     ) -> Any:
-        """Run a pack (the monthly monitoring pack) for a reference month within one epsilon."""
+        """Run a pack of the monitoring calendar (`monthly` or `year_end`) for a reference month."""
         body: dict[str, Any] = {"period": period}
         if epsilon is not None:
             body["epsilon"] = str(epsilon)

@@ -2,7 +2,7 @@
 
     fedgate indicators list [--json]                 indicators with their releases and epsilon split; packs
     fedgate indicators run NAME --period P [...]     one indicator (income_bands, urban_rural_ratio, ...)
-    fedgate indicators run --pack monthly --period P the monthly monitoring pack for a reference month
+    fedgate indicators run --pack monthly --period P the month's increments (year_end: a data year's December)
 
     run options: --epsilon E, --band LABEL=LOW:HIGH (repeat), --group NAME (repeat), --baseline P,
                  --drop-share S; output: --json (print JSON) or --json FILE, --csv FILE, --plot FILE.png|.svg
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["client_factory", "indicators_app", "normalized_shares", "parse_bands", "save"]
 
 indicators_app = typer.Typer(
-    help="List the indicator library and run indicators or the monthly monitoring pack.",
+    help="List the indicator library and run indicators or the monitoring calendar's packs (monthly, "
+    "year_end). 列出指标库，运行指标或监测日历中的指标包（月度、年末）。",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -175,12 +176,16 @@ def run(
         typer.Argument(metavar="NAME", help="the indicator (see `fedgate indicators list`); or use --pack"),
     ] = None,
     pack: Annotated[
-        str | None, typer.Option("--pack", metavar="PACK", help="run a pack instead, e.g. monthly")
+        str | None,
+        typer.Option("--pack", metavar="PACK", help="run a pack instead: monthly or year_end / 运行指标包"),
     ] = None,
     epsilon: Annotated[
         str | None,
         typer.Option(
-            "--epsilon", metavar="E", help="the total ε of the run; default: the smallest department cap"
+            "--epsilon",
+            metavar="E",
+            help="the total ε of the run; default: a pack's calendar ε (monthly 0.7, year_end 1), an "
+            "indicator's the smallest department cap",
         ),
     ] = None,
     band: Annotated[

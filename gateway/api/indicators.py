@@ -45,7 +45,13 @@ class IndicatorRunIn(_In):
 
 class PackRunIn(_In):
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="the reference month, YYYY-MM")
-    epsilon: Decimal | None = Field(None, gt=0, le=10, description="default: the smallest department cap")
+    epsilon: Decimal | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="default: the pack's calendar epsilon (monthly 0.7, year_end 1) within the smallest "
+        "department cap",
+    )
     groups: list[str] | None = Field(None, max_length=12, description="key groups; default the standard five")
 
 
@@ -163,7 +169,8 @@ async def run_indicator(
 
 @router.post("/packs/{name}/run", response_model=IndicatorsRunOut)
 async def run_pack(name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst) -> IndicatorsRunOut:
-    """Run a pack (e.g. `monthly`) for a reference month within one epsilon, split as documented."""
+    """Run a pack of the monitoring calendar (`monthly`: the month's increments; `year_end`: a data year's
+    December) within one epsilon, split as documented."""
     doc = await run_in_threadpool(
         lambda: indicators.run_pack(
             ctx, analyst, name, period=body.period, epsilon=body.epsilon, groups=body.groups
