@@ -96,14 +96,20 @@ def test_a_run_interrupted_before_any_data_is_refunded_at_start(ctx: GatewayCont
                 updated_at=now,
             )
         )
-    ctx.ledger.reserve("q-interrupted-0001", analyst="ana", datasets=["tax.wages"], epsilon=Decimal("0.5"))
-    assert ctx.ledger.spent() == Decimal("0.5")
+    ctx.ledger.reserve(
+        "q-interrupted-0001",
+        analyst="ana",
+        datasets=["tax.wages"],
+        epsilon=Decimal("0.5"),
+        data_years=("2025",),
+    )
+    assert ctx.ledger.spent("2025") == Decimal("0.5")
     again = build_context(ctx.settings, engine=ctx.engine)
     with again.engine.connect() as conn:
         state = conn.execute(
             sa.select(db.queries.c.state).where(db.queries.c.id == "q-interrupted-0001")
         ).scalar()
-    assert state == "approved" and again.ledger.spent() == 0
+    assert state == "approved" and again.ledger.spent("2025") == 0
 
 
 def test_production_mode_refuses_to_start_without_tls_and_with_demo_keys(tmp_path: Path) -> None:
