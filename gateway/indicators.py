@@ -250,15 +250,20 @@ def _rolling(
     member = pack.rolling_member
     assert member is not None
     months = []
-    for ref in [*previous_months(period, ROLLING_MONTHS - 1), period]:
-        for template, params in pack.params(period=ref, epsilon=total, analyst=analyst.name, groups=groups):
-            if template.name != member:
-                continue
-            subqueries = template.queries(params, pack.config_for(template.name, CONFIG))
-            released = {q.role: ctx.ledger.result(q.spec.query_id) for q in subqueries}
-            if any(doc is None for doc in released.values()):
-                return None
-            months.append((ref, subqueries, {role: doc["release"] for role, doc in released.items() if doc}))
+    try:
+        refs = [*previous_months(period, ROLLING_MONTHS - 1), period]
+        for ref in refs:
+            items = pack.params(period=ref, epsilon=total, analyst=analyst.name, groups=groups)
+            for template, params in items:
+                if template.name != member:
+                    continue
+                subqueries = template.queries(params, pack.config_for(member, CONFIG))
+                released = {q.role: ctx.ledger.result(q.spec.query_id) for q in subqueries}
+                if any(doc is None for doc in released.values()):
+                    return None
+                months.append((ref, subqueries, {r: doc["release"] for r, doc in released.items() if doc}))
+    except IndicatorError:
+        return None  # a month too early to have eleven before it: no rolling figure
     seed = simulation_seed([q.spec.digest for _, subqueries, _ in months for q in subqueries])
     result = rolling_urban_rural(pack.config_for(member, CONFIG), months, seed)
     return result.model_dump(mode="json")
