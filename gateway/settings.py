@@ -91,6 +91,10 @@ class GatewaySettings(BaseSettings):
         ge=0,
         description="one analyst's epsilon per data year (lifetime); unset: only the federation cap",
     )
+    # Budgets used to follow the calendar year a query ran in; a deployment still setting those caps
+    # would silently get the per-data-year default instead, so they are refused with the new name.
+    window_epsilon: str | None = Field(None, description="removed: use FEDGATE_DATA_YEAR_EPSILON")
+    multi_year_epsilon: str | None = Field(None, description="removed: no cap by query date remains")
     max_rows: int = Field(5_000_000, gt=0, description="public bound on rows, used for DP margins")
     metrics_enabled: bool = True
 
@@ -117,6 +121,11 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _caps_consistent(self) -> GatewaySettings:
+        if self.window_epsilon is not None or self.multi_year_epsilon is not None:
+            raise ValueError(
+                "FEDGATE_WINDOW_EPSILON and FEDGATE_MULTI_YEAR_EPSILON are gone: budgets are per data year "
+                "for the year's lifetime; set FEDGATE_DATA_YEAR_EPSILON (default 10) and unset them"
+            )
         if self.default_analyst_quota is not None and self.default_analyst_quota > self.data_year_epsilon:
             raise ValueError(
                 f"default_analyst_quota ({self.default_analyst_quota}) exceeds data_year_epsilon "

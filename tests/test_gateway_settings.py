@@ -103,6 +103,8 @@ def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_
     [
         ({"data_year_epsilon": "0"}, "greater than 0"),
         ({"default_analyst_quota": "11"}, "exceeds data_year_epsilon"),
+        ({"window_epsilon": "10"}, "FEDGATE_DATA_YEAR_EPSILON"),
+        ({"multi_year_epsilon": "30"}, "are gone"),
         ({"port": 0}, "greater than or equal to 1"),
         ({"mode": "staging"}, "development"),
         ({"max_rows": 0}, "greater than 0"),
@@ -199,3 +201,10 @@ def test_every_setting_is_documented_for_operators() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text(encoding="utf-8")
     missing = [f for f in GatewaySettings.model_fields if f"FEDGATE_{f.upper()}" not in doc]
     assert not missing, f"settings without documentation in docs/deployment.md: {missing}"
+
+
+def test_the_removed_budget_variables_are_refused_with_the_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Budgets by query date are gone: a unit file still setting their cap must not start on a default.
+    monkeypatch.setenv("FEDGATE_MULTI_YEAR_EPSILON", "30")
+    with pytest.raises(ValueError, match="FEDGATE_DATA_YEAR_EPSILON"):
+        GatewaySettings()
