@@ -126,5 +126,12 @@ def test_rolling_figures_add_the_monthly_sums_and_average_the_members() -> None:
     point = wide["urban_rural_ratio", "county"]
     assert point.low is not None and point.high is not None
     assert point.low < point.value < point.high
+    # A rural figure the noise cannot tell from 0: the ratio is undefined, with the reason.
+    faint = _release({"111": 1e4, "220": 1.0}, 5_000.0)
+    unclear = [(ref, [], {INCOME: faint, MEMBERS: noisy_members}) for ref, _, _ in months]
+    result = rolling_urban_rural(CONFIG, unclear, seed=1)
+    ratio = next(f for f in result.figures if f.figure == "urban_rural_ratio")
+    assert (ratio.value, ratio.low, ratio.high) == (None, None, None)
+    assert any("undefined" in n for n in result.notes)
     with pytest.raises(ValueError, match="12 monthly"):
         rolling_urban_rural(CONFIG, months[1:], seed=1)

@@ -70,17 +70,31 @@ def rolling_urban_rural(
         )
         for i, group in enumerate(("county", "urban", "rural"))
     ]
+    # A ratio over a rural figure that the noise allows to be 0 or below says nothing: undefined, and
+    # the notes say why, rather than a huge number from a floored denominator.
+    defined = bool(low[2] > 0)
     figures.append(
         Figure(
             figure="urban_rural_ratio",
             label=f"urban / rural per-capita income, {first}..{last}",
             group="county",
-            value=float(value[3]),
-            low=float(low[3]),
-            high=float(high[3]),
+            value=float(value[3]) if defined else None,
+            low=float(low[3]) if defined else None,
+            high=float(high[3]) if defined else None,
             unit="ratio",
         )
     )
+    notes = [
+        "No new budget: post-processing of the twelve monthly urban–rural releases listed, each charged "
+        "once by its monthly pack.",
+        "Each household's income is clamped per month to the monthly bounds before it is summed, so a "
+        "household with one very large month counts less than in an annual clamp.",
+    ]
+    if not defined:
+        notes.append(
+            "The urban–rural ratio is undefined here: the rural per-capita income's 95% interval reaches 0 "
+            "or below, so the noise does not tell its denominator from nothing."
+        )
     template = UrbanRuralRatio()
     return IndicatorResult(
         indicator=NAME,
@@ -96,16 +110,12 @@ def rolling_urban_rural(
             for q in subqueries
         ],
         figures=figures,
-        notes=[
-            "No new budget: post-processing of the twelve monthly urban–rural releases listed, each charged "
-            "once by its monthly pack.",
-            "Each household's income is clamped per month to the monthly bounds before it is summed, so a "
-            "household with one very large month counts less than in an annual clamp.",
-        ],
+        notes=notes,
         methods={
             "per_capita_income": "sum of the twelve monthly noisy income sums over the area's urban-rural "
             "cells / mean of the twelve monthly noisy member sums (denominator floored at 1)",
-            "urban_rural_ratio": "ratio of the urban and rural figures; 95% interval by simulating the "
-            "integer-Laplace noise of every monthly cell around the noisy values",
+            "urban_rural_ratio": "ratio of the urban and rural figures, undefined when the rural figure's "
+            "95% interval reaches 0; 95% interval by simulating the integer-Laplace noise of every monthly "
+            "cell around the noisy values",
         },
     )
