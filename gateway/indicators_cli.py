@@ -149,7 +149,7 @@ def list_indicators(
     for pack in library["packs"]:
         for j, member in enumerate(pack["members"]):
             packs.add_row(
-                pack["name"] if j == 0 else "",
+                f"{pack['name']}\nε {pack['default_epsilon']}, {pack['runs_for']}" if j == 0 else "",
                 f"{pack['title']}\n{pack['title_zh']}" if j == 0 else "",
                 member["indicator"],
                 member["share"],

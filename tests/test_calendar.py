@@ -135,3 +135,12 @@ def test_rolling_figures_add_the_monthly_sums_and_average_the_members() -> None:
     assert any("undefined" in n for n in result.notes)
     with pytest.raises(ValueError, match="12 monthly"):
         rolling_urban_rural(CONFIG, months[1:], seed=1)
+
+
+def test_the_library_lists_each_pack_with_its_calendar_epsilon_and_months() -> None:
+    from gateway.api.indicators import library
+
+    packs = {p.name: p for p in library().packs}
+    assert (packs["monthly"].default_epsilon, packs["monthly"].runs_for) == ("0.7", "every month")
+    assert (packs["year_end"].default_epsilon, packs["year_end"].runs_for) == ("1", "December only")
+    assert [m.months for m in packs["monthly"].members] == ["the reference month"] * 3

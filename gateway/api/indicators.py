@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from decimal import Decimal
 from fractions import Fraction
 from typing import Annotated, Any
@@ -88,6 +89,10 @@ class PackOut(BaseModel):
     name: str
     title: str
     title_zh: str
+    default_epsilon: str | None = Field(
+        description="the monitoring calendar's epsilon for one run; null: the smallest department cap"
+    )
+    runs_for: str = Field(description="the reference months it runs for")
     members: list[PackMemberOut]
 
 
@@ -128,6 +133,10 @@ def library() -> LibraryOut:
             name=p.name,
             title=p.title,
             title_zh=p.title_zh,
+            default_epsilon=None if p.default_epsilon is None else str(p.default_epsilon),
+            runs_for="every month"
+            if len(p.reference_months) == 12
+            else ", ".join(calendar.month_name[m] for m in p.reference_months) + " only",
             members=[PackMemberOut(**m) for m in p.description(indicators.CONFIG)],
         )
         for p in PACKS.values()
