@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from dbservers import private_database
 
 from gateway.db import alembic_config, make_engine, migrate
 from privacy.errors import BudgetExceeded
@@ -36,9 +38,9 @@ def _old_entry(conn: sa.Connection, query_id: str, window: str, state: str = "ch
     conn.execute(
         sa.text(
             "INSERT INTO ledger_entries (query_id, budget_window, analyst, epsilon_nano, state, "
-            "data_arrived, created_at, updated_at) VALUES (:q, :w, 'ana', 400000000, :s, 1, :t, :t)"
+            "data_arrived, created_at, updated_at) VALUES (:q, :w, 'ana', 400000000, :s, :a, :t, :t)"
         ),
-        {"q": query_id, "w": window, "s": state, "t": NOW},
+        {"q": query_id, "w": window, "s": state, "a": True, "t": NOW},
     )
 
 
@@ -52,9 +54,19 @@ def _old_query(conn: sa.Connection, query_id: str, spec_json: str) -> None:
     )
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> sa.Engine:
-    return make_engine(f"sqlite:///{tmp_path / 'gateway.sqlite3'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "postgres":
+        database = private_database("postgres")
+        url = next(database)
+    else:
+        database, url = iter(()), f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+    eng = make_engine(url)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        next(database, None)
 
 
 def test_old_entries_are_charged_to_the_years_their_queries_read(engine: sa.Engine) -> None:

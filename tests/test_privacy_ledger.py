@@ -113,6 +113,41 @@ def test_sums_of_many_small_epsilons_are_exact(
     eng.dispose()
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    charges=st.lists(
+        st.tuples(
+            st.sampled_from([Decimal("0.05"), Decimal("0.1"), Decimal("0.25"), Decimal("0.3")]),
+            st.sets(st.sampled_from(["2023", "2024", "2025"]), min_size=1),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_each_data_year_adds_up_exactly_and_never_passes_its_cap(
+    tmp_path_factory: pytest.TempPathFactory, charges: list[tuple[Decimal, set[str]]]
+) -> None:
+    eng = sqlite_engine(tmp_path_factory.mktemp("years") / "ledger.db")
+    create_tables(eng)
+    ledger = Ledger(eng, year_cap=Decimal("1"), default_analyst_quota=None)
+    model = {"2023": Decimal(0), "2024": Decimal(0), "2025": Decimal(0)}
+    for i, (epsilon, years) in enumerate(charges):
+        fits = all(model[y] + epsilon <= 1 for y in years)
+        try:
+            ledger.reserve(f"q{i}", analyst="ana", datasets=[], epsilon=epsilon, data_years=sorted(years))
+        except BudgetExceeded as exc:
+            assert not fits
+            assert exc.data_year in years and model[exc.data_year] + epsilon > 1
+            assert exc.remaining == 1 - model[exc.data_year]
+            continue
+        assert fits
+        for y in years:
+            model[y] += epsilon
+    for year, spent in model.items():
+        assert ledger.spent(year) == spent <= 1
+    eng.dispose()
+
+
 @given(st.integers(min_value=0, max_value=10**15))
 def test_nano_conversion_round_trips(units: int) -> None:
     assert to_nano(from_nano(units)) == units
