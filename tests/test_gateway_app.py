@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from gateway import db
+from gateway.api.deps import routes_without_auth
 from gateway.app import build_context, create_app
 from gateway.auth import Role, create_principal
 from gateway.context import GatewayContext
-from gateway.deps import routes_without_auth
 from gateway.settings import GatewaySettings, SettingsError
 
 
@@ -141,8 +141,7 @@ def test_unauthenticated_floods_are_rate_limited_and_counted(ctx: GatewayContext
     assert client.get("/v1/catalog", headers={"authorization": f"Bearer {analyst}"}).status_code == 200
     clock[0] = 61.0
     assert client.get("/v1/catalog").status_code == 401
-    sink = ctx.audit.sink
-    events = [e.event for e in sink.log.entries()]  # type: ignore[attr-defined]
+    events = [e.event for e in ctx.audit.log.entries()]
     assert sum(1 for e in events if e["action"] == "http.request" and e["status"] == 401) == 6
     summaries = [e for e in events if e["action"] == "http.unauthenticated_flood"]
     assert len(summaries) == 1 and summaries[0]["suppressed"] == 35
