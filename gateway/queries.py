@@ -446,9 +446,12 @@ def _decided_state(conn: sa.Connection, record: QueryRecord, plan: Plan) -> Quer
 
 
 def _refresh(conn: sa.Connection, record: QueryRecord, plan: Plan) -> QueryState:
-    """Set a submitted/approved query to the state its departments' decisions give it (on `conn`)."""
+    """Set a submitted/approved query to the state its departments' decisions give it (on `conn`);
+    a query already in that state is left untouched."""
     state = _decided_state(conn, record, plan)
-    transition(conn, record.id, state, expect=DECIDABLE)
+    current = _get(conn, record.id).state
+    if state is not current:
+        transition(conn, record.id, state, expect=DECIDABLE)
     return state
 
 
