@@ -381,6 +381,40 @@ def test_concurrent_writers_leave_a_gapless_valid_chain_on_postgres(postgres_url
         log.engine.dispose()
 
 
+@pytest.mark.postgres
+def test_transactions_and_group_commits_share_one_gapless_chain_on_postgres(postgres_url: str) -> None:  # noqa: F811
+    engine = sa.create_engine(postgres_url, pool_size=WRITERS, max_overflow=4)
+    create_tables(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE things (writer INTEGER, i INTEGER)"))
+    log = AuditLog(engine)
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        try:
+            for i in range(PER_WRITER // 4):
+                if w % 2:
+                    log.append(_event(i, writer=w))
+                    continue
+                with log.transaction() as tx:
+                    tx.conn.execute(sa.text("INSERT INTO things VALUES (:w, :i)"), {"w": w, "i": i})
+                    tx.append(_event(i, writer=w))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _check_chain(log) == WRITERS * (PER_WRITER // 4)
+    with engine.connect() as conn:
+        changes = conn.execute(sa.text("SELECT count(*) FROM things")).scalar()
+    assert changes == sum(1 for e in log.entries() if e.event["writer"] % 2 == 0)
+    engine.dispose()
+
+
 def test_rows_hold_the_filter_columns(tmp_path: Path) -> None:
     log = _sqlite(tmp_path)
     log.append({"action": "a", "actor": "b", "query_id": "c", "connector": "d", "outcome": "e"})

@@ -404,3 +404,9 @@ def test_the_refund_rule_lives_in_one_place(fed: Fed) -> None:
         SPENT_FAILED,
     ]
     assert release_unused(ledger, "q-with-data-0001") is True  # settled once; again changes nothing
+
+
+def test_the_query_states_are_the_ones_the_database_accepts() -> None:
+    from gateway import db
+
+    assert tuple(s.value for s in QueryState) == db.QUERY_STATES
