@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import structlog
 
 from audit import errors as audit_errors
+from audit.entries import contains_identifier
 from audit.store import AuditLog, AuditTransaction
 from gateway.errors import AuditUnavailable, Invalid
 from gateway.events import AuditEvent
@@ -31,6 +32,14 @@ from gateway.events import AuditEvent
 log = structlog.get_logger("fedgate.audit")
 
 NOTHING_DONE = "the audit log cannot be written; nothing was done"
+
+
+def check_free_text(**texts: str) -> None:
+    """Refuse free text that the audit log may not hold (a valid ID number anywhere in it), naming the
+    field, before anything is stored."""
+    for field, text in texts.items():
+        if contains_identifier(text):
+            raise Invalid(f"{field} holds an identity number or credit code; write it without one", field)
 
 
 def _unsafe(event: AuditEvent, exc: audit_errors.UnsafeEntry) -> Invalid:

@@ -34,7 +34,7 @@ from aggregation.query import MemberGroup, QuerySpec, Statistic, StatisticKind
 from connectors.config import Unit
 from connectors.protocol import ConnectorSchema, canonical_json, sha256_hex
 from gateway import db, registry
-from gateway.audit_trail import AuditTrail
+from gateway.audit_trail import AuditTrail, check_free_text
 from gateway.auth import Principal, Role
 from gateway.errors import Conflict, Forbidden, Invalid, NotFound
 from gateway.events import KeyGroupRegistered
@@ -217,6 +217,7 @@ def _check_text(title: str, title_zh: str, description: str) -> None:
     ):
         if len(value) > limit or (field != "description" and not value.strip()):
             raise Invalid(f"{field} must be 1 to {limit} characters", field)
+        check_free_text(**{field: value})
 
 
 # --- storage

@@ -22,7 +22,6 @@ import sqlalchemy as sa
 
 from aggregation.planner import ExtractPlan, Plan, PlanError, plan_query
 from aggregation.query import QuerySpec
-from audit.entries import contains_identifier
 from connectors.protocol import (
     ApprovalRule,
     ApprovedDataset,
@@ -34,7 +33,7 @@ from connectors.protocol import (
     verify_rule,
 )
 from gateway import db
-from gateway.audit_trail import AuditTrail, Change
+from gateway.audit_trail import AuditTrail, Change, check_free_text
 from gateway.auth import Principal, Role
 from gateway.errors import ApprovalInvalid, Conflict, Forbidden, Invalid, NotFound
 from gateway.events import (
@@ -88,16 +87,6 @@ def plan_or_invalid(engine: sa.Engine, spec: QuerySpec) -> Plan:
         return plan_query(spec, catalog(engine))
     except PlanError as exc:
         raise Invalid(exc.message, exc.field) from None
-
-
-def check_free_text(**texts: str) -> None:
-    """Refuse free text that the audit log may not hold (a valid ID number), naming the field, before
-    anything is stored."""
-    for field, text in texts.items():
-        if contains_identifier(text):
-            raise Invalid(
-                f"{field} holds an identity number or credit code; describe the purpose without one", field
-            )
 
 
 def required_scopes(plan: Plan) -> dict[str, list[ApprovedDataset]]:
@@ -423,6 +412,20 @@ def covers_on(conn: sa.Connection, record: QueryRecord, plan: Plan) -> tuple[dic
                 found[dept] = rule
                 break
     return found, rejected
+
+
+@dataclass(frozen=True)
+class Decision:
+    department: str
+    decision: str
+    decided_by: str
+
+
+def decisions(engine: sa.Engine, query_id: str) -> list[Decision]:
+    """The departments' stored decisions on a query (approved or rejected, and by whom)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(db.approvals).where(db.approvals.c.query_id == query_id)).all()
+    return [Decision(r.department, r.decision, r.decided_by) for r in rows]
 
 
 def covers(engine: sa.Engine, record: QueryRecord, plan: Plan) -> tuple[dict[str, Cover], list[str]]:

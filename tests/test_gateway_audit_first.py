@@ -322,6 +322,14 @@ def test_free_text_holding_an_id_number_is_refused_naming_the_field_before_anyth
     assert not [e for e in fed.events("query.submitted") if e["query_id"] == spec.query_id]
     refused = [e for e in fed.events("http.request") if e["status"] == 422]
     assert refused[-1]["error"] == "invalid_request"
+    group = {
+        "definition": {"name": "dibao", "measure": "civil.assistance.assistance_income", "at_least": 1},
+        "title": "Households like that of 11010519491231002X",
+        "title_zh": "低保户",
+    }
+    r = fed.http.post("/v1/groups", json=group, headers=fed.as_("operator"))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "title"
+    assert _snapshot(fed.ctx.engine)["key_groups"] == []
 
 
 def test_an_unexpected_exception_is_a_500_in_the_audit_log(fed: Fed, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Response, status
 
 from aggregation.planner import PlanError, plan_query
 from aggregation.query import QuerySpec
 from connectors.protocol import ConnectorSchema, SignedApproval, SignedRule
-from gateway import db, queries
+from gateway import queries
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal, DepartmentAdmin, GatewayContext
 from gateway.api.errors import error_responses
 from gateway.api.schemas import DecisionOut, QueriesOut, QueryOut, RejectionIn, RuleOut, RulesOut
@@ -30,15 +29,14 @@ def query_view(
     except PlanError:
         return out  # the catalog changed since submission; the run will refuse it with the reason
     found, _ = queries.covers(ctx.engine, record, plan)
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(sa.select(db.approvals).where(db.approvals.c.query_id == record.id)).all()
     out.departments = list(plan.departments)
     out.required_approvals = queries.required_scopes(plan)
     out.covered_by = {
         d: "approval" if isinstance(c, SignedApproval) else f"rule:{c.rule.rule_id}" for d, c in found.items()
     }
     out.decisions = [
-        DecisionOut(department=r.department, decision=r.decision, decided_by=r.decided_by) for r in rows
+        DecisionOut(department=d.department, decision=d.decision, decided_by=d.decided_by)
+        for d in queries.decisions(ctx.engine, record.id)
     ]
     return out
 
