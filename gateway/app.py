@@ -243,7 +243,7 @@ class AuditMiddleware:
                 client=client,
                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
                 error=error if error is not None else ErrorCode.INTERNAL.value if status >= 500 else None,
-                error_type=error_type,
+                error_type=error_type or (state.get("error_type") if status >= 400 else None),
             )
 
         async def audited_send(message: Message) -> None:
@@ -254,6 +254,10 @@ class AuditMiddleware:
                 try:
                     await run_in_threadpool(self.ctx.audit.record, entry(status))
                 except AuditUnavailable:
+                    if scope.get("state", {}).get("error_code") == ErrorCode.AUDIT_UNAVAILABLE.value:
+                        # The route already says what the outage left undone: keep its answer.
+                        await send(message)
+                        return
                     sent_503 = True
                     # The request's own change, if it made one, committed with its own entry; only the
                     # record of this request could not be written.

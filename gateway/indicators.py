@@ -1,10 +1,10 @@
 """Running indicators and packs: submit their queries, reserve the whole epsilon at once, run, derive figures.
 
-    build the queries (public parameters only)      -> 422 naming the field
-    epsilon within every involved department's cap   -> 422 naming the department (the smallest cap wins)
+    build the queries (public parameters only)      -> Invalid naming the field
+    epsilon within every involved department's cap   -> Invalid naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
-                                                        409 not_approved with the ids still waiting
-    ledger.reserve_many (all or nothing)             -> 409 budget_exceeded before any extract
+                                                        NotApproved with who each query waits for
+    `indicator.run` audited, then ledger.reserve_many (all or nothing) -> BudgetRefused before any extract
     run each query (the runner: extracts, join, release, commit), in order
       a failure: queries not yet run are refunded; what ran stays released or spent, as for any query
     figures from the released results (post-processing; no budget)
@@ -93,7 +93,7 @@ def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]
 
 
 def _plans(cat: Mapping[str, ConnectorSchema], subqueries: list[SubQuery]) -> list[Plan]:
-    """Every query planned against one reading of the catalog (422 naming the field)."""
+    """Every query planned against one reading of the catalog (`Invalid` naming the field)."""
     try:
         return [plan_query(q.spec, cat) for q in subqueries]
     except PlanError as exc:

@@ -403,7 +403,11 @@ def _fetch(
                     ) from None
                 req = base.model_copy(update=fields)
                 try:
-                    return client.extract(req), client.last_receipt
+                    table = client.extract(req)
+                    # Marked here, in the call's own thread, before anything else can fail: once any
+                    # data has reached the gateway the budget stays spent, whatever happens next.
+                    ctx.ledger.mark_data_arrived(spec.query_id)
+                    return table, client.last_receipt
                 except ConnectorCallError as exc:
                     moved = exc.extra.get("witnessed_size")
                     # Concurrent runs moved the connector's witness on: prove against where it is now.
@@ -424,9 +428,6 @@ def _fetch(
                 failures[e.ref] = exc.code
                 _record_call(ctx, spec.query_id, e, note, exc.receipt, outcome=exc.code, status=exc.status)
                 continue
-            if not tables:
-                # Marked before the call's entry: if that entry then fails, the budget stays spent.
-                ctx.ledger.mark_data_arrived(spec.query_id)
             tables[e.ref] = table
             _record_call(ctx, spec.query_id, e, note, receipt, outcome="ok", status=200)
     return tables, failures

@@ -11,7 +11,7 @@ reason, and refunds only when no data arrived.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -71,6 +71,7 @@ class _Connectors(httpx.BaseTransport):
         self.apps = apps
         self.down: set[str] = set()
         self.failing: set[str] = set()
+        self.after_extract: Callable[[], None] | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         name = request.url.host.split(".")[0]
@@ -81,6 +82,8 @@ class _Connectors(httpx.BaseTransport):
         r = self.apps[name].request(
             request.method, str(request.url), headers=dict(request.headers), content=request.read()
         )
+        if request.url.path == "/v1/extract" and self.after_extract is not None:
+            self.after_extract()
         return httpx.Response(r.status_code, headers=r.headers, content=r.content)
 
 
@@ -418,3 +421,37 @@ def test_the_query_states_are_the_ones_the_database_accepts() -> None:
     from gateway import db
 
     assert tuple(s.value for s in QueryState) == db.QUERY_STATES
+
+
+def test_a_run_whose_audit_entries_stop_after_data_arrived_changes_nothing_unrecorded(fed: Fed) -> None:
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Bands by village while the audit store fails mid-run"))
+
+    def refuse_audit() -> None:
+        fed.transport.after_extract = None
+        with fed.ctx.engine.begin() as conn:
+            conn.execute(sa.text(REFUSE_AUDIT))
+
+    fed.transport.after_extract = refuse_audit
+    r = fed.http.post(f"/v1/queries/{view['id']}/run", headers=fed.as_("analyst"))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable"
+    assert "restarts" in r.json()["error"]["message"]
+    # Nothing was released, refunded or moved on without its entry: the query is still running and its
+    # reservation, with data arrived, still counts.
+    assert fed.ctx.ledger.result(view["id"]) is None
+    entry = fed.ctx.ledger.entry(view["id"])
+    assert entry is not None and entry.state == "reserved" and entry.data_arrived
+    with fed.ctx.engine.begin() as conn:
+        conn.execute(sa.text("DROP TRIGGER refuse_audit"))
+        state = conn.execute(sa.text("SELECT state FROM queries WHERE id = :q"), {"q": view["id"]}).scalar()
+    assert state == QueryState.RUNNING
+    assert not [e for e in fed.events("query.failed") if e["query_id"] == view["id"]]
+    # The next start settles it, audited: data had arrived, so the budget stays spent.
+    build_context(fed.ctx.settings, engine=fed.ctx.engine)
+    with fed.ctx.engine.connect() as conn:
+        state = conn.execute(sa.text("SELECT state FROM queries WHERE id = :q"), {"q": view["id"]}).scalar()
+    assert state == QueryState.FAILED
+    settled = fed.ctx.ledger.entry(view["id"])
+    assert settled is not None and settled.state == SPENT_FAILED
+    interrupted = [e for e in fed.events("query.interrupted") if e["query_id"] == view["id"]]
+    assert [(e["charged"], e["state"]) for e in interrupted] == [(True, "failed")]

@@ -166,9 +166,12 @@ def _code_for_status(status: int) -> ErrorCode:
     return ErrorCode.INTERNAL if status >= 500 else ErrorCode.INVALID_REQUEST
 
 
-def _note_error(request: Request, code: ErrorCode) -> None:
-    # The audit middleware records the code of every refused request beside its status.
+def _note_error(request: Request, code: ErrorCode, error_type: str | None = None) -> None:
+    # The audit middleware records the code (and the domain error's type) of every refused request
+    # beside its status.
     request.state.error_code = code.value
+    if error_type is not None:
+        request.state.error_type = error_type
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -179,7 +182,7 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GatewayError)
-    _note_error(request, exc.code)
+    _note_error(request, exc.code, type(exc).__name__)
     return error_response(request, status_of(exc), exc.code, exc.message, exc.field)
 
 
@@ -203,6 +206,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = list(exc.errors())
     if not errors:
         return error_response(request, 422, ErrorCode.INVALID_REQUEST, "invalid request")
+    _note_error(request, ErrorCode.INVALID_REQUEST)
     first = errors[0]
     field = _field_path(first.get("loc", ()))
     message = f"{field}: {_validation_message(first)}" if field else _validation_message(first)
@@ -214,6 +218,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _code_for_status(exc.status_code)
+    _note_error(request, code)
     if exc.status_code in _MESSAGE_FOR_STATUS:
         # Starlette's own "Not Found" / "Method Not Allowed"; a fixed wording keeps bodies uniform.
         message = _MESSAGE_FOR_STATUS[exc.status_code]
