@@ -381,6 +381,12 @@ def test_a_connector_down_before_any_data_refunds_and_the_query_can_run_again(fe
         assert [(e["reason"], e["charged"], e["connectors"]) for e in failed] == [
             ("connector_unavailable", False, ["civil"])
         ]
+        runs = [e for e in fed.events("http.request") if e["path"] == "/v1/queries/{query_id}/run"]
+        assert (runs[-1]["status"], runs[-1]["error"], runs[-1]["error_type"]) == (
+            503,
+            "connector_unavailable",
+            "ConnectorUnavailable",
+        )
         fed.transport.down.clear()
         assert analyst.run(view["id"])["query_id"] == view["id"]
 
@@ -455,3 +461,29 @@ def test_a_run_whose_audit_entries_stop_after_data_arrived_changes_nothing_unrec
     assert settled is not None and settled.state == SPENT_FAILED
     interrupted = [e for e in fed.events("query.interrupted") if e["query_id"] == view["id"]]
     assert [(e["charged"], e["state"]) for e in interrupted] == [(True, "failed")]
+
+
+def test_a_principal_is_created_or_revoked_only_with_its_entry(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway import db
+    from gateway.users_cli import users_app
+
+    url = f"sqlite:///{tmp_path / 'gw.sqlite3'}"
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            users_app, ["create", "--role", "analyst", "--name", "ana", "--database-url", url]
+        ).exit_code
+        == 0
+    )
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(REFUSE_AUDIT))
+    before = _snapshot(engine)
+    made = runner.invoke(users_app, ["create", "--role", "analyst", "--name", "bob", "--database-url", url])
+    assert made.exit_code == 1 and "no principal was created" in made.stderr
+    gone = runner.invoke(users_app, ["revoke", "ana", "--database-url", url])
+    assert gone.exit_code == 1 and "not revoked" in gone.stderr
+    assert _snapshot(engine) == before
+    engine.dispose()
