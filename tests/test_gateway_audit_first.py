@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from county_fixture import headline_query
+from dbservers import postgres_url  # noqa: F401 (fixture)
 from fastapi.testclient import TestClient
 
 from aggregation.query import QuerySpec
@@ -486,4 +487,35 @@ def test_a_principal_is_created_or_revoked_only_with_its_entry(tmp_path: Path) -
     gone = runner.invoke(users_app, ["revoke", "ana", "--database-url", url])
     assert gone.exit_code == 1 and "not revoked" in gone.stderr
     assert _snapshot(engine) == before
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_refused_entry_rolls_its_change_back(postgres_url: str) -> None:  # noqa: F811
+    from audit.store import AuditLog
+    from gateway import db
+    from gateway.audit_trail import AuditTrail
+    from gateway.auth import Principal
+    from gateway.errors import AuditUnavailable
+
+    engine = db.make_engine(postgres_url)
+    db.migrate(engine)
+    trail = AuditTrail(AuditLog(engine))
+    operator, _ = create_principal(engine, role=Role.OPERATOR, name="op", trail=trail)
+    assert isinstance(operator, Principal)
+    registry.allow_endpoint(trail, "http://one.fed.test", operator)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ "
+                "LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            sa.text("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_entries EXECUTE FUNCTION refuse()")
+        )
+    with pytest.raises(AuditUnavailable):
+        registry.allow_endpoint(trail, "http://two.fed.test", operator)
+    assert registry.list_endpoints(engine) == ["http://one.fed.test"]
+    assert [e.event["action"] for e in trail.log.entries()] == ["user.created", "endpoint.allowed"]
     engine.dispose()
