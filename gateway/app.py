@@ -16,7 +16,6 @@ import json
 import os
 import ssl
 import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -37,7 +36,14 @@ from gateway.api import key_groups as key_group_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
-from gateway.api.errors import REQUEST_ID_HEADER, install_error_handlers, install_request_id
+from gateway.api.errors import (
+    REQUEST_ID_HEADER,
+    UNHANDLED_MESSAGE,
+    error_type_of,
+    install_error_handlers,
+    install_request_id,
+    log_unhandled,
+)
 from gateway.audit_trail import AuditTrail
 from gateway.auth import authenticate
 from gateway.context import GatewayContext
@@ -171,18 +177,6 @@ async def _send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def _log_unhandled(exc: BaseException, request_id: str | None) -> None:
-    # Only the exception type and where it was raised are logged: an exception's message or locals may
-    # hold values (tokens, counts) that no log line may carry.
-    frames = traceback.extract_tb(exc.__traceback__)
-    log.error(
-        "unhandled error",
-        error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        where=[f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in frames[-8:]],
-        request_id=request_id,
-    )
-
-
 class AuditMiddleware:
     """Append one audit entry per HTTP request before its response starts; 503 if that fails.
 
@@ -277,18 +271,17 @@ class AuditMiddleware:
             await self.app(scope, receive, audited_send)
         except Exception as exc:
             request_id = scope.get("state", {}).get("request_id")
-            _log_unhandled(exc, request_id)
+            log_unhandled(exc, method=scope.get("method"), request_id=request_id)
             if response_started:
                 raise
-            error_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
             try:
-                await run_in_threadpool(self.ctx.audit.record, entry(500, error_type))
+                await run_in_threadpool(self.ctx.audit.record, entry(500, error_type_of(exc)))
             except AuditUnavailable:
                 await _send_error(
                     send, 503, "audit_unavailable", "the audit log cannot be written", request_id
                 )
                 return
-            await _send_error(send, 500, "internal", "internal error; quote the request id", request_id)
+            await _send_error(send, 500, "internal", UNHANDLED_MESSAGE, request_id)
 
 
 def create_app(context: GatewayContext) -> FastAPI:

@@ -229,18 +229,29 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, exc.status_code, code, message, headers=exc.headers)
 
 
-async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-    # Only the exception type and where it was raised are logged: an exception's message or locals may
-    # hold values (tokens, counts) that no log line may carry.
+UNHANDLED_MESSAGE = "internal error; quote the request id"
+
+
+def error_type_of(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+def log_unhandled(exc: BaseException, *, method: str | None, request_id: str | None) -> None:
+    """Log an exception no handler answered: its type and where it was raised, nothing more (an
+    exception's message or locals may hold values, tokens or counts, that no log line may carry)."""
     frames = traceback.extract_tb(exc.__traceback__)
     log.error(
         "unhandled error",
-        error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        error_type=error_type_of(exc),
         where=[f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in frames[-8:]],
-        method=request.method,
-        request_id=request_id_of(request),
+        method=method,
+        request_id=request_id,
     )
-    return error_response(request, 500, ErrorCode.INTERNAL, "internal error; quote the request id")
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log_unhandled(exc, method=request.method, request_id=request_id_of(request))
+    return error_response(request, 500, ErrorCode.INTERNAL, UNHANDLED_MESSAGE)
 
 
 def install_error_handlers(app: FastAPI) -> None:
