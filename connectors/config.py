@@ -12,6 +12,7 @@ import base64
 import csv
 import re
 import tomllib
+import zoneinfo
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -69,9 +70,43 @@ class EntitySpec(_Strict):
     kind: EntityKind
 
 
+class PeriodFormat(StrEnum):
+    """How a period column holds its month (see `connectors.sources.periods`)."""
+
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+    YYYYMM = "yyyymm"
+    TEXT_YYYY_MM = "text_yyyy_mm"
+    TEXT_YYYYMM = "text_yyyymm"
+    TEXT_YYYY_MM_DD = "text_yyyy_mm_dd"
+    YEAR_MONTH = "year_month"
+
+
 class PeriodSpec(_Strict):
-    column: SqlIdentifier
+    column: SqlIdentifier = Field(description="the period column; with a year and month pair, the year")
     grain: Literal["month"] = "month"
+    format: PeriodFormat | None = Field(
+        None,
+        description="how the column holds the month; by default taken from the column type (text: YYYY-MM)",
+    )
+    month_column: SqlIdentifier | None = Field(None, description="the month (1-12) of a year and month pair")
+    timezone: str = Field(
+        "Asia/Shanghai", description="the zone whose month boundaries apply to TIMESTAMP WITH TIME ZONE"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PeriodSpec:
+        if (self.format is PeriodFormat.YEAR_MONTH) != (self.month_column is not None) and not (
+            self.format is None and self.month_column is not None
+        ):
+            raise ValueError("format year_month needs month_column (period.column then holds the year)")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone {self.timezone!r} is not an IANA zone such as Asia/Shanghai"
+            ) from None
+        return self
 
 
 class MeasureSpec(_Strict):
@@ -80,6 +115,13 @@ class MeasureSpec(_Strict):
     rollup: Rollup
     unit: str = Field("yuan", max_length=32)
     bounds: tuple[int, int] = Field(description="public clip bounds per entity over the requested periods")
+    scale: int = Field(
+        0,
+        ge=0,
+        le=6,
+        description="decimal places stored as integers: 2 for fen in a yuan measure; rolled-up values are"
+        " divided by 10**scale before clipping",
+    )
     description: str = ""
 
     @model_validator(mode="after")

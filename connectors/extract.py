@@ -103,6 +103,7 @@ def rollup_spec(
         period_column=declared.column if declared and start else None,
         period_start=start if declared else None,
         period_end=end if declared else None,
+        period=declared if declared and start else None,
         measures=tuple(measures),
         dimensions=tuple(dims),
         household_column=dataset.household.column if request.household and dataset.household else None,

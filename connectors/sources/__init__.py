@@ -15,7 +15,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from connectors.config import DatasetSpec, Rollup, SourceSpec
+from connectors.config import DatasetSpec, PeriodSpec, Rollup, SourceSpec
 
 ENTITY = "entity"
 HOUSEHOLD = "household"
@@ -44,6 +44,8 @@ class RollupSpec:
     period_column: str | None = None
     period_start: str | None = None
     period_end: str | None = None
+    period: PeriodSpec | None = None
+    """the declared period: each adapter reads it in the column's own type (`sources.periods`)"""
     measures: tuple[tuple[str, str | None, Rollup], ...] = ()
     """(output name, source column, roll-up)"""
     dimensions: tuple[tuple[str, str], ...] = ()
