@@ -98,7 +98,7 @@ def scrub(text: str, keep: Iterable[str] = ()) -> str:
         inner = match.group(2)
         return match.group(0) if inner in kept else f"{match.group(1)}…{match.group(1)}"
 
-    line = re.sub(r"(['\"`])(.*?)\1", quoted, line)
+    line = re.sub(r"(?<!\w)(['\"`])(.*?)\1(?!\w)", quoted, line)
     line = re.sub(r"(?<!port )(?<!port=)\b[0-9A-Za-z]*\d{4,}[0-9A-Za-z]*\b", "…", line)
     return line[:300]
 
@@ -107,7 +107,11 @@ def diagnose(exc: BaseException, keep: Iterable[str] = ()) -> Diagnosis:
     """Map a SQLAlchemy/driver error to its cause; `keep` lists names safe to show (tables, columns)."""
     orig = getattr(exc, "orig", None) or exc
     error_class = f"{type(orig).__module__.split('.')[0]}.{type(orig).__name__}"
-    message = str(orig)
+    message, prefix = str(orig), ""
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        # MySQL drivers: (error number, text); the number is the server's error code, not data.
+        message, prefix = args[1], f"[{args[0]}] "
     lowered = message.lower() + " " + type(orig).__name__.lower()
     cause, fix = "database_error", "see the database's own log for this error"
     if _DATABASE_MISSING.search(message):
@@ -117,4 +121,16 @@ def diagnose(exc: BaseException, keep: Iterable[str] = ()) -> Diagnosis:
             if any(p in lowered for p in patterns):
                 cause, fix = name, advice
                 break
-    return Diagnosis(cause=cause, error_class=error_class, detail=scrub(message, keep), fix=fix)
+    return Diagnosis(cause=cause, error_class=error_class, detail=prefix + scrub(message, keep), fix=fix)
+
+
+def url_names(url: str) -> list[str]:
+    """The parts of a database URL safe to show beside an error: host, port, database, user (no password)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return []
+    parts = [parsed.host, parsed.database, parsed.username, "localhost"]
+    return [str(p) for p in parts if p]

@@ -22,7 +22,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from connectors.config import DatasetSpec, PeriodFormat, PeriodSpec, Rollup
 from connectors.errors import ConfigError
 from connectors.sources import ENTITY, HOUSEHOLD, RollupSpec
-from connectors.sources.diagnose import SourceFailure, diagnose
+from connectors.sources.diagnose import SourceFailure, diagnose, url_names
 from connectors.sources.periods import (
     DATE,
     INTEGER,
@@ -88,6 +88,7 @@ class SqlSource:
         except (SQLAlchemyError, ValueError) as exc:
             raise ConfigError(f"source.url: not a usable SQLAlchemy URL ({type(exc).__name__})") from None
         self._tables: dict[str, sa.Table] = {}
+        self._safe_names = url_names(url)
         self._plans: dict[tuple[str, PeriodSpec], PeriodPlan] = {}
 
     def _table(self, name: str) -> sa.Table:
@@ -98,7 +99,9 @@ class SqlSource:
             except NoSuchTableError:
                 raise ConfigError(f"table {name!r} does not exist in the source database") from None
             except SQLAlchemyError as exc:
-                raise SourceFailure("the source database cannot be read", diagnose(exc, [name])) from None
+                raise SourceFailure(
+                    "the source database cannot be read", diagnose(exc, [*self._safe_names, name])
+                ) from None
             self._tables[name] = table
         return table
 
@@ -154,7 +157,7 @@ class SqlSource:
                 low, high = conn.execute(extremes).one()
         except SQLAlchemyError as exc:
             raise SourceFailure(
-                "the source database cannot be read", diagnose(exc, [relation, *cols])
+                "the source database cannot be read", diagnose(exc, [*self._safe_names, relation, *cols])
             ) from None
         verify_sample(
             plan, [r[0] for r in rows] + [low, high], [r[1] for r in rows] if plan.month_column else ()
@@ -190,7 +193,12 @@ class SqlSource:
                 for rows in result.partitions():
                     yield pd.DataFrame(rows, columns=list(spec.output_columns))
         except SQLAlchemyError as exc:
-            keep = [spec.relation, spec.entity_column, *(c for _n, c, _r in spec.measures if c)]
+            keep = [
+                *self._safe_names,
+                spec.relation,
+                spec.entity_column,
+                *(c for _n, c, _r in spec.measures if c),
+            ]
             raise SourceFailure("the source database failed the roll-up", diagnose(exc, keep)) from None
 
     def close(self) -> None:
