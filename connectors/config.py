@@ -410,3 +410,27 @@ def load_config(path: str | Path) -> LoadedConfig:
         }
     )
     return LoadedConfig(path=path, config=cfg, domains=domains)
+
+
+def read_signing_key(loaded: LoadedConfig) -> bytes:
+    """The connector's private key (PEM) from `signing_key_file`, or a one-line `ConfigError` why not."""
+    from connectors.protocol import SignatureError, load_private_key
+
+    path = loaded.config.signing_key_file
+    where = f"{loaded.path}: signing_key_file: {path}"
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
+    if b"PUBLIC KEY" in pem or pem.strip().startswith(b"ed25519:"):
+        raise ConfigError(
+            f"{where} holds a public key; it must hold the connector's Ed25519 private key (PEM, 0600),"
+            " whose public key the gateway pins"
+        )
+    try:
+        load_private_key(pem)
+    except (ValueError, TypeError, SignatureError) as exc:
+        raise ConfigError(
+            f"{where} is not an unencrypted Ed25519 private key in PEM ({type(exc).__name__})"
+        ) from None
+    return pem

@@ -626,17 +626,13 @@ def create_app(service: ConnectorService) -> FastAPI:
 
 def build_service(loaded: LoadedConfig) -> ConnectorService:
     """Open the source, keys and state named by a configuration, checking every dataset against the source."""
+    from connectors.config import read_signing_key
     from connectors.errors import ConfigError
     from connectors.federation_keys import load_keyring
     from connectors.sources import open_source
 
     cfg = loaded.config
-    try:
-        pem = cfg.signing_key_file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"{loaded.path}: signing_key_file: cannot read {cfg.signing_key_file} ({exc.strerror})"
-        ) from None
+    pem = read_signing_key(loaded)
     keyring = load_keyring(cfg.federation_keyring_file)
     source = open_source(cfg.source)
     for ds in cfg.datasets:
