@@ -102,14 +102,12 @@ def trial_months(end: str | None, months: int, today: datetime.date | None = Non
     """`months` months ending at `end` ('YYYY-MM'), by default the last complete month."""
     if end is None:
         day = today or datetime.date.today()
-        last = Month(day.year, day.month)
-        last = Month(last.year - (last.month == 1), (last.month - 2) % 12 + 1)
+        last = Month(day.year, day.month).previous()
     else:
         last = Month.parse(end)
     out = [last]
     for _ in range(months - 1):
-        m = out[-1]
-        out.append(Month(m.year - (m.month == 1), (m.month - 2) % 12 + 1))
+        out.append(out[-1].previous())
     return [m.text for m in reversed(out)]
 
 

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from connector_fixture import Department, make_department
 from cryptography.hazmat.primitives import serialization
+from dbservers import postgres_url  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 from connectors.cli import connector_app
@@ -133,3 +135,38 @@ def test_quality_shows_the_counters_and_recent_failures(tmp_path: Path) -> None:
     assert report["recent_failures"][0]["cause"] == "permission_denied"
     table = runner.invoke(connector_app, ["quality", "--config", str(dept.config_path)])
     assert table.exit_code == 0 and "permission_denied" in table.stdout
+
+
+def test_trial_months_default_to_the_last_complete_months() -> None:
+    import datetime
+
+    from connectors.dry_run import trial_months
+
+    assert trial_months(None, 3, today=datetime.date(2026, 2, 10)) == ["2025-11", "2025-12", "2026-01"]
+    assert trial_months("2025-01", 2) == ["2024-12", "2025-01"]
+
+
+@pytest.mark.postgres
+def test_a_table_the_user_may_not_read_is_named_as_such(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+    import secrets
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    dept = make_department(tmp_path, "postgres", db_url=postgres_url)
+    role = f"fedgate_r_{secrets.token_hex(4)}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+    try:
+        url = make_url(postgres_url).set(username=role, password="Sup3rSecret")
+        _edit(dept, lambda d: d["source"].update(url=url.render_as_string(hide_password=False)))
+        code, report = _check(dept, "--end", "2025-12")
+        assert code == 1 and "Sup3rSecret" not in json.dumps(report)
+        assert any("permission_denied" in e and "grant it SELECT" in e for e in _errors(report)), _errors(
+            report
+        )
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()

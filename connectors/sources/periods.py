@@ -80,6 +80,8 @@ class Bounds:
 
 @dataclass(frozen=True)
 class Month:
+    """A calendar month: the connectors' one home for month arithmetic (they import no aggregation code)."""
+
     year: int
     month: int
 
@@ -89,6 +91,9 @@ class Month:
 
     def next(self) -> Month:
         return Month(self.year + self.month // 12, self.month % 12 + 1)
+
+    def previous(self) -> Month:
+        return Month(self.year - (self.month == 1), (self.month - 2) % 12 + 1)
 
     @property
     def text(self) -> str:
