@@ -122,3 +122,28 @@ def test_an_integer_id_column_in_parquet_is_refused(tmp_path: Path) -> None:
 
 def test_the_padded_form_is_the_clean_one() -> None:
     assert normalize(IdKind.RESIDENT_ID, f"{PERSON_A[:-1]}x      ") == PERSON_A
+
+
+def _measure_table(tmp_path: Path, amount_type: Any, **measure: Any) -> Department:
+    dept = make_department(tmp_path, "sqlite")
+    url = f"sqlite:///{tmp_path / 'measure.db'}"
+    engine = sa.create_engine(url)
+    frame = pd.DataFrame({"pid": [PERSON_B], "month": ["2025-01"], "amount": ["12.50"], "district": ["A"]})
+    frame.to_sql("wages", engine, index=False, dtype={"amount": amount_type})  # type: ignore[arg-type]
+    engine.dispose()
+    _configure(dept, {"url": url}, **measure)
+    return dept
+
+
+def test_a_text_measure_column_is_refused(tmp_path: Path) -> None:
+    dept = _measure_table(tmp_path, sa.String(12))
+    with pytest.raises(
+        ConfigError, match=r"measure wage_income \(column 'amount', varchar\(12\)\) is not numeric"
+    ):
+        build_service(load_config(dept.config_path))
+
+
+def test_a_scale_on_a_decimal_column_is_refused(tmp_path: Path) -> None:
+    dept = _measure_table(tmp_path, sa.Numeric(12, 2), scale=2)
+    with pytest.raises(ConfigError, match=r"already holds decimals: `scale` is for integers"):
+        build_service(load_config(dept.config_path))

@@ -56,6 +56,28 @@ def storage_of(column_type: sa.types.TypeEngine[Any]) -> str:
     return str(column_type).lower()
 
 
+def _check_measure_type(
+    dataset: str, measure: str, column: str, column_type: sa.types.TypeEngine[Any], scale: int
+) -> None:
+    """Money and counts must be numbers in the database: SUM over text fails or coerces silently."""
+    where = f"dataset {dataset!r}: measure {measure} (column {column!r}, {str(column_type).lower()})"
+    if not isinstance(column_type, sa.Numeric | sa.Integer):
+        raise ConfigError(
+            f"{where} is not numeric: the database cannot add it up reliably; point the measure at an"
+            " integer or NUMERIC column (or a view that casts it)"
+        )
+    decimals = (
+        isinstance(column_type, sa.Numeric)
+        and not isinstance(column_type, sa.Float)
+        and (column_type.scale or 0) > 0
+    )
+    if scale and decimals:
+        raise ConfigError(
+            f"{where} already holds decimals: `scale` is for integers holding fractional units (fen);"
+            " remove scale from the measure"
+        )
+
+
 def period_where(table: sa.Table, plan: PeriodPlan, start: str, end: str) -> sa.ColumnElement[bool]:
     """The request's month range as a predicate on the period column(s), values bound."""
     col = table.c[plan.column]
@@ -128,6 +150,9 @@ class SqlSource:
                 " cannot be stored in it, so its values cannot be trusted; store the IDs as CHAR(18) or"
                 " VARCHAR"
             )
+        for m in dataset.measures:
+            if m.column is not None and m.rollup is not Rollup.COUNT:
+                _check_measure_type(dataset.name, m.name, m.column, table.c[m.column].type, m.scale)
         if dataset.period is not None:
             self._plans.pop((dataset.table, dataset.period), None)
             self.period_plan(dataset.table, dataset.period)
