@@ -568,7 +568,8 @@ def create_app(service: ConnectorService) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("connector.internal_error", error=type(exc).__name__)
+        # The department's own log gets the class and a scrubbed first line; the answer stays fixed.
+        log.error("connector.internal_error", error=type(exc).__name__, detail=scrub(str(exc)))
         return _error(
             500, ErrorCode.INTERNAL.value, "internal error", getattr(request.state, "request_id", None)
         )

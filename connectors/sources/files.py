@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -66,7 +67,8 @@ def _period_filter(plan: PeriodPlan, schema: pa.Schema, start: str, end: str) ->
     field = pc.field(plan.column)
     column_type = schema.field(plan.column).type
     if plan.storage == TEXT:
-        field = pc.utf8_rtrim_whitespace(field)
+        # Only CSV text is trimmed: on Parquet a bare column comparison keeps row-group skipping.
+        field = pc.utf8_rtrim_whitespace(field) if plan.padded else field
         low, high = pa.scalar(bounds.low), pa.scalar(bounds.high)
     else:
         low, high = pa.scalar(bounds.low, type=column_type), pa.scalar(bounds.high, type=column_type)
@@ -136,15 +138,21 @@ class FileSource:
         schema = data.schema
         month = arrow_storage(schema.field(spec.month_column).type) if spec.month_column else None
         plan = resolve_plan(spec, arrow_storage(schema.field(spec.column).type), month)
-        if plan.storage == TEXT:
+        if plan.storage == TEXT and relation.endswith(".csv"):
             plan = PeriodPlan(plan.column, plan.storage, plan.format, plan.month_column, plan.timezone, True)
         cols = [plan.column] + ([plan.month_column] if plan.month_column else [])
         try:
             head = data.head(SAMPLE_ROWS, columns=cols, filter=pc.field(plan.column).is_valid())
-            extremes = pc.min_max(data.to_table(columns=[plan.column]).column(plan.column))
+            # The extremes batch by batch: one column of one batch in memory, whatever the file's size.
+            extremes: list[Any] = []
+            for batch in data.scanner(columns=[plan.column]).to_batches():
+                if batch.num_rows:
+                    low_high = pc.min_max(batch.column(0))
+                    extremes += [low_high["min"].as_py(), low_high["max"].as_py()]
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{relation!r} cannot be read ({type(exc).__name__})") from None
-        values = [*head.column(plan.column).to_pylist(), extremes["min"].as_py(), extremes["max"].as_py()]
+        present = [v for v in extremes if v is not None]
+        values = [*head.column(plan.column).to_pylist(), *([min(present), max(present)] if present else [])]
         months = head.column(plan.month_column).to_pylist() if plan.month_column else []
         verify_sample(plan, values, months)
         self._plans[key] = plan
