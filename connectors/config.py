@@ -96,10 +96,11 @@ class PeriodSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> PeriodSpec:
-        if (self.format is PeriodFormat.YEAR_MONTH) != (self.month_column is not None) and not (
-            self.format is None and self.month_column is not None
-        ):
+        pair = self.month_column is not None
+        if self.format is PeriodFormat.YEAR_MONTH and not pair:
             raise ValueError("format year_month needs month_column (period.column then holds the year)")
+        if pair and self.format not in (None, PeriodFormat.YEAR_MONTH):
+            raise ValueError(f"month_column makes a year and month pair: format {self.format} does not apply")
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

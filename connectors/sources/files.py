@@ -125,7 +125,6 @@ class FileSource:
                 " cannot be stored in it, so its values cannot be trusted; write the IDs as strings"
             )
         if dataset.period is not None:
-            self._plans.pop((dataset.file, dataset.period), None)
             self.period_plan(dataset.file, dataset.period)
 
     def period_plan(self, relation: str, spec: PeriodSpec) -> PeriodPlan:

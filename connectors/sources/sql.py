@@ -154,7 +154,6 @@ class SqlSource:
             if m.column is not None and m.rollup is not Rollup.COUNT:
                 _check_measure_type(dataset.name, m.name, m.column, table.c[m.column].type, m.scale)
         if dataset.period is not None:
-            self._plans.pop((dataset.table, dataset.period), None)
             self.period_plan(dataset.table, dataset.period)
 
     def period_plan(self, relation: str, spec: PeriodSpec) -> PeriodPlan:
