@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+from connector_fixture import make_department
+
+from connectors.config import load_config
 from connectors.errors import ConnectorError
+from connectors.extract import rollup_spec
 from connectors.sources.diagnose import SourceFailure, scrub
 from connectors.sources.sql import SqlSource
 
@@ -63,3 +69,22 @@ def test_scrub_elides_values_and_credentials_but_keeps_known_names() -> None:
     )
     assert scrub('relation "wages" does not exist', keep=["wages"]) == 'relation "wages" does not exist'
     assert scrub("amount 123456 out of range") == "amount … out of range"
+
+
+def test_a_column_dropped_after_start_is_named_at_the_roll_up(tmp_path: Path) -> None:
+    dept = make_department(tmp_path, "sqlite")
+    loaded = load_config(dept.config_path)
+    source = SqlSource(loaded.config.source.url)
+    dataset = loaded.config.dataset("wages")
+    assert dataset is not None
+    source.check(dataset)
+    engine = sa.create_engine(loaded.config.source.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE wages RENAME COLUMN amount TO amount_yuan"))
+    engine.dispose()
+    with pytest.raises(SourceFailure) as info:
+        list(source.rollup(rollup_spec(dataset, dept.request("q-diag-0001"), 1_000)))
+    source.close()
+    assert info.value.diagnosis.cause == "unknown_column"
+    assert info.value.diagnosis.error_class == "sqlite3.OperationalError"
+    assert "amount" in info.value.diagnosis.detail

@@ -56,11 +56,17 @@ _CAUSES: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "the database user may not read this table: grant it SELECT on the dataset's table",
     ),
     (
+        "unknown_column",
+        ("no such column", "unknown column", "undefinedcolumn"),
+        "a configured column no longer exists in the table: correct the dataset's columns or the table",
+    ),
+    (
         "unknown_table",
         ("no such table", "doesn't exist", "undefinedtable", "relation"),
         "the table does not exist for this user: correct the dataset's table (or the schema search path)",
     ),
 )
+_FIXES = {name: fix for name, _patterns, fix in _CAUSES}
 _DATABASE_MISSING = re.compile(r'database "[^"]*" does not exist')
 
 
@@ -115,7 +121,7 @@ def diagnose(exc: BaseException, keep: Iterable[str] = ()) -> Diagnosis:
     lowered = message.lower() + " " + type(orig).__name__.lower()
     cause, fix = "database_error", "see the database's own log for this error"
     if _DATABASE_MISSING.search(message):
-        cause, fix = _CAUSES[3][0], _CAUSES[3][2]
+        cause, fix = "unknown_database", _FIXES["unknown_database"]
     else:
         for name, patterns, advice in _CAUSES:
             if any(p in lowered for p in patterns):
