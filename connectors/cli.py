@@ -126,6 +126,8 @@ def _print_check(report: CheckReport) -> None:
             table.add_row(
                 "IDs valid / legacy / invalid / 证件号", f"{d.valid_share:.1%} / {legacy:.1%} / {invalid:.1%}"
             )
+        if d.period_read_as:
+            table.add_row("period / 期间", d.period_read_as)
         if d.rows_per_month:
             table.add_row(
                 "rows per month / 每月行数", ", ".join(f"{m}: {n:,}" for m, n in d.rows_per_month.items())

@@ -61,6 +61,7 @@ class MeasureRange:
 class DatasetReport:
     name: str
     period: str | None = None
+    period_read_as: str | None = None
     rows: int = 0
     raw_ids: int = 0
     entities: int = 0
@@ -144,6 +145,9 @@ def _check_dataset(
         start, end = (months[0], months[-1]) if dataset.period else (None, None)
         if dataset.period:
             report.period = f"{months[0]}..{months[-1]}"
+            report.period_read_as = source.period_plan(
+                dataset.table or dataset.file or "", dataset.period
+            ).describe()
             for month in months:
                 counts = _read(source, _spec(dataset, month, month, chunk_rows))[_ROWS]
                 report.rows_per_month[month] = int(pd.to_numeric(counts).sum())

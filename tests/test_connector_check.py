@@ -45,6 +45,7 @@ def test_a_sound_configuration_passes_with_the_trial_figures_and_key(tmp_path: P
     key = load_private_key(load_config(dept.config_path).config.signing_key_file.read_bytes()).public_key()
     assert report["fingerprint"] == fingerprint(key)
     wages = report["datasets"][0]
+    assert wages["period_read_as"] == "period column month (text, read as text_yyyy_mm)"
     assert report["months"] == ["2025-01", "2025-02", "2025-03", "2025-04", "2025-05", "2025-06"]
     # A: Jan-Mar clean, Apr legacy, May sloppy; B every month; C in June; four invalid rows in February.
     assert wages["rows_per_month"] == {

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
 from connectors.config import DatasetSpec, PeriodSpec, Rollup, SourceSpec
+
+if TYPE_CHECKING:
+    from connectors.sources.periods import PeriodPlan
 
 ENTITY = "entity"
 HOUSEHOLD = "household"
@@ -66,6 +69,10 @@ class Source(Protocol):
 
     def check(self, dataset: DatasetSpec) -> None:
         """Raise `SourceError` or `ConfigError` if the dataset's table/file or columns are missing."""
+        ...
+
+    def period_plan(self, relation: str, spec: PeriodSpec) -> PeriodPlan:
+        """How the period column is read (`sources.periods`), verified on a sample; `ConfigError` if not."""
         ...
 
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
