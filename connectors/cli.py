@@ -128,6 +128,8 @@ def _print_check(report: CheckReport) -> None:
             )
         if d.period_read_as:
             table.add_row("period / 期间", d.period_read_as)
+        if d.null_periods:
+            table.add_row("rows without a period / 无期间的行", f"{d.null_periods:,}")
         if d.rows_per_month:
             table.add_row(
                 "rows per month / 每月行数", ", ".join(f"{m}: {n:,}" for m, n in d.rows_per_month.items())

@@ -62,6 +62,7 @@ class DatasetReport:
     name: str
     period: str | None = None
     period_read_as: str | None = None
+    null_periods: int = 0
     rows: int = 0
     raw_ids: int = 0
     entities: int = 0
@@ -145,6 +146,7 @@ def _check_dataset(
         start, end = (months[0], months[-1]) if dataset.period else (None, None)
         if dataset.period:
             report.period = f"{months[0]}..{months[-1]}"
+            report.null_periods = source.null_periods(dataset.table or dataset.file or "", dataset.period)
             report.period_read_as = source.period_plan(
                 dataset.table or dataset.file or "", dataset.period
             ).describe()
@@ -167,6 +169,12 @@ def _check_dataset(
         empty = [m for m, n in report.rows_per_month.items() if n == 0]
         if empty:
             report.add("warning", f"no rows in {', '.join(empty)}: a month missing from the source?")
+    if report.null_periods:
+        report.add(
+            "warning",
+            f"{report.null_periods:,} rows have no period (NULL) and belong to no month: fill them or leave"
+            " them out knowingly",
+        )
     if BAD_VALUES in frame.columns:
         report.bad_values = int(pd.to_numeric(frame[BAD_VALUES]).sum())
 

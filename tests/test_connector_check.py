@@ -171,3 +171,18 @@ def test_a_table_the_user_may_not_read_is_named_as_such(tmp_path: Path, postgres
         with admin.connect() as c:
             c.execute(sa.text(f"DROP ROLE {role}"))
         admin.dispose()
+
+
+def test_rows_without_a_period_are_reported(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    dept = make_department(tmp_path, "sqlite")
+    engine = sa.create_engine(load_config(dept.config_path).config.source.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE wages SET month = NULL WHERE amount = 7000"))
+    engine.dispose()
+    code, report = _check(dept, "--end", "2025-06")
+    wages = report["datasets"][0]
+    assert code == 0 and wages["null_periods"] == 1
+    assert wages["rows_per_month"]["2025-06"] == 1  # B only: C's June row has lost its month
+    assert any("1 rows have no period" in f["message"] for f in wages["findings"])

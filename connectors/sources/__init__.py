@@ -75,6 +75,10 @@ class Source(Protocol):
         """How the period column is read (`sources.periods`), verified on a sample; `ConfigError` if not."""
         ...
 
+    def null_periods(self, relation: str, spec: PeriodSpec) -> int:
+        """Rows whose period is NULL: they belong to no period (reported by `connector check`)."""
+        ...
+
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         """Yield chunks with columns `spec.output_columns`."""
         ...

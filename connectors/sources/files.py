@@ -157,6 +157,15 @@ class FileSource:
         self._plans[key] = plan
         return plan
 
+    def null_periods(self, relation: str, spec: PeriodSpec) -> int:
+        missing = pc.field(spec.column).is_null()
+        if spec.month_column:
+            missing = missing | pc.field(spec.month_column).is_null()
+        try:
+            return int(self._dataset(relation).count_rows(filter=missing))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"{relation!r} cannot be read ({type(exc).__name__})") from None
+
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         data = self._dataset(spec.relation)
         columns = {ENTITY: pc.field(spec.entity_column)}

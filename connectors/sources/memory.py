@@ -101,6 +101,13 @@ class MemorySource:
         verify_sample(plan, values, months)
         return plan
 
+    def null_periods(self, relation: str, spec: PeriodSpec) -> int:
+        frame = self._frame(relation)
+        missing = frame[spec.column].isna()
+        if spec.month_column:
+            missing |= frame[spec.month_column].isna()
+        return int(missing.sum())
+
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         frame = self._frame(spec.relation)
         if spec.period is not None and spec.period_start is not None and spec.period_end is not None:

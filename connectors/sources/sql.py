@@ -189,6 +189,21 @@ class SqlSource:
         self._plans[key] = plan
         return plan
 
+    def null_periods(self, relation: str, spec: PeriodSpec) -> int:
+        t = self._table(relation)
+        missing: sa.ColumnElement[bool] = t.c[spec.column].is_(None)
+        if spec.month_column:
+            missing = sa.or_(missing, t.c[spec.month_column].is_(None))
+        try:
+            with self._engine.connect() as conn:
+                return int(
+                    conn.execute(sa.select(sa.func.count()).select_from(t).where(missing)).scalar_one()
+                )
+        except SQLAlchemyError as exc:
+            raise SourceFailure(
+                "the source database cannot be read", diagnose(exc, [*self._safe_names, relation])
+            ) from None
+
     def _statement(self, spec: RollupSpec) -> sa.Select[Any]:
         t = self._table(spec.relation)
         entity = t.c[spec.entity_column]
