@@ -179,7 +179,11 @@ def quality(
     except ConnectorError as exc:
         console.print(f"[red]invalid / 配置无效:[/red] {exc}")
         raise typer.Exit(2) from None
-    state = ConnectorState(cfg.state_dir)
+    try:
+        state = ConnectorState(cfg.state_dir, read_only=True)
+    except FileNotFoundError:
+        console.print(f"no state yet in {cfg.state_dir}: the connector has not served / 连接器尚未运行")
+        raise typer.Exit(1) from None
     try:
         datasets, recent = state.quality(), state.failures()
     finally:

@@ -74,10 +74,17 @@ class Reservation:
 class ConnectorState:
     """Thread-safe access to the state file; every write is committed with synchronous=FULL."""
 
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
         self.path = directory / "connector-state.sqlite3"
         self._lock = threading.Lock()
+        if read_only:
+            # For reports beside a running connector: no schema change and no clean-up of its pending
+            # reservations (which would release an extract still in flight).
+            if not self.path.is_file():
+                raise FileNotFoundError(self.path)
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            return
+        directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

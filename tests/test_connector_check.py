@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from connectors.cli import connector_app
 from connectors.config import load_config
 from connectors.protocol import fingerprint, load_private_key
-from connectors.state import ConnectorState
+from connectors.state import AlreadyServed, ConnectorState
 
 runner = CliRunner()
 
@@ -128,7 +129,14 @@ def test_quality_shows_the_counters_and_recent_failures(tmp_path: Path) -> None:
             "fix": "y",
         },
     )
-    state.close()
+    state.reserve(
+        query_id="q-in-flight",
+        dataset="wages",
+        fingerprint="f",
+        window="2025",
+        epsilon=Decimal("0.1"),
+        cap=Decimal(1),
+    )
     result = runner.invoke(connector_app, ["quality", "--config", str(dept.config_path), "--json"])
     assert result.exit_code == 0
     report = json.loads(result.stdout)
@@ -136,6 +144,23 @@ def test_quality_shows_the_counters_and_recent_failures(tmp_path: Path) -> None:
     assert report["recent_failures"][0]["cause"] == "permission_denied"
     table = runner.invoke(connector_app, ["quality", "--config", str(dept.config_path)])
     assert table.exit_code == 0 and "permission_denied" in table.stdout
+    # Reading the report beside a running connector leaves its in-flight reservation alone.
+    with pytest.raises(AlreadyServed):
+        state.reserve(
+            query_id="q-in-flight",
+            dataset="wages",
+            fingerprint="f",
+            window="2025",
+            epsilon=Decimal("0.1"),
+            cap=Decimal(1),
+        )
+    state.close()
+
+
+def test_quality_before_any_state_says_so(tmp_path: Path) -> None:
+    dept = make_department(tmp_path, "sqlite")
+    result = runner.invoke(connector_app, ["quality", "--config", str(dept.config_path)])
+    assert result.exit_code == 1 and "no state yet" in result.output
 
 
 def test_trial_months_default_to_the_last_complete_months() -> None:
