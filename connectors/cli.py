@@ -97,10 +97,11 @@ def check(
         typer.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:
         _print_check(report)
-    if schema and report.ok:
-        from connectors.service import build_service
+    if schema and report.ok and report.public_key is not None:
+        # Built from the configuration alone: opening the state file could disturb a running connector.
+        from connectors.service import build_schema
 
-        typer.echo(build_service(loaded).schema.model_dump_json(indent=2))
+        typer.echo(build_schema(loaded, report.public_key).model_dump_json(indent=2))
     raise typer.Exit(0 if report.ok else 1)
 
 

@@ -64,6 +64,19 @@ def test_a_sound_configuration_passes_with_the_trial_figures_and_key(tmp_path: P
     assert (income["maximum"], income["above"]) == (300_000, 1)  # B: six months of 50,000
 
 
+def test_schema_is_printed_without_touching_the_state(tmp_path: Path) -> None:
+    dept = make_department(tmp_path, "sqlite")
+    result = runner.invoke(
+        connector_app, ["check", "--config", str(dept.config_path), "--end", "2025-12", "--json", "--schema"]
+    )
+    assert result.exit_code == 0
+    decoder = json.JSONDecoder()
+    report, end = decoder.raw_decode(result.stdout)
+    schema = json.loads(result.stdout[end:])
+    assert schema["signing_key"] == report["public_key"] and schema["datasets"][0]["name"] == "wages"
+    assert not (load_config(dept.config_path).config.state_dir).exists()
+
+
 def test_an_id_column_with_no_valid_ids_fails(tmp_path: Path) -> None:
     dept = make_department(tmp_path, "sqlite")
     _edit(dept, lambda d: d["datasets"][0]["entity"].update(column="district"))
