@@ -1,0 +1,236 @@
+"""The monitoring configuration in force: stored versions, audited changes, checked against the catalog.
+
+    current(engine) / get(engine, v) / history(engine)   the latest version (None before the first), any
+                                                         version, every version
+    check(config, catalog)                                None, or 422 naming the first field and listing
+                                                         every problem (`indicators.catalog_check`)
+    apply(ctx, config, by=, source=)                      a new version when the digest differs from the
+                                                         latest (else nothing), audited as
+                                                         `monitoring_config.changed`
+    upload(ctx, doc, by)                                  the operator's route: shape, catalog, key-group
+                                                         names, then `apply`
+    load_settings_file(ctx)                               `FEDGATE_MONITORING_CONFIG` at start
+    in_force(ctx, catalog)                                what an indicator run is built from (409 when
+                                                         none is loaded, 422 when it no longer fits)
+
+A version and its audit entry are one unit: if the entry cannot be written the version is removed again
+and the caller gets 503, so the log never misses a configuration that indicators were built from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from aggregation.indicators.catalog_check import problems
+from aggregation.indicators.config_file import (
+    MonitoringConfigError,
+    config_digest,
+    load_monitoring_config,
+    parse_monitoring_config,
+)
+from aggregation.indicators.model import MonitoringConfig
+from connectors.protocol import ConnectorSchema, canonical_json
+from gateway import db, key_groups
+from gateway.context import GatewayContext
+from gateway.errors import ApiError, ErrorCode
+from gateway.settings import SettingsError
+
+__all__ = [
+    "ACTION_CHANGED",
+    "MonitoringRecord",
+    "apply",
+    "check",
+    "current",
+    "get",
+    "history",
+    "in_force",
+    "load_settings_file",
+    "upload",
+]
+
+ACTION_CHANGED = "monitoring_config.changed"
+_WRITE_ATTEMPTS = 3
+_SOURCE_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class MonitoringRecord:
+    version: int
+    config: MonitoringConfig
+    digest: str
+    source: str
+    created_by: str
+    created_at: datetime
+
+
+def _record(row: sa.Row[Any]) -> MonitoringRecord:
+    return MonitoringRecord(
+        version=row.version,
+        config=MonitoringConfig.model_validate_json(row.config_json),
+        digest=row.config_digest,
+        source=row.source,
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
+
+
+def current(engine: sa.Engine) -> MonitoringRecord | None:
+    t = db.monitoring_configs
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t).order_by(t.c.version.desc()).limit(1)).first()
+    return _record(row) if row is not None else None
+
+
+def get(engine: sa.Engine, version: int) -> MonitoringRecord:
+    t = db.monitoring_configs
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.version == version)).first()
+    if row is None:
+        raise ApiError(
+            404, ErrorCode.NOT_FOUND, f"the monitoring configuration has no version {version}", "version"
+        )
+    return _record(row)
+
+
+def history(engine: sa.Engine) -> list[MonitoringRecord]:
+    t = db.monitoring_configs
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(t).order_by(t.c.version)).all()
+    return [_record(r) for r in rows]
+
+
+def _invalid(exc: MonitoringConfigError, prefix: str = "") -> ApiError:
+    listed = "; ".join(f"{prefix}{f or '(top level)'}: {m}" for f, m in exc.problems)
+    return ApiError(422, ErrorCode.INVALID_REQUEST, listed, f"{prefix}{exc.field}" or None)
+
+
+def check(config: MonitoringConfig, catalog: Mapping[str, ConnectorSchema], *, what: str = "") -> None:
+    """Return None if the monthly pack can be built from `config` on `catalog`; else 422 naming the first
+    offending field and listing every problem."""
+    found = problems(config, catalog)
+    if found:
+        listed = "; ".join(f"{p.field}: {p.message}" for p in found)
+        raise ApiError(
+            422,
+            ErrorCode.INVALID_REQUEST,
+            f"{what}does not fit the catalog: {listed}",
+            found[0].field,
+        )
+
+
+def _check_group_names(engine: sa.Engine, config: MonitoringConfig) -> None:
+    """A key-group name keeps one meaning: a configured group may not redefine a registered one."""
+    registered = {r.name: r for r in key_groups.list_groups(engine)}
+    for i, group in enumerate(config.key_groups):
+        other = registered.get(group.definition.name)
+        if other is not None and other.definition != group.definition:
+            raise ApiError(
+                409,
+                ErrorCode.CONFLICT,
+                f"the key group {other.name!r} is registered with another definition (version "
+                f"{other.version}); give the configured group another name, or register this definition "
+                "as a new version of it first",
+                f"key_groups.{i}.definition.name",
+            )
+
+
+def _insert_next(engine: sa.Engine, values: dict[str, Any]) -> MonitoringRecord | None:
+    """Insert the next version unless the latest already has this digest; None when nothing changed."""
+    t = db.monitoring_configs
+    for _ in range(_WRITE_ATTEMPTS):
+        latest = current(engine)
+        if latest is not None and latest.digest == values["config_digest"]:
+            return None
+        version = 1 if latest is None else latest.version + 1
+        try:
+            with engine.begin() as conn:
+                conn.execute(t.insert().values(version=version, **values))
+        except sa.exc.IntegrityError:
+            continue  # a concurrent writer took this version number: read again
+        return get(engine, version)
+    raise ApiError(
+        409, ErrorCode.CONFLICT, "the monitoring configuration is being changed concurrently; try again"
+    )
+
+
+def apply(
+    ctx: GatewayContext, config: MonitoringConfig, *, by: str, source: str
+) -> tuple[MonitoringRecord, bool]:
+    """Store `config` as the next version unless it is the one in force; returns it and whether it is new."""
+    values = {
+        "config_json": canonical_json(config.model_dump(mode="json")).decode(),
+        "config_digest": config_digest(config),
+        "source": source[:_SOURCE_LIMIT],
+        "created_by": by,
+        "created_at": db.utcnow(),
+    }
+    record = _insert_next(ctx.engine, values)
+    if record is None:
+        latest = current(ctx.engine)
+        assert latest is not None
+        return latest, False
+    try:
+        ctx.audit.record(
+            ACTION_CHANGED,
+            actor=by,
+            version=record.version,
+            config_digest=record.digest,
+            source=record.source,
+            config=config.model_dump(mode="json"),
+        )
+    except BaseException:
+        with ctx.engine.begin() as conn:
+            t = db.monitoring_configs
+            conn.execute(t.delete().where(t.c.version == record.version))
+        raise
+    return record, True
+
+
+def upload(
+    ctx: GatewayContext, doc: Any, catalog: Mapping[str, ConnectorSchema], *, by: str
+) -> tuple[MonitoringRecord, bool]:
+    """An operator's new configuration: its shape (422 naming the key), its fit with the catalog (422
+    naming the field), its key-group names (409), then stored and audited."""
+    try:
+        config = parse_monitoring_config(doc)
+    except MonitoringConfigError as exc:
+        raise _invalid(exc) from None
+    check(config, catalog, what="the monitoring configuration ")
+    _check_group_names(ctx.engine, config)
+    return apply(ctx, config, by=by, source="upload")
+
+
+def load_settings_file(ctx: GatewayContext) -> MonitoringRecord | None:
+    """At start: the file `FEDGATE_MONITORING_CONFIG` names becomes the version in force if it changed.
+
+    Only its shape is checked here (connectors may register after the gateway starts); runs check it
+    against the catalog. A file that cannot be read or validated stops the start."""
+    path = ctx.settings.monitoring_config_file
+    if path is None:
+        return current(ctx.engine)
+    try:
+        config = load_monitoring_config(path)
+    except MonitoringConfigError as exc:
+        raise SettingsError(f"FEDGATE_MONITORING_CONFIG: {exc}") from None
+    record, _ = apply(ctx, config, by="settings", source=str(path))
+    return record
+
+
+def in_force(ctx: GatewayContext, catalog: Mapping[str, ConnectorSchema]) -> MonitoringRecord:
+    """The configuration an indicator run is built from, checked against the catalog of this run."""
+    record = current(ctx.engine)
+    if record is None:
+        raise ApiError(
+            409,
+            ErrorCode.CONFLICT,
+            "no monitoring configuration is loaded: the operator sets one with `fedgate indicators "
+            "configure FILE` (or FEDGATE_MONITORING_CONFIG)",
+            "monitoring",
+        )
+    check(record.config, catalog, what=f"the monitoring configuration in force (version {record.version}) ")
+    return record
