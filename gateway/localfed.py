@@ -6,7 +6,7 @@ its own uvicorn process; principals are created on the gateway's database as the
 (`fedgate users create`), and connectors are allowed, registered under their pinned key fingerprints and
 pre-approved through the gateway's HTTP API exactly as the departments would do it. The gateway reads the
 county's monitoring configuration (`monitoring.yaml`) at start, as an operator's deployment would
-(`FEDGATE_MONITORING_CONFIG`). The connectors are whatever the county's `connectors/` directory holds,
+(`FEDGATE_MONITORING_CONFIG_FILE`). The connectors are whatever the county's `connectors/` directory holds,
 so a county generated under another layout (other connector names) starts the same way.
 """
 
@@ -130,9 +130,11 @@ def start_federation(
     county: Path | None = None,
     seed: int = 3,
     layout: str = "standard",
+    monitoring: bool = True,
 ) -> Federation:
     """Start everything (generating a county under `root`, named as `layout` says, unless one is given);
-    stop it with `stop()`."""
+    stop it with `stop()`. With `monitoring` the gateway starts with the county's monitoring
+    configuration; without, none is loaded until the operator sets one."""
     if county is None:
         county = root / "county"
         generate_county(
@@ -140,9 +142,9 @@ def start_federation(
         )
     running = {}
     names = connector_names(county)
-    monitoring = county / "monitoring.yaml"
-    if monitoring.exists():
-        env = {"FEDGATE_MONITORING_CONFIG": str(monitoring), **(env or {})}
+    monitoring_file = county / "monitoring.yaml"
+    if monitoring and monitoring_file.exists():
+        env = {"FEDGATE_MONITORING_CONFIG_FILE": str(monitoring_file), **(env or {})}
     try:
         for name in names:
             running[name] = start_connector(county / "connectors" / f"{name}.yaml", log_dir=root / "logs")

@@ -9,7 +9,7 @@
                                                          `monitoring_config.changed`
     upload(ctx, doc, by)                                  the operator's route: shape, catalog, key-group
                                                          names, then `apply`
-    load_settings_file(ctx)                               `FEDGATE_MONITORING_CONFIG` at start
+    load_settings_file(ctx)                               `FEDGATE_MONITORING_CONFIG_FILE` at start
     in_force(ctx, catalog)                                what an indicator run is built from (409 when
                                                          none is loaded, 422 when it no longer fits)
 
@@ -206,7 +206,7 @@ def upload(
 
 
 def load_settings_file(ctx: GatewayContext) -> MonitoringRecord | None:
-    """At start: the file `FEDGATE_MONITORING_CONFIG` names becomes the version in force if it changed.
+    """At start: the file `FEDGATE_MONITORING_CONFIG_FILE` names becomes the version in force if it changed.
 
     Only its shape is checked here (connectors may register after the gateway starts); runs check it
     against the catalog. A file that cannot be read or validated stops the start."""
@@ -216,7 +216,7 @@ def load_settings_file(ctx: GatewayContext) -> MonitoringRecord | None:
     try:
         config = load_monitoring_config(path)
     except MonitoringConfigError as exc:
-        raise SettingsError(f"FEDGATE_MONITORING_CONFIG: {exc}") from None
+        raise SettingsError(f"FEDGATE_MONITORING_CONFIG_FILE: {exc}") from None
     record, _ = apply(ctx, config, by="settings", source=str(path))
     return record
 
@@ -229,7 +229,7 @@ def in_force(ctx: GatewayContext, catalog: Mapping[str, ConnectorSchema]) -> Mon
             409,
             ErrorCode.CONFLICT,
             "no monitoring configuration is loaded: the operator sets one with `fedgate indicators "
-            "configure FILE` (or FEDGATE_MONITORING_CONFIG)",
+            "configure FILE` (or FEDGATE_MONITORING_CONFIG_FILE)",
             "monitoring",
         )
     check(record.config, catalog, what=f"the monitoring configuration in force (version {record.version}) ")

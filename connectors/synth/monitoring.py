@@ -3,7 +3,7 @@
 `fedgate synth` writes `monitoring.yaml` beside the connector configurations: the income proxy's terms
 and signs, the clamps, bands and edges, the register's village and urban-rural dimensions, the coverage
 datasets, the early warning's drop share and the five key groups of the county's plan, all under the
-names of the county's layout. The gateway loads it (`FEDGATE_MONITORING_CONFIG` or
+names of the county's layout. The gateway loads it (`FEDGATE_MONITORING_CONFIG_FILE` or
 `fedgate indicators configure`); `fedgate indicators check --config` checks it against the catalog.
 
 The values are the truth file's own copy of the plan (`connectors.synth.truth`), so the truth and the
