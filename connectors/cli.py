@@ -122,7 +122,10 @@ def synth(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from connectors.synth import generate_county
+    from connectors.synth.layout import LAYOUTS
 
+    if layout not in LAYOUTS:
+        raise typer.BadParameter(f"expected one of {', '.join(LAYOUTS)}", param_hint="'--layout'")
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as bar:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
@@ -115,7 +116,7 @@ def smallest_cap(cat: Mapping[str, ConnectorSchema], plans: list[Plan]) -> tuple
 
 
 def groups_for(
-    engine: Any, config: MonitoringConfig, names: list[str] | None, *, field: str = "groups"
+    engine: sa.Engine, config: MonitoringConfig, names: list[str] | None, *, field: str = "groups"
 ) -> tuple[MemberGroup, ...]:
     """The key groups of a run: by default the configuration's; a name the configuration defines means
     its definition there, any other name a group registered in the gateway (`gateway.key_groups`)."""
@@ -187,7 +188,8 @@ def run_indicator(
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
     cat = catalog(ctx.engine)
-    config = monitoring.in_force(ctx, cat).config
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
     params = IndicatorParams(
         period_start=start,
         period_end=end,
@@ -202,8 +204,14 @@ def run_indicator(
     items, total = _with_epsilon(
         cat, config, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
     )
-    results = _execute(ctx, cat, config, analyst, items, label=name)
-    return {"pack": None, "period": period, "epsilon": _plain(total), "indicators": results}
+    results = _execute(ctx, cat, configured, analyst, items, label=name)
+    return {
+        "pack": None,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def run_pack(
@@ -218,16 +226,17 @@ def run_pack(
     declared = PACKS.get(name)
     if declared is None:
         raise _unknown("pack", name, sorted(PACKS))
-    cat = catalog(ctx.engine)
-    config = monitoring.in_force(ctx, cat).config
-    pack = configured_pack(declared, config)
     try:
         if ".." in period:
             raise IndicatorError("period", "a pack takes one reference month, YYYY-MM")
         parse_period(period, 1)
-        pack.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
+        declared.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
+    cat = catalog(ctx.engine)
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
+    pack = configured_pack(declared, config)
     resolved = groups_for(ctx.engine, config, groups)
     items, total = _with_epsilon(
         cat,
@@ -235,19 +244,26 @@ def run_pack(
         lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved),
         epsilon,
     )
-    results = _execute(ctx, cat, config, analyst, items, label=f"pack:{name}")
-    return {"pack": name, "period": period, "epsilon": _plain(total), "indicators": results}
+    results = _execute(ctx, cat, configured, analyst, items, label=f"pack:{name}")
+    return {
+        "pack": name,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def _execute(
     ctx: GatewayContext,
     cat: Mapping[str, ConnectorSchema],
-    config: MonitoringConfig,
+    configured: monitoring.MonitoringRecord,
     analyst: Principal,
     items: list[tuple[Template, IndicatorParams]],
     *,
     label: str,
 ) -> list[dict[str, Any]]:
+    config = configured.config
     built = _build(items, config)
     flat = [q for qs in built for q in qs]
     plans = _plans(cat, flat)
@@ -305,6 +321,8 @@ def _execute(
         indicator=label,
         query_ids=[q.spec.query_id for q in flat],
         epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+        monitoring_version=configured.version,
+        monitoring_digest=configured.digest,
     )
     if to_run:
         try:

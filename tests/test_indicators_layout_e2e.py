@@ -151,7 +151,14 @@ def test_the_operators_configuration_runs_the_monthly_pack(fed: Federation, tmp_
     with fed.client("analyst") as analyst:
         doc = analyst.run_pack("monthly", period="2025-12")
         specs = {q["id"]: q["spec"] for q in analyst.queries()}
-    assert Decimal(doc["epsilon"]) == Decimal(1)
+    assert Decimal(doc["epsilon"]) == Decimal(1) and doc["monitoring_version"] == 1
+    with fed.client("auditor") as auditor:
+        (run,) = auditor.audit_entries(action="indicator.run")["entries"]
+        (changed,) = auditor.audit_entries(action="monitoring_config.changed")["entries"]
+    # The audit log says which configuration the run was built from, and holds that configuration.
+    assert run["event"]["monitoring_version"] == changed["event"]["version"] == 1
+    assert run["event"]["monitoring_digest"] == changed["event"]["config_digest"]
+    assert changed["event"]["config"]["income_terms"][0]["dataset"] == "tax.payroll"
     assert [i["indicator"] for i in doc["indicators"]] == list(expected)
     ran = [specs[q["query_id"]] for i in doc["indicators"] for q in i["queries"]]
     named = json.dumps(ran)

@@ -55,6 +55,9 @@ class IndicatorsRunOut(BaseModel):
     pack: str | None
     period: str
     epsilon: str = Field(description="the total charged (exactly the sum of the queries' epsilons)")
+    monitoring_version: int | None = Field(
+        None, description="the version of the monitoring configuration the run was built from"
+    )
     indicators: list[IndicatorResult]
 
 
