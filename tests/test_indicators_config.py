@@ -154,7 +154,7 @@ def test_the_standard_configuration_on_a_renamed_catalog_names_every_missing_fie
     assert "wage_income" in fields["income_terms.0.dataset"]  # what the field should hold
     assert "no connector named 'social'" in fields["income_terms.2.dataset"]
     assert "hrss" in fields["income_terms.2.dataset"]
-    assert "household register" in fields["village"]
+    assert "household register" in fields["village"] and "hukou.residents" in fields["village"]
 
 
 def test_a_missing_measure_a_person_attribute_and_a_code_outside_the_domain(catalogs: Catalogs) -> None:

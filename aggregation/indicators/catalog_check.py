@@ -95,23 +95,22 @@ class _Catalog:
 
     def area(self, ref: str, field: str, what: str) -> tuple[str, ...] | None:
         """A household-level dimension of the household register; its domain, or None."""
-        should = f"name the household register's {what} dimension, declared household_level"
+        registers = [
+            f"{s.connector}.{d.name}"
+            for s in self.catalog.values()
+            for d in s.datasets
+            if d.household_mapping
+        ]
+        should = (
+            f"name the household register's {what} dimension, declared household_level (the register: "
+            f"{_names(registers)})"
+        )
         connector, dataset, dimension = split_dimension(ref)
         ds = self.dataset(f"{connector}.{dataset}", field, should)
         if ds is None:
             return None
         if not ds.household_mapping:
-            registers = [
-                f"{s.connector}.{d.name}"
-                for s in self.catalog.values()
-                for d in s.datasets
-                if d.household_mapping
-            ]
-            self.problem(
-                field,
-                f"{connector}.{dataset} is not the household register (the register: {_names(registers)}); "
-                + should,
-            )
+            self.problem(field, f"{connector}.{dataset} is not the household register; " + should)
             return None
         dim = next((d for d in ds.dimensions if d.name == dimension), None)
         level = [d.name for d in ds.dimensions if d.household_level]
