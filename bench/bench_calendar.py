@@ -33,7 +33,8 @@ import numpy as np
 import polars as pl
 
 from aggregation.executor import unit_frame
-from aggregation.indicators import IndicatorResult, MonitoringConfig, SubQuery, evaluate, simulation_seed
+from aggregation.indicators import IndicatorResult, SubQuery, evaluate, simulation_seed
+from aggregation.indicators.config_file import parse_monitoring_config
 from aggregation.indicators.pack import MONTHLY, YEAR_END, calendar_charges
 from aggregation.indicators.periods import previous_months
 from aggregation.indicators.rolling import rolling_urban_rural
@@ -43,6 +44,7 @@ from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
+from connectors.synth.monitoring import monitoring_config
 from gateway.runner import release_spec
 from gateway.seed_groups import SEED_GROUPS
 from gateway.settings import GatewaySettings
@@ -50,7 +52,7 @@ from privacy.release import prepare_release
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
-CONFIG = MonitoringConfig()
+CONFIG = parse_monitoring_config(monitoring_config())
 MAX_ROWS = GatewaySettings.model_fields["max_rows"].default
 EXACT = Decimal(10) ** 12
 QUANTUM = Decimal("1e-9")

@@ -1,5 +1,7 @@
 """Running indicators and packs: submit their queries, reserve the whole epsilon at once, run, derive figures.
 
+    the monitoring configuration in force            -> Conflict when none is loaded, Invalid naming the
+                                                        field the catalog lacks (`gateway.monitoring`)
     build the queries (public parameters only)      -> Invalid naming the field
     epsilon within every involved department's cap   -> Invalid naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
@@ -20,6 +22,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
@@ -36,6 +39,7 @@ from aggregation.indicators import (
     months_ending,
     simulation_seed,
 )
+from aggregation.indicators.config_file import configured_pack
 from aggregation.indicators.early_warning import EarlyWarning
 from aggregation.indicators.key_groups import KeyGroups
 from aggregation.indicators.pack import Pack
@@ -44,7 +48,7 @@ from aggregation.indicators.rolling import ROLLING_MONTHS, rolling_urban_rural
 from aggregation.planner import Plan, PlanError, plan_query
 from aggregation.query import MemberGroup
 from connectors.protocol import ConnectorSchema, Period
-from gateway import key_groups, queries, runner
+from gateway import key_groups, monitoring, queries, runner
 from gateway.auth import Principal
 from gateway.context import GatewayContext
 from gateway.errors import BudgetRefused, Conflict, Invalid, NotApproved, NotFound
@@ -57,7 +61,6 @@ from privacy.ledger import Charge
 
 log = structlog.get_logger("fedgate.indicators")
 
-CONFIG = MonitoringConfig()
 ANNUAL_MONTHS, WARNING_MONTHS = 12, 3
 _PROBE = Decimal(1)
 
@@ -92,15 +95,10 @@ def _indicator_error(exc: IndicatorError) -> Invalid:
 
 
 ConfigOf = Callable[[Template], MonitoringConfig]
+"""The public policy each indicator of a run is built and evaluated with (a pack may vary it by member)."""
 
 
-def _base_config(template: Template) -> MonitoringConfig:
-    return CONFIG
-
-
-def _build(
-    items: list[tuple[Template, IndicatorParams]], config_of: ConfigOf = _base_config
-) -> list[list[SubQuery]]:
+def _build(items: list[tuple[Template, IndicatorParams]], config_of: ConfigOf) -> list[list[SubQuery]]:
     try:
         return [t.queries(p, config_of(t)) for t, p in items]
     except IndicatorError as exc:
@@ -129,13 +127,37 @@ def smallest_cap(cat: Mapping[str, ConnectorSchema], plans: list[Plan]) -> tuple
     return caps[department], department
 
 
+def groups_for(
+    engine: sa.Engine, config: MonitoringConfig, names: list[str] | None, *, field: str = "groups"
+) -> tuple[MemberGroup, ...]:
+    """The key groups of a run: by default the configuration's; a name the configuration defines means
+    its definition there, any other name a group registered in the gateway (`gateway.key_groups`)."""
+    if names is None:
+        return tuple(g.definition for g in config.key_groups)
+    out: list[MemberGroup] = []
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise Invalid(f"the key group {name!r} is named twice", f"{field}.{i}")
+        configured = config.key_group(name)
+        if configured is not None:
+            out.append(configured)
+            continue
+        try:
+            out.extend(key_groups.resolve(engine, [name], field=field))
+        except key_groups.KeyGroupNotFound:
+            raise key_groups.KeyGroupNotFound(name, f"{field}.{i}") from None
+        except key_groups.KeyGroupRetired:
+            raise key_groups.KeyGroupRetired(name, f"{field}.{i}") from None
+    return tuple(out)
+
+
 def _with_epsilon(
     cat: Mapping[str, ConnectorSchema],
+    config_of: ConfigOf,
     make: Callable[[Decimal], list[tuple[Template, IndicatorParams]]],
     epsilon: Decimal | None,
     *,
     default: Decimal | None = None,
-    config_of: ConfigOf = _base_config,
 ) -> tuple[list[tuple[Template, IndicatorParams]], Decimal]:
     """Fix the total epsilon: the one asked for if every department's cap allows it (else refused), by
     default `default` (a pack's calendar epsilon) within the smallest cap, else the smallest cap; `make`
@@ -177,26 +199,31 @@ def run_indicator(
         base = parse_period(baseline, 1) if baseline else (None, None)
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
-    names = (
-        groups if groups is not None else list(CONFIG.key_groups) if isinstance(template, KeyGroups) else []
-    )
+    cat = catalog(ctx.engine)
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
     params = IndicatorParams(
         period_start=start,
         period_end=end,
         epsilon=_PROBE,
         analyst=analyst.name,
         bands=bands,
-        groups=key_groups.resolve(ctx.engine, names) if names else (),
+        groups=groups_for(ctx.engine, config, groups) if isinstance(template, KeyGroups) or groups else (),
         baseline_start=base[0],
         baseline_end=base[1],
         drop_share=drop_share,
     )
-    cat = catalog(ctx.engine)
     items, total = _with_epsilon(
-        cat, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
+        cat, lambda t: config, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
     )
-    results = _execute(ctx, cat, analyst, items, label=name)
-    return {"pack": None, "period": period, "epsilon": _plain(total), "indicators": results}
+    results = _execute(ctx, cat, configured, analyst, items, label=name, config_of=lambda t: config)
+    return {
+        "pack": None,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def run_pack(
@@ -208,37 +235,47 @@ def run_pack(
     epsilon: Decimal | None,
     groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    pack = PACKS.get(name)
-    if pack is None:
+    declared = PACKS.get(name)
+    if declared is None:
         raise _unknown("pack", name, sorted(PACKS))
     try:
         if ".." in period:
             raise IndicatorError("period", "a pack takes one reference month, YYYY-MM")
         parse_period(period, 1)
-        pack.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
+        declared.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
-    resolved = key_groups.resolve(ctx.engine, groups if groups is not None else list(CONFIG.key_groups))
     cat = catalog(ctx.engine)
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
+    pack = configured_pack(declared, config)
+    resolved = groups_for(ctx.engine, config, groups)
 
     def config_of(template: Template) -> MonitoringConfig:
-        return pack.config_for(template.name, CONFIG)
+        return pack.config_for(template.name, config)
 
     def make(e: Decimal) -> list[tuple[Template, IndicatorParams]]:
         return pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved)
 
-    items, total = _with_epsilon(cat, make, epsilon, default=pack.default_epsilon, config_of=config_of)
-    results = _execute(ctx, cat, analyst, items, label=f"pack:{name}", config_of=config_of)
+    items, total = _with_epsilon(cat, config_of, make, epsilon, default=pack.default_epsilon)
+    results = _execute(ctx, cat, configured, analyst, items, label=f"pack:{name}", config_of=config_of)
     if pack.rolling_member is not None:
-        rolled = _rolling(ctx, pack, period, total, analyst, resolved)
+        rolled = _rolling(ctx, pack, config, period, total, analyst, resolved)
         if rolled is not None:
             results.append(rolled)
-    return {"pack": name, "period": period, "epsilon": _plain(total), "indicators": results}
+    return {
+        "pack": name,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def _rolling(
     ctx: GatewayContext,
     pack: Pack,
+    config: MonitoringConfig,
     period: str,
     total: Decimal,
     analyst: Principal,
@@ -248,15 +285,15 @@ def _rolling(
     in each of the twelve monthly packs ending in `period` at the same epsilon (post-processing only)."""
     member = pack.rolling_member
     assert member is not None
+    member_config = pack.config_for(member, config)
     months = []
     try:
-        refs = [*previous_months(period, ROLLING_MONTHS - 1), period]
-        for ref in refs:
+        for ref in [*previous_months(period, ROLLING_MONTHS - 1), period]:
             items = pack.params(period=ref, epsilon=total, analyst=analyst.name, groups=groups)
             for template, params in items:
                 if template.name != member:
                     continue
-                subqueries = template.queries(params, pack.config_for(member, CONFIG))
+                subqueries = template.queries(params, member_config)
                 released = {q.role: ctx.ledger.result(q.spec.query_id) for q in subqueries}
                 if any(doc is None for doc in released.values()):
                     return None
@@ -264,18 +301,18 @@ def _rolling(
     except IndicatorError:
         return None  # a month too early to have eleven before it: no rolling figure
     seed = simulation_seed([q.spec.digest for _, subqueries, _ in months for q in subqueries])
-    result = rolling_urban_rural(pack.config_for(member, CONFIG), months, seed)
-    return result.model_dump(mode="json")
+    return rolling_urban_rural(member_config, months, seed).model_dump(mode="json")
 
 
 def _execute(
     ctx: GatewayContext,
     cat: Mapping[str, ConnectorSchema],
+    configured: monitoring.MonitoringRecord,
     analyst: Principal,
     items: list[tuple[Template, IndicatorParams]],
     *,
     label: str,
-    config_of: ConfigOf = _base_config,
+    config_of: ConfigOf,
 ) -> list[dict[str, Any]]:
     built = _build(items, config_of)
     flat = [q for qs in built for q in qs]
@@ -320,6 +357,8 @@ def _execute(
             indicator=label,
             query_ids=[q.spec.query_id for q in flat],
             epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+            monitoring_version=configured.version,
+            monitoring_digest=configured.digest,
         )
     )
     if to_run:

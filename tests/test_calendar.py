@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from aggregation.data_years import query_data_years
-from aggregation.indicators import IndicatorError, MonitoringConfig
+from aggregation.indicators import IndicatorError
+from aggregation.indicators.config_file import parse_monitoring_config
 from aggregation.indicators.early_warning import baseline_of
 from aggregation.indicators.pack import (
     MONTHLY,
@@ -23,10 +24,11 @@ from aggregation.indicators.periods import previous_months
 from aggregation.indicators.rolling import rolling_urban_rural
 from aggregation.indicators.urban_rural import INCOME, MEMBERS
 from aggregation.query import MemberGroup
+from connectors.synth.monitoring import monitoring_config
 from gateway.seed_groups import SEED_GROUPS
 from gateway.settings import GatewaySettings
 
-CONFIG = MonitoringConfig()
+CONFIG = parse_monitoring_config(monitoring_config())
 GROUPS: tuple[MemberGroup, ...] = tuple(g.definition for g in SEED_GROUPS)
 
 
@@ -140,7 +142,7 @@ def test_rolling_figures_add_the_monthly_sums_and_average_the_members() -> None:
 def test_the_library_lists_each_pack_with_its_calendar_epsilon_and_months() -> None:
     from gateway.api.indicators import library
 
-    packs = {p.name: p for p in library().packs}
+    packs = {p.name: p for p in library(None).packs}
     assert (packs["monthly"].default_epsilon, packs["monthly"].runs_for) == ("0.7", "every month")
     assert (packs["year_end"].default_epsilon, packs["year_end"].runs_for) == ("1", "December only")
     assert [m.months for m in packs["monthly"].members] == ["the reference month"] * 3

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from aggregation.indicators import MonitoringConfig
+from aggregation.indicators.config_file import parse_monitoring_config
 from aggregation.indicators.pack import MONTHLY, YEAR_END, calendar_charges, calendar_runs
+from connectors.synth.monitoring import monitoring_config
 from gateway.cli import app
 from gateway.client import GatewayError
 from gateway.localfed import Federation, register_everything, start_federation
@@ -44,7 +45,7 @@ def _years(budget: dict[str, object]) -> dict[str, Decimal]:
 def test_the_calendar_fits_a_data_year_and_a_thirteenth_spend_is_refused(fed: Federation) -> None:
     defaults = GatewaySettings()
     groups = tuple(g.definition for g in SEED_GROUPS if g.definition.name == GROUP)
-    planned = calendar_charges(2025, MonitoringConfig(), groups)
+    planned = calendar_charges(2025, parse_monitoring_config(monitoring_config()), groups)
     assert planned == Decimal("9.61") <= defaults.data_year_epsilon
     runs = calendar_runs(2025)
     assert [(p.name, period) for p, period in runs][-2:] == [("year_end", "2025-12"), ("monthly", "2026-01")]
