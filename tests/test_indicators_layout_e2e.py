@@ -22,7 +22,7 @@ from gateway.client import GatewayError
 from gateway.localfed import Federation, register_everything, start_federation
 from gateway.seed_groups import OUTSIDE_THE_COUNTY
 
-GATEWAY_ENV = {"FEDGATE_WINDOW_EPSILON": "5", "FEDGATE_DEFAULT_ANALYST_QUOTA": "5"}
+GATEWAY_ENV = {"FEDGATE_DATA_YEAR_EPSILON": "5", "FEDGATE_DEFAULT_ANALYST_QUOTA": "5"}
 WIDER = 3
 """a figure lies within this many interval half-widths of the truth (Laplace tails: about 1e-4 each)"""
 
