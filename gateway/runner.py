@@ -24,12 +24,13 @@ from typing import Any
 import pyarrow as pa
 import structlog
 
-from aggregation.executor import VALUE, unit_frame
+from aggregation.executor import UNLINKED_NOTE, VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
 from audit.entries import ACTION_CONNECTOR_REQUEST, connector_call_event
 from audit.errors import ProofError
+from connectors.config import Unit
 from connectors.protocol import (
     SignedApproval,
     SignedRule,
@@ -44,6 +45,7 @@ from gateway.context import GatewayContext
 from gateway.errors import ApiError, ErrorCode
 from gateway.registry import get_connector
 from privacy.errors import BudgetExceeded, PrivacyError
+from privacy.neighbours import describe
 from privacy.release import (
     Count,
     GroupDomain,
@@ -65,7 +67,7 @@ PROXY_NOTE = (
 )
 
 
-def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
+def release_spec(plan: Plan) -> ReleaseSpec:
     """The OpenDP release a plan needs: public cells from the planned groups, public bounds and epsilon."""
     q = plan.query
     stats: list[Statistic] = []
@@ -91,7 +93,7 @@ def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
         statistics=tuple(stats),
         epsilon=q.epsilon,
         unit_multiplicity=plan.unit_multiplicity,
-        max_rows=max_rows,
+        neighbouring=q.neighbouring,
     )
 
 
@@ -147,7 +149,7 @@ def _run(
     qid = spec.query_id
     datasets = [e.ref for e in plan.extracts]
     try:
-        prepared = prepare_release(release_spec(plan, ctx.settings.max_rows))
+        prepared = prepare_release(release_spec(plan))
     except PrivacyError as exc:
         queries.set_state(ctx.engine, qid, "approved", expect=("running",), error_code="invalid_request")
         raise ApiError(
@@ -224,8 +226,13 @@ def _run(
         "epsilon": str(spec.epsilon),
         "released_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "unit": spec.unit.value,
+        "neighbouring": spec.neighbouring.value,
+        "guarantee": f"epsilon-DP with epsilon {spec.epsilon}, neighbours: {describe(spec.neighbouring)}",
         "measure": spec.measure.label if spec.measure else None,
-        "notes": [PROXY_NOTE] if spec.measure else [],
+        "notes": [
+            *([PROXY_NOTE] if spec.measure else []),
+            *([UNLINKED_NOTE] if spec.unit is Unit.PERSON else []),
+        ],
         "release": released.to_json_dict(),
     }
     # The release is audited before it is committed: if the entry cannot be written nothing is released
