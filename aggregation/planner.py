@@ -173,6 +173,8 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
             "organisation queries are not served: one household can reach many organisations' rows, and no "
             "public bound on that is declared yet",
         )
+    # First: without the one register nothing else about the query can be bounded, whatever it names.
+    spine = household_register(catalog)
     measures: dict[str, list[str]] = {}
     dims: dict[str, list[str]] = {}
     owners: dict[str, ConnectorSchema] = {}
@@ -250,7 +252,6 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
         if bound > MAX_SUM_BOUND:
             side = "upper" if abs(query.measure.upper) == bound else "lower"
             raise PlanError(f"measure.{side}", sum_bound_message(query.measure.lower, query.measure.upper))
-    spine = household_register(catalog)
     owners.setdefault(spine, catalog[spine.partition(".")[0]])
     dims.setdefault(spine, [])
     extracts = []
