@@ -277,6 +277,8 @@ class Bound:
 
 
 OFFSETS = np.linspace(-1.0, 3.0, 17)
+MIN_EVENT_SHARE = 0.1
+"""An event is chosen only if it holds in at least this share of the first half's releases under D."""
 
 
 def audit(name: str, spec: ReleaseSpec, frame_d: pl.DataFrame, frame_n: pl.DataFrame) -> Bound:
@@ -305,7 +307,10 @@ def audit(name: str, spec: ReleaseSpec, frame_d: pl.DataFrame, frame_n: pl.DataF
     for offset in OFFSETS:
         for d_side in (True, False):
             a, b = (d[:half], n[:half]) if d_side else (n[:half], d[:half])
-            lb = _bound(counts(a, offset, d_side), counts(b, offset, d_side), half)
+            k_num = counts(a, offset, d_side)
+            if k_num < MIN_EVENT_SHARE * half:
+                continue  # far tails: a handful of hits looks best by chance and fails on the other half
+            lb = _bound(k_num, counts(b, offset, d_side), half)
             if lb > best:
                 best, choice = lb, (float(offset), d_side)
     offset, d_side = choice
