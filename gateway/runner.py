@@ -122,7 +122,13 @@ def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[st
         raise ApiError(409, code, f"the query is {record.state}; it runs only when approved", "query_id")
     found, _ = queries.covers(ctx.engine, record, plan)
     # Audited before anything changes: if the audit log cannot be written, nothing runs (503).
-    ctx.audit.record("query.run", actor=analyst.name, query_id=query_id, query_digest=record.digest)
+    ctx.audit.record(
+        "query.run",
+        actor=analyst.name,
+        query_id=query_id,
+        query_digest=record.digest,
+        neighbouring=record.spec.neighbouring.value,
+    )
     if not queries.set_state(ctx.engine, query_id, "running", expect=("approved",)):
         raise ApiError(409, ErrorCode.CONFLICT, "the query is already running", "query_id")
     try:
