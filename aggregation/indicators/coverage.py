@@ -15,10 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.indicators import cells, specs
+from aggregation.indicators import cells, families, specs
 from aggregation.indicators.base import Curves, Template
-from aggregation.indicators.model import Figure, IndicatorParams, MonitoringConfig, ReleaseDecl
+from aggregation.indicators.model import (
+    Figure,
+    IndicatorParams,
+    MonitoringConfig,
+    ReconciledTable,
+    ReleaseDecl,
+)
 from aggregation.query import COVERED, QuerySpec, Statistic, StatisticKind
+from aggregation.reconcile import reconcile
 from connectors.config import Unit
 
 PERSONS, COUNTY = "persons", "county"
@@ -98,3 +105,28 @@ class Coverage(Template):
             "simulating the integer-Laplace noise of both counts",
         }
         return figures, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        # Columns "1" and "0" of person.covered; its "other" column is structurally empty.
+        levels = reconcile(
+            [
+                families.count_level(releases[COUNTY], "county", ("1", "0")),
+                families.count_level(releases[PERSONS], "village", ("1", "0")),
+            ],
+            seed=seed,
+        )
+        return [
+            families.table(
+                "registered persons by income record",
+                unit="persons",
+                releases=[COUNTY, PERSONS],
+                columns=["covered", "not covered"],
+                levels=[(name, level.estimate()) for name, level in levels.items()],
+            )
+        ]

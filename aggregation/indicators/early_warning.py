@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.indicators import cells, specs
+from aggregation.indicators import cells, families, specs
 from aggregation.indicators.base import Curves, Template
 from aggregation.indicators.model import (
     Figure,
     IndicatorError,
     IndicatorParams,
     MonitoringConfig,
+    ReconciledTable,
     ReleaseDecl,
 )
 from aggregation.indicators.periods import months_before
@@ -38,6 +39,7 @@ from aggregation.query import (
     Statistic,
     StatisticKind,
 )
+from aggregation.reconcile import reconcile
 
 TREND, COUNTY = "trend", "county"
 
@@ -156,3 +158,28 @@ class EarlyWarning(Template):
             "share_fell": "noisy fell / (noisy fell + noisy not fell); 95% intervals by simulation",
         }
         return out, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        # The trend's "other" column is structurally empty (the gateway computes it for every household).
+        levels = reconcile(
+            [
+                families.count_level(releases[COUNTY], "county", TREND_DOMAIN),
+                families.count_level(releases[TREND], "village", TREND_DOMAIN),
+            ],
+            seed=seed,
+        )
+        return [
+            families.table(
+                "households by income trend",
+                unit="households",
+                releases=[COUNTY, TREND],
+                columns=list(TREND_DOMAIN),
+                levels=[(name, level.estimate()) for name, level in levels.items()],
+            )
+        ]

@@ -14,16 +14,18 @@ from fractions import Fraction
 from typing import Any
 
 from aggregation.bands import band_shares
-from aggregation.indicators import specs
+from aggregation.indicators import families, specs
 from aggregation.indicators.base import Curves, Template
 from aggregation.indicators.model import (
     Figure,
     IndicatorError,
     IndicatorParams,
     MonitoringConfig,
+    ReconciledTable,
     ReleaseDecl,
 )
 from aggregation.query import QuerySpec, Statistic, StatisticKind
+from aggregation.reconcile import reconcile
 
 BY_VILLAGE, BY_CODE = "by_village", "by_urban_rural"
 
@@ -136,3 +138,39 @@ class IncomeBands(Template):
             "simulating the integer-Laplace noise of every pooled bin around the noisy counts",
         }
         return figures, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        edges = band_edges(bands_of(params, config))
+        levels = reconcile(
+            [
+                families.histogram_level(releases[BY_CODE], "urban_rural", edges),
+                families.histogram_level(releases[BY_VILLAGE], "village", edges),
+            ],
+            seed=seed,
+        )
+        codes = levels["urban_rural"]
+        known = [c for c in codes.cells if c != families.OTHER_CELL]
+        areas = {
+            "urban": [c for c in known if config.is_urban(c)],
+            "rural": [c for c in known if not config.is_urban(c)],
+        }
+        return [
+            families.table(
+                "households by income bin",
+                unit="households",
+                releases=[BY_CODE, BY_VILLAGE],
+                columns=families.bin_columns(edges),
+                levels=[
+                    ("county", codes.pooled({"county": codes.cells})),
+                    ("area", codes.pooled(areas)),
+                    ("urban_rural", codes.estimate()),
+                    ("village", levels["village"].estimate()),
+                ],
+            )
+        ]

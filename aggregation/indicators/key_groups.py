@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from aggregation.bands import band_shares
-from aggregation.indicators import cells, specs
+from aggregation.indicators import cells, families, specs
 from aggregation.indicators.base import Curves, Template
 from aggregation.indicators.income_bands import band_edges, bands_of
 from aggregation.indicators.model import (
@@ -25,9 +25,11 @@ from aggregation.indicators.model import (
     IndicatorError,
     IndicatorParams,
     MonitoringConfig,
+    ReconciledTable,
     ReleaseDecl,
 )
 from aggregation.query import Filter, QuerySpec, Statistic, StatisticKind
+from aggregation.reconcile import reconcile
 
 COUNTY = ":county"
 
@@ -133,3 +135,32 @@ class KeyGroups(Template):
             "share": "as in income_bands, within the group's households",
         }
         return figures, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        edges = band_edges(bands_of(params, config))
+        out = []
+        for i, group in enumerate(params.groups):
+            county, by_village = f"group:{group.name}{COUNTY}", f"group:{group.name}"
+            levels = reconcile(
+                [
+                    families.histogram_level(releases[county], "county", edges),
+                    families.histogram_level(releases[by_village], "village", edges),
+                ],
+                seed=seed + i,
+            )
+            out.append(
+                families.table(
+                    f"households with household.has_{group.name} by income bin",
+                    unit="households",
+                    releases=[county, by_village],
+                    columns=families.bin_columns(edges),
+                    levels=[(name, level.estimate()) for name, level in levels.items()],
+                )
+            )
+        return out
