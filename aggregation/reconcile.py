@@ -25,6 +25,7 @@ Inputs are noisy values and public scales only: no data, no budget, no exact num
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,26 +81,30 @@ class _Noise:
 
     scales: tuple[float, ...]
     sizes: tuple[int, ...]
-    weights: FloatArray
+    weights: tuple[float, ...]
     seed: int
     draws: int
 
-    def errors(self, level: int, m: int) -> tuple[FloatArray, FloatArray]:
-        """Simulated noise of the raw sum of `m` cells of a level, and the error of their linear estimate.
+    def half_widths(self, level: int, m: int) -> tuple[float, float]:
+        """95% half-widths of the raw sum of `m` cells of a level and of their linear estimate."""
+        return _pool_half_widths(self, level, m)
 
-        The pool's estimate is its noisy sum plus m/n of the gap between the total and the level's noisy
-        sum, so its error is E_P + (m/n) (S - E_P - R): E_P the pool's noise, R the rest of the level's,
-        S the weighted total of every level's noise. Each is a sum of independent integer-Laplace draws,
-        drawn exactly as one difference of two negative binomials."""
-        rng = np.random.default_rng([self.seed, level, m])
-        n = self.sizes[level]
-        own = _sum_of_noise(rng, self.scales[level], m, self.draws)
-        rest = _sum_of_noise(rng, self.scales[level], n - m, self.draws)
-        total = self.weights[level] * (own + rest)
-        for t, (scale, size) in enumerate(zip(self.scales, self.sizes, strict=True)):
-            if t != level:
-                total = total + self.weights[t] * _sum_of_noise(rng, scale, size, self.draws)
-        return own, own + (m / n) * (total - own - rest)
+
+@functools.lru_cache(maxsize=1024)
+def _pool_half_widths(noise: _Noise, level: int, m: int) -> tuple[float, float]:
+    """The pool's estimate is its noisy sum plus m/n of the gap between the total and the level's noisy
+    sum, so its error is E_P + (m/n) (S - E_P - R): E_P the pool's noise, R the rest of the level's, S the
+    weighted total of every level's noise. Each is a sum of independent integer-Laplace draws, drawn
+    exactly as one difference of two negative binomials. Public inputs only, so the answer is kept."""
+    rng = np.random.default_rng([noise.seed, level, m])
+    n, draws = noise.sizes[level], noise.draws
+    own = _sum_of_noise(rng, noise.scales[level], m, draws)
+    rest = _sum_of_noise(rng, noise.scales[level], n - m, draws)
+    total = noise.weights[level] * (own + rest)
+    for t, (scale, size) in enumerate(zip(noise.scales, noise.sizes, strict=True)):
+        if t != level:
+            total = total + noise.weights[t] * _sum_of_noise(rng, scale, size, draws)
+    return _half_width(own), _half_width(own + (m / n) * (total - own - rest))
 
 
 @dataclass(frozen=True)
@@ -128,10 +133,7 @@ class Level:
             mask[p, [index[c] for c in keys]] = 1.0
         raw, linear, value = mask @ self.raw, mask @ self.linear, (mask @ self.value).astype(np.int64)
         # Pools of as many cells share one error distribution (a level's cells share one scale).
-        halves = {}
-        for m in {int(k) for k in mask.sum(axis=1)}:
-            raw_noise, error = self.noise.errors(self.index, m)
-            halves[m] = (_half_width(raw_noise), _half_width(error))
+        halves = {m: self.noise.half_widths(self.index, m) for m in {int(k) for k in mask.sum(axis=1)}}
         raw_half = np.array([[halves[int(k)][0]] for k in mask.sum(axis=1)])
         half = np.array([[halves[int(k)][1]] for k in mask.sum(axis=1)])
         return Estimate(
@@ -161,7 +163,7 @@ def reconcile(tables: Sequence[NoisyTable], *, seed: int, draws: int = DRAWS) ->
     sums = np.stack([t.values.sum(axis=0) for t in tables])
     total = weights @ sums
     whole_total = np.maximum(np.rint(total), 0.0)
-    noise = _Noise(scales, sizes, weights, seed, draws)
+    noise = _Noise(scales, sizes, tuple(float(w) for w in weights), seed, draws)
     out = {}
     for i, (t, s) in enumerate(zip(tables, sums, strict=True)):
         linear = t.values + (total - s)[None, :] / len(t.cells)

@@ -120,8 +120,9 @@ def measure(
     truth = exact_cells(template, params, exact)
     rng = np.random.default_rng(seed)
     out: dict[str, LevelError] = {}
-    for trial in range(trials):
-        for t in template.tables(params, CONFIG, with_noise(exact, noisy, rng), seed=seed + trial):
+    for _ in range(trials):
+        # One seed for every trial, as for one set of queries (the seed comes from their digests).
+        for t in template.tables(params, CONFIG, with_noise(exact, noisy, rng), seed=seed):
             for c in t.cells:
                 x = truth[(t.table, c.level, f"{c.group}|{c.column}")]
                 e = out.setdefault(c.level, LevelError())
