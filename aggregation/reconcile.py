@@ -58,6 +58,9 @@ class NoisyTable:
     cells: tuple[str, ...]
     values: FloatArray
     scale: float
+    groups: tuple[tuple[str, ...], ...] = ()
+    """public groups of cells (e.g. the urban and the rural codes) rounded as a whole before their cells,
+    so that a group's reconciled sum is off its least-squares value by less than one, like a cell's"""
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ def reconcile(tables: Sequence[NoisyTable], *, seed: int, draws: int = DRAWS) ->
     for i, (t, s) in enumerate(zip(tables, sums, strict=True)):
         linear = t.values + (total - s)[None, :] / len(t.cells)
         value = np.stack(
-            [_round_keeping_sum(_project(linear[:, j], s_j), s_j) for j, s_j in enumerate(whole_total)],
+            [_whole_numbers(linear[:, j], s_j, _group_index(t)) for j, s_j in enumerate(whole_total)],
             axis=1,
         )
         out[t.level] = Level(t.level, t.cells, t.values, linear, value, i, noise)
@@ -188,6 +191,9 @@ def _check(tables: Sequence[NoisyTable]) -> None:
             raise ReconcileError(t.level, "a cell is named twice")
         if not math.isfinite(t.scale) or t.scale < 0:
             raise ReconcileError(t.level, f"noise scale {t.scale} must be finite and at least 0")
+        grouped = [c for g in t.groups for c in g]
+        if len(set(grouped)) != len(grouped) or not set(grouped) <= set(t.cells):
+            raise ReconcileError(t.level, "rounding groups must be disjoint sets of the level's cells")
     if len({t.level for t in tables}) != len(tables):
         raise ReconcileError("tables", "a level is given twice")
 
@@ -198,6 +204,25 @@ def _weights(scales: Sequence[float], sizes: Sequence[int]) -> FloatArray:
     exact = variances == 0
     raw = exact.astype(np.float64) if exact.any() else 1.0 / variances
     return np.asarray(raw / raw.sum(), dtype=np.float64)
+
+
+def _group_index(t: NoisyTable) -> list[list[int]]:
+    """The level's rounding groups as cell indices; cells in no group form one group each."""
+    index = {c: i for i, c in enumerate(t.cells)}
+    grouped = [[index[c] for c in g] for g in t.groups]
+    seen = {i for g in grouped for i in g}
+    return grouped + [[i] for i in range(len(t.cells)) if i not in seen]
+
+
+def _whole_numbers(x: FloatArray, total: float, groups: list[list[int]]) -> IntArray:
+    """Non-negative whole numbers adding up to `total`, closest to `x`: project, round the groups' sums
+    keeping the total, then within each group project onto its rounded sum and round keeping it."""
+    z = _project(x, total)
+    sums = _round_keeping_sum(np.array([z[g].sum() for g in groups]), total)
+    out = np.zeros(len(x), dtype=np.int64)
+    for g, whole in zip(groups, sums, strict=True):
+        out[g] = _round_keeping_sum(_project(z[g], float(whole)), float(whole))
+    return out
 
 
 def _project(x: FloatArray, total: float) -> FloatArray:

@@ -82,6 +82,20 @@ def test_pools_add_their_cells_and_refuse_unknown_ones() -> None:
         level.pooled({"x": ["999"]})
 
 
+def test_a_rounding_group_stays_within_one_of_its_least_squares_sum() -> None:
+    rng = np.random.default_rng(8)
+    cells = tuple(f"c{i}" for i in range(9))
+    groups = (cells[:4], cells[4:8])
+    for _ in range(50):
+        codes = NoisyTable("urban_rural", cells, rng.normal(40, 10, (9, 3)), 2.0, groups=groups)
+        villages = _villages(rng.normal(30, 10, (12, 3)).tolist(), 1.5)
+        level = reconcile([codes, villages], seed=2)["urban_rural"]
+        for g in groups:
+            rows = [cells.index(c) for c in g]
+            linear, whole = level.linear[rows].sum(axis=0), level.value[rows].sum(axis=0)
+            assert np.all(np.abs(whole - linear) < 1.0 + 1e-9)
+
+
 @pytest.mark.parametrize(
     ("tables", "field"),
     [
@@ -89,6 +103,8 @@ def test_pools_add_their_cells_and_refuse_unknown_ones() -> None:
         ([_villages([[1.0, 2.0]], 1.0), NoisyTable("county", ("county",), np.array([[1.0]]), 1.0)], "tables"),
         ([NoisyTable("village", ("a", "a"), np.zeros((2, 1)), 1.0)], "village"),
         ([NoisyTable("village", ("a",), np.zeros((1, 1)), math.inf)], "village"),
+        ([NoisyTable("village", ("a", "b"), np.zeros((2, 1)), 1.0, groups=(("a",), ("a", "b")))], "village"),
+        ([NoisyTable("village", ("a",), np.zeros((1, 1)), 1.0, groups=(("z",),))], "village"),
     ],
 )
 def test_tables_that_are_not_one_family_are_refused(tables: list[NoisyTable], field: str) -> None:

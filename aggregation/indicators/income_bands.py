@@ -9,6 +9,7 @@ county, urban and rural pool the urban-rural cells by their public NBS code (1xx
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -147,19 +148,20 @@ class IncomeBands(Template):
         seed: int,
     ) -> list[ReconciledTable]:
         edges = band_edges(bands_of(params, config))
+        by_code = families.histogram_level(releases[BY_CODE], "urban_rural", edges)
+        known = [c for c in by_code.cells if c != families.OTHER_CELL]
+        areas = {
+            "urban": [c for c in known if config.is_urban(c)],
+            "rural": [c for c in known if not config.is_urban(c)],
+        }
         levels = reconcile(
             [
-                families.histogram_level(releases[BY_CODE], "urban_rural", edges),
+                replace(by_code, groups=tuple(tuple(cells) for cells in areas.values())),
                 families.histogram_level(releases[BY_VILLAGE], "village", edges),
             ],
             seed=seed,
         )
         codes = levels["urban_rural"]
-        known = [c for c in codes.cells if c != families.OTHER_CELL]
-        areas = {
-            "urban": [c for c in known if config.is_urban(c)],
-            "rural": [c for c in known if not config.is_urban(c)],
-        }
         return [
             families.table(
                 "households by income bin",
