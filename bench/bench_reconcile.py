@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from aggregation.executor import unit_frame
-from aggregation.indicators import INDICATORS, IndicatorParams, MonitoringConfig, Template
+from aggregation.indicators import INDICATORS, IndicatorParams, Template
 from aggregation.planner import plan_query
 from bench.common import BenchResult
 from connectors.config import load_config
@@ -33,13 +33,13 @@ from connectors.extract import Extractor
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
 from gateway.runner import release_spec
-from gateway.seed_groups import SEED_GROUPS
+from gateway.seed_groups import SEED_GROUPS, synthetic_config
 from privacy.intervals import sample_noise
 from privacy.release import prepare_release
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
 FAMILIES = ("income_bands", "coverage", "key_groups", "early_warning")
-CONFIG = MonitoringConfig()
+CONFIG = synthetic_config()
 Cell = tuple[str, str, str]
 MAX_ROWS = 5_000_000
 EXACT_EPSILON = Decimal(10) ** 12

@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aggregation.indicators import INDICATORS, IndicatorParams, MonitoringConfig, evaluate
+from aggregation.indicators import INDICATORS, IndicatorParams, evaluate
 from aggregation.indicators.income_bands import band_edges
 from aggregation.reconcile import NoisyTable, ReconcileError, noise_variance, reconcile
 from bench.bench_reconcile import FAMILIES, county_services, measure, params_for, releases
+from gateway.seed_groups import synthetic_config
 from privacy.release import histogram_bin_labels
 
-CONFIG = MonitoringConfig()
+CONFIG = synthetic_config()
 TRIALS = 300
 CONFIDENCE = 0.95
 EDGES = band_edges(CONFIG.bands)
