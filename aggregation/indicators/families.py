@@ -16,7 +16,6 @@ import numpy as np
 from aggregation.indicators import cells
 from aggregation.indicators.model import FigureUnit, ReconciledTable, TableCell
 from aggregation.reconcile import Estimate, NoisyTable
-from privacy.release import histogram_bin_labels
 
 OTHER_CELL = "other"
 COUNTY = "county"
@@ -48,10 +47,6 @@ def count_level(release: Mapping[str, Any], level: str, columns: Sequence[str]) 
     names = tuple(_cell_name(r[0]) if r else COUNTY for r in rows)
     values = np.array([[counts.get((*r, c), 0.0) for c in columns] for r in rows])
     return NoisyTable(level, names, values, cells.scale(release, "count"))
-
-
-def bin_columns(edges: Sequence[int]) -> list[str]:
-    return list(histogram_bin_labels(edges))
 
 
 def table(

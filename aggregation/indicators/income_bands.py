@@ -27,6 +27,7 @@ from aggregation.indicators.model import (
 )
 from aggregation.query import QuerySpec, Statistic, StatisticKind
 from aggregation.reconcile import reconcile
+from privacy.release import histogram_bin_labels
 
 BY_VILLAGE, BY_CODE = "by_village", "by_urban_rural"
 
@@ -167,7 +168,7 @@ class IncomeBands(Template):
                 "households by income bin",
                 unit="households",
                 releases=[BY_CODE, BY_VILLAGE],
-                columns=families.bin_columns(edges),
+                columns=list(histogram_bin_labels(edges)),
                 levels=[
                     ("county", codes.pooled({"county": codes.cells})),
                     ("area", codes.pooled(areas)),

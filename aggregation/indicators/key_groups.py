@@ -30,6 +30,7 @@ from aggregation.indicators.model import (
 )
 from aggregation.query import Filter, QuerySpec, Statistic, StatisticKind
 from aggregation.reconcile import reconcile
+from privacy.release import histogram_bin_labels
 
 COUNTY = ":county"
 
@@ -159,7 +160,7 @@ class KeyGroups(Template):
                     f"households with household.has_{group.name} by income bin",
                     unit="households",
                     releases=[county, by_village],
-                    columns=families.bin_columns(edges),
+                    columns=list(histogram_bin_labels(edges)),
                     levels=[(name, level.estimate()) for name, level in levels.items()],
                 )
             )
