@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.indicators import cells, families, specs
+from aggregation.indicators import cells, specs
 from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.families import count_table
 from aggregation.indicators.model import (
     Figure,
     IndicatorParams,
@@ -25,7 +26,6 @@ from aggregation.indicators.model import (
     ReleaseDecl,
 )
 from aggregation.query import COVERED, QuerySpec, Statistic, StatisticKind
-from aggregation.reconcile import reconcile
 from connectors.config import Unit
 
 PERSONS, COUNTY = "persons", "county"
@@ -113,20 +113,13 @@ class Coverage(Template):
         releases: Mapping[str, Mapping[str, Any]],
         seed: int,
     ) -> list[ReconciledTable]:
-        # Columns "1" and "0" of person.covered; its "other" column is structurally empty.
-        levels = reconcile(
-            [
-                families.count_level(releases[COUNTY], "county", ("1", "0")),
-                families.count_level(releases[PERSONS], "village", ("1", "0")),
-            ],
+        # person.covered's "other" column is structurally empty (the gateway computes it for everyone).
+        table = count_table(
+            "registered persons by income record",
+            unit="persons",
+            releases=releases,
+            levels=((COUNTY, "county"), (PERSONS, "village")),
+            columns={"1": "covered", "0": "not covered"},
             seed=seed,
         )
-        return [
-            families.table(
-                "registered persons by income record",
-                unit="persons",
-                releases=[COUNTY, PERSONS],
-                columns=["covered", "not covered"],
-                levels=[(name, level.estimate()) for name, level in levels.items()],
-            )
-        ]
+        return [table]

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.indicators import cells, families, specs
+from aggregation.indicators import cells, specs
 from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.families import count_table
 from aggregation.indicators.model import (
     Figure,
     IndicatorError,
@@ -39,7 +40,6 @@ from aggregation.query import (
     Statistic,
     StatisticKind,
 )
-from aggregation.reconcile import reconcile
 
 TREND, COUNTY = "trend", "county"
 
@@ -167,19 +167,12 @@ class EarlyWarning(Template):
         seed: int,
     ) -> list[ReconciledTable]:
         # The trend's "other" column is structurally empty (the gateway computes it for every household).
-        levels = reconcile(
-            [
-                families.count_level(releases[COUNTY], "county", TREND_DOMAIN),
-                families.count_level(releases[TREND], "village", TREND_DOMAIN),
-            ],
+        table = count_table(
+            "households by income trend",
+            unit="households",
+            releases=releases,
+            levels=((COUNTY, "county"), (TREND, "village")),
+            columns={t: t for t in TREND_DOMAIN},
             seed=seed,
         )
-        return [
-            families.table(
-                "households by income trend",
-                unit="households",
-                releases=[COUNTY, TREND],
-                columns=list(TREND_DOMAIN),
-                levels=[(name, level.estimate()) for name, level in levels.items()],
-            )
-        ]
+        return [table]

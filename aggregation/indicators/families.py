@@ -8,14 +8,16 @@ A release's public "other" cell (values outside the code list) is a level's cell
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from aggregation.indicators import cells
 from aggregation.indicators.model import FigureUnit, ReconciledTable, TableCell
-from aggregation.reconcile import Estimate, NoisyTable
+from aggregation.reconcile import Estimate, NoisyTable, reconcile
+from privacy.release import histogram_bin_labels
 
 OTHER_CELL = "other"
 COUNTY = "county"
@@ -47,6 +49,63 @@ def count_level(release: Mapping[str, Any], level: str, columns: Sequence[str]) 
     names = tuple(_cell_name(r[0]) if r else COUNTY for r in rows)
     values = np.array([[counts.get((*r, c), 0.0) for c in columns] for r in rows])
     return NoisyTable(level, names, values, cells.scale(release, "count"))
+
+
+def histogram_table(
+    name: str,
+    *,
+    unit: FigureUnit,
+    releases: Mapping[str, Mapping[str, Any]],
+    levels: Sequence[tuple[str, str]],
+    edges: Sequence[int],
+    seed: int,
+    is_urban: Callable[[str], bool] | None = None,
+) -> ReconciledTable:
+    """The reconciled table of histogram releases (role, level) over `edges`' bins.
+
+    With `is_urban` (the public NBS rule) the first level holds urban–rural codes: it is also shown pooled
+    as the county and as urban and rural, which are rounded as a whole before their codes."""
+    tables = [histogram_level(releases[role], level, edges) for role, level in levels]
+    areas: dict[str, list[str]] = {}
+    if is_urban is not None:
+        known = [c for c in tables[0].cells if c != OTHER_CELL]
+        areas = {"urban": [c for c in known if is_urban(c)], "rural": [c for c in known if not is_urban(c)]}
+        tables[0] = replace(tables[0], groups=tuple(tuple(cells) for cells in areas.values()))
+    reconciled = reconcile(tables, seed=seed)
+    shown: list[tuple[str, Estimate]] = []
+    if areas:
+        codes = reconciled[tables[0].level]
+        shown += [(COUNTY, codes.pooled({COUNTY: codes.cells})), ("area", codes.pooled(areas))]
+    shown += [(t.level, reconciled[t.level].estimate()) for t in tables]
+    return table(
+        name,
+        unit=unit,
+        releases=[role for role, _ in levels],
+        columns=list(histogram_bin_labels(edges)),
+        levels=shown,
+    )
+
+
+def count_table(
+    name: str,
+    *,
+    unit: FigureUnit,
+    releases: Mapping[str, Mapping[str, Any]],
+    levels: Sequence[tuple[str, str]],
+    columns: Mapping[str, str],
+    seed: int,
+) -> ReconciledTable:
+    """The reconciled table of count releases (role, level) grouped by (cell?, column); `columns` maps
+    each released column code to its label (codes left out are structurally empty)."""
+    tables = [count_level(releases[role], level, tuple(columns)) for role, level in levels]
+    reconciled = reconcile(tables, seed=seed)
+    return table(
+        name,
+        unit=unit,
+        releases=[role for role, _ in levels],
+        columns=list(columns.values()),
+        levels=[(t.level, reconciled[t.level].estimate()) for t in tables],
+    )
 
 
 def table(

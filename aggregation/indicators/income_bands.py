@@ -9,14 +9,14 @@ county, urban and rural pool the urban-rural cells by their public NBS code (1xx
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from aggregation.bands import band_shares
-from aggregation.indicators import families, specs
+from aggregation.indicators import specs
 from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.families import histogram_table
 from aggregation.indicators.model import (
     Figure,
     IndicatorError,
@@ -26,8 +26,6 @@ from aggregation.indicators.model import (
     ReleaseDecl,
 )
 from aggregation.query import QuerySpec, Statistic, StatisticKind
-from aggregation.reconcile import reconcile
-from privacy.release import histogram_bin_labels
 
 BY_VILLAGE, BY_CODE = "by_village", "by_urban_rural"
 
@@ -148,32 +146,13 @@ class IncomeBands(Template):
         releases: Mapping[str, Mapping[str, Any]],
         seed: int,
     ) -> list[ReconciledTable]:
-        edges = band_edges(bands_of(params, config))
-        by_code = families.histogram_level(releases[BY_CODE], "urban_rural", edges)
-        known = [c for c in by_code.cells if c != families.OTHER_CELL]
-        areas = {
-            "urban": [c for c in known if config.is_urban(c)],
-            "rural": [c for c in known if not config.is_urban(c)],
-        }
-        levels = reconcile(
-            [
-                replace(by_code, groups=tuple(tuple(cells) for cells in areas.values())),
-                families.histogram_level(releases[BY_VILLAGE], "village", edges),
-            ],
+        table = histogram_table(
+            "households by income bin",
+            unit="households",
+            releases=releases,
+            levels=((BY_CODE, "urban_rural"), (BY_VILLAGE, "village")),
+            edges=band_edges(bands_of(params, config)),
             seed=seed,
+            is_urban=config.is_urban,
         )
-        codes = levels["urban_rural"]
-        return [
-            families.table(
-                "households by income bin",
-                unit="households",
-                releases=[BY_CODE, BY_VILLAGE],
-                columns=list(histogram_bin_labels(edges)),
-                levels=[
-                    ("county", codes.pooled({"county": codes.cells})),
-                    ("area", codes.pooled(areas)),
-                    ("urban_rural", codes.estimate()),
-                    ("village", levels["village"].estimate()),
-                ],
-            )
-        ]
+        return [table]

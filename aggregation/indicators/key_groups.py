@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from aggregation.bands import band_shares
-from aggregation.indicators import cells, families, specs
+from aggregation.indicators import cells, specs
 from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.families import histogram_table
 from aggregation.indicators.income_bands import band_edges, bands_of
 from aggregation.indicators.model import (
     Figure,
@@ -29,8 +30,6 @@ from aggregation.indicators.model import (
     ReleaseDecl,
 )
 from aggregation.query import Filter, QuerySpec, Statistic, StatisticKind
-from aggregation.reconcile import reconcile
-from privacy.release import histogram_bin_labels
 
 COUNTY = ":county"
 
@@ -144,24 +143,14 @@ class KeyGroups(Template):
         releases: Mapping[str, Mapping[str, Any]],
         seed: int,
     ) -> list[ReconciledTable]:
-        edges = band_edges(bands_of(params, config))
-        out = []
-        for i, group in enumerate(params.groups):
-            county, by_village = f"group:{group.name}{COUNTY}", f"group:{group.name}"
-            levels = reconcile(
-                [
-                    families.histogram_level(releases[county], "county", edges),
-                    families.histogram_level(releases[by_village], "village", edges),
-                ],
+        return [
+            histogram_table(
+                f"households with household.has_{group.name} by income bin",
+                unit="households",
+                releases=releases,
+                levels=((f"group:{group.name}{COUNTY}", "county"), (f"group:{group.name}", "village")),
+                edges=band_edges(bands_of(params, config)),
                 seed=seed + i,
             )
-            out.append(
-                families.table(
-                    f"households with household.has_{group.name} by income bin",
-                    unit="households",
-                    releases=[county, by_village],
-                    columns=list(histogram_bin_labels(edges)),
-                    levels=[(name, level.estimate()) for name, level in levels.items()],
-                )
-            )
-        return out
+            for i, group in enumerate(params.groups)
+        ]
