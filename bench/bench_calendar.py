@@ -47,13 +47,11 @@ from connectors.synth import generate_county
 from connectors.synth.monitoring import monitoring_config
 from gateway.runner import release_spec
 from gateway.seed_groups import SEED_GROUPS
-from gateway.settings import GatewaySettings
 from privacy.release import prepare_release
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
 CONFIG = parse_monitoring_config(monitoring_config())
-MAX_ROWS = GatewaySettings.model_fields["max_rows"].default
 EXACT = Decimal(10) ** 12
 QUANTUM = Decimal("1e-9")
 GROUPS = tuple(g.definition for g in SEED_GROUPS)
@@ -76,7 +74,7 @@ class Prepared:
             dataset = service.cfg.dataset(e.dataset)
             assert dataset is not None
             tables[e.ref] = Extractor(service.loaded, service.source, service.keyring).run(req, dataset).table
-        self.spec = release_spec(plan, MAX_ROWS)
+        self.spec = release_spec(plan)
         self.frame: pl.DataFrame = unit_frame(plan, tables)
 
     def release(self, epsilon: Decimal | None = None) -> dict[str, Any]:

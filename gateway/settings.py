@@ -95,7 +95,6 @@ class GatewaySettings(BaseSettings):
     # would silently get the per-data-year default instead, so they are refused with the new name.
     window_epsilon: str | None = Field(None, description="removed: use FEDGATE_DATA_YEAR_EPSILON")
     multi_year_epsilon: str | None = Field(None, description="removed: no cap by query date remains")
-    max_rows: int = Field(5_000_000, gt=0, description="public bound on rows, used for DP margins")
     monitoring_config_file: Path | None = Field(
         None,
         description="the monitoring configuration (YAML) the indicators are built from; read at start "

@@ -98,4 +98,5 @@ def evaluate(
         notes=notes,
         methods=methods,
         curves=curves,
+        tables=indicator.tables(params, config, releases, seed),
     )
