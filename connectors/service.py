@@ -3,6 +3,8 @@
     GET  /v1/health    liveness, unsigned, no data
     GET  /v1/schema    the declared datasets (public policy only); gateway-signed request, signed answer
     POST /v1/extract   one approved, tokenised, clipped per-entity roll-up as an Arrow IPC stream
+    POST /v1/preflight could this connector serve that extract now? (checks and a one-row probe;
+                       serves, counts and reserves nothing)
     GET  /v1/quality   invalid/legacy/duplicate ID counts, for the department's own admin key only
 
 Deny by default: every /v1 route but health needs a request signed by a trusted gateway key (401 if
@@ -38,8 +40,8 @@ from audit.checkpoint import parse_verifier
 from audit.errors import CheckpointError, ForkDetected, ProofError
 from audit.witness import witness
 from connectors.config import DatasetSpec, EntityKind, LoadedConfig, Unit
-from connectors.errors import RequestRefused, SourceError, UnknownKeyEpoch
-from connectors.extract import Extractor
+from connectors.errors import ConfigError, RequestRefused, SourceError, UnknownKeyEpoch
+from connectors.extract import Extractor, rollup_spec
 from connectors.federation_keys import FederationKeyring
 from connectors.protocol import (
     ARROW_STREAM,
@@ -61,6 +63,8 @@ from connectors.protocol import (
     ExtractRequest,
     MeasureSchema,
     PolicySchema,
+    PreflightAnswer,
+    PreflightRequest,
     SignatureError,
     canonical_json,
     fingerprint,
@@ -422,10 +426,7 @@ class ConnectorService:
             self.state.remember_checkpoint(accepted.size, accepted.note)
             self.witnessed_size = accepted.size
 
-    def extract(
-        self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
-    ) -> tuple[bytes, dict[str, Any]]:
-        """Serve one extract; returns the Arrow IPC body and the facts to log."""
+    def _check_epoch(self, req: ExtractRequest) -> None:
         try:
             self.keyring.tokenizer(
                 epoch=req.token.epoch, suite=req.token.suite, entity_kind="person", query_id=req.query_id
@@ -434,13 +435,64 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.UNKNOWN_KEY_EPOCH, "this connector holds no federation key of that epoch"
             ) from None
-        # The checkpoint changes between retries; the rest of the request identifies it. Taken from the
-        # body's form, which leaves unset baseline fields out, so a retry of an extract served before
-        # those fields existed still matches its stored answer.
+
+    @staticmethod
+    def _identity(req: ExtractRequest) -> str:
+        """What identifies an extract across retries: the body without the checkpoint, which changes.
+
+        Taken from the body's form, which leaves unset baseline fields out, so a retry of an extract
+        served before those fields existed still matches its stored answer.
+        """
         identity = {
             k: v for k, v in json.loads(req.body()).items() if k not in ("checkpoint", "checkpoint_proof")
         }
-        fingerprint_ = sha256_hex(canonical_json(identity))
+        return sha256_hex(canonical_json(identity))
+
+    def preflight(self, req: PreflightRequest, dataset: DatasetSpec) -> None:
+        """Everything an extract would check, and a one-row probe of the source, serving and counting
+        nothing: a query that cannot be served fails before the gateway reserves any budget."""
+        extract = req.as_extract()
+        self._check_epoch(extract)
+        window = budget_window()
+        try:
+            self.state.check_reservation(
+                query_id=req.query_id,
+                dataset=dataset.name,
+                fingerprint=self._identity(extract),
+                window=window,
+                epsilon=req.epsilon,
+                cap=self.cfg.policy.max_epsilon_per_window,
+            )
+        except AlreadyServed:
+            raise _refuse(
+                403, ErrorCode.ALREADY_SERVED, "this dataset was already served for this query"
+            ) from None
+        except BudgetExhausted:
+            raise _refuse(
+                403, ErrorCode.BUDGET_EXCEEDED, f"the query's epsilon does not fit in window {window}"
+            ) from None
+        chunk_rows = self.cfg.source.chunk_rows
+        specs = [rollup_spec(dataset, extract, chunk_rows)]
+        if req.baseline_start is not None and req.baseline_end is not None and req.measures:
+            specs.append(
+                rollup_spec(dataset, extract, chunk_rows, period=(req.baseline_start, req.baseline_end))
+            )
+        try:
+            for spec in specs:
+                self.source.probe(spec)
+        except (SourceError, ConfigError) as exc:
+            # The department's own log names the cause; the gateway sees only the fixed code.
+            log.warning("connector.preflight_failed", dataset=dataset.name, reason=str(exc))
+            raise _refuse(
+                503, ErrorCode.SOURCE_UNAVAILABLE, "the department's source cannot be read now"
+            ) from None
+
+    def extract(
+        self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Serve one extract; returns the Arrow IPC body and the facts to log."""
+        self._check_epoch(req)
+        fingerprint_ = self._identity(req)
         window = budget_window()
         epsilon = req.epsilon
         try:
@@ -583,6 +635,29 @@ def create_app(service: ConnectorService) -> FastAPI:
         request.state.log_extra.update(facts)
         return service.signed(verified, payload, ARROW_STREAM)
 
+    @app.post("/v1/preflight")
+    async def preflight(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise _refuse(413, ErrorCode.INVALID_REQUEST, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        verified = await run_in_threadpool(service.verify_request, request, body)
+        try:
+            req = PreflightRequest.model_validate_json(body)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "(body)" for e in exc.errors()})
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "invalid preflight request: " + ", ".join(fields)
+            ) from None
+        dataset = service.check_extract(req, verified)
+        request.state.log_extra = {
+            "dataset": dataset.name,
+            "request_digest": verified.digest,
+            "preflight": True,
+        }
+        await run_in_threadpool(service.preflight, req, dataset)
+        answer = PreflightAnswer(connector=cfg.name, query_id=req.query_id, dataset=dataset.name)
+        return service.signed(verified, canonical_json(answer.model_dump(mode="json")), "application/json")
+
     @app.get("/v1/quality")
     async def quality(request: Request) -> dict[str, Any]:
         if not service.is_admin(request):
@@ -598,7 +673,6 @@ def create_app(service: ConnectorService) -> FastAPI:
 
 def build_service(loaded: LoadedConfig) -> ConnectorService:
     """Open the source, keys and state named by a configuration, checking every dataset against the source."""
-    from connectors.errors import ConfigError
     from connectors.federation_keys import load_keyring
     from connectors.sources import open_source
 

@@ -20,6 +20,8 @@ from connectors.protocol import (
     PROTOCOL_VERSION,
     ConnectorSchema,
     ExtractRequest,
+    PreflightAnswer,
+    PreflightRequest,
     SignatureError,
     parse_public_key,
     request_digest,
@@ -227,6 +229,16 @@ class ConnectorClient:
             return schema
         finally:
             probe.close()
+
+    def preflight(self, request: PreflightRequest) -> PreflightAnswer:
+        """Ask whether the connector could serve this extract now; it serves and counts nothing."""
+        response = self._call("POST", "/v1/preflight", query_id=request.query_id, body=request.body())
+        try:
+            return PreflightAnswer.model_validate_json(response.content)
+        except ValueError:
+            raise ConnectorCallError(
+                self.connector, response.status_code, "bad_schema", "the preflight answer is not fedgate/1"
+            ) from None
 
     def extract(self, request: ExtractRequest) -> pa.Table:
         response = self._call("POST", "/v1/extract", query_id=request.query_id, body=request.body())

@@ -1,6 +1,8 @@
 """Running an approved query: reserve budget, fetch concurrently, join, release through OpenDP, commit.
 
     approved --(CAS)--> running
+      preflight: every planned connector checks its part and probes its source (a failure: 503/409
+        naming the connector and its code, nothing reserved, state back to approved)
       ledger.reserve (before the first extract; over budget: 409, state back to approved)
       prepare the OpenDP measurement and check its privacy map (before any data)
       signed extracts to every planned connector, concurrently (timeouts)
@@ -37,7 +39,7 @@ from connectors.protocol import (
     parse_public_key,
     sha256_hex,
 )
-from gateway import queries
+from gateway import preflight, queries
 from gateway.auth import Principal
 from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.context import GatewayContext
@@ -153,6 +155,8 @@ def _run(
         raise ApiError(
             422, ErrorCode.INVALID_REQUEST, f"the release cannot be built: {exc}", "statistics"
         ) from None
+    # Every connector confirms it can serve its part before anything is reserved (gateway.preflight).
+    preflight.require_ready(ctx, plan, found, analyst)
     try:
         reservation = ctx.ledger.reserve(qid, analyst=analyst.name, datasets=datasets, epsilon=spec.epsilon)
     except BudgetExceeded as exc:
@@ -208,10 +212,11 @@ def _run(
         ctx.audit.record(
             "query.failed", query_id=qid, reason="connector_error", charged=True, connectors=sorted(failures)
         )
+        failed = "; ".join(f"{ref}: {code}" for ref, code in sorted(failures.items()))
         raise ApiError(
             502,
             ErrorCode.CONNECTOR_ERROR,
-            "a connector failed after others had answered; the reserved budget stays spent",
+            f"a connector failed after others had answered ({failed}); the reserved budget stays spent",
             "query_id",
         )
     frame = unit_frame(plan, tables)

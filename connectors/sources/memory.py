@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 import pandas as pd
 
 from connectors.config import DatasetSpec, Rollup
-from connectors.errors import ConfigError
+from connectors.errors import ConfigError, SourceError
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, coerce_measures
 
 
@@ -61,6 +61,12 @@ class MemorySource:
         out = work.groupby(ENTITY, sort=False, dropna=True).agg(**aggs).reset_index()
         for start in range(0, len(out), spec.chunk_rows):
             yield out.iloc[start : start + spec.chunk_rows][[*spec.output_columns, BAD_VALUES]]
+
+    def probe(self, spec: RollupSpec) -> None:
+        try:
+            next(iter(self.rollup(spec)), None)
+        except (ConfigError, KeyError, TypeError) as exc:
+            raise SourceError(f"the in-memory table failed the probe ({type(exc).__name__})") from None
 
     def close(self) -> None:
         return None

@@ -84,5 +84,23 @@ class SqlSource:
         except SQLAlchemyError as exc:
             raise SourceError(f"the source database failed the roll-up ({type(exc).__name__})") from None
 
+    def probe(self, spec: RollupSpec) -> None:
+        t = self._table(spec.relation)
+        names = [
+            spec.entity_column,
+            *(c for _n, c, _r in spec.measures if c),
+            *(c for _n, c in spec.dimensions),
+        ]
+        names += [spec.household_column] if spec.household_column else []
+        where = self._statement(spec).whereclause
+        stmt = sa.select(*(t.c[n] for n in dict.fromkeys(names))).limit(1)
+        if where is not None:
+            stmt = stmt.where(where)
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(stmt).fetchall()
+        except SQLAlchemyError as exc:
+            raise SourceError(f"the source database failed the probe ({type(exc).__name__})") from None
+
     def close(self) -> None:
         self._engine.dispose()
