@@ -12,7 +12,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from connectors.init_cli import init
+
 connector_app = typer.Typer(help="Run and inspect a department connector.", no_args_is_help=True)
+connector_app.command("init")(init)
 console = Console(stderr=True)
 
 

@@ -212,7 +212,8 @@ class ConnectorClient:
                     connector,
                     200,
                     "bad_signature",
-                    "the connector's key does not have the pinned fingerprint",
+                    f"the connector presents key fingerprint {key_fingerprint(key)}, not the pinned "
+                    f"{fingerprint}: confirm the right one with the department out of band",
                 )
             if schema.connector != connector:
                 raise ConnectorCallError(connector, 200, "bad_schema", "the schema names another connector")

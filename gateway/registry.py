@@ -86,11 +86,15 @@ def allow_endpoint(engine: sa.Engine, url: str, by: Principal) -> str:
     return url
 
 
-def remove_endpoint(engine: sa.Engine, url: str) -> None:
+def remove_endpoint(engine: sa.Engine, url: str) -> str:
+    """Take an endpoint off the allow-list (404 if it is not on it); registered connectors keep their
+    record, but a registration or update at that endpoint is refused from now on."""
+    url = normalise_endpoint(url)
     with engine.begin() as conn:
-        conn.execute(
-            db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == normalise_endpoint(url))
-        )
+        done = conn.execute(db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == url))
+    if done.rowcount == 0:
+        raise ApiError(404, ErrorCode.NOT_FOUND, "that endpoint is not on the allow-list", "url")
+    return url
 
 
 def list_endpoints(engine: sa.Engine) -> list[str]:

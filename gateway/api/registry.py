@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.concurrency import run_in_threadpool
 
 from aggregation.query import SIZE_BAND
@@ -15,7 +15,7 @@ from gateway.context import ContextDep
 from gateway.deps import require_roles
 from gateway.errors import error_responses
 
-router = APIRouter(prefix="/v1", tags=["registry"], responses=error_responses(401, 403, 422))
+router = APIRouter(prefix="/v1", tags=["registry"], responses=error_responses(401, 403, 404, 422))
 
 Operator = Annotated[Principal, Depends(require_roles(Role.OPERATOR))]
 DepartmentAdmin = Annotated[Principal, Depends(require_roles(Role.DEPARTMENT_ADMIN))]
@@ -39,6 +39,16 @@ async def allow_endpoint(body: EndpointIn, ctx: ContextDep, operator: Operator) 
     """Put a connector endpoint on the allow-list (the gateway fetches no other URL)."""
     url = await run_in_threadpool(registry.allow_endpoint, ctx.engine, body.url, operator)
     await run_in_threadpool(ctx.audit.record, "endpoint.allowed", actor=operator.name, endpoint=url)
+    return EndpointsOut(endpoints=await run_in_threadpool(registry.list_endpoints, ctx.engine))
+
+
+@router.delete("/endpoints", response_model=EndpointsOut)
+async def remove_endpoint(
+    ctx: ContextDep, operator: Operator, url: Annotated[str, Query(max_length=512)]
+) -> EndpointsOut:
+    """Take an endpoint off the allow-list (404 if it is not on it)."""
+    removed = await run_in_threadpool(registry.remove_endpoint, ctx.engine, url)
+    await run_in_threadpool(ctx.audit.record, "endpoint.removed", actor=operator.name, endpoint=removed)
     return EndpointsOut(endpoints=await run_in_threadpool(registry.list_endpoints, ctx.engine))
 
 
