@@ -85,7 +85,7 @@ def reflect_sql(url: str, table: str, sample_rows: int = SAMPLE_ROWS) -> list[Co
     finally:
         engine.dispose()
     return [
-        Column(c.name, str(c.type), _kind_of_sql(c.type), tuple(r[i] for r in rows))
+        Column(str(c.name), str(c.type), _kind_of_sql(c.type), tuple(r[i] for r in rows))
         for i, c in enumerate(t.columns)
     ]
 
@@ -142,8 +142,10 @@ def _valid_share(values: tuple[Any, ...], kind: IdKind) -> float:
     return ok / len(present)
 
 
-def _entity(columns: list[Column]) -> tuple[Column, EntityKind, float] | None:
-    best: tuple[Column, EntityKind, float] | None = None
+def _id_columns(columns: list[Column]) -> list[tuple[Column, EntityKind, float]]:
+    """Text columns where most sampled values are valid numbers, persons first (the household, the
+    federation's protected unit, is reached through persons), then by the share that validates."""
+    found = []
     for c in columns:
         if c.kind != "text":
             continue
@@ -152,9 +154,9 @@ def _entity(columns: list[Column]) -> tuple[Column, EntityKind, float] | None:
             (IdKind.CREDIT_CODE, EntityKind.ORGANISATION),
         ):
             share = _valid_share(c.sample, id_kind)
-            if share >= ENTITY_SHARE and (best is None or share > best[2]):
-                best = (c, entity, share)
-    return best
+            if share >= ENTITY_SHARE:
+                found.append((c, entity, share))
+    return sorted(found, key=lambda f: (f[1] is not EntityKind.PERSON, -f[2]))
 
 
 def _period_format(c: Column) -> str | None:
@@ -216,8 +218,9 @@ def propose(name: str, location: dict[str, str], columns: list[Column]) -> Propo
     notes: list[str] = []
     dataset: dict[str, Any] = {"name": name, "description": f"proposed from {next(iter(location.values()))}"}
     dataset.update(location)
-    entity = _entity(columns)
-    used: set[str] = set()
+    ids = _id_columns(columns)
+    entity = ids[0] if ids else None
+    used: set[str] = {c.name for c, _k, _s in ids}
     if entity is None:
         notes.append(
             "no text column holds mostly valid resident IDs (GB 11643) or credit codes (GB 32100): set "
@@ -226,9 +229,13 @@ def propose(name: str, location: dict[str, str], columns: list[Column]) -> Propo
         dataset["entity"] = {"column": columns[0].name, "kind": "person"}
     else:
         column, kind, share = entity
-        used.add(column.name)
         dataset["entity"] = {"column": column.name, "kind": kind.value}
         notes.append(f"entity: {column.name} ({kind.value}; most sampled values are valid numbers)")
+        for other, other_kind, _share in ids[1:]:
+            notes.append(
+                f"{other.name} also holds {other_kind.value} numbers: it is left out (identity numbers are "
+                "never a measure or a dimension)"
+            )
         if share < 0.95:
             notes.append(f"entity: some sampled values of {column.name} are not valid: see `connector check`")
     period = _period(columns)
@@ -249,8 +256,10 @@ def propose(name: str, location: dict[str, str], columns: list[Column]) -> Propo
         if c.name in used or c.kind not in ("integer", "decimal"):
             continue
         values = _numbers(c.sample)
-        low = min(0, round_up(min(values))) if values else 0
-        high = round_up(max(values)) if values else 0
+        # Bounds clip an entity's total over the requested months: a year of the sampled rows' range.
+        months = 12 if period is not None else 1
+        low = min(0, round_up(min(values) * months)) if values else 0
+        high = round_up(max(values) * months) if values else 0
         measures.append(
             {
                 "name": measure_name(c.name),
@@ -265,7 +274,8 @@ def propose(name: str, location: dict[str, str], columns: list[Column]) -> Propo
         dataset["measures"] = measures
         notes.append(
             "measures: bounds are published and clip every entity's total: replace the proposed ones "
-            "(the sample's range rounded up) with your department's policy, and check each unit"
+            "(twelve months of the sampled rows' range, rounded up) with your department's policy, and "
+            "check each unit"
         )
     if dataset["entity"]["kind"] == "person":
         dataset["dimensions"] = [
