@@ -41,6 +41,7 @@ class Column:
     type_name: str
     kind: str  # text | integer | decimal | date | datetime | other
     sample: tuple[Any, ...]
+    primary_key: bool = False
 
 
 @dataclass
@@ -85,7 +86,7 @@ def reflect_sql(url: str, table: str, sample_rows: int = SAMPLE_ROWS) -> list[Co
     finally:
         engine.dispose()
     return [
-        Column(str(c.name), str(c.type), _kind_of_sql(c.type), tuple(r[i] for r in rows))
+        Column(str(c.name), str(c.type), _kind_of_sql(c.type), tuple(r[i] for r in rows), c.primary_key)
         for i, c in enumerate(t.columns)
     ]
 
@@ -199,7 +200,8 @@ def round_up(value: float) -> int:
     if value == 0:
         return 0
     magnitude = 10 ** math.floor(math.log10(abs(value)))
-    return int(math.copysign(math.ceil(abs(value) / magnitude) * magnitude, value))
+    # Bounds are whole numbers: the last ceil keeps a fraction's bound away from zero too.
+    return int(math.copysign(math.ceil(math.ceil(abs(value) / magnitude) * magnitude), value))
 
 
 def _numbers(values: tuple[Any, ...]) -> list[float]:
@@ -254,6 +256,9 @@ def propose(name: str, location: dict[str, str], columns: list[Column]) -> Propo
     measures = []
     for c in columns:
         if c.name in used or c.kind not in ("integer", "decimal"):
+            continue
+        if c.primary_key:
+            notes.append(f"{c.name} is the table's primary key: it is left out (not a measure)")
             continue
         values = _numbers(c.sample)
         # Bounds clip an entity's total over the requested months: a year of the sampled rows' range.
