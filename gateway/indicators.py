@@ -4,6 +4,8 @@
     epsilon within every involved department's cap   -> 422 naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
                                                         409 not_approved with the ids still waiting
+    preflight of every query's connectors           -> 503/409 naming each connector and code, nothing
+                                                        reserved (gateway.preflight)
     ledger.reserve_many (all or nothing)             -> 409 budget_exceeded before any extract
     run each query (the runner: extracts, join, release, commit), in order
       a failure: queries not yet run are refunded; what ran stays released or spent, as for any query
@@ -37,7 +39,7 @@ from aggregation.indicators.early_warning import EarlyWarning
 from aggregation.indicators.key_groups import KeyGroups
 from aggregation.planner import Plan, PlanError, plan_query
 from connectors.protocol import ConnectorSchema, Period
-from gateway import key_groups, queries, runner
+from gateway import key_groups, preflight, queries, runner
 from gateway.auth import Principal
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, ErrorCode
@@ -273,6 +275,13 @@ def _execute(
         epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
     )
     if to_run:
+        # Every connector confirms every query's part before the whole total is reserved.
+        by_id = {r.id: r for r in records}
+        preflight.require_all_ready(
+            ctx,
+            [(plan, queries.covers(ctx.engine, by_id[q.spec.query_id], plan)[0]) for q, plan in to_run],
+            analyst,
+        )
         try:
             ctx.ledger.reserve_many(
                 [(q.spec.query_id, [e.ref for e in plan.extracts], q.spec.epsilon) for q, plan in to_run],
@@ -300,7 +309,7 @@ def _execute(
                 query_id=q.spec.query_id,
                 step=f"{i}/{len(flat)}",
             )
-            released[q.spec.query_id] = runner.run_query(ctx, q.spec.query_id, analyst)
+            released[q.spec.query_id] = runner.run_query(ctx, q.spec.query_id, analyst, preflighted=True)
             if q.spec.query_id in pending:
                 pending.remove(q.spec.query_id)
     except BaseException:

@@ -82,39 +82,55 @@ def _one(
     return failure
 
 
-def preflight(
-    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
-) -> list[PreflightFailure]:
-    """Ask every planned connector, concurrently; the failures, in plan order."""
-    with ThreadPoolExecutor(max_workers=max(1, len(plan.extracts))) as pool:
-        futures = [pool.submit(_one, ctx, plan, e, found[e.department], analyst) for e in plan.extracts]
-        results = [f.result() for f in futures]
-    return [r for r in results if r is not None]
+Cover = dict[str, SignedApproval | SignedRule]
+
+# Calls in flight at once: a pack asks a few connectors for dozens of queries' parts.
+MAX_CONCURRENT = 8
 
 
-def require_ready(
-    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
-) -> None:
+def preflight_many(
+    ctx: GatewayContext, runs: list[tuple[Plan, Cover]], analyst: Principal
+) -> dict[str, list[PreflightFailure]]:
+    """Ask every planned connector of every query, concurrently; per query id, its failures."""
+    calls = [(plan, e, found[e.department]) for plan, found in runs for e in plan.extracts]
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_CONCURRENT, len(calls)))) as pool:
+        futures = [(plan, pool.submit(_one, ctx, plan, e, cover, analyst)) for plan, e, cover in calls]
+        results = [(plan, f.result()) for plan, f in futures]
+    failures: dict[str, list[PreflightFailure]] = {}
+    for plan, failure in results:
+        if failure is not None:
+            failures.setdefault(plan.query.query_id, []).append(failure)
+    return failures
+
+
+def require_ready(ctx: GatewayContext, plan: Plan, found: Cover, analyst: Principal) -> None:
     """Raise (503 or 409) naming each connector and its fixed code unless every connector is ready.
 
     Called before the reservation, so a failure leaves nothing reserved and nothing charged."""
-    failures = preflight(ctx, plan, found, analyst)
-    if not failures:
+    require_all_ready(ctx, [(plan, found)], analyst)
+
+
+def require_all_ready(ctx: GatewayContext, runs: list[tuple[Plan, Cover]], analyst: Principal) -> None:
+    """`require_ready` for several queries at once (an indicator or pack run, before `reserve_many`)."""
+    by_query = preflight_many(ctx, runs, analyst)
+    if not by_query:
         return
-    named = {f"{f.connector}.{f.dataset}": f.code for f in failures}
-    ctx.audit.record(
-        "query.failed",
-        query_id=plan.query.query_id,
-        reason="preflight",
-        charged=False,
-        connectors=named,
-    )
-    unavailable = any(f.code in _UNAVAILABLE for f in failures)
-    listed = "; ".join(f"connector {f.connector} (dataset {f.dataset}): {f.code}" for f in failures)
+    for query_id, failed in by_query.items():
+        ctx.audit.record(
+            "query.failed",
+            query_id=query_id,
+            reason="preflight",
+            charged=False,
+            connectors={f"{f.connector}.{f.dataset}": f.code for f in failed},
+        )
+    failures = {(f.connector, f.dataset, f.code) for failed in by_query.values() for f in failed}
+    unavailable = any(code in _UNAVAILABLE for _c, _d, code in failures)
+    listed = "; ".join(f"connector {c} (dataset {d}): {code}" for c, d, code in sorted(failures))
+    queries = f" ({len(by_query)} of {len(runs)} queries)" if len(runs) > 1 else ""
     raise ApiError(
         503 if unavailable else 409,
         ErrorCode.CONNECTOR_UNAVAILABLE if unavailable else ErrorCode.CONNECTOR_ERROR,
-        f"a connector cannot serve its part of this query now: {listed}. Nothing was reserved or "
-        "charged; the query stays approved and can run again once the department has fixed it",
+        f"a connector cannot serve its part now{queries}: {listed}. Nothing was reserved or charged; "
+        "the queries stay approved and can run again once the department has fixed it",
         "query_id",
     )

@@ -104,7 +104,11 @@ def stored_result(ctx: GatewayContext, record: queries.QueryRecord) -> dict[str,
     return doc
 
 
-def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[str, Any]:
+def run_query(
+    ctx: GatewayContext, query_id: str, analyst: Principal, *, preflighted: bool = False
+) -> dict[str, Any]:
+    """Run an approved query; `preflighted`: the caller (an indicator run) already had every connector
+    confirm its part, before reserving the budget itself."""
     record = queries.get_query(ctx.engine, query_id)
     if record.analyst != analyst.name:
         raise ApiError(404, ErrorCode.NOT_FOUND, "no query with that id", "query_id")
@@ -126,7 +130,7 @@ def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[st
     if not queries.set_state(ctx.engine, query_id, "running", expect=("approved",)):
         raise ApiError(409, ErrorCode.CONFLICT, "the query is already running", "query_id")
     try:
-        return _run(ctx, plan, found, analyst)
+        return _run(ctx, plan, found, analyst, preflighted=preflighted)
     except BaseException as exc:
         # Whatever failed, a query never stays 'running'. Without data it can run again (approved); once
         # data arrived its reservation stays spent (failed).
@@ -143,7 +147,12 @@ def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[st
 
 
 def _run(
-    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
+    ctx: GatewayContext,
+    plan: Plan,
+    found: dict[str, SignedApproval | SignedRule],
+    analyst: Principal,
+    *,
+    preflighted: bool,
 ) -> dict[str, Any]:
     spec = plan.query
     qid = spec.query_id
@@ -156,7 +165,8 @@ def _run(
             422, ErrorCode.INVALID_REQUEST, f"the release cannot be built: {exc}", "statistics"
         ) from None
     # Every connector confirms it can serve its part before anything is reserved (gateway.preflight).
-    preflight.require_ready(ctx, plan, found, analyst)
+    if not preflighted:
+        preflight.require_ready(ctx, plan, found, analyst)
     try:
         reservation = ctx.ledger.reserve(qid, analyst=analyst.name, datasets=datasets, epsilon=spec.epsilon)
     except BudgetExceeded as exc:
