@@ -453,6 +453,10 @@ class ConnectorService:
         nothing: a query that cannot be served fails before the gateway reserves any budget."""
         extract = req.as_extract()
         self._check_epoch(extract)
+        if self.audit_verifiers and self.state.witnessed()[2]:
+            raise _refuse(
+                409, ErrorCode.FORK_DETECTED, "this connector saw a forked audit history; it serves nothing"
+            )
         window = budget_window()
         try:
             self.state.check_reservation(

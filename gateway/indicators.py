@@ -277,11 +277,17 @@ def _execute(
     if to_run:
         # Every connector confirms every query's part before the whole total is reserved.
         by_id = {r.id: r for r in records}
-        preflight.require_all_ready(
-            ctx,
-            [(plan, queries.covers(ctx.engine, by_id[q.spec.query_id], plan)[0]) for q, plan in to_run],
-            analyst,
-        )
+        try:
+            preflight.require_all_ready(
+                ctx,
+                [(plan, queries.covers(ctx.engine, by_id[q.spec.query_id], plan)[0]) for q, plan in to_run],
+                analyst,
+            )
+        except ApiError:
+            ctx.audit.record(
+                "indicator.failed", actor=analyst.name, indicator=label, reason="preflight", refunded=[]
+            )
+            raise
         try:
             ctx.ledger.reserve_many(
                 [(q.spec.query_id, [e.ref for e in plan.extracts], q.spec.epsilon) for q, plan in to_run],

@@ -189,9 +189,11 @@ def test_a_pack_whose_connector_is_down_charges_nothing(fed: Federation) -> None
         with pytest.raises(GatewayError) as exc:
             analyst.run_pack("monthly", period="2025-10", epsilon="0.5")
         assert exc.value.status == 503 and exc.value.code == "connector_unavailable"
-        assert _spent(analyst) == before  # the failed query refunded, the ones not yet run released
+        assert "connector civil" in exc.value.message  # the preflight names it, before any reservation
+        assert _spent(analyst) == before
         queries = {q["id"] for q in analyst.queries() if "2024-11 to 2025-10" in q["spec"]["purpose"]}
         assert queries and _extract_requests(fed, queries) == []
     with fed.client("auditor") as auditor:
         failed = auditor.audit_entries(action="indicator.failed")["entries"]
     assert failed and failed[-1]["event"]["indicator"] == "pack:monthly"
+    assert (failed[-1]["event"]["reason"], failed[-1]["event"]["refunded"]) == ("preflight", [])
