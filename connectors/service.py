@@ -653,11 +653,9 @@ def create_app(service: ConnectorService) -> FastAPI:
                 422, ErrorCode.INVALID_REQUEST, "invalid preflight request: " + ", ".join(fields)
             ) from None
         dataset = service.check_extract(req, verified)
-        request.state.log_extra = {
-            "dataset": dataset.name,
-            "request_digest": verified.digest,
-            "preflight": True,
-        }
+        # Logged under its own key: `fedgate audit reconcile` matches `request_digest` with extracts only,
+        # and a preflight serves nothing to reconcile.
+        request.state.log_extra = {"dataset": dataset.name, "preflight_digest": verified.digest}
         await run_in_threadpool(service.preflight, req, dataset)
         answer = PreflightAnswer(connector=cfg.name, query_id=req.query_id, dataset=dataset.name)
         return service.signed(verified, canonical_json(answer.model_dump(mode="json")), "application/json")

@@ -112,7 +112,28 @@ def test_a_source_that_cannot_be_read_fails_the_preflight(
     assert _spent(dept) == 0
     entries = [e["entry"] for e in ConnectorState(dept.directory / "state").log_entries()]
     last = [e for e in entries if e.get("path") == "/v1/preflight"][-1]
-    assert (last["status"], last["error"], last["preflight"]) == (503, "source_unavailable", True)
+    assert (last["status"], last["error"], last["dataset"]) == (503, "source_unavailable", "wages")
+    assert "request_digest" not in last and len(last["preflight_digest"]) == 64
+
+
+@pytest.mark.postgres
+def test_the_probe_runs_the_roll_ups_aggregates(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+    """A money column turned to text still reads row by row, but SUM over it fails: the probe sees it."""
+    dept = make_department(tmp_path, "postgres", db_url=postgres_url)
+    conn = start_connector(dept.config_path)
+    source = sa.create_engine(postgres_url)
+    try:
+        with _client(dept, conn) as client:
+            client.preflight(_preflight(dept, "q-preflight-6"))
+            with source.begin() as c:
+                c.execute(sa.text("ALTER TABLE wages ALTER COLUMN amount TYPE text USING amount::text"))
+            with pytest.raises(ConnectorCallError) as err:
+                client.preflight(_preflight(dept, "q-preflight-6"))
+            assert (err.value.status, err.value.code) == (503, "source_unavailable")
+        assert _spent(dept) == 0
+    finally:
+        source.dispose()
+        conn.stop()
 
 
 # --- end to end: the gateway asks before it reserves ---------------------------------------------------

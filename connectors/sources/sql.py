@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy.sql.util import ClauseAdapter
 
 from connectors.config import DatasetSpec, Rollup
 from connectors.errors import ConfigError, SourceError
@@ -85,20 +86,17 @@ class SqlSource:
             raise SourceError(f"the source database failed the roll-up ({type(exc).__name__})") from None
 
     def probe(self, spec: RollupSpec) -> None:
+        # The roll-up itself (its period predicate, columns and aggregates, so type errors show) over at
+        # most one row that predicate selects: cheap, whatever the table's size.
+        stmt = self._statement(spec)
         t = self._table(spec.relation)
-        names = [
-            spec.entity_column,
-            *(c for _n, c, _r in spec.measures if c),
-            *(c for _n, c in spec.dimensions),
-        ]
-        names += [spec.household_column] if spec.household_column else []
-        where = self._statement(spec).whereclause
-        stmt = sa.select(*(t.c[n] for n in dict.fromkeys(names))).limit(1)
-        if where is not None:
-            stmt = stmt.where(where)
+        one = sa.select(t).limit(1)
+        if stmt.whereclause is not None:
+            one = one.where(stmt.whereclause)
+        probe = ClauseAdapter(one.subquery()).traverse(stmt)
         try:
             with self._engine.connect() as conn:
-                conn.execute(stmt).fetchall()
+                conn.execute(probe).fetchall()
         except SQLAlchemyError as exc:
             raise SourceError(f"the source database failed the probe ({type(exc).__name__})") from None
 
