@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 from connector_fixture import Department, make_department, signed_call
 from dbservers import postgres_url  # noqa: F401 (fixture)
 
@@ -152,40 +153,51 @@ def _wage_query(purpose: str) -> QuerySpec:
     )
 
 
+def _start_gateway(
+    tmp_path: Path, depts: list[Department]
+) -> tuple[RunningConnector, dict[str, str], list[RunningConnector]]:
+    """A gateway on loopback with an operator, an analyst, an auditor and each department's admin, and
+    each department's connector started, allowed and registered under its pinned key."""
+    (tmp_path / "gateway.key").write_bytes(private_key_pem(depts[0].gateway_key))
+    (tmp_path / "audit.key").write_text(NoteSigner.generate("test-gateway").skey() + "\n")
+    state = tmp_path / "gw"
+    state.mkdir()
+    engine = db.make_engine(f"sqlite:///{state / 'gateway.sqlite3'}")
+    db.migrate(engine)
+    people = [
+        (Role.OPERATOR, "operator", None),
+        (Role.ANALYST, "analyst", None),
+        (Role.AUDITOR, "auditor", None),
+    ]
+    people += [(Role.DEPARTMENT_ADMIN, d.name, d.name) for d in depts]
+    keys = {
+        name: create_principal(engine, role=role, name=name, department=dept_, expires_days=1)[1]
+        for role, name, dept_ in people
+    }
+    engine.dispose()
+    conns = [start_connector(d.config_path) for d in depts]
+    gateway = start_gateway(
+        state, signing_key_file=tmp_path / "gateway.key", audit_key_file=tmp_path / "audit.key"
+    )
+    for d, conn in zip(depts, conns, strict=True):
+        cfg = load_config(d.config_path).config
+        pinned = fingerprint(load_private_key(cfg.signing_key_file.read_bytes()).public_key())
+        with GatewayClient(gateway.url, keys["operator"]) as operator:
+            operator.allow_endpoint(conn.url)
+        with GatewayClient(gateway.url, keys[d.name]) as admin:
+            admin.register_connector(d.name, conn.url, pinned)
+    return gateway, keys, conns
+
+
 @pytest.mark.postgres
 def test_a_query_whose_source_breaks_reserves_nothing_and_runs_after_the_fix(
     tmp_path: Path,
     postgres_url: str,  # noqa: F811
 ) -> None:
     dept = make_department(tmp_path / "tax", "postgres", db_url=postgres_url)
-    (tmp_path / "gateway.key").write_bytes(private_key_pem(dept.gateway_key))
-    (tmp_path / "audit.key").write_text(NoteSigner.generate("test-gateway").skey() + "\n")
-    state = tmp_path / "gw"
-    state.mkdir()
-    engine = db.make_engine(f"sqlite:///{state / 'gateway.sqlite3'}")
-    db.migrate(engine)
-    keys = {
-        name: create_principal(engine, role=role, name=name, department=dept_, expires_days=1)[1]
-        for role, name, dept_ in [
-            (Role.OPERATOR, "operator", None),
-            (Role.ANALYST, "analyst", None),
-            (Role.AUDITOR, "auditor", None),
-            (Role.DEPARTMENT_ADMIN, "tax", "tax"),
-        ]
-    }
-    engine.dispose()
-    conn = start_connector(dept.config_path)
-    gateway = start_gateway(
-        state, signing_key_file=tmp_path / "gateway.key", audit_key_file=tmp_path / "audit.key"
-    )
+    gateway, keys, (conn,) = _start_gateway(tmp_path, [dept])
     source = sa.create_engine(postgres_url)
     try:
-        cfg = load_config(dept.config_path).config
-        pinned = fingerprint(load_private_key(cfg.signing_key_file.read_bytes()).public_key())
-        with GatewayClient(gateway.url, keys["operator"]) as operator:
-            operator.allow_endpoint(conn.url)
-        with GatewayClient(gateway.url, keys["tax"]) as admin:
-            admin.register_connector("tax", conn.url, pinned)
         with GatewayClient(gateway.url, keys["analyst"]) as analyst:
             view = analyst.submit(_wage_query("Wages paid in the county, preflight end to end"))
             qid = view["id"]
@@ -229,3 +241,38 @@ def test_the_preflight_route_is_signed_like_every_other(
     _dept, conn = sqlite_dept
     body = json.dumps({"kind": "preflight"}).encode()
     assert httpx.post(conn.url + "/v1/preflight", content=body, timeout=10).status_code == 401
+
+
+def test_a_connector_failing_after_data_arrived_is_named_and_the_query_stays_charged(tmp_path: Path) -> None:
+    """The social connector pins another audit key than the gateway's: its preflight passes (a preflight
+    carries no checkpoint) but it refuses the extract's checkpoint, after tax has answered."""
+    tax = make_department(tmp_path / "tax", "sqlite")
+    social = make_department(tmp_path / "social", "sqlite", name="social", gateway_key=tax.gateway_key)
+    config = yaml.safe_load(social.config_path.read_text())
+    config["policy"]["audit_public_keys"] = [NoteSigner.generate("someone-else").vkey]
+    social.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    gateway, keys, conns = _start_gateway(tmp_path, [tax, social])
+    try:
+        terms = (
+            Term(dataset="tax.wages", measure="wage_income"),
+            Term(dataset="social.wages", measure="wage_income"),
+        )
+        spec = _wage_query("Wages in two departments").model_copy(
+            update={"measure": Measure(terms=terms, lower=0, upper=200_000)}
+        )
+        with GatewayClient(gateway.url, keys["analyst"]) as analyst:
+            qid = analyst.submit(QuerySpec.model_validate(spec.model_dump()))["id"]
+            for d in (tax, social):
+                with GatewayClient(gateway.url, keys[d.name]) as admin:
+                    admin.approve(qid, private_key_pem(d.approval_key), d.name)
+            before = Decimal(analyst.budget()["federation_remaining"])
+            with pytest.raises(GatewayError) as err:
+                analyst.run(qid)
+            assert (err.value.status, err.value.code) == (502, "connector_error")
+            assert "social.wages: forbidden" in err.value.message and "tax.wages" not in err.value.message
+            assert before - Decimal(analyst.budget()["federation_remaining"]) == Decimal("0.5")
+            assert analyst.query(qid)["state"] == "failed"
+    finally:
+        gateway.stop()
+        for c in conns:
+            c.stop()
