@@ -548,9 +548,15 @@ class PreflightRequest(ExtractRequest):
     """
 
     kind: Literal["preflight"] = "preflight"
+    audit_key: str | None = Field(
+        None,
+        max_length=512,
+        description="the verifier key the gateway's audit checkpoints are signed with (none without one): a "
+        "connector that witnesses the log checks it pins that key, or the extract's checkpoint would fail",
+    )
 
     def as_extract(self) -> ExtractRequest:
-        return ExtractRequest.model_validate(self.model_dump(exclude={"kind"}))
+        return ExtractRequest.model_validate(self.model_dump(exclude={"kind", "audit_key"}))
 
 
 class PreflightAnswer(_Model):

@@ -453,10 +453,24 @@ class ConnectorService:
         nothing: a query that cannot be served fails before the gateway reserves any budget."""
         extract = req.as_extract()
         self._check_epoch(extract)
-        if self.audit_verifiers and self.state.witnessed()[2]:
-            raise _refuse(
-                409, ErrorCode.FORK_DETECTED, "this connector saw a forked audit history; it serves nothing"
-            )
+        if self.audit_verifiers:
+            if self.state.witnessed()[2]:
+                raise _refuse(
+                    409,
+                    ErrorCode.FORK_DETECTED,
+                    "this connector saw a forked audit history; it serves nothing",
+                )
+            try:
+                presented = parse_verifier(req.audit_key) if req.audit_key else None
+            except CheckpointError:
+                presented = None
+            if presented is None or not any(presented.same_key(v) for v in self.audit_verifiers):
+                raise _refuse(
+                    403,
+                    ErrorCode.FORBIDDEN,
+                    "this connector does not pin the gateway's audit key, so it would refuse the extract's "
+                    "checkpoint: add the gateway's verifier key to policy.audit_public_keys",
+                )
         window = budget_window()
         try:
             self.state.check_reservation(

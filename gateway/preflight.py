@@ -47,7 +47,8 @@ def _one(
     if record is None or not record.enabled:
         return PreflightFailure(e.connector, e.dataset, "disabled")
     extract = e.request(spec, cover, epoch=ctx.settings.token_epoch, analyst=analyst.name)
-    request = PreflightRequest.model_validate(extract.model_dump())
+    audit_key = ctx.checkpointer.verifier.vkey() if ctx.checkpointer is not None else None
+    request = PreflightRequest.model_validate({**extract.model_dump(), "audit_key": audit_key})
     outcome, status, receipt = "ok", 200, {}
     failure = None
     with ConnectorClient(

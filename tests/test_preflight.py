@@ -13,11 +13,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
-from connector_fixture import Department, make_department, signed_call
+from connector_fixture import PERSON_B, Department, make_department, signed_call
 from dbservers import postgres_url  # noqa: F401 (fixture)
 
 from aggregation.query import Measure, QuerySpec, Statistic, StatisticKind, Term
-from audit.checkpoint import NoteSigner
+from audit.checkpoint import NoteSigner, load_signer
 from connectors.config import Unit, load_config
 from connectors.process import RunningConnector, start_connector
 from connectors.protocol import (
@@ -243,9 +243,10 @@ def test_the_preflight_route_is_signed_like_every_other(
     assert httpx.post(conn.url + "/v1/preflight", content=body, timeout=10).status_code == 401
 
 
-def test_a_connector_failing_after_data_arrived_is_named_and_the_query_stays_charged(tmp_path: Path) -> None:
-    """The social connector pins another audit key than the gateway's: its preflight passes (a preflight
-    carries no checkpoint) but it refuses the extract's checkpoint, after tax has answered."""
+def test_a_connector_misconfigured_or_failing_mid_extract(tmp_path: Path) -> None:
+    """The social connector first pins another audit key than the gateway's: the preflight names it and
+    nothing is charged. Fixed, a sum that overflows in SQLite passes the one-row probe but fails the
+    extract after tax has answered: the 502 names social and its code, and the query stays charged."""
     tax = make_department(tmp_path / "tax", "sqlite")
     social = make_department(tmp_path / "social", "sqlite", name="social", gateway_key=tax.gateway_key)
     config = yaml.safe_load(social.config_path.read_text())
@@ -268,8 +269,27 @@ def test_a_connector_failing_after_data_arrived_is_named_and_the_query_stays_cha
             before = Decimal(analyst.budget()["federation_remaining"])
             with pytest.raises(GatewayError) as err:
                 analyst.run(qid)
+            assert (err.value.status, err.value.code) == (409, "connector_error")
+            assert "connector social (dataset wages): forbidden" in err.value.message
+            assert Decimal(analyst.budget()["federation_remaining"]) == before
+            assert analyst.query(qid)["state"] == "approved"
+
+            # The department pins the gateway's audit key and restarts on the same address.
+            config["policy"]["audit_public_keys"] = [load_signer(tmp_path / "audit.key").vkey]
+            social.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            port = int(conns[1].url.rsplit(":", 1)[1])
+            conns[1].stop()
+            conns[1] = start_connector(social.config_path, port=port)
+            # Two rows whose sum overflows SQLite's integers: each row reads, the roll-up does not.
+            with sqlite3.connect(social.directory / "tax.db") as db_:
+                db_.executemany(
+                    "INSERT INTO wages VALUES (?, '2025-03', ?, 'A')", [(PERSON_B, 2**62), (PERSON_B, 2**62)]
+                )
+            with pytest.raises(GatewayError) as err:
+                analyst.run(qid)
             assert (err.value.status, err.value.code) == (502, "connector_error")
-            assert "social.wages: forbidden" in err.value.message and "tax.wages" not in err.value.message
+            assert "social.wages: source_unavailable" in err.value.message
+            assert "tax.wages" not in err.value.message
             assert before - Decimal(analyst.budget()["federation_remaining"]) == Decimal("0.5")
             assert analyst.query(qid)["state"] == "failed"
     finally:
