@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from connectors.process import free_port
+from gateway.client import GatewayClient
 
 pytestmark = [pytest.mark.slow]
 
@@ -109,6 +110,7 @@ def test_the_guide_from_keys_to_a_released_result(
             ("operator", "operator", []),
             ("analyst", "analyst", []),
             ("analyst", "visitor", []),
+            ("auditor", "auditor", []),
             ("department_admin", "tax-admin", ["--department", "tax"]),
         ]
     }
@@ -229,3 +231,6 @@ def test_the_guide_from_keys_to_a_released_result(
     assert fedgate_json("endpoints", "list", *as_operator, cwd=op) == []
     gone = fedgate("endpoints", "remove", conn_url, *as_operator, cwd=op, ok=False)
     assert gone.returncode == 1 and "not_found" in gone.stderr
+    with GatewayClient(gw_url, keys["auditor"]) as auditor:
+        actions = [e["event"]["action"] for e in auditor.audit_entries(actor="operator")["entries"]]
+    assert actions.count("endpoint.removed") == 1 and "connector.disabled" in actions
