@@ -8,7 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
+from dbservers import postgres_url  # noqa: F401 (fixture)
 
 from connectors.config import DatasetSpec
 from connectors.ids import make_credit_code, make_resident_id
@@ -29,7 +31,7 @@ def _table(url: str) -> None:
         meta,
         sa.Column("seq", sa.Integer, primary_key=True),
         sa.Column("employer", sa.String(18)),
-        sa.Column("sfz", sa.String(18)),
+        sa.Column("sfz", sa.CHAR(18)),
         sa.Column("paid_on", sa.Date),
         sa.Column("amount", sa.Numeric(12, 2)),
         sa.Column("scheme", sa.String(4)),
@@ -53,8 +55,7 @@ def _table(url: str) -> None:
     engine.dispose()
 
 
-def test_a_sql_table_is_proposed_with_person_entity_date_period_and_measures(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'hrss.db'}"
+def _check_proposal(url: str) -> None:
     _table(url)
     proposal = propose("pension_paid", {"table": "pension_paid"}, reflect_sql(url, "pension_paid"))
     ds = proposal.dataset
@@ -70,6 +71,15 @@ def test_a_sql_table_is_proposed_with_person_entity_date_period_and_measures(tmp
     assert "seq is the table's primary key" in notes
     assert "dimension? scheme looks like a coded category" in notes
     DatasetSpec.model_validate(ds)  # what is proposed is a valid dataset
+
+
+def test_a_sqlite_table_is_proposed_with_person_entity_date_period_and_measures(tmp_path: Path) -> None:
+    _check_proposal(f"sqlite:///{tmp_path / 'hrss.db'}")
+
+
+@pytest.mark.postgres
+def test_a_postgresql_table_is_proposed_the_same_way(postgres_url: str) -> None:  # noqa: F811
+    _check_proposal(postgres_url)
 
 
 def test_a_csv_with_integer_months_and_no_identity_column(tmp_path: Path) -> None:
