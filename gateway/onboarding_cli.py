@@ -129,6 +129,7 @@ def connectors_register(
     from gateway.client import GatewayError
 
     with _client(url, api_key) as gw:
+        call_gateway(gw.me)  # an unreachable gateway or a bad key is reported as everywhere else
         try:
             record = gw.register_connector(name, endpoint, key_fingerprint)
         except GatewayError as exc:
