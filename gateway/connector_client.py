@@ -231,15 +231,31 @@ class ConnectorClient:
         finally:
             probe.close()
 
-    def preflight(self, request: PreflightRequest) -> PreflightAnswer:
-        """Ask whether the connector could serve this extract now; it serves and counts nothing."""
+    def preflight(self, request: PreflightRequest) -> tuple[PreflightAnswer, dict[str, str]]:
+        """Ask whether the connector could serve this extract now; it serves and counts nothing.
+
+        Returns the answer and its receipt (built from this response, not `last_receipt`, so one client
+        can preflight from several threads at once)."""
         response = self._call("POST", "/v1/preflight", query_id=request.query_id, body=request.body())
+        receipt = {
+            "request_digest": response.request.extensions["fedgate_digest"],
+            "response_digest": sha256_hex(response.content),
+            "connector_signature": response.headers.get(H_SIGNATURE, ""),
+        }
         try:
-            return PreflightAnswer.model_validate_json(response.content)
+            answer = PreflightAnswer.model_validate_json(response.content)
         except ValueError:
             raise ConnectorCallError(
                 self.connector, response.status_code, "bad_schema", "the preflight answer is not fedgate/1"
             ) from None
+        if (answer.connector, answer.query_id) != (self.connector, request.query_id):
+            raise ConnectorCallError(
+                self.connector,
+                response.status_code,
+                "bad_schema",
+                "the preflight answer is for another query",
+            )
+        return answer, receipt
 
     def extract(self, request: ExtractRequest) -> pa.Table:
         response = self._call("POST", "/v1/extract", query_id=request.query_id, body=request.body())

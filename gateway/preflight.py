@@ -35,37 +35,35 @@ class PreflightFailure:
     """the connector's fixed error code, or the gateway's for a call that got no valid answer"""
 
 
+Cover = dict[str, SignedApproval | SignedRule]
+
+# Calls in flight at once: a pack asks a few connectors for dozens of queries' parts.
+MAX_CONCURRENT = 8
+
+
 def _one(
     ctx: GatewayContext,
+    client: ConnectorClient | None,
     plan: Plan,
     e: ExtractPlan,
     cover: SignedApproval | SignedRule,
     analyst: Principal,
 ) -> PreflightFailure | None:
-    spec = plan.query
-    record = get_connector(ctx.engine, e.connector)
-    if record is None or not record.enabled:
+    """One connector's preflight for one query's part, audited as a `connector.call`."""
+    if client is None:
         return PreflightFailure(e.connector, e.dataset, "disabled")
+    spec = plan.query
     extract = e.request(spec, cover, epoch=ctx.settings.token_epoch, analyst=analyst.name)
     audit_key = ctx.checkpointer.verifier.vkey() if ctx.checkpointer is not None else None
     request = PreflightRequest.model_validate({**extract.model_dump(), "audit_key": audit_key})
-    outcome, status, receipt = "ok", 200, {}
+    outcome, status = "ok", 200
+    receipt: dict[str, str] = {}
     failure = None
-    with ConnectorClient(
-        record.endpoint,
-        connector=e.connector,
-        gateway_key=ctx.gateway_key,
-        connector_key=parse_public_key(record.signing_key),
-        timeout=min(30.0, ctx.settings.connector_timeout_seconds),
-        transport=ctx.transport,
-        verify=ctx.tls or True,
-    ) as client:
-        try:
-            client.preflight(request)
-            receipt = client.last_receipt
-        except ConnectorCallError as exc:
-            outcome, status, receipt = exc.code, exc.status or 0, exc.receipt
-            failure = PreflightFailure(e.connector, e.dataset, exc.code)
+    try:
+        _answer, receipt = client.preflight(request)
+    except ConnectorCallError as exc:
+        outcome, status, receipt = exc.code, exc.status or 0, exc.receipt
+        failure = PreflightFailure(e.connector, e.dataset, exc.code)
     event = connector_call_event(
         connector=e.connector,
         path="/v1/preflight",
@@ -83,10 +81,26 @@ def _one(
     return failure
 
 
-Cover = dict[str, SignedApproval | SignedRule]
-
-# Calls in flight at once: a pack asks a few connectors for dozens of queries' parts.
-MAX_CONCURRENT = 8
+def _clients(ctx: GatewayContext, names: set[str]) -> dict[str, ConnectorClient | None]:
+    """One client per enabled connector for the whole batch (its TLS context and connections are
+    reused by every call); None for a connector that is not registered or not enabled."""
+    clients: dict[str, ConnectorClient | None] = {}
+    for name in sorted(names):
+        record = get_connector(ctx.engine, name)
+        clients[name] = (
+            None
+            if record is None or not record.enabled
+            else ConnectorClient(
+                record.endpoint,
+                connector=name,
+                gateway_key=ctx.gateway_key,
+                connector_key=parse_public_key(record.signing_key),
+                timeout=min(30.0, ctx.settings.connector_timeout_seconds),
+                transport=ctx.transport,
+                verify=ctx.tls or True,
+            )
+        )
+    return clients
 
 
 def preflight_many(
@@ -94,9 +108,18 @@ def preflight_many(
 ) -> dict[str, list[PreflightFailure]]:
     """Ask every planned connector of every query, concurrently; per query id, its failures."""
     calls = [(plan, e, found[e.department]) for plan, found in runs for e in plan.extracts]
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_CONCURRENT, len(calls)))) as pool:
-        futures = [(plan, pool.submit(_one, ctx, plan, e, cover, analyst)) for plan, e, cover in calls]
-        results = [(plan, f.result()) for plan, f in futures]
+    clients = _clients(ctx, {e.connector for _p, e, _c in calls})
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_CONCURRENT, len(calls)))) as pool:
+            futures = [
+                (plan, pool.submit(_one, ctx, clients[e.connector], plan, e, cover, analyst))
+                for plan, e, cover in calls
+            ]
+            results = [(plan, f.result()) for plan, f in futures]
+    finally:
+        for client in clients.values():
+            if client is not None:
+                client.close()
     failures: dict[str, list[PreflightFailure]] = {}
     for plan, failure in results:
         if failure is not None:

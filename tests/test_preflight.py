@@ -66,7 +66,8 @@ def test_a_ready_preflight_is_signed_and_counts_nothing(
 ) -> None:
     dept, conn = sqlite_dept
     with _client(dept, conn) as client:
-        answer = client.preflight(_preflight(dept, "q-preflight-1"))
+        answer, receipt = client.preflight(_preflight(dept, "q-preflight-1"))
+        assert len(receipt["request_digest"]) == len(receipt["response_digest"]) == 64
         assert (answer.connector, answer.dataset, answer.ready) == ("tax", "wages", True)
         assert _spent(dept) == 0  # nothing counted against the department's window
         table = client.extract(dept.request("q-preflight-1"))  # the extract is still the first one
