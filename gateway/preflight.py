@@ -14,17 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aggregation.planner import ExtractPlan, Plan
-from audit.entries import connector_call_event
 from connectors.protocol import PreflightRequest, SignedApproval, SignedRule, parse_public_key
 from gateway.auth import Principal
 from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.context import GatewayContext
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import ConnectorUnavailable
+from gateway.events import ConnectorCall, QueryFailed
 from gateway.registry import get_connector
-
-# Connector codes that say the department's side cannot be read or reached now (503); any other code is
-# a refusal by the connector's own checks (409). Both leave the query approved and nothing reserved.
-_UNAVAILABLE = frozenset({"source_unavailable", "unreachable", "disabled", "internal", "error"})
 
 
 @dataclass(frozen=True)
@@ -64,20 +60,21 @@ def _one(
     except ConnectorCallError as exc:
         outcome, status, receipt = exc.code, exc.status or 0, exc.receipt
         failure = PreflightFailure(e.connector, e.dataset, exc.code)
-    event = connector_call_event(
-        connector=e.connector,
-        path="/v1/preflight",
-        request_digest=receipt.get("request_digest", ""),
-        response_digest=receipt.get("response_digest"),
-        connector_signature=receipt.get("connector_signature"),
-        checkpoint=None,
-        outcome=outcome,
-        query_id=spec.query_id,
-        dataset=e.dataset,
-        status=status or None,
+    ctx.audit.record(
+        ConnectorCall(
+            actor="gateway",
+            connector=e.connector,
+            path="/v1/preflight",
+            request_digest=receipt.get("request_digest", ""),
+            response_digest=receipt.get("response_digest"),
+            connector_signature=receipt.get("connector_signature"),
+            checkpoint=None,
+            call_outcome=outcome,
+            query_id=spec.query_id,
+            dataset=e.dataset,
+            status=status or None,
+        )
     )
-    action = event.pop("action")
-    ctx.audit.record(action, **event)
     return failure
 
 
@@ -127,34 +124,36 @@ def preflight_many(
     return failures
 
 
-def require_ready(ctx: GatewayContext, plan: Plan, found: Cover, analyst: Principal) -> None:
-    """Raise (503 or 409) naming each connector and its fixed code unless every connector is ready.
+def named(failures: list[PreflightFailure]) -> list[str]:
+    """`connector.dataset: code` for each failure, for `query.failed` and the analyst's message."""
+    return sorted({f"{f.connector}.{f.dataset}: {f.code}" for f in failures})
 
-    Called before the reservation, so a failure leaves nothing reserved and nothing charged."""
-    require_all_ready(ctx, [(plan, found)], analyst)
+
+def unavailable(failures: list[PreflightFailure], *, queries: str = "") -> ConnectorUnavailable:
+    """The analyst's error: each connector, dataset and fixed code, and that nothing was charged."""
+    listed = "; ".join(sorted({f"connector {f.connector} (dataset {f.dataset}): {f.code}" for f in failures}))
+    return ConnectorUnavailable(
+        f"a connector cannot serve its part now{queries}: {listed}. Nothing was reserved or charged; "
+        "the query stays approved and can run again once the department has fixed it",
+        "query_id",
+    )
 
 
 def require_all_ready(ctx: GatewayContext, runs: list[tuple[Plan, Cover]], analyst: Principal) -> None:
-    """`require_ready` for several queries at once (an indicator or pack run, before `reserve_many`)."""
+    """Before an indicator or pack run reserves its whole total: every query's connectors are ready, or
+    each query that is not gets its `query.failed` (charged: false) and the run is refused."""
     by_query = preflight_many(ctx, runs, analyst)
     if not by_query:
         return
     for query_id, failed in by_query.items():
         ctx.audit.record(
-            "query.failed",
-            query_id=query_id,
-            reason="preflight",
-            charged=False,
-            connectors={f"{f.connector}.{f.dataset}": f.code for f in failed},
+            QueryFailed(
+                actor=analyst.name,
+                query_id=query_id,
+                reason="preflight",
+                charged=False,
+                connectors=named(failed),
+            )
         )
-    failures = {(f.connector, f.dataset, f.code) for failed in by_query.values() for f in failed}
-    unavailable = any(code in _UNAVAILABLE for _c, _d, code in failures)
-    listed = "; ".join(f"connector {c} (dataset {d}): {code}" for c, d, code in sorted(failures))
-    queries = f" ({len(by_query)} of {len(runs)} queries)" if len(runs) > 1 else ""
-    raise ApiError(
-        503 if unavailable else 409,
-        ErrorCode.CONNECTOR_UNAVAILABLE if unavailable else ErrorCode.CONNECTOR_ERROR,
-        f"a connector cannot serve its part now{queries}: {listed}. Nothing was reserved or charged; "
-        "the queries stay approved and can run again once the department has fixed it",
-        "query_id",
-    )
+    every = [f for failed in by_query.values() for f in failed]
+    raise unavailable(every, queries=f" ({len(by_query)} of {len(runs)} queries)")

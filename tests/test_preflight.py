@@ -228,8 +228,8 @@ def test_a_query_whose_source_breaks_reserves_nothing_and_runs_after_the_fix(
         with GatewayClient(gateway.url, keys["auditor"]) as auditor:
             failed = auditor.audit_entries(action="query.failed", query_id=qid)["entries"]
         (event,) = [e["event"] for e in failed]
-        assert event["reason"] == "preflight" and event["charged"] is False
-        assert event["connectors"] == {"tax.wages": "source_unavailable"}
+        assert (event["reason"], event["charged"]) == ("connector_unavailable", False)
+        assert event["connectors"] == ["tax.wages: source_unavailable"]
     finally:
         source.dispose()
         gateway.stop()
@@ -270,7 +270,7 @@ def test_a_connector_misconfigured_or_failing_mid_extract(tmp_path: Path) -> Non
             before = Decimal(analyst.budget()["federation_remaining"])
             with pytest.raises(GatewayError) as err:
                 analyst.run(qid)
-            assert (err.value.status, err.value.code) == (409, "connector_error")
+            assert (err.value.status, err.value.code) == (503, "connector_unavailable")
             assert "connector social (dataset wages): forbidden" in err.value.message
             assert Decimal(analyst.budget()["federation_remaining"]) == before
             assert analyst.query(qid)["state"] == "approved"
