@@ -1,9 +1,9 @@
 """`fedgate connector init`: reflect a department's table, propose a configuration, check it.
 
 The proposal (`connectors.propose`) is written to a local YAML file for the department admin to edit,
-with notes on what to review as comments at its top; the command then runs the same check as
-`fedgate connector check` on it. Imports are deferred into the command, so the main CLI loads neither
-the service nor the keyring.
+with notes on what to review as comments at its top; the command then runs the same dry run as
+`fedgate connector check` on it. Imports are deferred into the command, so the main CLI loads
+neither the service nor the keyring.
 """
 
 from __future__ import annotations
@@ -58,16 +58,21 @@ def init(
         list[str] | None,
         typer.Option("--audit-public-key", help="the gateway's audit verifier key / 审计公钥"),
     ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            help="the check's last trial month YYYY-MM (default: last complete month) / 试算的最后一个月"
+        ),
+    ] = None,
 ) -> None:
     """Reflect a table, propose a configuration for you to edit, and check it.
 
     读取数据表结构，生成配置草案供您修改，并立即检查。"""
     import yaml
 
-    from connectors.config import load_config
+    from connectors.cli import check
     from connectors.errors import ConnectorError
     from connectors.propose import measure_name, propose, reflect_file, reflect_sql
-    from connectors.service import build_service
 
     if out.exists():
         console.print(f"[red]refusing to overwrite[/red] {out} / 文件已存在，不会覆盖", highlight=False)
@@ -114,13 +119,8 @@ def init(
     console.print(f"configuration proposed in {out} / 配置草案已写入", highlight=False)
     for note in proposal.notes:
         console.print(f"  review / 请检查: {note}", highlight=False)
-    try:
-        service = build_service(load_config(out))
-    except ConnectorError as exc:
-        console.print(f"[red]check failed / 检查未通过:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    console.print("check passed / 检查通过", highlight=False)
-    typer.echo(service.schema.model_dump_json(indent=2))
+    # The same dry run as `fedgate connector check`; it exits non-zero when it finds errors.
+    check(config=out, end=end, months=3, as_json=False, schema=False)
 
 
 def _relative(path: Path, base: Path) -> Path:

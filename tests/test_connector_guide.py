@@ -140,9 +140,10 @@ def test_the_guide_from_keys_to_a_released_result(
         "--gateway-public-key", gateway_key["public_key"],
         "--audit-public-key", audit_key["verifier_key"],
         "--admin-key-sha256", admin["admin_key_sha256"],
-        "--port", str(port), "--out", "tax.yaml", cwd=dept,
+        "--port", str(port), "--out", "tax.yaml", "--end", "2025-12", cwd=dept,
     )  # fmt: skip
-    assert "check passed" in init.stderr
+    assert "configuration proposed in tax.yaml" in init.stderr
+    assert connector_key["fingerprint"] in init.stdout  # the dry run shows the key to confirm
     # The admin edits the proposal: the published bound is the department's policy, not the sample's.
     config = yaml.safe_load((dept / "tax.yaml").read_text())
     (wages,) = config["datasets"]
@@ -151,7 +152,7 @@ def test_the_guide_from_keys_to_a_released_result(
     (amount,) = wages["measures"]
     amount.update(name="wage_income", bounds=[0, 600_000])
     (dept / "tax.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    fedgate("connector", "check", "--config", "tax.yaml", cwd=dept)
+    fedgate("connector", "check", "--config", "tax.yaml", "--end", "2025-12", cwd=dept)
     conn_url = f"http://127.0.0.1:{port}"
     processes.append(
         _serve(["connector", "serve", "--config", "tax.yaml"], dept, conn_url + "/v1/health", _env())
