@@ -112,6 +112,7 @@ def test_the_guide_from_keys_to_a_released_result(
             ("analyst", "visitor", []),
             ("auditor", "auditor", []),
             ("department_admin", "tax-admin", ["--department", "tax"]),
+            ("department_admin", "register-admin", ["--department", "register"]),
         ]
     }
     gw_port = free_port()
@@ -161,10 +162,51 @@ def test_the_guide_from_keys_to_a_released_result(
     as_operator = ["--url", gw_url, "--api-key", keys["operator"]]
     as_admin = ["--url", gw_url, "--api-key", keys["tax-admin"]]
     as_analyst = ["--url", gw_url, "--api-key", keys["analyst"]]
+    as_register = ["--url", gw_url, "--api-key", keys["register-admin"]]
+
+    # The household register is already in the federation (person queries need it): the synthetic
+    # county's, set to trust this federation's gateway, audit key and keyring, and registered the same way.
+    register_cfg = tmp_path / "county" / "connectors" / "register.yaml"
+    doc = yaml.safe_load(register_cfg.read_text())
+    doc["policy"]["gateway_public_keys"] = [gateway_key["public_key"]]
+    doc["policy"]["audit_public_keys"] = [audit_key["verifier_key"]]
+    doc["federation_keyring_file"] = str(dept / "keyring.json")
+    register_cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    register_port = free_port()
+    register_url = f"http://127.0.0.1:{register_port}"
+    processes.append(
+        _serve(
+            ["connector", "serve", "--config", str(register_cfg), "--port", str(register_port)],
+            tmp_path,
+            register_url + "/v1/health",
+            _env(),
+        )
+    )
+    register_key = fedgate_json(
+        "keys", "show", str(tmp_path / "county" / "keys" / "register-connector.key"), cwd=op
+    )
+    fedgate("endpoints", "allow", register_url, *as_operator, cwd=op)
+    fedgate(
+        "connectors", "register", "register", "--endpoint", register_url,
+        "--fingerprint", register_key["fingerprint"], *as_register, cwd=op,
+    )  # fmt: skip
+    register_approval = str(tmp_path / "county" / "keys" / "register-approval.key")
+    fedgate(
+        "rules",
+        "sign",
+        "register-all",
+        "--key",
+        register_approval,
+        "--analyst",
+        "analyst",
+        "--yes",
+        *as_register,
+        cwd=op,
+    )
 
     # 4. The operator allows the endpoint; the admin registers under the fingerprint confirmed out of band.
     fedgate("endpoints", "allow", conn_url, *as_operator, cwd=op)
-    assert fedgate_json("endpoints", "list", *as_operator, cwd=op) == [conn_url]
+    assert conn_url in fedgate_json("endpoints", "list", *as_operator, cwd=op)
     wrong = fedgate(
         "connectors", "register", "tax", "--endpoint", conn_url, "--fingerprint", "0" * 64, *as_admin,
         cwd=dept, ok=False,
@@ -177,7 +219,7 @@ def test_the_guide_from_keys_to_a_released_result(
     )  # fmt: skip
     assert (registered["department"], registered["enabled"]) == ("tax", True)
     catalog = fedgate_json("catalog", *as_analyst, cwd=op)
-    (schema,) = catalog["connectors"]
+    (schema,) = [c for c in catalog["connectors"] if c["connector"] == "tax"]
     assert [m["upper"] for m in schema["datasets"][0]["measures"]] == [600_000]
 
     # 5. A pre-approval rule for one analyst; the analyst's query is approved by it and released.
@@ -210,7 +252,8 @@ def test_the_guide_from_keys_to_a_released_result(
     }
     (op / "query.json").write_text(json.dumps(query))
     submitted = fedgate_json("query", "submit", "query.json", *as_analyst, cwd=op)
-    assert submitted["state"] == "approved" and submitted["covered_by"] == {"tax": "rule:tax-wages"}
+    assert submitted["state"] == "approved"
+    assert submitted["covered_by"] == {"tax": "rule:tax-wages", "register": "rule:register-all"}
     result = fedgate_json("query", "run", submitted["id"], *as_analyst, cwd=op)
     assert result["query_id"] == submitted["id"] and result["epsilon"] == "0.5"
     assert {c["statistic"] for c in result["release"]["cells"]} == {"sum", "count"}
@@ -221,15 +264,18 @@ def test_the_guide_from_keys_to_a_released_result(
     waiting = fedgate_json("query", "submit", "visitor.json", *as_visitor, cwd=op)
     assert waiting["state"] == "submitted"
     batch = fedgate("approve", "--pending", "--key", "approval.key", "--yes", *as_admin, cwd=dept)
-    assert waiting["id"] in batch.stdout and "1 approvals signed; 1 queries now approved" in batch.stdout
+    assert waiting["id"] in batch.stdout and "1 approvals signed; 0 queries now approved" in batch.stdout
+    batch = fedgate("approve", "--pending", "--key", register_approval, "--yes", *as_register, cwd=op)
+    assert "1 approvals signed; 1 queries now approved" in batch.stdout
     assert fedgate_json("query", "run", waiting["id"], *as_visitor, cwd=op)["query_id"] == waiting["id"]
 
     # 7. The operator can disable the connector, enable it again, and take the endpoint off the list.
     fedgate("connectors", "disable", "tax", *as_operator, cwd=op)
-    assert fedgate_json("connectors", "list", *as_operator, cwd=op)[0]["enabled"] is False
+    listed = {c["name"]: c["enabled"] for c in fedgate_json("connectors", "list", *as_operator, cwd=op)}
+    assert listed == {"register": True, "tax": False}
     fedgate("connectors", "enable", "tax", *as_operator, cwd=op)
     fedgate("endpoints", "remove", conn_url, *as_operator, cwd=op)
-    assert fedgate_json("endpoints", "list", *as_operator, cwd=op) == []
+    assert fedgate_json("endpoints", "list", *as_operator, cwd=op) == [register_url]
     gone = fedgate("endpoints", "remove", conn_url, *as_operator, cwd=op, ok=False)
     assert gone.returncode == 1 and "not_found" in gone.stderr
     with GatewayClient(gw_url, keys["auditor"]) as auditor:

@@ -13,12 +13,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
-from connector_fixture import PERSON_B, Department, make_department, signed_call
+from connector_fixture import PERSON_A, PERSON_B, PERSON_C, Department, make_department, signed_call
 from dbservers import postgres_url  # noqa: F401 (fixture)
 
 from aggregation.query import Measure, QuerySpec, Statistic, StatisticKind, Term
 from audit.checkpoint import NoteSigner, load_signer
 from connectors.config import Unit, load_config
+from connectors.ids import IdKind, normalize
 from connectors.process import RunningConnector, start_connector
 from connectors.protocol import (
     PreflightRequest,
@@ -154,6 +155,38 @@ def _wage_query(purpose: str) -> QuerySpec:
     )
 
 
+def make_register(directory: Path, tax: Department) -> Department:
+    """A household register for `tax`'s persons (person and household queries need one), sharing its
+    gateway key and federation keyring so the tokens join."""
+    keyring = json.loads(tax.keyring_path.read_text())
+    register = make_department(
+        directory, "sqlite", name="register", gateway_key=tax.gateway_key, keyring_doc=keyring
+    )
+    with sqlite3.connect(directory / "tax.db") as db_:
+        db_.execute("CREATE TABLE persons (pid TEXT, hh TEXT)")
+        people = [normalize(IdKind.RESIDENT_ID, p) for p in (PERSON_A, PERSON_B, PERSON_C)]
+        db_.executemany(
+            "INSERT INTO persons VALUES (?, ?)", [(p, f"H{i // 2}") for i, p in enumerate(people)]
+        )
+    config = yaml.safe_load(register.config_path.read_text())
+    config["datasets"] = [
+        {
+            "name": "persons",
+            "table": "persons",
+            "entity": {"column": "pid", "kind": "person"},
+            "household": {"column": "hh"},
+        }
+    ]
+    register.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return register
+
+
+def _approve_all(gateway: RunningConnector, keys: dict[str, str], qid: str, depts: list[Department]) -> None:
+    for d in depts:
+        with GatewayClient(gateway.url, keys[d.name]) as admin:
+            admin.approve(qid, private_key_pem(d.approval_key), d.name)
+
+
 def _start_gateway(
     tmp_path: Path, depts: list[Department]
 ) -> tuple[RunningConnector, dict[str, str], list[RunningConnector]]:
@@ -196,15 +229,15 @@ def test_a_query_whose_source_breaks_reserves_nothing_and_runs_after_the_fix(
     postgres_url: str,  # noqa: F811
 ) -> None:
     dept = make_department(tmp_path / "tax", "postgres", db_url=postgres_url)
-    gateway, keys, (conn,) = _start_gateway(tmp_path, [dept])
+    register = make_register(tmp_path / "register", dept)
+    gateway, keys, (conn, register_conn) = _start_gateway(tmp_path, [dept, register])
     source = sa.create_engine(postgres_url)
     try:
         with GatewayClient(gateway.url, keys["analyst"]) as analyst:
             view = analyst.submit(_wage_query("Wages paid in the county, preflight end to end"))
             qid = view["id"]
-            with GatewayClient(gateway.url, keys["tax"]) as admin:
-                key_pem = private_key_pem(dept.approval_key)
-                assert admin.approve(qid, key_pem, "tax")["state"] == "approved"
+            _approve_all(gateway, keys, qid, [dept, register])
+            assert analyst.query(qid)["state"] == "approved"
             before = analyst.budget()["federation_remaining"]
 
             # The DBA renames the period column: the connector still holds the old reflection.
@@ -216,7 +249,7 @@ def test_a_query_whose_source_breaks_reserves_nothing_and_runs_after_the_fix(
             assert "connector tax" in err.value.message and "source_unavailable" in err.value.message
             assert analyst.budget()["federation_remaining"] == before  # nothing reserved, nothing charged
             shown = analyst.query(qid)
-            assert shown["state"] == "approved" and shown["covered_by"] == {"tax": "approval"}
+            assert shown["state"] == "approved" and shown["covered_by"]["tax"] == "approval"
             assert _spent(dept) == 0  # nor at the connector
 
             with source.begin() as c:
@@ -234,6 +267,7 @@ def test_a_query_whose_source_breaks_reserves_nothing_and_runs_after_the_fix(
         source.dispose()
         gateway.stop()
         conn.stop()
+        register_conn.stop()
 
 
 def test_the_preflight_route_is_signed_like_every_other(
@@ -253,7 +287,8 @@ def test_a_connector_misconfigured_or_failing_mid_extract(tmp_path: Path) -> Non
     config = yaml.safe_load(social.config_path.read_text())
     config["policy"]["audit_public_keys"] = [NoteSigner.generate("someone-else").vkey]
     social.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    gateway, keys, conns = _start_gateway(tmp_path, [tax, social])
+    register = make_register(tmp_path / "register", tax)
+    gateway, keys, conns = _start_gateway(tmp_path, [tax, social, register])
     try:
         terms = (
             Term(dataset="tax.wages", measure="wage_income"),
@@ -264,9 +299,7 @@ def test_a_connector_misconfigured_or_failing_mid_extract(tmp_path: Path) -> Non
         )
         with GatewayClient(gateway.url, keys["analyst"]) as analyst:
             qid = analyst.submit(QuerySpec.model_validate(spec.model_dump()))["id"]
-            for d in (tax, social):
-                with GatewayClient(gateway.url, keys[d.name]) as admin:
-                    admin.approve(qid, private_key_pem(d.approval_key), d.name)
+            _approve_all(gateway, keys, qid, [tax, social, register])
             before = Decimal(analyst.budget()["federation_remaining"])
             with pytest.raises(GatewayError) as err:
                 analyst.run(qid)
