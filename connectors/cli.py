@@ -110,12 +110,15 @@ def _print_check(report: CheckReport) -> None:
 
     out = Console()
     months = ", ".join(report.months)
-    out.print(f"connector [bold]{report.connector}[/bold] ({report.config}), trial months {months}")
-    out.print(f"public key / 公钥: {report.public_key or '-'}")
-    out.print(f"fingerprint / 指纹: {report.fingerprint or '-'}")
+    # soft_wrap: paths, keys and messages stay whole lines (the terminal wraps them), so they can be copied.
+    out.print(
+        f"connector [bold]{report.connector}[/bold] ({report.config}), trial months {months}", soft_wrap=True
+    )
+    out.print(f"public key / 公钥: {report.public_key or '-'}", soft_wrap=True)
+    out.print(f"fingerprint / 指纹: {report.fingerprint or '-'}", soft_wrap=True)
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report.findings:
-        out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {f.message}")
+        out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {f.message}", soft_wrap=True)
     for d in report.datasets:
         table = Table(title=f"dataset {d.name}", show_header=True)
         table.add_column("check / 检查")
