@@ -16,6 +16,7 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from connectors.protocol import (
+    H_COSIGNATURE,
     H_SIGNATURE,
     PROTOCOL_VERSION,
     ConnectorSchema,
@@ -151,6 +152,10 @@ class ConnectorClient:
             "response_digest": sha256_hex(response.content),
             "connector_signature": response.headers.get(H_SIGNATURE, ""),
         }
+        cosignature = response.headers.get(H_COSIGNATURE)
+        if cosignature:
+            # Checked against the connector's key by the caller before it is logged.
+            self.last_receipt["cosignature"] = cosignature
         return response
 
     def health(self) -> bool:

@@ -28,12 +28,20 @@ from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
-from audit.entries import ACTION_CONNECTOR_REQUEST, connector_call_event
-from audit.errors import ProofError
+from audit.cosignature import CosignatureVerifier, open_cosignature
+from audit.entries import (
+    ACTION_CONNECTOR_REQUEST,
+    ACTION_COSIGNED,
+    ACTION_EXTRACT_PLANNED,
+    connector_call_event,
+)
+from audit.errors import CheckpointError, ProofError
 from connectors.protocol import (
+    ExtractRequest,
     SignedApproval,
     SignedRule,
     canonical_json,
+    extract_digest,
     parse_public_key,
     sha256_hex,
 )
@@ -182,8 +190,10 @@ def _run(
             "a connector is not answering; nothing was charged, the query can be run again later",
             "query_id",
         )
+    requests = _log_planned(ctx, plan, found, analyst)
+    # Signed after the planned extracts are logged, so the checkpoint each extract carries includes it.
     checkpoint = ctx.checkpointer.checkpoint() if ctx.checkpointer is not None else None
-    tables, failures = _fetch(ctx, plan, found, analyst, checkpoint, witnessed)
+    tables, failures = _fetch(ctx, plan, requests, checkpoint, witnessed)
     if failures:
         if not tables:
             ctx.ledger.refund(qid)
@@ -244,26 +254,51 @@ def _run(
     return doc
 
 
+def _log_planned(
+    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
+) -> dict[str, tuple[ExtractRequest, int | None]]:
+    """Each planned extract's request (without witness fields) and the seq of the entry that logs it.
+
+    The entry names the extract digest, which the connector recomputes and finds through an inclusion
+    proof in the checkpoint the request carries: the gateway cannot serve itself an extract its log
+    (as witnessed) does not record.
+    """
+    spec = plan.query
+    epoch = ctx.settings.token_epoch
+    requests: dict[str, tuple[ExtractRequest, int | None]] = {}
+    for e in plan.extracts:
+        base = e.request(spec, found[e.department], epoch=epoch, analyst=analyst.name)
+        seq = ctx.audit.record(
+            ACTION_EXTRACT_PLANNED,
+            actor="gateway",
+            connector=e.connector,
+            query_id=spec.query_id,
+            dataset=e.dataset,
+            extract_digest=extract_digest(base),
+        )
+        requests[e.ref] = (base, seq if ctx.checkpointer is not None else None)
+    return requests
+
+
 def _fetch(
     ctx: GatewayContext,
     plan: Plan,
-    found: dict[str, SignedApproval | SignedRule],
-    analyst: Principal,
-    checkpoint: Checkpoint | None,
+    requests: dict[str, tuple[ExtractRequest, int | None]],
+    first_checkpoint: Checkpoint | None,
     witnessed: dict[str, int],
 ) -> tuple[dict[str, pa.Table], dict[str, str]]:
     """Call every planned connector concurrently; returns the tables and, per failed extract, its code."""
     spec = plan.query
     tables: dict[str, pa.Table] = {}
     failures: dict[str, str] = {}
-    epoch = ctx.settings.token_epoch
 
-    def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str]]:
+    def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str], Checkpoint | None]:
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
             raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
-        base = e.request(spec, found[e.department], epoch=epoch, analyst=analyst.name)
+        base, seq = requests[e.ref]
         against = witnessed.get(e.connector, 0)
+        checkpoint = first_checkpoint
         with ConnectorClient(
             record.endpoint,
             connector=e.connector,
@@ -289,7 +324,7 @@ def _fetch(
             client.before_send = log_request
             for attempt in range(WITNESS_RETRIES):
                 try:
-                    fields = _witness_fields(ctx, checkpoint, against)
+                    fields = _witness_fields(ctx, checkpoint, against, seq)
                 except ProofError:
                     # The connector witnessed more of the log than this gateway holds: a restored backup or
                     # another gateway's history. It will not serve us, and it must not.
@@ -301,23 +336,27 @@ def _fetch(
                     ) from None
                 req = base.model_copy(update=fields)
                 try:
-                    return client.extract(req), client.last_receipt
+                    return client.extract(req), client.last_receipt, checkpoint
                 except ConnectorCallError as exc:
                     moved = exc.extra.get("witnessed_size")
-                    # Concurrent runs moved the connector's witness on: prove against where it is now.
+                    # Concurrent runs moved the connector's witness on: prove against where it is now,
+                    # with a fresh checkpoint if it already witnessed a larger one than ours (it refuses
+                    # to go back). A fresh one still includes this extract's entry.
                     if exc.code != "checkpoint_stale" or moved is None or attempt == WITNESS_RETRIES - 1:
                         raise
                     against = moved
+                    if checkpoint is not None and ctx.checkpointer is not None and moved > checkpoint.size:
+                        checkpoint = ctx.checkpointer.checkpoint()
                     time.sleep(random.uniform(0.002, 0.02))
             raise AssertionError("unreachable: the last attempt returns or raises")
 
     with ThreadPoolExecutor(max_workers=max(1, len(plan.extracts))) as pool:
         futures = {pool.submit(call, e): e for e in plan.extracts}
-        note = checkpoint.note if checkpoint is not None else None
+        note = first_checkpoint.note if first_checkpoint is not None else None
         for future in as_completed(futures):
             e = futures[future]
             try:
-                table, receipt = future.result()
+                table, receipt, used = future.result()
             except ConnectorCallError as exc:
                 failures[e.ref] = exc.code
                 _record_call(ctx, spec.query_id, e, note, exc.receipt, outcome=exc.code, status=exc.status)
@@ -325,8 +364,42 @@ def _fetch(
             if not tables:
                 ctx.ledger.mark_data_arrived(spec.query_id)
             tables[e.ref] = table
-            _record_call(ctx, spec.query_id, e, note, receipt, outcome="ok", status=200)
+            used_note = used.note if used is not None else None
+            _record_call(ctx, spec.query_id, e, used_note, receipt, outcome="ok", status=200)
+            if used is not None:
+                _record_cosignature(ctx, spec.query_id, e, used, receipt.get("cosignature"))
     return tables, failures
+
+
+def _record_cosignature(
+    ctx: GatewayContext, query_id: str, e: ExtractPlan, checkpoint: Checkpoint, header: str | None
+) -> None:
+    """Log the connector's cosignature of the checkpoint it witnessed, checked against its pinned key.
+
+    An auditor checks it again offline (`fedgate audit verify --witness-key`): with every department's
+    cosignatures, a history shown differently to two of them, or rewritten after one saw it, is exposed.
+    """
+    record = get_connector(ctx.engine, e.connector)
+    line, outcome = None, "missing"
+    if header and record is not None:
+        try:
+            line = base64.b64decode(header, validate=True).decode()
+            verifier = CosignatureVerifier(e.connector, parse_public_key(record.signing_key))
+            open_cosignature(checkpoint, line, verifier)
+            outcome = "ok"
+        except (ValueError, CheckpointError):
+            line, outcome = None, "invalid"
+    ctx.audit.record(
+        ACTION_COSIGNED,
+        actor="gateway",
+        outcome=outcome,
+        connector=e.connector,
+        department=e.department,
+        query_id=query_id,
+        size=checkpoint.size,
+        checkpoint=checkpoint.note,
+        cosignature=line,
+    )
 
 
 def _record_call(
@@ -391,16 +464,31 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
 WITNESS_RETRIES = 50
 
 
-def _witness_fields(ctx: GatewayContext, checkpoint: Checkpoint | None, against: int) -> dict[str, Any]:
-    """The checkpoint and the RFC 9162 consistency proof between it and the size a connector witnessed."""
-    if checkpoint is None or ctx.checkpointer is None:
+def _witness_fields(
+    ctx: GatewayContext, checkpoint: Checkpoint | None, against: int, seq: int | None
+) -> dict[str, Any]:
+    """The checkpoint, the RFC 9162 consistency proof between it and the size a connector witnessed, and
+    the inclusion proof of the extract's own entry `seq` in it."""
+    if checkpoint is None or ctx.checkpointer is None or seq is None:
         return {}
+    log_ = ctx.checkpointer.log
     proof: list[bytes] = []
     if 0 < against != checkpoint.size:
         low, high = sorted((against, checkpoint.size))
-        proof = ctx.checkpointer.log.consistency_proof(low, high)
+        proof = log_.consistency_proof(low, high)
+    entry = log_.entry(seq)
+    if entry is None:
+        raise ProofError(f"entry {seq} is not in the audit log")
+
+    def b64(items: list[bytes]) -> tuple[str, ...]:
+        return tuple(base64.b64encode(p).decode() for p in items)
+
     return {
         "checkpoint": checkpoint.note,
-        "checkpoint_proof": tuple(base64.b64encode(p).decode() for p in proof),
+        "checkpoint_proof": b64(proof),
         "checkpoint_against": against,
+        "witness_seq": seq,
+        "witness_entry": entry.canonical.decode(),
+        "witness_prev_hash": entry.prev_hash,
+        "witness_inclusion": b64(log_.inclusion_proof(seq, checkpoint.size)),
     }

@@ -422,3 +422,21 @@ def test_the_gateway_and_a_connector_logs_reconcile(fed: Federation) -> None:
     assert all(d.kind == "call_answer_unrecorded" for d in differences), differences
     # The connector witnessed the gateway's checkpoints: its log names them.
     assert '"checkpoint":"fedgate-gateway' in connector_export.read_text()
+    # Every connector that served cosigned the checkpoint it witnessed; the gateway logged each
+    # cosignature, and with the departments' keys an auditor sees how far each witnessed the log.
+    from audit.cosignature import CosignatureVerifier
+    from audit.verify import verify_export
+
+    with fed.client("auditor") as auditor:
+        audit_key = auditor.audit_checkpoint()["public_key"]
+    keys = [
+        CosignatureVerifier(
+            name,
+            load_private_key(fed.county.joinpath("keys", f"{name}-connector.key").read_bytes()).public_key(),
+        )
+        for name in fed.connectors
+    ]
+    report = verify_export(gateway_export, [audit_key], witness_keys=keys, cosigned=[connector_export])
+    assert report.ok, report.problems
+    assert "tax" in report.witnessed and all(w.agrees for w in report.witnessed.values())
+    assert report.witnessed["tax"].department == "tax" and report.anchors_checked >= len(report.witnessed)
