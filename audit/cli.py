@@ -217,6 +217,13 @@ def verify(
             "local log export; repeatable",
         ),
     ] = None,
+    save_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="after a successful check, save the export's latest checkpoint here, to pass as "
+            "--trusted-checkpoint next time (a scheduled run pins what the previous one saw)",
+        ),
+    ] = None,
 ) -> None:
     """Verify an export offline: re-hash every entry, recompute chain and Merkle roots, check signatures,
     and check it against saved checkpoints and the departments' cosignatures."""
@@ -272,12 +279,33 @@ def verify(
     if strict and report.uncovered_from is not None:
         console.print(f"[red]FAILED[/red] first bad sequence number {report.uncovered_from}: not yet signed")
         raise typer.Exit(1)
+    if save_checkpoint is not None:
+        _save_latest_checkpoint(file, save_checkpoint)
     last = report.start + report.entries - 1
     console.print(
         f"[green]OK[/green] entries {report.start}..{last} re-hashed and chained; "
         f"{report.checkpoints_verified} signed checkpoint(s) verified, covering up to {report.covered_to}"
         + (f"; origin {report.origin}" if report.origin else "")
     )
+
+
+def _save_latest_checkpoint(export: Path, out: Path) -> None:
+    """Write the largest checkpoint note of a verified export (its lines precede the first entry)."""
+    import json
+    import os
+
+    best: tuple[int, str] | None = None
+    with export.open("rb") as f:
+        for raw in f:
+            if raw.startswith(b'{"kind":"entry"'):
+                break
+            line = json.loads(raw)
+            if line.get("kind") == "checkpoint" and (best is None or line["size"] > best[0]):
+                best = (line["size"], line["note"])
+    if best is not None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(best[1], encoding="utf-8")
+        os.replace(tmp, out)
 
 
 def _print_witnessed(report: VerifyReport) -> None:
@@ -340,6 +368,39 @@ def reconcile(
         )
     console.print(table)
     raise typer.Exit(1)
+
+
+@audit_app.command("fetch")
+def fetch(
+    url: Annotated[str, typer.Option(help="the gateway's base URL, e.g. https://fedgate.example.internal")],
+    api_key_file: Annotated[Path, typer.Option(help="a file holding an auditor API key")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the JSON Lines file to write")],
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA bundle that signed the gateway's certificate")
+    ] = None,
+) -> None:
+    """Download the gateway's whole audit log (with the checkpoints that cover it) as an auditor."""
+    import httpx
+
+    try:
+        key = api_key_file.read_text(encoding="utf-8").strip()
+        verify: str | bool = str(ca_file) if ca_file is not None else True
+        headers = {"authorization": f"Bearer {key}"}
+        with httpx.stream(
+            "GET", url.rstrip("/") + "/v1/audit/export", headers=headers, verify=verify, timeout=300
+        ) as response:
+            if response.status_code != 200:
+                errors.print(f"[red]the gateway answered {response.status_code}[/red]")
+                raise typer.Exit(1)
+            tmp = out.with_name(out.name + ".tmp")
+            with tmp.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+            tmp.replace(out)
+    except (httpx.HTTPError, OSError) as exc:
+        errors.print(f"[red]cannot fetch the audit log:[/red] {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {out}")
 
 
 @audit_app.command("keygen")

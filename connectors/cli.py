@@ -244,7 +244,13 @@ def export_log(
     except ConnectorError as exc:
         console.print(f"[red]invalid:[/red] {exc}")
         raise typer.Exit(2) from None
-    state = ConnectorState(cfg.state_dir)
+    # Read only: run beside a live connector (the scheduled reconcile), it must not release the
+    # reservations of extracts in flight.
+    try:
+        state = ConnectorState(cfg.state_dir, read_only=True)
+    except FileNotFoundError:
+        console.print(f"[red]no state file in {cfg.state_dir}: the connector has not run yet[/red]")
+        raise typer.Exit(2) from None
     try:
         verified = state.verify_log()
         count = export_connector_log(state, out, connector=cfg.name)

@@ -24,6 +24,7 @@ from connectors.protocol import (
     ExtractRequest,
     TokenSpec,
     load_private_key,
+    public_key_text,
     sign_approval,
 )
 from connectors.tokens import Suite
@@ -440,3 +441,21 @@ def test_the_gateway_and_a_connector_logs_reconcile(fed: Federation) -> None:
     assert report.ok, report.problems
     assert "tax" in report.witnessed and all(w.agrees for w in report.witnessed.values())
     assert report.witnessed["tax"].department == "tax" and report.anchors_checked >= len(report.witnessed)
+    # The department's scheduled check, as deploy/systemd/fedgate-reconcile@.service runs it: fetch as an
+    # auditor, verify with its own witness key and save the checkpoint; the next run pins it.
+    key_file, fetched, pinned = fed.root / "auditor.key", fed.root / "fetched.jsonl", fed.root / "pinned.note"
+    key_file.write_text(fed.keys["auditor"])
+    runner = CliRunner()
+    got = runner.invoke(
+        app,
+        ["audit", "fetch", "--url", fed.gateway.url, "--api-key-file", str(key_file), "--out", str(fetched)],
+    )
+    assert got.exit_code == 0, got.output
+    tax_key = f"tax={public_key_text(keys[[k.name for k in keys].index('tax')].public_key)}"
+    check = ["audit", "verify", str(fetched), "-k", audit_key, "--witness-key", tax_key]
+    check += ["--cosigned", str(connector_export), "--save-checkpoint", str(pinned)]
+    first = runner.invoke(app, check)
+    assert first.exit_code == 0, first.output
+    assert pinned.read_text().startswith("fedgate-gateway\n")
+    again = runner.invoke(app, [*check, "--trusted-checkpoint", str(pinned)])
+    assert again.exit_code == 0, again.output
