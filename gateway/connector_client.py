@@ -20,6 +20,7 @@ from connectors.protocol import (
     H_SIGNATURE,
     PROTOCOL_VERSION,
     ConnectorSchema,
+    ErrorCode,
     ExtractRequest,
     SignatureError,
     parse_public_key,
@@ -32,6 +33,8 @@ from connectors.protocol import (
 from connectors.protocol import (
     fingerprint as key_fingerprint,
 )
+
+_ERROR_CODES = frozenset(c.value for c in ErrorCode)
 
 
 class ConnectorCallError(Exception):
@@ -127,6 +130,10 @@ class ConnectorClient:
                 code, text = str(err.get("error", "error")), str(err.get("message", ""))
             except (ValueError, AttributeError):
                 err, code, text = {}, "error", "the connector answered without a JSON error body"
+            # Only the protocol's own codes travel on (into audit entries and refusals): a target's
+            # arbitrary text never does.
+            if code not in _ERROR_CODES:
+                code, text = "error", "the connector answered with an unknown error code"
             failure = ConnectorCallError(self.connector, response.status_code, code, text, receipt)
             size = err.get("witnessed_size") if isinstance(err, dict) else None
             if isinstance(size, int):

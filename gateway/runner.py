@@ -79,7 +79,7 @@ from gateway.events import (
     QueryRun,
 )
 from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
-from gateway.registry import get_connector
+from gateway.registry import get_connector, require_callable
 from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.release import (
     Count,
@@ -399,6 +399,10 @@ def _fetch(
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
             raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
+        if not _callable(ctx, record.endpoint):
+            raise ConnectorCallError(
+                e.connector, None, "endpoint_not_allowed", "the endpoint is off the allow-list"
+            )
         base, seq = requests[e.ref]
         against = witnessed.get(e.connector, 0)
         checkpoint = first_checkpoint
@@ -546,7 +550,7 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
     witnessed: dict[str, int] = {}
     for name in dict.fromkeys(e.connector for e in plan.extracts):
         record = get_connector(ctx.engine, name)
-        if record is None or not record.enabled:
+        if record is None or not record.enabled or not _callable(ctx, record.endpoint):
             down.append(name)
             continue
         with ConnectorClient(
@@ -565,6 +569,15 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
             size = info.get("witnessed_size", 0)
             witnessed[name] = size if isinstance(size, int) and size >= 0 else 0
     return down, witnessed
+
+
+def _callable(ctx: GatewayContext, endpoint: str) -> bool:
+    """Whether the endpoint may be called now: on the allow-list, and https in production."""
+    try:
+        require_callable(ctx.engine, endpoint, production=ctx.settings.mode == "production")
+    except GatewayError:
+        return False
+    return True
 
 
 # Concurrent runs move a connector's witness on between our proof and its check; each retry proves

@@ -268,6 +268,32 @@ def test_a_stopped_connector_charges_nothing(fed: Federation) -> None:
         assert analyst.run(view["id"])["query_id"] == view["id"]
 
 
+def test_the_allow_list_is_checked_on_every_call(fed: Federation) -> None:
+    import sqlalchemy as sa
+
+    from gateway import db
+
+    civil = fed.connectors["civil"].url
+    engine = sa.create_engine(fed.database_url)
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Bands while civil affairs is off the allow-list"))
+        before = analyst.budget()["federation_remaining"]
+        # The operator takes the registered connector's endpoint off the allow-list.
+        with engine.begin() as conn:
+            conn.execute(db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == civil))
+        try:
+            with pytest.raises(GatewayError) as err:
+                analyst.run(view["id"])
+            assert err.value.status == 503 and err.value.code == "connector_unavailable"
+            assert analyst.budget()["federation_remaining"] == before
+            assert analyst.query(view["id"])["state"] == "approved"
+        finally:
+            with fed.client("operator") as operator:
+                operator.allow_endpoint(civil)
+            engine.dispose()
+        assert analyst.run(view["id"])["query_id"] == view["id"]
+
+
 def test_a_killed_gateway_serves_the_stored_numbers_after_restart(fed: Federation) -> None:
     with fed.client("analyst") as analyst:
         view = analyst.submit(_query("Bands before a crash"))
