@@ -247,6 +247,8 @@ class RuleRegistered(AuditEvent):
     department: str
     rule: dict[str, Any]
     signature: str
+    replaces: str | None = None
+    """SHA-256 of the signed rule of the same id it replaced (its own entry holds it in full)"""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

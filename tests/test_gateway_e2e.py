@@ -294,6 +294,28 @@ def test_the_allow_list_is_checked_on_every_call(fed: Federation) -> None:
         assert analyst.run(view["id"])["query_id"] == view["id"]
 
 
+def test_a_department_admin_cannot_take_over_another_departments_rule(fed: Federation) -> None:
+    with fed.client("tax") as tax:
+        before = {r["rule_id"]: r for r in tax._do("GET", "/v1/rules")["rules"]}
+    assert "tax-tests" in before
+    with fed.client("civil") as civil:
+        scope = ApprovedDataset(dataset="assistance", measures=(), dimensions=())
+        with pytest.raises(GatewayError) as err:
+            civil.register_rule(
+                fed.approval_key("civil"),
+                department="civil",
+                rule_id="tax-tests",
+                datasets=[scope],
+                units=("person",),
+                max_epsilon_per_query=Decimal("0.1"),
+            )
+        assert err.value.status == 403 and err.value.field == "rule"
+    # The tax bureau's rule is untouched, and still its own.
+    with fed.client("tax") as tax:
+        after = {r["rule_id"]: r for r in tax._do("GET", "/v1/rules")["rules"]}
+    assert after["tax-tests"] == before["tax-tests"]
+
+
 def test_a_killed_gateway_serves_the_stored_numbers_after_restart(fed: Federation) -> None:
     with fed.client("analyst") as analyst:
         view = analyst.submit(_query("Bands before a crash"))
