@@ -34,12 +34,13 @@ from typing import Any
 import pyarrow as pa
 import structlog
 
-from aggregation.executor import VALUE, unit_frame
+from aggregation.executor import UNLINKED_NOTE, VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
 from audit.cosignature import CosignatureVerifier, open_cosignature
 from audit.errors import CheckpointError, ProofError
+from connectors.config import Unit
 from connectors.protocol import (
     ExtractRequest,
     SignedApproval,
@@ -81,6 +82,7 @@ from gateway.events import (
 from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
 from gateway.registry import get_connector, require_callable
 from privacy.errors import BudgetExceeded, PrivacyError
+from privacy.neighbours import describe
 from privacy.release import (
     Count,
     GroupDomain,
@@ -103,7 +105,7 @@ PROXY_NOTE = (
 )
 
 
-def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
+def release_spec(plan: Plan) -> ReleaseSpec:
     """The OpenDP release a plan needs: public cells from the planned groups, public bounds and epsilon."""
     q = plan.query
     stats: list[Statistic] = []
@@ -129,7 +131,7 @@ def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
         statistics=tuple(stats),
         epsilon=q.epsilon,
         unit_multiplicity=plan.unit_multiplicity,
-        max_rows=max_rows,
+        neighbouring=q.neighbouring,
     )
 
 
@@ -219,7 +221,14 @@ class Run:
         with self.ctx.audit.change() as change:
             if not transition(change.conn, self.qid, QueryState.RUNNING, expect=(QueryState.APPROVED,)):
                 raise Conflict("the query is already running", "query_id", reason=QueryState.RUNNING.value)
-            change.record(QueryRun(actor=self.analyst.name, query_id=self.qid, query_digest=self.spec.digest))
+            change.record(
+                QueryRun(
+                    actor=self.analyst.name,
+                    query_id=self.qid,
+                    query_digest=self.spec.digest,
+                    neighbouring=self.spec.neighbouring.value,
+                )
+            )
 
     def execute(self) -> dict[str, Any]:
         prepared = self.prepare()
@@ -237,7 +246,7 @@ class Run:
     def prepare(self) -> PreparedRelease:
         """The OpenDP measurement, its privacy map checked against epsilon before any data is touched."""
         try:
-            return prepare_release(release_spec(self.plan, self.ctx.settings.max_rows))
+            return prepare_release(release_spec(self.plan))
         except PrivacyError as exc:
             raise Invalid(f"the release cannot be built: {exc}", "statistics") from None
 
@@ -316,8 +325,13 @@ class Run:
             "epsilon": str(spec.epsilon),
             "released_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "unit": spec.unit.value,
+            "neighbouring": spec.neighbouring.value,
+            "guarantee": f"epsilon-DP with epsilon {spec.epsilon}, neighbours: {describe(spec.neighbouring)}",
             "measure": spec.measure.label if spec.measure else None,
-            "notes": [PROXY_NOTE] if spec.measure else [],
+            "notes": [
+                *([PROXY_NOTE] if spec.measure else []),
+                *([UNLINKED_NOTE] if spec.unit is Unit.PERSON else []),
+            ],
             "release": released.to_json_dict(),
         }
 
