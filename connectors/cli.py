@@ -113,6 +113,9 @@ def _print_check(report: CheckReport) -> None:
     out.print(f"connector [bold]{report.connector}[/bold] ({report.config}), trial months {months}")
     out.print(f"public key / 公钥: {report.public_key or '-'}")
     out.print(f"fingerprint / 指纹: {report.fingerprint or '-'}")
+    if report.public_key:
+        # What auditors pass to `fedgate audit verify --witness-key` to check this connector's cosignatures.
+        out.print(f"witness key / 见证公钥 (--witness-key): {report.connector}={report.public_key}")
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report.findings:
         out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {f.message}")
