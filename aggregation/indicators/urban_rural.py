@@ -32,12 +32,12 @@ class UrbanRuralRatio(Template):
     def releases(self, params: IndicatorParams, config: MonitoringConfig) -> tuple[ReleaseDecl, ...]:
         return (
             ReleaseDecl(
-                role=INCOME, what="sum of household income by urban-rural code", weight=Fraction(1, 2)
+                role=INCOME, what="sum of household income by urban-rural code", weight=Fraction(3, 5)
             ),
             ReleaseDecl(
                 role=MEMBERS,
                 what=f"sum of household members (each clamped to {config.size_cap}) by urban-rural code",
-                weight=Fraction(1, 3),
+                weight=Fraction(2, 5),
             ),
         )
 
