@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from aggregation.planner import PlanError, plan_query
+from aggregation.preview import Preview, preview
 from aggregation.query import QuerySpec
 from connectors.protocol import ConnectorSchema, SignedApproval, SignedRule
 from gateway import db, queries
@@ -18,6 +19,8 @@ from gateway.context import ContextDep, GatewayContext
 from gateway.deps import CurrentPrincipal, require_roles
 from gateway.errors import ApiError, ErrorCode, error_responses
 from gateway.registry import catalog
+from gateway.runner import release_spec
+from privacy.errors import PrivacyError
 
 router = APIRouter(prefix="/v1", tags=["queries"], responses=error_responses(401, 403, 404, 409, 422))
 
@@ -77,6 +80,27 @@ async def submit_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst, respo
     else:
         response.status_code = status.HTTP_200_OK
     return await run_in_threadpool(query_view, ctx, record)
+
+
+def _preview(ctx: GatewayContext, spec: QuerySpec) -> Preview:
+    cat = catalog(ctx.engine)
+    try:
+        plan = plan_query(spec, cat)
+    except PlanError as exc:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
+    try:
+        return preview(plan, release_spec(plan, ctx.settings.max_rows), cat)
+    except (PrivacyError, ValueError) as exc:
+        raise ApiError(
+            422, ErrorCode.INVALID_REQUEST, f"the release cannot be built: {exc}", "statistics"
+        ) from None
+
+
+@router.post("/queries/preview", response_model=Preview)
+async def preview_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst) -> Preview:
+    """The expected 95% half-width of every statistic of a query at its epsilon, with warnings, from
+    public parameters only: nothing is stored or charged and no connector is asked for data."""
+    return await run_in_threadpool(_preview, ctx, spec)
 
 
 @router.get("/queries", response_model=QueriesOut)
