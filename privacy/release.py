@@ -48,10 +48,11 @@ privacy map for ``d_in = unit_multiplicity`` with the epsilon before any data ex
 a 95% interval: raw noisy integers for counts, sums, histogram and lorenz bins (which may be negative), with
 an analytic integer-Laplace interval (``lorenz_sum`` cells: the noisy offset-sum in yuan, the half-width
 scaled by ``w_j / R`` too); the display value clips to what the figure can be (counts at 0; sums at 0 when
-the bounds force a sign; offset-sums at 0). Means are ``noisy sum / noisy count`` (undefined where the noisy
-count is below 1) and quantiles invert the noisy histogram's CDF; both get simulated intervals
-(:mod:`privacy.intervals`). Gini, income shares and the Lorenz curve are post-processing of the lorenz cells
-(:mod:`aggregation.distribution`).
+the bounds force a sign; offset-sums at 0), and the interval's ends are clamped alike, so the shown value
+always lies in the shown interval. Means are ``noisy sum / noisy count`` (undefined where the noisy count is
+below 1) with an interval that inverts both noises (:mod:`privacy.inversion`); quantiles invert the noisy
+histogram's CDF with a simulated band (:mod:`privacy.intervals`). Gini, income shares and the Lorenz curve
+are post-processing of the lorenz cells (:mod:`aggregation.distribution`).
 """
 
 from __future__ import annotations
@@ -714,7 +715,8 @@ def _mean_note(quantities: Mapping[str, _Quantity], spec: ReleaseSpec) -> str:
         f"noisy sum / noisy count (integer Laplace scales {quantities['sum'].scale:.6g} and "
         f"{quantities['count'].scale:.6g}), "
         f"clipped to [{spec.lower}, {spec.upper}], undefined (null) where the noisy count is below 1; "
-        f"{CONFIDENCE:.0%} interval by simulating the integer-Laplace noise of both around the noisy values"
+        f"{CONFIDENCE:.0%} interval by inverting the known noise of both: every mean m in the bounds for "
+        f"which sum - m x count is within that noise's {CONFIDENCE:.0%} range"
     )
 
 
