@@ -100,12 +100,19 @@ def discrete_laplace_half_width(scale: float, confidence: float = CONFIDENCE) ->
         return 0
     q = math.exp(-1.0 / scale)
     # P(|X| > k) = 2 q^(k+1) / (1 + q)  <=  alpha   <=>   k + 1 >= scale * ln(2 / (alpha (1 + q)))
-    needed = scale * math.log(2.0 / (alpha * (1.0 + q)))
-    k = max(math.ceil(needed) - 1, 0)
+    log_alpha = math.log(alpha)
+    offset = math.log(2.0) - math.log1p(q)
+
+    def log_tail(k: int) -> float:
+        # In logs with ln q = -1/scale exactly: q ** k drifts at large scales (a sum's bound in yuan
+        # over a small epsilon), where the guard steps below would then run for ever.
+        return offset - (k + 1) / scale
+
+    k = max(math.ceil(scale * (offset - log_alpha)) - 1, 0)
     # Guard the ceiling against floating-point error at exact integers: step until the bound holds.
-    while 2.0 * q ** (k + 1) / (1.0 + q) > alpha:
+    while log_tail(k) > log_alpha:
         k += 1
-    while k > 0 and 2.0 * q**k / (1.0 + q) <= alpha:
+    while k > 0 and log_tail(k - 1) <= log_alpha:
         k -= 1
     return k
 

@@ -30,8 +30,10 @@ from privacy.intervals import (
 REPS = 1000
 
 
-@pytest.mark.parametrize("scale", [0.3, 0.5, 1.0, 2.0, 3.3, 10.0, 123.4, 1000.0, 12345.6, 1e7])
+@pytest.mark.parametrize("scale", [0.3, 0.5, 1.0, 2.0, 3.3, 10.0, 123.4, 1000.0, 12345.6, 1e7, 2e9, 2e12])
 def test_discrete_half_width_matches_opendp(scale: float) -> None:
+    # 2e12: a sum bounded at 1e11 yuan over a small epsilon; the computation must not drift (it once
+    # stepped for minutes there).
     dp.enable_features("contrib")
     expected = math.floor(dp.discrete_laplacian_scale_to_accuracy(scale, 0.05))
     assert discrete_laplace_half_width(scale) == expected
