@@ -81,6 +81,9 @@ class Preview(BaseModel):
     epsilon: str
     unit: str
     unit_multiplicity: int
+    neighbouring: str
+    d_in: int
+    """rows two neighbouring frames may differ by: the noise scales are proportional to it"""
     cells: int
     group_by: list[str]
     confidence: float
@@ -285,16 +288,23 @@ def preview(plan: Plan, spec: ReleaseSpec, catalog: Mapping[str, ConnectorSchema
                 f"at this ε, each {' × '.join(groups)} {what}'s count is ±{half:,.0f} {units} (95%); a {per} "
                 f"needs about {needed:,} {units} for ±{SWAMPED_SHARE:.0%}"
             )
-    if spec.unit_multiplicity > 1:
+    if spec.d_in > 1:
+        why = []
+        if spec.unit_multiplicity > 1:
+            why.append(f"a household can contribute {spec.unit_multiplicity} rows (the member cap)")
+        if spec.d_in > spec.unit_multiplicity:
+            why.append(f"the {spec.neighbouring.value} relation counts a change as a removal and an addition")
         warnings.append(
-            f"a household can contribute {spec.unit_multiplicity} rows (the member cap), so every noise "
-            f"scale is {spec.unit_multiplicity} times that of a household query"
+            f"{' and '.join(why)}: neighbouring frames may differ by {spec.d_in} rows, so every noise scale "
+            f"is {spec.d_in} times that of a household query under add/remove"
         )
     return Preview(
         query_id=plan.query.query_id,
         epsilon=str(spec.epsilon),
         unit=plan.query.unit.value,
         unit_multiplicity=spec.unit_multiplicity,
+        neighbouring=spec.neighbouring.value,
+        d_in=spec.d_in,
         cells=cells,
         group_by=groups,
         confidence=CONFIDENCE,

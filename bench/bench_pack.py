@@ -57,7 +57,6 @@ from aggregation.indicators import (
     PACKS,
     IndicatorParams,
     IndicatorResult,
-    MonitoringConfig,
     SubQuery,
     Template,
     evaluate,
@@ -77,7 +76,7 @@ from connectors.sources import Source, open_source
 from gateway.client import GatewayClient, GatewayError
 from gateway.localfed import CONNECTORS, Federation, register_everything, start_federation
 from gateway.runner import release_spec
-from gateway.seed_groups import SEED_GROUPS
+from gateway.seed_groups import SEED_GROUPS, synthetic_config
 from gateway.settings import GatewaySettings
 from privacy.release import prepare_release
 
@@ -85,10 +84,9 @@ PERIOD = "2025-12"
 EPSILON = Decimal("1")
 COVERAGE = "coverage"
 PERSON_EPSILON = Decimal("0.5")
-CONFIG = MonitoringConfig()
+CONFIG = synthetic_config()
 EXACT_EPSILON = Decimal(10) ** 12
 """Epsilon of the central party's exact releases: noise scales near 1e-12, so the integer noise is 0."""
-MAX_ROWS = GatewaySettings.model_fields["max_rows"].default
 TOKEN_EPOCH = GatewaySettings.model_fields["token_epoch"].default
 COUNTY_GROUPS = ("county", "urban", "rural")
 DETAIL = RESULTS / "pack-figures.json"
@@ -216,7 +214,7 @@ class Central:
         mid = time.perf_counter()
         frame = unit_frame(plan, tables)
         joined = time.perf_counter()
-        rspec = release_spec(plan, MAX_ROWS).model_copy(update={"epsilon": EXACT_EPSILON})
+        rspec = release_spec(plan).model_copy(update={"epsilon": EXACT_EPSILON})
         out = prepare_release(rspec).run(frame).to_json_dict()
         self.seconds["roll-ups"] += mid - start
         self.seconds["join"] += joined - mid
@@ -264,7 +262,7 @@ def in_process_pack(
             mid = time.perf_counter()
             frame = unit_frame(plan, tables)
             joined = time.perf_counter()
-            releases[q.role] = prepare_release(release_spec(plan, MAX_ROWS)).run(frame).to_json_dict()
+            releases[q.role] = prepare_release(release_spec(plan)).run(frame).to_json_dict()
             seconds["extracts"] += mid - start
             seconds["join"] += joined - mid
             seconds["release"] += time.perf_counter() - joined
@@ -285,7 +283,7 @@ def token_exact(stores: Stores, cat: Mapping[str, ConnectorSchema], spec: QueryS
         keyring = load_keyring(loaded.config.federation_keyring_file)
         req = e.unsafe_unapproved_request(spec, epoch=TOKEN_EPOCH)
         tables[e.ref] = Extractor(loaded, stores.sources[e.connector], keyring).run(req, dataset).table
-    rspec = release_spec(plan, MAX_ROWS).model_copy(update={"epsilon": EXACT_EPSILON})
+    rspec = release_spec(plan).model_copy(update={"epsilon": EXACT_EPSILON})
     return prepare_release(rspec).run(unit_frame(plan, tables)).to_json_dict()
 
 

@@ -1,10 +1,12 @@
 """Running indicators and packs: submit their queries, reserve the whole epsilon at once, run, derive figures.
 
-    build the queries (public parameters only)      -> 422 naming the field
-    epsilon within every involved department's cap   -> 422 naming the department (the smallest cap wins)
+    the monitoring configuration in force            -> Conflict when none is loaded, Invalid naming the
+                                                        field the catalog lacks (`gateway.monitoring`)
+    build the queries (public parameters only)      -> Invalid naming the field
+    epsilon within every involved department's cap   -> Invalid naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
-                                                        409 not_approved with the ids still waiting
-    ledger.reserve_many (all or nothing)             -> 409 budget_exceeded before any extract
+                                                        NotApproved with who each query waits for
+    `indicator.run` audited, then ledger.reserve_many (all or nothing) -> BudgetRefused before any extract
     run each query (the runner: extracts, join, release, commit), in order
       a failure: queries not yet run are refunded; what ran stays released or spent, as for any query
     figures from the released results (post-processing; no budget)
@@ -19,6 +21,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
@@ -33,20 +36,24 @@ from aggregation.indicators import (
     evaluate,
     months_ending,
 )
+from aggregation.indicators.config_file import configured_pack
 from aggregation.indicators.early_warning import EarlyWarning
 from aggregation.indicators.key_groups import KeyGroups
 from aggregation.planner import Plan, PlanError, plan_query
+from aggregation.query import MemberGroup
 from connectors.protocol import ConnectorSchema, Period
-from gateway import key_groups, queries, runner
+from gateway import key_groups, monitoring, queries, runner
 from gateway.auth import Principal
 from gateway.context import GatewayContext
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import BudgetRefused, Conflict, Invalid, NotApproved, NotFound
+from gateway.events import BudgetRefused as BudgetRefusedEvent
+from gateway.events import IndicatorFailed, IndicatorRun
+from gateway.lifecycle import QueryState, release_unused, stays_charged
 from gateway.registry import catalog
 from privacy.errors import BudgetExceeded
 
 log = structlog.get_logger("fedgate.indicators")
 
-CONFIG = MonitoringConfig()
 ANNUAL_MONTHS, WARNING_MONTHS = 12, 3
 _PROBE = Decimal(1)
 
@@ -56,8 +63,8 @@ def _plain(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> ApiError:
-    return ApiError(404, ErrorCode.NOT_FOUND, f"no {kind} named {name!r}; known: {', '.join(known)}", "name")
+def _unknown(kind: str, name: str, known: list[str]) -> NotFound:
+    return NotFound(f"no {kind} named {name!r}; known: {', '.join(known)}", "name")
 
 
 _PERIOD = TypeAdapter(Period)
@@ -76,27 +83,25 @@ def parse_period(text: str, months: int) -> tuple[str, str]:
     return ends[0], ends[1]
 
 
-def _indicator_error(exc: IndicatorError) -> ApiError:
-    return ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field)
+def _indicator_error(exc: IndicatorError) -> Invalid:
+    return Invalid(exc.message, exc.field)
 
 
-def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]]:
+def _build(items: list[tuple[Template, IndicatorParams]], config: MonitoringConfig) -> list[list[SubQuery]]:
     try:
-        return [t.queries(p, CONFIG) for t, p in items]
+        return [t.queries(p, config) for t, p in items]
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
     except ValueError as exc:
-        raise ApiError(
-            422, ErrorCode.INVALID_REQUEST, f"the indicator's query is invalid: {exc}", None
-        ) from None
+        raise Invalid(f"the indicator's query is invalid: {exc}", None) from None
 
 
 def _plans(cat: Mapping[str, ConnectorSchema], subqueries: list[SubQuery]) -> list[Plan]:
-    """Every query planned against one reading of the catalog (422 naming the field)."""
+    """Every query planned against one reading of the catalog (`Invalid` naming the field)."""
     try:
         return [plan_query(q.spec, cat) for q in subqueries]
     except PlanError as exc:
-        raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
+        raise Invalid(exc.message, exc.field) from None
 
 
 def smallest_cap(cat: Mapping[str, ConnectorSchema], plans: list[Plan]) -> tuple[Decimal, str]:
@@ -111,21 +116,44 @@ def smallest_cap(cat: Mapping[str, ConnectorSchema], plans: list[Plan]) -> tuple
     return caps[department], department
 
 
+def groups_for(
+    engine: sa.Engine, config: MonitoringConfig, names: list[str] | None, *, field: str = "groups"
+) -> tuple[MemberGroup, ...]:
+    """The key groups of a run: by default the configuration's; a name the configuration defines means
+    its definition there, any other name a group registered in the gateway (`gateway.key_groups`)."""
+    if names is None:
+        return tuple(g.definition for g in config.key_groups)
+    out: list[MemberGroup] = []
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise Invalid(f"the key group {name!r} is named twice", f"{field}.{i}")
+        configured = config.key_group(name)
+        if configured is not None:
+            out.append(configured)
+            continue
+        try:
+            out.extend(key_groups.resolve(engine, [name], field=field))
+        except key_groups.KeyGroupNotFound:
+            raise key_groups.KeyGroupNotFound(name, f"{field}.{i}") from None
+        except key_groups.KeyGroupRetired:
+            raise key_groups.KeyGroupRetired(name, f"{field}.{i}") from None
+    return tuple(out)
+
+
 def _with_epsilon(
     cat: Mapping[str, ConnectorSchema],
+    config: MonitoringConfig,
     make: Callable[[Decimal], list[tuple[Template, IndicatorParams]]],
     epsilon: Decimal | None,
 ) -> tuple[list[tuple[Template, IndicatorParams]], Decimal]:
     """Fix the total epsilon: the one asked for if every department's cap allows it (else refused), by
     default the smallest cap; `make` builds the indicators for a total."""
     try:
-        probe = _build(make(_PROBE))
+        probe = _build(make(_PROBE), config)
         cap, department = smallest_cap(cat, _plans(cat, [q for qs in probe for q in qs]))
         total = cap if epsilon is None else epsilon
         if total > cap:
-            raise ApiError(
-                422,
-                ErrorCode.INVALID_REQUEST,
+            raise Invalid(
                 f"epsilon {total} is above department {department}'s cap of {cap} per query; every "
                 "department involved must allow the whole total (the smallest cap wins)",
                 "epsilon",
@@ -156,26 +184,31 @@ def run_indicator(
         base = parse_period(baseline, 1) if baseline else (None, None)
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
-    names = (
-        groups if groups is not None else list(CONFIG.key_groups) if isinstance(template, KeyGroups) else []
-    )
+    cat = catalog(ctx.engine)
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
     params = IndicatorParams(
         period_start=start,
         period_end=end,
         epsilon=_PROBE,
         analyst=analyst.name,
         bands=bands,
-        groups=key_groups.resolve(ctx.engine, names) if names else (),
+        groups=groups_for(ctx.engine, config, groups) if isinstance(template, KeyGroups) or groups else (),
         baseline_start=base[0],
         baseline_end=base[1],
         drop_share=drop_share,
     )
-    cat = catalog(ctx.engine)
     items, total = _with_epsilon(
-        cat, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
+        cat, config, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
     )
-    results = _execute(ctx, cat, analyst, items, label=name)
-    return {"pack": None, "period": period, "epsilon": _plain(total), "indicators": results}
+    results = _execute(ctx, cat, configured, analyst, items, label=name)
+    return {
+        "pack": None,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def run_pack(
@@ -187,90 +220,93 @@ def run_pack(
     epsilon: Decimal | None,
     groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    pack = PACKS.get(name)
-    if pack is None:
+    declared = PACKS.get(name)
+    if declared is None:
         raise _unknown("pack", name, sorted(PACKS))
     try:
         if ".." in period:
             raise IndicatorError("period", "a pack takes one reference month, YYYY-MM")
         parse_period(period, 1)
-        pack.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
+        declared.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
-    resolved = key_groups.resolve(ctx.engine, groups if groups is not None else list(CONFIG.key_groups))
     cat = catalog(ctx.engine)
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
+    pack = configured_pack(declared, config)
+    resolved = groups_for(ctx.engine, config, groups)
     items, total = _with_epsilon(
-        cat, lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved), epsilon
+        cat,
+        config,
+        lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved),
+        epsilon,
     )
-    results = _execute(ctx, cat, analyst, items, label=f"pack:{name}")
-    return {"pack": name, "period": period, "epsilon": _plain(total), "indicators": results}
+    results = _execute(ctx, cat, configured, analyst, items, label=f"pack:{name}")
+    return {
+        "pack": name,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def _execute(
     ctx: GatewayContext,
     cat: Mapping[str, ConnectorSchema],
+    configured: monitoring.MonitoringRecord,
     analyst: Principal,
     items: list[tuple[Template, IndicatorParams]],
     *,
     label: str,
 ) -> list[dict[str, Any]]:
-    built = _build(items)
+    config = configured.config
+    built = _build(items, config)
     flat = [q for qs in built for q in qs]
     plans = _plans(cat, flat)
     records = []
     for q in flat:
-        record, new = queries.submit(ctx.engine, q.spec, analyst)
-        if new:
-            ctx.audit.record(
-                "query.submitted",
-                actor=analyst.name,
-                query_id=record.id,
-                query_digest=record.digest,
-                spec=q.spec.model_dump(mode="json"),
-                state=record.state,
-                indicator=label,
-            )
+        record, _ = queries.submit(ctx.audit, q.spec, analyst, indicator=label)
         records.append(queries.get_query(ctx.engine, record.id))
-    done = {r.id for r in records if r.state == "released" or ctx.ledger.result(r.id) is not None}
-    waiting, stuck = [], []
+    done = {r.id for r in records if r.state is QueryState.RELEASED or ctx.ledger.result(r.id) is not None}
+    waiting: dict[str, str] = {}
+    stuck = []
     for record, plan in zip(records, plans, strict=True):
         if record.id in done:
             continue
-        if record.state in ("running", "failed"):
+        if record.state in (QueryState.RUNNING, QueryState.FAILED):
             stuck.append(f"{record.id} ({record.state})")
-        elif record.state != "approved":
+        elif record.state is not QueryState.APPROVED:
             found, rejected = queries.covers(ctx.engine, record, plan)
-            if rejected:
-                waiting.append(f"{record.id} (rejected by {', '.join(rejected)})")
-            else:
-                missing = [d for d in plan.departments if d not in found]
-                waiting.append(f"{record.id} (waiting for {', '.join(missing)})")
+            waiting[record.id] = queries.waiting_for(record, plan, found, rejected)
     if stuck:
-        raise ApiError(
-            409,
-            ErrorCode.CONFLICT,
+        raise Conflict(
             f"{len(stuck)} of the {label} queries cannot run now: " + "; ".join(stuck) + ". A running "
             "one is in progress elsewhere; a failed one has spent its budget, so ask with another epsilon "
             "or period",
             "name",
+            reason="not_runnable",
         )
     if waiting:
-        raise ApiError(
-            409,
-            ErrorCode.NOT_APPROVED,
-            f"{len(waiting)} of the {label} queries are not approved: " + "; ".join(waiting),
+        raise NotApproved(
+            f"{len(waiting)} of the {label} queries are not approved: "
+            + "; ".join(f"{qid} ({why})" for qid, why in waiting.items()),
             "name",
+            waiting=waiting,
         )
     to_run = [
         (q, plan) for q, plan, record in zip(flat, plans, records, strict=True) if record.id not in done
     ]
     # Audited before anything is reserved: if the audit log cannot be written, nothing runs (503).
     ctx.audit.record(
-        "indicator.run",
-        actor=analyst.name,
-        indicator=label,
-        query_ids=[q.spec.query_id for q in flat],
-        epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+        IndicatorRun(
+            actor=analyst.name,
+            indicator=label,
+            query_ids=[q.spec.query_id for q in flat],
+            epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+            monitoring_version=configured.version,
+            monitoring_digest=configured.digest,
+        )
     )
     if to_run:
         try:
@@ -280,15 +316,18 @@ def _execute(
             )
         except BudgetExceeded as exc:
             ctx.audit.record(
-                "budget.refused",
-                actor=analyst.name,
-                indicator=label,
-                query_ids=[q.spec.query_id for q, _ in to_run],
-                scope=exc.scope,
-                requested=str(exc.requested),
-                remaining=str(exc.remaining),
+                BudgetRefusedEvent(
+                    actor=analyst.name,
+                    indicator=label,
+                    query_ids=[q.spec.query_id for q, _ in to_run],
+                    scope=exc.scope,
+                    requested=str(exc.requested),
+                    remaining=str(exc.remaining),
+                )
             )
-            raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
+            raise BudgetRefused(
+                str(exc), scope=exc.scope, requested=exc.requested, remaining=exc.remaining
+            ) from None
     released: dict[str, dict[str, Any]] = {}
     pending = [q.spec.query_id for q, _ in to_run]
     try:
@@ -304,15 +343,15 @@ def _execute(
             if q.spec.query_id in pending:
                 pending.remove(q.spec.query_id)
     except BaseException:
+        # The queries not yet run hold reservations without data: audited first, then refunded.
+        refunded = [qid for qid in pending if not stays_charged(ctx.ledger.entry(qid))]
+        ctx.audit.record(IndicatorFailed(actor=analyst.name, indicator=label, refunded=refunded))
         for qid in pending:
-            entry = ctx.ledger.entry(qid)
-            if entry is not None and entry.state == "reserved" and not entry.data_arrived:
-                ctx.ledger.refund(qid)
-        ctx.audit.record("indicator.failed", actor=analyst.name, indicator=label, refunded=pending)
+            release_unused(ctx.ledger, qid)
         raise
     out = []
     for (template, params), subqueries in zip(items, built, strict=True):
         releases = {q.role: released[q.spec.query_id]["release"] for q in subqueries}
-        result = evaluate(template, params, CONFIG, subqueries, releases)
+        result = evaluate(template, params, config, subqueries, releases)
         out.append(result.model_dump(mode="json"))
     return out

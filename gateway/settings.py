@@ -85,7 +85,11 @@ class GatewaySettings(BaseSettings):
     default_analyst_quota: Decimal | None = Field(
         Decimal(5), ge=0, description="epsilon per analyst per window; unset: only the federation cap"
     )
-    max_rows: int = Field(5_000_000, gt=0, description="public bound on rows, used for DP margins")
+    monitoring_config_file: Path | None = Field(
+        None,
+        description="the monitoring configuration (YAML) the indicators are built from; read at start "
+        "and stored as a new version when it changed",
+    )
     metrics_enabled: bool = True
 
     @field_validator("database_url", mode="before")

@@ -24,7 +24,6 @@ from gateway.runner import release_spec
 from privacy.intervals import histogram_boundaries, sample_noise
 from privacy.release import histogram_bin_labels, prepare_release
 
-MAX_ROWS = 5_000_000
 EXACT_EPSILON = Decimal(10) ** 12
 """Epsilon of an unsafe exact evaluation: noise scales near 1e-6 and below, so the noise is 0."""
 
@@ -57,7 +56,7 @@ def release(
     catalog = {n: s.schema for n, s in services.items()}
     out = {}
     for q in queries:
-        spec = release_spec(plan_query(q.spec, catalog), MAX_ROWS)
+        spec = release_spec(plan_query(q.spec, catalog))
         if exact:
             spec = spec.model_copy(update={"epsilon": EXACT_EPSILON})
         out[q.role] = prepare_release(spec).run(unit_frames[q.role]).to_json_dict()
@@ -69,9 +68,7 @@ def scales(
 ) -> dict[str, dict[str, float]]:
     """The noise scales each sub-query's release uses (public: built from the spec, no data)."""
     catalog = {n: s.schema for n, s in services.items()}
-    return {
-        q.role: prepare_release(release_spec(plan_query(q.spec, catalog), MAX_ROWS)).scales for q in queries
-    }
+    return {q.role: prepare_release(release_spec(plan_query(q.spec, catalog))).scales for q in queries}
 
 
 _QUANTITY = {"count": "count", "sum": "sum", "histogram": "histogram", "lorenz": "lorenz_count"}

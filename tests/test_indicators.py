@@ -23,7 +23,6 @@ from aggregation.indicators import (
     PACKS,
     IndicatorError,
     IndicatorParams,
-    MonitoringConfig,
     evaluate,
 )
 from aggregation.indicators.income_bands import band_edges, bands_of
@@ -43,12 +42,12 @@ from connectors.config import Unit, load_config
 from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
-from gateway.seed_groups import SEED_GROUPS
+from gateway.seed_groups import SEED_GROUPS, synthetic_config
 from privacy.intervals import sample_noise
 from privacy.inversion import noise_half_width
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
-CONFIG = MonitoringConfig()
+CONFIG = synthetic_config()
 TINY = 1e-9  # a noise scale that draws nothing: post-processing on fixed inputs is deterministic
 
 

@@ -111,7 +111,7 @@ def test_bounds_wider_than_the_datasets_declare_are_warned(fed: Federation) -> N
         measure=Measure(
             terms=(Term(dataset="social.pensions", measure="pension_income"),),
             lower=0,
-            upper=10**11,  # far above what the pensions dataset declares per person
+            upper=2_000_000_000,  # far above what the pensions dataset declares per person
         ),
         statistics=(Statistic(kind=StatisticKind.SUM),),
         epsilon=Decimal("0.2"),

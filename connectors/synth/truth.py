@@ -82,11 +82,12 @@ _DATASET_FRAMES: dict[str, str] = {
 }
 
 # --- the monthly monitoring pack's public definitions ---------------------------------------------------
-# These mirror `aggregation.indicators.MonitoringConfig` (clamps, caps, bands, coverage datasets, the drop
-# share, the key-group names), the monthly pack's periods (`aggregation.indicators.pack`), the quantiles of
-# `aggregation.indicators.income_distribution` and the seed key groups (`gateway.seed_groups`). A department
-# installs the connectors package alone, so it cannot import them; tests/test_pack_truth.py checks the
-# copies are equal.
+# The county's plan, the truth's own copy: `connectors.synth.monitoring` writes it into the county's
+# monitoring configuration (clamps, caps, bands, coverage datasets, the drop share, the key groups), which
+# the gateway's indicators are built from. The monthly pack's periods (`aggregation.indicators.pack`) and
+# the quantiles of `aggregation.indicators.income_distribution` are copied too. A department installs the
+# connectors package alone, so it cannot import them; tests/test_pack_truth.py checks that the file the
+# gateway reads and these copies agree.
 INCOME_LOWER = -200_000
 INCOME_UPPER = 5_000_000
 INCOME_SUM_UPPER = 1_500_000
@@ -158,8 +159,8 @@ DEFINITIONS = {
     "urban_rural_ratio": "urban per-capita income / rural per-capita income",
     "household_count": "households with at least one member counted; person_count: those members",
     "persons_seen": (
-        "distinct persons in the register or any income dataset, the spine of a person query "
-        "(includes the floating population)"
+        "distinct persons in the register or any income dataset (includes the floating population, "
+        "which person queries do not count: it belongs to no registered household)"
     ),
     "urban": "households in villages whose NBS urban-rural code starts with 1 (111-123); rural: 210, 220",
     "raw": "the true county before data-entry defects: all records, nothing clipped",
@@ -322,7 +323,7 @@ def build_truth(
 def _persons_seen(
     records: Records, registered: npt.NDArray[np.bool_], defects: Mapping[str, DepartmentDefects] | None
 ) -> int:
-    """Distinct persons in the register or an income dataset: the spine of a person query.
+    """Distinct persons in the register or an income dataset (person queries count only the linked ones).
 
     With `defects`, only the persons whose number is valid where they appear count.
     """
