@@ -58,6 +58,14 @@ def init(
         list[str] | None,
         typer.Option("--audit-public-key", help="the gateway's audit verifier key / 审计公钥"),
     ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="the https URL the gateway calls (your TLS proxy) / 网关访问本连接器的 https 地址"),
+    ] = None,
+    unsafe_development: Annotated[
+        bool,
+        typer.Option(help="loopback development only: no https public URL / 仅限本机开发"),
+    ] = False,
     end: Annotated[
         str | None,
         typer.Option(
@@ -97,7 +105,7 @@ def init(
     }
     if audit_public_key:
         policy["audit_public_keys"] = list(audit_public_key)
-    config = {
+    config: dict[str, Any] = {
         "name": name,
         "department": department,
         "description": f"{department} connector",
@@ -105,10 +113,12 @@ def init(
         "signing_key_file": str(_relative(signing_key, base)),
         "federation_keyring_file": str(_relative(keyring, base)),
         "state_dir": f"state-{name}",
-        "listen": {"host": "127.0.0.1", "port": port},
+        "listen": {"host": "127.0.0.1", "port": port, **({"public_url": public_url} if public_url else {})},
         "datasets": [proposal.dataset],
         "policy": policy,
     }
+    if unsafe_development:
+        config["unsafe_development"] = True
     header = "".join(f"# review: {n}\n" for n in proposal.notes)
     out.write_text(
         "# Proposed by `fedgate connector init`; edit, then `fedgate connector check --config` it.\n"

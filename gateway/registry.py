@@ -120,8 +120,8 @@ def allow_endpoint(trail: AuditTrail, url: str, by: Principal, *, production: bo
 
 
 def remove_endpoint(trail: AuditTrail, url: str, by: Principal) -> str:
-    """Take an endpoint off the allow-list with its entry (404 if it is not on it); registered
-    connectors keep their record, but a registration or update at that endpoint is refused from now on."""
+    """Take an endpoint off the allow-list with its entry (404 if it is not on it); a connector there
+    keeps its record, but every call to it is refused from now on, and so is registering it again."""
     url = normalise_endpoint(url)
     with trail.change() as change:
         done = change.conn.execute(db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == url))

@@ -141,7 +141,7 @@ def test_the_guide_from_keys_to_a_released_result(
         "--gateway-public-key", gateway_key["public_key"],
         "--audit-public-key", audit_key["verifier_key"],
         "--admin-key-sha256", admin["admin_key_sha256"],
-        "--port", str(port), "--out", "tax.yaml", "--end", "2025-12", cwd=dept,
+        "--port", str(port), "--out", "tax.yaml", "--end", "2025-12", "--unsafe-development", cwd=dept,
     )  # fmt: skip
     assert "configuration proposed in tax.yaml" in init.stderr
     assert connector_key["fingerprint"] in init.stdout  # the dry run shows the key to confirm
