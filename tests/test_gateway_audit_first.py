@@ -243,6 +243,10 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         ("POST", "/v1/connectors/{name}/disable"): ("operator", None),
         ("POST", "/v1/connectors/{name}/enable"): ("operator", None),
         ("POST", "/v1/queries"): ("analyst", _query("A new query that never lands").model_dump(mode="json")),
+        ("POST", "/v1/queries/preview"): (
+            "analyst",
+            _query("A preview never answered").model_dump(mode="json"),
+        ),
         ("POST", "/v1/queries/{query_id}/approvals"): ("tax", _signed_approval(fed, waiting, "tax")),
         ("POST", "/v1/queries/{query_id}/rejections"): ("civil", {"reason": "not for this purpose"}),
         ("POST", "/v1/rules"): ("tax", _signed_rule(fed, "tax", "tax-narrow")),
