@@ -3,6 +3,8 @@
     GET  /v1/health    liveness, unsigned, no data
     GET  /v1/schema    the declared datasets (public policy only); gateway-signed request, signed answer
     POST /v1/extract   one approved, tokenised, clipped per-entity roll-up as an Arrow IPC stream
+    POST /v1/preflight could this connector serve that extract now? (checks and a one-row probe;
+                       serves, counts and reserves nothing)
     GET  /v1/quality   invalid/legacy/duplicate ID counts and recent failures with the database's own
                        (scrubbed) error, for the department's own admin key only
 
@@ -18,7 +20,6 @@ import base64
 import datetime
 import hashlib
 import hmac
-import json
 import threading
 import time
 import uuid
@@ -36,16 +37,19 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit.checkpoint import parse_verifier
-from audit.errors import CheckpointError, ForkDetected, ProofError
-from audit.witness import witness
+from audit.cosignature import Cosigner
+from audit.entries import ACTION_EXTRACT_PLANNED
+from audit.errors import CheckpointError, CheckpointStale, ForkDetected, ProofError
+from audit.witness import check_inclusion, witness
 from connectors.config import DatasetSpec, EntityKind, LoadedConfig, Unit
-from connectors.errors import RequestRefused, SourceError, UnknownKeyEpoch
-from connectors.extract import Extractor
+from connectors.errors import ConfigError, RequestRefused, SourceError, UnknownKeyEpoch
+from connectors.extract import Extractor, rollup_spec
 from connectors.federation_keys import FederationKeyring
 from connectors.protocol import (
     ARROW_STREAM,
     BASELINE_SUFFIX,
     H_CONNECTOR,
+    H_COSIGNATURE,
     H_KEY,
     H_NONCE,
     H_PROTOCOL,
@@ -62,8 +66,11 @@ from connectors.protocol import (
     ExtractRequest,
     MeasureSchema,
     PolicySchema,
+    PreflightAnswer,
+    PreflightRequest,
     SignatureError,
     canonical_json,
+    extract_digest,
     fingerprint,
     load_private_key,
     parse_public_key,
@@ -190,6 +197,15 @@ class ConnectorService:
         self.schema = build_schema(loaded, public_key_text(self.signing_key.public_key()))
         self.extractor = Extractor(loaded, source, keyring)
         self.audit_verifiers = [parse_verifier(v) for v in self.cfg.policy.audit_public_keys]
+        # The connector key cosigns the checkpoints it witnessed, under the connector's name.
+        self.cosigner = Cosigner(self.cfg.name, self.signing_key)
+        if self.cfg.unsafe_development:
+            log.warning(
+                "connector.unsafe_development",
+                witnessing=bool(self.audit_verifiers),
+                public_url=self.cfg.listen.public_url,
+                message="development switch on: do not serve real data with this configuration",
+            )
         # Kept in memory too, so a health check never waits on the state file while extracts run.
         self.witnessed_size = state.witnessed()[0]
         self._witness_lock = threading.Lock()
@@ -252,10 +268,15 @@ class ConnectorService:
             return public.rstrip("/") + path
         return str(request.url)
 
-    def signed(self, verified: Verified, body: bytes, media_type: str) -> Response:
+    def signed(
+        self, verified: Verified, body: bytes, media_type: str, *, cosignature: str | None = None
+    ) -> Response:
         headers = sign_response(
             self.signing_key, request_digest=verified.digest, connector=self.cfg.name, body=body
         )
+        if cosignature is not None:
+            # The line holds an em dash, which an HTTP header cannot: it travels as base64 of its UTF-8.
+            headers[H_COSIGNATURE] = base64.b64encode(cosignature.encode()).decode()
         return Response(content=body, media_type=media_type, headers=headers)
 
     # --- extract checks
@@ -377,19 +398,21 @@ class ConnectorService:
             raise _refuse(403, ErrorCode.NOT_APPROVED, "epsilon is above the rule's maximum per query")
         return rule
 
-    def witness(self, req: ExtractRequest) -> None:
-        """Check the gateway's audit checkpoint against the last one witnessed here; refuse on a fork.
+    def witness(self, req: ExtractRequest) -> str | None:
+        """Witness the gateway's audit checkpoint; return this connector's cosignature of it.
 
-        A connector that pins the gateway's audit key serves only requests whose checkpoint is signed by it
-        and extends (by an RFC 9162 consistency proof) the last checkpoint it accepted. Once it has seen a
-        forked history it refuses everything until an operator resolves the fork.
+        Served only: a checkpoint signed by a pinned audit key, extending (by an RFC 9162 consistency proof)
+        and not smaller than the last one accepted here, that includes (by an inclusion proof) the entry in
+        which the gateway logged this very extract before signing it. Once it has seen a forked history the
+        connector refuses everything until an operator resolves the fork (docs/security.md). Without an
+        audit key (only under `unsafe_development`) nothing is witnessed and None is returned.
         """
         if not self.audit_verifiers:
-            return
+            return None
         with self._witness_lock:
-            self._witness(req)
+            return self._witness(req)
 
-    def _witness(self, req: ExtractRequest) -> None:
+    def _witness(self, req: ExtractRequest) -> str:
         size, last, forked = self.state.witnessed()
         if forked:
             raise _refuse(
@@ -407,9 +430,32 @@ class ConnectorService:
                 "the proof is not from the audit size this connector last witnessed",
                 {"witnessed_size": size},
             )
+        if req.witness_seq is None or req.witness_entry is None or req.witness_prev_hash is None:
+            raise _refuse(
+                422,
+                ErrorCode.INVALID_REQUEST,
+                "this connector requires the inclusion proof of the request's own audit entry "
+                "(witness_seq, witness_entry, witness_prev_hash, witness_inclusion)",
+            )
         try:
             proof = [base64.b64decode(p, validate=True) for p in req.checkpoint_proof]
             accepted = witness(last, req.checkpoint, proof, self.audit_verifiers)
+            inclusion = [base64.b64decode(p, validate=True) for p in req.witness_inclusion]
+            event = check_inclusion(
+                accepted,
+                req.witness_seq,
+                bytes.fromhex(req.witness_prev_hash),
+                req.witness_entry.encode(),
+                inclusion,
+            )
+        except CheckpointStale as exc:
+            # Refused, never accepted: the gateway retries with a checkpoint at least this large.
+            raise RequestRefused(
+                409,
+                ErrorCode.CHECKPOINT_STALE.value,
+                "the checkpoint is older than the one this connector last witnessed",
+                {"witnessed_size": exc.witnessed_size},
+            ) from None
         except ForkDetected:
             self.state.mark_fork()
             self.state.append_log(
@@ -425,16 +471,26 @@ class ConnectorService:
             raise _refuse(
                 403,
                 ErrorCode.FORBIDDEN,
-                "the audit checkpoint is not signed by the gateway's audit key or its proof is malformed",
+                "the audit checkpoint is not signed by the gateway's audit key, or a proof does not hold",
             ) from None
-        if accepted.size >= size:
-            self.state.remember_checkpoint(accepted.size, accepted.note)
-            self.witnessed_size = accepted.size
+        expected = {
+            "action": ACTION_EXTRACT_PLANNED,
+            "connector": self.cfg.name,
+            "query_id": req.query_id,
+            "dataset": req.dataset,
+            "extract_digest": extract_digest(req),
+        }
+        if any(event.get(k) != v for k, v in expected.items()):
+            raise _refuse(
+                403,
+                ErrorCode.FORBIDDEN,
+                "the audit entry the inclusion proof vouches for does not record this extract",
+            )
+        self.state.remember_checkpoint(accepted.size, accepted.note)
+        self.witnessed_size = accepted.size
+        return self.cosigner.cosign(accepted, int(time.time()))
 
-    def extract(
-        self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
-    ) -> tuple[bytes, dict[str, Any]]:
-        """Serve one extract; returns the Arrow IPC body and the facts to log."""
+    def _check_epoch(self, req: ExtractRequest) -> None:
         try:
             self.keyring.tokenizer(
                 epoch=req.token.epoch, suite=req.token.suite, entity_kind="person", query_id=req.query_id
@@ -443,13 +499,72 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.UNKNOWN_KEY_EPOCH, "this connector holds no federation key of that epoch"
             ) from None
-        # The checkpoint changes between retries; the rest of the request identifies it. Taken from the
-        # body's form, which leaves unset baseline fields out, so a retry of an extract served before
-        # those fields existed still matches its stored answer.
-        identity = {
-            k: v for k, v in json.loads(req.body()).items() if k not in ("checkpoint", "checkpoint_proof")
-        }
-        fingerprint_ = sha256_hex(canonical_json(identity))
+
+    def preflight(self, req: PreflightRequest, dataset: DatasetSpec) -> None:
+        """Everything an extract would check, and a one-row probe of the source, serving and counting
+        nothing: a query that cannot be served fails before the gateway reserves any budget."""
+        extract = req.as_extract()
+        self._check_epoch(extract)
+        if self.audit_verifiers:
+            if self.state.witnessed()[2]:
+                raise _refuse(
+                    409,
+                    ErrorCode.FORK_DETECTED,
+                    "this connector saw a forked audit history; it serves nothing",
+                )
+            try:
+                presented = parse_verifier(req.audit_key) if req.audit_key else None
+            except CheckpointError:
+                presented = None
+            if presented is None or not any(presented.same_key(v) for v in self.audit_verifiers):
+                raise _refuse(
+                    403,
+                    ErrorCode.FORBIDDEN,
+                    "this connector does not pin the gateway's audit key, so it would refuse the extract's "
+                    "checkpoint: add the gateway's verifier key to policy.audit_public_keys",
+                )
+        window = budget_window()
+        try:
+            self.state.check_reservation(
+                query_id=req.query_id,
+                dataset=dataset.name,
+                fingerprint=extract_digest(extract),
+                window=window,
+                epsilon=req.epsilon,
+                cap=self.cfg.policy.max_epsilon_per_window,
+            )
+        except AlreadyServed:
+            raise _refuse(
+                403, ErrorCode.ALREADY_SERVED, "this dataset was already served for this query"
+            ) from None
+        except BudgetExhausted:
+            raise _refuse(
+                403, ErrorCode.BUDGET_EXCEEDED, f"the query's epsilon does not fit in window {window}"
+            ) from None
+        chunk_rows = self.cfg.source.chunk_rows
+        specs = [rollup_spec(dataset, extract, chunk_rows)]
+        if req.baseline_start is not None and req.baseline_end is not None and req.measures:
+            specs.append(
+                rollup_spec(dataset, extract, chunk_rows, period=(req.baseline_start, req.baseline_end))
+            )
+        try:
+            for spec in specs:
+                self.source.probe(spec)
+        except (SourceError, ConfigError) as exc:
+            # The department's log and quality report name the cause; the gateway sees only the code.
+            failure = exc if isinstance(exc, SourceError) else SourceError(str(exc))
+            self.note_source_failure(req.query_id, dataset.name, failure)
+            raise _refuse(
+                503, ErrorCode.SOURCE_UNAVAILABLE, "the department's source cannot be read now"
+            ) from None
+
+    def extract(
+        self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Serve one extract; returns the Arrow IPC body and the facts to log."""
+        self._check_epoch(req)
+        # The witness fields change between retries; the rest of the request identifies it.
+        fingerprint_ = extract_digest(req)
         window = budget_window()
         epsilon = req.epsilon
         try:
@@ -601,15 +716,37 @@ def create_app(service: ConnectorService) -> FastAPI:
                 422, ErrorCode.INVALID_REQUEST, "invalid extract request: " + ", ".join(fields)
             ) from None
         dataset = service.check_extract(req, verified)
-        await run_in_threadpool(service.witness, req)
+        cosignature = await run_in_threadpool(service.witness, req)
         request.state.log_extra = {
             "dataset": dataset.name,
             "request_digest": verified.digest,
             "checkpoint": req.checkpoint,
+            "cosignature": cosignature,
         }
         payload, facts = await run_in_threadpool(service.extract, req, dataset, verified)
         request.state.log_extra.update(facts)
-        return service.signed(verified, payload, ARROW_STREAM)
+        return service.signed(verified, payload, ARROW_STREAM, cosignature=cosignature)
+
+    @app.post("/v1/preflight")
+    async def preflight(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise _refuse(413, ErrorCode.INVALID_REQUEST, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        verified = await run_in_threadpool(service.verify_request, request, body)
+        try:
+            req = PreflightRequest.model_validate_json(body)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "(body)" for e in exc.errors()})
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "invalid preflight request: " + ", ".join(fields)
+            ) from None
+        dataset = service.check_extract(req, verified)
+        # Logged under its own key: `fedgate audit reconcile` matches `request_digest` with extracts only,
+        # and a preflight serves nothing to reconcile.
+        request.state.log_extra = {"dataset": dataset.name, "preflight_digest": verified.digest}
+        await run_in_threadpool(service.preflight, req, dataset)
+        answer = PreflightAnswer(connector=cfg.name, query_id=req.query_id, dataset=dataset.name)
+        return service.signed(verified, canonical_json(answer.model_dump(mode="json")), "application/json")
 
     @app.get("/v1/quality")
     async def quality(request: Request) -> dict[str, Any]:
@@ -628,7 +765,6 @@ def create_app(service: ConnectorService) -> FastAPI:
 def build_service(loaded: LoadedConfig) -> ConnectorService:
     """Open the source, keys and state named by a configuration, checking every dataset against the source."""
     from connectors.config import read_signing_key
-    from connectors.errors import ConfigError
     from connectors.federation_keys import load_keyring
     from connectors.sources import open_source
 

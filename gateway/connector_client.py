@@ -16,10 +16,14 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from connectors.protocol import (
+    H_COSIGNATURE,
     H_SIGNATURE,
     PROTOCOL_VERSION,
     ConnectorSchema,
+    ErrorCode,
     ExtractRequest,
+    PreflightAnswer,
+    PreflightRequest,
     SignatureError,
     parse_public_key,
     request_digest,
@@ -31,6 +35,8 @@ from connectors.protocol import (
 from connectors.protocol import (
     fingerprint as key_fingerprint,
 )
+
+_ERROR_CODES = frozenset(c.value for c in ErrorCode)
 
 
 class ConnectorCallError(Exception):
@@ -126,6 +132,10 @@ class ConnectorClient:
                 code, text = str(err.get("error", "error")), str(err.get("message", ""))
             except (ValueError, AttributeError):
                 err, code, text = {}, "error", "the connector answered without a JSON error body"
+            # Only the protocol's own codes travel on (into audit entries and refusals): a target's
+            # arbitrary text never does.
+            if code not in _ERROR_CODES:
+                code, text = "error", "the connector answered with an unknown error code"
             failure = ConnectorCallError(self.connector, response.status_code, code, text, receipt)
             size = err.get("witnessed_size") if isinstance(err, dict) else None
             if isinstance(size, int):
@@ -151,6 +161,10 @@ class ConnectorClient:
             "response_digest": sha256_hex(response.content),
             "connector_signature": response.headers.get(H_SIGNATURE, ""),
         }
+        cosignature = response.headers.get(H_COSIGNATURE)
+        if cosignature:
+            # Checked against the connector's key by the caller before it is logged.
+            self.last_receipt["cosignature"] = cosignature
         return response
 
     def health(self) -> bool:
@@ -210,7 +224,8 @@ class ConnectorClient:
                     connector,
                     200,
                     "bad_signature",
-                    "the connector's key does not have the pinned fingerprint",
+                    f"the connector presents key fingerprint {key_fingerprint(key)}, not the pinned "
+                    f"{fingerprint}: confirm the right one with the department out of band",
                 )
             if schema.connector != connector:
                 raise ConnectorCallError(connector, 200, "bad_schema", "the schema names another connector")
@@ -227,6 +242,32 @@ class ConnectorClient:
             return schema
         finally:
             probe.close()
+
+    def preflight(self, request: PreflightRequest) -> tuple[PreflightAnswer, dict[str, str]]:
+        """Ask whether the connector could serve this extract now; it serves and counts nothing.
+
+        Returns the answer and its receipt (built from this response, not `last_receipt`, so one client
+        can preflight from several threads at once)."""
+        response = self._call("POST", "/v1/preflight", query_id=request.query_id, body=request.body())
+        receipt = {
+            "request_digest": response.request.extensions["fedgate_digest"],
+            "response_digest": sha256_hex(response.content),
+            "connector_signature": response.headers.get(H_SIGNATURE, ""),
+        }
+        try:
+            answer = PreflightAnswer.model_validate_json(response.content)
+        except ValueError:
+            raise ConnectorCallError(
+                self.connector, response.status_code, "bad_schema", "the preflight answer is not fedgate/1"
+            ) from None
+        if (answer.connector, answer.query_id) != (self.connector, request.query_id):
+            raise ConnectorCallError(
+                self.connector,
+                response.status_code,
+                "bad_schema",
+                "the preflight answer is for another query",
+            )
+        return answer, receipt
 
     def extract(self, request: ExtractRequest) -> pa.Table:
         response = self._call("POST", "/v1/extract", query_id=request.query_id, body=request.body())

@@ -5,8 +5,8 @@ sums, so the monthly calendar releases each month once and the rolling figure co
 are a stock, not a flow: each monthly release counts the same register's members, so the twelve monthly
 member sums are averaged (the year's average household population, as household surveys use).
 Per-capita income over the 12 months is summed income over averaged members, by area (county, urban,
-rural by the public NBS code), and the ratio of urban to rural; intervals by simulating the known
-integer-Laplace noise of every monthly cell around the noisy values.
+rural by the public NBS code), and the ratio of urban to rural; intervals by inverting the known
+integer-Laplace noise of every monthly cell (`privacy.inversion`, as the urban–rural indicator does).
 
 Only the urban–rural sums are rolled up this way; figures that do not add up over months (band shares,
 quantiles, the Gini, coverage as "any record in the year", key groups' bands) come from the year-end pack.
@@ -22,6 +22,8 @@ import numpy as np
 from aggregation.indicators import cells
 from aggregation.indicators.model import Figure, IndicatorResult, MonitoringConfig, QueryRef, SubQuery
 from aggregation.indicators.urban_rural import INCOME, MEMBERS, UrbanRuralRatio
+from aggregation.indicators.urban_rural import _ratio as urban_rural_ratio_of
+from privacy.inversion import DENOMINATOR_NOT_POSITIVE, ratio_by_inversion
 
 ROLLING_MONTHS = 12
 NAME = "urban_rural_ratio_12m"
@@ -33,55 +35,61 @@ def rolling_urban_rural(
     seed: int,
 ) -> IndicatorResult:
     """Per-capita income and the urban–rural ratio over the months given (reference month, the monthly
-    urban–rural queries, role -> release), oldest first; every month must be there."""
+    urban–rural queries, role -> release), oldest first; every month must be there, released at one
+    epsilon (so every month's cells have the same public noise scales). `seed` is unused: the intervals
+    invert the known noise exactly, with nothing drawn."""
     if len(months) != ROLLING_MONTHS:
         raise ValueError(f"a rolling figure needs {ROLLING_MONTHS} monthly releases, got {len(months)}")
-    keys = sorted({k for _, _, rel in months for k in cells.direct(rel[INCOME], "sum")}, key=str)
-    income = np.array([[cells.direct(rel[INCOME], "sum").get(k, 0.0) for k in keys] for _, _, rel in months])
-    members = np.array(
-        [[cells.direct(rel[MEMBERS], "sum").get(k, 0.0) for k in keys] for _, _, rel in months]
-    )
-    income_scales = np.array([[cells.scale(rel[INCOME], "sum")] * len(keys) for _, _, rel in months])
-    member_scales = np.array([[cells.scale(rel[MEMBERS], "sum")] * len(keys) for _, _, rel in months])
-    urban = np.array([k[0] is not None and config.is_urban(k[0]) for k in keys])
-    rural = np.array([k[0] is not None and not config.is_urban(k[0]) for k in keys])
-
-    def figures_of(inc: np.ndarray, mem: np.ndarray) -> np.ndarray:
-        total = inc.sum(axis=-2)  # the twelve months' income, per cell
-        average = mem.mean(axis=-2)  # the year's average members, per cell
-        pools = [np.ones_like(urban), urban, rural]
-        out = [cells.safe_ratio(total[..., p].sum(axis=-1), average[..., p].sum(axis=-1)) for p in pools]
-        out.append(cells.safe_ratio(out[1], out[2], floor=1e-9))
-        return np.stack(out, axis=-1)
-
-    value, low, high = cells.simulate(
-        [income, members], [income_scales, member_scales], figures_of, rng=np.random.default_rng(seed)
-    )
+    scales = {(cells.scale(rel[INCOME], "sum"), cells.scale(rel[MEMBERS], "sum")) for _, _, rel in months}
+    if len(scales) != 1:
+        raise ValueError("the monthly releases of a rolling figure must share their noise scales")
+    ((income_scale, members_scale),) = scales
+    sums = [cells.direct(rel[INCOME], "sum") for _, _, rel in months]
+    sizes = [cells.direct(rel[MEMBERS], "sum") for _, _, rel in months]
+    keys = sorted({k for s in sums for k in s}, key=str)
+    # One row per (month, cell): the twelve months' cells are independent noisy cells of the same scales.
+    income = np.array([s.get(k, 0.0) for s in sums for k in keys])
+    members = np.array([s.get(k, 0.0) for s in sizes for k in keys])
+    urban = np.array([k[0] is not None and config.is_urban(k[0]) for _ in months for k in keys])
+    rural = np.array([k[0] is not None and not config.is_urban(k[0]) for _ in months for k in keys])
+    pools = {"county": np.ones_like(urban), "urban": urban, "rural": rural}
     first, last = months[0][0], months[-1][0]
-    figures = [
-        Figure(
-            figure="per_capita_income",
-            label=f"per-capita disposable income, {first}..{last}",
-            group=group,
-            value=float(value[i]),
-            low=float(low[i]),
-            high=float(high[i]),
-            unit="yuan",
+    figures = []
+    for group, mask in pools.items():
+        m = int(mask.sum())
+        # Summed income over the months' mean members = ROLLING_MONTHS x summed income / summed members.
+        est = ratio_by_inversion(
+            float(income[mask].sum()), (income_scale,) * m, float(members[mask].sum()), (members_scale,) * m
         )
-        for i, group in enumerate(("county", "urban", "rural"))
-    ]
-    # A ratio over a rural figure that the noise allows to be 0 or below says nothing: undefined, and
-    # the notes say why, rather than a huge number from a floored denominator.
-    defined = bool(low[2] > 0)
+        undefined = bool(est.undefined)
+        figures.append(
+            Figure(
+                figure="per_capita_income",
+                label=f"per-capita disposable income, {first}..{last}",
+                group=group,
+                value=None if undefined else ROLLING_MONTHS * float(est.value),
+                low=None if undefined else ROLLING_MONTHS * float(est.low),
+                high=None if undefined else ROLLING_MONTHS * float(est.high),
+                unit="yuan",
+                note=DENOMINATOR_NOT_POSITIVE if undefined else None,
+            )
+        )
+    # The ratio of the two per-capita figures: the months' factor cancels, so it is the urban-rural
+    # indicator's own inversion over all the months' cells.
+    (value, low, high), note = urban_rural_ratio_of(
+        income, members, urban, rural, (income_scale, members_scale)
+    )
+    defined = note is None
     figures.append(
         Figure(
             figure="urban_rural_ratio",
             label=f"urban / rural per-capita income, {first}..{last}",
             group="county",
-            value=float(value[3]) if defined else None,
-            low=float(low[3]) if defined else None,
-            high=float(high[3]) if defined else None,
+            value=value if defined else None,
+            low=low if defined else None,
+            high=high if defined else None,
             unit="ratio",
+            note=note,
         )
     )
     notes = [
@@ -91,10 +99,7 @@ def rolling_urban_rural(
         "household with one very large month counts less than in an annual clamp.",
     ]
     if not defined:
-        notes.append(
-            "The urban–rural ratio is undefined here: the rural per-capita income's 95% interval reaches 0 "
-            "or below, so the noise does not tell its denominator from nothing."
-        )
+        notes.append(f"The urban–rural ratio is {note}.")
     template = UrbanRuralRatio()
     return IndicatorResult(
         indicator=NAME,
@@ -113,9 +118,10 @@ def rolling_urban_rural(
         notes=notes,
         methods={
             "per_capita_income": "sum of the twelve monthly noisy income sums over the area's urban-rural "
-            "cells / mean of the twelve monthly noisy member sums (denominator floored at 1)",
-            "urban_rural_ratio": "ratio of the urban and rural figures, undefined when the rural figure's "
-            "95% interval reaches 0; 95% interval by simulating the integer-Laplace noise of every monthly "
-            "cell around the noisy values",
+            "cells / mean of the twelve monthly noisy member sums; 95% interval by inverting the known "
+            "noise of every monthly cell (Fieller); undefined where the members' interval reaches 0",
+            "urban_rural_ratio": "ratio of the urban and rural figures, undefined unless the rural one is "
+            "clearly positive; 95% interval by inverting the known noise of every monthly cell, as the "
+            "urban_rural_ratio indicator does",
         },
     )
