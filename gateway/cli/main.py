@@ -24,10 +24,10 @@ from rich.table import Table
 
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
-from gateway.cli_common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
-from gateway.groups_cli import groups_app
-from gateway.indicators_cli import indicators_app
-from gateway.users_cli import users_app
+from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
+from gateway.cli.groups import groups_app
+from gateway.cli.indicators import indicators_app
+from gateway.cli.users import users_app
 
 app = typer.Typer(
     help="fedgate: a privacy-preserving data federation gateway.",
@@ -242,7 +242,7 @@ def demo(
     ] = None,
 ) -> None:
     """A county, five connectors and the gateway on loopback, the headline query, then serve until Ctrl-C."""
-    from gateway.demo import run_demo
+    from gateway.dev.demo import run_demo
 
     run_demo(Path(workdir), persons=persons, fresh=fresh, once=once, json_out=json_out)
 
