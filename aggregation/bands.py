@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from privacy.intervals import CONFIDENCE, sample_noise
-from privacy.release import histogram_bin_labels
+from privacy.vocabulary import histogram_bin_labels
 
 DRAWS = 2_000
 

@@ -19,7 +19,8 @@ from aggregation.distribution import (
     quantiles_from_lorenz,
 )
 from privacy.intervals import quantiles_from_noisy_histogram
-from privacy.release import Count, GroupDomain, Lorenz, ReleaseResult, ReleaseSpec, prepare_release
+from privacy.release import prepare_release
+from privacy.vocabulary import Count, GroupDomain, Lorenz, ReleaseResult, ReleaseSpec
 
 NO_NOISE = {"count_scale": 0.0, "sum_scales_per_bin": 0.0}
 

@@ -17,7 +17,7 @@ from aggregation.indicators.income_bands import band_edges
 from aggregation.reconcile import NoisyTable, ReconcileError, noise_variance, reconcile
 from bench.bench_reconcile import FAMILIES, county_services, measure, params_for, releases
 from gateway.dev.seed_groups import synthetic_config
-from privacy.release import histogram_bin_labels
+from privacy.vocabulary import histogram_bin_labels
 
 CONFIG = synthetic_config()
 TRIALS = 300

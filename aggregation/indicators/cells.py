@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from privacy.intervals import CONFIDENCE, sample_noise
-from privacy.release import histogram_bin_labels
+from privacy.vocabulary import histogram_bin_labels
 
 DRAWS = 2_000
 FloatArray = npt.NDArray[np.float64]
