@@ -16,9 +16,11 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from connectors.protocol import (
+    H_COSIGNATURE,
     H_SIGNATURE,
     PROTOCOL_VERSION,
     ConnectorSchema,
+    ErrorCode,
     ExtractRequest,
     SignatureError,
     parse_public_key,
@@ -31,6 +33,8 @@ from connectors.protocol import (
 from connectors.protocol import (
     fingerprint as key_fingerprint,
 )
+
+_ERROR_CODES = frozenset(c.value for c in ErrorCode)
 
 
 class ConnectorCallError(Exception):
@@ -126,6 +130,10 @@ class ConnectorClient:
                 code, text = str(err.get("error", "error")), str(err.get("message", ""))
             except (ValueError, AttributeError):
                 err, code, text = {}, "error", "the connector answered without a JSON error body"
+            # Only the protocol's own codes travel on (into audit entries and refusals): a target's
+            # arbitrary text never does.
+            if code not in _ERROR_CODES:
+                code, text = "error", "the connector answered with an unknown error code"
             failure = ConnectorCallError(self.connector, response.status_code, code, text, receipt)
             size = err.get("witnessed_size") if isinstance(err, dict) else None
             if isinstance(size, int):
@@ -151,6 +159,10 @@ class ConnectorClient:
             "response_digest": sha256_hex(response.content),
             "connector_signature": response.headers.get(H_SIGNATURE, ""),
         }
+        cosignature = response.headers.get(H_COSIGNATURE)
+        if cosignature:
+            # Checked against the connector's key by the caller before it is logged.
+            self.last_receipt["cosignature"] = cosignature
         return response
 
     def health(self) -> bool:

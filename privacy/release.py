@@ -51,10 +51,11 @@ privacy map at ``d_in`` with the epsilon before any data exists.
 a 95% interval: raw noisy integers for counts, sums, histogram and lorenz bins (which may be negative), with
 an analytic integer-Laplace interval (``lorenz_sum`` cells: the noisy offset-sum in yuan, the half-width
 scaled by ``w_j / R`` too); the display value clips to what the figure can be (counts at 0; sums at 0 when
-the bounds force a sign; offset-sums at 0). Means are ``noisy sum / noisy count`` (undefined where the noisy
-count is below 1) and quantiles invert the noisy histogram's CDF; both get simulated intervals
-(:mod:`privacy.intervals`). Gini, income shares and the Lorenz curve are post-processing of the lorenz cells
-(:mod:`aggregation.distribution`).
+the bounds force a sign; offset-sums at 0), and the interval's ends are clamped alike, so the shown value
+always lies in the shown interval. Means are ``noisy sum / noisy count`` (undefined where the noisy count is
+below 1) with an interval that inverts both noises (:mod:`privacy.inversion`); quantiles invert the noisy
+histogram's CDF with a simulated band (:mod:`privacy.intervals`). Gini, income shares and the Lorenz curve
+are post-processing of the lorenz cells (:mod:`aggregation.distribution`).
 
 This module is the OpenDP build and its run; the spec, statistic kinds, bin labels and result models are
 :mod:`privacy.vocabulary` (no OpenDP), and turning raw outputs into cells is :mod:`privacy.postprocess`.
