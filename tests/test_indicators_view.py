@@ -154,7 +154,11 @@ def test_print_run_shows_every_indicator_its_figures_and_the_total(runs: dict[st
         f"{urban['exact']:,.0f}",
     ] in rows
     ratio = _figure(doc, "urban_rural_ratio", "urban_rural_ratio", "county")
-    assert ["county", "urban_rural_ratio", ratio["label"], f"{ratio['value']:.3f}"] in [r[:4] for r in rows]
+    # The ratio is undefined (shown as a dash, with its reason) when its denominator is not clearly positive.
+    shown = format_value(ratio["value"], ratio["unit"])
+    assert ["county", "urban_rural_ratio", ratio["label"], shown] in [r[:4] for r in rows]
+    if ratio["value"] is None:
+        assert f"county urban_rural_ratio: undefined ({ratio['note']})" in " ".join(text.split())
     dibao = _figure(doc, "key_groups", "households", "county")
     assert ["county", "households", "dibao", f"{round(dibao['value']):,}"] in [r[:4] for r in rows]
 
