@@ -42,7 +42,7 @@ from connectors.protocol import (
     SignedRule,
     TokenSpec,
 )
-from privacy.release import MAX_SUM_BOUND, sum_bound_message
+from privacy.vocabulary import MAX_SUM_BOUND, sum_bound_message
 
 
 class PlanError(Exception):

@@ -45,8 +45,8 @@ from connectors.extract import Extractor
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
 from connectors.synth.monitoring import monitoring_config
+from gateway.dev.seed_groups import SEED_GROUPS
 from gateway.runner import release_spec
-from gateway.seed_groups import SEED_GROUPS
 from privacy.release import prepare_release
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -25,7 +25,7 @@ from aggregation.indicators.rolling import rolling_urban_rural
 from aggregation.indicators.urban_rural import INCOME, MEMBERS
 from aggregation.query import MemberGroup
 from connectors.synth.monitoring import monitoring_config
-from gateway.seed_groups import SEED_GROUPS
+from gateway.dev.seed_groups import SEED_GROUPS
 from gateway.settings import GatewaySettings
 
 CONFIG = parse_monitoring_config(monitoring_config())

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from aggregation.indicators.config_file import parse_monitoring_config
 from aggregation.indicators.pack import MONTHLY, YEAR_END, calendar_charges, calendar_runs
 from connectors.synth.monitoring import monitoring_config
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.client import GatewayError
-from gateway.localfed import Federation, register_everything, start_federation
-from gateway.seed_groups import SEED_GROUPS
+from gateway.dev.localfed import Federation, register_everything, start_federation
+from gateway.dev.seed_groups import SEED_GROUPS
 from gateway.settings import GatewaySettings
 
 pytestmark = [pytest.mark.slow]

@@ -33,7 +33,7 @@ from gateway import db
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient, GatewayError
 from gateway.connector_client import ConnectorCallError, ConnectorClient
-from gateway.process import start_gateway
+from gateway.dev.process import start_gateway
 
 
 def _client(dept: Department, conn: RunningConnector) -> ConnectorClient:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,10 @@ from connectors.protocol import ApprovedDataset, ConnectorSchema
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
 class MeOut(BaseModel):
