@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from aggregation.limits import MAX_CELLS_X_BINS, cells_of, cells_x_bins
 from aggregation.query import (
     COVERED,
     COVERED_DOMAIN,
@@ -157,7 +158,9 @@ def _dimension(
     return schema, ds, dim
 
 
-def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan:
+def plan_query(
+    query: QuerySpec, catalog: Mapping[str, ConnectorSchema], *, max_cells_x_bins: int = MAX_CELLS_X_BINS
+) -> Plan:
     """Validate `query` against the enabled connectors' schemas and decide what to fetch."""
     if query.unit is Unit.ORGANISATION:
         raise PlanError(
@@ -222,6 +225,7 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
                         f"filters.{i}.values.{outside[0]}", f"not a code of {ref}'s public domain"
                     )
                 filters.append((ref, frozenset(f.values)))
+    _check_size(query, groups, max_cells_x_bins)
     measured_refs = set(measures)
     for i, group in enumerate(query.member_groups):
         _plan_member_group(catalog, group, f"member_groups.{i}", measures, dims, owners)
@@ -281,6 +285,19 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
         unit_multiplicity=query.member_cap or 1,
         coverage=query.coverage,
     )
+
+
+def _check_size(query: QuerySpec, groups: list[GroupColumn], limit: int) -> None:
+    sizes = [len(g.domain) for g in groups]
+    asked = cells_x_bins(sizes, query.statistics)
+    if asked > limit:
+        cells = cells_of(sizes)
+        raise PlanError(
+            "group_by" if groups else "statistics",
+            f"the query releases {cells} cells x {asked // cells} bins = {asked} noisy values, above the "
+            f"public limit of {limit} (max_cells_x_bins): group by fewer or smaller domains, or use fewer "
+            "bins",
+        )
 
 
 def _plan_member_group(

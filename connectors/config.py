@@ -235,6 +235,12 @@ class ListenSpec(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
     public_url: str | None = Field(None, description="the URL the gateway signs, when behind a proxy")
+    max_body_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest request body served (413 above it, before the signature is checked)",
+    )
 
 
 class ConnectorConfig(_Strict):

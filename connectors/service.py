@@ -33,10 +33,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from audit.checkpoint import parse_verifier
 from audit.errors import CheckpointError, ForkDetected, ProofError
 from audit.witness import witness
+from connectors.body_limit import BodySizeLimit
 from connectors.config import DatasetSpec, EntityKind, LoadedConfig, Unit
 from connectors.errors import RequestRefused, SourceError, UnknownKeyEpoch
 from connectors.extract import Extractor
@@ -79,7 +81,6 @@ from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
 
 log = structlog.get_logger("fedgate.connector")
 
-MAX_BODY_BYTES = 256 * 1024
 _Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -92,6 +93,15 @@ def _error(
 ) -> JSONResponse:
     body = {"error": code, "message": message, "request_id": request_id, **(extra or {})}
     return JSONResponse(body, status_code=status)
+
+
+def _connector_413(scope: Scope, limit: int) -> bytes:
+    body = {
+        "error": ErrorCode.INVALID_REQUEST.value,
+        "message": f"the request body exceeds this connector's limit of {limit} bytes",
+        "request_id": scope.get("state", {}).get("request_id"),
+    }
+    return json.dumps(body).encode()
 
 
 def budget_window(now: float | None = None) -> str:
@@ -496,6 +506,9 @@ def create_app(service: ConnectorService) -> FastAPI:
         description="Answers only signed, department-approved, tokenised aggregate-input requests.",
     )
     app.state.service = service
+    # Added before the local log so that a refused body is still logged; it runs before any route reads
+    # the body or checks its signature.
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.listen.max_body_bytes, refusal=_connector_413)
 
     @app.middleware("http")
     async def local_log(request: Request, call_next: _Handler) -> Response:
@@ -562,8 +575,6 @@ def create_app(service: ConnectorService) -> FastAPI:
     @app.post("/v1/extract")
     async def extract(request: Request) -> Response:
         body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise _refuse(413, ErrorCode.INVALID_REQUEST, f"the request body exceeds {MAX_BODY_BYTES} bytes")
         verified = await run_in_threadpool(service.verify_request, request, body)
         try:
             req = ExtractRequest.model_validate_json(body)

@@ -38,6 +38,7 @@ from gateway.auth import authenticate
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, install_error_handlers, install_request_id
 from gateway.flood import FloodGate
+from gateway.limits import install_body_limit
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
 from gateway.settings import GatewaySettings, SettingsError
 from privacy.ledger import Ledger
@@ -290,6 +291,7 @@ def create_app(context: GatewayContext) -> FastAPI:
     )
     app.state.context = context
     app.state.engine = context.engine
+    install_body_limit(app, context.settings.max_body_bytes)
     app.add_middleware(AuditMiddleware, context=context)
     install_error_handlers(app)
     if context.settings.metrics_enabled:

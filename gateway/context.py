@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 
 from audit.checkpoint import Checkpointer
 from gateway.audit_trail import AuditTrail
+from gateway.limits import RunSlots
 from gateway.settings import GatewaySettings
 from privacy.ledger import Ledger
 
@@ -33,6 +34,8 @@ class GatewayContext:
     tls: ssl.SSLContext | None = None
     """mutual TLS toward connectors: the federation CA and the gateway's client certificate"""
     running: set[str] = field(default_factory=set)
+    run_slots: RunSlots = field(default_factory=RunSlots)
+    """each analyst's runs in progress (`FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST`)"""
 
 
 def get_context(request: Request) -> GatewayContext:

@@ -86,6 +86,15 @@ class GatewaySettings(BaseSettings):
         Decimal(5), ge=0, description="epsilon per analyst per window; unset: only the federation cap"
     )
     max_rows: int = Field(5_000_000, gt=0, description="public bound on rows, used for DP margins")
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="largest request body accepted (413 above it, before authentication and parsing)",
+    )
+    max_concurrent_runs_per_analyst: int = Field(
+        2, ge=1, le=64, description="runs (queries, indicators, packs) one analyst may have in progress"
+    )
     metrics_enabled: bool = True
 
     @field_validator("database_url", mode="before")

@@ -22,7 +22,7 @@ from connector_fixture import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbservers import mariadb_url, postgres_url  # noqa: F401 (fixtures)
 
-from connectors.config import Unit
+from connectors.config import ListenSpec, Unit
 from connectors.federation_keys import load_keyring
 from connectors.ids import resident_attributes
 from connectors.process import RunningConnector, start_connector
@@ -663,3 +663,34 @@ def test_requests_without_a_baseline_carry_no_baseline_field(
         "q-base-00011", approval=_period_approval(dept, "q-base-00011"), **MAIN, **BASELINE
     )
     assert with_base.body().count(b'"baseline_start":"2025-01"') == 2  # the request's and the approval's
+
+
+def test_a_body_above_the_limit_is_413_before_its_signature_is_checked(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    limit = ListenSpec().max_body_bytes  # the configuration leaves the default
+    too_large = b'{"pad": "' + b"x" * limit + b'"}'
+    # Correctly signed, so only its size is wrong; and unsigned, refused all the same.
+    signed = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=too_large,
+        query_id="q-big-01",
+    )
+    unsigned = httpx.post(conn.url + "/v1/extract", content=too_large, timeout=30)
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(limit // 1024 + 2):
+            yield b"x" * 1024
+
+    streamed = httpx.post(conn.url + "/v1/extract", content=chunks(), timeout=30)
+    for r in (signed, unsigned, streamed):
+        assert r.status_code == 413
+        body = r.json()
+        assert body["error"] == "invalid_request" and str(limit) in body["message"]
+    # The connector still serves a signed request of ordinary size afterwards.
+    schema = signed_call(conn.url, "/v1/schema", key=dept.gateway_key, connector=dept.name)
+    assert schema.status_code == 200

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from audit.errors import ProofError
 from audit.export import export_log
 from audit.store import AuditLog, StoredEntry
+from gateway.api.schemas import MAX_SEQUENCE
 from gateway.audit_trail import AuditLogSink
 from gateway.auth import Principal, Role
 from gateway.context import ContextDep, GatewayContext
@@ -90,7 +92,7 @@ async def list_entries(
     query_id: str | None = Query(None, max_length=80),
     connector: str | None = Query(None, max_length=64),
     outcome: str | None = Query(None, max_length=32),
-    after_seq: int = Query(0, ge=0),
+    after_seq: int = Query(0, ge=0, le=MAX_SEQUENCE),
     limit: int = Query(100, ge=1, le=1000),
 ) -> EntriesOut:
     """Entries matching every filter, by sequence number; page with `after_seq`."""
@@ -116,7 +118,9 @@ async def list_entries(
 
 
 @router.get("/entries/{seq}", response_model=EntryProofOut)
-async def get_entry(seq: int, ctx: ContextDep, auditor: Auditor) -> EntryProofOut:
+async def get_entry(
+    seq: Annotated[int, PathParam(ge=0, le=MAX_SEQUENCE)], ctx: ContextDep, auditor: Auditor
+) -> EntryProofOut:
     """One entry with its inclusion proof in the current tree."""
     audit_log = _log(ctx)
 
@@ -163,7 +167,10 @@ async def sign_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
 
 @router.get("/consistency", response_model=ConsistencyOut)
 async def consistency(
-    ctx: ContextDep, auditor: Auditor, from_size: int = Query(ge=0), to_size: int = Query(ge=0)
+    ctx: ContextDep,
+    auditor: Auditor,
+    from_size: int = Query(ge=0, le=MAX_SEQUENCE),
+    to_size: int = Query(ge=0, le=MAX_SEQUENCE),
 ) -> ConsistencyOut:
     """The RFC 9162 consistency proof between two tree sizes."""
     try:
@@ -178,8 +185,8 @@ async def export(
     ctx: ContextDep,
     auditor: Auditor,
     background: BackgroundTasks,
-    start: int = Query(1, ge=1),
-    end: int | None = None,
+    start: int = Query(1, ge=1, le=MAX_SEQUENCE),
+    end: int | None = Query(None, ge=1, le=MAX_SEQUENCE),
 ) -> FileResponse:
     """A range as JSON Lines with the checkpoints that cover it (a fresh checkpoint of the head is signed)."""
     work = Path(tempfile.mkdtemp(prefix="fedgate-audit-"))

@@ -16,9 +16,10 @@ from gateway.auth import Principal, Role
 from gateway.context import ContextDep
 from gateway.deps import CurrentPrincipal, require_roles
 from gateway.errors import error_responses
+from gateway.limits import RunSlot
 
 router = APIRouter(
-    prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 422, 502, 503)
+    prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503)
 )
 
 Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
@@ -141,7 +142,7 @@ def _out(doc: dict[str, Any]) -> IndicatorsRunOut:
 
 @router.post("/indicators/{name}/run", response_model=IndicatorsRunOut)
 async def run_indicator(
-    name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst
+    name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
 ) -> IndicatorsRunOut:
     """Run one indicator: its queries are submitted, must be approved, are charged together, and its
     figures come with 95% intervals. Running it again returns the same figures and charges nothing."""
@@ -162,7 +163,9 @@ async def run_indicator(
 
 
 @router.post("/packs/{name}/run", response_model=IndicatorsRunOut)
-async def run_pack(name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst) -> IndicatorsRunOut:
+async def run_pack(
+    name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
+) -> IndicatorsRunOut:
     """Run a pack (e.g. `monthly`) for a reference month within one epsilon, split as documented."""
     doc = await run_in_threadpool(
         lambda: indicators.run_pack(

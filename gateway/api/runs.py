@@ -13,10 +13,11 @@ from gateway.auth import Principal, Role
 from gateway.context import ContextDep
 from gateway.deps import CurrentPrincipal, require_roles
 from gateway.errors import ApiError, ErrorCode, error_responses
+from gateway.limits import RunSlot
 from privacy.ledger import BudgetView
 
 router = APIRouter(
-    prefix="/v1", tags=["runs and budget"], responses=error_responses(401, 403, 404, 409, 422, 503)
+    prefix="/v1", tags=["runs and budget"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503)
 )
 
 Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
@@ -53,7 +54,7 @@ def _result_out(doc: dict[str, Any]) -> ResultOut:
 
 
 @router.post("/queries/{query_id}/run", response_model=ResultOut)
-async def run_query(query_id: str, ctx: ContextDep, analyst: Analyst) -> ResultOut:
+async def run_query(query_id: str, ctx: ContextDep, analyst: Analyst, slot: RunSlot) -> ResultOut:
     """Run an approved query once; running it again returns the stored numbers and charges nothing."""
     doc = await run_in_threadpool(runner.run_query, ctx, query_id, analyst)
     return _result_out(doc)
