@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aggregation.limits import MAX_CELLS_X_BINS, cells_of, cells_x_bins
 from aggregation.query import (
@@ -24,7 +25,6 @@ from aggregation.query import (
     QuerySpec,
     split_dimension,
 )
-from connectors.config import EntityKind, Unit
 from connectors.protocol import (
     Approval,
     ApprovedDataset,
@@ -33,9 +33,9 @@ from connectors.protocol import (
     DimensionSchema,
     ExtractRequest,
     SignedApproval,
-    SignedRule,
     TokenSpec,
 )
+from connectors.vocabulary import EntityKind, Unit
 
 
 class PlanError(Exception):
@@ -62,6 +62,26 @@ class ExtractPlan:
     def ref(self) -> str:
         return f"{self.connector}.{self.dataset}"
 
+    def asks(self, query: QuerySpec) -> dict[str, Any]:
+        """What this part of `query` asks its connector for: the fields of its extract request that no
+        approval, token epoch or signature decides (the gateway's federation client adds those)."""
+        baseline = query.baseline if self.baseline else None
+        return {
+            "connector": self.connector,
+            "query_id": query.query_id,
+            "query_digest": query.digest,
+            "dataset": self.dataset,
+            "unit": query.unit,
+            "period_start": query.period_start,
+            "period_end": query.period_end,
+            "baseline_start": baseline.period_start if baseline else None,
+            "baseline_end": baseline.period_end if baseline else None,
+            "measures": self.measures,
+            "dimensions": self.dimensions,
+            "household": self.household,
+            "epsilon": query.epsilon,
+        }
+
     def unsafe_unapproved_request(self, query: QuerySpec, *, epoch: int) -> ExtractRequest:
         """A request with an unsigned approval, for running an `Extractor` in process (benchmarks, tests).
 
@@ -76,32 +96,7 @@ class ExtractPlan:
             epsilon=query.epsilon,
         )
         unsigned = SignedApproval(approval=approval, key_fingerprint="0" * 64, signature="")
-        return self.request(query, unsigned, epoch=epoch)
-
-    def request(
-        self, query: QuerySpec, cover: SignedApproval | SignedRule, *, epoch: int, analyst: str | None = None
-    ) -> ExtractRequest:
-        """The extract request for this part of `query`, carrying the department's approval or rule."""
-        baseline = query.baseline if self.baseline else None
-        return ExtractRequest(
-            connector=self.connector,
-            query_id=query.query_id,
-            query_digest=query.digest,
-            dataset=self.dataset,
-            unit=query.unit,
-            period_start=query.period_start,
-            period_end=query.period_end,
-            baseline_start=baseline.period_start if baseline else None,
-            baseline_end=baseline.period_end if baseline else None,
-            measures=self.measures,
-            dimensions=self.dimensions,
-            household=self.household,
-            token=TokenSpec(epoch=epoch),
-            epsilon=query.epsilon,
-            analyst=analyst,
-            approval=cover if isinstance(cover, SignedApproval) else None,
-            rule=cover if isinstance(cover, SignedRule) else None,
-        )
+        return ExtractRequest(**self.asks(query), token=TokenSpec(epoch=epoch), approval=unsigned)
 
 
 @dataclass(frozen=True)

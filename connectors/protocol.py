@@ -27,8 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.config import EntityKind, Rollup, Unit
-from connectors.tokens import Suite
+from connectors.vocabulary import EntityKind, Period, Rollup, Suite, Unit
 
 PROTOCOL_VERSION = "fedgate/1"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -43,7 +42,6 @@ H_KEY = "x-fedgate-key"
 H_SIGNATURE = "x-fedgate-signature"
 H_REQUEST_DIGEST = "x-fedgate-request-digest"
 
-Period = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="a month, YYYY-MM")]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256, lower-case hex")]
 QueryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,80}$")]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]

@@ -39,7 +39,7 @@ from audit.checkpoint import parse_verifier
 from audit.errors import CheckpointError, ForkDetected, ProofError
 from audit.witness import witness
 from connectors.body_limit import BodySizeLimit
-from connectors.config import DatasetSpec, EntityKind, LoadedConfig, Unit
+from connectors.config import DatasetSpec, LoadedConfig
 from connectors.errors import RequestRefused, SourceError, UnknownKeyEpoch
 from connectors.extract import Extractor
 from connectors.federation_keys import FederationKeyring
@@ -78,6 +78,7 @@ from connectors.protocol import (
 )
 from connectors.sources import Source
 from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
+from connectors.vocabulary import EntityKind, Unit
 
 log = structlog.get_logger("fedgate.connector")
 

@@ -278,6 +278,7 @@ def create_app(context: GatewayContext) -> FastAPI:
         yield
         if context.checkpointer is not None:
             context.checkpointer.stop()
+        context.federation().close()
 
     app = FastAPI(
         lifespan=lifespan,

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from connectors.protocol import ConnectorSchema
 from gateway import db
 from gateway.auth import Principal
-from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.errors import ApiError, ErrorCode
+from gateway.federation import AnswerUnverified, ConnectorCallError, fetch_pinned_schema
 
 _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
 
@@ -138,7 +138,7 @@ def register_connector(
     if existing is not None and existing.department != by.department:
         raise ApiError(403, ErrorCode.FORBIDDEN, "this connector belongs to another department", "name")
     try:
-        schema = ConnectorClient.fetch_pinned_schema(
+        schema = fetch_pinned_schema(
             endpoint,
             connector=name,
             gateway_key=gateway_key,
@@ -147,7 +147,7 @@ def register_connector(
             verify=verify,
         )
     except ConnectorCallError as exc:
-        status = 422 if exc.code in ("bad_signature", "bad_schema") else 502
+        status = 422 if isinstance(exc, AnswerUnverified) else 502
         code = ErrorCode.INVALID_REQUEST if status == 422 else ErrorCode.CONNECTOR_UNAVAILABLE
         raise ApiError(
             status, code, f"the connector's schema was refused: {exc.message}", "endpoint"

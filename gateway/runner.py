@@ -34,14 +34,13 @@ from connectors.protocol import (
     SignedApproval,
     SignedRule,
     canonical_json,
-    parse_public_key,
     sha256_hex,
 )
 from gateway import queries
 from gateway.auth import Principal
-from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, ErrorCode
+from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUnavailable, extract_request
 from gateway.registry import get_connector
 from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.release import (
@@ -261,55 +260,47 @@ def _fetch(
     def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str]]:
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
-            raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
-        base = e.request(spec, found[e.department], epoch=epoch, analyst=analyst.name)
+            raise ConnectorUnavailable(e.connector, None, "disabled", "the connector is not enabled")
+        base = extract_request(e, spec, found[e.department], epoch=epoch, analyst=analyst.name)
         against = witnessed.get(e.connector, 0)
-        with ConnectorClient(
-            record.endpoint,
-            connector=e.connector,
-            gateway_key=ctx.gateway_key,
-            connector_key=parse_public_key(record.signing_key),
-            timeout=ctx.settings.connector_timeout_seconds,
-            transport=ctx.transport,
-            verify=ctx.tls or True,
-        ) as client:
+        link = ctx.federation().link(e.connector, record.endpoint, record.signing_key)
 
-            def log_request(path: str, digest: str) -> None:
-                ctx.audit.record(
-                    ACTION_CONNECTOR_REQUEST,
-                    actor="gateway",
-                    connector=e.connector,
-                    path=path,
-                    request_digest=digest,
-                    query_id=spec.query_id,
-                    dataset=e.dataset,
-                    checkpoint=checkpoint.note if checkpoint is not None else None,
-                )
+        def log_request(path: str, digest: str) -> None:
+            ctx.audit.record(
+                ACTION_CONNECTOR_REQUEST,
+                actor="gateway",
+                connector=e.connector,
+                path=path,
+                request_digest=digest,
+                query_id=spec.query_id,
+                dataset=e.dataset,
+                checkpoint=checkpoint.note if checkpoint is not None else None,
+            )
 
-            client.before_send = log_request
-            for attempt in range(WITNESS_RETRIES):
-                try:
-                    fields = _witness_fields(ctx, checkpoint, against)
-                except ProofError:
-                    # The connector witnessed more of the log than this gateway holds: a restored backup or
-                    # another gateway's history. It will not serve us, and it must not.
-                    raise ConnectorCallError(
-                        e.connector,
-                        None,
-                        "audit_history_behind",
-                        "the connector witnessed a longer audit log",
-                    ) from None
-                req = base.model_copy(update=fields)
-                try:
-                    return client.extract(req), client.last_receipt
-                except ConnectorCallError as exc:
-                    moved = exc.extra.get("witnessed_size")
-                    # Concurrent runs moved the connector's witness on: prove against where it is now.
-                    if exc.code != "checkpoint_stale" or moved is None or attempt == WITNESS_RETRIES - 1:
-                        raise
-                    against = moved
-                    time.sleep(random.uniform(0.002, 0.02))
-            raise AssertionError("unreachable: the last attempt returns or raises")
+        for attempt in range(WITNESS_RETRIES):
+            try:
+                fields = _witness_fields(ctx, checkpoint, against)
+            except ProofError:
+                # The connector witnessed more of the log than this gateway holds: a restored backup or
+                # another gateway's history. It will not serve us, and it must not.
+                raise ConnectorRefused(
+                    e.connector,
+                    None,
+                    "audit_history_behind",
+                    "the connector witnessed a longer audit log",
+                ) from None
+            req = base.model_copy(update=fields)
+            try:
+                table, receipt = link.extract(req, before_send=log_request)
+                return table, receipt.as_dict()
+            except ConnectorRefused as exc:
+                moved = exc.extra.get("witnessed_size")
+                # Concurrent runs moved the connector's witness on: prove against where it is now.
+                if exc.code != "checkpoint_stale" or moved is None or attempt == WITNESS_RETRIES - 1:
+                    raise
+                against = moved
+                time.sleep(random.uniform(0.002, 0.02))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     with ThreadPoolExecutor(max_workers=max(1, len(plan.extracts))) as pool:
         futures = {pool.submit(call, e): e for e in plan.extracts}
@@ -368,16 +359,8 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
         if record is None or not record.enabled:
             down.append(name)
             continue
-        with ConnectorClient(
-            record.endpoint,
-            connector=name,
-            gateway_key=ctx.gateway_key,
-            connector_key=parse_public_key(record.signing_key),
-            timeout=min(15.0, ctx.settings.connector_timeout_seconds),
-            transport=ctx.transport,
-            verify=ctx.tls or True,
-        ) as client:
-            info = client.health_info()
+        link = ctx.federation().link(name, record.endpoint, record.signing_key)
+        info = link.health(timeout=min(15.0, ctx.settings.connector_timeout_seconds))
         if info is None:
             down.append(name)
         else:

@@ -44,16 +44,16 @@ from connectors.protocol import (
     verify_approval,
 )
 from connectors.state import ConnectorState
-from gateway.connector_client import ConnectorCallError, ConnectorClient
+from gateway.federation import AnswerUnverified, ConnectorLink
 
 
-def _client(dept: Department, conn: RunningConnector) -> ConnectorClient:
+def _client(dept: Department, conn: RunningConnector) -> ConnectorLink:
     from connectors.config import load_config
     from connectors.protocol import load_private_key
 
     cfg = load_config(dept.config_path).config
     pinned = load_private_key(cfg.signing_key_file.read_bytes()).public_key()
-    return ConnectorClient(conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=pinned)
+    return ConnectorLink(conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=pinned)
 
 
 def _token_of(dept: Department, query_id: str, nid: str) -> bytes:
@@ -68,7 +68,7 @@ def _check_extract(dept: Department, conn: RunningConnector) -> None:
     """One extract must hold exactly one clipped row per valid person, with public-domain codes."""
     with _client(dept, conn) as client:
         schema = client.schema()
-        table = client.extract(dept.request("q-kind-check-1"))
+        table, _ = client.extract(dept.request("q-kind-check-1"))
     assert [d.name for d in schema.datasets] == ["wages"]
     rows = {r[TOKEN_COLUMN]: r for r in table.to_pylist()}
     assert len(rows) == len(EXPECTED)
@@ -132,10 +132,10 @@ def test_schema_is_signed_and_carries_no_counts(sqlite_dept: tuple[Department, R
     # A client that pins another key refuses the answer.
     wrong = Ed25519PrivateKey.generate().public_key()
     with (
-        ConnectorClient(
+        ConnectorLink(
             conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=wrong
         ) as bad,
-        pytest.raises(ConnectorCallError, match="bad_signature"),
+        pytest.raises(AnswerUnverified, match="bad_signature"),
     ):
         bad.schema()
 
@@ -151,9 +151,9 @@ def test_same_person_same_token_across_connectors_and_not_across_queries(tmp_pat
     a, b = start_connector(first.config_path), start_connector(second.config_path)
     try:
         with _client(first, a) as ca, _client(second, b) as cb:
-            t1 = set(ca.extract(first.request("q-link-0001")).column(TOKEN_COLUMN).to_pylist())
-            t2 = set(cb.extract(second.request("q-link-0001")).column(TOKEN_COLUMN).to_pylist())
-            t3 = set(ca.extract(first.request("q-link-0002")).column(TOKEN_COLUMN).to_pylist())
+            t1 = set(ca.extract(first.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
+            t2 = set(cb.extract(second.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
+            t3 = set(ca.extract(first.request("q-link-0002"))[0].column(TOKEN_COLUMN).to_pylist())
     finally:
         a.stop()
         b.stop()

@@ -15,7 +15,8 @@ from typing import Protocol
 
 import pandas as pd
 
-from connectors.config import DatasetSpec, Rollup, SourceSpec
+from connectors.config import DatasetSpec, SourceSpec
+from connectors.vocabulary import Rollup
 
 ENTITY = "entity"
 HOUSEHOLD = "household"

@@ -16,9 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pds
 
-from connectors.config import DatasetSpec, Rollup
+from connectors.config import DatasetSpec
 from connectors.errors import ConfigError, SourceError
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, coerce_measures
+from connectors.vocabulary import Rollup
 
 _AGG = {Rollup.SUM: "sum", Rollup.COUNT: "sum", Rollup.MAX: "max"}
 

@@ -9,9 +9,10 @@ from collections.abc import Iterator, Mapping
 
 import pandas as pd
 
-from connectors.config import DatasetSpec, Rollup
+from connectors.config import DatasetSpec
 from connectors.errors import ConfigError
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, coerce_measures
+from connectors.vocabulary import Rollup
 
 
 class MemorySource:

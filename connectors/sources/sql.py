@@ -14,9 +14,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from connectors.config import DatasetSpec, Rollup
+from connectors.config import DatasetSpec
 from connectors.errors import ConfigError, SourceError
 from connectors.sources import ENTITY, HOUSEHOLD, RollupSpec
+from connectors.vocabulary import Rollup
 
 
 class SqlSource:
