@@ -240,14 +240,15 @@ class ConnectorLink:
         query_id: str = "-",
         body: bytes = b"",
         before_send: BeforeSend | None = None,
-        verify_with: Ed25519PublicKey | bool | None = True,
+        pinned: bool = True,
         timeout: float | None = None,
     ) -> tuple[httpx.Response, str]:
+        """Send one signed request; `pinned=False` leaves verifying the answer to the caller."""
         extensions: dict[str, Any] = {_QUERY_ID: query_id}
         if before_send is not None:
             extensions[_BEFORE_SEND] = before_send
-        if verify_with is not True:
-            extensions[_VERIFY_WITH] = verify_with or None
+        if not pinned:
+            extensions[_VERIFY_WITH] = None
         headers = {"content-type": "application/json"} if body else {}
         request = self._http.build_request(
             method,
@@ -352,7 +353,7 @@ def fetch_pinned_schema(
         transport=transport,
         verify=verify,
     ) as probe:
-        response, digest = probe._call("GET", "/v1/schema", verify_with=None)
+        response, digest = probe._call("GET", "/v1/schema", pinned=False)
         try:
             schema = ConnectorSchema.model_validate_json(response.content)
             key = parse_public_key(schema.signing_key)
