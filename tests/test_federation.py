@@ -233,3 +233,45 @@ def test_the_wire_request_carries_what_the_plan_asks_and_the_departments_cover()
     request = extract_request(PART, query, unsigned.approval, epoch=3, analyst="ana")
     assert request.model_dump(exclude={"analyst"}) == unsigned.model_dump(exclude={"analyst"})
     assert request.analyst == "ana" and request.rule is None and request.token.epoch == 3
+
+
+def test_a_link_reuses_one_connection_for_its_calls() -> None:
+    """One pooled connection per connector: over TLS, one handshake for many calls."""
+    import http.server
+    import threading
+
+    connections: list[object] = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_GET(self) -> None:
+            body = b'{"status": "ok", "witnessed_size": 0}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    federation = Federation(gateway_key=GATEWAY)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        link = federation.link("tax", url, public_key_text(CONNECTOR.public_key()))
+        answers = [
+            federation.link("tax", url, public_key_text(CONNECTOR.public_key())).health() for _ in range(5)
+        ]
+        assert all(a == {"status": "ok", "witnessed_size": 0} for a in answers) and link is not None
+        assert len(connections) == 1
+    finally:
+        federation.close()
+        server.shutdown()
+        server.server_close()
