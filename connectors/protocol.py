@@ -469,7 +469,7 @@ def verify_approval(key: Ed25519PublicKey, signed: SignedApproval) -> Approval:
 
 class TokenSpec(_Model):
     suite: Suite = Suite.HMAC_SHA256
-    epoch: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=2**31 - 1)
 
 
 class ExtractRequest(_Model):
@@ -494,7 +494,12 @@ class ExtractRequest(_Model):
     dimensions: tuple[str, ...] = Field((), max_length=64)
     household: bool = Field(False, description="add the household token column (register only)")
     token: TokenSpec
-    epsilon: Decimal = Field(gt=0, description="the query's epsilon, counted once per query by the connector")
+    epsilon: Decimal = Field(
+        gt=0,
+        le=MAX_EPSILON,
+        decimal_places=EPSILON_DECIMALS,
+        description="the query's epsilon, counted once per query by the connector",
+    )
     analyst: str | None = Field(
         None, max_length=64, description="who submitted the query (rules may name analysts)"
     )
@@ -509,6 +514,7 @@ class ExtractRequest(_Model):
     checkpoint_against: int = Field(
         0,
         ge=0,
+        le=2**63 - 1,
         description="the audit size this connector last witnessed, which the proof starts (or ends) at",
     )
 

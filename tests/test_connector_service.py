@@ -320,6 +320,20 @@ def test_malformed_body_gets_422_not_500(sqlite_dept: tuple[Department, RunningC
             query_id="q-malformed-1",
         )
         assert r.status_code == 422, body
+    # Numbers beyond what the protocol bounds are refused as invalid too, never a 500.
+    import json
+
+    good = json.loads(dept.request("q-malformed-2").body())
+    for change in ({"token": {"epoch": 2**70}}, {"checkpoint_against": 2**64}, {"epsilon": "1e-30"}):
+        r = signed_call(
+            conn.url,
+            "/v1/extract",
+            key=dept.gateway_key,
+            connector=dept.name,
+            body=json.dumps({**good, **change}).encode(),
+            query_id="q-malformed-2",
+        )
+        assert r.status_code == 422, change
 
 
 def test_each_query_dataset_served_once_identical_retry_same_answer(
