@@ -7,10 +7,13 @@ neither the connector service nor the federation keyring.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from connectors.dry_run import CheckReport
 
 connector_app = typer.Typer(help="Run and inspect a department connector.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -57,19 +60,172 @@ def serve(
 
 @connector_app.command("check")
 def check(
-    config: Annotated[Path, typer.Option("--config", "-c", help="the connector's YAML/TOML configuration")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="the connector's YAML/TOML configuration / 连接器配置文件")
+    ],
+    end: Annotated[
+        str | None,
+        typer.Option(help="last trial month YYYY-MM (default: last complete month) / 试算的最后一个月"),
+    ] = None,
+    months: Annotated[int, typer.Option(min=1, max=24, help="trial months / 试算月数")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON / 以 JSON 输出")] = False,
+    schema: Annotated[
+        bool, typer.Option("--schema", help="also print the schema it would publish / 同时输出将发布的模式")
+    ] = False,
 ) -> None:
-    """Validate a configuration against its source and print the schema it would publish."""
+    """Dry run against the real source, printed here only: keys, IDs, periods, bounds, code lists.
+
+    试运行：用真实数据源做一次试算汇总，只在本机显示（不发送给网关）。有错误时以非零状态退出。
+    """
+    import json
+    import re
+
+    from connectors.config import load_config
+    from connectors.dry_run import run_check
+    from connectors.errors import ConnectorError
+
+    if end is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", end):
+        console.print("[red]--end:[/red] expected a month as YYYY-MM, e.g. 2025-12 / 月份格式应为 YYYY-MM")
+        raise typer.Exit(2)
+    try:
+        loaded = load_config(config)
+    except ConnectorError as exc:
+        console.print(f"[red]invalid / 配置无效:[/red] {exc}")
+        raise typer.Exit(2) from None
+    report = run_check(loaded, end=end, months=months)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_check(report)
+    if schema and report.ok and report.public_key is not None:
+        # Built from the configuration alone: opening the state file could disturb a running connector.
+        from connectors.service import build_schema
+
+        typer.echo(build_schema(loaded, report.public_key).model_dump_json(indent=2))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _print_check(report: CheckReport) -> None:
+    from rich.table import Table
+
+    out = Console()
+    months = ", ".join(report.months)
+    out.print(f"connector [bold]{report.connector}[/bold] ({report.config}), trial months {months}")
+    out.print(f"public key / 公钥: {report.public_key or '-'}")
+    out.print(f"fingerprint / 指纹: {report.fingerprint or '-'}")
+    colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in report.findings:
+        out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {f.message}")
+    for d in report.datasets:
+        table = Table(title=f"dataset {d.name}", show_header=True)
+        table.add_column("check / 检查")
+        table.add_column("result / 结果")
+        table.add_row("rows, entities / 行数, 实体数", f"{d.rows:,}, {d.entities:,}")
+        if d.valid_share is not None:
+            legacy = d.legacy_ids / d.raw_ids if d.raw_ids else 0.0
+            invalid = d.invalid_ids / d.raw_ids if d.raw_ids else 0.0
+            table.add_row(
+                "IDs valid / legacy / invalid / 证件号", f"{d.valid_share:.1%} / {legacy:.1%} / {invalid:.1%}"
+            )
+        if d.period_read_as:
+            table.add_row("period / 期间", d.period_read_as)
+        if d.null_periods:
+            table.add_row("rows without a period / 无期间的行", f"{d.null_periods:,}")
+        if d.rows_per_month:
+            table.add_row(
+                "rows per month / 每月行数", ", ".join(f"{m}: {n:,}" for m, n in d.rows_per_month.items())
+            )
+        for m in d.measures:
+            low = "-" if m.minimum is None else f"{m.minimum:,.0f}"
+            high = "-" if m.maximum is None else f"{m.maximum:,.0f}"
+            table.add_row(
+                f"measure {m.name} / 指标",
+                f"{low} .. {high} against [{m.lower_bound:,}, {m.upper_bound:,}];"
+                f" {m.below} below, {m.above} above",
+            )
+        for name, n in d.outside_codelist.items():
+            table.add_row(f"dimension {name} outside code list / 代码表外", f"{n:,}")
+        if d.household_coverage is not None:
+            table.add_row("household coverage / 户号覆盖", f"{d.household_coverage:.1%}")
+        if d.bad_values:
+            table.add_row("values that are not numbers / 非数值", f"{d.bad_values:,}")
+        out.print(table)
+        for f in d.findings:
+            out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {d.name}: {f.message}")
+    out.print("[green]ok / 通过[/green]" if report.ok else "[red]errors found / 发现错误[/red]")
+
+
+@connector_app.command("quality")
+def quality(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="the connector's YAML/TOML configuration / 连接器配置文件")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON / 以 JSON 输出")] = False,
+) -> None:
+    """The department's own data-quality report and recent failures, read from the local state.
+
+    本部门的数据质量报告和最近的失败记录（读取本地状态，不经过网关）。
+    """
+    import datetime
+    import json
+
+    from rich.table import Table
+
     from connectors.config import load_config
     from connectors.errors import ConnectorError
-    from connectors.service import build_service
+    from connectors.state import ConnectorState
 
     try:
-        service = build_service(load_config(config))
+        cfg = load_config(config).config
     except ConnectorError as exc:
-        console.print(f"[red]invalid:[/red] {exc}")
+        console.print(f"[red]invalid / 配置无效:[/red] {exc}")
         raise typer.Exit(2) from None
-    typer.echo(service.schema.model_dump_json(indent=2))
+    try:
+        state = ConnectorState(cfg.state_dir, read_only=True)
+    except FileNotFoundError:
+        console.print(f"no state yet in {cfg.state_dir}: the connector has not served / 连接器尚未运行")
+        raise typer.Exit(1) from None
+    try:
+        datasets, recent = state.quality(), state.failures()
+    finally:
+        state.close()
+    if as_json:
+        report = {"connector": cfg.name, "datasets": datasets, "recent_failures": recent}
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    out = Console()
+
+    def when(at: int) -> str:
+        return datetime.datetime.fromtimestamp(at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    table = Table(title=f"data quality of {cfg.name} / 数据质量 (last extract per dataset)")
+    for column in (
+        "dataset",
+        "raw IDs",
+        "invalid",
+        "legacy",
+        "cleaned",
+        "duplicate",
+        "bad values",
+        "updated",
+    ):
+        table.add_column(column)
+    for name, q in sorted(datasets.items()):
+        table.add_row(
+            name,
+            *(
+                f"{q.get(k, 0):,}"
+                for k in ("raw_ids", "invalid_ids", "legacy_ids", "cleaned_ids", "duplicate_ids")
+            ),
+            f"{q.get('bad_values', 0):,}",
+            when(q["updated_at"]),
+        )
+    out.print(table)
+    out.print("recent failures / 最近的失败:" if recent else "no recent failures / 无失败记录")
+    for f in recent:
+        out.print(f"  {when(f['at'])}  {f['dataset']}  query {f['query_id']}  [bold]{f['cause']}[/bold]")
+        out.print(f"    {f['error_class']}: {f['detail']}", markup=False)
+        out.print(f"    fix / 处理: {f['fix']}", markup=False)
 
 
 @connector_app.command("export-log")

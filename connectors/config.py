@@ -12,6 +12,7 @@ import base64
 import csv
 import re
 import tomllib
+import zoneinfo
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -50,9 +51,44 @@ class EntitySpec(_Strict):
     kind: EntityKind
 
 
+class PeriodFormat(StrEnum):
+    """How a period column holds its month (see `connectors.sources.periods`)."""
+
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+    YYYYMM = "yyyymm"
+    TEXT_YYYY_MM = "text_yyyy_mm"
+    TEXT_YYYYMM = "text_yyyymm"
+    TEXT_YYYY_MM_DD = "text_yyyy_mm_dd"
+    YEAR_MONTH = "year_month"
+
+
 class PeriodSpec(_Strict):
-    column: SqlIdentifier
+    column: SqlIdentifier = Field(description="the period column; with a year and month pair, the year")
     grain: Literal["month"] = "month"
+    format: PeriodFormat | None = Field(
+        None,
+        description="how the column holds the month; by default taken from the column type (text: YYYY-MM)",
+    )
+    month_column: SqlIdentifier | None = Field(None, description="the month (1-12) of a year and month pair")
+    timezone: str = Field(
+        "Asia/Shanghai", description="the zone whose month boundaries apply to TIMESTAMP WITH TIME ZONE"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PeriodSpec:
+        pair = self.month_column is not None
+        if self.format is PeriodFormat.YEAR_MONTH and not pair:
+            raise ValueError("format year_month needs month_column (period.column then holds the year)")
+        if pair and self.format not in (None, PeriodFormat.YEAR_MONTH):
+            raise ValueError(f"month_column makes a year and month pair: format {self.format} does not apply")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone {self.timezone!r} is not an IANA zone such as Asia/Shanghai"
+            ) from None
+        return self
 
 
 class MeasureSpec(_Strict):
@@ -61,6 +97,13 @@ class MeasureSpec(_Strict):
     rollup: Rollup
     unit: str = Field("yuan", max_length=32)
     bounds: tuple[int, int] = Field(description="public clip bounds per entity over the requested periods")
+    scale: int = Field(
+        0,
+        ge=0,
+        le=6,
+        description="decimal places stored as integers: 2 for fen in a yuan measure; rolled-up values are"
+        " divided by 10**scale before clipping",
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -353,3 +396,27 @@ def load_config(path: str | Path) -> LoadedConfig:
         }
     )
     return LoadedConfig(path=path, config=cfg, domains=domains)
+
+
+def read_signing_key(loaded: LoadedConfig) -> bytes:
+    """The connector's private key (PEM) from `signing_key_file`, or a one-line `ConfigError` why not."""
+    from connectors.protocol import SignatureError, load_private_key
+
+    path = loaded.config.signing_key_file
+    where = f"{loaded.path}: signing_key_file: {path}"
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
+    if b"PUBLIC KEY" in pem or pem.strip().startswith(b"ed25519:"):
+        raise ConfigError(
+            f"{where} holds a public key; it must hold the connector's Ed25519 private key (PEM, 0600),"
+            " whose public key the gateway pins"
+        )
+    try:
+        load_private_key(pem)
+    except (ValueError, TypeError, SignatureError) as exc:
+        raise ConfigError(
+            f"{where} is not an unencrypted Ed25519 private key in PEM ({type(exc).__name__})"
+        ) from None
+    return pem

@@ -104,6 +104,7 @@ def rollup_spec(
         period_column=declared.column if declared and start else None,
         period_start=start if declared else None,
         period_end=end if declared else None,
+        period=declared if declared and start else None,
         measures=tuple(measures),
         dimensions=tuple(dims),
         household_column=dataset.household.column if request.household and dataset.household else None,
@@ -297,9 +298,14 @@ class Extractor:
         if BAD_VALUES in frame.columns:
             quality.bad_values += int(frame.pop(BAD_VALUES).sum())
 
-        for name, _column, _rollup in spec.measures:
+        for name, _column, rollup in spec.measures:
+            # Decimal money (NUMERIC(12,2)) arrives as Decimal and becomes float here; rounding to whole
+            # yuan happens once, at clipping, after the re-aggregation.
             values = pd.to_numeric(frame[name], errors="coerce")
             quality.bad_values += int(values.isna().sum())
+            measure = dataset.measure(name)
+            if measure is not None and measure.scale and rollup is not Rollup.COUNT:
+                values = values / 10**measure.scale  # e.g. fen stored as integers -> yuan
             frame[name] = values.fillna(0)
         aggs: dict[str, tuple[str, str]] = {n: (n, _REAGG[r]) for n, _c, r in spec.measures}
         aggs.update({n: (n, "max") for n, _c in spec.dimensions})

@@ -53,10 +53,16 @@ SEX_CODES: tuple[str, ...] = ("1", "2")
 
 # GB 11643-1999 sets no lower bound on the birth year and its own worked example (440524188001010014)
 # was born in 1880, so years from 1800 are accepted. Births before 1900 share one century-wide band so
-# the attribute domain stays small; everyone else gets a decade.
+# the attribute domain stays small; everyone else gets a decade. A valid number is never born in the
+# future, so the decades run to the end of the century: the public domain stays fixed while every
+# valid number has its band (tests fail once the current year passes the last band).
 _MIN_BIRTH_YEAR = 1800
 _OLD_BAND = "1800-1899"
-BIRTH_YEAR_BANDS: tuple[str, ...] = (_OLD_BAND, *(f"{y}-{y + 9}" for y in range(1900, 2030, 10)))
+LAST_BAND_YEAR = 2099
+BIRTH_YEAR_BANDS: tuple[str, ...] = (
+    _OLD_BAND,
+    *(f"{y}-{y + 9}" for y in range(1900, LAST_BAND_YEAR + 1, 10)),
+)
 
 # Province-level codes of GB/T 2260 (first two digits of an administrative division code).
 # North, north-east, east, south-central, south-west, north-west, then Taiwan, Hong Kong and Macao.

@@ -3,7 +3,8 @@
     GET  /v1/health    liveness, unsigned, no data
     GET  /v1/schema    the declared datasets (public policy only); gateway-signed request, signed answer
     POST /v1/extract   one approved, tokenised, clipped per-entity roll-up as an Arrow IPC stream
-    GET  /v1/quality   invalid/legacy/duplicate ID counts, for the department's own admin key only
+    GET  /v1/quality   invalid/legacy/duplicate ID counts and recent failures with the database's own
+                       (scrubbed) error, for the department's own admin key only
 
 Deny by default: every /v1 route but health needs a request signed by a trusted gateway key (401 if
 unsigned, badly signed, stale or replayed), addressed to this connector (403 otherwise); an extract also
@@ -78,6 +79,7 @@ from connectors.protocol import (
     verify_rule,
 )
 from connectors.sources import Source
+from connectors.sources.diagnose import SourceFailure, scrub
 from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
 from connectors.vocabulary import EntityKind, Unit
 
@@ -160,6 +162,13 @@ def build_schema(loaded: LoadedConfig, signing_key: str) -> ConnectorSchema:
         ),
         datasets=tuple(datasets),
     )
+
+
+def failure_details(exc: SourceError) -> dict[str, str]:
+    """Cause, error class, scrubbed detail and fix of a source failure (values and secrets elided)."""
+    if isinstance(exc, SourceFailure):
+        return exc.diagnosis.as_dict()
+    return {"cause": "source_error", "error_class": type(exc).__name__, "detail": scrub(str(exc)), "fix": ""}
 
 
 @dataclass(frozen=True)
@@ -445,8 +454,9 @@ class ConnectorService:
         try:
             result = self.extractor.run(req, dataset)
             body = result.to_ipc()
-        except SourceError:
+        except SourceError as exc:
             self.state.release(query_id=req.query_id, dataset=dataset.name, window=window)
+            self.note_source_failure(req.query_id, dataset.name, exc)
             raise _refuse(
                 503, ErrorCode.SOURCE_UNAVAILABLE, "the department's source cannot be read now"
             ) from None
@@ -456,6 +466,23 @@ class ConnectorService:
         self.state.complete(query_id=req.query_id, dataset=dataset.name, body=body)
         self.state.record_quality(dataset.name, result.quality.as_dict())
         return body, {"replay": False, "response_digest": sha256_hex(body), "epsilon": str(epsilon)}
+
+    def note_source_failure(self, query_id: str, dataset: str, exc: SourceError) -> None:
+        """The department's own view of a failed read: the database's error class and scrubbed message.
+
+        Only the fixed code leaves the connector; this goes to the structured log and the quality report.
+        """
+        details = failure_details(exc)
+        log.error(
+            "connector.source_error",
+            dataset=dataset,
+            query_id=query_id,
+            code=ErrorCode.SOURCE_UNAVAILABLE.value,
+            **details,
+        )
+        self.state.record_failure(
+            dataset=dataset, query_id=query_id, code=ErrorCode.SOURCE_UNAVAILABLE.value, details=details
+        )
 
     def is_admin(self, request: Request) -> bool:
         auth = request.headers.get("authorization", "")
@@ -522,7 +549,8 @@ def create_app(service: ConnectorService) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("connector.internal_error", error=type(exc).__name__)
+        # The department's own log gets the class and a scrubbed first line; the answer stays fixed.
+        log.error("connector.internal_error", error=type(exc).__name__, detail=scrub(str(exc)))
         return _error(
             500, ErrorCode.INTERNAL.value, "internal error", getattr(request.state, "request_id", None)
         )
@@ -569,6 +597,7 @@ def create_app(service: ConnectorService) -> FastAPI:
         return {
             "connector": cfg.name,
             "datasets": await run_in_threadpool(service.state.quality),
+            "recent_failures": await run_in_threadpool(service.state.failures),
             "epsilon_spent": {budget_window(): str(service.state.spent(budget_window()))},
         }
 
@@ -577,17 +606,13 @@ def create_app(service: ConnectorService) -> FastAPI:
 
 def build_service(loaded: LoadedConfig) -> ConnectorService:
     """Open the source, keys and state named by a configuration, checking every dataset against the source."""
+    from connectors.config import read_signing_key
     from connectors.errors import ConfigError
     from connectors.federation_keys import load_keyring
     from connectors.sources import open_source
 
     cfg = loaded.config
-    try:
-        pem = cfg.signing_key_file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"{loaded.path}: signing_key_file: cannot read {cfg.signing_key_file} ({exc.strerror})"
-        ) from None
+    pem = read_signing_key(loaded)
     keyring = load_keyring(cfg.federation_keyring_file)
     source = open_source(cfg.source)
     for ds in cfg.datasets:

@@ -3,8 +3,9 @@
 It holds what must survive a restart: seen nonces (so a replay after a restart is still refused), the
 extracts already served (each (query, dataset) once; an identical retry gets the same answer), the
 epsilon the department has approved per budget window (defence in depth beside the gateway's ledger),
-data-quality counters for the department's own admin, and the connector's local log: a hash chain of
-every request it saw and every audit checkpoint the gateway showed it.
+data-quality counters and the recent failures (with the database's own, scrubbed error) for the
+department's own admin, and the connector's local log: a hash chain of every request it saw and every
+audit checkpoint the gateway showed it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ CREATE TABLE IF NOT EXISTS spent (
     window TEXT NOT NULL, query_id TEXT NOT NULL, epsilon TEXT NOT NULL, PRIMARY KEY (window, query_id));
 CREATE TABLE IF NOT EXISTS quality (
     dataset TEXT PRIMARY KEY, counters TEXT NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (
+    seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, dataset TEXT NOT NULL, query_id TEXT NOT NULL,
+    code TEXT NOT NULL, details TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS witness (
     id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, note TEXT NOT NULL,
     forked INTEGER NOT NULL);
@@ -43,6 +47,8 @@ CREATE TABLE IF NOT EXISTS log (
 """
 
 GENESIS = "0" * 64
+RECENT_FAILURES = 50
+"""Failures kept for the department's quality report; older ones live on in the structured log."""
 
 
 class AlreadyServed(Exception):
@@ -68,10 +74,17 @@ class Reservation:
 class ConnectorState:
     """Thread-safe access to the state file; every write is committed with synchronous=FULL."""
 
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, directory: Path, *, read_only: bool = False) -> None:
         self.path = directory / "connector-state.sqlite3"
         self._lock = threading.Lock()
+        if read_only:
+            # For reports beside a running connector: no schema change and no clean-up of its pending
+            # reservations (which would release an extract still in flight).
+            if not self.path.is_file():
+                raise FileNotFoundError(self.path)
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            return
+        directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -184,6 +197,27 @@ class ConnectorState:
         with self._lock:
             rows = self._db.execute("SELECT dataset, counters, updated_at FROM quality").fetchall()
         return {r[0]: {**json.loads(r[1]), "updated_at": r[2]} for r in rows}
+
+    def record_failure(self, *, dataset: str, query_id: str, code: str, details: dict[str, str]) -> None:
+        """Keep one failed extract (its fixed code and scrubbed cause) for the department's report."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO failures (at, dataset, query_id, code, details) VALUES (?, ?, ?, ?, ?)",
+                (int(time.time()), dataset, query_id, code, json.dumps(details, sort_keys=True)),
+            )
+            db.execute(
+                "DELETE FROM failures WHERE seq <= (SELECT MAX(seq) FROM failures) - ?", (RECENT_FAILURES,)
+            )
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The recent failed extracts, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, dataset, query_id, code, details FROM failures ORDER BY seq DESC"
+            ).fetchall()
+        return [
+            {"at": r[0], "dataset": r[1], "query_id": r[2], "code": r[3], **json.loads(r[4])} for r in rows
+        ]
 
     # --- witnessing the gateway's audit log
 

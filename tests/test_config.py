@@ -45,6 +45,19 @@ def _broken(tmp_path: Path, edit: Any) -> Path:
         (lambda d: d["policy"].update(approval_public_key="rsa:abc"), "approval_public_key", "ed25519:"),
         (lambda d: d["policy"].update(max_epsilon_per_query="50"), "policy", "must not exceed"),
         (lambda d: d.update(colour="blue"), "colour", "Extra inputs"),
+        (
+            lambda d: d["datasets"][0]["period"].update(format="year_month"),
+            "datasets.0.period",
+            "needs month_column",
+        ),
+        (
+            lambda d: d["datasets"][0]["period"].update(format="date", month_column="m"),
+            "datasets.0.period",
+            "does not apply",
+        ),
+        (lambda d: d["datasets"][0]["period"].update(format="yyyy/mm"), "period.format", "'date'"),
+        (lambda d: d["datasets"][0]["period"].update(timezone="Mars/Olympus"), "datasets.0.period", "IANA"),
+        (lambda d: d["datasets"][0]["measures"][0].update(scale=9), "measures.0.scale", "less than or equal"),
     ],
 )
 def test_wrong_configuration_names_file_key_and_expectation(

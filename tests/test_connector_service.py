@@ -708,3 +708,54 @@ def test_a_body_above_the_limit_is_413_before_its_signature_is_checked(
     # The connector still serves a signed request of ordinary size afterwards.
     schema = signed_call(conn.url, "/v1/schema", key=dept.gateway_key, connector=dept.name)
     assert schema.status_code == 200
+
+
+@pytest.mark.postgres
+def test_a_source_failure_shows_its_cause_to_the_department_only(
+    tmp_path: Path,
+    postgres_url: str,  # noqa: F811
+) -> None:
+    import secrets
+
+    import sqlalchemy as sa
+    import yaml
+    from sqlalchemy.engine import make_url
+
+    dept = make_department(tmp_path, "postgres", db_url=postgres_url)
+    role = f"fedgate_r_{secrets.token_hex(4)}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        c.execute(sa.text(f"GRANT SELECT ON wages TO {role}"))
+    doc = yaml.safe_load(dept.config_path.read_text())
+    doc["source"]["url"] = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+    dept.config_path.write_text(yaml.safe_dump(doc))
+    conn = start_connector(dept.config_path)
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f"REVOKE SELECT ON wages FROM {role}"))
+        r = _post(dept, conn, "q-fail-00001")
+        assert r.status_code == 503
+        assert r.json()["error"] == "source_unavailable"
+        assert "permission" not in r.text and "psycopg" not in r.text  # the gateway sees the fixed code only
+        # Nothing is reserved: once the grant is back the same query is served.
+        state_report = httpx.get(
+            conn.url + "/v1/quality", headers={"authorization": f"Bearer {dept.admin_key}"}
+        ).json()
+        failure = state_report["recent_failures"][0]
+        assert failure["dataset"] == "wages" and failure["query_id"] == "q-fail-00001"
+        assert failure["cause"] == "permission_denied"
+        assert failure["error_class"] == "psycopg.InsufficientPrivilege"
+        assert "wages" in failure["detail"] and "GRANT" in failure["fix"].upper()
+        assert state_report["epsilon_spent"] == {next(iter(state_report["epsilon_spent"])): "0"}
+        logged = [line for line in conn.log_path.read_text().splitlines() if "connector.source_error" in line]
+        assert logged and "InsufficientPrivilege" in logged[0] and "permission_denied" in logged[0]
+        with admin.connect() as c:
+            c.execute(sa.text(f"GRANT SELECT ON wages TO {role}"))
+        assert _post(dept, conn, "q-fail-00001").status_code == 200
+    finally:
+        conn.stop()
+        with admin.connect() as c:
+            c.execute(sa.text(f"REVOKE ALL ON wages FROM {role}"))
+            c.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()

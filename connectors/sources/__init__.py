@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
-from connectors.config import DatasetSpec, SourceSpec
-from connectors.vocabulary import Rollup
+from connectors.config import DatasetSpec, PeriodSpec, Rollup, SourceSpec
+
+if TYPE_CHECKING:
+    from connectors.sources.periods import PeriodPlan
 
 ENTITY = "entity"
 HOUSEHOLD = "household"
@@ -45,6 +47,8 @@ class RollupSpec:
     period_column: str | None = None
     period_start: str | None = None
     period_end: str | None = None
+    period: PeriodSpec | None = None
+    """the declared period: each adapter reads it in the column's own type (`sources.periods`)"""
     measures: tuple[tuple[str, str | None, Rollup], ...] = ()
     """(output name, source column, roll-up)"""
     dimensions: tuple[tuple[str, str], ...] = ()
@@ -65,6 +69,14 @@ class Source(Protocol):
 
     def check(self, dataset: DatasetSpec) -> None:
         """Raise `SourceError` or `ConfigError` if the dataset's table/file or columns are missing."""
+        ...
+
+    def period_plan(self, relation: str, spec: PeriodSpec) -> PeriodPlan:
+        """How the period column is read (`sources.periods`), verified on a sample; `ConfigError` if not."""
+        ...
+
+    def null_periods(self, relation: str, spec: PeriodSpec) -> int:
+        """Rows whose period is NULL: they belong to no period (reported by `connector check`)."""
         ...
 
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:

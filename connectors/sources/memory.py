@@ -5,14 +5,59 @@ For tests and examples: it lets the extractor be exercised without a database or
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator, Mapping
 
 import pandas as pd
 
-from connectors.config import DatasetSpec
+from connectors.config import DatasetSpec, PeriodFormat, PeriodSpec, Rollup
 from connectors.errors import ConfigError
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, coerce_measures
-from connectors.vocabulary import Rollup
+from connectors.sources.periods import (
+    DATE,
+    INTEGER,
+    TEXT,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    PeriodPlan,
+    month_bounds,
+    resolve_plan,
+    verify_sample,
+    year_month_bounds,
+)
+
+
+def frame_storage(column: pd.Series) -> str:
+    """The storage kind of a frame column (`sources.periods`)."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        return TIMESTAMPTZ
+    if pd.api.types.is_datetime64_dtype(column.dtype):
+        return TIMESTAMP
+    if pd.api.types.is_integer_dtype(column.dtype):
+        return INTEGER
+    first = column.dropna().head(1).tolist()
+    if first and isinstance(first[0], datetime.date):
+        return DATE
+    return TEXT if column.dtype == object or pd.api.types.is_string_dtype(column.dtype) else str(column.dtype)
+
+
+def period_mask(frame: pd.DataFrame, plan: PeriodPlan, start: str, end: str) -> pd.Series:
+    if plan.format is PeriodFormat.YEAR_MONTH:
+        assert plan.month_column is not None
+        year = pd.to_numeric(frame[plan.column], errors="coerce")
+        month = pd.to_numeric(frame[plan.month_column], errors="coerce")
+        a, b = year_month_bounds(start, end)
+        key = year * 100 + month
+        return (key >= a.year * 100 + a.month) & (key <= b.year * 100 + b.month)
+    bounds = month_bounds(plan, start, end)
+    values = frame[plan.column]
+    low, high = bounds.low, bounds.high
+    if plan.storage == TEXT:
+        values = values.astype("string").str.rstrip()
+    elif plan.storage in (TIMESTAMP, TIMESTAMPTZ):
+        low, high = pd.Timestamp(low), pd.Timestamp(high)
+    mask = (values >= low) & ((values <= high) if bounds.closed else (values < high))
+    return mask.fillna(False).astype(bool)
 
 
 class MemorySource:
@@ -32,15 +77,42 @@ class MemorySource:
         wanted += [d.column for d in dataset.dimensions if d.column]
         wanted += [dataset.period.column] if dataset.period else []
         wanted += [dataset.household.column] if dataset.household else []
+        wanted += [dataset.period.month_column] if dataset.period and dataset.period.month_column else []
         missing = [c for c in wanted if c not in frame.columns]
         if missing:
             raise ConfigError(f"dataset {dataset.name!r}: no column {', '.join(missing)}")
+        if frame_storage(frame[dataset.entity.column]) != TEXT:
+            raise ConfigError(
+                f"dataset {dataset.name!r}: ID column {dataset.entity.column!r} is not text: the check"
+                " character X cannot be stored in it"
+            )
+        if dataset.period is not None:
+            self.period_plan(dataset.table or dataset.file or "", dataset.period)
+
+    def period_plan(self, relation: str, spec: PeriodSpec) -> PeriodPlan:
+        frame = self._frame(relation)
+        month = frame_storage(frame[spec.month_column]) if spec.month_column else None
+        plan = resolve_plan(spec, frame_storage(frame[spec.column]), month)
+        if plan.storage == TEXT:
+            plan = PeriodPlan(plan.column, plan.storage, plan.format, plan.month_column, plan.timezone, True)
+        present = frame[spec.column].dropna().tolist()
+        values = [v.to_pydatetime() if isinstance(v, pd.Timestamp) else v for v in present]
+        months = frame[spec.month_column].tolist() if spec.month_column else []
+        verify_sample(plan, values, months)
+        return plan
+
+    def null_periods(self, relation: str, spec: PeriodSpec) -> int:
+        frame = self._frame(relation)
+        missing = frame[spec.column].isna()
+        if spec.month_column:
+            missing |= frame[spec.month_column].isna()
+        return int(missing.sum())
 
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         frame = self._frame(spec.relation)
-        if spec.period_column is not None and spec.period_start is not None:
-            period = frame[spec.period_column]
-            frame = frame[(period >= spec.period_start) & (period <= spec.period_end)]
+        if spec.period is not None and spec.period_start is not None and spec.period_end is not None:
+            plan = self.period_plan(spec.relation, spec.period)
+            frame = frame[period_mask(frame, plan, spec.period_start, spec.period_end)]
         work = pd.DataFrame({ENTITY: frame[spec.entity_column]})
         aggs: dict[str, tuple[str, str]] = {BAD_VALUES: (BAD_VALUES, "sum")}
         for name, column, rollup in spec.measures:
