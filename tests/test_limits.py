@@ -309,3 +309,45 @@ def test_a_query_past_the_cells_x_bins_limit_is_refused_when_planned() -> None:
     )
     with pytest.raises(PlanError):
         plan_query(narrowed, catalog, max_cells_x_bins=641 * 50)
+
+
+def test_a_submission_past_the_limit_is_a_422_and_nothing_is_stored_or_reserved(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from gateway import db
+
+    ctx = build_context(GatewaySettings(state_dir=tmp_path / "state"))  # the default body limit
+
+    # The catalog as registration stores it (registration itself fetches over the network).
+    with ctx.engine.begin() as conn:
+        for name, schema in _catalog(villages=640).items():
+            conn.execute(
+                db.connectors.insert().values(
+                    name=name,
+                    department=schema.department,
+                    endpoint=f"http://127.0.0.1:9/{name}",
+                    key_fingerprint="0" * 64,
+                    signing_key=schema.signing_key,
+                    approval_key=schema.approval_key,
+                    schema_json=schema.model_dump_json(),
+                    version=1,
+                    enabled=True,
+                    registered_by="op",
+                    updated_at=db.utcnow(),
+                )
+            )
+    client = TestClient(create_app(ctx))
+    analyst = _key(ctx, Role.ANALYST, "ana")
+    too_big = _histogram_query(edges=1000).model_dump(mode="json")
+    r = client.post("/v1/queries", json=too_big, headers=analyst)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "group_by" and "max_cells_x_bins" in error["message"]
+    with ctx.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.queries)).scalar() == 0
+    assert ctx.ledger.spent() == 0
+    fits = client.post(
+        "/v1/queries", json=_histogram_query(edges=50).model_dump(mode="json"), headers=analyst
+    )
+    assert fits.status_code == 201, fits.text
+    ctx.engine.dispose()
