@@ -282,8 +282,8 @@ def _fetch(
                 fields = _witness_fields(ctx, checkpoint, against)
             except ProofError:
                 # The connector witnessed more of the log than this gateway holds: a restored backup or
-                # another gateway's history. It will not serve us, and it must not.
-                raise ConnectorRefused(
+                # another gateway's history. It will not serve us, and it must not: nothing is sent.
+                raise ConnectorCallError(
                     e.connector,
                     None,
                     "audit_history_behind",
