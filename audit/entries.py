@@ -45,6 +45,7 @@ __all__ = [
     "canonical_event",
     "check_event",
     "connector_call_event",
+    "contains_identifier",
     "entry_bytes",
     "format_time",
     "scrub",
@@ -97,10 +98,18 @@ _COUNT_KEYS = frozenset(
         "bytes",
     }
 )
-# PEM private keys, HTTP credentials, and signed-note private keys (as `audit.checkpoint` writes them).
-_SECRET_VALUE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|^(?:[Bb]earer|[Bb]asic) +\S|^PRIVATE\+KEY\+")
+# PEM and signed-note private keys (as `audit.checkpoint` writes them): unmistakable in any field.
+_PRIVATE_KEY_VALUE = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|^PRIVATE\+KEY\+")
+# An HTTP credential is recognised only where credentials live: in a field named like a header. In free
+# text ("Basic needs of fishing households") the same words are ordinary prose.
+_HTTP_CREDENTIAL = re.compile(r"^\s*(?:bearer|basic|digest) +\S", re.IGNORECASE)
+_HEADER_KEY = re.compile(r"header", re.IGNORECASE)
 _RESIDENT_ID = re.compile(r"\d{17}[\dXx]|\d{15}")
 _CREDIT_CODE = re.compile(r"[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}")
+# The same shapes as whole words inside free text (not digits inside a longer hash or number).
+_ID_IN_TEXT = re.compile(
+    r"(?<![0-9A-Za-z])(?:\d{17}[\dXx]|\d{15}|[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10})(?![0-9A-Za-z])"
+)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -128,33 +137,48 @@ def _looks_like_identifier(text: str) -> bool:
     return False
 
 
-def _check_value(value: str, path: str) -> None:
-    if _SECRET_VALUE.search(value):
+def contains_identifier(text: str) -> bool:
+    """True if `text` holds a valid resident ID number or credit code as a whole word anywhere in it.
+
+    For free text (a query's purpose, a rejection reason) that is refused before anything is stored:
+    checked here, by the rule the audit log itself applies, so what a service accepts the log accepts.
+    """
+    return any(_looks_like_identifier(m.group(0)) for m in _ID_IN_TEXT.finditer(text))
+
+
+def _check_value(value: str, path: str, *, in_header: bool) -> None:
+    if _PRIVATE_KEY_VALUE.search(value):
         raise UnsafeEntry(
-            f"audit events must not hold secrets: field {path!r} looks like a key or credential"
+            f"audit events must not hold secrets: field {path!r} looks like a private key", field=path
+        )
+    if in_header and _HTTP_CREDENTIAL.search(value):
+        raise UnsafeEntry(
+            f"audit events must not hold credentials: header field {path!r} carries one", field=path
         )
     text = value.strip()
     if len(text) in (15, 18) and _looks_like_identifier(text):
-        raise UnsafeEntry(f"audit events must not hold raw identity numbers: field {path!r} holds one")
+        raise UnsafeEntry(
+            f"audit events must not hold raw identity numbers: field {path!r} holds one", field=path
+        )
 
 
-def _walk(value: Any, path: str) -> None:
+def _walk(value: Any, path: str, in_header: bool = False) -> None:
     if isinstance(value, str):
-        _check_value(value, path)
+        _check_value(value, path, in_header=in_header)
     elif isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise UnsafeEntry(
-                    f"audit event keys must be strings: {path!r} has a {type(key).__name__} key"
+                    f"audit event keys must be strings: {path!r} has a {type(key).__name__} key", field=path
                 )
             child = f"{path}.{key}" if path else key
             problem = _key_problem(key)
             if problem is not None:
-                raise UnsafeEntry(problem.format(path=child))
-            _walk(item, child)
+                raise UnsafeEntry(problem.format(path=child), field=child)
+            _walk(item, child, in_header or bool(_HEADER_KEY.search(key)))
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _walk(item, f"{path}[{i}]")
+            _walk(item, f"{path}[{i}]", in_header)
 
 
 def check_event(event: Mapping[str, Any], *, allow_reserved: bool = False) -> None:
@@ -162,8 +186,8 @@ def check_event(event: Mapping[str, Any], *, allow_reserved: bool = False) -> No
 
     Rejects: keys named like secrets, credentials or tokens (api_key, token, secret, password, authorization,
     private_key, ...); keys named like exact data-dependent counts (rows, matches, invalid_ids, ...); values
-    that look like private keys, bearer credentials or valid resident ID numbers and credit codes; and the
-    actions that only this package may write.
+    that are private keys, HTTP credentials inside header-named fields ("Bearer ..." in free text is prose),
+    or valid resident ID numbers and credit codes; and the actions that only this package may write.
     """
     if not isinstance(event, Mapping):
         raise UnsafeEntry(f"an audit event is a JSON object, not a {type(event).__name__}")

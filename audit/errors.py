@@ -29,7 +29,14 @@ class AuditUnavailable(AuditError):
 
 
 class UnsafeEntry(AuditError, ValueError):
-    """An entry must not be logged as it is; the message names the offending field, never its value."""
+    """An entry must not be logged as it is; the message names the offending field, never its value.
+
+    `field` is the dotted path of that field in the event (None when the event as a whole is refused).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 class ProofError(AuditError):

@@ -13,11 +13,17 @@ returns only after the commit that holds its entry (so an entry is durable befor
 is sent). Any failure to write raises `AuditUnavailable` in every caller of the batch: the gateway turns it
 into 503 and releases nothing.
 
+A change to other tables of the same database can carry its entries in its own transaction
+(`AuditLog.transaction()`): the entries are numbered under the same head-row lock, just before that
+transaction commits, so the change and its entries are kept or lost together and the sequence stays
+gapless alongside the group-commit path.
+
 Entry bytes, hashes and leaves are defined in `audit.entries`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -46,6 +52,7 @@ from audit.merkle import CompactRange, MerkleTree, leaf_hash
 __all__ = [
     "AppendedEntry",
     "AuditLog",
+    "AuditTransaction",
     "StoredCheckpoint",
     "StoredEntry",
     "TreeHead",
@@ -195,6 +202,20 @@ class StoredCheckpoint:
     created_us: int
 
 
+class AuditTransaction:
+    """The caller's side of `AuditLog.transaction()`: its connection and the entries it will append."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.pending: list[tuple[bytes, dict[str, str | None]]] = []
+        self.entries: list[AppendedEntry] = []
+        """filled when the transaction has committed"""
+
+    def append(self, event: Mapping[str, Any]) -> None:
+        """Queue `event` for this transaction; raises `UnsafeEntry` at once if it may not be logged."""
+        self.pending.append(AuditLog._prepare(event, allow_reserved=False))
+
+
 @dataclass
 class _Group:
     """One caller's entries waiting for a batch, and later its outcome."""
@@ -325,62 +346,128 @@ class AuditLog:
                 self._writing = False
                 self._cond.notify_all()
         if size is not None:
-            for listener in self._listeners:
-                try:
-                    listener(size)
-                except Exception as exc:  # a listener must never undo a committed append
-                    _logger().error("audit.listener_failed", error=type(exc).__name__)
+            self._notify(size)
 
     def _write(self, events: list[tuple[bytes, dict[str, str | None]]]) -> tuple[list[AppendedEntry], int]:
         try:
             with self.engine.connect() as conn:
-                if self._sqlite:
-                    conn.exec_driver_sql("PRAGMA synchronous=FULL")
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                head = conn.execute(_LOCK_HEAD).one_or_none()
-                if head is None:
-                    raise AuditUnavailable("the audit store has no head row: run audit.store.create_tables")
-                size, last_hash, frontier_hex = head
-                frontier = CompactRange.from_hex(size, frontier_hex)
-                prev = bytes.fromhex(last_hash)
-                ts_us = _now_us()
-                when = format_time(ts_us)
-                rows = []
-                out = []
-                sha256 = hashlib.sha256
-                for event_bytes, fields in events:
-                    size += 1
-                    data = entry_bytes(event_bytes, size, when)
-                    digest = sha256(prev + data).digest()
-                    frontier.append(leaf_hash(digest))
-                    text = data.decode()
-                    prev_hex, digest_hex = prev.hex(), digest.hex()
-                    rows.append(
-                        {
-                            "seq": size,
-                            "ts_us": ts_us,
-                            **fields,
-                            "entry": text,
-                            "prev_hash": prev_hex,
-                            "hash": digest_hex,
-                        }
-                    )
-                    out.append(AppendedEntry(size, digest_hex, prev_hex, when, data))
-                    prev = digest
-                conn.execute(_INSERT_ENTRIES, rows)
-                conn.execute(
-                    _UPDATE_HEAD,
-                    {"new_size": size, "new_hash": prev.hex(), "new_frontier": frontier.to_hex()},
-                )
+                self._begin(conn)
+                out, size = self._append_rows(conn, events)
                 conn.commit()
         except SQLAlchemyError as exc:
             _logger().error("audit.unavailable", error=type(exc).__name__)
             raise AuditUnavailable(f"the audit log cannot be written ({type(exc).__name__})") from exc
+        return out, size
+
+    def _begin(self, conn: sa.Connection) -> None:
+        """Start the write transaction; on SQLite take the database's write lock at once."""
+        if self._sqlite:
+            conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _append_rows(
+        self, conn: sa.Connection, events: list[tuple[bytes, dict[str, str | None]]]
+    ) -> tuple[list[AppendedEntry], int]:
+        """Number, chain and insert `events` inside `conn`'s open transaction (the caller commits).
+
+        The head row is locked first, so the sequence stays gapless and the chain linear whoever else
+        appends: a rolled-back transaction takes its entries and its head update with it.
+        """
+        head = conn.execute(_LOCK_HEAD).one_or_none()
+        if head is None:
+            raise AuditUnavailable("the audit store has no head row: run audit.store.create_tables")
+        size, last_hash, frontier_hex = head
+        try:
+            frontier = CompactRange.from_hex(size, frontier_hex)
         except ProofError as exc:
             raise AuditUnavailable(
                 "the audit head row is corrupt (its Merkle frontier is malformed)"
             ) from exc
+        prev = bytes.fromhex(last_hash)
+        ts_us = _now_us()
+        when = format_time(ts_us)
+        rows = []
+        out = []
+        sha256 = hashlib.sha256
+        for event_bytes, fields in events:
+            size += 1
+            data = entry_bytes(event_bytes, size, when)
+            digest = sha256(prev + data).digest()
+            frontier.append(leaf_hash(digest))
+            text = data.decode()
+            prev_hex, digest_hex = prev.hex(), digest.hex()
+            rows.append(
+                {
+                    "seq": size,
+                    "ts_us": ts_us,
+                    **fields,
+                    "entry": text,
+                    "prev_hash": prev_hex,
+                    "hash": digest_hex,
+                }
+            )
+            out.append(AppendedEntry(size, digest_hex, prev_hex, when, data))
+            prev = digest
+        conn.execute(_INSERT_ENTRIES, rows)
+        conn.execute(
+            _UPDATE_HEAD,
+            {"new_size": size, "new_hash": prev.hex(), "new_frontier": frontier.to_hex()},
+        )
         return out, size
+
+    def _notify(self, size: int) -> None:
+        for listener in self._listeners:
+            try:
+                listener(size)
+            except Exception as exc:  # a listener must never undo a committed append
+                _logger().error("audit.listener_failed", error=type(exc).__name__)
+
+    # --- appending inside a caller's transaction
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[AuditTransaction]:
+        """A database transaction in which a state change and its audit entries commit together.
+
+            with audit_log.transaction() as tx:
+                tx.conn.execute(...)          # the change, on the same connection
+                tx.append(event)              # checked now (UnsafeEntry), written just before commit
+
+        The entries are numbered and chained under the head row's lock at the end of the block, then
+        everything commits at once; if the entries cannot be written nothing of the block is kept and
+        `AuditUnavailable` is raised. An exception inside the block rolls it back and propagates as it is.
+        On SQLite the block holds the database's write lock from its start (`BEGIN IMMEDIATE`), so keep
+        it short and do only database work on `tx.conn` inside it.
+        """
+        try:
+            conn = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"the audit log cannot be written ({type(exc).__name__})") from exc
+        with conn:
+            try:
+                self._begin(conn)
+            except SQLAlchemyError as exc:
+                raise AuditUnavailable(f"the audit log cannot be written ({type(exc).__name__})") from exc
+            tx = AuditTransaction(conn)
+            try:
+                yield tx
+            except BaseException:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.rollback()
+                raise
+            size = None
+            try:
+                if tx.pending:
+                    tx.entries, size = self._append_rows(conn, tx.pending)
+                conn.commit()
+            except BaseException as exc:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.rollback()
+                _logger().error("audit.unavailable", error=type(exc).__name__)
+                if isinstance(exc, AuditUnavailable):
+                    raise
+                raise AuditUnavailable(f"the audit log cannot be written ({type(exc).__name__})") from exc
+        if size is not None:
+            self._notify(size)
 
     # --- reading
 

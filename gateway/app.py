@@ -1,10 +1,12 @@
 """The gateway's FastAPI application and its start-up.
 
-    build_context(settings)  database (migrated), gateway key, ledger, audit trail
+    build_context(settings)  database (migrated), gateway key, ledger, audit trail, recovery of runs
+                             a dead process left (`gateway.lifecycle`)
     create_app(context)      routes, one error shape, request ids, metrics, the audit middleware
 
 Every HTTP request, allowed or refused, is appended to the audit trail before its response starts; if
-that append fails the client gets 503 instead (the gateway fails closed).
+that append fails the client gets 503 instead (the gateway fails closed). An exception that no handler
+answers is audited too (status 500 and the exception's type) before its 500 leaves.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import sqlalchemy as sa
 import structlog
@@ -33,11 +36,21 @@ from gateway.api import key_groups as key_group_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
-from gateway.audit_trail import AuditLogSink, AuditTrail
+from gateway.api.errors import (
+    REQUEST_ID_HEADER,
+    UNHANDLED_MESSAGE,
+    error_type_of,
+    install_error_handlers,
+    install_request_id,
+    log_unhandled,
+)
+from gateway.audit_trail import AuditTrail
 from gateway.auth import authenticate
 from gateway.context import GatewayContext
-from gateway.errors import ApiError, install_error_handlers, install_request_id
+from gateway.errors import AuditUnavailable, ErrorCode, GatewayError
+from gateway.events import HttpRequest, UnauthenticatedFlood
 from gateway.flood import FloodGate
+from gateway.lifecycle import recover_interrupted_runs
 from gateway.limits import install_body_limit
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
 from gateway.settings import GatewaySettings, SettingsError
@@ -89,13 +102,10 @@ def check_ledger_against_audit(ctx: GatewayContext) -> None:
     Every `query.released` entry names a query whose charge the ledger must still count (reserved,
     charged or spent): a ledger restored from an older backup would lack it and hand that budget back.
     """
-    sink = ctx.audit.sink
-    if not isinstance(sink, AuditLogSink):
-        return
     missing = 0
     after = 0
     while True:
-        page = sink.log.filter(action="query.released", after_seq=after, limit=1000)
+        page = ctx.audit.log.filter(action="query.released", after_seq=after, limit=1000)
         if not page:
             break
         for e in page:
@@ -127,12 +137,10 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
         engine=engine,
         gateway_key=load_gateway_key(settings),
         ledger=ledger,
-        audit=AuditTrail(AuditLogSink(AuditLog(engine))),
+        audit=AuditTrail(AuditLog(engine)),
     )
-    sink = ctx.audit.sink
-    assert isinstance(sink, AuditLogSink)
     ctx.checkpointer = Checkpointer(
-        sink.log,
+        ctx.audit.log,
         load_audit_signer(settings),
         origin=settings.audit_origin,
         policy=CheckpointPolicy(
@@ -141,7 +149,7 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
     )
     check_ledger_against_audit(ctx)
     ctx.tls = connector_tls(settings)
-    recover_interrupted_runs(ctx)
+    recover_interrupted_runs(ctx.engine, ctx.ledger, ctx.audit)
     return ctx
 
 
@@ -157,52 +165,25 @@ def connector_tls(settings: GatewaySettings) -> ssl.SSLContext | None:
     return context
 
 
-def recover_interrupted_runs(ctx: GatewayContext) -> None:
-    """A query left 'running' by a process that died: released if its result was committed, else failed.
-
-    Failed keeps the reservation spent if any data had arrived, and refunds it if none had. Reservations
-    of a pack's queries that never started are refunded.
-    """
-    from gateway import queries
-
-    with ctx.engine.connect() as conn:
-        stuck = list(
-            conn.execute(sa.select(db.queries.c.id).where(db.queries.c.state == "running")).scalars()
-        )
-    for qid in stuck:
-        if ctx.ledger.result(qid) is not None:
-            queries.set_state(ctx.engine, qid, "released", expect=("running",))
-            continue
-        entry = ctx.ledger.entry(qid)
-        refunded = entry is None or entry.state == "refunded"
-        if entry is not None and entry.state == "reserved":
-            if entry.data_arrived:
-                ctx.ledger.fail(qid)
-            else:
-                ctx.ledger.refund(qid)
-                refunded = True
-        state = "approved" if refunded else "failed"
-        queries.set_state(ctx.engine, qid, state, expect=("running",), error_code="interrupted")
-        ctx.audit.record("query.interrupted", query_id=qid, charged=not refunded)
-    # A pack reserves all its queries before the first runs; those a dead process never started are
-    # reservations without data, and are refunded like any run that died before data arrived.
-    for qid in ctx.ledger.reserved_without_data():
-        ctx.ledger.refund(qid)
-        ctx.audit.record("query.reservation_released", query_id=qid, charged=False)
-
-
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+async def _send_error(
+    send: Send, status: int, code: str, message: str, request_id: str | None = None
+) -> None:
     body = json.dumps(
-        {"error": {"code": code, "message": message, "field": None, "request_id": None}}
+        {"error": {"code": code, "message": message, "field": None, "request_id": request_id}}
     ).encode()
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
-    )
+    headers = [(b"content-type", b"application/json")]
+    if request_id is not None:
+        headers.append((REQUEST_ID_HEADER.encode(), request_id.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class AuditMiddleware:
-    """Append one audit entry per HTTP request before its response starts; 503 if that fails."""
+    """Append one audit entry per HTTP request before its response starts; 503 if that fails.
+
+    It wraps the routes and their exception handlers, so an exception that none of them answers is
+    caught here, audited as a 500 with its type, and answered with the one error shape.
+    """
 
     def __init__(self, app: ASGIApp, context: GatewayContext, flood: FloodGate | None = None) -> None:
         self.app = app
@@ -215,7 +196,7 @@ class AuditMiddleware:
             if name == b"authorization" and value.startswith(b"Bearer "):
                 try:
                     p = authenticate(self.ctx.engine, value[7:].decode("latin-1").strip())
-                except ApiError:
+                except GatewayError:
                     return None, None
                 scope.setdefault("state", {})["principal"] = p
                 return p.name, p.role.value
@@ -229,45 +210,79 @@ class AuditMiddleware:
 
         started = time.perf_counter()
         sent_503 = False
+        response_started = False
         client = (scope.get("client") or ("-", 0))[0]
         principal, role = await run_in_threadpool(self._principal, scope)
         if principal is None and scope.get("path") != "/healthz":
             admitted, summary = self.flood.admit(client)
             if summary is not None:
                 # A summary never blocks; the next audited request fails closed if the log is down.
-                with contextlib.suppress(ApiError):
-                    await run_in_threadpool(
-                        lambda: self.ctx.audit.record("http.unauthenticated_flood", **summary)
-                    )
+                flood = UnauthenticatedFlood(actor="-", **cast(dict[str, Any], summary))
+                with contextlib.suppress(AuditUnavailable):
+                    await run_in_threadpool(self.ctx.audit.record, flood)
             if not admitted:
                 await _send_error(send, 429, "rate_limited", "too many requests without a valid API key")
                 return
 
+        def entry(status: int, error_type: str | None = None) -> HttpRequest:
+            state = scope.get("state", {})
+            error = state.get("error_code") if status >= 400 else None
+            return HttpRequest(
+                actor=principal or "-",
+                method=scope["method"],
+                path=_route_template(scope),
+                status=status,
+                principal=principal,
+                role=role,
+                request_id=state.get("request_id"),
+                client=client,
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                error=error if error is not None else ErrorCode.INTERNAL.value if status >= 500 else None,
+                error_type=error_type or (state.get("error_type") if status >= 400 else None),
+            )
+
         async def audited_send(message: Message) -> None:
-            nonlocal sent_503
+            nonlocal sent_503, response_started
             if message["type"] == "http.response.start":
-                state = scope.get("state", {})
-                entry = {
-                    "method": scope["method"],
-                    "path": _route_template(scope),
-                    "status": int(message["status"]),
-                    "principal": principal,
-                    "role": role,
-                    "request_id": state.get("request_id"),
-                    "client": client,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                }
+                response_started = True
+                status = int(message["status"])
                 try:
-                    await run_in_threadpool(lambda: self.ctx.audit.record("http.request", **entry))
-                except ApiError:
+                    await run_in_threadpool(self.ctx.audit.record, entry(status))
+                except AuditUnavailable:
+                    if scope.get("state", {}).get("error_code") == ErrorCode.AUDIT_UNAVAILABLE.value:
+                        # The route already says what the outage left undone: keep its answer.
+                        await send(message)
+                        return
                     sent_503 = True
-                    await _send_error(send, 503, "audit_unavailable", "the audit log cannot be written")
+                    # The request's own change, if it made one, committed with its own entry; only the
+                    # record of this request could not be written.
+                    await _send_error(
+                        send,
+                        503,
+                        "audit_unavailable",
+                        "the audit log cannot be written; this request's outcome could not be recorded",
+                        scope.get("state", {}).get("request_id"),
+                    )
                     return
             elif sent_503:
                 return
             await send(message)
 
-        await self.app(scope, receive, audited_send)
+        try:
+            await self.app(scope, receive, audited_send)
+        except Exception as exc:
+            request_id = scope.get("state", {}).get("request_id")
+            log_unhandled(exc, method=scope.get("method"), request_id=request_id)
+            if response_started:
+                raise
+            try:
+                await run_in_threadpool(self.ctx.audit.record, entry(500, error_type_of(exc)))
+            except AuditUnavailable:
+                await _send_error(
+                    send, 503, "audit_unavailable", "the audit log cannot be written", request_id
+                )
+                return
+            await _send_error(send, 500, "internal", UNHANDLED_MESSAGE, request_id)
 
 
 def create_app(context: GatewayContext) -> FastAPI:

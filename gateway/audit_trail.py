@@ -1,77 +1,89 @@
-"""The gateway's audit trail: every request and every semantic event becomes a durable entry.
+"""The gateway's audit trail: typed events (`gateway.events`) become durable entries of the audit log.
 
 Entries go to the tamper-evident log of `audit.store` (hash-chained, Merkle-checkpointed, signed) in the
-gateway's own database. An entry is committed before the response it records is sent; if it cannot be
-written the request fails with 503 and nothing is released (fail closed). Entries never carry raw IDs,
-tokens, API keys, secrets or exact data-dependent counts: callers pass only public facts, digests and DP
-values, and `audit.entries.check_event` rejects the obvious mistakes loudly.
+gateway's own database, so a change to the gateway's tables and its entry commit in one transaction:
+
+    with trail.change() as change:       # one database transaction
+        change.conn.execute(...)         # the change
+        change.record(SomeEvent(...))    # its entry, numbered and chained just before the commit
+
+If the entry cannot be written the change is rolled back and `AuditUnavailable` (503) says nothing was
+done. `record(event)` appends an entry on its own (through the log's group commit) for what is not a
+change to these tables: each HTTP request, connector calls, and entries written *before* a change made
+elsewhere (the budget ledger), so that change happens only once its entry is durable. An event that may
+not be logged (a valid ID number in a purpose) is refused as `Invalid` naming the request's field,
+before anything is stored.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import contextlib
+from collections.abc import Iterator
 
+import sqlalchemy as sa
 import structlog
 
-from audit.errors import AuditUnavailable
-from audit.store import AuditLog
-from gateway.errors import ApiError, ErrorCode
+from audit import errors as audit_errors
+from audit.entries import contains_identifier
+from audit.store import AuditLog, AuditTransaction
+from gateway.errors import AuditUnavailable, Invalid
+from gateway.events import AuditEvent
 
 log = structlog.get_logger("fedgate.audit")
 
-
-class AuditSink(Protocol):
-    def append(self, event: dict[str, Any]) -> int:
-        """Durably append one event; return its sequence number or raise `AuditUnavailable`."""
-        ...
+NOTHING_DONE = "the audit log cannot be written; nothing was done"
 
 
-class AuditLogSink:
-    """The tamper-evident log."""
+def check_free_text(**texts: str) -> None:
+    """Refuse free text that the audit log may not hold (a valid ID number anywhere in it), naming the
+    field, before anything is stored."""
+    for field, text in texts.items():
+        if contains_identifier(text):
+            raise Invalid(f"{field} holds an identity number or credit code; write it without one", field)
+
+
+def _unsafe(event: AuditEvent, exc: audit_errors.UnsafeEntry) -> Invalid:
+    field = event.request_field(exc.field)
+    return Invalid(f"this text may not be written to the audit log: {exc}", field)
+
+
+class Change:
+    """One transaction's connection and the events recorded with it."""
+
+    def __init__(self, tx: AuditTransaction) -> None:
+        self._tx = tx
+        self.conn: sa.Connection = tx.conn
+
+    def record(self, event: AuditEvent) -> None:
+        """Queue `event` to commit with this change; `Invalid` at once if it may not be logged."""
+        try:
+            self._tx.append(event.to_event())
+        except audit_errors.UnsafeEntry as exc:
+            raise _unsafe(event, exc) from None
+
+
+class AuditTrail:
+    """Records typed events in the audit log; any failure to write is `AuditUnavailable` (fail closed)."""
 
     def __init__(self, audit_log: AuditLog) -> None:
         self.log = audit_log
 
-    def append(self, event: dict[str, Any]) -> int:
-        return self.log.append(event).seq
-
-
-def _outcome(action: str, fields: dict[str, Any]) -> str:
-    status = fields.get("status")
-    if isinstance(status, int):
-        return "ok" if status < 400 else "refused" if status < 500 else "error"
-    if action.endswith((".failed", ".refused", ".rejected", ".interrupted")):
-        return "refused" if action.endswith((".refused", ".rejected")) else "failed"
-    return str(fields.get("outcome", "ok"))
-
-
-class AuditTrail:
-    """Records events through a sink; turns any failure to write into a 503 so the caller fails closed."""
-
-    def __init__(self, sink: AuditSink) -> None:
-        self.sink = sink
-
-    def record(self, action: str, **fields: Any) -> int:
-        event = {"action": action, **fields}
-        actor = fields.get("actor", fields.get("principal"))
-        event["actor"] = actor if isinstance(actor, str) else "-"
-        event["outcome"] = _outcome(action, fields)
+    def record(self, event: AuditEvent, *, unavailable: str = NOTHING_DONE) -> int:
+        """Append `event` on its own; returns its sequence number once it is durable."""
         try:
-            return self.sink.append(event)
-        except AuditUnavailable as exc:
-            log.error("audit.unavailable", action=action, error=type(exc).__name__)
-            raise ApiError(
-                503, ErrorCode.AUDIT_UNAVAILABLE, "the audit log cannot be written; nothing was done"
-            ) from None
+            return self.log.append(event.to_event()).seq
+        except audit_errors.UnsafeEntry as exc:
+            raise _unsafe(event, exc) from None
+        except audit_errors.AuditUnavailable as exc:
+            log.error("audit.unavailable", action=event.action, error=type(exc).__name__)
+            raise AuditUnavailable(unavailable) from None
 
-
-def record_offline(engine: Any, action: str, **fields: Any) -> int:
-    """Append one event from a command run on the gateway host (users created or revoked) to the same log.
-
-    Raises `AuditUnavailable` if it cannot be written; the caller undoes what it did.
-    """
-    trail = AuditTrail(AuditLogSink(AuditLog(engine)))
-    try:
-        return trail.record(action, **fields)
-    except ApiError:
-        raise AuditUnavailable("the audit log cannot be written") from None
+    @contextlib.contextmanager
+    def change(self) -> Iterator[Change]:
+        """A transaction whose change and recorded events are committed together, or not at all."""
+        try:
+            with self.log.transaction() as tx:
+                yield Change(tx)
+        except audit_errors.AuditUnavailable as exc:
+            log.error("audit.unavailable", error=type(exc).__name__)
+            raise AuditUnavailable(NOTHING_DONE) from None

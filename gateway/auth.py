@@ -2,7 +2,8 @@
 
 A key is `fgk_` followed by 256 random bits. Only its SHA-256 is stored, with a short public prefix so an
 operator can tell keys apart; the key itself is shown once, when it is created. Keys expire and can be
-revoked. Every refusal is an `ApiError` with one of the fixed codes.
+revoked. Every refusal is a domain error (`gateway.errors`). Creating or revoking a principal through an
+`AuditTrail` commits the change with its `user.created` / `user.revoked` entry.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from gateway.db import principals, utcnow
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
+from gateway.events import UserCreated, UserRevoked
+
+if TYPE_CHECKING:
+    from gateway.audit_trail import AuditTrail
 
 __all__ = [
     "KEY_PREFIX",
@@ -100,8 +106,8 @@ def _new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, ErrorCode.INVALID_REQUEST, message, field)
+def _invalid(field: str, message: str) -> Invalid:
+    return Invalid(message, field)
 
 
 def create_principal(
@@ -112,8 +118,12 @@ def create_principal(
     department: str | None = None,
     expires_days: int = 90,
     now: datetime | None = None,
+    trail: AuditTrail | None = None,
+    actor: str = "operator",
 ) -> tuple[Principal, str]:
-    """Create a principal and return it with its new API key, the only time the key is available."""
+    """Create a principal and return it with its new API key, the only time the key is available.
+
+    With `trail`, the principal and its `user.created` entry (by `actor`) commit together."""
     try:
         role = Role(role)
     except ValueError:
@@ -141,41 +151,71 @@ def create_principal(
         department=department,
         expires_at=now + timedelta(days=expires_days),
     )
+    row = {
+        "id": principal.id,
+        "name": name,
+        "role": role.value,
+        "department": department,
+        "key_hash": hash_key(key),
+        "key_prefix": key[:SHOWN_PREFIX_LENGTH],
+        "created_at": now,
+        "expires_at": principal.expires_at,
+        "revoked_at": None,
+    }
+    event = UserCreated(
+        actor=actor,
+        principal=name,
+        role=role.value,
+        department=department,
+        expires_at=principal.expires_at.isoformat(),
+    )
     try:
-        with engine.begin() as conn:
-            conn.execute(
-                principals.insert().values(
-                    id=principal.id,
-                    name=name,
-                    role=role.value,
-                    department=department,
-                    key_hash=hash_key(key),
-                    key_prefix=key[:SHOWN_PREFIX_LENGTH],
-                    created_at=now,
-                    expires_at=principal.expires_at,
-                    revoked_at=None,
-                )
-            )
+        if trail is None:
+            with engine.begin() as conn:
+                conn.execute(principals.insert().values(**row))
+        else:
+            with trail.change() as change:
+                change.conn.execute(principals.insert().values(**row))
+                change.record(event)
     except sa.exc.IntegrityError:
         # Names are unique, and revoked names stay taken so the audit trail stays unambiguous.
-        raise ApiError(
-            409, ErrorCode.CONFLICT, f"a principal named {name!r} already exists", "name"
-        ) from None
+        raise Conflict(f"a principal named {name!r} already exists", "name", reason="exists") from None
     return principal, key
 
 
-def revoke_principal(engine: sa.Engine, name: str, *, now: datetime | None = None) -> PrincipalRecord:
-    """Revoke a principal's key at once; revoking twice keeps the first revocation time."""
+def revoke_principal(
+    engine: sa.Engine,
+    name: str,
+    *,
+    now: datetime | None = None,
+    trail: AuditTrail | None = None,
+    actor: str = "operator",
+) -> PrincipalRecord:
+    """Revoke a principal's key at once; revoking twice keeps the first revocation time.
+
+    With `trail`, the revocation and its `user.revoked` entry (by `actor`) commit together."""
     now = now or utcnow()
-    with engine.begin() as conn:
-        conn.execute(
+
+    def revoke(conn: sa.Connection) -> tuple[sa.RowMapping | None, int]:
+        done = conn.execute(
             principals.update()
             .where(principals.c.name == name, principals.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
         row = conn.execute(sa.select(principals).where(principals.c.name == name)).mappings().first()
-    if row is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, f"no principal named {name!r}", "name")
+        if row is None:
+            raise NotFound(f"no principal named {name!r}", "name")
+        return row, done.rowcount
+
+    if trail is None:
+        with engine.begin() as conn:
+            row, _ = revoke(conn)
+    else:
+        with trail.change() as change:
+            row, changed = revoke(change.conn)
+            if changed:
+                change.record(UserRevoked(actor=actor, principal=name))
+    assert row is not None
     return _record(row)
 
 
@@ -187,22 +227,22 @@ def list_principals(engine: sa.Engine) -> list[PrincipalRecord]:
 
 
 def authenticate(engine: sa.Engine, key: str | None, *, now: datetime | None = None) -> Principal:
-    """The principal holding `key`, or `ApiError(401, unauthenticated)`.
+    """The principal holding `key`, or `Unauthenticated`.
 
     The lookup is by the key's hash, so the time it takes says nothing about how close a guess was; the
     stored hash is compared again in constant time. An expiry that is not recorded counts as expired.
     """
     if not key or len(key) > MAX_KEY_LENGTH or not key.startswith(KEY_PREFIX):
-        raise ApiError(401, ErrorCode.UNAUTHENTICATED, INVALID_KEY)
+        raise Unauthenticated(INVALID_KEY)
     digest = hash_key(key)
     with engine.connect() as conn:
         row = conn.execute(sa.select(principals).where(principals.c.key_hash == digest)).mappings().first()
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
-        raise ApiError(401, ErrorCode.UNAUTHENTICATED, INVALID_KEY)
+        raise Unauthenticated(INVALID_KEY)
     record = _record(row)
     status = record.status(now)
     if status != "active" or record.expires_at is None:
-        raise ApiError(401, ErrorCode.UNAUTHENTICATED, f"API key {status}; ask an operator for a new one")
+        raise Unauthenticated(f"API key {status}; ask an operator for a new one")
     return Principal(
         id=record.id,
         name=record.name,
@@ -215,9 +255,7 @@ def authenticate(engine: sa.Engine, key: str | None, *, now: datetime | None = N
 def require_department(principal: Principal, department: str) -> None:
     """Refuse unless `principal` is the admin of `department`; a department acts only for itself."""
     if principal.role is not Role.DEPARTMENT_ADMIN or principal.department != department:
-        raise ApiError(
-            403, ErrorCode.FORBIDDEN, f"only an admin of department {department!r} may do this", "department"
-        )
+        raise Forbidden(f"only an admin of department {department!r} may do this", "department")
 
 
 def _record(row: sa.RowMapping) -> PrincipalRecord:

@@ -1,7 +1,7 @@
 """What every request of one gateway process shares: settings, database, keys, ledger and audit trail.
 
 Built once at start (`build_context`) and put on `app.state.context`; routes reach it through
-`ContextDep`, tests build their own and inject a transport for connector calls.
+`gateway.api.deps.ContextDep`, tests build their own and inject a transport for connector calls.
 """
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from __future__ import annotations
 import ssl
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated
 
 import httpx
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import Depends, Request
+from fastapi import Request
 
 from audit.checkpoint import Checkpointer
 from gateway.audit_trail import AuditTrail
@@ -58,6 +57,3 @@ def get_context(request: Request) -> GatewayContext:
     ctx = getattr(request.app.state, "context", None)
     assert isinstance(ctx, GatewayContext), "the app was built without a gateway context"
     return ctx
-
-
-ContextDep = Annotated[GatewayContext, Depends(get_context)]

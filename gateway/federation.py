@@ -15,7 +15,7 @@
 Errors, one class per way a call can fail (`code` is what the audit entry records):
 
     ConnectorCallError(connector, status, code, message, receipt)
-     ├── ConnectorUnavailable   disabled, or not answering (connect, timeout, TLS): code "disabled" /
+     ├── ConnectorUnreachable   disabled, or not answering (connect, timeout, TLS): code "disabled" /
      │                          "unreachable"
      ├── ConnectorRefused       the connector answered with an error: its status and wire code
      │                          (`connectors.protocol.ErrorCode`), public extras such as witnessed_size
@@ -64,7 +64,7 @@ __all__ = [
     "ConnectorCallError",
     "ConnectorLink",
     "ConnectorRefused",
-    "ConnectorUnavailable",
+    "ConnectorUnreachable",
     "Federation",
     "SignedExchange",
     "extract_request",
@@ -103,7 +103,7 @@ class ConnectorCallError(Exception):
         super().__init__(f"connector {connector}: {status or '-'} {code}: {message}")
 
 
-class ConnectorUnavailable(ConnectorCallError):
+class ConnectorUnreachable(ConnectorCallError):
     """The connector is disabled or did not answer; nothing came back."""
 
 
@@ -262,7 +262,7 @@ class ConnectorLink:
             response = self._http.send(request)
         except httpx.HTTPError as exc:
             receipt = {"request_digest": request.extensions[_DIGEST]} if _DIGEST in request.extensions else {}
-            raise ConnectorUnavailable(
+            raise ConnectorUnreachable(
                 self.connector, None, "unreachable", type(exc).__name__, receipt
             ) from None
         digest = str(response.request.extensions.get(_DIGEST, ""))

@@ -1,10 +1,10 @@
 """Running indicators and packs: submit their queries, reserve the whole epsilon at once, run, derive figures.
 
-    build the queries (public parameters only)      -> 422 naming the field
-    epsilon within every involved department's cap   -> 422 naming the department (the smallest cap wins)
+    build the queries (public parameters only)      -> Invalid naming the field
+    epsilon within every involved department's cap   -> Invalid naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
-                                                        409 not_approved with the ids still waiting
-    ledger.reserve_many (all or nothing)             -> 409 budget_exceeded before any extract
+                                                        NotApproved with who each query waits for
+    `indicator.run` audited, then ledger.reserve_many (all or nothing) -> BudgetRefused before any extract
     run each query (the runner: extracts, join, release, commit), in order
       a failure: queries not yet run are refunded; what ran stays released or spent, as for any query
     figures from the released results (post-processing; no budget)
@@ -40,7 +40,10 @@ from connectors.protocol import ConnectorSchema, Period
 from gateway import key_groups, queries, runner
 from gateway.auth import Principal
 from gateway.context import GatewayContext
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import BudgetRefused, Conflict, Invalid, NotApproved, NotFound
+from gateway.events import BudgetRefused as BudgetRefusedEvent
+from gateway.events import IndicatorFailed, IndicatorRun
+from gateway.lifecycle import QueryState, release_unused, stays_charged
 from gateway.registry import catalog
 from privacy.errors import BudgetExceeded
 
@@ -56,8 +59,8 @@ def _plain(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> ApiError:
-    return ApiError(404, ErrorCode.NOT_FOUND, f"no {kind} named {name!r}; known: {', '.join(known)}", "name")
+def _unknown(kind: str, name: str, known: list[str]) -> NotFound:
+    return NotFound(f"no {kind} named {name!r}; known: {', '.join(known)}", "name")
 
 
 _PERIOD = TypeAdapter(Period)
@@ -76,8 +79,8 @@ def parse_period(text: str, months: int) -> tuple[str, str]:
     return ends[0], ends[1]
 
 
-def _indicator_error(exc: IndicatorError) -> ApiError:
-    return ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field)
+def _indicator_error(exc: IndicatorError) -> Invalid:
+    return Invalid(exc.message, exc.field)
 
 
 def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]]:
@@ -86,17 +89,15 @@ def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
     except ValueError as exc:
-        raise ApiError(
-            422, ErrorCode.INVALID_REQUEST, f"the indicator's query is invalid: {exc}", None
-        ) from None
+        raise Invalid(f"the indicator's query is invalid: {exc}", None) from None
 
 
 def _plans(cat: Mapping[str, ConnectorSchema], subqueries: list[SubQuery]) -> list[Plan]:
-    """Every query planned against one reading of the catalog (422 naming the field)."""
+    """Every query planned against one reading of the catalog (`Invalid` naming the field)."""
     try:
         return [plan_query(q.spec, cat) for q in subqueries]
     except PlanError as exc:
-        raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
+        raise Invalid(exc.message, exc.field) from None
 
 
 def smallest_cap(cat: Mapping[str, ConnectorSchema], plans: list[Plan]) -> tuple[Decimal, str]:
@@ -123,9 +124,7 @@ def _with_epsilon(
         cap, department = smallest_cap(cat, _plans(cat, [q for qs in probe for q in qs]))
         total = cap if epsilon is None else epsilon
         if total > cap:
-            raise ApiError(
-                422,
-                ErrorCode.INVALID_REQUEST,
+            raise Invalid(
                 f"epsilon {total} is above department {department}'s cap of {cap} per query; every "
                 "department involved must allow the whole total (the smallest cap wins)",
                 "epsilon",
@@ -219,58 +218,45 @@ def _execute(
     plans = _plans(cat, flat)
     records = []
     for q in flat:
-        record, new = queries.submit(ctx.engine, q.spec, analyst)
-        if new:
-            ctx.audit.record(
-                "query.submitted",
-                actor=analyst.name,
-                query_id=record.id,
-                query_digest=record.digest,
-                spec=q.spec.model_dump(mode="json"),
-                state=record.state,
-                indicator=label,
-            )
+        record, _ = queries.submit(ctx.audit, q.spec, analyst, indicator=label)
         records.append(queries.get_query(ctx.engine, record.id))
-    done = {r.id for r in records if r.state == "released" or ctx.ledger.result(r.id) is not None}
-    waiting, stuck = [], []
+    done = {r.id for r in records if r.state is QueryState.RELEASED or ctx.ledger.result(r.id) is not None}
+    waiting: dict[str, str] = {}
+    stuck = []
     for record, plan in zip(records, plans, strict=True):
         if record.id in done:
             continue
-        if record.state in ("running", "failed"):
+        if record.state in (QueryState.RUNNING, QueryState.FAILED):
             stuck.append(f"{record.id} ({record.state})")
-        elif record.state != "approved":
+        elif record.state is not QueryState.APPROVED:
             found, rejected = queries.covers(ctx.engine, record, plan)
-            if rejected:
-                waiting.append(f"{record.id} (rejected by {', '.join(rejected)})")
-            else:
-                missing = [d for d in plan.departments if d not in found]
-                waiting.append(f"{record.id} (waiting for {', '.join(missing)})")
+            waiting[record.id] = queries.waiting_for(record, plan, found, rejected)
     if stuck:
-        raise ApiError(
-            409,
-            ErrorCode.CONFLICT,
+        raise Conflict(
             f"{len(stuck)} of the {label} queries cannot run now: " + "; ".join(stuck) + ". A running "
             "one is in progress elsewhere; a failed one has spent its budget, so ask with another epsilon "
             "or period",
             "name",
+            reason="not_runnable",
         )
     if waiting:
-        raise ApiError(
-            409,
-            ErrorCode.NOT_APPROVED,
-            f"{len(waiting)} of the {label} queries are not approved: " + "; ".join(waiting),
+        raise NotApproved(
+            f"{len(waiting)} of the {label} queries are not approved: "
+            + "; ".join(f"{qid} ({why})" for qid, why in waiting.items()),
             "name",
+            waiting=waiting,
         )
     to_run = [
         (q, plan) for q, plan, record in zip(flat, plans, records, strict=True) if record.id not in done
     ]
     # Audited before anything is reserved: if the audit log cannot be written, nothing runs (503).
     ctx.audit.record(
-        "indicator.run",
-        actor=analyst.name,
-        indicator=label,
-        query_ids=[q.spec.query_id for q in flat],
-        epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+        IndicatorRun(
+            actor=analyst.name,
+            indicator=label,
+            query_ids=[q.spec.query_id for q in flat],
+            epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+        )
     )
     if to_run:
         try:
@@ -280,15 +266,18 @@ def _execute(
             )
         except BudgetExceeded as exc:
             ctx.audit.record(
-                "budget.refused",
-                actor=analyst.name,
-                indicator=label,
-                query_ids=[q.spec.query_id for q, _ in to_run],
-                scope=exc.scope,
-                requested=str(exc.requested),
-                remaining=str(exc.remaining),
+                BudgetRefusedEvent(
+                    actor=analyst.name,
+                    indicator=label,
+                    query_ids=[q.spec.query_id for q, _ in to_run],
+                    scope=exc.scope,
+                    requested=str(exc.requested),
+                    remaining=str(exc.remaining),
+                )
             )
-            raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
+            raise BudgetRefused(
+                str(exc), scope=exc.scope, requested=exc.requested, remaining=exc.remaining
+            ) from None
     released: dict[str, dict[str, Any]] = {}
     pending = [q.spec.query_id for q, _ in to_run]
     try:
@@ -304,11 +293,11 @@ def _execute(
             if q.spec.query_id in pending:
                 pending.remove(q.spec.query_id)
     except BaseException:
+        # The queries not yet run hold reservations without data: audited first, then refunded.
+        refunded = [qid for qid in pending if not stays_charged(ctx.ledger.entry(qid))]
+        ctx.audit.record(IndicatorFailed(actor=analyst.name, indicator=label, refunded=refunded))
         for qid in pending:
-            entry = ctx.ledger.entry(qid)
-            if entry is not None and entry.state == "reserved" and not entry.data_arrived:
-                ctx.ledger.refund(qid)
-        ctx.audit.record("indicator.failed", actor=analyst.name, indicator=label, refunded=pending)
+            release_unused(ctx.ledger, qid)
         raise
     out = []
     for (template, params), subqueries in zip(items, built, strict=True):

@@ -13,15 +13,15 @@ up while it runs: changing a group later cannot change what a submitted query me
                                        registered again (its meaning in past reports stays unambiguous)
     resolve(engine, names)             the current definitions, for inlining into a query spec
 
-Errors are `ApiError`s: `KeyGroupNotFound` (404) and `KeyGroupRetired` (422) for names that cannot be
-resolved, 422 naming the field for a definition the catalog does not support, 403 for a department
-admin touching another department's group, 409 for re-registering a retired name.
+Errors are domain errors (`gateway.errors`): `KeyGroupNotFound` (not found) and `KeyGroupRetired`
+(invalid) for names that cannot be resolved, `Invalid` naming the field for a definition the catalog
+does not support, `Forbidden` for a department admin touching another department's group, `Conflict`
+for re-registering a retired name. A registration or retirement commits with its audit entry.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,8 +34,11 @@ from aggregation.query import MemberGroup, QuerySpec, Statistic, StatisticKind
 from connectors.config import Unit
 from connectors.protocol import ConnectorSchema, canonical_json, sha256_hex
 from gateway import db, registry
+from gateway.audit_trail import AuditTrail, check_free_text
 from gateway.auth import Principal, Role
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import Conflict, Forbidden, Invalid, NotFound
+from gateway.events import KeyGroupRegistered
+from gateway.events import KeyGroupRetired as KeyGroupRetiredEvent
 
 __all__ = [
     "MAX_TITLE",
@@ -60,29 +63,23 @@ _PROBE_EPSILON = Decimal("0.000001")
 _WRITE_ATTEMPTS = 3
 
 
-class KeyGroupError(ApiError):
-    """A key group name that cannot be used."""
+class KeyGroupError(Exception):
+    """A key group name that cannot be used (mixed into the domain error it is)."""
+
+    name: str
 
 
-class KeyGroupNotFound(KeyGroupError):
+class KeyGroupNotFound(KeyGroupError, NotFound):
     def __init__(self, name: str, field: str = "name") -> None:
-        super().__init__(
-            404,
-            ErrorCode.NOT_FOUND,
-            f"no key group named {name!r}; `fedgate groups list` shows the registered ones",
-            field,
+        NotFound.__init__(
+            self, f"no key group named {name!r}; `fedgate groups list` shows the registered ones", field
         )
         self.name = name
 
 
-class KeyGroupRetired(KeyGroupError):
+class KeyGroupRetired(KeyGroupError, Invalid):
     def __init__(self, name: str, field: str = "name") -> None:
-        super().__init__(
-            422,
-            ErrorCode.INVALID_REQUEST,
-            f"the key group {name!r} is retired and cannot be used in new queries",
-            field,
-        )
+        Invalid.__init__(self, f"the key group {name!r} is retired and cannot be used in new queries", field)
         self.name = name
 
 
@@ -187,7 +184,7 @@ def validate_definition(definition: MemberGroup, catalog: Mapping[str, Connector
         message = exc.message
         if field == "definition":
             message = f"no household query can use this group: {message}"
-        raise ApiError(422, ErrorCode.INVALID_REQUEST, message, field) from None
+        raise Invalid(message, field) from None
 
 
 def _owner(engine: sa.Engine, definition: MemberGroup) -> str | None:
@@ -202,12 +199,10 @@ def _check_department(engine: sa.Engine, by: Principal, definitions: Sequence[Me
     if by.role is Role.OPERATOR:
         return
     if by.role is not Role.DEPARTMENT_ADMIN:
-        raise ApiError(403, ErrorCode.FORBIDDEN, "this action needs the role department_admin or operator")
+        raise Forbidden("this action needs the role department_admin or operator")
     for definition in definitions:
         if _owner(engine, definition) != by.department:
-            raise ApiError(
-                403,
-                ErrorCode.FORBIDDEN,
+            raise Forbidden(
                 "a department admin registers key groups over its own department's datasets only; ask "
                 "the operator or the owning department",
                 "definition",
@@ -221,29 +216,11 @@ def _check_text(title: str, title_zh: str, description: str) -> None:
         ("description", description, MAX_DESCRIPTION),
     ):
         if len(value) > limit or (field != "description" and not value.strip()):
-            raise ApiError(422, ErrorCode.INVALID_REQUEST, f"{field} must be 1 to {limit} characters", field)
+            raise Invalid(f"{field} must be 1 to {limit} characters", field)
+        check_free_text(**{field: value})
 
 
 # --- storage
-
-
-@contextlib.contextmanager
-def _write(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """One write transaction; on SQLite it takes the write lock up front, as `privacy.ledger` does, so a
-    read-then-insert waits for a concurrent writer instead of failing when its read lock upgrades."""
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            yield conn
-        return
-    with engine.connect() as raw:
-        conn = raw.execution_options(isolation_level="AUTOCOMMIT")
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.exec_driver_sql("ROLLBACK")
-            raise
-        conn.exec_driver_sql("COMMIT")
 
 
 def _latest(conn: sa.Connection, name: str) -> KeyGroupRecord | None:
@@ -263,9 +240,7 @@ def get(engine: sa.Engine, name: str, version: int | None = None) -> KeyGroupRec
             record = _record(row) if row is not None else None
     if record is None:
         if version is not None:
-            raise ApiError(
-                404, ErrorCode.NOT_FOUND, f"the key group {name!r} has no version {version}", "version"
-            )
+            raise NotFound(f"the key group {name!r} has no version {version}", "version")
         raise KeyGroupNotFound(name)
     return record
 
@@ -282,7 +257,7 @@ def list_groups(engine: sa.Engine, *, include_retired: bool = False) -> list[Key
 
 
 def register(
-    engine: sa.Engine,
+    trail: AuditTrail,
     definition: MemberGroup,
     *,
     title: str,
@@ -294,8 +269,10 @@ def register(
 
     Version 1 for a new name; a new version when the definition or a text differs from the latest one
     (older versions stay readable); nothing when everything is identical. The definition is checked
-    against the current catalog first (422 naming the field).
+    against the current catalog first (`Invalid` naming the field). A new version commits with its
+    `key_group.registered` entry.
     """
+    engine = trail.log.engine
     _check_text(title, title_zh, description)
     validate_definition(definition, registry.catalog(engine))
     name = definition.name
@@ -303,11 +280,10 @@ def register(
         with engine.connect() as conn:
             current = _latest(conn, name)
         if current is not None and current.retired:
-            raise ApiError(
-                409,
-                ErrorCode.CONFLICT,
+            raise Conflict(
                 f"the key group {name!r} is retired; register the definition under a new name",
                 "definition.name",
+                reason="retired",
             )
         texts = (title, title_zh, description)
         if current is not None and current.definition == definition and current.texts() == texts:
@@ -328,54 +304,70 @@ def register(
             "retired_at": None,
             "retired_by": None,
         }
-        if _insert_next(engine, values):
+        if _insert_next(trail, values, definition, by):
             return get(engine, name), True
-    raise ApiError(
-        409,
-        ErrorCode.CONFLICT,
+    raise Conflict(
         f"the key group {name!r} is being changed concurrently; try again",
         "definition.name",
+        reason="concurrent",
     )
 
 
-def _insert_next(engine: sa.Engine, values: dict[str, Any]) -> bool:
-    """Insert `values` if its version is still the next one; False if another writer came first.
+def _insert_next(trail: AuditTrail, values: dict[str, Any], definition: MemberGroup, by: Principal) -> bool:
+    """Insert `values` with its entry if its version is still the next one; False if another writer came
+    first.
 
     The checks above ran outside this transaction (they read other tables, which an in-memory SQLite
     engine's single shared connection could not do inside it), so the latest version is compared again.
     """
     try:
-        with _write(engine) as conn:
-            current = _latest(conn, values["name"])
+        with trail.change() as change:
+            current = _latest(change.conn, values["name"])
             if (0 if current is None else current.version) + 1 != values["version"] or (
                 current is not None and current.retired
             ):
                 return False
-            conn.execute(db.key_groups.insert().values(**values))
+            change.conn.execute(db.key_groups.insert().values(**values))
+            change.record(
+                KeyGroupRegistered(
+                    actor=by.name,
+                    key_group=values["name"],
+                    version=values["version"],
+                    definition=definition.model_dump(mode="json"),
+                    definition_digest=values["definition_digest"],
+                    title=values["title"],
+                    title_zh=values["title_zh"],
+                    description=values["description"],
+                )
+            )
     except sa.exc.IntegrityError:
         # PostgreSQL: a concurrent transaction committed this version number first.
         return False
     return True
 
 
-def retire(engine: sa.Engine, name: str, by: Principal) -> tuple[KeyGroupRecord, bool]:
-    """Retire every version of `name`; returns the latest record and whether this call retired it."""
+def retire(trail: AuditTrail, name: str, by: Principal) -> tuple[KeyGroupRecord, bool]:
+    """Retire every version of `name` with its entry; returns the latest record and whether this call
+    retired it."""
     t = db.key_groups
-    with _write(engine) as conn:
-        current = _latest(conn, name)
+    with trail.change() as change:
+        current = _latest(change.conn, name)
         if current is None:
             raise KeyGroupNotFound(name)
         if current.retired:
             return current, False
-        conn.execute(t.update().where(t.c.name == name).values(retired_at=db.utcnow(), retired_by=by.name))
-    return get(engine, name), True
+        change.conn.execute(
+            t.update().where(t.c.name == name).values(retired_at=db.utcnow(), retired_by=by.name)
+        )
+        change.record(KeyGroupRetiredEvent(actor=by.name, key_group=name, version=current.version))
+    return get(trail.log.engine, name), True
 
 
 def resolve(engine: sa.Engine, names: Sequence[str], *, field: str = "groups") -> tuple[MemberGroup, ...]:
     """The current definitions of `names`, in order, to inline into a query's `member_groups`.
 
-    Raises `KeyGroupNotFound` (404) or `KeyGroupRetired` (422) naming `field.<i>`, and 422 for a name
-    given twice. Never look a group up while a query runs: the inlined definition is the query's.
+    Raises `KeyGroupNotFound` or `KeyGroupRetired` naming `field.<i>`, and `Invalid` for a name given
+    twice. Never look a group up while a query runs: the inlined definition is the query's.
     """
     seen: set[str] = set()
     found: list[MemberGroup] = []
@@ -383,9 +375,7 @@ def resolve(engine: sa.Engine, names: Sequence[str], *, field: str = "groups") -
         for i, name in enumerate(names):
             where = f"{field}.{i}"
             if name in seen:
-                raise ApiError(
-                    422, ErrorCode.INVALID_REQUEST, f"the key group {name!r} is named twice", where
-                )
+                raise Invalid(f"the key group {name!r} is named twice", where)
             seen.add(name)
             record = _latest(conn, name)
             if record is None:

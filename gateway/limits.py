@@ -2,8 +2,9 @@
 
     install_body_limit(app, max_bytes)   413 for a body above `FEDGATE_MAX_BODY_BYTES`, by Content-Length
                                          and while streaming, before the route authenticates or parses
-    RunSlots / RunSlot                   at most `FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST` runs (queries,
-                                         indicators, packs) of one analyst at a time; 429 past it
+    RunSlots                             at most `FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST` runs (queries,
+                                         indicators, packs) of one analyst at a time, `RateLimited` past
+                                         it (the routes take a slot through `gateway.api.limits.RunSlot`)
 
 The cost of a query's release (cells x bins) is public policy checked by the planner
 (`aggregation.limits`), and the bounds of every number a route accepts live in `gateway.api.schemas`.
@@ -13,18 +14,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from starlette.types import Scope
 
 from connectors.body_limit import BodySizeLimit
-from gateway.auth import Principal
-from gateway.deps import CurrentPrincipal
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import ErrorCode, RateLimited
 
-__all__ = ["RunSlot", "RunSlots", "install_body_limit"]
+__all__ = ["RunSlots", "install_body_limit"]
 
 
 def _gateway_413(scope: Scope, limit: int) -> bytes:
@@ -60,12 +57,9 @@ class RunSlots:
         with self._lock:
             running = self._running.get(analyst, 0)
             if running >= limit:
-                raise ApiError(
-                    429,
-                    ErrorCode.RATE_LIMITED,
+                raise RateLimited(
                     f"analyst {analyst} already has {running} runs in progress and the limit is {limit} "
-                    "(FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST); wait for one to finish",
-                    headers={"retry-after": "5"},
+                    "(FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST); wait for one to finish"
                 )
             self._running[analyst] = running + 1
 
@@ -80,19 +74,3 @@ class RunSlots:
     def running(self, analyst: str) -> int:
         with self._lock:
             return self._running.get(analyst, 0)
-
-
-def _run_slot(request: Request, who: CurrentPrincipal) -> Iterator[Principal]:
-    from gateway.context import get_context  # the context holds the slots, so it imports this module
-
-    ctx = get_context(request)
-    slots = ctx.run_slots
-    slots.acquire(who.name, ctx.settings.max_concurrent_runs_per_analyst)
-    try:
-        yield who
-    finally:
-        slots.release(who.name)
-
-
-RunSlot = Annotated[Principal, Depends(_run_slot)]
-"""A route that runs queries takes this: one of the caller's concurrent-run slots, for the request."""

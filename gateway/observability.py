@@ -16,9 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.deps import require_roles
+from gateway.api.errors import error_responses
 from gateway.auth import Principal, Role
-from gateway.deps import require_roles
-from gateway.errors import ApiError, ErrorCode, error_responses
+from gateway.errors import NotFound
 
 __all__ = ["GatewayMetrics", "HealthResponse", "health_router", "install_metrics", "metrics_router"]
 
@@ -136,5 +137,5 @@ async def metrics(request: Request, operator: Operator) -> Response:
     """Prometheus metrics, for the operator role only."""
     collected = getattr(request.app.state, "metrics", None)
     if not isinstance(collected, GatewayMetrics):
-        raise ApiError(404, ErrorCode.NOT_FOUND, "metrics are disabled (FEDGATE_METRICS_ENABLED=false)")
+        raise NotFound("metrics are disabled (FEDGATE_METRICS_ENABLED=false)")
     return Response(collected.render(), media_type=CONTENT_TYPE_LATEST)

@@ -2,9 +2,11 @@
 
     submitted ──(every involved department approved, or a signed rule covers it)──> approved
         └──(any involved department rejects)──> rejected
-    approved ──run──> running ──> released | failed          (failed before any data: back to approved)
+    (the whole life, and its transitions: `gateway.lifecycle`)
 
-Approvals and rules are signed by each department's own key; the gateway verifies them against the
+Each change (a submission, a decision, a rule) commits in one transaction with its audit entry
+(`gateway.events`); free text the audit log may not hold is refused first, naming the field. Approvals
+and rules are signed by each department's own key; the gateway verifies them against the
 approval key the department's connector published, stores them, and forwards them with each extract.
 It never holds a department's private key.
 """
@@ -32,8 +34,18 @@ from connectors.protocol import (
     verify_rule,
 )
 from gateway import db
+from gateway.audit_trail import AuditTrail, Change, check_free_text
 from gateway.auth import Principal, Role
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import ApprovalInvalid, Conflict, Forbidden, Invalid, NotFound
+from gateway.events import (
+    QueryApproved,
+    QueryRejected,
+    QueryStateRefreshed,
+    QuerySubmitted,
+    RuleRegistered,
+    RuleRevoked,
+)
+from gateway.lifecycle import DECIDABLE, QueryState, transition
 from gateway.registry import catalog
 
 Cover = SignedApproval | SignedRule
@@ -45,14 +57,14 @@ class QueryRecord:
     digest: str
     spec: QuerySpec
     analyst: str
-    state: str
+    state: QueryState
     error_code: str | None
 
     def view(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "digest": self.digest,
-            "state": self.state,
+            "state": self.state.value,
             "analyst": self.analyst,
             "error_code": self.error_code,
             "spec": self.spec.model_dump(mode="json"),
@@ -65,16 +77,17 @@ def _record(row: sa.Row[Any]) -> QueryRecord:
         digest=row.digest,
         spec=QuerySpec.model_validate_json(row.spec_json),
         analyst=row.analyst,
-        state=row.state,
+        state=QueryState(row.state),
         error_code=row.error_code,
     )
 
 
-def plan_or_422(engine: sa.Engine, spec: QuerySpec) -> Plan:
+def plan_or_invalid(engine: sa.Engine, spec: QuerySpec) -> Plan:
+    """The query planned against the current catalog; `Invalid` naming the field otherwise."""
     try:
         return plan_query(spec, catalog(engine))
     except PlanError as exc:
-        raise ApiError(422, ErrorCode.INVALID_REQUEST, exc.message, exc.field) from None
+        raise Invalid(exc.message, exc.field) from None
 
 
 def required_scopes(plan: Plan) -> dict[str, list[ApprovedDataset]]:
@@ -87,12 +100,20 @@ def required_scopes(plan: Plan) -> dict[str, list[ApprovedDataset]]:
     return scopes
 
 
+def _no_query() -> NotFound:
+    return NotFound("no query with that id", "query_id")
+
+
+def _get(conn: sa.Connection, query_id: str) -> QueryRecord:
+    row = conn.execute(sa.select(db.queries).where(db.queries.c.id == query_id)).first()
+    if row is None:
+        raise _no_query()
+    return _record(row)
+
+
 def get_query(engine: sa.Engine, query_id: str) -> QueryRecord:
     with engine.connect() as conn:
-        row = conn.execute(sa.select(db.queries).where(db.queries.c.id == query_id)).first()
-    if row is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, "no query with that id", "query_id")
-    return _record(row)
+        return _get(conn, query_id)
 
 
 def visible_to(record: QueryRecord, principal: Principal, plan_departments: tuple[str, ...]) -> bool:
@@ -123,153 +144,191 @@ def list_queries(engine: sa.Engine, principal: Principal) -> list[QueryRecord]:
     return records
 
 
-def submit(engine: sa.Engine, spec: QuerySpec, analyst: Principal) -> tuple[QueryRecord, bool]:
-    """Store a query (or find the identical one); returns the record and whether it is new."""
-    plan = plan_or_422(engine, spec)
+def submit(
+    trail: AuditTrail, spec: QuerySpec, analyst: Principal, *, indicator: str | None = None
+) -> tuple[QueryRecord, bool]:
+    """Store a query (or find the identical one) with its `query.submitted` entry, in one transaction;
+    returns the record and whether it is new. Its first state is what the departments' rules give it."""
+    engine = trail.log.engine
+    plan = plan_or_invalid(engine, spec)
+    check_free_text(purpose=spec.purpose)
+    draft = QueryRecord(spec.query_id, spec.digest, spec, analyst.name, QueryState.SUBMITTED, None)
+    with engine.connect() as conn:
+        state = _decided_state(conn, draft, plan)
     now = db.utcnow()
-    with engine.begin() as conn:
-        row = conn.execute(sa.select(db.queries).where(db.queries.c.digest == spec.digest)).first()
+    with trail.change() as change:
+        row = change.conn.execute(sa.select(db.queries).where(db.queries.c.digest == spec.digest)).first()
         if row is not None:
             record = _record(row)
             if record.analyst != analyst.name:
                 # Another analyst's identical query: same spec, kept apart by the purpose they wrote.
-                raise ApiError(
-                    409, ErrorCode.CONFLICT, "an identical query exists; reword its purpose", "purpose"
-                )
+                raise Conflict("an identical query exists; reword its purpose", "purpose", reason="duplicate")
             return record, False
-        conn.execute(
+        change.conn.execute(
             db.queries.insert().values(
                 id=spec.query_id,
                 digest=spec.digest,
                 spec_json=spec.model_dump_json(),
                 analyst=analyst.name,
-                state="submitted",
+                state=state.value,
                 created_at=now,
                 updated_at=now,
             )
         )
-    refresh_state(engine, spec.query_id, plan)
-    return get_query(engine, spec.query_id), True
+        change.record(
+            QuerySubmitted(
+                actor=analyst.name,
+                query_id=spec.query_id,
+                query_digest=spec.digest,
+                spec=spec.model_dump(mode="json"),
+                state=state.value,
+                indicator=indicator,
+            )
+        )
+    return QueryRecord(spec.query_id, spec.digest, spec, analyst.name, state, None), True
 
 
 # --- approvals and rules ------------------------------------------------------------------------------
 
 
-def _approval_key(engine: sa.Engine, department: str) -> Any:
-    with engine.connect() as conn:
-        keys = set(
-            conn.execute(
-                sa.select(db.connectors.c.approval_key).where(
-                    db.connectors.c.department == department, db.connectors.c.enabled.is_(True)
-                )
-            ).scalars()
-        )
+def _approval_key(conn: sa.Connection, department: str) -> Any:
+    keys = set(
+        conn.execute(
+            sa.select(db.connectors.c.approval_key).where(
+                db.connectors.c.department == department, db.connectors.c.enabled.is_(True)
+            )
+        ).scalars()
+    )
     if len(keys) != 1:
-        raise ApiError(
-            409, ErrorCode.CONFLICT, "the department has no single registered approval key", "department"
+        raise Conflict(
+            "the department has no single registered approval key", "department", reason="no_approval_key"
         )
     return parse_public_key(keys.pop())
 
 
-def record_approval(engine: sa.Engine, query_id: str, signed: SignedApproval, by: Principal) -> QueryRecord:
+def _check_decidable(record: QueryRecord) -> None:
+    if record.state not in DECIDABLE:
+        raise Conflict(f"the query is {record.state}", "query_id", reason=record.state.value)
+
+
+def record_approval(trail: AuditTrail, query_id: str, signed: SignedApproval, by: Principal) -> QueryRecord:
+    """Verify and store a department's signed approval with its entry; the query's state follows."""
+    engine = trail.log.engine
     record = get_query(engine, query_id)
-    plan = plan_or_422(engine, record.spec)
+    plan = plan_or_invalid(engine, record.spec)
     department = by.department or ""
     if signed.approval.department != department:
-        raise ApiError(
-            403, ErrorCode.FORBIDDEN, "an admin approves for their own department only", "approval"
-        )
+        raise Forbidden("an admin approves for their own department only", "approval")
     if department not in plan.departments:
-        raise ApiError(
-            403, ErrorCode.FORBIDDEN, "this query does not touch your department's data", "query_id"
-        )
-    if record.state not in ("submitted", "approved"):
-        raise ApiError(409, ErrorCode.CONFLICT, f"the query is {record.state}", "query_id")
+        raise Forbidden("this query does not touch your department's data", "query_id")
+    _check_decidable(record)
+    with engine.connect() as conn:
+        key = _approval_key(conn, department)
     try:
-        verify_approval(_approval_key(engine, department), signed)
+        verify_approval(key, signed)
     except SignatureError:
-        raise ApiError(
-            422, ErrorCode.NOT_APPROVED, "the approval is not signed by the department's key", "approval"
-        ) from None
+        raise ApprovalInvalid("the approval is not signed by the department's key", "approval") from None
     try:
         check_cover(signed.approval, asked_of(record.spec, record.analyst, plan, department))
     except NotCovered as exc:
-        raise ApiError(
-            422, ErrorCode.NOT_APPROVED, f"the approval does not cover this query: {exc.reason}", "approval"
-        ) from None
-    _store_decision(engine, query_id, department, "approved", signed.model_dump_json(), by)
-    refresh_state(engine, query_id, plan)
+        raise ApprovalInvalid(f"the approval does not cover this query: {exc.reason}", "approval") from None
+    with trail.change() as change:
+        _check_decidable(_get(change.conn, query_id))
+        _store_decision(change.conn, query_id, department, "approved", signed.model_dump_json(), by)
+        state = _refresh(change.conn, record, plan)
+        change.record(
+            QueryApproved(
+                actor=by.name,
+                department=department,
+                query_id=query_id,
+                query_digest=record.digest,
+                approval_signature=signed.signature,
+                approval_key=signed.key_fingerprint,
+                epsilon=str(signed.approval.epsilon),
+                state=state.value,
+            )
+        )
     return get_query(engine, query_id)
 
 
-def record_rejection(engine: sa.Engine, query_id: str, reason: str, by: Principal) -> QueryRecord:
+def record_rejection(trail: AuditTrail, query_id: str, reason: str, by: Principal) -> QueryRecord:
+    """Store a department's rejection with its entry; the query is rejected."""
+    engine = trail.log.engine
     record = get_query(engine, query_id)
-    plan = plan_or_422(engine, record.spec)
+    plan = plan_or_invalid(engine, record.spec)
     if by.department not in plan.departments:
-        raise ApiError(
-            403, ErrorCode.FORBIDDEN, "this query does not touch your department's data", "query_id"
+        raise Forbidden("this query does not touch your department's data", "query_id")
+    _check_decidable(record)
+    check_free_text(reason=reason)
+    department = by.department or ""
+    with trail.change() as change:
+        _check_decidable(_get(change.conn, query_id))
+        _store_decision(change.conn, query_id, department, "rejected", json.dumps({"reason": reason}), by)
+        state = _refresh(change.conn, record, plan)
+        change.record(
+            QueryRejected(
+                actor=by.name, department=department, query_id=query_id, reason=reason, state=state.value
+            )
         )
-    if record.state not in ("submitted", "approved"):
-        raise ApiError(409, ErrorCode.CONFLICT, f"the query is {record.state}", "query_id")
-    _store_decision(engine, query_id, by.department or "", "rejected", json.dumps({"reason": reason}), by)
-    refresh_state(engine, query_id, plan)
     return get_query(engine, query_id)
 
 
 def _store_decision(
-    engine: sa.Engine, query_id: str, department: str, decision: str, doc: str, by: Principal
+    conn: sa.Connection, query_id: str, department: str, decision: str, doc: str, by: Principal
 ) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            db.approvals.delete().where(
-                db.approvals.c.query_id == query_id, db.approvals.c.department == department
-            )
+    conn.execute(
+        db.approvals.delete().where(
+            db.approvals.c.query_id == query_id, db.approvals.c.department == department
         )
-        conn.execute(
-            db.approvals.insert().values(
-                query_id=query_id,
-                department=department,
-                decision=decision,
-                signed_json=doc,
-                decided_by=by.name,
-                created_at=db.utcnow(),
-            )
+    )
+    conn.execute(
+        db.approvals.insert().values(
+            query_id=query_id,
+            department=department,
+            decision=decision,
+            signed_json=doc,
+            decided_by=by.name,
+            created_at=db.utcnow(),
         )
+    )
 
 
-def record_rule(engine: sa.Engine, signed: SignedRule, by: Principal) -> ApprovalRule:
+def record_rule(trail: AuditTrail, signed: SignedRule, by: Principal) -> ApprovalRule:
+    """Verify and store a department's signed pre-approval rule (replacing one of the same id)."""
     if signed.rule.department != by.department:
-        raise ApiError(
-            403, ErrorCode.FORBIDDEN, "an admin registers rules for their own department only", "rule"
-        )
+        raise Forbidden("an admin registers rules for their own department only", "rule")
+    with trail.log.engine.connect() as conn:
+        key = _approval_key(conn, by.department)
     try:
-        rule = verify_rule(_approval_key(engine, by.department), signed)
+        rule = verify_rule(key, signed)
     except SignatureError:
-        raise ApiError(
-            422, ErrorCode.NOT_APPROVED, "the rule is not signed by the department's key", "rule"
-        ) from None
-    with engine.begin() as conn:
-        conn.execute(
-            db.rules.update()
-            .where(db.rules.c.id == rule.rule_id, db.rules.c.revoked_at.is_(None))
-            .values(revoked_at=db.utcnow())
-        )
-        conn.execute(db.rules.delete().where(db.rules.c.id == rule.rule_id))
-        conn.execute(
+        raise ApprovalInvalid("the rule is not signed by the department's key", "rule") from None
+    now = db.utcnow()
+    with trail.change() as change:
+        change.conn.execute(db.rules.delete().where(db.rules.c.id == rule.rule_id))
+        change.conn.execute(
             db.rules.insert().values(
                 id=rule.rule_id,
                 department=rule.department,
                 signed_json=signed.model_dump_json(),
                 created_by=by.name,
-                created_at=db.utcnow(),
+                created_at=now,
+            )
+        )
+        change.record(
+            RuleRegistered(
+                actor=by.name,
+                department=rule.department,
+                rule=rule.model_dump(mode="json"),
+                signature=signed.signature,
             )
         )
     return rule
 
 
-def revoke_rule(engine: sa.Engine, rule_id: str, by: Principal) -> None:
-    with engine.begin() as conn:
-        done = conn.execute(
+def revoke_rule(trail: AuditTrail, rule_id: str, by: Principal) -> None:
+    with trail.change() as change:
+        done = change.conn.execute(
             db.rules.update()
             .where(
                 db.rules.c.id == rule_id,
@@ -278,16 +337,21 @@ def revoke_rule(engine: sa.Engine, rule_id: str, by: Principal) -> None:
             )
             .values(revoked_at=db.utcnow())
         )
-    if done.rowcount == 0:
-        raise ApiError(404, ErrorCode.NOT_FOUND, "no active rule of your department with that id", "rule_id")
+        if done.rowcount == 0:
+            raise NotFound("no active rule of your department with that id", "rule_id")
+        change.record(RuleRevoked(actor=by.name, department=by.department or "", rule_id=rule_id))
 
 
-def list_rules(engine: sa.Engine, department: str | None = None) -> list[SignedRule]:
+def _rules(conn: sa.Connection, department: str | None = None) -> list[SignedRule]:
     stmt = sa.select(db.rules.c.signed_json).where(db.rules.c.revoked_at.is_(None))
     if department is not None:
         stmt = stmt.where(db.rules.c.department == department)
+    return [SignedRule.model_validate_json(t) for t in conn.execute(stmt).scalars()]
+
+
+def list_rules(engine: sa.Engine, department: str | None = None) -> list[SignedRule]:
     with engine.connect() as conn:
-        return [SignedRule.model_validate_json(t) for t in conn.execute(stmt).scalars()]
+        return _rules(conn, department)
 
 
 def asked_of(spec: QuerySpec, analyst: str, plan: Plan, department: str) -> Asked:
@@ -316,10 +380,9 @@ def _covered(cover: Approval | ApprovalRule, asked: Asked) -> bool:
     return True
 
 
-def covers(engine: sa.Engine, record: QueryRecord, plan: Plan) -> tuple[dict[str, Cover], list[str]]:
+def covers_on(conn: sa.Connection, record: QueryRecord, plan: Plan) -> tuple[dict[str, Cover], list[str]]:
     """Per department, the stored approval or a rule that covers the query; and who rejected it."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(db.approvals).where(db.approvals.c.query_id == record.id)).all()
+    rows = conn.execute(sa.select(db.approvals).where(db.approvals.c.query_id == record.id)).all()
     decided = {r.department: r for r in rows}
     found: dict[str, Cover] = {}
     rejected = [d for d, r in decided.items() if r.decision == "rejected" and d in plan.departments]
@@ -332,31 +395,75 @@ def covers(engine: sa.Engine, record: QueryRecord, plan: Plan) -> tuple[dict[str
                 continue
         if row is not None and row.decision == "rejected":
             continue
-        for rule in list_rules(engine, dept):
+        for rule in _rules(conn, dept):
             if _covered(rule.rule, asked_of(record.spec, record.analyst, plan, dept)):
                 found[dept] = rule
                 break
     return found, rejected
 
 
-def refresh_state(engine: sa.Engine, query_id: str, plan: Plan) -> None:
-    """Move a submitted/approved query to the state its departments' decisions give it."""
-    record = get_query(engine, query_id)
-    if record.state not in ("submitted", "approved"):
-        return
-    found, rejected = covers(engine, record, plan)
-    state = "rejected" if rejected else "approved" if len(found) == len(plan.departments) else "submitted"
-    set_state(engine, query_id, state, expect=("submitted", "approved"))
+@dataclass(frozen=True)
+class Decision:
+    department: str
+    decision: str
+    decided_by: str
 
 
-def set_state(
-    engine: sa.Engine, query_id: str, state: str, *, expect: tuple[str, ...], error_code: str | None = None
-) -> bool:
-    """Compare-and-set the state; False if the query was not in an expected state."""
-    with engine.begin() as conn:
-        done = conn.execute(
-            db.queries.update()
-            .where(db.queries.c.id == query_id, db.queries.c.state.in_(expect))
-            .values(state=state, error_code=error_code, updated_at=db.utcnow())
+def decisions(engine: sa.Engine, query_id: str) -> list[Decision]:
+    """The departments' stored decisions on a query (approved or rejected, and by whom)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(db.approvals).where(db.approvals.c.query_id == query_id)).all()
+    return [Decision(r.department, r.decision, r.decided_by) for r in rows]
+
+
+def covers(engine: sa.Engine, record: QueryRecord, plan: Plan) -> tuple[dict[str, Cover], list[str]]:
+    with engine.connect() as conn:
+        return covers_on(conn, record, plan)
+
+
+def waiting_for(record: QueryRecord, plan: Plan, found: dict[str, Cover], rejected: list[str]) -> str:
+    """Who a query that is not approved waits for, or who rejected it (for `NotApproved`)."""
+    if rejected:
+        return f"rejected by {', '.join(rejected)}"
+    missing = [d for d in plan.departments if d not in found]
+    return f"waiting for {', '.join(missing)}" if missing else f"the query is {record.state}"
+
+
+def _decided_state(conn: sa.Connection, record: QueryRecord, plan: Plan) -> QueryState:
+    found, rejected = covers_on(conn, record, plan)
+    if rejected:
+        return QueryState.REJECTED
+    return QueryState.APPROVED if len(found) == len(plan.departments) else QueryState.SUBMITTED
+
+
+def _refresh(conn: sa.Connection, record: QueryRecord, plan: Plan) -> QueryState:
+    """Set a submitted/approved query to the state its departments' decisions give it (on `conn`);
+    a query already in that state is left untouched."""
+    state = _decided_state(conn, record, plan)
+    current = _get(conn, record.id).state
+    if state is not current:
+        transition(conn, record.id, state, expect=DECIDABLE)
+    return state
+
+
+def refresh_state(trail: AuditTrail, record: QueryRecord, plan: Plan) -> QueryRecord:
+    """Bring a query's state up to date with its departments' decisions (a rule registered, revoked or
+    expired since); a change is audited with the state it left."""
+    if record.state not in DECIDABLE:
+        return record
+    with trail.change() as change:
+        current = _get(change.conn, record.id)
+        if current.state not in DECIDABLE:
+            return current
+        state = _refresh(change.conn, current, plan)
+        if state is not current.state:
+            _record_refresh(change, current, state)
+    return get_query(trail.log.engine, record.id)
+
+
+def _record_refresh(change: Change, record: QueryRecord, state: QueryState) -> None:
+    change.record(
+        QueryStateRefreshed(
+            actor="gateway", query_id=record.id, previous=record.state.value, state=state.value
         )
-    return done.rowcount == 1
+    )

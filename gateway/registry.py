@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connectors.protocol import ConnectorSchema
 from gateway import db
+from gateway.audit_trail import AuditTrail
 from gateway.auth import Principal
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import ConnectorUnavailable, Forbidden, Invalid, NotFound
+from gateway.events import ConnectorDisabled, ConnectorEnabled, ConnectorRegistered, EndpointAllowed
 from gateway.federation import AnswerUnverified, ConnectorCallError, fetch_pinned_schema
 
 _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
@@ -30,9 +32,7 @@ _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
 def normalise_endpoint(url: str) -> str:
     url = url.strip().rstrip("/")
     if not _ENDPOINT.fullmatch(url):
-        raise ApiError(
-            422, ErrorCode.INVALID_REQUEST, "an endpoint is an http(s) URL without query", "endpoint"
-        )
+        raise Invalid("an endpoint is an http(s) URL without query", "endpoint")
     return url
 
 
@@ -73,24 +73,19 @@ def _record(row: sa.Row[Any]) -> ConnectorRecord:
     )
 
 
-def allow_endpoint(engine: sa.Engine, url: str, by: Principal) -> str:
+def allow_endpoint(trail: AuditTrail, url: str, by: Principal) -> str:
+    """Put an endpoint on the allow-list with its entry (allowing it again changes nothing)."""
     url = normalise_endpoint(url)
-    with engine.begin() as conn:
-        exists = conn.execute(
+    with trail.change() as change:
+        exists = change.conn.execute(
             sa.select(db.allowed_endpoints.c.url).where(db.allowed_endpoints.c.url == url)
         ).first()
         if exists is None:
-            conn.execute(
+            change.conn.execute(
                 db.allowed_endpoints.insert().values(url=url, added_by=by.name, added_at=db.utcnow())
             )
+            change.record(EndpointAllowed(actor=by.name, endpoint=url))
     return url
-
-
-def remove_endpoint(engine: sa.Engine, url: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == normalise_endpoint(url))
-        )
 
 
 def list_endpoints(engine: sa.Engine) -> list[str]:
@@ -118,7 +113,7 @@ def catalog(engine: sa.Engine) -> dict[str, ConnectorSchema]:
 
 
 def register_connector(
-    engine: sa.Engine,
+    trail: AuditTrail,
     *,
     name: str,
     endpoint: str,
@@ -128,15 +123,14 @@ def register_connector(
     transport: httpx.BaseTransport | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> ConnectorRecord:
-    """Register (or update) a department's connector under its pinned key."""
+    """Register (or update) a department's connector under its pinned key, with its entry."""
+    engine = trail.log.engine
     endpoint = normalise_endpoint(endpoint)
     if endpoint not in list_endpoints(engine):
-        raise ApiError(
-            403, ErrorCode.FORBIDDEN, "the endpoint is not on the operator's allow-list", "endpoint"
-        )
+        raise Forbidden("the endpoint is not on the operator's allow-list", "endpoint")
     existing = get_connector(engine, name)
     if existing is not None and existing.department != by.department:
-        raise ApiError(403, ErrorCode.FORBIDDEN, "this connector belongs to another department", "name")
+        raise Forbidden("this connector belongs to another department", "name")
     try:
         schema = fetch_pinned_schema(
             endpoint,
@@ -147,13 +141,12 @@ def register_connector(
             verify=verify,
         )
     except ConnectorCallError as exc:
-        status = 422 if isinstance(exc, AnswerUnverified) else 502
-        code = ErrorCode.INVALID_REQUEST if status == 422 else ErrorCode.CONNECTOR_UNAVAILABLE
-        raise ApiError(
-            status, code, f"the connector's schema was refused: {exc.message}", "endpoint"
-        ) from None
+        message = f"the connector's schema was refused: {exc.message}"
+        if isinstance(exc, AnswerUnverified):
+            raise Invalid(message, "endpoint") from None
+        raise ConnectorUnavailable(message, "endpoint") from None
     if schema.department != by.department:
-        raise ApiError(403, ErrorCode.FORBIDDEN, "the connector serves another department", "name")
+        raise Forbidden("the connector serves another department", "name")
     now = db.utcnow()
     values = {
         "department": schema.department,
@@ -166,9 +159,11 @@ def register_connector(
         "registered_by": by.name,
         "updated_at": now,
     }
-    with engine.begin() as conn:
-        version = 1 if existing is None else existing.version + 1
-        if existing is None:
+    with trail.change() as change:
+        conn = change.conn
+        row = conn.execute(sa.select(db.connectors.c.version).where(db.connectors.c.name == name)).first()
+        version = 1 if row is None else row.version + 1
+        if row is None:
             conn.execute(db.connectors.insert().values(name=name, version=version, **values))
         else:
             conn.execute(
@@ -185,20 +180,33 @@ def register_connector(
                 changed_at=now,
             )
         )
+        change.record(
+            ConnectorRegistered(
+                actor=by.name,
+                connector=name,
+                department=schema.department,
+                endpoint=endpoint,
+                key_fingerprint=fingerprint,
+                version=version,
+            )
+        )
     record = get_connector(engine, name)
     assert record is not None
     return record
 
 
-def set_enabled(engine: sa.Engine, name: str, enabled: bool) -> ConnectorRecord:
-    with engine.begin() as conn:
-        done = conn.execute(
+def set_enabled(trail: AuditTrail, name: str, enabled: bool, by: Principal) -> ConnectorRecord:
+    """Enable or disable a connector, with its entry."""
+    with trail.change() as change:
+        done = change.conn.execute(
             db.connectors.update()
             .where(db.connectors.c.name == name)
             .values(enabled=enabled, updated_at=db.utcnow())
         )
-    if done.rowcount == 0:
-        raise ApiError(404, ErrorCode.NOT_FOUND, "no connector of that name", "name")
-    record = get_connector(engine, name)
+        if done.rowcount == 0:
+            raise NotFound("no connector of that name", "name")
+        event = ConnectorEnabled if enabled else ConnectorDisabled
+        change.record(event(actor=by.name, connector=name))
+    record = get_connector(trail.log.engine, name)
     assert record is not None
     return record

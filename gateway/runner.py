@@ -1,12 +1,19 @@
-"""Running an approved query: reserve budget, fetch concurrently, join, release through OpenDP, commit.
+"""Running an approved query: one straight line of steps, and one failure handler.
 
-    approved --(CAS)--> running
-      ledger.reserve (before the first extract; over budget: 409, state back to approved)
-      prepare the OpenDP measurement and check its privacy map (before any data)
-      signed extracts to every planned connector, concurrently (timeouts)
-        every call failed, none returned data   -> refund, state back to approved (nothing charged)
-        a call failed after another returned data -> the reservation stays spent, state failed
-      token join -> one row per unit -> release -> ledger.commit(result) in one transaction -> released
+    start       approved --(CAS, with `query.run`)--> running          (a second run: conflict)
+    prepare     the OpenDP measurement and its privacy map, before any data     (invalid: nothing reserved)
+    reserve     the query's epsilon in the ledger, before the first extract     (budget refused)
+    preflight   a health check of every planned connector                       (one down: unavailable)
+    fetch       signed extracts, concurrently; `connector.request` before each, `connector.call` after
+    release     token join -> one row per unit -> OpenDP release
+    commit      `query.released` (the result's digest), then the ledger's charge and the stored result
+                in one transaction, then running -> released
+
+Any failure, whatever its kind, goes to `Run.fail`: it records `query.failed` with its reason (and
+`budget.refused` for a refusal) together with the transition out of `running`, then applies the one
+refund rule (`lifecycle.release_unused`): refunded if no connector returned data (back to approved, it
+can run again), spent if any did (failed). New checks go in as steps of `Run.execute`, before `reserve`
+if they must charge nothing.
 
 `run` is idempotent: a released query returns its stored result and draws no fresh noise. The token-level
 frames live only in this function's memory and are dropped when it returns.
@@ -28,7 +35,6 @@ from aggregation.executor import VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
-from audit.entries import ACTION_CONNECTOR_REQUEST, connector_call_event
 from audit.errors import ProofError
 from connectors.protocol import (
     SignedApproval,
@@ -39,8 +45,31 @@ from connectors.protocol import (
 from gateway import queries
 from gateway.auth import Principal
 from gateway.context import GatewayContext
-from gateway.errors import ApiError, ErrorCode
-from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUnavailable, extract_request
+from gateway.errors import (
+    AuditUnavailable,
+    BudgetRefused,
+    Conflict,
+    ConnectorFailed,
+    ConnectorUnavailable,
+    ErrorCode,
+    GatewayError,
+    Invalid,
+    NotApproved,
+    NotFound,
+)
+from gateway.events import (
+    BudgetRefused as BudgetRefusedEvent,
+)
+from gateway.events import (
+    ConnectorCall,
+    ConnectorRequest,
+    QueryFailed,
+    QueryInterrupted,
+    QueryReleased,
+    QueryRun,
+)
+from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUnreachable, extract_request
+from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
 from gateway.registry import get_connector
 from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.release import (
@@ -49,6 +78,7 @@ from privacy.release import (
     Histogram,
     Lorenz,
     Mean,
+    PreparedRelease,
     Quantiles,
     ReleaseSpec,
     Statistic,
@@ -97,150 +127,221 @@ def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
 def stored_result(ctx: GatewayContext, record: queries.QueryRecord) -> dict[str, Any]:
     doc = ctx.ledger.result(record.id)
     if doc is None:
-        raise ApiError(404, ErrorCode.NOT_FOUND, "no released result for this query", "query_id")
+        raise NotFound("no released result for this query", "query_id")
     return doc
 
 
 def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[str, Any]:
+    """Run an approved query of `analyst` once; later calls return the stored result."""
     record = queries.get_query(ctx.engine, query_id)
     if record.analyst != analyst.name:
-        raise ApiError(404, ErrorCode.NOT_FOUND, "no query with that id", "query_id")
-    if record.state == "released":
+        raise NotFound("no query with that id", "query_id")
+    if record.state is QueryState.RELEASED:
         return stored_result(ctx, record)
     if ctx.ledger.result(query_id) is not None:
-        # A run committed its result but died before the state changed: serve what was released.
-        queries.set_state(ctx.engine, query_id, "released", expect=("running", "approved", "failed"))
-        return stored_result(ctx, record)
-    plan = queries.plan_or_422(ctx.engine, record.spec)
-    queries.refresh_state(ctx.engine, query_id, plan)
-    record = queries.get_query(ctx.engine, query_id)
-    if record.state != "approved":
-        code = ErrorCode.NOT_APPROVED if record.state in ("submitted", "rejected") else ErrorCode.CONFLICT
-        raise ApiError(409, code, f"the query is {record.state}; it runs only when approved", "query_id")
-    found, _ = queries.covers(ctx.engine, record, plan)
-    # Audited before anything changes: if the audit log cannot be written, nothing runs (503).
-    ctx.audit.record("query.run", actor=analyst.name, query_id=query_id, query_digest=record.digest)
-    if not queries.set_state(ctx.engine, query_id, "running", expect=("approved",)):
-        raise ApiError(409, ErrorCode.CONFLICT, "the query is already running", "query_id")
-    try:
-        return _run(ctx, plan, found, analyst)
-    except BaseException as exc:
-        # Whatever failed, a query never stays 'running'. Without data it can run again (approved); once
-        # data arrived its reservation stays spent (failed).
-        entry = ctx.ledger.entry(query_id)
-        spent = entry is not None and entry.state != "refunded"
-        if spent and entry is not None and entry.state == "reserved" and not entry.data_arrived:
-            ctx.ledger.refund(query_id)
-            spent = False
-        failure = exc.code.value if isinstance(exc, ApiError) else ErrorCode.INTERNAL.value
-        queries.set_state(
-            ctx.engine, query_id, "failed" if spent else "approved", expect=("running",), error_code=failure
+        return _settle_committed(ctx, record)
+    plan = queries.plan_or_invalid(ctx.engine, record.spec)
+    record = queries.refresh_state(ctx.audit, record, plan)
+    found, rejected = queries.covers(ctx.engine, record, plan)
+    if record.state in (QueryState.SUBMITTED, QueryState.REJECTED):
+        waiting = queries.waiting_for(record, plan, found, rejected)
+        raise NotApproved(
+            f"the query is {record.state} ({waiting}); it runs only when approved",
+            "query_id",
+            waiting={query_id: waiting},
         )
+    if record.state is not QueryState.APPROVED:
+        raise Conflict(
+            f"the query is {record.state}; it runs only when approved", "query_id", reason=record.state.value
+        )
+    run = Run(ctx, plan, found, analyst)
+    run.start()
+    try:
+        return run.execute()
+    except BaseException as exc:
+        run.fail(exc)
         raise
 
 
-def _run(
-    ctx: GatewayContext, plan: Plan, found: dict[str, SignedApproval | SignedRule], analyst: Principal
-) -> dict[str, Any]:
-    spec = plan.query
-    qid = spec.query_id
-    datasets = [e.ref for e in plan.extracts]
-    try:
-        prepared = prepare_release(release_spec(plan, ctx.settings.max_rows))
-    except PrivacyError as exc:
-        queries.set_state(ctx.engine, qid, "approved", expect=("running",), error_code="invalid_request")
-        raise ApiError(
-            422, ErrorCode.INVALID_REQUEST, f"the release cannot be built: {exc}", "statistics"
-        ) from None
-    try:
-        reservation = ctx.ledger.reserve(qid, analyst=analyst.name, datasets=datasets, epsilon=spec.epsilon)
-    except BudgetExceeded as exc:
-        queries.set_state(ctx.engine, qid, "approved", expect=("running",), error_code="budget_exceeded")
-        ctx.audit.record(
-            "budget.refused",
-            actor=analyst.name,
-            query_id=qid,
-            scope=exc.scope,
-            requested=str(exc.requested),
-            remaining=str(exc.remaining),
-        )
-        raise ApiError(409, ErrorCode.BUDGET_EXCEEDED, str(exc), "epsilon") from None
-    del reservation
-    down, witnessed = _health(ctx, plan)
-    if down:
-        ctx.ledger.refund(qid)
-        queries.set_state(
-            ctx.engine, qid, "approved", expect=("running",), error_code="connector_unavailable"
-        )
-        ctx.audit.record(
-            "query.failed", query_id=qid, reason="connector_unavailable", charged=False, connectors=down
-        )
-        raise ApiError(
-            503,
-            ErrorCode.CONNECTOR_UNAVAILABLE,
-            "a connector is not answering; nothing was charged, the query can be run again later",
-            "query_id",
-        )
-    checkpoint = ctx.checkpointer.checkpoint() if ctx.checkpointer is not None else None
-    tables, failures = _fetch(ctx, plan, found, analyst, checkpoint, witnessed)
-    if failures:
-        if not tables:
-            ctx.ledger.refund(qid)
-            queries.set_state(
-                ctx.engine, qid, "approved", expect=("running",), error_code="connector_unavailable"
+def _settle_committed(ctx: GatewayContext, record: queries.QueryRecord) -> dict[str, Any]:
+    """A run committed its result but died before the state changed: serve what was released."""
+    with ctx.audit.change() as change:
+        if transition(
+            change.conn,
+            record.id,
+            QueryState.RELEASED,
+            expect=(QueryState.RUNNING, QueryState.APPROVED, QueryState.FAILED),
+        ):
+            change.record(
+                QueryInterrupted(
+                    actor="gateway", query_id=record.id, charged=True, state=QueryState.RELEASED.value
+                )
             )
-            ctx.audit.record(
-                "query.failed",
-                query_id=qid,
-                reason="connector_unavailable",
-                charged=False,
-                connectors=sorted(failures),
+    return stored_result(ctx, record)
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.code.value if isinstance(exc, GatewayError) else ErrorCode.INTERNAL.value
+
+
+class Run:
+    """One run of one query: the steps in order (`execute`) and the one failure handler (`fail`)."""
+
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        plan: Plan,
+        found: dict[str, SignedApproval | SignedRule],
+        analyst: Principal,
+    ) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.spec = plan.query
+        self.qid = plan.query.query_id
+        self.found = found
+        self.analyst = analyst
+        self.failed_connectors: list[str] = []
+        """the connectors behind a failure, for its `query.failed` entry"""
+
+    # --- the steps
+
+    def start(self) -> None:
+        """approved -> running, with its `query.run` entry; a run already under way is a conflict."""
+        with self.ctx.audit.change() as change:
+            if not transition(change.conn, self.qid, QueryState.RUNNING, expect=(QueryState.APPROVED,)):
+                raise Conflict("the query is already running", "query_id", reason=QueryState.RUNNING.value)
+            change.record(QueryRun(actor=self.analyst.name, query_id=self.qid, query_digest=self.spec.digest))
+
+    def execute(self) -> dict[str, Any]:
+        prepared = self.prepare()
+        self.reserve()
+        witnessed = self.preflight()
+        checkpoint = self.ctx.checkpointer.checkpoint() if self.ctx.checkpointer is not None else None
+        tables = self.fetch(checkpoint, witnessed)
+        doc = self.release(prepared, tables)
+        del tables
+        self.commit(doc)
+        return doc
+
+    def prepare(self) -> PreparedRelease:
+        """The OpenDP measurement, its privacy map checked against epsilon before any data is touched."""
+        try:
+            return prepare_release(release_spec(self.plan, self.ctx.settings.max_rows))
+        except PrivacyError as exc:
+            raise Invalid(f"the release cannot be built: {exc}", "statistics") from None
+
+    def reserve(self) -> None:
+        datasets = [e.ref for e in self.plan.extracts]
+        try:
+            self.ctx.ledger.reserve(
+                self.qid, analyst=self.analyst.name, datasets=datasets, epsilon=self.spec.epsilon
             )
-            raise ApiError(
-                503,
-                ErrorCode.CONNECTOR_UNAVAILABLE,
-                "a connector did not answer; nothing was charged, the query can be run again",
+        except BudgetExceeded as exc:
+            raise BudgetRefused(
+                str(exc), scope=exc.scope, requested=exc.requested, remaining=exc.remaining
+            ) from None
+
+    def preflight(self) -> dict[str, int]:
+        """Every planned connector answers a health check (so one that is down charges nothing); returns
+        the audit size each last witnessed."""
+        down, witnessed = _health(self.ctx, self.plan)
+        if down:
+            self.failed_connectors = down
+            raise ConnectorUnavailable(
+                "a connector is not answering; nothing was charged, the query can be run again later",
                 "query_id",
             )
-        ctx.ledger.fail(qid)
-        queries.set_state(ctx.engine, qid, "failed", expect=("running",), error_code="connector_error")
-        ctx.audit.record(
-            "query.failed", query_id=qid, reason="connector_error", charged=True, connectors=sorted(failures)
+        return witnessed
+
+    def fetch(self, checkpoint: Checkpoint | None, witnessed: dict[str, int]) -> dict[str, pa.Table]:
+        tables, failures = _fetch(self.ctx, self.plan, self.found, self.analyst, checkpoint, witnessed)
+        if failures:
+            self.failed_connectors = sorted(failures)
+            if not tables:
+                raise ConnectorUnavailable(
+                    "a connector did not answer; nothing was charged, the query can be run again", "query_id"
+                )
+            raise ConnectorFailed(
+                "a connector failed after others had answered; the reserved budget stays spent", "query_id"
+            )
+        return tables
+
+    def release(self, prepared: PreparedRelease, tables: dict[str, pa.Table]) -> dict[str, Any]:
+        frame = unit_frame(self.plan, tables)
+        released = prepared.run(frame)
+        del frame
+        spec = self.spec
+        return {
+            "query_id": self.qid,
+            "digest": spec.digest,
+            "epsilon": str(spec.epsilon),
+            "released_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "unit": spec.unit.value,
+            "measure": spec.measure.label if spec.measure else None,
+            "notes": [PROXY_NOTE] if spec.measure else [],
+            "release": released.to_json_dict(),
+        }
+
+    def commit(self, doc: dict[str, Any]) -> None:
+        """Audit the release by its digest, then charge and store it in one ledger transaction.
+
+        The entry comes first: if it cannot be written nothing is released; a crash between the two
+        leaves an audited, charged release that the start-up recovery settles. The entry holds only the
+        digest of the stored result, so no release is too large to be audited.
+        """
+        self.ctx.audit.record(
+            QueryReleased(
+                actor=self.analyst.name,
+                query_id=self.qid,
+                query_digest=self.spec.digest,
+                epsilon=str(self.spec.epsilon),
+                result_digest=sha256_hex(canonical_json(doc)),
+            )
         )
-        raise ApiError(
-            502,
-            ErrorCode.CONNECTOR_ERROR,
-            "a connector failed after others had answered; the reserved budget stays spent",
-            "query_id",
-        )
-    frame = unit_frame(plan, tables)
-    del tables
-    released = prepared.run(frame)
-    del frame
-    doc = {
-        "query_id": qid,
-        "digest": spec.digest,
-        "epsilon": str(spec.epsilon),
-        "released_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "unit": spec.unit.value,
-        "measure": spec.measure.label if spec.measure else None,
-        "notes": [PROXY_NOTE] if spec.measure else [],
-        "release": released.to_json_dict(),
-    }
-    # The release is audited before it is committed: if the entry cannot be written nothing is released
-    # (503), and a crash between the two leaves an audited, charged release that is never served.
-    ctx.audit.record(
-        "query.released",
-        actor=analyst.name,
-        query_id=qid,
-        query_digest=spec.digest,
-        epsilon=str(spec.epsilon),
-        result_digest=sha256_hex(canonical_json(doc)),
-        release=doc["release"],
-    )
-    ctx.ledger.commit(qid, doc)
-    queries.set_state(ctx.engine, qid, "released", expect=("running",))
-    return doc
+        self.ctx.ledger.commit(self.qid, doc)
+        with self.ctx.engine.begin() as conn:
+            transition(conn, self.qid, QueryState.RELEASED, expect=(QueryState.RUNNING,))
+
+    # --- the one failure handler
+
+    def fail(self, exc: BaseException) -> None:
+        """Leave `running` for good, audited: failed (budget spent) once data arrived, else approved.
+
+        The entry and the transition commit together first; the ledger follows (refund or spent). If the
+        audit log cannot be written the query stays `running` with its reservation counted, and the
+        start-up recovery settles it: nothing changes unrecorded.
+        """
+        reason = _reason(exc)
+        charged = stays_charged(self.ctx.ledger.entry(self.qid))
+        state = QueryState.FAILED if charged else QueryState.APPROVED
+        try:
+            with self.ctx.audit.change() as change:
+                transition(change.conn, self.qid, state, expect=(QueryState.RUNNING,), error_code=reason)
+                if isinstance(exc, BudgetRefused):
+                    change.record(
+                        BudgetRefusedEvent(
+                            actor=self.analyst.name,
+                            query_id=self.qid,
+                            scope=exc.scope,
+                            requested=str(exc.requested),
+                            remaining=str(exc.remaining),
+                        )
+                    )
+                change.record(
+                    QueryFailed(
+                        actor=self.analyst.name,
+                        query_id=self.qid,
+                        reason=reason,
+                        charged=charged,
+                        connectors=self.failed_connectors,
+                    )
+                )
+        except AuditUnavailable:
+            log.error("runner.failure_unrecorded", query_id=self.qid, reason=reason)
+            raise AuditUnavailable(
+                "the audit log cannot be written; the run stopped and is settled when the gateway restarts"
+            ) from exc
+        release_unused(self.ctx.ledger, self.qid)
 
 
 def _fetch(
@@ -260,21 +361,22 @@ def _fetch(
     def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str]]:
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
-            raise ConnectorUnavailable(e.connector, None, "disabled", "the connector is not enabled")
+            raise ConnectorUnreachable(e.connector, None, "disabled", "the connector is not enabled")
         base = extract_request(e, spec, found[e.department], epoch=epoch, analyst=analyst.name)
         against = witnessed.get(e.connector, 0)
         link = ctx.federation().link(e.connector, record.endpoint, record.signing_key)
 
         def log_request(path: str, digest: str) -> None:
             ctx.audit.record(
-                ACTION_CONNECTOR_REQUEST,
-                actor="gateway",
-                connector=e.connector,
-                path=path,
-                request_digest=digest,
-                query_id=spec.query_id,
-                dataset=e.dataset,
-                checkpoint=checkpoint.note if checkpoint is not None else None,
+                ConnectorRequest(
+                    actor="gateway",
+                    connector=e.connector,
+                    path=path,
+                    request_digest=digest,
+                    query_id=spec.query_id,
+                    dataset=e.dataset,
+                    checkpoint=checkpoint.note if checkpoint is not None else None,
+                )
             )
 
         for attempt in range(WITNESS_RETRIES):
@@ -292,6 +394,9 @@ def _fetch(
             req = base.model_copy(update=fields)
             try:
                 table, receipt = link.extract(req, before_send=log_request)
+                # Marked here, in the call's own thread, before anything else can fail: once any
+                # data has reached the gateway the budget stays spent, whatever happens next.
+                ctx.ledger.mark_data_arrived(spec.query_id)
                 return table, receipt.as_dict()
             except ConnectorRefused as exc:
                 moved = exc.extra.get("witnessed_size")
@@ -313,8 +418,6 @@ def _fetch(
                 failures[e.ref] = exc.code
                 _record_call(ctx, spec.query_id, e, note, exc.receipt, outcome=exc.code, status=exc.status)
                 continue
-            if not tables:
-                ctx.ledger.mark_data_arrived(spec.query_id)
             tables[e.ref] = table
             _record_call(ctx, spec.query_id, e, note, receipt, outcome="ok", status=200)
     return tables, failures
@@ -331,20 +434,21 @@ def _record_call(
     status: int | None,
 ) -> None:
     """One `connector.call` entry, in the shape `fedgate audit reconcile` matches against the connector."""
-    event = connector_call_event(
-        connector=e.connector,
-        path="/v1/extract",
-        request_digest=receipt.get("request_digest", ""),
-        response_digest=receipt.get("response_digest"),
-        connector_signature=receipt.get("connector_signature"),
-        checkpoint=checkpoint,
-        outcome=outcome,
-        query_id=query_id,
-        dataset=e.dataset,
-        status=status,
+    ctx.audit.record(
+        ConnectorCall(
+            actor="gateway",
+            connector=e.connector,
+            path="/v1/extract",
+            request_digest=receipt.get("request_digest", ""),
+            response_digest=receipt.get("response_digest"),
+            connector_signature=receipt.get("connector_signature"),
+            checkpoint=checkpoint,
+            call_outcome=outcome,
+            query_id=query_id,
+            dataset=e.dataset,
+            status=status,
+        )
     )
-    action = event.pop("action")
-    ctx.audit.record(action, **event)
 
 
 def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]:

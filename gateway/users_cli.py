@@ -65,30 +65,26 @@ def create(
     """Create a principal and print its API key, once."""
     from rich.console import Console
 
-    from audit.errors import AuditUnavailable
-    from gateway.audit_trail import record_offline
-    from gateway.auth import create_principal, revoke_principal
-    from gateway.errors import ApiError
+    from audit.store import AuditLog
+    from gateway.audit_trail import AuditTrail
+    from gateway.auth import create_principal
+    from gateway.errors import AuditUnavailable, GatewayError
 
     engine = _engine(database_url)
     try:
+        # The principal and its audit entry commit together, or neither does.
         principal, key = create_principal(
-            engine, role=role, name=name, department=department, expires_days=expires
+            engine,
+            role=role,
+            name=name,
+            department=department,
+            expires_days=expires,
+            trail=AuditTrail(AuditLog(engine)),
+            actor="operator (fedgate users)",
         )
-        try:
-            record_offline(
-                engine,
-                "user.created",
-                actor="operator (fedgate users)",
-                principal=principal.name,
-                role=principal.role.value,
-                department=principal.department,
-                expires_at=principal.expires_at.isoformat(),
-            )
-        except AuditUnavailable:
-            revoke_principal(engine, principal.name)
-            raise _fail("the audit log cannot be written; the new key was revoked at once") from None
-    except ApiError as exc:
+    except AuditUnavailable:
+        raise _fail("the audit log cannot be written; no principal was created") from None
+    except GatewayError as exc:
         raise _fail(exc.message) from None
     finally:
         engine.dispose()
@@ -113,21 +109,19 @@ def revoke(
     """Revoke a principal's API key immediately."""
     from rich.console import Console
 
-    from audit.errors import AuditUnavailable
-    from gateway.audit_trail import record_offline
+    from audit.store import AuditLog
+    from gateway.audit_trail import AuditTrail
     from gateway.auth import revoke_principal
-    from gateway.errors import ApiError
+    from gateway.errors import AuditUnavailable, GatewayError
 
     engine = _engine(database_url)
     try:
-        record = revoke_principal(engine, name)
-        try:
-            record_offline(engine, "user.revoked", actor="operator (fedgate users)", principal=record.name)
-        except AuditUnavailable:
-            raise _fail(
-                "the key is revoked, but the audit log cannot be written: check the database"
-            ) from None
-    except ApiError as exc:
+        record = revoke_principal(
+            engine, name, trail=AuditTrail(AuditLog(engine)), actor="operator (fedgate users)"
+        )
+    except AuditUnavailable:
+        raise _fail("the audit log cannot be written; the key was not revoked") from None
+    except GatewayError as exc:
         raise _fail(exc.message) from None
     finally:
         engine.dispose()

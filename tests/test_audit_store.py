@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit.checkpoint import Checkpointer, NoteSigner
-from audit.entries import GENESIS_HASH, check_event, entry_bytes, scrub
+from audit.entries import GENESIS_HASH, check_event, contains_identifier, entry_bytes, scrub
 from audit.errors import AuditUnavailable, UnsafeEntry
 from audit.export import export_log
 from audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
@@ -158,7 +159,8 @@ def test_proofs_from_the_store_verify(tmp_path: Path) -> None:
         {"action": "x", "Authorization": "Bearer abc"},
         {"action": "x", "headers": {"authorization": "abc"}},
         {"action": "x", "detail": [{"private_key": "abc"}]},
-        {"action": "x", "note": "Bearer eyJhbGciOi"},
+        {"action": "x", "headers": {"x-forwarded-auth": "Bearer eyJhbGciOi"}},
+        {"action": "x", "request_headers": [{"via": "Basic dXNlcjpwYXNz"}]},
         {"action": "x", "key": "-----BEGIN PRIVATE KEY-----\nMC4CAQAw\n-----END PRIVATE KEY-----"},
         {"action": "x", "subject": "11010519491231002X"},  # the GB 11643 example ID
         {"action": "x", "org": "91350100M000100Y43"},  # a valid unified social credit code
@@ -191,6 +193,58 @@ def test_safe_events_pass_the_check() -> None:
             "released": [{"village": "350102001001", "value": 1234.5}],
         }
     )
+
+
+def test_free_text_that_reads_like_a_credential_is_prose_not_a_secret() -> None:
+    for text in ("Basic needs of fishing households", "Bearer bonds held by villages", "basic  x"):
+        check_event({"action": "query.submitted", "spec": {"purpose": text}, "reason": text})
+    with pytest.raises(UnsafeEntry) as refused:
+        check_event({"action": "x", "spec": {"purpose": "11010519491231002X"}})
+    assert refused.value.field == "spec.purpose"
+
+
+def test_identifiers_are_found_inside_free_text_as_whole_words_only() -> None:
+    assert contains_identifier("check household of 11010519491231002X please")
+    assert contains_identifier("org 91350100M000100Y43.")
+    assert not contains_identifier("digest ab11010519491231002Xcd and 11010519491231002")
+    assert not contains_identifier("110105194912310021")  # check digit wrong
+
+
+def test_a_transaction_commits_its_change_and_its_entries_together(tmp_path: Path) -> None:
+    log = _sqlite(tmp_path)
+    with log.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE things (name TEXT PRIMARY KEY)"))
+    log.append(_event(0))
+    with log.transaction() as tx:
+        tx.conn.execute(sa.text("INSERT INTO things VALUES ('a')"))
+        tx.append({"action": "thing.added", "actor": "op", "outcome": "ok", "thing": "a"})
+        tx.append({"action": "thing.checked", "actor": "op", "outcome": "ok"})
+    assert [e.seq for e in tx.entries] == [2, 3]
+    log.append(_event(1))  # the group-commit path continues the same chain
+    entries = list(log.entries())
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
+    assert log.head().root == MerkleTree([leaf_hash(bytes.fromhex(e.hash)) for e in entries]).root()
+
+
+def test_a_transaction_whose_entries_cannot_be_written_keeps_nothing(tmp_path: Path) -> None:
+    log = _sqlite(tmp_path)
+    with log.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE things (name TEXT PRIMARY KEY)"))
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(ABORT, 'no'); END"
+            )
+        )
+    with pytest.raises(AuditUnavailable), log.transaction() as tx:
+        tx.conn.execute(sa.text("INSERT INTO things VALUES ('a')"))
+        tx.append({"action": "thing.added", "actor": "op", "outcome": "ok"})
+    with pytest.raises(UnsafeEntry), log.transaction() as tx:
+        tx.conn.execute(sa.text("INSERT INTO things VALUES ('b')"))
+        tx.append({"action": "thing.added", "api_key": "k"})
+    with log.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM things")).scalar() == 0
+    assert log.head().size == 0
 
 
 def test_dropped_table_fails_closed(tmp_path: Path) -> None:
@@ -325,6 +379,40 @@ def test_concurrent_writers_leave_a_gapless_valid_chain_on_postgres(postgres_url
         logs[0].append(_event(0))
     for log in logs:
         log.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_transactions_and_group_commits_share_one_gapless_chain_on_postgres(postgres_url: str) -> None:  # noqa: F811
+    engine = sa.create_engine(postgres_url, pool_size=WRITERS, max_overflow=4)
+    create_tables(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE things (writer INTEGER, i INTEGER)"))
+    log = AuditLog(engine)
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        try:
+            for i in range(PER_WRITER // 4):
+                if w % 2:
+                    log.append(_event(i, writer=w))
+                    continue
+                with log.transaction() as tx:
+                    tx.conn.execute(sa.text("INSERT INTO things VALUES (:w, :i)"), {"w": w, "i": i})
+                    tx.append(_event(i, writer=w))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _check_chain(log) == WRITERS * (PER_WRITER // 4)
+    with engine.connect() as conn:
+        changes = conn.execute(sa.text("SELECT count(*) FROM things")).scalar()
+    assert changes == sum(1 for e in log.entries() if e.event["writer"] % 2 == 0)
+    engine.dispose()
 
 
 def test_rows_hold_the_filter_columns(tmp_path: Path) -> None:

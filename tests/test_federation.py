@@ -40,7 +40,7 @@ from gateway.federation import (
     AnswerUnverified,
     ConnectorLink,
     ConnectorRefused,
-    ConnectorUnavailable,
+    ConnectorUnreachable,
     Federation,
     extract_request,
     fetch_pinned_schema,
@@ -156,7 +156,7 @@ def test_an_unreachable_connector_is_unavailable_and_a_failed_announcement_sends
         raise httpx.ConnectError("refused")
 
     with _link(down) as link:
-        with pytest.raises(ConnectorUnavailable) as err:
+        with pytest.raises(ConnectorUnreachable) as err:
             link.extract(_request())
         assert err.value.code == "unreachable" and err.value.receipt["request_digest"]
         assert link.health() is None

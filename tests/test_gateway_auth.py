@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field, field_validator
 from typer.testing import CliRunner
 
 from gateway import db
+from gateway.api.deps import CurrentPrincipal, require_roles, routes_without_auth
+from gateway.api.errors import ApiError, install_error_handlers, install_request_id, status_of
 from gateway.auth import (
     Principal,
     Role,
@@ -29,8 +31,7 @@ from gateway.auth import (
     require_department,
     revoke_principal,
 )
-from gateway.deps import CurrentPrincipal, require_roles, routes_without_auth
-from gateway.errors import ApiError, ErrorCode, install_error_handlers, install_request_id
+from gateway.errors import ErrorCode, GatewayError
 from gateway.observability import health_router, install_metrics, metrics_router
 from gateway.users_cli import ROLE_NAMES, users_app
 
@@ -45,10 +46,10 @@ def engine(tmp_path: Path) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def refused(call: Any, status: int, code: ErrorCode, *args: Any, **kwargs: Any) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def refused(call: Any, status: int, code: ErrorCode, *args: Any, **kwargs: Any) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
         call(*args, **kwargs)
-    assert (info.value.status, info.value.code) == (status, code), info.value
+    assert (status_of(info.value), info.value.code) == (status, code), info.value
     return info.value
 
 
@@ -168,11 +169,11 @@ def test_require_department() -> None:
     expires = datetime.now(UTC) + timedelta(days=1)
     admin = Principal("1", "tax-admin", Role.DEPARTMENT_ADMIN, "tax", expires)
     require_department(admin, "tax")
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(GatewayError) as info:
         require_department(admin, "social")
-    assert info.value.status == 403
+    assert status_of(info.value) == 403
     operator = Principal("2", "op", Role.OPERATOR, None, expires)
-    with pytest.raises(ApiError):
+    with pytest.raises(GatewayError):
         require_department(operator, "tax")
 
 
@@ -455,7 +456,7 @@ def test_users_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
         revoked = runner.invoke(users_app, ["revoke", "tax-admin"])
         assert revoked.exit_code == 0, revoked.output
-        with pytest.raises(ApiError):
+        with pytest.raises(GatewayError):
             authenticate(engine, key)
         assert "revoked" in runner.invoke(users_app, ["list"], env={"COLUMNS": "200"}).stdout
         unknown = runner.invoke(users_app, ["revoke", "nobody"])

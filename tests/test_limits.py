@@ -214,7 +214,6 @@ def test_an_analyst_past_the_concurrent_run_limit_gets_429_with_the_reason(ctx: 
         assert r.status_code == 429, path
         error = r.json()["error"]
         assert error["code"] == "rate_limited" and f"limit is {limit}" in error["message"]
-        assert "retry-after" in r.headers
     assert ctx.run_slots.running("ana") == limit  # a refusal takes no slot
     # Another analyst is not affected, and the slots come back when runs end.
     other = client.post("/v1/queries/q-00000000/run", headers=_key(ctx, Role.ANALYST, "bo"))

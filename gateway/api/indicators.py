@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from decimal import Decimal
 from fractions import Fraction
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregation.indicators import INDICATORS, PACKS, IndicatorParams, IndicatorResult
 from gateway import indicators
-from gateway.auth import Principal, Role
-from gateway.context import ContextDep
-from gateway.deps import CurrentPrincipal, require_roles
-from gateway.errors import error_responses
-from gateway.limits import RunSlot
+from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal
+from gateway.api.errors import error_responses
+from gateway.api.limits import RunSlot
 
 router = APIRouter(
     prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503)
 )
-
-Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
 
 _PERIOD = r"^\d{4}-(0[1-9]|1[0-2])(\.\.\d{4}-(0[1-9]|1[0-2]))?$"
 
@@ -131,7 +126,7 @@ def library() -> LibraryOut:
 
 
 @router.get("/indicators", response_model=LibraryOut)
-async def list_indicators(who: CurrentPrincipal) -> LibraryOut:
+def list_indicators(who: CurrentPrincipal) -> LibraryOut:
     """The indicator library: what each releases, how its epsilon is split; the packs and their splits."""
     return library()
 
@@ -141,35 +136,31 @@ def _out(doc: dict[str, Any]) -> IndicatorsRunOut:
 
 
 @router.post("/indicators/{name}/run", response_model=IndicatorsRunOut)
-async def run_indicator(
+def run_indicator(
     name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
 ) -> IndicatorsRunOut:
     """Run one indicator: its queries are submitted, must be approved, are charged together, and its
     figures come with 95% intervals. Running it again returns the same figures and charges nothing."""
-    doc = await run_in_threadpool(
-        lambda: indicators.run_indicator(
-            ctx,
-            analyst,
-            name,
-            period=body.period,
-            epsilon=body.epsilon,
-            bands=body.bands,
-            groups=body.groups,
-            baseline=body.baseline,
-            drop_share=body.drop_share,
-        )
+    doc = indicators.run_indicator(
+        ctx,
+        analyst,
+        name,
+        period=body.period,
+        epsilon=body.epsilon,
+        bands=body.bands,
+        groups=body.groups,
+        baseline=body.baseline,
+        drop_share=body.drop_share,
     )
     return _out(doc)
 
 
 @router.post("/packs/{name}/run", response_model=IndicatorsRunOut)
-async def run_pack(
+def run_pack(
     name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
 ) -> IndicatorsRunOut:
     """Run a pack (e.g. `monthly`) for a reference month within one epsilon, split as documented."""
-    doc = await run_in_threadpool(
-        lambda: indicators.run_pack(
-            ctx, analyst, name, period=body.period, epsilon=body.epsilon, groups=body.groups
-        )
+    doc = indicators.run_pack(
+        ctx, analyst, name, period=body.period, epsilon=body.epsilon, groups=body.groups
     )
     return _out(doc)

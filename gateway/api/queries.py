@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Response, status
 
 from aggregation.planner import PlanError, plan_query
 from aggregation.query import QuerySpec
 from connectors.protocol import ConnectorSchema, SignedApproval, SignedRule
-from gateway import db, queries
+from gateway import queries
+from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal, DepartmentAdmin, GatewayContext
+from gateway.api.errors import error_responses
 from gateway.api.schemas import DecisionOut, QueriesOut, QueryOut, RejectionIn, RuleOut, RulesOut
 from gateway.auth import Principal, Role
-from gateway.context import ContextDep, GatewayContext
-from gateway.deps import CurrentPrincipal, require_roles
-from gateway.errors import ApiError, ErrorCode, error_responses
+from gateway.errors import NotFound
 from gateway.registry import catalog
 
-router = APIRouter(prefix="/v1", tags=["queries"], responses=error_responses(401, 403, 404, 409, 422))
-
-Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
-DepartmentAdmin = Annotated[Principal, Depends(require_roles(Role.DEPARTMENT_ADMIN))]
+router = APIRouter(prefix="/v1", tags=["queries"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
 
 def query_view(
@@ -36,15 +29,14 @@ def query_view(
     except PlanError:
         return out  # the catalog changed since submission; the run will refuse it with the reason
     found, _ = queries.covers(ctx.engine, record, plan)
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(sa.select(db.approvals).where(db.approvals.c.query_id == record.id)).all()
     out.departments = list(plan.departments)
     out.required_approvals = queries.required_scopes(plan)
     out.covered_by = {
         d: "approval" if isinstance(c, SignedApproval) else f"rule:{c.rule.rule_id}" for d, c in found.items()
     }
     out.decisions = [
-        DecisionOut(department=r.department, decision=r.decision, decided_by=r.decided_by) for r in rows
+        DecisionOut(department=d.department, decision=d.decision, decided_by=d.decided_by)
+        for d in queries.decisions(ctx.engine, record.id)
     ]
     return out
 
@@ -56,81 +48,41 @@ def _visible(ctx: GatewayContext, record: queries.QueryRecord, who: Principal) -
         departments = ()
     if not queries.visible_to(record, who, departments):
         # Not 403: whether a query id exists is itself not for everyone to learn.
-        raise ApiError(404, ErrorCode.NOT_FOUND, "no query with that id", "query_id")
+        raise NotFound("no query with that id", "query_id")
 
 
 @router.post("/queries", response_model=QueryOut, status_code=status.HTTP_201_CREATED)
-async def submit_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst, response: Response) -> QueryOut:
+def submit_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst, response: Response) -> QueryOut:
     """Submit a query; it is identified by the digest of its canonical form and never changes."""
-    record, new = await run_in_threadpool(queries.submit, ctx.engine, spec, analyst)
-    if new:
-        await run_in_threadpool(
-            lambda: ctx.audit.record(
-                "query.submitted",
-                actor=analyst.name,
-                query_id=record.id,
-                query_digest=record.digest,
-                spec=spec.model_dump(mode="json"),
-                state=record.state,
-            )
-        )
-    else:
+    record, new = queries.submit(ctx.audit, spec, analyst)
+    if not new:
         response.status_code = status.HTTP_200_OK
-    return await run_in_threadpool(query_view, ctx, record)
+    return query_view(ctx, record)
 
 
 @router.get("/queries", response_model=QueriesOut)
-async def list_queries(ctx: ContextDep, who: CurrentPrincipal) -> QueriesOut:
-    def views() -> list[QueryOut]:
-        records = queries.list_queries(ctx.engine, who)
-        cat = catalog(ctx.engine)
-        return [query_view(ctx, r, cat) for r in records]
-
-    return QueriesOut(queries=await run_in_threadpool(views))
+def list_queries(ctx: ContextDep, who: CurrentPrincipal) -> QueriesOut:
+    records = queries.list_queries(ctx.engine, who)
+    cat = catalog(ctx.engine)
+    return QueriesOut(queries=[query_view(ctx, r, cat) for r in records])
 
 
 @router.get("/queries/{query_id}", response_model=QueryOut)
-async def get_query(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> QueryOut:
-    record = await run_in_threadpool(queries.get_query, ctx.engine, query_id)
-    await run_in_threadpool(_visible, ctx, record, who)
-    return await run_in_threadpool(query_view, ctx, record)
+def get_query(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> QueryOut:
+    record = queries.get_query(ctx.engine, query_id)
+    _visible(ctx, record, who)
+    return query_view(ctx, record)
 
 
 @router.post("/queries/{query_id}/approvals", response_model=QueryOut)
-async def approve_query(
-    query_id: str, signed: SignedApproval, ctx: ContextDep, admin: DepartmentAdmin
-) -> QueryOut:
+def approve_query(query_id: str, signed: SignedApproval, ctx: ContextDep, admin: DepartmentAdmin) -> QueryOut:
     """Store your department's approval, signed with the department's own key over the query digest."""
-    record = await run_in_threadpool(queries.record_approval, ctx.engine, query_id, signed, admin)
-    await run_in_threadpool(
-        lambda: ctx.audit.record(
-            "query.approved",
-            actor=admin.name,
-            department=admin.department,
-            query_id=query_id,
-            query_digest=record.digest,
-            approval_signature=signed.signature,
-            approval_key=signed.key_fingerprint,
-            epsilon=str(signed.approval.epsilon),
-            state=record.state,
-        )
-    )
-    return await run_in_threadpool(query_view, ctx, record)
+    return query_view(ctx, queries.record_approval(ctx.audit, query_id, signed, admin))
 
 
 @router.post("/queries/{query_id}/rejections", response_model=QueryOut)
-async def reject_query(query_id: str, body: RejectionIn, ctx: ContextDep, admin: DepartmentAdmin) -> QueryOut:
-    record = await run_in_threadpool(queries.record_rejection, ctx.engine, query_id, body.reason, admin)
-    await run_in_threadpool(
-        lambda: ctx.audit.record(
-            "query.rejected",
-            actor=admin.name,
-            department=admin.department,
-            query_id=query_id,
-            reason=body.reason,
-        )
-    )
-    return await run_in_threadpool(query_view, ctx, record)
+def reject_query(query_id: str, body: RejectionIn, ctx: ContextDep, admin: DepartmentAdmin) -> QueryOut:
+    return query_view(ctx, queries.record_rejection(ctx.audit, query_id, body.reason, admin))
 
 
 def _rule_out(signed: SignedRule) -> RuleOut:
@@ -146,34 +98,19 @@ def _rule_out(signed: SignedRule) -> RuleOut:
 
 
 @router.post("/rules", response_model=RuleOut, status_code=status.HTTP_201_CREATED)
-async def register_rule(signed: SignedRule, ctx: ContextDep, admin: DepartmentAdmin) -> RuleOut:
+def register_rule(signed: SignedRule, ctx: ContextDep, admin: DepartmentAdmin) -> RuleOut:
     """Register a pre-approval rule signed with your department's key (replaces a rule of the same id)."""
-    rule = await run_in_threadpool(queries.record_rule, ctx.engine, signed, admin)
-    await run_in_threadpool(
-        lambda: ctx.audit.record(
-            "rule.registered",
-            actor=admin.name,
-            department=rule.department,
-            rule=rule.model_dump(mode="json"),
-            signature=signed.signature,
-        )
-    )
+    queries.record_rule(ctx.audit, signed, admin)
     return _rule_out(signed)
 
 
 @router.get("/rules", response_model=RulesOut)
-async def list_rules(ctx: ContextDep, who: CurrentPrincipal) -> RulesOut:
+def list_rules(ctx: ContextDep, who: CurrentPrincipal) -> RulesOut:
     department = who.department if who.role is Role.DEPARTMENT_ADMIN else None
-    rules = await run_in_threadpool(queries.list_rules, ctx.engine, department)
-    return RulesOut(rules=[_rule_out(r) for r in rules])
+    return RulesOut(rules=[_rule_out(r) for r in queries.list_rules(ctx.engine, department)])
 
 
 @router.delete("/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_rule(rule_id: str, ctx: ContextDep, admin: DepartmentAdmin) -> Response:
-    await run_in_threadpool(queries.revoke_rule, ctx.engine, rule_id, admin)
-    await run_in_threadpool(
-        lambda: ctx.audit.record(
-            "rule.revoked", actor=admin.name, department=admin.department, rule_id=rule_id
-        )
-    )
+def revoke_rule(rule_id: str, ctx: ContextDep, admin: DepartmentAdmin) -> Response:
+    queries.revoke_rule(ctx.audit, rule_id, admin)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter
 
-from gateway import queries, runner
+from gateway import budget, queries, runner
+from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal, DepartmentAdmin, Operator
+from gateway.api.errors import error_responses
+from gateway.api.limits import RunSlot
 from gateway.api.schemas import BudgetOut, EpsilonIn, MeOut, ResultOut
-from gateway.auth import Principal, Role
-from gateway.context import ContextDep
-from gateway.deps import CurrentPrincipal, require_roles
-from gateway.errors import ApiError, ErrorCode, error_responses
-from gateway.limits import RunSlot
+from gateway.auth import Role
+from gateway.errors import NotFound
 from privacy.ledger import BudgetView
 
 router = APIRouter(
-    prefix="/v1", tags=["runs and budget"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503)
+    prefix="/v1",
+    tags=["runs and budget"],
+    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503),
 )
-
-Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
-Operator = Annotated[Principal, Depends(require_roles(Role.OPERATOR))]
-DepartmentAdmin = Annotated[Principal, Depends(require_roles(Role.DEPARTMENT_ADMIN))]
 
 
 def _budget_out(view: BudgetView, analyst: str | None) -> BudgetOut:
@@ -54,26 +51,25 @@ def _result_out(doc: dict[str, Any]) -> ResultOut:
 
 
 @router.post("/queries/{query_id}/run", response_model=ResultOut)
-async def run_query(query_id: str, ctx: ContextDep, analyst: Analyst, slot: RunSlot) -> ResultOut:
+def run_query(query_id: str, ctx: ContextDep, analyst: Analyst, slot: RunSlot) -> ResultOut:
     """Run an approved query once; running it again returns the stored numbers and charges nothing."""
-    doc = await run_in_threadpool(runner.run_query, ctx, query_id, analyst)
-    return _result_out(doc)
+    return _result_out(runner.run_query(ctx, query_id, analyst))
 
 
 @router.get("/queries/{query_id}/result", response_model=ResultOut)
-async def get_result(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> ResultOut:
+def get_result(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> ResultOut:
     """A released result, re-served for free."""
-    record = await run_in_threadpool(queries.get_query, ctx.engine, query_id)
+    record = queries.get_query(ctx.engine, query_id)
     allowed = who.role in (Role.AUDITOR, Role.OPERATOR) or (
         who.role is Role.ANALYST and record.analyst == who.name
     )
     if not allowed:
-        raise ApiError(404, ErrorCode.NOT_FOUND, "no query with that id", "query_id")
-    return _result_out(await run_in_threadpool(runner.stored_result, ctx, record))
+        raise NotFound("no query with that id", "query_id")
+    return _result_out(runner.stored_result(ctx, record))
 
 
 @router.get("/me", response_model=MeOut)
-async def whoami(who: CurrentPrincipal) -> MeOut:
+def whoami(who: CurrentPrincipal) -> MeOut:
     """The caller's name, role and (for a department admin) department."""
     return MeOut(
         name=who.name, role=who.role.value, department=who.department, expires_at=who.expires_at.isoformat()
@@ -81,38 +77,20 @@ async def whoami(who: CurrentPrincipal) -> MeOut:
 
 
 @router.get("/budget", response_model=BudgetOut)
-async def get_budget(ctx: ContextDep, who: CurrentPrincipal) -> BudgetOut:
+def get_budget(ctx: ContextDep, who: CurrentPrincipal) -> BudgetOut:
     """The federation's remaining epsilon in this window and, for an analyst, their own quota."""
     analyst = who.name if who.role is Role.ANALYST else None
-    view = await run_in_threadpool(ctx.ledger.remaining, analyst or "")
-    return _budget_out(view, analyst)
+    return _budget_out(ctx.ledger.remaining(analyst or ""), analyst)
 
 
 @router.put("/budget/quotas/{analyst}", response_model=BudgetOut)
-async def set_quota(analyst: str, body: EpsilonIn, ctx: ContextDep, operator: Operator) -> BudgetOut:
-    await run_in_threadpool(ctx.ledger.set_analyst_quota, analyst, body.epsilon)
-    await run_in_threadpool(
-        lambda: ctx.audit.record(
-            "quota.changed", actor=operator.name, analyst=analyst, epsilon=str(body.epsilon)
-        )
-    )
-    return _budget_out(await run_in_threadpool(ctx.ledger.remaining, analyst), analyst)
+def set_quota(analyst: str, body: EpsilonIn, ctx: ContextDep, operator: Operator) -> BudgetOut:
+    budget.set_quota(ctx.audit, ctx.ledger, analyst, body.epsilon, operator)
+    return _budget_out(ctx.ledger.remaining(analyst), analyst)
 
 
 @router.put("/budget/datasets/{dataset}", response_model=BudgetOut)
-async def set_dataset_cap(
-    dataset: str, body: EpsilonIn, ctx: ContextDep, admin: DepartmentAdmin
-) -> BudgetOut:
+def set_dataset_cap(dataset: str, body: EpsilonIn, ctx: ContextDep, admin: DepartmentAdmin) -> BudgetOut:
     """A department caps the epsilon any window may spend on one of its datasets (`connector.dataset`)."""
-    from gateway.registry import get_connector
-
-    connector = await run_in_threadpool(get_connector, ctx.engine, dataset.partition(".")[0])
-    if connector is None or connector.department != admin.department:
-        raise ApiError(403, ErrorCode.FORBIDDEN, "you cap only your own department's datasets", "dataset")
-    await run_in_threadpool(ctx.ledger.set_dataset_cap, dataset, body.epsilon)
-    await run_in_threadpool(
-        lambda: ctx.audit.record(
-            "dataset_cap.changed", actor=admin.name, dataset=dataset, epsilon=str(body.epsilon)
-        )
-    )
-    return _budget_out(await run_in_threadpool(ctx.ledger.remaining, ""), None)
+    budget.set_dataset_cap(ctx.audit, ctx.ledger, dataset, body.epsilon, admin)
+    return _budget_out(ctx.ledger.remaining(""), None)

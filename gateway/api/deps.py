@@ -1,8 +1,14 @@
-"""FastAPI dependencies and their aliases: settings, the database engine, the caller and role checks.
+"""FastAPI dependencies and their aliases: the one way routes get what they need.
 
-Routes declare what they need with the aliases (`SettingsDep`, `EngineDep`, `CurrentPrincipal`) and allow
-roles with `require_roles(...)`. Deny by default: a route without a principal dependency is public, and
-`routes_without_auth(app)` lists those so a test can pin the short list of public routes.
+    ContextDep        the process's `GatewayContext` (settings, engine, ledger, audit trail)
+    SettingsDep, EngineDep
+    CurrentPrincipal  the authenticated caller (any role)
+    Operator, DepartmentAdmin, Analyst, Auditor    the caller, in that role
+    Overseer (operator, department admin, auditor), Registrar (operator, department admin), Anyone
+
+Routes declare what they need with these aliases; `require_roles(...)` builds a role alias. Deny by
+default: a route without a principal dependency is public, and `routes_without_auth(app)` lists those
+so a test can pin the short list of public routes.
 """
 
 from __future__ import annotations
@@ -20,13 +26,23 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import INVALID_KEY, Principal, Role, authenticate
+from gateway.context import GatewayContext as GatewayContext
+from gateway.context import get_context
 from gateway.db import make_engine
-from gateway.errors import ApiError, ErrorCode
+from gateway.errors import Forbidden, Unauthenticated
 from gateway.settings import GatewaySettings, get_settings
 
 __all__ = [
+    "Analyst",
+    "Anyone",
+    "Auditor",
+    "ContextDep",
     "CurrentPrincipal",
+    "DepartmentAdmin",
     "EngineDep",
+    "Operator",
+    "Overseer",
+    "Registrar",
     "SettingsDep",
     "current_principal",
     "get_engine",
@@ -69,7 +85,7 @@ async def current_principal(
 ) -> Principal:
     """The caller named by `Authorization: Bearer <key>`; 401 without a valid, unexpired, unrevoked key."""
     if credentials is None:
-        raise ApiError(401, ErrorCode.UNAUTHENTICATED, INVALID_KEY)
+        raise Unauthenticated(INVALID_KEY)
     # The gateway's audit middleware has already authenticated this very request's key: reuse it.
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
@@ -98,11 +114,21 @@ def require_roles(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
 
     async def check_role(principal: CurrentPrincipal) -> Principal:
         if principal.role not in allowed:
-            raise ApiError(403, ErrorCode.FORBIDDEN, f"this action needs the role {names}")
+            raise Forbidden(f"this action needs the role {names}")
         return principal
 
     check_role.__name__ = f"require_{'_or_'.join(sorted(r.value for r in allowed))}"
     return check_role
+
+
+ContextDep = Annotated[GatewayContext, Depends(get_context)]
+Operator = Annotated[Principal, Depends(require_roles(Role.OPERATOR))]
+DepartmentAdmin = Annotated[Principal, Depends(require_roles(Role.DEPARTMENT_ADMIN))]
+Analyst = Annotated[Principal, Depends(require_roles(Role.ANALYST))]
+Auditor = Annotated[Principal, Depends(require_roles(Role.AUDITOR))]
+Overseer = Annotated[Principal, Depends(require_roles(Role.OPERATOR, Role.DEPARTMENT_ADMIN, Role.AUDITOR))]
+Registrar = Annotated[Principal, Depends(require_roles(Role.OPERATOR, Role.DEPARTMENT_ADMIN))]
+Anyone = Annotated[Principal, Depends(require_roles(*Role))]
 
 
 def _calls(dependant: Dependant) -> Iterator[object]:

@@ -1,0 +1,393 @@
+"""Typed audit events: one class per audited action, built in one place and recorded by the service.
+
+An event is a frozen dataclass whose fields are the entry's fields. A service records it inside the
+transaction of the change it describes (`AuditTrail.change()`), or before the change where the change
+lives outside the gateway's tables (the budget ledger), never a route after the fact:
+
+    with ctx.audit.change() as change:
+        change.conn.execute(...)                          # the state change
+        change.record(EndpointAllowed(actor=..., endpoint=url))
+
+Every event carries `action`, `actor` and `outcome` (indexed for the auditor's filters). Only public facts,
+digests and DP values go in; a release is referenced by the digest of the stored result, never inlined,
+so no release is too large to be audited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from audit.entries import ACTION_CONNECTOR_CALL, ACTION_CONNECTOR_REQUEST, connector_call_event
+
+__all__ = [
+    "AuditEvent",
+    "BudgetRefused",
+    "ConnectorCall",
+    "ConnectorDisabled",
+    "ConnectorEnabled",
+    "ConnectorRegistered",
+    "ConnectorRequest",
+    "DatasetCapChanged",
+    "EndpointAllowed",
+    "HttpRequest",
+    "IndicatorFailed",
+    "IndicatorRun",
+    "KeyGroupRegistered",
+    "KeyGroupRetired",
+    "QueryApproved",
+    "QueryFailed",
+    "QueryInterrupted",
+    "QueryRejected",
+    "QueryReleased",
+    "QueryRun",
+    "QueryStateRefreshed",
+    "QuerySubmitted",
+    "QuotaChanged",
+    "ReservationReleased",
+    "RuleRegistered",
+    "RuleRevoked",
+    "UnauthenticatedFlood",
+    "UserCreated",
+    "UserRevoked",
+]
+
+GATEWAY = "gateway"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditEvent:
+    """One audited action; subclasses set `action` (and `outcome` when it is not "ok")."""
+
+    action: ClassVar[str]
+    outcome: ClassVar[str] = "ok"
+    actor: str
+
+    def fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_event(self) -> dict[str, Any]:
+        """The JSON object appended to the log."""
+        return {"action": self.action, "outcome": self.outcome, **self.fields()}
+
+    def request_field(self, path: str | None) -> str | None:
+        """The request field that put the value at `path` of this event (for a 422 naming it)."""
+        return path
+
+
+# --- requests
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HttpRequest(AuditEvent):
+    """Every HTTP request, allowed or refused, before its response starts (5xx included)."""
+
+    action = "http.request"
+    method: str
+    path: str
+    status: int
+    principal: str | None
+    role: str | None
+    request_id: str | None
+    client: str
+    latency_ms: float
+    error: str | None = None
+    """the error code of a refused or failed request"""
+    error_type: str | None = None
+    """the exception's type, for an unexpected failure (never its message)"""
+
+    def to_event(self) -> dict[str, Any]:
+        event = super().to_event()
+        event["outcome"] = "ok" if self.status < 400 else "refused" if self.status < 500 else "error"
+        return event
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UnauthenticatedFlood(AuditEvent):
+    """Requests without a valid key past the burst: only a per-source count is kept."""
+
+    action = "http.unauthenticated_flood"
+    outcome = "refused"
+    client: str
+    suppressed: int
+    window_seconds: float
+
+
+# --- registry
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EndpointAllowed(AuditEvent):
+    action = "endpoint.allowed"
+    endpoint: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectorRegistered(AuditEvent):
+    action = "connector.registered"
+    connector: str
+    department: str
+    endpoint: str
+    key_fingerprint: str
+    version: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectorEnabled(AuditEvent):
+    action = "connector.enabled"
+    connector: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectorDisabled(AuditEvent):
+    action = "connector.disabled"
+    connector: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyGroupRegistered(AuditEvent):
+    action = "key_group.registered"
+    key_group: str
+    version: int
+    definition: dict[str, Any]
+    definition_digest: str
+    title: str
+    title_zh: str
+    description: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyGroupRetired(AuditEvent):
+    action = "key_group.retired"
+    key_group: str
+    version: int
+
+
+# --- principals
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UserCreated(AuditEvent):
+    action = "user.created"
+    principal: str
+    role: str
+    department: str | None
+    expires_at: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UserRevoked(AuditEvent):
+    action = "user.revoked"
+    principal: str
+
+
+# --- queries, approvals, rules
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuerySubmitted(AuditEvent):
+    action = "query.submitted"
+    query_id: str
+    query_digest: str
+    spec: dict[str, Any]
+    state: str
+    indicator: str | None = None
+
+    def request_field(self, path: str | None) -> str | None:
+        # The spec is the request body: "spec.purpose" came from the body's "purpose".
+        if path is not None and path.startswith("spec."):
+            return path.removeprefix("spec.")
+        return path
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryStateRefreshed(AuditEvent):
+    """The departments' decisions give a query another state (a rule registered, revoked or expired)."""
+
+    action = "query.state_refreshed"
+    query_id: str
+    previous: str
+    state: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryApproved(AuditEvent):
+    action = "query.approved"
+    department: str
+    query_id: str
+    query_digest: str
+    approval_signature: str
+    approval_key: str
+    epsilon: str
+    state: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryRejected(AuditEvent):
+    action = "query.rejected"
+    outcome = "refused"
+    department: str
+    query_id: str
+    reason: str
+    state: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RuleRegistered(AuditEvent):
+    action = "rule.registered"
+    department: str
+    rule: dict[str, Any]
+    signature: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RuleRevoked(AuditEvent):
+    action = "rule.revoked"
+    department: str
+    rule_id: str
+
+
+# --- budget
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuotaChanged(AuditEvent):
+    action = "quota.changed"
+    analyst: str
+    epsilon: str | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetCapChanged(AuditEvent):
+    action = "dataset_cap.changed"
+    dataset: str
+    epsilon: str | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BudgetRefused(AuditEvent):
+    action = "budget.refused"
+    outcome = "refused"
+    scope: str
+    requested: str
+    remaining: str
+    query_id: str | None = None
+    indicator: str | None = None
+    query_ids: list[str] | None = None
+
+
+# --- runs
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryRun(AuditEvent):
+    """A run starts (approved -> running); written before anything is reserved."""
+
+    action = "query.run"
+    query_id: str
+    query_digest: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryReleased(AuditEvent):
+    """A release, by the digest of the result stored with its charge (re-served from the ledger)."""
+
+    action = "query.released"
+    query_id: str
+    query_digest: str
+    epsilon: str
+    result_digest: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryFailed(AuditEvent):
+    action = "query.failed"
+    outcome = "failed"
+    query_id: str
+    reason: str
+    charged: bool
+    connectors: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryInterrupted(AuditEvent):
+    """A run found 'running' at start: its process died; settled by what the ledger shows."""
+
+    action = "query.interrupted"
+    outcome = "failed"
+    query_id: str
+    charged: bool
+    state: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReservationReleased(AuditEvent):
+    """A reservation that no run used (a pack's query never started) is refunded at start."""
+
+    action = "query.reservation_released"
+    query_id: str
+    charged: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IndicatorRun(AuditEvent):
+    action = "indicator.run"
+    indicator: str
+    query_ids: list[str]
+    epsilon: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IndicatorFailed(AuditEvent):
+    action = "indicator.failed"
+    outcome = "failed"
+    indicator: str
+    refunded: list[str]
+
+
+# --- connector calls
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectorRequest(AuditEvent):
+    """Written before a request to a connector is sent, so a gateway dying mid-call still shows it."""
+
+    action = ACTION_CONNECTOR_REQUEST
+    connector: str
+    path: str
+    request_digest: str
+    query_id: str
+    dataset: str
+    checkpoint: str | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectorCall(AuditEvent):
+    """A connector's answer (or failure), in the shape `fedgate audit reconcile` matches."""
+
+    action = ACTION_CONNECTOR_CALL
+    connector: str
+    path: str
+    request_digest: str
+    response_digest: str | None
+    connector_signature: str | None
+    checkpoint: str | None
+    call_outcome: str
+    query_id: str | None = None
+    dataset: str | None = None
+    status: int | None = None
+
+    def to_event(self) -> dict[str, Any]:
+        return connector_call_event(
+            connector=self.connector,
+            path=self.path,
+            request_digest=self.request_digest,
+            response_digest=self.response_digest,
+            connector_signature=self.connector_signature,
+            checkpoint=self.checkpoint,
+            outcome=self.call_outcome,
+            query_id=self.query_id,
+            dataset=self.dataset,
+            actor=self.actor,
+            status=self.status,
+        )
