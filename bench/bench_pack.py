@@ -57,7 +57,6 @@ from aggregation.indicators import (
     PACKS,
     IndicatorParams,
     IndicatorResult,
-    MonitoringConfig,
     SubQuery,
     Template,
     evaluate,
@@ -77,7 +76,7 @@ from connectors.sources import Source, open_source
 from gateway.client import GatewayClient, GatewayError
 from gateway.localfed import CONNECTORS, Federation, register_everything, start_federation
 from gateway.runner import release_spec
-from gateway.seed_groups import SEED_GROUPS
+from gateway.seed_groups import SEED_GROUPS, synthetic_config
 from gateway.settings import GatewaySettings
 from privacy.release import prepare_release
 
@@ -85,7 +84,7 @@ PERIOD = "2025-12"
 EPSILON = Decimal("1")
 COVERAGE = "coverage"
 PERSON_EPSILON = Decimal("0.5")
-CONFIG = MonitoringConfig()
+CONFIG = synthetic_config()
 EXACT_EPSILON = Decimal(10) ** 12
 """Epsilon of the central party's exact releases: noise scales near 1e-12, so the integer noise is 0."""
 MAX_ROWS = GatewaySettings.model_fields["max_rows"].default

@@ -265,12 +265,23 @@ def synth(
     social_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL for social insurance (MariaDB)")
     ] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="how the departments name things: standard, or renamed (other connector, dataset, "
+            "measure and column names; the same data)"
+        ),
+    ] = "standard",
 ) -> None:
-    """Generate a synthetic island county: five department stores, code lists, configs and demo keys."""
+    """Generate a synthetic island county: five department stores, code lists, configs, a monitoring
+    configuration and demo keys."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from connectors.synth import generate_county
+    from connectors.synth.layout import LAYOUTS
 
+    if layout not in LAYOUTS:
+        raise typer.BadParameter(f"expected one of {', '.join(LAYOUTS)}", param_hint="'--layout'")
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as bar:
@@ -283,6 +294,7 @@ def synth(
             tax_url=tax_url,
             social_url=social_url,
             progress=lambda step: bar.update(task, description=step),
+            layout=layout,
         )
     console.print(
         f"county written to {out}: {summary.persons:,} persons, {summary.households:,} households, "

@@ -29,10 +29,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from audit.checkpoint import Checkpointer, CheckpointPolicy, NoteSigner, load_signer
 from audit.store import AuditLog
 from connectors.protocol import load_private_key, private_key_pem
-from gateway import db
+from gateway import db, monitoring
 from gateway.api import audit as audit_routes
 from gateway.api import indicators as indicator_routes
 from gateway.api import key_groups as key_group_routes
+from gateway.api import monitoring as monitoring_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
@@ -148,6 +149,7 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
         ),
     )
     check_ledger_against_audit(ctx)
+    monitoring.load_settings_file(ctx)
     ctx.tls = connector_tls(settings)
     recover_interrupted_runs(ctx.engine, ctx.ledger, ctx.audit)
     return ctx
@@ -321,4 +323,5 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(run_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(indicator_routes.router)
+    app.include_router(monitoring_routes.router)
     return app

@@ -192,6 +192,17 @@ class GatewayClient:
         """The indicator library and the packs, with their releases and epsilon splits."""
         return self._do("GET", "/v1/indicators")
 
+    def monitoring(self) -> Any:
+        """The monitoring configuration in force (404 before the first)."""
+        return self._do("GET", "/v1/monitoring")
+
+    def monitoring_versions(self) -> Any:
+        return self._do("GET", "/v1/monitoring/versions")
+
+    def set_monitoring(self, config: Mapping[str, Any]) -> Any:
+        """Set the monitoring configuration (operator): checked against the catalog, versioned, audited."""
+        return self._do("PUT", "/v1/monitoring", dict(config))
+
     def run_indicator(
         self,
         name: str,

@@ -3,7 +3,8 @@
 An embedded SQLite file by default, PostgreSQL in production. The schema is created and upgraded only by
 the Alembic revisions in `gateway/migrations/`, never by `metadata.create_all`, so every deployment walks
 the same history. The tables hold principals (key hashes only), the connector registry, queries,
-department-signed approvals and rules, the named key groups (revision 0004), and the simple audit table
+department-signed approvals and rules, the named key groups (revision 0004), the versions of the
+monitoring configuration (revision 0006), and the simple audit table
 of revision 0001 (superseded by the tamper-evident log of `audit.store`, revision 0003, and left empty).
 Nothing token-level or row-level is ever stored here.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "key_groups",
     "make_engine",
     "migrate",
+    "monitoring_configs",
     "principals",
     "queries",
     "rules",
@@ -215,6 +217,20 @@ key_groups = sa.Table(
     sa.Column("retired_by", sa.String(_NAME), nullable=True),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.CheckConstraint("(retired_at IS NULL) = (retired_by IS NULL)", name="retired_at_iff_retired_by"),
+)
+
+# One row per version of the monitoring configuration the indicators are built from; never changed once
+# written. The highest version is the one in force.
+monitoring_configs = sa.Table(
+    "monitoring_configs",
+    gateway_metadata,
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("config_json", sa.Text(), nullable=False),
+    sa.Column("config_digest", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(_URL), nullable=False),
+    sa.Column("created_by", sa.String(_NAME), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
 )
 
 audit_simple = sa.Table(

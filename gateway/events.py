@@ -35,6 +35,7 @@ __all__ = [
     "IndicatorRun",
     "KeyGroupRegistered",
     "KeyGroupRetired",
+    "MonitoringConfigChanged",
     "QueryApproved",
     "QueryFailed",
     "QueryInterrupted",
@@ -335,6 +336,17 @@ class IndicatorRun(AuditEvent):
     indicator: str
     query_ids: list[str]
     epsilon: str
+    monitoring_version: int
+    monitoring_digest: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MonitoringConfigChanged(AuditEvent):
+    action = "monitoring_config.changed"
+    version: int
+    config_digest: str
+    source: str
+    config: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

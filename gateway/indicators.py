@@ -1,5 +1,7 @@
 """Running indicators and packs: submit their queries, reserve the whole epsilon at once, run, derive figures.
 
+    the monitoring configuration in force            -> Conflict when none is loaded, Invalid naming the
+                                                        field the catalog lacks (`gateway.monitoring`)
     build the queries (public parameters only)      -> Invalid naming the field
     epsilon within every involved department's cap   -> Invalid naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
@@ -19,6 +21,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
@@ -33,11 +36,13 @@ from aggregation.indicators import (
     evaluate,
     months_ending,
 )
+from aggregation.indicators.config_file import configured_pack
 from aggregation.indicators.early_warning import EarlyWarning
 from aggregation.indicators.key_groups import KeyGroups
 from aggregation.planner import Plan, PlanError, plan_query
+from aggregation.query import MemberGroup
 from connectors.protocol import ConnectorSchema, Period
-from gateway import key_groups, queries, runner
+from gateway import key_groups, monitoring, queries, runner
 from gateway.auth import Principal
 from gateway.context import GatewayContext
 from gateway.errors import BudgetRefused, Conflict, Invalid, NotApproved, NotFound
@@ -49,7 +54,6 @@ from privacy.errors import BudgetExceeded
 
 log = structlog.get_logger("fedgate.indicators")
 
-CONFIG = MonitoringConfig()
 ANNUAL_MONTHS, WARNING_MONTHS = 12, 3
 _PROBE = Decimal(1)
 
@@ -83,9 +87,9 @@ def _indicator_error(exc: IndicatorError) -> Invalid:
     return Invalid(exc.message, exc.field)
 
 
-def _build(items: list[tuple[Template, IndicatorParams]]) -> list[list[SubQuery]]:
+def _build(items: list[tuple[Template, IndicatorParams]], config: MonitoringConfig) -> list[list[SubQuery]]:
     try:
-        return [t.queries(p, CONFIG) for t, p in items]
+        return [t.queries(p, config) for t, p in items]
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
     except ValueError as exc:
@@ -112,15 +116,40 @@ def smallest_cap(cat: Mapping[str, ConnectorSchema], plans: list[Plan]) -> tuple
     return caps[department], department
 
 
+def groups_for(
+    engine: sa.Engine, config: MonitoringConfig, names: list[str] | None, *, field: str = "groups"
+) -> tuple[MemberGroup, ...]:
+    """The key groups of a run: by default the configuration's; a name the configuration defines means
+    its definition there, any other name a group registered in the gateway (`gateway.key_groups`)."""
+    if names is None:
+        return tuple(g.definition for g in config.key_groups)
+    out: list[MemberGroup] = []
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise Invalid(f"the key group {name!r} is named twice", f"{field}.{i}")
+        configured = config.key_group(name)
+        if configured is not None:
+            out.append(configured)
+            continue
+        try:
+            out.extend(key_groups.resolve(engine, [name], field=field))
+        except key_groups.KeyGroupNotFound:
+            raise key_groups.KeyGroupNotFound(name, f"{field}.{i}") from None
+        except key_groups.KeyGroupRetired:
+            raise key_groups.KeyGroupRetired(name, f"{field}.{i}") from None
+    return tuple(out)
+
+
 def _with_epsilon(
     cat: Mapping[str, ConnectorSchema],
+    config: MonitoringConfig,
     make: Callable[[Decimal], list[tuple[Template, IndicatorParams]]],
     epsilon: Decimal | None,
 ) -> tuple[list[tuple[Template, IndicatorParams]], Decimal]:
     """Fix the total epsilon: the one asked for if every department's cap allows it (else refused), by
     default the smallest cap; `make` builds the indicators for a total."""
     try:
-        probe = _build(make(_PROBE))
+        probe = _build(make(_PROBE), config)
         cap, department = smallest_cap(cat, _plans(cat, [q for qs in probe for q in qs]))
         total = cap if epsilon is None else epsilon
         if total > cap:
@@ -155,26 +184,31 @@ def run_indicator(
         base = parse_period(baseline, 1) if baseline else (None, None)
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
-    names = (
-        groups if groups is not None else list(CONFIG.key_groups) if isinstance(template, KeyGroups) else []
-    )
+    cat = catalog(ctx.engine)
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
     params = IndicatorParams(
         period_start=start,
         period_end=end,
         epsilon=_PROBE,
         analyst=analyst.name,
         bands=bands,
-        groups=key_groups.resolve(ctx.engine, names) if names else (),
+        groups=groups_for(ctx.engine, config, groups) if isinstance(template, KeyGroups) or groups else (),
         baseline_start=base[0],
         baseline_end=base[1],
         drop_share=drop_share,
     )
-    cat = catalog(ctx.engine)
     items, total = _with_epsilon(
-        cat, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
+        cat, config, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
     )
-    results = _execute(ctx, cat, analyst, items, label=name)
-    return {"pack": None, "period": period, "epsilon": _plain(total), "indicators": results}
+    results = _execute(ctx, cat, configured, analyst, items, label=name)
+    return {
+        "pack": None,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def run_pack(
@@ -186,34 +220,48 @@ def run_pack(
     epsilon: Decimal | None,
     groups: list[str] | None = None,
 ) -> dict[str, Any]:
-    pack = PACKS.get(name)
-    if pack is None:
+    declared = PACKS.get(name)
+    if declared is None:
         raise _unknown("pack", name, sorted(PACKS))
     try:
         if ".." in period:
             raise IndicatorError("period", "a pack takes one reference month, YYYY-MM")
         parse_period(period, 1)
-        pack.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
+        declared.params(period=period, epsilon=_PROBE, analyst=analyst.name, groups=())
     except IndicatorError as exc:
         raise _indicator_error(exc) from None
-    resolved = key_groups.resolve(ctx.engine, groups if groups is not None else list(CONFIG.key_groups))
     cat = catalog(ctx.engine)
+    configured = monitoring.in_force(ctx, cat)
+    config = configured.config
+    pack = configured_pack(declared, config)
+    resolved = groups_for(ctx.engine, config, groups)
     items, total = _with_epsilon(
-        cat, lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved), epsilon
+        cat,
+        config,
+        lambda e: pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved),
+        epsilon,
     )
-    results = _execute(ctx, cat, analyst, items, label=f"pack:{name}")
-    return {"pack": name, "period": period, "epsilon": _plain(total), "indicators": results}
+    results = _execute(ctx, cat, configured, analyst, items, label=f"pack:{name}")
+    return {
+        "pack": name,
+        "period": period,
+        "epsilon": _plain(total),
+        "monitoring_version": configured.version,
+        "indicators": results,
+    }
 
 
 def _execute(
     ctx: GatewayContext,
     cat: Mapping[str, ConnectorSchema],
+    configured: monitoring.MonitoringRecord,
     analyst: Principal,
     items: list[tuple[Template, IndicatorParams]],
     *,
     label: str,
 ) -> list[dict[str, Any]]:
-    built = _build(items)
+    config = configured.config
+    built = _build(items, config)
     flat = [q for qs in built for q in qs]
     plans = _plans(cat, flat)
     records = []
@@ -256,6 +304,8 @@ def _execute(
             indicator=label,
             query_ids=[q.spec.query_id for q in flat],
             epsilon=str(sum((q.spec.epsilon for q in flat), Decimal(0))),
+            monitoring_version=configured.version,
+            monitoring_digest=configured.digest,
         )
     )
     if to_run:
@@ -302,6 +352,6 @@ def _execute(
     out = []
     for (template, params), subqueries in zip(items, built, strict=True):
         releases = {q.role: released[q.spec.query_id]["release"] for q in subqueries}
-        result = evaluate(template, params, CONFIG, subqueries, releases)
+        result = evaluate(template, params, config, subqueries, releases)
         out.append(result.model_dump(mode="json"))
     return out

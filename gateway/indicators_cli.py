@@ -1,6 +1,10 @@
 """`fedgate indicators`: the indicator library and the monitoring packs, listed and run through the gateway.
 
-    fedgate indicators list [--json]                 indicators with their releases and epsilon split; packs
+    fedgate indicators list [--json]                 indicators with their releases and epsilon split; packs;
+                                                     the monitoring configuration in force
+    fedgate indicators check --config FILE           the file against the live catalog: every missing
+                                                     dataset, measure or dimension (exit 1), or ok
+    fedgate indicators configure FILE                set it as the configuration in force (operator)
     fedgate indicators run NAME --period P [...]     one indicator (income_bands, urban_rural_ratio, ...)
     fedgate indicators run --pack monthly --period P the monthly monitoring pack for a reference month
 
@@ -8,7 +12,8 @@
                  --drop-share S; output: --json (print JSON) or --json FILE, --csv FILE, --plot FILE.png|.svg
 
 Talks to the gateway's HTTP API (FEDGATE_URL, FEDGATE_API_KEY) like `fedgate query`. Arguments that cannot
-be right are refused before any request (exit 2); gateway errors print their code and exit 1.
+be right are refused before any request (exit 2), a configuration file that cannot be read or has the
+wrong shape too; gateway errors print their code and exit 1.
 """
 
 from __future__ import annotations
@@ -113,18 +118,140 @@ def normalized_shares(releases: list[dict[str, Any]]) -> list[str]:
     return [str(w / whole) if whole > 0 else str(w) for w in weights]
 
 
+def _read_config(path: Path) -> tuple[Any, Any]:
+    """The file's document and its validated configuration; a bad file ends the command (exit 2)."""
+    from aggregation.indicators.config_file import MonitoringConfigError, load_monitoring_config
+
+    try:
+        config = load_monitoring_config(path)
+    except MonitoringConfigError as exc:
+        errors.print(f"[red]error:[/red] {exc.source}", highlight=False)
+        for field, message in exc.problems:
+            errors.print(f"  {field or '(top level)'}: {message}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    return config.model_dump(mode="json"), config
+
+
+ConfigFile = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help="the monitoring configuration (YAML) / 监测配置文件（YAML）",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+@indicators_app.command("check")
+def check_config(url: UrlOpt, api_key: KeyOpt, config_path: ConfigFile) -> None:
+    """Check a monitoring configuration against the live catalog: each dataset, measure or dimension it
+    names that the catalog lacks, and what it should be (exit 1); nothing is stored.
+    对照目录检查监测配置：列出缺少的数据集、度量或维度及应填内容（有问题时退出码为 1）。"""
+    from aggregation.indicators.catalog_check import problems
+    from connectors.protocol import ConnectorSchema
+
+    _, config = _read_config(config_path)
+    with client_factory(url, api_key) as gw:
+        doc = call_gateway(gw.catalog)
+    catalog = {c["connector"]: ConnectorSchema.model_validate(c) for c in doc["connectors"]}
+    found = problems(config, catalog)
+    if not found:
+        console.print(
+            f"{config_path}: ok — the monthly pack can be built on the catalog of {len(catalog)} "
+            f"connectors / 检查通过",
+            highlight=False,
+        )
+        return
+    table = Table(title=f"{config_path}: {len(found)} problem(s) / 问题")
+    table.add_column("field / 字段")
+    table.add_column("what is wrong and what it should be / 原因与应填内容")
+    for p in found:
+        table.add_row(p.field, p.message)
+    errors.print(table)
+    raise typer.Exit(1)
+
+
+@indicators_app.command("configure")
+def configure(
+    url: UrlOpt,
+    api_key: KeyOpt,
+    config_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="the monitoring configuration (YAML)", exists=True, dir_okay=False
+        ),
+    ],
+) -> None:
+    """Set the monitoring configuration in force (operator): checked against the catalog, stored as a new
+    version and audited; the same file again changes nothing.
+    设置生效的监测配置（运营方）：对照目录检查、存为新版本并记入审计日志。"""
+    doc, _ = _read_config(config_path)
+    with client_factory(url, api_key) as gw:
+        before = call_gateway(gw.monitoring_versions)["versions"]
+        record = call_gateway(lambda: gw.set_monitoring(doc))
+    changed = not before or before[-1]["version"] != record["version"]
+    state = "now in force" if changed else "already in force, unchanged"
+    console.print(
+        f"monitoring configuration version {record['version']} {state} "
+        f"(sha256 {record['config_digest'][:16]}…)",
+        highlight=False,
+    )
+
+
+def _print_monitoring(record: dict[str, Any] | None) -> None:
+    if record is None:
+        console.print(
+            "no monitoring configuration is loaded: `fedgate indicators configure FILE` (operator) / "
+            "尚未加载监测配置"
+        )
+        return
+    c = record["config"]
+    table = Table(
+        title=f"monitoring configuration v{record['version']} (sha256 {record['config_digest'][:16]}…, "
+        f"{record['source']}, by {record['created_by']})"
+    )
+    table.add_column("setting")
+    table.add_column("value")
+    terms = "\n".join(
+        f"{'+' if t['sign'] > 0 else '−'} {t['dataset']}.{t['measure']}" for t in c["income_terms"]
+    )
+    table.add_row("income proxy / 收入口径", terms)
+    table.add_row(
+        "household income bounds",
+        f"[{c['income_lower']}, {c['income_upper']}] yuan; sums ≤ {c['income_sum_upper']}; "
+        f"distribution [{c['distribution_lower']}, {c['distribution_upper']}]",
+    )
+    table.add_row("per-capita bounds", f"[{c['per_capita_lower']}, {c['per_capita_upper']}] yuan")
+    table.add_row("village / 村（社区）", c["village"])
+    table.add_row("urban-rural / 城乡", f"{c['urban_rural']} (urban: {', '.join(c['urban_prefixes'])}…)")
+    table.add_row("members cap", str(c["size_cap"]))
+    table.add_row("coverage datasets", "\n".join(c["coverage_datasets"]))
+    table.add_row("bands", "\n".join(f"{k}: [{lo}, {hi})" for k, (lo, hi) in c["bands"].items()))
+    table.add_row("edges", f"household {len(c['household_edges'])}, per capita {len(c['per_capita_edges'])}")
+    groups = "\n".join(f"{g['definition']['name']}: {g['title']} / {g['title_zh']}" for g in c["key_groups"])
+    table.add_row("key groups / 重点群体", groups or "none")
+    table.add_row("early warning drop share", str(c["drop_share"]))
+    if c.get("pack_shares"):
+        table.add_row("monthly pack split", ", ".join(f"{k} {v}" for k, v in c["pack_shares"].items()))
+    console.print(table)
+
+
 @indicators_app.command("list")
 def list_indicators(
     url: UrlOpt,
     api_key: KeyOpt,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
 ) -> None:
-    """The indicators with the releases each makes and their share of its epsilon; the packs."""
+    """The indicators with the releases each makes and their share of its epsilon; the packs; the
+    monitoring configuration in force."""
     with client_factory(url, api_key) as gw:
         library = call_gateway(gw.indicators)
     if as_json:
         typer.echo(json.dumps(library, indent=2, ensure_ascii=False))
         return
+    _print_monitoring(library.get("monitoring"))
     table = Table(title="indicators (each release is one DP query; shares of the indicator's ε)")
     for col in ("name", "title", "counted", "release", "share of ε", "what"):
         table.add_column(col, justify="right" if col == "share of ε" else "left")

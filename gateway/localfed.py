@@ -4,7 +4,10 @@ the end-to-end tests and the benchmarks.
 Tax lives in PostgreSQL and social insurance in MariaDB when their URLs are given; every component is
 its own uvicorn process; principals are created on the gateway's database as the operator would
 (`fedgate users create`), and connectors are allowed, registered under their pinned key fingerprints and
-pre-approved through the gateway's HTTP API exactly as the departments would do it.
+pre-approved through the gateway's HTTP API exactly as the departments would do it. The gateway reads the
+county's monitoring configuration (`monitoring.yaml`) at start, as an operator's deployment would
+(`FEDGATE_MONITORING_CONFIG_FILE`). The connectors are whatever the county's `connectors/` directory holds,
+so a county generated under another layout (other connector names) starts the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from aggregation.indicators.config_file import load_monitoring_config
 from connectors.config import load_config
 from connectors.process import RunningConnector, start_connector
 from connectors.protocol import ApprovedDataset, fingerprint, load_private_key
@@ -23,9 +27,23 @@ from gateway import db
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient
 from gateway.process import start_gateway
-from gateway.seed_groups import SEED_GROUPS
+from gateway.seed_groups import registrations
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
+"""the connectors of the standard layout; `connector_names` reads those of any generated county"""
+
+
+def connector_names(county: Path) -> list[str]:
+    """The county's connectors, the household register first (named by their configuration files)."""
+    names = sorted(p.stem for p in (county / "connectors").glob("*.yaml"))
+    registers = [
+        n
+        for n in names
+        if any(
+            d.household is not None for d in load_config(county / "connectors" / f"{n}.yaml").config.datasets
+        )
+    ]
+    return registers + [n for n in names if n not in registers]
 
 
 @dataclass
@@ -63,7 +81,7 @@ def register_everything(
 ) -> None:
     """Allow every connector's endpoint, register it under its pinned key, sign a pre-approval rule
     with each department's (demo) key covering its datasets for `analysts`, and (`groups`) register the
-    monitoring plan's key groups (`gateway.seed_groups`) as the operator."""
+    key groups of the county's monitoring configuration as the operator."""
     with fed.client("operator") as operator:
         for conn in fed.connectors.values():
             operator.allow_endpoint(conn.url)
@@ -95,8 +113,9 @@ def register_everything(
                 analysts=analysts,
             )
     if groups:
+        config = load_monitoring_config(fed.county / "monitoring.yaml")
         with fed.client("operator") as operator:
-            for group in SEED_GROUPS:
+            for group in registrations(config.key_groups):
                 operator.register_group(group)
 
 
@@ -110,14 +129,24 @@ def start_federation(
     env: dict[str, str] | None = None,
     county: Path | None = None,
     seed: int = 3,
+    layout: str = "standard",
+    monitoring: bool = True,
 ) -> Federation:
-    """Start everything (generating a county under `root` unless one is given); stop it with `stop()`."""
+    """Start everything (generating a county under `root`, named as `layout` says, unless one is given);
+    stop it with `stop()`. With `monitoring` the gateway starts with the county's monitoring
+    configuration; without, none is loaded until the operator sets one."""
     if county is None:
         county = root / "county"
-        generate_county(county, persons=persons, seed=seed, tax_url=tax_url, social_url=social_url)
+        generate_county(
+            county, persons=persons, seed=seed, tax_url=tax_url, social_url=social_url, layout=layout
+        )
     running = {}
+    names = connector_names(county)
+    monitoring_file = county / "monitoring.yaml"
+    if monitoring and monitoring_file.exists():
+        env = {"FEDGATE_MONITORING_CONFIG_FILE": str(monitoring_file), **(env or {})}
     try:
-        for name in CONNECTORS:
+        for name in names:
             running[name] = start_connector(county / "connectors" / f"{name}.yaml", log_dir=root / "logs")
         state = root / "gateway"
         state.mkdir(parents=True, exist_ok=True)
@@ -130,7 +159,7 @@ def start_federation(
             (Role.ANALYST, "analyst", None),
             (Role.ANALYST, "other-analyst", None),
             (Role.AUDITOR, "auditor", None),
-            *[(Role.DEPARTMENT_ADMIN, n, n) for n in CONNECTORS],
+            *[(Role.DEPARTMENT_ADMIN, n, n) for n in names],
         ]:
             _, keys[name] = create_principal(engine, role=role, name=name, department=dept, expires_days=30)
         engine.dispose()

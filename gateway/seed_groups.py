@@ -1,8 +1,9 @@
-"""The key groups ("X" groups) of the county's monitoring plan, for the synthetic county's catalog.
+"""The key groups ("X" groups) of the synthetic county's monitoring plan, as registrations.
 
-Data only: each entry is what an operator would `POST /v1/groups` (or `fedgate groups add FILE.json`).
-`gateway.localfed.register_everything` registers them, so the demo and the end-to-end tests have them;
-a real deployment registers its own, named after its own catalog.
+They are read from the county's own monitoring configuration (`connectors.synth.monitoring`, the file
+`fedgate synth` writes as `monitoring.yaml`), so the groups a demo registers and the groups its monthly
+pack measures are one definition. Each entry is what an operator would `POST /v1/groups`
+(`fedgate groups add FILE.json`); a real deployment's groups come from its own configuration.
 
 "Floating population" (`migrant`) needs care: a household query's population is the household register,
 and persons who are not in the register belong to no household, so the group cannot mean people living
@@ -13,68 +14,30 @@ registration here long ago.
 
 from __future__ import annotations
 
-from aggregation.query import MemberGroup
+from aggregation.indicators.config_file import parse_monitoring_config
+from aggregation.indicators.model import KeyGroupDecl, MonitoringConfig
 from connectors.synth.geography import COUNTY_CODE, REGION_CODES
+from connectors.synth.layout import STANDARD, Layout
+from connectors.synth.monitoring import monitoring_config
 from gateway.api.schemas import KeyGroupIn
 
-__all__ = ["OUTSIDE_THE_COUNTY", "SEED_GROUPS"]
+__all__ = ["OUTSIDE_THE_COUNTY", "SEED_GROUPS", "registrations", "synthetic_config"]
 
 OUTSIDE_THE_COUNTY: tuple[str, ...] = tuple(sorted(code for code in REGION_CODES if code != COUNTY_CODE))
 """Every code of the published region code list but the county's own."""
 
-SEED_GROUPS: tuple[KeyGroupIn, ...] = (
-    KeyGroupIn(
-        definition=MemberGroup(name="dibao", measure="civil.assistance.assistance_income", at_least=1),
-        title="Households receiving minimum-livelihood assistance (dibao)",
-        title_zh="低保户（有成员领取最低生活保障金）",
-        description=(
-            "At least one registered member was paid minimum-livelihood assistance (civil affairs, "
-            "assistance_income of at least 1 yuan) in the query period."
-        ),
-    ),
-    KeyGroupIn(
-        definition=MemberGroup(
-            name="fishery", dimension="social.occupations.occupation_medium", values=("5-04",)
-        ),
-        title="Households with a fishery worker",
-        title_zh="有渔业生产人员的家庭户",
-        description=(
-            "At least one registered member's occupation with social insurance is 5-04, fishery production "
-            "workers (national occupation classification)."
-        ),
-    ),
-    KeyGroupIn(
-        definition=MemberGroup(name="pensioner", measure="social.pensions.pension_income", at_least=1),
-        title="Households with a pensioner",
-        title_zh="有领取养老金成员的家庭户",
-        description=(
-            "At least one registered member was paid a basic pension (employees' or residents' scheme; "
-            "pension_income of at least 1 yuan) in the query period."
-        ),
-    ),
-    KeyGroupIn(
-        definition=MemberGroup(
-            name="no_wage_earner", measure="tax.wages.wage_income", at_least=1, negate=True
-        ),
-        title="Households with no wage earner",
-        title_zh="无工资收入成员的家庭户",
-        description=(
-            "No registered member had wages withheld by an employer (tax, wage_income of at least 1 yuan) "
-            "in the query period; business income and pensions do not count as wages."
-        ),
-    ),
-    KeyGroupIn(
-        definition=MemberGroup(
-            name="migrant", dimension="register.persons.region_code", values=OUTSIDE_THE_COUNTY
-        ),
-        title="Floating-population households: a member whose ID was issued outside the county (in-migrants)",
-        title_zh="有外地迁入人口的家庭户（成员身份证号签发地在本县以外）",
-        description=(
-            "At least one registered member's resident ID was issued outside the county (its region code "
-            "is any code of the published region code list but the county's own, 330922). Floating "
-            "population here means registered residents whose ID was issued elsewhere (in-migrants, "
-            "including long-settled ones): persons who are not in the household register belong to no "
-            "household and cannot be counted by a household query; person queries reach them."
-        ),
-    ),
-)
+
+def synthetic_config(layout: Layout = STANDARD) -> MonitoringConfig:
+    """The synthetic county's monitoring configuration under `layout`, as the gateway reads it."""
+    return parse_monitoring_config(monitoring_config(layout), source=f"the synthetic county ({layout.name})")
+
+
+def registrations(groups: tuple[KeyGroupDecl, ...]) -> tuple[KeyGroupIn, ...]:
+    """A configuration's key groups as registrations."""
+    return tuple(
+        KeyGroupIn(definition=g.definition, title=g.title, title_zh=g.title_zh, description=g.description)
+        for g in groups
+    )
+
+
+SEED_GROUPS: tuple[KeyGroupIn, ...] = registrations(synthetic_config().key_groups)

@@ -95,6 +95,11 @@ class GatewaySettings(BaseSettings):
     max_concurrent_runs_per_analyst: int = Field(
         2, ge=1, le=64, description="runs (queries, indicators, packs) one analyst may have in progress"
     )
+    monitoring_config_file: Path | None = Field(
+        None,
+        description="the monitoring configuration (YAML) the indicators are built from; read at start "
+        "and stored as a new version when it changed",
+    )
     metrics_enabled: bool = True
 
     @field_validator("database_url", mode="before")

@@ -40,6 +40,7 @@ from connectors.protocol import (
 from connectors.service import build_service
 from connectors.service import create_app as create_connector_app
 from connectors.synth import generate_county
+from connectors.synth.monitoring import monitoring_config
 from gateway import registry
 from gateway.api.deps import _api_routes
 from gateway.app import build_context, create_app
@@ -253,6 +254,7 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         ("POST", "/v1/indicators/{name}/run"): ("analyst", {"period": "2025-12"}),
         ("POST", "/v1/packs/{name}/run"): ("analyst", {"period": "2025-12"}),
         ("POST", "/v1/audit/checkpoint"): ("auditor", None),
+        ("PUT", "/v1/monitoring"): ("operator", {**monitoring_config(), "description": "A new version"}),
     }
     mutating = {
         (method, path)

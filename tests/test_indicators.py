@@ -22,7 +22,6 @@ from aggregation.indicators import (
     PACKS,
     IndicatorError,
     IndicatorParams,
-    MonitoringConfig,
     evaluate,
 )
 from aggregation.indicators.model import split_epsilon
@@ -41,10 +40,10 @@ from connectors.config import Unit, load_config
 from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
-from gateway.seed_groups import SEED_GROUPS
+from gateway.seed_groups import SEED_GROUPS, synthetic_config
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
-CONFIG = MonitoringConfig()
+CONFIG = synthetic_config()
 TINY = 1e-9  # a noise scale that draws nothing: post-processing on fixed inputs is deterministic
 
 

@@ -24,10 +24,11 @@ from fastapi.testclient import TestClient
 from rich.console import Console
 from typer.testing import CliRunner
 
-from aggregation.indicators import INDICATORS, PACKS, MonitoringConfig, evaluate
+from aggregation.indicators import INDICATORS, PACKS, evaluate
 from connectors.config import load_config
 from connectors.service import build_service
 from connectors.synth import generate_county
+from connectors.synth.monitoring import write_monitoring_config
 from gateway import indicators_cli
 from gateway.api.indicators import IndicatorsRunOut
 from gateway.app import build_context, create_app
@@ -42,7 +43,7 @@ from gateway.indicators_view import (
     write_csv,
     write_plot,
 )
-from gateway.seed_groups import SEED_GROUPS
+from gateway.seed_groups import SEED_GROUPS, synthetic_config
 from gateway.settings import GatewaySettings
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
@@ -55,7 +56,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     county = tmp_path_factory.mktemp("county")
     generate_county(county, persons=3000, seed=5)
     services = {n: build_service(load_config(county / "connectors" / f"{n}.yaml")) for n in CONNECTORS}
-    config = MonitoringConfig()
+    config = synthetic_config()
     groups = tuple(g.definition for g in SEED_GROUPS)
     noisy, exact = [], []
     for template, params in PACKS["monthly"].params(
@@ -359,8 +360,11 @@ class _Through(httpx.BaseTransport):
 
 @pytest.fixture
 def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An in-process gateway (no connectors registered) behind the CLI; yields an analyst's API key."""
-    ctx: GatewayContext = build_context(GatewaySettings(state_dir=tmp_path / "state"))
+    """An in-process gateway (no connectors registered) behind the CLI, started with the synthetic county's
+    monitoring configuration file; yields an analyst's API key."""
+    monitoring = write_monitoring_config(tmp_path / "monitoring.yaml")
+    settings = GatewaySettings(state_dir=tmp_path / "state", monitoring_config_file=monitoring)
+    ctx: GatewayContext = build_context(settings)
     _, key = create_principal(ctx.engine, role=Role.ANALYST, name="ana", department=None)
     http = TestClient(create_app(ctx))
     monkeypatch.setattr(
@@ -380,10 +384,16 @@ def test_list_prints_the_library_and_its_json(gateway: str) -> None:
     ratio = next(r for r in _rows(listed.stdout) if r[0] == "urban_rural_ratio")
     assert ratio[3:5] == ["income_sum", "3/5"]
     assert "monthly" in listed.stdout and "1/4" in listed.stdout
+    # The configuration in force: its version, its income proxy and its key groups.
+    assert "monitoring configuration v1" in listed.stdout
+    assert "tax.wages.wage_income" in listed.stdout and "低保户" in listed.stdout
     as_json = _invoke(["list", "--json"], {"FEDGATE_API_KEY": gateway})
     library = json.loads(as_json.stdout)
     assert {i["name"] for i in library["indicators"]} == set(INDICATORS)
     assert [p["name"] for p in library["packs"]] == ["monthly"]
+    assert library["monitoring"]["version"] == 1 and library["monitoring"]["source"].endswith(
+        "monitoring.yaml"
+    )
 
 
 def test_gateway_errors_print_their_code_and_exit_1(gateway: str) -> None:

@@ -1,6 +1,7 @@
-"""The truth file's monthly monitoring pack: its copies of the public definitions equal the gateway's, and
-every figure of the pack evaluated exactly (no noise) over a generated county equals the truth file's value
-for the same (indicator, figure, label, group).
+"""The truth file's monthly monitoring pack: its copies of the public definitions equal the monitoring
+configuration the generator writes for the gateway (read through the gateway's own schema), and every
+figure of the pack evaluated exactly (no noise) over a generated county equals the truth file's value for
+the same (indicator, figure, label, group).
 
 The truth is computed from the generator's records; the exact evaluation runs the real extracts, token
 joins, household roll-ups and OpenDP releases with an epsilon so large that no noise is drawn. Counts,
@@ -22,6 +23,7 @@ import pytest
 
 from aggregation.indicators import PACKS, MonitoringConfig, evaluate
 from aggregation.indicators import pack as pack_module
+from aggregation.indicators.config_file import load_monitoring_config
 from aggregation.indicators.early_warning import baseline_of
 from aggregation.indicators.income_distribution import PROBS
 from aggregation.query import MemberGroup
@@ -33,7 +35,6 @@ from connectors.synth.geography import URBAN_RURAL, is_urban
 from gateway.seed_groups import SEED_GROUPS
 from privacy.intervals import histogram_boundaries
 
-CONFIG = MonitoringConfig()
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
 PERIOD = "2025-12"
 GROUPS = tuple(g.definition for g in SEED_GROUPS)
@@ -62,16 +63,32 @@ MIRRORED = {
 }
 
 
-def test_the_truth_copies_the_pack_definitions_exactly() -> None:
+County = tuple[dict[str, ConnectorService], dict[str, Any], MonitoringConfig]
+
+
+@pytest.fixture(scope="module")
+def county(tmp_path_factory: pytest.TempPathFactory) -> County:
+    out: Path = tmp_path_factory.mktemp("pack-truth")
+    summary = generate_county(out, persons=4_000, seed=23)
+    services = {n: build_service(load_config(out / "connectors" / f"{n}.yaml")) for n in CONNECTORS}
+    config = load_monitoring_config(summary.monitoring)
+    return services, json.loads(summary.truth.read_text(encoding="utf-8")), config
+
+
+def test_the_truth_copies_the_pack_definitions_exactly(county: County) -> None:
     t = synth_truth
+    _, _, config = county
     for constant, field in MIRRORED.items():
-        assert getattr(t, constant) == getattr(CONFIG, field), (constant, field)
-    terms = tuple((x.dataset, x.measure, x.sign) for x in CONFIG.income_terms)
+        assert getattr(t, constant) == getattr(config, field), (constant, field)
+    terms = tuple((x.dataset, x.measure, x.sign) for x in config.income_terms)
     assert terms == t.INCOME_TERMS
-    assert tuple(g.name for g in t.KEY_GROUPS) == CONFIG.key_groups
-    assert tuple(MemberGroup(**dataclasses.asdict(g)) for g in t.KEY_GROUPS) == GROUPS
+    assert tuple(g.name for g in t.KEY_GROUPS) == config.key_group_names
+    configured = tuple(g.definition for g in config.key_groups)
+    assert tuple(MemberGroup(**dataclasses.asdict(g)) for g in t.KEY_GROUPS) == configured == GROUPS
     assert t.QUANTILE_PROBS == PROBS
-    assert all(is_urban(code) == CONFIG.is_urban(code) for code in URBAN_RURAL)
+    assert all(is_urban(code) == config.is_urban(code) for code in URBAN_RURAL)
+    # The pack's split is the pack's own: the truth does not depend on it, but the file states none.
+    assert config.pack_shares is None
     assert (t.ANNUAL_MONTHS, t.WARNING_MONTHS) == (pack_module.ANNUAL_MONTHS, pack_module.WARNING_MONTHS)
     # The periods the pack gives its members for the reference month, and early warning's baseline.
     members = PACKS["monthly"].params(period=PERIOD, epsilon=Decimal(1), analyst="t", groups=GROUPS)
@@ -79,19 +96,11 @@ def test_the_truth_copies_the_pack_definitions_exactly() -> None:
     assert periods == {t.ANNUAL_MONTHS, t.WARNING_MONTHS}
     for template, params in members:
         if template.name == "early_warning":
-            base = baseline_of(params, CONFIG)
+            base = baseline_of(params, config)
             assert (params.period_start, params.period_end) == ("2025-10", PERIOD)
             assert (base.period_start, base.period_end) == ("2025-07", "2025-09")
         else:
             assert (params.period_start, params.period_end) == ("2025-01", PERIOD)
-
-
-@pytest.fixture(scope="module")
-def county(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, ConnectorService], dict[str, Any]]:
-    out: Path = tmp_path_factory.mktemp("pack-truth")
-    summary = generate_county(out, persons=4_000, seed=23)
-    services = {n: build_service(load_config(out / "connectors" / f"{n}.yaml")) for n in CONNECTORS}
-    return services, json.loads(summary.truth.read_text(encoding="utf-8"))
 
 
 def _truth_figures(pack: dict[str, Any]) -> dict[str, dict[Key, float | None]]:
@@ -103,21 +112,23 @@ def _truth_figures(pack: dict[str, Any]) -> dict[str, dict[Key, float | None]]:
     return out
 
 
-def _bin_width(key: Key, value: float) -> float:
+def _bin_width(key: Key, value: float, config: MonitoringConfig) -> float:
     """Width of the lorenz bin `value` falls in (quantiles are read linearly inside a bin)."""
     if key[1] == "household income":
         bounds = histogram_boundaries(
-            CONFIG.household_edges, CONFIG.distribution_lower, CONFIG.distribution_upper
+            config.household_edges, config.distribution_lower, config.distribution_upper
         )
     else:
         bounds = histogram_boundaries(
-            CONFIG.per_capita_edges, CONFIG.per_capita_lower, CONFIG.per_capita_upper
+            config.per_capita_edges, config.per_capita_lower, config.per_capita_upper
         )
     j = int(np.clip(np.searchsorted(bounds, value, side="right") - 1, 0, len(bounds) - 2))
     return float(bounds[j + 1] - bounds[j])
 
 
-def _check(indicator: str, key: Key, exact: float | None, truth: float | None) -> str | None:
+def _check(
+    indicator: str, key: Key, exact: float | None, truth: float | None, config: MonitoringConfig
+) -> str | None:
     """None if the exact figure matches the truth, else what differs."""
     if truth is None:
         # A share over no households: the templates floor the denominator at 1, so they show 0.
@@ -127,7 +138,7 @@ def _check(indicator: str, key: Key, exact: float | None, truth: float | None) -
     figure = key[0]
     if indicator == DISTRIBUTION:
         if figure.startswith("P"):
-            tolerance = _bin_width(key, truth)
+            tolerance = _bin_width(key, truth, config)
         elif figure == "gini":
             tolerance = GINI_TOLERANCE
         elif figure.startswith("quintile"):
@@ -139,19 +150,17 @@ def _check(indicator: str, key: Key, exact: float | None, truth: float | None) -
     return None if abs(exact - truth) <= tolerance else f"exact {exact}, truth {truth} (±{tolerance:g})"
 
 
-def test_every_exact_figure_of_the_pack_equals_the_truth(
-    county: tuple[dict[str, ConnectorService], dict[str, Any]],
-) -> None:
-    services, doc = county
+def test_every_exact_figure_of_the_pack_equals_the_truth(county: County) -> None:
+    services, doc, config = county
     truth = _truth_figures(doc["as_linked"]["monthly_pack"])
     assert doc["as_linked"]["monthly_pack"]["period"] == PERIOD
     members = PACKS["monthly"].params(period=PERIOD, epsilon=Decimal(1), analyst="t", groups=GROUPS)
     assert {t.name for t, _ in members} == set(truth)
     wrong: list[str] = []
     for template, params in members:
-        queries = template.queries(params, CONFIG)
+        queries = template.queries(params, config)
         releases = fx.release(queries, services, fx.frames(queries, services), exact=True)
-        result = evaluate(template, params, CONFIG, queries, releases)
+        result = evaluate(template, params, config, queries, releases)
         exact = {f.key: f.value for f in result.figures}
         expected = truth[template.name]
         assert set(exact) == set(expected), (
@@ -159,15 +168,15 @@ def test_every_exact_figure_of_the_pack_equals_the_truth(
             sorted(set(exact) ^ set(expected)),
         )
         for key, value in exact.items():
-            problem = _check(template.name, key, value, expected[key])
+            problem = _check(template.name, key, value, expected[key], config)
             if problem is not None:
                 wrong.append(f"{template.name} {key}: {problem}")
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_pack_truth_is_not_vacuous(county: tuple[dict[str, ConnectorService], dict[str, Any]]) -> None:
+def test_the_pack_truth_is_not_vacuous(county: County) -> None:
     """The comparison above means something: every kind of figure has real, non-trivial values."""
-    _, doc = county
+    _, doc, _ = county
     linked = _truth_figures(doc["as_linked"]["monthly_pack"])
     raw = _truth_figures(doc["raw"]["monthly_pack"])
     assert {k: set(v) for k, v in raw.items()} == {k: set(v) for k, v in linked.items()}

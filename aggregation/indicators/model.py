@@ -8,14 +8,23 @@ value is ever mixed in.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from decimal import ROUND_FLOOR, Decimal
 from fractions import Fraction
-from typing import Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    model_validator,
+)
 
-from aggregation.query import MemberGroup, QuerySpec, Term
+from aggregation.query import DATASET_REF, DIMENSION_REF, MemberGroup, QuerySpec, Term
 from connectors.protocol import Period
 
 EPSILON_PLACES = Decimal("0.000001")
@@ -41,21 +50,77 @@ class IndicatorError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-class MonitoringConfig(BaseModel):
-    """The public policy every indicator is built from: dataset names, bounds, edges, caps.
+MONITORING_VERSION: Final = "fedgate-monitoring/1"
 
-    The defaults name the federation's standard datasets (as `fedgate synth` lays them out); bounds,
-    edges and caps are public choices, never computed from data.
+
+def _expand_edges(value: Any) -> Any:
+    """Edges as a list of integers, where an item may also be a range `{from, to, step}` (`to` excluded),
+    so a file can say "every 2,000 yuan up to 60,000" instead of thirty numbers."""
+    if not isinstance(value, list | tuple):
+        return value
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, Mapping):
+            if set(item) != {"from", "to", "step"}:
+                raise ValueError("a range of edges has exactly the keys from, to and step")
+            start, stop, step = (item[k] for k in ("from", "to", "step"))
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, stop, step)):
+                raise ValueError("a range of edges has integer from, to and step")
+            if step <= 0 or stop <= start:
+                raise ValueError("a range of edges needs from < to and a positive step")
+            out.extend(range(start, stop, step))
+        else:
+            out.append(item)
+    return out
+
+
+def _share(value: Any) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal | Fraction):
+        raise ValueError("a share is a number such as 0.25 or a fraction such as 1/4")
+    try:
+        share = Fraction(str(value)) if not isinstance(value, Fraction) else value
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{value!r} is not a number or a fraction") from None
+    if share <= 0:
+        raise ValueError("a share must be positive")
+    return share
+
+
+Edges = Annotated[tuple[int, ...], BeforeValidator(_expand_edges), Field(min_length=1, max_length=2_000)]
+Share = Annotated[Fraction, PlainValidator(_share), PlainSerializer(str, return_type=str)]
+DatasetRef = Annotated[str, Field(pattern=DATASET_REF, description="connector.dataset")]
+DimensionRef = Annotated[str, Field(pattern=DIMENSION_REF, description="connector.dataset.dimension")]
+
+
+class KeyGroupDecl(BaseModel):
+    """A key group of the monitoring plan: its definition and the titles shown beside its figures."""
+
+    model_config = _FROZEN
+
+    definition: MemberGroup
+    title: str = Field(min_length=1, max_length=200)
+    title_zh: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=2_000)
+
+
+class MonitoringConfig(BaseModel):
+    """The public policy every indicator is built from: which datasets, measures and dimensions make up
+    the income proxy, the areas and the key groups, and the bounds, edges, caps and epsilon splits.
+
+    It is data the operator owns (a YAML file, `aggregation.indicators.config_file`), checked against the
+    live catalog (`aggregation.indicators.catalog_check`); nothing in the indicator library names a
+    dataset. Bounds, edges and caps are public choices, never computed from data; their defaults are the
+    county plan's.
     """
 
     model_config = _FROZEN
 
-    income_terms: tuple[Term, ...] = (
-        Term(dataset="tax.wages", measure="wage_income"),
-        Term(dataset="tax.business_income", measure="business_income"),
-        Term(dataset="social.pensions", measure="pension_income"),
-        Term(dataset="civil.assistance", measure="assistance_income"),
-        Term(dataset="social.contributions", measure="personal_contribution", sign=-1),
+    version: Literal["fedgate-monitoring/1"] = MONITORING_VERSION
+    description: str = Field("", max_length=2_000)
+    income_terms: tuple[Term, ...] = Field(
+        min_length=1,
+        max_length=50,
+        description="the disposable-income proxy: person measures and signs (+1 income, -1 deductions)",
     )
     income_lower: int = -200_000
     income_upper: int = 5_000_000
@@ -72,20 +137,21 @@ class MonitoringConfig(BaseModel):
     )
     per_capita_lower: int = 0
     per_capita_upper: int = 500_000
-    village: str = "register.persons.village"
-    urban_rural: str = "register.persons.urban_rural"
-    size_cap: int = Field(8, ge=1, le=20, description="public cap on members counted per household")
-    coverage_datasets: tuple[str, ...] = (
-        "tax.wages",
-        "tax.business_income",
-        "social.contributions",
-        "social.pensions",
-        "civil.assistance",
+    village: DimensionRef = Field(description="the household register's village (or community) dimension")
+    urban_rural: DimensionRef = Field(description="the household register's NBS urban-rural code dimension")
+    urban_prefixes: tuple[str, ...] = Field(
+        ("1",), min_length=1, description="urban-rural codes starting with one of these are urban (NBS: 1xx)"
     )
-    bands: dict[str, tuple[int, int]] = {"100k–500k": (100_000, 500_000), "200k–600k": (200_000, 600_000)}
+    size_cap: int = Field(8, ge=1, le=20, description="public cap on members counted per household")
+    coverage_datasets: tuple[DatasetRef, ...] = Field(
+        min_length=1, max_length=50, description="person datasets whose rows count as an income record"
+    )
+    bands: dict[str, tuple[int, int]] = Field(
+        {"100k–500k": (100_000, 500_000), "200k–600k": (200_000, 600_000)}, min_length=1, max_length=12
+    )
     # Fine where most households are (quantiles are read linearly inside a bin, so the bin width there is
     # the resolution of P10, P50 and P90), coarse in the thin tail.
-    household_edges: tuple[int, ...] = (
+    household_edges: Edges = (
         *range(0, 60_000, 2_000),
         *range(60_000, 300_000, 5_000),
         *range(300_000, 600_000, 25_000),
@@ -94,20 +160,63 @@ class MonitoringConfig(BaseModel):
         1_250_000,
         1_500_000,
     )
-    per_capita_edges: tuple[int, ...] = (
+    per_capita_edges: Edges = (
         *range(0, 40_000, 1_000),
         *range(40_000, 150_000, 2_500),
         *range(150_000, 300_000, 12_500),
         300_000,
         400_000,
     )
-    key_groups: tuple[str, ...] = ("dibao", "fishery", "pensioner", "no_wage_earner", "migrant")
-    drop_share: Decimal = Decimal("0.3")
+    key_groups: tuple[KeyGroupDecl, ...] = Field((), max_length=12)
+    drop_share: Decimal = Field(Decimal("0.3"), gt=0, lt=1, decimal_places=6)
+    pack_shares: dict[str, Share] | None = Field(
+        None, description="the monthly pack's epsilon split by indicator; default the pack's declared split"
+    )
 
-    @staticmethod
-    def is_urban(code: str) -> bool:
-        """NBS urban-rural codes: 1xx are urban (111-123), 2xx rural (210, 220)."""
-        return code.startswith("1")
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitoringConfig:
+        for low, high, name in (
+            (self.income_lower, self.income_upper, "income_upper"),
+            (self.income_lower, self.income_sum_upper, "income_sum_upper"),
+            (self.distribution_lower, self.distribution_upper, "distribution_upper"),
+            (self.per_capita_lower, self.per_capita_upper, "per_capita_upper"),
+        ):
+            if not low < high:
+                raise ValueError(f"{name} must be above its lower bound ({low})")
+        for name, edges, low, high in (
+            ("household_edges", self.household_edges, self.distribution_lower, self.distribution_upper),
+            ("per_capita_edges", self.per_capita_edges, self.per_capita_lower, self.per_capita_upper),
+        ):
+            if any(b <= a for a, b in itertools.pairwise(edges)):
+                raise ValueError(f"{name} must be strictly increasing")
+            if edges[0] < low or edges[-1] > high:
+                raise ValueError(f"{name} must lie within [{low}, {high}]")
+        for band, (low, high) in self.bands.items():
+            if not (self.income_lower <= low < high <= self.income_upper):
+                raise ValueError(
+                    f"band {band}: need low < high within [{self.income_lower}, {self.income_upper}]"
+                )
+        terms = [(t.dataset, t.measure) for t in self.income_terms]
+        if len(set(terms)) != len(terms):
+            raise ValueError("income_terms name one measure twice")
+        if len(set(self.coverage_datasets)) != len(self.coverage_datasets):
+            raise ValueError("coverage_datasets name one dataset twice")
+        names = self.key_group_names
+        if len(set(names)) != len(names):
+            raise ValueError("key_groups define one name twice")
+        return self
+
+    @property
+    def key_group_names(self) -> tuple[str, ...]:
+        return tuple(g.definition.name for g in self.key_groups)
+
+    def key_group(self, name: str) -> MemberGroup | None:
+        """The definition of the configured key group `name`, or None."""
+        return next((g.definition for g in self.key_groups if g.definition.name == name), None)
+
+    def is_urban(self, code: str) -> bool:
+        """Urban-rural codes with an urban prefix are urban (NBS: 111-123 urban, 210 and 220 rural)."""
+        return code.startswith(self.urban_prefixes)
 
 
 class IndicatorParams(BaseModel):

@@ -68,7 +68,7 @@ class Pack:
             )
         return out
 
-    def description(self, config: MonitoringConfig) -> list[dict[str, str]]:
+    def description(self, config: MonitoringConfig | None = None) -> list[dict[str, str]]:
         whole = sum((m.weight for m in self.members), Fraction(0))
         return [
             {

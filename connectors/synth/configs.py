@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from connectors.synth.keys import DemoKeys
+from connectors.synth.layout import STANDARD, Layout
 from connectors.synth.policy import bounds
 
 __all__ = ["CONNECTORS", "FIRST_PORT", "connector_configs", "write_configs"]
@@ -241,10 +242,12 @@ _DESCRIPTIONS = {
 }
 
 
-def connector_configs(sources: dict[str, _Doc], keys: DemoKeys) -> dict[str, _Doc]:
-    """The configuration document of every connector; `sources` gives each one's `source` mapping."""
+def connector_configs(sources: dict[str, _Doc], keys: DemoKeys, layout: Layout = STANDARD) -> dict[str, _Doc]:
+    """The configuration document of every connector, by its name in `layout`; `sources` gives each
+    one's `source` mapping (by standard name) and `keys` are under the layout's names."""
     docs: dict[str, _Doc] = {}
     for port, name in enumerate(CONNECTORS, start=FIRST_PORT):
+        named = layout.connector(name)
         docs[name] = {
             "name": name,
             "department": name,
@@ -257,8 +260,8 @@ def connector_configs(sources: dict[str, _Doc], keys: DemoKeys) -> dict[str, _Do
                 "max_epsilon_per_window": "20.0",
                 "budget_window": "calendar_year",
                 "gateway_public_keys": [keys.gateway_public],
-                "approval_public_key": keys.approval_public[name],
-                "admin_key_sha256": keys.admin_sha256[name],
+                "approval_public_key": keys.approval_public[named],
+                "admin_key_sha256": keys.admin_sha256[named],
                 "audit_public_keys": [keys.audit_public],
             },
             "signing_key_file": f"../keys/{name}-connector.key",
@@ -268,7 +271,7 @@ def connector_configs(sources: dict[str, _Doc], keys: DemoKeys) -> dict[str, _Do
         }
     # Tax also answers per organisation (employers' wage bills).
     docs["tax"]["policy"]["allowed_units"] = ["person", "household", "organisation"]
-    return docs
+    return {layout.connector(name): layout.connector_doc(name, doc) for name, doc in docs.items()}
 
 
 def write_configs(directory: Path, docs: dict[str, _Doc]) -> dict[str, Path]:

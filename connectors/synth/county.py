@@ -9,7 +9,11 @@ The output directory holds everything a demo federation needs:
     civil/                assistance.csv
     keys/                 demo keys (marked DEMO-KEYS-DO-NOT-USE-IN-PRODUCTION) and the federation keyring
     connectors/           register.yaml, tax.yaml, social.yaml, utility.yaml, civil.yaml
+    monitoring.yaml       the monitoring configuration the gateway's indicators are built from
     truth.json            exact raw and as-linked indicators, for tests and the demo only
+
+`layout` names things as another county's departments might (`connectors.synth.layout`): the same data
+under other connector, dataset, measure, dimension, table and column names.
 
 The data is a deterministic function of the seed (numpy's PCG64, one independent stream per stage);
 the keys are fresh on every run.
@@ -30,6 +34,8 @@ from connectors.synth.configs import CONNECTORS, connector_configs, write_config
 from connectors.synth.departments import DEPARTMENTS, build_departments
 from connectors.synth.geography import build_geography
 from connectors.synth.keys import write_demo_keys
+from connectors.synth.layout import STANDARD, Layout, layout_named
+from connectors.synth.monitoring import write_monitoring_config
 from connectors.synth.population import build_population
 from connectors.synth.records import build_records
 from connectors.synth.stores import write_csv, write_parquet, write_sql
@@ -61,6 +67,9 @@ class CountySummary:
     configs: dict[str, Path] = field(default_factory=dict)
     """connector name -> configuration file"""
     truth: Path = Path()
+    monitoring: Path = Path()
+    """the monitoring configuration"""
+    layout: str = STANDARD.name
     elapsed_seconds: float = 0.0
 
 
@@ -79,13 +88,16 @@ def generate_county(
     tax_url: str | None = None,
     social_url: str | None = None,
     progress: Callable[[str], None] | None = None,
+    layout: Layout | str = STANDARD,
 ) -> CountySummary:
     """Generate a synthetic county of `persons` registered residents into `out`.
 
     With `tax_url` (a SQLAlchemy PostgreSQL URL) the tax tables go to that database, and with
     `social_url` (MariaDB/MySQL) the social-insurance tables; their tables are dropped and recreated.
-    Otherwise both are SQLite files in `out`.
+    Otherwise both are SQLite files in `out`. `layout` (a `Layout` or its name) renames what the
+    departments expose; the data are the same.
     """
+    names = layout_named(layout) if isinstance(layout, str) else layout
     if persons < MIN_PERSONS:
         raise ValueError(f"persons must be at least {MIN_PERSONS} (a county needs villages and households)")
     if not 1950 <= year <= 2100:
@@ -127,7 +139,7 @@ def generate_county(
     say(f"code lists: {len(codelists)} files")
 
     rows: dict[str, int] = {}
-    tables = departments.tables
+    tables = {d: tuple(names.table(d, t) for t in ts) for d, ts in departments.tables.items()}
     sql_targets = {
         "register": _sqlite_url(out / "register.db"),
         "tax": tax_url or _sqlite_url(out / "tax.db"),
@@ -145,7 +157,9 @@ def generate_county(
         rows[f"civil.{table.name}"] = len(table.frame)
     say("store utility: Parquet; store civil: CSV")
 
-    keys = write_demo_keys(out / "keys", list(CONNECTORS), list(DEPARTMENTS))
+    keys = write_demo_keys(
+        out / "keys", [names.connector(c) for c in CONNECTORS], [names.connector(d) for d in DEPARTMENTS]
+    )
     sources = {
         "register": {"url": "sqlite:///../register.db", "kind": "sql"},
         "tax": {"url": tax_url or "sqlite:///../tax.db", "kind": "sql"},
@@ -153,8 +167,9 @@ def generate_county(
         "utility": {"url": "../utility", "kind": "files"},
         "civil": {"url": "../civil", "kind": "files"},
     }
-    configs = write_configs(out / "connectors", connector_configs(sources, keys))
-    say(f"keys and {len(configs)} connector configurations")
+    configs = write_configs(out / "connectors", connector_configs(sources, keys, names))
+    monitoring = write_monitoring_config(out / "monitoring.yaml", names)
+    say(f"keys, {len(configs)} connector configurations and the monitoring configuration")
 
     truth = build_truth(geography, population, records, departments.defects, year=year, seed=seed)
     truth_path = write_truth(out / "truth.json", truth)
@@ -172,5 +187,7 @@ def generate_county(
         rows=rows,
         configs=configs,
         truth=truth_path,
+        monitoring=monitoring,
+        layout=names.name,
         elapsed_seconds=elapsed,
     )

@@ -82,11 +82,12 @@ _DATASET_FRAMES: dict[str, str] = {
 }
 
 # --- the monthly monitoring pack's public definitions ---------------------------------------------------
-# These mirror `aggregation.indicators.MonitoringConfig` (clamps, caps, bands, coverage datasets, the drop
-# share, the key-group names), the monthly pack's periods (`aggregation.indicators.pack`), the quantiles of
-# `aggregation.indicators.income_distribution` and the seed key groups (`gateway.seed_groups`). A department
-# installs the connectors package alone, so it cannot import them; tests/test_pack_truth.py checks the
-# copies are equal.
+# The county's plan, the truth's own copy: `connectors.synth.monitoring` writes it into the county's
+# monitoring configuration (clamps, caps, bands, coverage datasets, the drop share, the key groups), which
+# the gateway's indicators are built from. The monthly pack's periods (`aggregation.indicators.pack`) and
+# the quantiles of `aggregation.indicators.income_distribution` are copied too. A department installs the
+# connectors package alone, so it cannot import them; tests/test_pack_truth.py checks that the file the
+# gateway reads and these copies agree.
 INCOME_LOWER = -200_000
 INCOME_UPPER = 5_000_000
 INCOME_SUM_UPPER = 1_500_000

@@ -9,11 +9,13 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from aggregation.indicators import INDICATORS, PACKS, IndicatorParams, IndicatorResult
-from gateway import indicators
+from aggregation.indicators import INDICATORS, PACKS, IndicatorParams, IndicatorResult, MonitoringConfig
+from aggregation.indicators.config_file import configured_pack
+from gateway import indicators, monitoring
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal
 from gateway.api.errors import error_responses
 from gateway.api.limits import RunSlot
+from gateway.api.monitoring import MonitoringOut, monitoring_out
 
 router = APIRouter(
     prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503)
@@ -49,6 +51,9 @@ class IndicatorsRunOut(BaseModel):
     pack: str | None
     period: str
     epsilon: str = Field(description="the total charged (exactly the sum of the queries' epsilons)")
+    monitoring_version: int | None = Field(
+        None, description="the version of the monitoring configuration the run was built from"
+    )
     indicators: list[IndicatorResult]
 
 
@@ -84,10 +89,14 @@ class PackOut(BaseModel):
 class LibraryOut(BaseModel):
     indicators: list[IndicatorOut]
     packs: list[PackOut]
+    monitoring: MonitoringOut | None = Field(
+        description="the monitoring configuration in force; none loaded: releases are not listed"
+    )
 
 
-def library() -> LibraryOut:
-    """Every indicator with its releases and epsilon split, and every pack with its split."""
+def library(record: monitoring.MonitoringRecord | None) -> LibraryOut:
+    """Every indicator with its releases and epsilon split, and every pack with its split, as the
+    monitoring configuration in force builds them (without one, the indicators without releases)."""
     probe = IndicatorParams(
         period_start="2025-01",
         period_end="2025-12",
@@ -95,12 +104,15 @@ def library() -> LibraryOut:
         analyst="-",
         groups=(),
     )
+    config: MonitoringConfig | None = record.config if record is not None else None
     out = []
     for t in INDICATORS.values():
+        releases: list[ReleaseOut] = []
         try:
-            decls = t.releases(probe, indicators.CONFIG)
-            whole = sum((d.weight for d in decls), Fraction(0))
-            releases = [ReleaseOut(role=d.role, what=d.what, share=str(d.weight / whole)) for d in decls]
+            if config is not None:
+                decls = t.releases(probe, config)
+                whole = sum((d.weight for d in decls), Fraction(0))
+                releases = [ReleaseOut(role=d.role, what=d.what, share=str(d.weight / whole)) for d in decls]
         except ValueError:
             releases = [ReleaseOut(role="group:<name>", what="one histogram per key group", share="1/groups")]
         out.append(
@@ -113,22 +125,27 @@ def library() -> LibraryOut:
                 releases=releases,
             )
         )
-    packs = [
-        PackOut(
-            name=p.name,
-            title=p.title,
-            title_zh=p.title_zh,
-            members=[PackMemberOut(**m) for m in p.description(indicators.CONFIG)],
+    packs = []
+    for declared in PACKS.values():
+        p = declared if config is None else configured_pack(declared, config)
+        packs.append(
+            PackOut(
+                name=p.name,
+                title=p.title,
+                title_zh=p.title_zh,
+                members=[PackMemberOut(**m) for m in p.description(config)],
+            )
         )
-        for p in PACKS.values()
-    ]
-    return LibraryOut(indicators=out, packs=packs)
+    return LibraryOut(
+        indicators=out, packs=packs, monitoring=None if record is None else monitoring_out(record)
+    )
 
 
 @router.get("/indicators", response_model=LibraryOut)
-def list_indicators(who: CurrentPrincipal) -> LibraryOut:
-    """The indicator library: what each releases, how its epsilon is split; the packs and their splits."""
-    return library()
+def list_indicators(who: CurrentPrincipal, ctx: ContextDep) -> LibraryOut:
+    """The indicator library: what each releases, how its epsilon is split; the packs and their splits;
+    the monitoring configuration in force."""
+    return library(monitoring.current(ctx.engine))
 
 
 def _out(doc: dict[str, Any]) -> IndicatorsRunOut:

@@ -1,0 +1,89 @@
+"""Routes: the monitoring configuration the indicators are built from (the operator sets it, all read it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Response, status
+from pydantic import BaseModel, Field
+
+from gateway import monitoring
+from gateway.api.deps import ContextDep, CurrentPrincipal, Operator
+from gateway.api.errors import error_responses
+from gateway.errors import NotFound
+from gateway.registry import catalog
+
+router = APIRouter(prefix="/v1", tags=["monitoring"], responses=error_responses(401, 403, 404, 409, 422, 503))
+
+_MAX_KEYS = 64
+
+
+class MonitoringOut(BaseModel):
+    """One version of the monitoring configuration: public policy only."""
+
+    version: int
+    config_digest: str = Field(description="SHA-256 of the configuration's canonical JSON (RFC 8785)")
+    source: str = Field(description="the file it was read from at start, or upload")
+    created_by: str
+    created_at: datetime
+    config: dict[str, Any]
+
+
+class MonitoringVersionsOut(BaseModel):
+    versions: list[MonitoringOut]
+
+
+def monitoring_out(record: monitoring.MonitoringRecord) -> MonitoringOut:
+    return MonitoringOut(
+        version=record.version,
+        config_digest=record.digest,
+        source=record.source,
+        created_by=record.created_by,
+        created_at=record.created_at,
+        config=record.config.model_dump(mode="json"),
+    )
+
+
+@router.get("/monitoring", response_model=MonitoringOut)
+def get_monitoring(ctx: ContextDep, who: CurrentPrincipal) -> MonitoringOut:
+    """The monitoring configuration in force."""
+    record = monitoring.current(ctx.engine)
+    if record is None:
+        raise NotFound(
+            "no monitoring configuration is loaded; the operator sets one with "
+            "`fedgate indicators configure FILE`",
+        )
+    return monitoring_out(record)
+
+
+@router.get("/monitoring/versions", response_model=MonitoringVersionsOut)
+def list_versions(ctx: ContextDep, who: CurrentPrincipal) -> MonitoringVersionsOut:
+    """Every version, oldest first (each stays readable: past runs were built from it)."""
+    records = monitoring.history(ctx.engine)
+    return MonitoringVersionsOut(versions=[monitoring_out(r) for r in records])
+
+
+@router.get("/monitoring/versions/{version}", response_model=MonitoringOut)
+def get_version(
+    version: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: ContextDep, who: CurrentPrincipal
+) -> MonitoringOut:
+    """One stored version."""
+    record = monitoring.get(ctx.engine, version)
+    return monitoring_out(record)
+
+
+@router.put("/monitoring", response_model=MonitoringOut, status_code=status.HTTP_201_CREATED)
+def set_monitoring(
+    body: Annotated[dict[str, Any], Body(max_length=_MAX_KEYS)],
+    ctx: ContextDep,
+    operator: Operator,
+    response: Response,
+) -> MonitoringOut:
+    """Set the monitoring configuration (the YAML file's content as JSON). It is checked against the
+    catalog (422 naming each field the catalog lacks) and stored as a new version, audited; the same
+    configuration again changes nothing (200)."""
+    record, created = monitoring.upload(ctx, body, catalog(ctx.engine), by=operator.name)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return monitoring_out(record)
