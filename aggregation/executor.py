@@ -4,11 +4,22 @@
                      LEFT JOIN each measure extract ON person token   (the register is the population)
                      -> per-person signed sum of measures -> GROUP BY household token
                      -> household value, attributes, size band -> filters -> clamp to public bounds
-    person query:    union of the involved extracts' person tokens (floating population included)
-                     -> per-person value and attributes -> at most `member_cap` persons per household
-                     (persons absent from the register are their own household) -> filters -> clamp
-    coverage query:  the register's persons (the seed's "1"), `person.covered` = has a row in any of
-                     the coverage extracts, then as a person query
+    person query:    union of the involved extracts' person tokens JOIN the register's linked persons
+                     -> per-person value and attributes -> filters -> at most `member_cap` persons per
+                     household -> clamp
+    coverage query:  the register's linked persons (the seed's "1"), `person.covered` = has a row in any
+                     of the coverage extracts, then as a person query
+
+**Unlinked persons are dropped.** A person the register cannot link to a household (floating population,
+a register row without a household number, an ID number the register holds in an invalid form) belongs to
+no known household, so nothing bounds how many such rows one household adds: counting each as its own
+unit would let one household contribute more rows than the release pays for. They are left out of person
+queries (household queries never had them), and every person result says so (:data:`UNLINKED_NOTE`).
+A separate release for them would need a public bound on their rows per household that no department
+can check, so none is offered.
+
+Filters come before the member cap, so the cap keeps up to `member_cap` persons *who match*; capping
+first would drop matching members in favour of ones filtered out afterwards.
 
 A household's value is the signed sum of its members' measures (the `household` members term adds 1
 per member, so it is the household size), divided by its members when the measure is per capita. With
@@ -41,8 +52,13 @@ from connectors.config import Unit
 from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN
 
 VALUE = "value"
+UNLINKED_NOTE = (
+    "Persons the household register cannot link to a household (floating population, no household number, "
+    "an invalid register ID number) are not counted: the protected unit is the household, and their rows "
+    "cannot be bounded per household. At most member_cap persons per household are counted, chosen after "
+    "the filters."
+)
 _BASE = "_baseline_value"
-_HH = "_household"
 _SHARE_SCALE = 10**6  # drop_share has at most 6 decimal places: compare in exact integers
 
 
@@ -83,11 +99,9 @@ def unit_frame(plan: Plan, tables: Mapping[str, pa.Table]) -> pl.DataFrame:
     frames = {ref: _prefixed(ref, _frame(t)) for ref, t in tables.items()}
     measured = [e.ref for e in plan.extracts if e.ref != plan.spine]
     if plan.query.unit is Unit.HOUSEHOLD:
-        frame = _household_rows(plan, frames, measured)
+        frame = _filtered(plan, _household_rows(plan, frames, measured))
     else:
         frame = _person_rows(plan, frames, measured)
-    for ref, values in plan.filters:
-        frame = frame.filter(pl.col(ref).is_in(sorted(values)))
     # A code outside the published list was withheld (null) at the connector; the release puts such
     # units in each domain's public "other" cell.
     columns = [g.ref for g in plan.groups]
@@ -98,9 +112,19 @@ def unit_frame(plan: Plan, tables: Mapping[str, pa.Table]) -> pl.DataFrame:
     return frame.select(columns)
 
 
+def _filtered(plan: Plan, frame: pl.DataFrame) -> pl.DataFrame:
+    for ref, values in plan.filters:
+        frame = frame.filter(pl.col(ref).is_in(sorted(values)))
+    return frame
+
+
+def _linked(plan: Plan, frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """The register's persons who belong to a household: the only persons any query counts."""
+    return frames[plan.spine].filter(pl.col(HOUSEHOLD_TOKEN_COLUMN).is_not_null())
+
+
 def _household_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: list[str]) -> pl.DataFrame:
-    assert plan.spine is not None
-    persons = frames[plan.spine].filter(pl.col(HOUSEHOLD_TOKEN_COLUMN).is_not_null())
+    persons = _linked(plan, frames)
     for ref in measured:
         persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
     persons = persons.with_columns(_person_value(plan))
@@ -151,30 +175,22 @@ def _trend(measure: Measure, drop_share: Decimal) -> pl.Expr:
 
 
 def _person_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: list[str]) -> pl.DataFrame:
+    linked = _linked(plan, frames)
     if plan.coverage:
         # The register's persons are the population; coverage extracts only mark who has a record.
-        assert plan.spine is not None, "the planner refuses coverage without a register"
         seen = pl.concat([frames[ref].select(TOKEN_COLUMN) for ref in plan.coverage]).unique()
-        persons = frames[plan.spine].join(
-            seen.with_columns(pl.lit("1").alias(COVERED)), on=TOKEN_COLUMN, how="left"
-        )
+        persons = linked.join(seen.with_columns(pl.lit("1").alias(COVERED)), on=TOKEN_COLUMN, how="left")
         persons = persons.with_columns(pl.col(COVERED).fill_null("0"))
-        for ref in measured:
-            persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
     elif measured:
-        persons = pl.concat([frames[ref].select(TOKEN_COLUMN) for ref in measured]).unique()
-        for ref in measured:
-            persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
-        if plan.spine is not None:
-            persons = persons.join(frames[plan.spine], on=TOKEN_COLUMN, how="left")
+        # Anyone with a record in a measured dataset, as long as the register links them to a household.
+        present = pl.concat([frames[ref].select(TOKEN_COLUMN) for ref in measured]).unique()
+        persons = linked.join(present, on=TOKEN_COLUMN, how="semi")
     else:
-        assert plan.spine is not None, "the planner gives every person query a population"
-        persons = frames[plan.spine]
-    persons = persons.with_columns(_person_value(plan))
-    if plan.spine is not None:
-        # Cap the persons counted per household; the release pays for `member_cap` rows per household.
-        # Persons the register does not know (floating population) are their own household.
-        household = pl.coalesce(pl.col(HOUSEHOLD_TOKEN_COLUMN), pl.col(TOKEN_COLUMN)).alias(_HH)
-        rank = pl.col(TOKEN_COLUMN).rank("ordinal").over(_HH)
-        persons = persons.with_columns(household).filter(rank <= plan.unit_multiplicity)
-    return persons.unique(subset=[TOKEN_COLUMN])
+        persons = linked
+    for ref in measured:
+        persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
+    persons = _filtered(plan, persons.with_columns(_person_value(plan)))
+    # At most `member_cap` matching persons per household: the release pays for that many rows. The
+    # choice follows the per-query tokens, so it is arbitrary but independent of the values.
+    rank = pl.col(TOKEN_COLUMN).rank("ordinal").over(HOUSEHOLD_TOKEN_COLUMN)
+    return persons.filter(rank <= plan.unit_multiplicity).unique(subset=[TOKEN_COLUMN])

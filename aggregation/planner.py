@@ -3,6 +3,12 @@
 Planning validates everything an analyst named against the registered schemas (unknown datasets,
 measures or dimensions, filter values outside a public domain, person attributes in a household query,
 epsilon above a department's cap) and fails with the offending field before any data is asked for.
+
+The household is the protected unit by construction: household and person queries plan only when
+exactly one enabled dataset (the household register) maps persons to households, because the register
+is what bounds one household's rows (one household row; at most `member_cap` persons). The catalog holds
+enabled connectors only and the runner plans again before reserving anything, so a register disabled or
+duplicated after approval stops the run before any budget is charged.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from aggregation.query import (
     TREND_DOMAIN,
     MemberGroup,
     QuerySpec,
+    StatisticKind,
     split_dimension,
 )
 from connectors.protocol import (
@@ -36,6 +43,7 @@ from connectors.protocol import (
     TokenSpec,
 )
 from connectors.vocabulary import EntityKind, Unit
+from privacy.release import MAX_SUM_BOUND, sum_bound_message
 
 
 class PlanError(Exception):
@@ -109,8 +117,8 @@ class GroupColumn:
 class Plan:
     query: QuerySpec
     extracts: tuple[ExtractPlan, ...]
-    spine: str | None
-    """`connector.dataset` of the household register, when the query needs households."""
+    spine: str
+    """`connector.dataset` of the household register (every household and person query has one)."""
     groups: tuple[GroupColumn, ...]
     filters: tuple[tuple[str, frozenset[str]], ...]
     departments: tuple[str, ...]
@@ -163,6 +171,8 @@ def plan_query(
             "organisation queries are not served: one household can reach many organisations' rows, and no "
             "public bound on that is declared yet",
         )
+    # First: without the one register nothing else about the query can be bounded, whatever it names.
+    spine = household_register(catalog)
     measures: dict[str, list[str]] = {}
     dims: dict[str, list[str]] = {}
     owners: dict[str, ConnectorSchema] = {}
@@ -182,7 +192,6 @@ def plan_query(
             owners[term.dataset] = schema
     groups: list[GroupColumn] = []
     filters: list[tuple[str, frozenset[str]]] = []
-    spine_needed = query.unit is Unit.HOUSEHOLD
     for where, refs in (("group_by", query.group_by), ("filters", tuple(f.dimension for f in query.filters))):
         for i, ref in enumerate(refs):
             field = f"{where}.{i}" if where == "group_by" else f"filters.{i}.dimension"
@@ -235,18 +244,15 @@ def plan_query(
             _, ds = _dataset(catalog, ref, "baseline")
             if ds.period_grain is None:
                 raise PlanError("baseline", f"{ref} has no period, so it has no baseline to compare")
-    spine = _spine(catalog)
-    if spine_needed and spine is None:
-        raise PlanError("unit", "no connector in the catalog maps persons to households")
-    if query.coverage and spine is None:
-        raise PlanError(
-            "coverage", "coverage counts the register's persons, and no register is in the catalog"
-        )
     if not measures and not dims and query.unit is Unit.PERSON:
         raise PlanError("measure", "a person query needs a measure or a dimension to define its population")
-    if spine is not None and (spine_needed or query.unit is Unit.PERSON):
-        owners.setdefault(spine, catalog[spine.partition(".")[0]])
-        dims.setdefault(spine, [])
+    if query.measure is not None and _sums(query):
+        bound = max(abs(query.measure.lower), abs(query.measure.upper))
+        if bound > MAX_SUM_BOUND:
+            side = "upper" if abs(query.measure.upper) == bound else "lower"
+            raise PlanError(f"measure.{side}", sum_bound_message(query.measure.lower, query.measure.upper))
+    owners.setdefault(spine, catalog[spine.partition(".")[0]])
+    dims.setdefault(spine, [])
     extracts = []
     for ref in dict.fromkeys([*measures, *dims]):
         schema = owners[ref]
@@ -273,7 +279,7 @@ def plan_query(
     return Plan(
         query=query,
         extracts=tuple(extracts),
-        spine=spine if (spine_needed or query.unit is Unit.PERSON) else None,
+        spine=spine,
         groups=tuple(groups),
         filters=tuple(filters),
         departments=departments,
@@ -334,6 +340,26 @@ def _plan_member_group(
             measures[key].append(parts[2])
 
 
-def _spine(catalog: Mapping[str, ConnectorSchema]) -> str | None:
+def _sums(query: QuerySpec) -> bool:
+    return any(s.kind in (StatisticKind.SUM, StatisticKind.MEAN) for s in query.statistics)
+
+
+def household_register(catalog: Mapping[str, ConnectorSchema]) -> str:
+    """The one enabled dataset mapping persons to households (`connector.dataset`), or a PlanError on
+    `unit` naming the cause and the fix: without exactly one, no household's rows can be bounded."""
     found = [f"{s.connector}.{d.name}" for s in catalog.values() for d in s.datasets if d.household_mapping]
-    return found[0] if len(found) == 1 else None
+    if not found:
+        raise PlanError(
+            "unit",
+            "no enabled connector maps persons to households: household and person queries need the "
+            "household register, which bounds each household's rows; the operator registers and enables "
+            "the register's connector",
+        )
+    if len(found) > 1:
+        raise PlanError(
+            "unit",
+            f"{len(found)} datasets map persons to households ({', '.join(found)}); the household is the "
+            "protected unit only when exactly one register defines it: the operator disables all but the "
+            "register's connector, or the departments drop the household mapping from the others",
+        )
+    return found[0]

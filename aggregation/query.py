@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from connectors.config import Unit
 from connectors.protocol import Period, canonical_json, sha256_hex
+from privacy.neighbours import DEFAULT_NEIGHBOURING, Neighbouring
 
 DATASET_REF = r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$"
 DIMENSION_REF = r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}(\.[a-z][a-z0-9_]{0,62})?$"
@@ -201,6 +202,13 @@ class QuerySpec(_Frozen):
     member_cap: int | None = Field(
         None, ge=1, le=20, description="person queries: public cap on persons counted per household"
     )
+    neighbouring: Neighbouring = Field(
+        DEFAULT_NEIGHBOURING,
+        description="the neighbour relation epsilon is guaranteed under: add_remove_household (add or remove "
+        "one household, all its members' records in every department) or change_household (one household's "
+        "records differ; the same epsilon buys half the accuracy, as OpenDP's map is taken at twice the "
+        "distance)",
+    )
     member_groups: tuple[MemberGroup, ...] = Field(
         (), max_length=4, description="household queries: key groups usable as household.has_<name>"
     )
@@ -264,7 +272,10 @@ class QuerySpec(_Frozen):
         return self
 
     def canonical(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        # The default relation is left out, so queries written before the relation was a field keep
+        # their digests (and the departments' signatures over them).
+        default = self.neighbouring is DEFAULT_NEIGHBOURING
+        return canonical_json(self.model_dump(mode="json", exclude={"neighbouring"} if default else None))
 
     @property
     def digest(self) -> str:

@@ -50,8 +50,7 @@ from connectors.ids import IdKind, normalize_many
 from connectors.protocol import ConnectorSchema, load_private_key, public_key_text
 from connectors.service import build_schema
 from gateway.runner import release_spec
-from gateway.settings import GatewaySettings
-from privacy.release import histogram_bin_labels, prepare_release
+from privacy.release import FRAME_ROWS_LIMIT, histogram_bin_labels, prepare_release
 
 HERE = Path(__file__).resolve().parent
 PEER_VENV = HERE / ".venv-smartnoise"
@@ -276,12 +275,12 @@ def opendp_floor(frame: pl.DataFrame, villages: tuple[str, ...], epsilon: float,
     return meas(data.lazy()).collect().height
 
 
-def fedgate_step(plan: Plan, frame: pl.DataFrame, max_rows: int) -> int:
+def fedgate_step(plan: Plan, frame: pl.DataFrame) -> int:
     """fedgate's own DP step, as the gateway runs it: prepare (checked before data), then run once."""
-    return len(prepare_release(release_spec(plan, max_rows)).run(frame).cells)
+    return len(prepare_release(release_spec(plan)).run(frame).cells)
 
 
-def _profile_fedgate_step(plan: Plan, frame: pl.DataFrame, max_rows: int) -> BenchResult:
+def _profile_fedgate_step(plan: Plan, frame: pl.DataFrame) -> BenchResult:
     """Where fedgate's DP step spends its time, from one run under cProfile (which slows it a little)."""
     import cProfile
     import pstats
@@ -289,7 +288,7 @@ def _profile_fedgate_step(plan: Plan, frame: pl.DataFrame, max_rows: int) -> Ben
     profiler = cProfile.Profile()
     profiler.enable()
     start = time.perf_counter()
-    fedgate_step(plan, frame, max_rows)
+    fedgate_step(plan, frame)
     total = time.perf_counter() - start
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
@@ -492,14 +491,14 @@ def run(quick: bool) -> list[BenchResult]:
     frame = polars_households(srcs, polars_memory).collect()
     plan = headline_plan(root)
     villages = plan.groups[0].domain
-    max_rows = GatewaySettings.model_fields["max_rows"].default
+    max_rows = FRAME_ROWS_LIMIT  # the margin fedgate's releases use
     eps = float(EPSILON)
-    fedgate_step(plan, frame, max_rows)  # warm-up (imports, OpenDP's first build)
+    fedgate_step(plan, frame)  # warm-up (imports, OpenDP's first build)
     opendp_floor(frame, villages, eps, max_rows)
     floor_samples, fed_samples = [], []
     for _ in range(times):  # interleaved, so drift in the machine hits both alike
         floor_samples += timings(lambda: opendp_floor(frame, villages, eps, max_rows), 1)
-        fed_samples += timings(lambda: fedgate_step(plan, frame, max_rows), 1)
+        fed_samples += timings(lambda: fedgate_step(plan, frame), 1)
     floor, floor_spread = summarize(floor_samples)
     fed, fed_spread = summarize(fed_samples)
     cells = (len(villages) + 1) * len(LABELS)
@@ -518,7 +517,7 @@ def run(quick: bool) -> list[BenchResult]:
             "engines", "ratio fedgate DP step / OpenDP floor", fed / floor, "x", None, "target <= 1.2"
         ),
     ]
-    results.append(_profile_fedgate_step(plan, frame, max_rows))
+    results.append(_profile_fedgate_step(plan, frame))
     results += _pipelinedp(frame, villages, eps, times)
     results += _smartnoise(frame, workdir, eps, times, cells)
     best_exact = min(exact_times.values())

@@ -87,7 +87,6 @@ PERSON_EPSILON = Decimal("0.5")
 CONFIG = synthetic_config()
 EXACT_EPSILON = Decimal(10) ** 12
 """Epsilon of the central party's exact releases: noise scales near 1e-12, so the integer noise is 0."""
-MAX_ROWS = GatewaySettings.model_fields["max_rows"].default
 TOKEN_EPOCH = GatewaySettings.model_fields["token_epoch"].default
 COUNTY_GROUPS = ("county", "urban", "rural")
 DETAIL = RESULTS / "pack-figures.json"
@@ -215,7 +214,7 @@ class Central:
         mid = time.perf_counter()
         frame = unit_frame(plan, tables)
         joined = time.perf_counter()
-        rspec = release_spec(plan, MAX_ROWS).model_copy(update={"epsilon": EXACT_EPSILON})
+        rspec = release_spec(plan).model_copy(update={"epsilon": EXACT_EPSILON})
         out = prepare_release(rspec).run(frame).to_json_dict()
         self.seconds["roll-ups"] += mid - start
         self.seconds["join"] += joined - mid
@@ -263,7 +262,7 @@ def in_process_pack(
             mid = time.perf_counter()
             frame = unit_frame(plan, tables)
             joined = time.perf_counter()
-            releases[q.role] = prepare_release(release_spec(plan, MAX_ROWS)).run(frame).to_json_dict()
+            releases[q.role] = prepare_release(release_spec(plan)).run(frame).to_json_dict()
             seconds["extracts"] += mid - start
             seconds["join"] += joined - mid
             seconds["release"] += time.perf_counter() - joined
@@ -284,7 +283,7 @@ def token_exact(stores: Stores, cat: Mapping[str, ConnectorSchema], spec: QueryS
         keyring = load_keyring(loaded.config.federation_keyring_file)
         req = e.unsafe_unapproved_request(spec, epoch=TOKEN_EPOCH)
         tables[e.ref] = Extractor(loaded, stores.sources[e.connector], keyring).run(req, dataset).table
-    rspec = release_spec(plan, MAX_ROWS).model_copy(update={"epsilon": EXACT_EPSILON})
+    rspec = release_spec(plan).model_copy(update={"epsilon": EXACT_EPSILON})
     return prepare_release(rspec).run(unit_frame(plan, tables)).to_json_dict()
 
 

@@ -287,6 +287,8 @@ class QueryRun(AuditEvent):
     action = "query.run"
     query_id: str
     query_digest: str
+    neighbouring: str
+    """the neighbour relation the run is charged under (privacy.neighbours)"""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -31,11 +31,12 @@ from typing import Any
 import pyarrow as pa
 import structlog
 
-from aggregation.executor import VALUE, unit_frame
+from aggregation.executor import UNLINKED_NOTE, VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
 from audit.errors import ProofError
+from connectors.config import Unit
 from connectors.protocol import (
     SignedApproval,
     SignedRule,
@@ -72,6 +73,7 @@ from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUn
 from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
 from gateway.registry import get_connector
 from privacy.errors import BudgetExceeded, PrivacyError
+from privacy.neighbours import describe
 from privacy.release import (
     Count,
     GroupDomain,
@@ -94,7 +96,7 @@ PROXY_NOTE = (
 )
 
 
-def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
+def release_spec(plan: Plan) -> ReleaseSpec:
     """The OpenDP release a plan needs: public cells from the planned groups, public bounds and epsilon."""
     q = plan.query
     stats: list[Statistic] = []
@@ -120,7 +122,7 @@ def release_spec(plan: Plan, max_rows: int) -> ReleaseSpec:
         statistics=tuple(stats),
         epsilon=q.epsilon,
         unit_multiplicity=plan.unit_multiplicity,
-        max_rows=max_rows,
+        neighbouring=q.neighbouring,
     )
 
 
@@ -210,7 +212,14 @@ class Run:
         with self.ctx.audit.change() as change:
             if not transition(change.conn, self.qid, QueryState.RUNNING, expect=(QueryState.APPROVED,)):
                 raise Conflict("the query is already running", "query_id", reason=QueryState.RUNNING.value)
-            change.record(QueryRun(actor=self.analyst.name, query_id=self.qid, query_digest=self.spec.digest))
+            change.record(
+                QueryRun(
+                    actor=self.analyst.name,
+                    query_id=self.qid,
+                    query_digest=self.spec.digest,
+                    neighbouring=self.spec.neighbouring.value,
+                )
+            )
 
     def execute(self) -> dict[str, Any]:
         prepared = self.prepare()
@@ -226,7 +235,7 @@ class Run:
     def prepare(self) -> PreparedRelease:
         """The OpenDP measurement, its privacy map checked against epsilon before any data is touched."""
         try:
-            return prepare_release(release_spec(self.plan, self.ctx.settings.max_rows))
+            return prepare_release(release_spec(self.plan))
         except PrivacyError as exc:
             raise Invalid(f"the release cannot be built: {exc}", "statistics") from None
 
@@ -277,8 +286,13 @@ class Run:
             "epsilon": str(spec.epsilon),
             "released_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "unit": spec.unit.value,
+            "neighbouring": spec.neighbouring.value,
+            "guarantee": f"epsilon-DP with epsilon {spec.epsilon}, neighbours: {describe(spec.neighbouring)}",
             "measure": spec.measure.label if spec.measure else None,
-            "notes": [PROXY_NOTE] if spec.measure else [],
+            "notes": [
+                *([PROXY_NOTE] if spec.measure else []),
+                *([UNLINKED_NOTE] if spec.unit is Unit.PERSON else []),
+            ],
             "release": released.to_json_dict(),
         }
 

@@ -85,7 +85,6 @@ class GatewaySettings(BaseSettings):
     default_analyst_quota: Decimal | None = Field(
         Decimal(5), ge=0, description="epsilon per analyst per window; unset: only the federation cap"
     )
-    max_rows: int = Field(5_000_000, gt=0, description="public bound on rows, used for DP margins")
     max_body_bytes: int = Field(
         2 * 1024 * 1024,
         ge=1024,

@@ -38,13 +38,13 @@ class PrivacyMapExceeded(PrivacyError):
         self.mapped = mapped
         self.d_in = d_in
         super().__init__(
-            f"OpenDP's privacy map gives epsilon={mapped} for a unit contributing up to {d_in} row(s), "
+            f"OpenDP's privacy map gives epsilon={mapped} for neighbouring frames up to {d_in} row(s) apart, "
             f"more than the allowed epsilon={allowed}; raise epsilon or the noise scales"
         )
 
 
 class ReleaseInputError(PrivacyError, ValueError):
-    """The frame does not fit the prepared release (missing column, wrong type, longer than max_rows)."""
+    """The frame does not fit the prepared release (a missing column, a wrong type, a null measure)."""
 
 
 class ReleaseAlreadyRun(PrivacyError):

@@ -4,7 +4,10 @@ The caller hands over a polars frame with exactly one row per privacy unit (or, 
 per person with at most ``unit_multiplicity`` persons per household), string group columns and optionally
 one integer measure already clamped to ``[lower, upper]``. This module never draws noise itself: OpenDP's
 ``make_private_lazyframe`` adds integer Laplace noise under pure epsilon-DP (``max_divergence``) with the
-input distance measured as the symmetric distance between frames, and ``d_in = unit_multiplicity`` rows.
+input distance measured as the symmetric distance between frames. ``d_in`` is the distance between the
+frames of two neighbouring federations (:mod:`privacy.neighbours`): ``unit_multiplicity`` rows when one
+household is added or removed, twice that when one household's records change. The frame-length bound OpenDP
+is promised is :data:`FRAME_ROWS_LIMIT`, the most rows a polars frame can hold, so no frame breaks it.
 
 **Public cells.** The cells are the cross product of the group domains. Each domain is its declared values
 plus one more public key, ``None`` (:data:`OTHER`): nulls and values outside the code list are mapped to it
@@ -20,8 +23,8 @@ then measured once), and for ``lorenz`` two more: ``lorenz_count`` (units per ce
 (per cell x bin, the units' offsets inside their bin, see below). Epsilon is split in **equal shares** among
 these quantities; ``mean`` is post-processing of the count and the sum, so asking for count, sum and mean
 costs the same as count and sum. Each quantity's noise scale is ``sensitivity / share`` where the
-sensitivity for one unit is ``unit_multiplicity`` rows for counts and histograms (``lorenz_count`` too),
-``unit_multiplicity * max(|lower|, |upper|)`` for sums and ``unit_multiplicity * R`` for ``lorenz_sum``.
+sensitivity between neighbouring frames is ``d_in`` rows for counts and histograms (``lorenz_count`` too),
+``d_in * max(|lower|, |upper|)`` for sums and ``d_in * R`` for ``lorenz_sum``.
 Scales are enlarged by one part in 10^9 so that OpenDP's outward-rounded floating-point privacy map never
 passes the exact share; the check against the spec's epsilon is then exact (no tolerance): the Decimal value
 of OpenDP's composed map must be at most ``epsilon``.
@@ -41,7 +44,7 @@ distance. A zero-width bin (an edge equal to a bound) has ``t = 0`` and releases
 
 **Built once, checked before data.** :func:`prepare_release` builds one OpenDP measurement per group-by (with
 explicit scales; no scale search) and OpenDP's adaptive compositor over them, then compares the compositor's
-privacy map for ``d_in = unit_multiplicity`` with the epsilon before any data exists.
+privacy map at ``d_in`` with the epsilon before any data exists.
 :meth:`PreparedRelease.run` then applies it to the collected frame, once.
 
 **What is released.** Every cell of every statistic with its noisy value, a post-processed display value and
@@ -70,9 +73,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from privacy import intervals
 from privacy.errors import PrivacyMapExceeded, ReleaseAlreadyRun, ReleaseInputError, SpecError
+from privacy.neighbours import DEFAULT_NEIGHBOURING, Neighbouring, frame_distance
 
 __all__ = [
+    "FRAME_ROWS_LIMIT",
     "LORENZ_RESOLUTION",
+    "MAX_SUM_BOUND",
     "OTHER",
     "Count",
     "GroupDomain",
@@ -88,6 +94,7 @@ __all__ = [
     "Sum",
     "histogram_bin_labels",
     "prepare_release",
+    "sum_bound_message",
 ]
 
 OTHER: Final = None
@@ -104,10 +111,23 @@ LORENZ_RESOLUTION: Final = 2**20
 
 Rounding moves a unit's offset by at most ``w_j / (2 R)``, so a bin of a million units is off by at most
 half a bin width, below the noise. OpenDP refuses an i64 sum whose bound times the frame-length bound could
-overflow (``max_rows * R >= 2**63``): with ``R = 2**20`` that allows ``max_rows`` up to about 8.8e12.
+overflow: ``FRAME_ROWS_LIMIT * R`` is about 4.5e15, far below ``2**63``.
 """
 
 _I64_MAX: Final = 2**63 - 1
+
+FRAME_ROWS_LIMIT: Final = 2**32 - 1
+"""The frame-length bound OpenDP is promised (its margin's ``max_length``): the most rows a polars frame can
+hold with the 32-bit row index this project runs on, which is also the largest margin OpenDP 0.16 accepts.
+No frame can be longer, so the bound never depends on the data and a release never fails because of the
+data's size (a configured, smaller bound would fail exactly when the data passed it, revealing that bit).
+"""
+
+MAX_SUM_BOUND: Final = _I64_MAX // FRAME_ROWS_LIMIT
+"""The widest ``max(|lower|, |upper|)`` a sum (or mean) may clamp to: beyond it OpenDP cannot rule out an
+i64 overflow over ``FRAME_ROWS_LIMIT`` rows and refuses the measurement (2,147,483,648 yuan per unit)."""
+
+assert LORENZ_RESOLUTION * FRAME_ROWS_LIMIT <= _I64_MAX
 
 # Internal column names; group and measure names may not use the prefix.
 _PREFIX: Final = "fedgate__"
@@ -238,8 +258,10 @@ class ReleaseSpec(BaseModel):
     upper: int = 0
     statistics: tuple[Statistic, ...]
     epsilon: Decimal
-    unit_multiplicity: int = Field(default=1, ge=1)
-    max_rows: int = Field(ge=1, description="public configured bound on the frame length, never the data's")
+    unit_multiplicity: int = Field(default=1, ge=1, description="rows one household can contribute")
+    neighbouring: Neighbouring = Field(
+        default=DEFAULT_NEIGHBOURING, description="the neighbour relation the epsilon is guaranteed under"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ReleaseSpec:
@@ -266,16 +288,26 @@ class ReleaseSpec(BaseModel):
                 self.lower <= stat.edges[0] and stat.edges[-1] <= self.upper
             ):
                 raise ValueError(f"{stat.kind} edges must lie within [lower, upper]")
-        if "lorenz" in kinds and self.max_rows * LORENZ_RESOLUTION > _I64_MAX:
-            raise ValueError(
-                f"lorenz needs max_rows * {LORENZ_RESOLUTION} to fit in i64 (OpenDP refuses a sum that could "
-                f"overflow); lower max_rows to at most {_I64_MAX // LORENZ_RESOLUTION}"
-            )
+        if {"sum", "mean"} & set(kinds) and max(abs(self.lower), abs(self.upper)) > MAX_SUM_BOUND:
+            raise ValueError(sum_bound_message(self.lower, self.upper))
         return self
+
+    @property
+    def d_in(self) -> int:
+        """The symmetric distance between neighbouring frames, where OpenDP's privacy map is checked."""
+        return frame_distance(self.neighbouring, self.unit_multiplicity)
 
     def statistic(self, kind: str) -> Statistic | None:
         """The statistic of this kind, if asked for."""
         return next((s for s in self.statistics if s.kind == kind), None)
+
+
+def sum_bound_message(lower: int, upper: int) -> str:
+    """Why bounds this wide cannot be summed, and the fix (one text for the planner and the release)."""
+    return (
+        f"a sum or mean clamps each unit to [{lower}, {upper}], wider than OpenDP can sum without a possible "
+        f"overflow over {FRAME_ROWS_LIMIT} rows; keep both bounds within ±{MAX_SUM_BOUND}"
+    )
 
 
 class ReleaseCell(BaseModel):
@@ -310,6 +342,11 @@ class ReleaseResult(BaseModel):
     epsilon: Decimal = Field(description="OpenDP's privacy map of the whole release at d_in")
     epsilon_allowed: Decimal
     unit_multiplicity: int
+    neighbouring: Neighbouring = Field(
+        default=DEFAULT_NEIGHBOURING,
+        description="the neighbour relation epsilon holds under: add_remove_household or change_household",
+    )
+    d_in: int = Field(description="rows two neighbouring frames may differ by; epsilon is the map at it")
     confidence: float
     scales: dict[str, float]
     epsilon_shares: dict[str, Decimal]
@@ -319,6 +356,14 @@ class ReleaseResult(BaseModel):
         default=None,
         description="R of a lorenz release: bin j's lorenz_sum scale in yuan is scales['lorenz_sum'] w_j / R",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_relations(cls, data: Any) -> Any:
+        # Results stored before the relation was recorded were all add/remove, mapped at the multiplicity.
+        if isinstance(data, dict) and "d_in" not in data and "unit_multiplicity" in data:
+            return {**data, "d_in": data["unit_multiplicity"]}
+        return data
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types only (Decimals as strings), for storage and for the API."""
@@ -349,7 +394,7 @@ class _Quantity:
 def _quantities(spec: ReleaseSpec) -> list[tuple[str, Decimal]]:
     """Names and per-unit sensitivities of the noisy quantities the statistics need, in a fixed order."""
     kinds = {s.kind for s in spec.statistics}
-    m = Decimal(spec.unit_multiplicity)
+    m = Decimal(spec.d_in)
     out: list[tuple[str, Decimal]] = []
     if kinds & {"count", "mean"}:
         out.append(("count", m))
@@ -433,9 +478,6 @@ class PreparedRelease:
 
     def _input(self, frame: pl.DataFrame) -> pl.DataFrame:
         spec = self.spec
-        # The margin OpenDP was promised is the configured bound; a longer frame breaks that promise.
-        if frame.height > spec.max_rows:
-            raise ReleaseInputError("the frame is longer than the configured max_rows; raise max_rows")
         missing = [c for c in [*(g.name for g in spec.groups), spec.measure] if c and c not in frame.columns]
         if missing:
             raise ReleaseInputError(f"the frame lacks the column(s) {missing}")
@@ -606,6 +648,8 @@ class PreparedRelease:
             epsilon=self.epsilon,
             epsilon_allowed=spec.epsilon,
             unit_multiplicity=spec.unit_multiplicity,
+            neighbouring=spec.neighbouring,
+            d_in=spec.d_in,
             confidence=confidence,
             scales=self.scales,
             epsilon_shares={name: q.share for name, q in self.quantities.items()},
@@ -692,8 +736,8 @@ def _direct_note(stat: StatKind, q: _Quantity, spec: ReleaseSpec, width: int, si
     }[sign]
     return (
         f"{what}, integer Laplace noise of scale {q.scale:.6g} (epsilon share {q.share}, sensitivity "
-        f"{q.sensitivity} per unit); {CONFIDENCE:.0%} interval = raw ± {width}, the analytic integer-Laplace "
-        f"half-width; {shown}"
+        f"{q.sensitivity} between neighbouring frames); {CONFIDENCE:.0%} interval = raw ± {width}, the "
+        f"analytic integer-Laplace half-width; {shown}"
     )
 
 
@@ -739,8 +783,9 @@ def _lorenz_notes(
     count_note = (
         f"units per cell and bin of {spec.measure} clamped to [{spec.lower}, {spec.upper}]: OpenDP "
         f"dp.len(signed=True) per bin, integer Laplace noise of scale {count.scale:.6g} (epsilon share "
-        f"{count.share}, sensitivity {count.sensitivity} per unit); {confidence:.0%} interval = raw ± "
-        f"{count_width}, the analytic integer-Laplace half-width; display = max(raw, 0) (post-processing). "
+        f"{count.share}, sensitivity {count.sensitivity} between neighbouring frames); {confidence:.0%} "
+        f"interval = raw ± {count_width}, the analytic integer-Laplace half-width; display = max(raw, 0) "
+        f"(post-processing). "
         f"Released with lorenz_sum, the bins' incomes, for the Gini coefficient, income shares and the "
         f"Lorenz curve (aggregation.distribution)"
     )
@@ -748,8 +793,9 @@ def _lorenz_notes(
         f"per cell and bin j with boundaries [b_j, b_j + w_j]: the sum of the units' offsets x - b_j, in the "
         f"measure's unit. Each offset is normalised to t = round((x - b_j) * {r} / w_j) in [0, {r}] and one "
         f"OpenDP .dp.sum of t with bounds (0, {r}) adds integer Laplace noise of scale {offsets.scale:.6g} "
-        f"(epsilon share {offsets.share}, sensitivity {offsets.sensitivity} per unit); value = noisy t-sum * "
-        f"w_j / {r}, so bin j's noise scale is {offsets.scale:.6g} * w_j / {r}, proportional to the bin's "
+        f"(epsilon share {offsets.share}, sensitivity {offsets.sensitivity} between neighbouring frames); "
+        f"value = noisy t-sum * w_j / {r}, so bin j's noise scale is {offsets.scale:.6g} * w_j / {r}, "
+        f"proportional to the bin's "
         f"width. {confidence:.0%} interval = value ± {offset_width} * w_j / {r} (the analytic "
         f"integer-Laplace half-width, scaled); display = max(value, 0) (post-processing). A bin's income "
         f"is count * b_j + offset-sum; rounding moves each unit's offset by at most w_j / {2 * r}"
@@ -771,7 +817,7 @@ def _input_domain(
     for column in int_columns:
         series.append(dp.series_domain(column, dp.atom_domain(T=dp.i64)))
         columns.append(column)
-    domain = dp.with_margin(dp.lazyframe_domain(series), dp.polars.Margin(by=[], max_length=spec.max_rows))
+    domain = dp.with_margin(dp.lazyframe_domain(series), dp.polars.Margin(by=[], max_length=FRAME_ROWS_LIMIT))
     return domain, columns
 
 
@@ -797,6 +843,12 @@ def prepare_release(
     Raises :class:`PrivacyMapExceeded` before any data is seen.
     """
     dp.enable_features("contrib")
+    if pl.get_index_type() != pl.UInt32:
+        # A 64-bit row index lets a frame pass OpenDP's margin; refuse before any data rather than after.
+        raise SpecError(
+            f"this polars build holds frames longer than OpenDP's margin of {FRAME_ROWS_LIMIT} rows; run the "
+            "gateway with polars' standard 32-bit row index (polars-runtime-32)"
+        )
     overrides = dict(scale_overrides or {})
     needed = _quantities(spec)
     unknown = set(overrides) - {name for name, _ in needed}
@@ -862,7 +914,7 @@ def prepare_release(
         ]
         plans.append(("lorenz", _grouped(schema, [*names, _LBIN], aggs, bin_keys)))
 
-    d_in = spec.unit_multiplicity
+    d_in = spec.d_in
     measurements = [
         (name, dp.m.make_private_lazyframe(domain, dp.symmetric_distance(), dp.max_divergence(), plan))
         for name, plan in plans

@@ -21,7 +21,6 @@ from connectors.service import ConnectorService
 from gateway.runner import release_spec
 from privacy.release import prepare_release
 
-MAX_ROWS = 5_000_000
 EXACT_EPSILON = Decimal(10) ** 12
 """Epsilon of an unsafe exact evaluation: noise scales near 1e-6 and below, so the noise is 0."""
 
@@ -54,7 +53,7 @@ def release(
     catalog = {n: s.schema for n, s in services.items()}
     out = {}
     for q in queries:
-        spec = release_spec(plan_query(q.spec, catalog), MAX_ROWS)
+        spec = release_spec(plan_query(q.spec, catalog))
         if exact:
             spec = spec.model_copy(update={"epsilon": EXACT_EPSILON})
         out[q.role] = prepare_release(spec).run(unit_frames[q.role]).to_json_dict()

@@ -57,7 +57,7 @@ def test_band_counts_are_covered_as_often_as_promised(county: Path) -> None:
     assert frame.height == truth(county)["as_linked"]["household_count"]
     group = plan.groups[0].ref
     exact = _exact_counts(frame, group)
-    spec = release_spec(plan, max_rows=5_000_000)
+    spec = release_spec(plan)
     assert spec.epsilon == Decimal(EPSILON)
     hits = total = 0
     widths = set()

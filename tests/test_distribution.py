@@ -267,7 +267,6 @@ def test_the_noise_free_release_reproduces_the_frame() -> None:
         upper=upper,
         statistics=(Lorenz(edges=EDGES),),
         epsilon=Decimal(10**9),  # offset noise scale 2 * 2**20 / 1e9, about 0.002: none in practice
-        max_rows=100_000,
     )
     result = prepare_release(spec).run(frame)
     estimates = lorenz_from_release(result.to_json_dict(), rng=np.random.default_rng(1))
@@ -321,7 +320,6 @@ def test_quantiles_from_lorenz_are_the_histogram_quantiles() -> None:
         upper=upper,
         statistics=(Lorenz(edges=EDGES),),
         epsilon=Decimal(1),
-        max_rows=100_000,
     )
     result = prepare_release(spec).run(pl.DataFrame({"income": values}))
     probs = (0.1, 0.5, 0.9)
@@ -345,7 +343,7 @@ def test_quantiles_from_lorenz_are_the_histogram_quantiles() -> None:
 
 
 def test_a_release_without_lorenz_is_refused() -> None:
-    spec = ReleaseSpec(groups=(), statistics=(Count(),), epsilon=Decimal(1), max_rows=10)
+    spec = ReleaseSpec(groups=(), statistics=(Count(),), epsilon=Decimal(1))
     result = prepare_release(spec).run(pl.DataFrame({"x": [1, 2]}))
     with pytest.raises(ValueError, match="no lorenz statistic"):
         lorenz_from_release(result)
@@ -366,7 +364,6 @@ def test_the_gini_interval_covers_the_as_binned_gini_at_the_stated_rate() -> Non
         upper=upper,
         statistics=(Lorenz(edges=EDGES),),
         epsilon=Decimal(1),
-        max_rows=100_000,
     )
     rng = np.random.default_rng(21)
     covered, widths, errors = [], [], []

@@ -424,3 +424,39 @@ def test_the_gateway_and_a_connector_logs_reconcile(fed: Federation) -> None:
     assert all(d.kind == "call_answer_unrecorded" for d in differences), differences
     # The connector witnessed the gateway's checkpoints: its log names them.
     assert '"checkpoint":"fedgate-gateway' in connector_export.read_text()
+
+
+def _set_register(fed: Federation, enabled: bool) -> None:
+    action = "enable" if enabled else "disable"
+    r = httpx.post(
+        f"{fed.gateway.url}/v1/connectors/register/{action}",
+        headers={"authorization": f"Bearer {fed.keys['operator']}"},
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_person_query_runs_only_while_the_register_is_enabled(fed: Federation) -> None:
+    person = {"unit": "person", "member_cap": 2, "neighbouring": "change_household"}
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Persons by income band, register disabled after approval", **person))
+        assert view["state"] == "approved"
+        before = analyst.budget()["federation_remaining"]
+        _set_register(fed, False)
+        try:
+            # Re-planned at run time: refused before anything is reserved, and the query stays runnable.
+            with pytest.raises(GatewayError) as err:
+                analyst.run(view["id"])
+            assert (err.value.status, err.value.field) == (422, "unit")
+            assert "household register" in err.value.message
+            assert analyst.budget()["federation_remaining"] == before
+            assert analyst.query(view["id"])["state"] == "approved"
+            with pytest.raises(GatewayError) as err:
+                analyst.submit(_query("Persons by income band, submitted without a register", **person))
+            assert (err.value.status, err.value.field) == (422, "unit")
+        finally:
+            _set_register(fed, True)
+        doc = analyst.run(view["id"])
+    assert doc["neighbouring"] == "change_household" == doc["result"]["neighbouring"]
+    release = doc["result"]["release"]
+    assert release["neighbouring"] == "change_household" and release["d_in"] == 4  # 2 members, changed
+    assert any("cannot link" in note for note in doc["result"]["notes"])

@@ -61,7 +61,6 @@ def test_defaults_in_development(tmp_path: Path) -> None:
     assert settings.window_epsilon == Decimal(10) and isinstance(settings.window_epsilon, Decimal)
     assert settings.multi_year_epsilon == Decimal(30)
     assert settings.default_analyst_quota == Decimal(5)
-    assert settings.max_rows == 5_000_000
     assert settings.metrics_enabled is True
     assert settings.database_url_resolved() == f"sqlite:///{Path('.fedgate').resolve() / 'gateway.sqlite3'}"
     settings.check_production()  # development: no refusal
@@ -109,7 +108,6 @@ def test_environment_variables_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_
         ({"default_analyst_quota": "11"}, "exceeds window_epsilon"),
         ({"port": 0}, "greater than or equal to 1"),
         ({"mode": "staging"}, "development"),
-        ({"max_rows": 0}, "greater than 0"),
     ],
 )
 def test_invalid_values_are_refused(fields: dict[str, object], message: str) -> None:

@@ -101,6 +101,14 @@ def test_one_indicator_with_its_own_bands_and_epsilon(fed: Federation) -> None:
         assert {q["epsilon"] for q in result["queries"]} == {"0.18", "0.12"}
         assert {f["label"] for f in result["figures"]} == {"low", "mid"}
         assert {f["group"] for f in result["figures"]} >= {"county", "urban", "rural"}
+        # The release family comes back as tables too: raw beside reconciled, every level adding up.
+        (table,) = result["tables"]
+        assert table["levels"] == ["county", "area", "urban_rural", "village"]
+        for column in table["columns"]:
+            cells = [c for c in table["cells"] if c["column"] == column]
+            (county,) = (c["value"] for c in cells if c["level"] == "county")
+            for level in ("urban_rural", "village"):
+                assert sum(c["value"] for c in cells if c["level"] == level) == county
 
 
 def test_refusals_name_the_field_and_charge_nothing(fed: Federation) -> None:

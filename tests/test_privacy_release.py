@@ -14,8 +14,11 @@ from pydantic import ValidationError
 
 from privacy.errors import PrivacyMapExceeded, ReleaseAlreadyRun, ReleaseInputError, SpecError
 from privacy.intervals import discrete_laplace_half_width
+from privacy.neighbours import Neighbouring, frame_distance
 from privacy.release import (
+    FRAME_ROWS_LIMIT,
     LORENZ_RESOLUTION,
+    MAX_SUM_BOUND,
     OTHER,
     Count,
     GroupDomain,
@@ -43,7 +46,6 @@ def spec(**kwargs: object) -> ReleaseSpec:
         "upper": 1000,
         "statistics": (Count(),),
         "epsilon": Decimal("1"),
-        "max_rows": 100_000,
     }
     options.update(kwargs)
     return ReleaseSpec.model_validate(options)
@@ -277,10 +279,7 @@ def test_a_prepared_release_draws_noise_once() -> None:
 
 
 def test_frames_that_do_not_fit_are_refused_before_any_noise() -> None:
-    prepared = prepare_release(spec(max_rows=500))
-    with pytest.raises(ReleaseInputError) as info:
-        prepared.run(frame(777))
-    assert "777" not in str(info.value)  # no data-dependent numbers in errors
+    prepared = prepare_release(spec())
     with pytest.raises(ReleaseInputError, match="integer"):
         prepared.run(frame(100).with_columns(pl.col("income").cast(pl.Float64)))
     with pytest.raises(ReleaseInputError, match="lacks"):
@@ -313,11 +312,12 @@ def test_no_groups_releases_one_cell() -> None:
         {"groups": (VILLAGES, VILLAGES)},
         {"measure": "village"},
         {"unit_multiplicity": 0},
-        {"max_rows": 0},
+        {"statistics": (Sum(),), "upper": MAX_SUM_BOUND + 1},
+        {"statistics": (Mean(),), "lower": -MAX_SUM_BOUND - 1},
+        {"neighbouring": "next_door"},
         {"statistics": (Lorenz(edges=(0, 2000)),)},
         {"statistics": (Lorenz(edges=(-5, 500)),)},
         {"statistics": (Lorenz(edges=(0, 500)),), "measure": None},
-        {"statistics": (Lorenz(edges=(0, 500)),), "max_rows": 2**44},
     ],
 )
 def test_invalid_specs_are_refused_at_construction(bad: dict[str, object]) -> None:
@@ -457,3 +457,48 @@ def test_lorenz_sums_carry_width_sized_noise_at_the_stated_rate() -> None:
         # The yuan noise scale is scale * w / R: 4 * 100 = 400 yuan for the narrow bin, 3600 for the wide one.
         yuan_scale = scale * width / R
         assert 0.8 * yuan_scale <= float(np.mean(np.abs(errors))) <= 1.2 * yuan_scale
+
+
+def test_the_change_relation_maps_at_twice_the_distance_and_says_so() -> None:
+    stats = (Count(), Sum(), Lorenz(edges=(0, 500)))
+    add_remove = prepare_release(spec(statistics=stats, unit_multiplicity=2))
+    change = prepare_release(spec(statistics=stats, unit_multiplicity=2, neighbouring="change_household"))
+    assert change.spec.d_in == 2 * add_remove.spec.d_in == 4
+    for name, scale in add_remove.scales.items():
+        assert change.scales[name] == pytest.approx(2 * scale, rel=1e-12)
+    # OpenDP's own map, not ours: the change measurement at the add/remove distance spends half.
+    assert change.epsilon <= Decimal(1) and add_remove.epsilon <= Decimal(1)
+    result = change.run(frame())
+    assert result.neighbouring is Neighbouring.CHANGE_HOUSEHOLD and result.d_in == 4
+    assert "between neighbouring frames" in result.methods["count"]
+    stored = json.loads(json.dumps(result.to_json_dict()))
+    assert stored["neighbouring"] == "change_household" and stored["d_in"] == 4
+    # A change-relation release built with the add/remove scales would overspend: refused before data.
+    with pytest.raises(PrivacyMapExceeded):
+        prepare_release(
+            spec(statistics=(Count(),), neighbouring="change_household"), scale_overrides={"count": 1.0}
+        )
+
+
+def test_results_stored_before_the_relation_read_as_add_remove() -> None:
+    doc = prepare_release(spec(unit_multiplicity=3)).run(frame()).to_json_dict()
+    del doc["neighbouring"], doc["d_in"]
+    old = ReleaseResult.from_json_dict(doc)
+    assert old.neighbouring is Neighbouring.ADD_REMOVE_HOUSEHOLD and old.d_in == 3
+
+
+def test_the_margin_is_the_frame_type_limit_never_the_data() -> None:
+    assert pl.get_index_type() == pl.UInt32 and FRAME_ROWS_LIMIT == 2**32 - 1
+    assert MAX_SUM_BOUND * FRAME_ROWS_LIMIT <= 2**63 - 1 < (MAX_SUM_BOUND + 1) * FRAME_ROWS_LIMIT
+    # The widest summable bounds build; any frame length runs (there is no length check left to fail).
+    wide = spec(statistics=(Sum(),), lower=-MAX_SUM_BOUND, upper=MAX_SUM_BOUND, epsilon=HUGE)
+    data = frame(5_000).with_columns(pl.col("income") * 1_000_000)
+    result = prepare_release(wide).run(data)
+    assert sum(c.value for c in cells_of(result, "sum")) == pytest.approx(data["income"].sum(), abs=10**6)
+
+
+def test_frame_distance_per_relation() -> None:
+    assert frame_distance(Neighbouring.ADD_REMOVE_HOUSEHOLD, 3) == 3
+    assert frame_distance(Neighbouring.CHANGE_HOUSEHOLD, 3) == 6
+    with pytest.raises(ValueError, match="at least one row"):
+        frame_distance(Neighbouring.ADD_REMOVE_HOUSEHOLD, 0)

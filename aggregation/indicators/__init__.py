@@ -97,4 +97,5 @@ def evaluate(
         notes=notes,
         methods=methods,
         curves=curves,
+        tables=indicator.tables(params, config, releases, seed),
     )

@@ -11,6 +11,7 @@ from aggregation.indicators.model import (
     Figure,
     IndicatorParams,
     MonitoringConfig,
+    ReconciledTable,
     ReleaseDecl,
     SubQuery,
     split_epsilon,
@@ -55,3 +56,14 @@ class Template(ABC):
     ) -> tuple[list[Figure], dict[str, str], Curves]:
         """Figures, the method of each, and curves, from the released results (role -> release JSON);
         post-processing only, its simulations seeded by `seed`."""
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        """The raw and reconciled count tables of the indicator's release family (county, urban-rural,
+        village levels of one population); an indicator whose releases form no such family has none."""
+        return []

@@ -17,7 +17,14 @@ import numpy as np
 
 from aggregation.indicators import cells, specs
 from aggregation.indicators.base import Curves, Template
-from aggregation.indicators.model import Figure, IndicatorParams, MonitoringConfig, ReleaseDecl
+from aggregation.indicators.families import count_table
+from aggregation.indicators.model import (
+    Figure,
+    IndicatorParams,
+    MonitoringConfig,
+    ReconciledTable,
+    ReleaseDecl,
+)
 from aggregation.query import COVERED, QuerySpec, Statistic, StatisticKind
 from connectors.config import Unit
 
@@ -98,3 +105,21 @@ class Coverage(Template):
             "simulating the integer-Laplace noise of both counts",
         }
         return figures, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        # person.covered's "other" column is structurally empty (the gateway computes it for everyone).
+        table = count_table(
+            "registered persons by income record",
+            unit="persons",
+            releases=releases,
+            levels=((COUNTY, "county"), (PERSONS, "village")),
+            columns={"1": "covered", "0": "not covered"},
+            seed=seed,
+        )
+        return [table]

@@ -19,11 +19,13 @@ import numpy as np
 
 from aggregation.indicators import cells, specs
 from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.families import count_table
 from aggregation.indicators.model import (
     Figure,
     IndicatorError,
     IndicatorParams,
     MonitoringConfig,
+    ReconciledTable,
     ReleaseDecl,
 )
 from aggregation.indicators.periods import months_before
@@ -156,3 +158,21 @@ class EarlyWarning(Template):
             "share_fell": "noisy fell / (noisy fell + noisy not fell); 95% intervals by simulation",
         }
         return out, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        # The trend's "other" column is structurally empty (the gateway computes it for every household).
+        table = count_table(
+            "households by income trend",
+            unit="households",
+            releases=releases,
+            levels=((COUNTY, "county"), (TREND, "village")),
+            columns={t: t for t in TREND_DOMAIN},
+            seed=seed,
+        )
+        return [table]

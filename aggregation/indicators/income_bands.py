@@ -16,11 +16,13 @@ from typing import Any
 from aggregation.bands import band_shares
 from aggregation.indicators import specs
 from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.families import histogram_table
 from aggregation.indicators.model import (
     Figure,
     IndicatorError,
     IndicatorParams,
     MonitoringConfig,
+    ReconciledTable,
     ReleaseDecl,
 )
 from aggregation.query import QuerySpec, Statistic, StatisticKind
@@ -136,3 +138,21 @@ class IncomeBands(Template):
             "simulating the integer-Laplace noise of every pooled bin around the noisy counts",
         }
         return figures, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        table = histogram_table(
+            "households by income bin",
+            unit="households",
+            releases=releases,
+            levels=((BY_CODE, "urban_rural"), (BY_VILLAGE, "village")),
+            edges=band_edges(bands_of(params, config)),
+            seed=seed,
+            is_urban=config.is_urban,
+        )
+        return [table]

@@ -19,12 +19,14 @@ import numpy as np
 from aggregation.bands import band_shares
 from aggregation.indicators import cells, specs
 from aggregation.indicators.base import Curves, Template
+from aggregation.indicators.families import histogram_table
 from aggregation.indicators.income_bands import band_edges, bands_of
 from aggregation.indicators.model import (
     Figure,
     IndicatorError,
     IndicatorParams,
     MonitoringConfig,
+    ReconciledTable,
     ReleaseDecl,
 )
 from aggregation.query import Filter, QuerySpec, Statistic, StatisticKind
@@ -133,3 +135,22 @@ class KeyGroups(Template):
             "share": "as in income_bands, within the group's households",
         }
         return figures, methods, {}
+
+    def tables(
+        self,
+        params: IndicatorParams,
+        config: MonitoringConfig,
+        releases: Mapping[str, Mapping[str, Any]],
+        seed: int,
+    ) -> list[ReconciledTable]:
+        return [
+            histogram_table(
+                f"households with household.has_{group.name} by income bin",
+                unit="households",
+                releases=releases,
+                levels=((f"group:{group.name}{COUNTY}", "county"), (f"group:{group.name}", "village")),
+                edges=band_edges(bands_of(params, config)),
+                seed=seed + i,
+            )
+            for i, group in enumerate(params.groups)
+        ]

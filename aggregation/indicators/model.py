@@ -273,6 +273,38 @@ class Figure(BaseModel):
         return (self.figure, self.label, self.group)
 
 
+class TableCell(BaseModel):
+    """One cell of a reconciled table: the raw noisy measurement and the reconciled whole number, each with
+    its 95% interval (a pooled cell's raw value is the sum of its cells' noisy values)."""
+
+    model_config = _FROZEN
+
+    level: str
+    group: str
+    column: str
+    raw: float
+    raw_low: float
+    raw_high: float
+    value: int
+    low: int
+    high: int
+
+
+class ReconciledTable(BaseModel):
+    """County, urban–rural and village tables of one release family made consistent by post-processing
+    (`aggregation.reconcile`): every level adds up to the same non-negative whole-number total."""
+
+    model_config = _FROZEN
+
+    table: str
+    unit: FigureUnit
+    releases: list[str] = Field(description="the roles of the releases reconciled")
+    columns: list[str]
+    levels: list[str]
+    cells: list[TableCell]
+    method: str
+
+
 class QueryRef(BaseModel):
     model_config = _FROZEN
     role: str
@@ -299,6 +331,10 @@ class IndicatorResult(BaseModel):
     methods: dict[str, str]
     curves: dict[str, list[dict[str, float]]] = Field(
         default_factory=dict, description="e.g. the Lorenz curve: points with p, share, low, high"
+    )
+    tables: list[ReconciledTable] = Field(
+        default_factory=list,
+        description="the release family's raw and reconciled count tables (county, urban-rural, village)",
     )
 
 

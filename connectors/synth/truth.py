@@ -159,8 +159,8 @@ DEFINITIONS = {
     "urban_rural_ratio": "urban per-capita income / rural per-capita income",
     "household_count": "households with at least one member counted; person_count: those members",
     "persons_seen": (
-        "distinct persons in the register or any income dataset, the spine of a person query "
-        "(includes the floating population)"
+        "distinct persons in the register or any income dataset (includes the floating population, "
+        "which person queries do not count: it belongs to no registered household)"
     ),
     "urban": "households in villages whose NBS urban-rural code starts with 1 (111-123); rural: 210, 220",
     "raw": "the true county before data-entry defects: all records, nothing clipped",
@@ -323,7 +323,7 @@ def build_truth(
 def _persons_seen(
     records: Records, registered: npt.NDArray[np.bool_], defects: Mapping[str, DepartmentDefects] | None
 ) -> int:
-    """Distinct persons in the register or an income dataset: the spine of a person query.
+    """Distinct persons in the register or an income dataset (person queries count only the linked ones).
 
     With `defects`, only the persons whose number is valid where they appear count.
     """

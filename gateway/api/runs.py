@@ -14,6 +14,7 @@ from gateway.api.schemas import BudgetOut, EpsilonIn, MeOut, ResultOut
 from gateway.auth import Role
 from gateway.errors import NotFound
 from privacy.ledger import BudgetView
+from privacy.neighbours import DEFAULT_NEIGHBOURING
 
 router = APIRouter(
     prefix="/v1",
@@ -45,6 +46,8 @@ def _result_out(doc: dict[str, Any]) -> ResultOut:
         query_id=doc["query_id"],
         digest=doc["digest"],
         epsilon=doc["epsilon"],
+        # Results released before the relation was recorded were all add/remove.
+        neighbouring=doc.get("neighbouring", DEFAULT_NEIGHBOURING.value),
         released_at=doc["released_at"],
         result=doc,
     )

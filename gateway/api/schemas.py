@@ -124,6 +124,10 @@ class ResultOut(BaseModel):
     query_id: str
     digest: str
     epsilon: str
+    neighbouring: str = Field(
+        description="the neighbour relation epsilon holds under: add_remove_household (add or remove one "
+        "household, all its members' records in every department) or change_household (docs/privacy.md)"
+    )
     released_at: str
     result: dict[str, Any]
 
