@@ -2,29 +2,34 @@
 
 A band such as 100k–500k yuan is a union of histogram bins with public edges. Cells of the release
 (villages, urban–rural codes) can be pooled into larger groups (county, urban, rural) by adding their noisy
-bins. The share's 95% interval is simulated from the known noise distribution around the noisy counts
-(`privacy.intervals.sample_noise`); no true value is ever used.
+bins. A pool's share is ``X / (X + Y)`` with ``X`` the raw noisy households in the band's bins and ``Y`` those
+in the other bins (raw sums are unbiased; each is clipped at 0 only once added up). Its 95% interval
+inverts the known noise of both sums (:func:`privacy.inversion.share_by_inversion`): it covers at the
+nominal rate in small noisy cells too, where treating the noisy counts as the truth does not. No true
+value is ever used.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from privacy.intervals import CONFIDENCE, sample_noise
+from privacy.inversion import share_by_inversion
 from privacy.release import histogram_bin_labels
 
-DRAWS = 2_000
+UNDEFINED_SHARE = "undefined: the noisy households of this pool are all at most 0"
 
 
 @dataclass(frozen=True)
 class BandShare:
     group: str
     band: str
-    share: float
+    share: float | None
+    """None where the pool's noisy households are all at most 0 (the interval still holds)"""
     low: float
     high: float
     households: float
@@ -52,7 +57,6 @@ def band_shares(
     bands: Mapping[str, tuple[int, int]],
     pools: Mapping[str, Sequence[str]] | None = None,
     group_key: str | None = None,
-    seed: int | None = None,
 ) -> list[BandShare]:
     """Share of units per band, for each pool of cells (default: every cell alone), with 95% intervals.
 
@@ -70,22 +74,32 @@ def band_shares(
         mask[first:last] = True
         masks[name] = mask
     pools = pools or {k: [k] for k in cells}
-    rng = np.random.default_rng(seed)
-    alpha = (1 - CONFIDENCE) / 2
     out = []
-    for pool, keys in pools.items():
-        present = [cells[k] for k in keys if k in cells]
-        if not present:
-            continue
-        noisy = np.sum(present, axis=0)
-        draws = noisy + sample_noise(rng, scale, (DRAWS, len(present), len(labels))).sum(axis=1)
-        clipped, sim = np.clip(noisy, 0, None), np.clip(draws, 0, None)
-        total, sim_total = max(clipped.sum(), 1.0), np.maximum(sim.sum(axis=1), 1.0)
-        for name, mask in masks.items():
-            share = clipped[mask].sum() / total
-            sim_share = sim[:, mask].sum(axis=1) / sim_total
-            low, high = np.quantile(sim_share, [alpha, 1 - alpha])
-            out.append(
-                BandShare(pool, name, float(share), float(low), float(high), float(clipped[mask].sum()))
+    for name, mask in masks.items():
+        # Pools of the same number of cells share their noise distribution: one inversion for all of them.
+        by_size: dict[int, list[tuple[str, np.ndarray]]] = {}
+        for pool, keys in pools.items():
+            present = [cells[k] for k in keys if k in cells]
+            if present:
+                by_size.setdefault(len(present), []).append((pool, np.sum(present, axis=0)))
+        for size, members in by_size.items():
+            noisy = np.array([bins for _, bins in members])
+            part, rest = noisy[:, mask].sum(axis=1), noisy[:, ~mask].sum(axis=1)
+            est = share_by_inversion(
+                part, (scale,) * (size * int(mask.sum())), rest, (scale,) * (size * int((~mask).sum()))
             )
-    return out
+            for i, (pool, _) in enumerate(members):
+                value = float(est.value[i])
+                out.append(
+                    BandShare(
+                        pool,
+                        name,
+                        None if math.isnan(value) else value,
+                        float(est.low[i]),
+                        float(est.high[i]),
+                        float(max(part[i], 0.0)),
+                    )
+                )
+    order = {pool: i for i, pool in enumerate(pools)}
+    bands_order = {name: i for i, name in enumerate(masks)}
+    return sorted(out, key=lambda s: (order[s.group], bands_order[s.band]))

@@ -229,6 +229,53 @@ def _interval(
     return np.where(wide, admissible[0], low), np.where(wide, admissible[1], high)
 
 
+def _isotonic(y: FloatArray) -> FloatArray:
+    """The non-decreasing sequence closest to ``y`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in y.tolist():
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    return np.repeat([b[0] for b in blocks], [int(b[1]) for b in blocks]).astype(np.float64)
+
+
+def _widen_monotone(low: FloatArray, high: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Bands of a non-decreasing curve made non-decreasing by widening only (so no point loses coverage):
+    each low end drops to the smallest low end after it, each high end rises to the largest before it."""
+    low = np.minimum.accumulate(low[..., ::-1], axis=-1)[..., ::-1]
+    return low, np.maximum.accumulate(high, axis=-1)
+
+
+def _monotone_curve(
+    population: FloatArray,
+    income: FloatArray,
+    lows: dict[str, FloatArray],
+    highs: dict[str, FloatArray],
+    non_negative: bool,
+) -> tuple[FloatArray, FloatArray]:
+    """The Lorenz points post-processed to what a Lorenz curve is: p never falls, the income share never
+    rises above the line of equality (L <= p) and, for incomes of at least 0, never falls either; the
+    bands are widened to monotone and cut at the line of equality. Changes ``lows``/``highs`` in place."""
+    population, income = population.copy(), income.copy()
+    p_low, p_high = _widen_monotone(lows["population"], highs["population"])
+    i_low, i_high = lows["income"], highs["income"]
+    if non_negative:
+        i_low, i_high = _widen_monotone(i_low, i_high)
+    for row in range(population.shape[0]):
+        if not np.isnan(population[row]).any():
+            population[row] = np.clip(_isotonic(population[row]), 0.0, 1.0)
+        if non_negative and not np.isnan(income[row]).any():
+            income[row] = _isotonic(income[row])
+    income = np.fmin(income, population)
+    i_high = np.fmin(i_high, population)
+    lows["population"] = np.fmin(p_low, population)
+    highs["population"] = np.fmax(p_high, population)
+    lows["income"] = np.fmin(i_low, income)
+    highs["income"] = np.fmax(i_high, income)
+    return population, income
+
+
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
@@ -295,6 +342,7 @@ def lorenz_from_noisy_cells(
             highs[name].append(high)
     low_all = {k: np.concatenate(v) for k, v in lows.items()}
     high_all = {k: np.concatenate(v) for k, v in highs.items()}
+    population, income = _monotone_curve(fig.population, fig.income, low_all, high_all, lower >= 0)
 
     def figures(name: str, values: FloatArray, i: int) -> tuple[Figure, ...]:
         return tuple(
@@ -307,8 +355,8 @@ def lorenz_from_noisy_cells(
         out.append(
             DistributionEstimate(
                 boundaries=tuple(float(b) for b in bounds),
-                population_shares=figures("population", fig.population, i),
-                income_shares=figures("income", fig.income, i),
+                population_shares=figures("population", population, i),
+                income_shares=figures("income", income, i),
                 gini=Figure(float(fig.gini[i]), float(low_all["gini"][i]), float(high_all["gini"][i])),
                 gini_grouping_bias_max=float(fig.bias[i]),
                 quintile_shares=figures("quintiles", fig.quintiles, i),

@@ -7,6 +7,7 @@
     export      JSON Lines exports of the gateway's log and of a connector's local log
     verify      offline verification of an export with the audit public key
     witness     what a connector checks before trusting a new checkpoint
+    cosignature a connector's signed statement of the checkpoint it witnessed
     reconcile   the gateway's log against a connector's
     cli         `fedgate audit ...`
 
@@ -43,6 +44,11 @@ _EXPORTS = {
     "VerifyReport": "audit.verify",
     "verify_export": "audit.verify",
     "check_consistent": "audit.witness",
+    "check_inclusion": "audit.witness",
+    "CheckpointStale": "audit.errors",
+    "Cosignature": "audit.cosignature",
+    "Cosigner": "audit.cosignature",
+    "CosignatureVerifier": "audit.cosignature",
     "witness": "audit.witness",
     "Difference": "audit.reconcile",
     "reconcile": "audit.reconcile",
@@ -63,7 +69,11 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointPolicy",
+    "CheckpointStale",
     "Checkpointer",
+    "Cosignature",
+    "CosignatureVerifier",
+    "Cosigner",
     "Difference",
     "ForkDetected",
     "NoteSigner",
@@ -77,6 +87,7 @@ __all__ = [
     "audit_metadata",
     "check_consistent",
     "check_event",
+    "check_inclusion",
     "connector_call_event",
     "create_tables",
     "export_connector_log",
@@ -111,11 +122,13 @@ if TYPE_CHECKING:
         open_checkpoint,
         rotate_key,
     )
+    from audit.cosignature import Cosignature, CosignatureVerifier, Cosigner
     from audit.entries import check_event, connector_call_event, scrub
     from audit.errors import (
         AuditError,
         AuditUnavailable,
         CheckpointError,
+        CheckpointStale,
         ForkDetected,
         ProofError,
         UnsafeEntry,
@@ -125,4 +138,4 @@ if TYPE_CHECKING:
     from audit.reconcile import Difference, reconcile
     from audit.store import AppendedEntry, AuditLog, StoredEntry, TreeHead, audit_metadata, create_tables
     from audit.verify import VerifyReport, verify_export
-    from audit.witness import check_consistent, witness
+    from audit.witness import check_consistent, check_inclusion, witness

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from audit.entries import ACTION_KEY_ROTATED
 from audit.errors import AuditUnavailable, CheckpointError
 from audit.store import AppendedEntry, AuditLog
+from connectors.protocol import is_weak_public_key
 
 __all__ = [
     "ALG_ED25519",
@@ -52,6 +53,7 @@ __all__ = [
     "Checkpointer",
     "NoteSigner",
     "NoteVerifier",
+    "check_key_strength",
     "checkpoint_body",
     "key_id",
     "load_signer",
@@ -97,6 +99,15 @@ def _b64decode(text: str, what: str) -> bytes:
 def _check_name(name: str) -> None:
     if not name or any(c.isspace() or c == "+" for c in name) or not name.isprintable():
         raise CheckpointError("a key name must be non-empty, without spaces, '+' or control characters")
+
+
+def check_key_strength(raw: bytes, what: str) -> None:
+    """Refuse a small-order or low-entropy Ed25519 public key: forged signatures verify under the former,
+    and the latter (a repeated byte pattern) is a placeholder, never a generated key."""
+    if is_weak_public_key(raw):
+        raise CheckpointError(f"the {what} is a small-order point: forged signatures would verify under it")
+    if len(set(raw)) < 8:
+        raise CheckpointError(f"the {what} has too few distinct bytes to be a generated key")
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -188,6 +199,7 @@ def _parse_key_fields(name: str, kid_hex: str, encoded: str) -> tuple[bytes, byt
     raw = _b64decode(encoded, "key")
     if len(raw) != 33 or raw[0] != ALG_ED25519:
         raise CheckpointError("only Ed25519 note keys (algorithm 0x01, 32 bytes) are supported")
+    check_key_strength(raw[1:], "audit key")
     return bytes.fromhex(kid_hex), raw[1:]
 
 
@@ -222,8 +234,10 @@ def load_verifier(value: str | Path | NoteVerifier | Ed25519PublicKey) -> NoteVe
     A PEM or raw key carries no name, so it matches signature lines of any name whose key ID fits the key.
     """
     if isinstance(value, NoteVerifier):
+        check_key_strength(value.raw, "audit key")
         return value
     if isinstance(value, Ed25519PublicKey):
+        check_key_strength(_raw_public(value), "audit key")
         return NoteVerifier(value)
     text = str(value).strip()
     path = Path(text)
@@ -233,6 +247,7 @@ def load_verifier(value: str | Path | NoteVerifier | Ed25519PublicKey) -> NoteVe
         key = load_pem_public_key(text.encode())
         if not isinstance(key, Ed25519PublicKey):
             raise CheckpointError("the PEM public key is not an Ed25519 key")
+        check_key_strength(_raw_public(key), "audit key")
         return NoteVerifier(key)
     if "+" in text and text.count("+") >= 2 and not text.startswith("PRIVATE+KEY+"):
         try:
@@ -250,6 +265,7 @@ def load_verifier(value: str | Path | NoteVerifier | Ed25519PublicKey) -> NoteVe
             "a public key is a verifier key (<name>+<id>+<base64>), a PEM Ed25519 key, or 32 bytes in "
             "base64 or hex"
         )
+    check_key_strength(raw, "audit key")
     return NoteVerifier(Ed25519PublicKey.from_public_bytes(raw))
 
 

@@ -1,8 +1,10 @@
 """`fedgate audit ...`: export, tail, verify and reconcile the audit log, and manage the audit key.
 
 `verify` exits 0 when every entry re-hashes, chains and is covered by checkpoints signed with the given
-key, and 1 otherwise, naming the first bad sequence number and what is wrong (2 for unusable arguments).
-`reconcile` exits 0 when the gateway's and the connector's logs agree, 1 otherwise.
+key, and reproduces every saved checkpoint and department cosignature given, and 1 otherwise, naming the
+first bad sequence number and what is wrong (2 for unusable arguments). `reconcile` exits 0 when the
+gateway's and the connector's logs agree, 1 on any difference: run it on a schedule
+(deploy/systemd/fedgate-reconcile.timer, deploy/k8s/reconcile-cronjob.yaml).
 
 Imports are deferred into the commands so that mounting this app in the main CLI loads neither
 SQLAlchemy nor the cryptography library.
@@ -10,6 +12,7 @@ SQLAlchemy nor the cryptography library.
 
 from __future__ import annotations
 
+import datetime
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -190,16 +193,57 @@ def verify(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="also write the report as JSON here")
     ] = None,
+    trusted_checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted-checkpoint",
+            help="a signed checkpoint saved earlier (GET /v1/audit/checkpoint's note): the export must "
+            "reproduce it; repeatable",
+        ),
+    ] = None,
+    witness_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness-key",
+            help="a department's connector key, to check its cosignatures: name=ed25519:<base64> (as "
+            "its schema shows it) or a cosignature/v1 verifier key, or a file; repeatable",
+        ),
+    ] = None,
+    cosigned: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--cosigned",
+            help="cosignatures a department handed over: a cosigned checkpoint note or its connector's "
+            "local log export; repeatable",
+        ),
+    ] = None,
+    save_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="after a successful check, save the export's latest checkpoint here, to pass as "
+            "--trusted-checkpoint next time (a scheduled run pins what the previous one saw)",
+        ),
+    ] = None,
 ) -> None:
-    """Verify an export offline: re-hash every entry, recompute chain and Merkle roots, check signatures."""
+    """Verify an export offline: re-hash every entry, recompute chain and Merkle roots, check signatures,
+    and check it against saved checkpoints and the departments' cosignatures."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from audit.errors import AuditError
     from audit.verify import verify_export
+    from audit.witnessed import load_witness_key
 
     if not file.is_file():
         errors.print(f"[red]no such export:[/red] {file}")
         raise typer.Exit(2)
+    try:
+        saved = [
+            (p.read_text(encoding="utf-8"), f"the trusted checkpoint {p}") for p in trusted_checkpoint or []
+        ]
+        witnesses = [load_witness_key(k) for k in witness_key or []]
+    except (AuditError, OSError, ValueError) as exc:
+        errors.print(f"[red]cannot read the outside evidence:[/red] {exc}")
+        raise typer.Exit(2) from None
     try:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors
@@ -210,12 +254,17 @@ def verify(
                 public_key,
                 origin=origin,
                 progress=lambda n: progress.update(task, description=f"verified {n:,} entries"),
+                trusted_checkpoints=saved,
+                witness_keys=witnesses,
+                cosigned=cosigned or [],
             )
     except (AuditError, ValueError) as exc:
         errors.print(f"[red]cannot verify:[/red] {exc}")
         raise typer.Exit(2) from None
     if json_out is not None:
         _write_report(report, json_out)
+    if report.witnessed:
+        _print_witnessed(report)
     if not report.ok:
         first = report.first_problem
         assert first is not None
@@ -230,12 +279,47 @@ def verify(
     if strict and report.uncovered_from is not None:
         console.print(f"[red]FAILED[/red] first bad sequence number {report.uncovered_from}: not yet signed")
         raise typer.Exit(1)
+    if save_checkpoint is not None:
+        _save_latest_checkpoint(file, save_checkpoint)
     last = report.start + report.entries - 1
     console.print(
         f"[green]OK[/green] entries {report.start}..{last} re-hashed and chained; "
         f"{report.checkpoints_verified} signed checkpoint(s) verified, covering up to {report.covered_to}"
         + (f"; origin {report.origin}" if report.origin else "")
     )
+
+
+def _save_latest_checkpoint(export: Path, out: Path) -> None:
+    """Write the largest checkpoint note of a verified export (its lines precede the first entry)."""
+    import json
+    import os
+
+    best: tuple[int, str] | None = None
+    with export.open("rb") as f:
+        for raw in f:
+            if raw.startswith(b'{"kind":"entry"'):
+                break
+            line = json.loads(raw)
+            if line.get("kind") == "checkpoint" and (best is None or line["size"] > best[0]):
+                best = (line["size"], line["note"])
+    if best is not None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(best[1], encoding="utf-8")
+        os.replace(tmp, out)
+
+
+def _print_witnessed(report: VerifyReport) -> None:
+    from rich.table import Table
+
+    table = Table(title="latest checkpoint cosigned by each department's connector")
+    for column in ("connector", "department", "size", "cosigned at (UTC)", "agrees with the export"):
+        table.add_column(column)
+    for w in sorted(report.witnessed.values(), key=lambda w: w.connector):
+        when = datetime.datetime.fromtimestamp(w.timestamp, tz=datetime.UTC).isoformat(timespec="seconds")
+        table.add_row(
+            w.connector, w.department or "", str(w.size), when, "yes" if w.agrees else "[red]NO[/red]"
+        )
+    console.print(table)
 
 
 def _write_report(report: VerifyReport, path: Path) -> None:
@@ -284,6 +368,39 @@ def reconcile(
         )
     console.print(table)
     raise typer.Exit(1)
+
+
+@audit_app.command("fetch")
+def fetch(
+    url: Annotated[str, typer.Option(help="the gateway's base URL, e.g. https://fedgate.example.internal")],
+    api_key_file: Annotated[Path, typer.Option(help="a file holding an auditor API key")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the JSON Lines file to write")],
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA bundle that signed the gateway's certificate")
+    ] = None,
+) -> None:
+    """Download the gateway's whole audit log (with the checkpoints that cover it) as an auditor."""
+    import httpx
+
+    try:
+        key = api_key_file.read_text(encoding="utf-8").strip()
+        verify: str | bool = str(ca_file) if ca_file is not None else True
+        headers = {"authorization": f"Bearer {key}"}
+        with httpx.stream(
+            "GET", url.rstrip("/") + "/v1/audit/export", headers=headers, verify=verify, timeout=300
+        ) as response:
+            if response.status_code != 200:
+                errors.print(f"[red]the gateway answered {response.status_code}[/red]")
+                raise typer.Exit(1)
+            tmp = out.with_name(out.name + ".tmp")
+            with tmp.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+            tmp.replace(out)
+    except (httpx.HTTPError, OSError) as exc:
+        errors.print(f"[red]cannot fetch the audit log:[/red] {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {out}")
 
 
 @audit_app.command("keygen")

@@ -38,6 +38,8 @@ from audit.errors import UnsafeEntry
 __all__ = [
     "ACTION_CONNECTOR_CALL",
     "ACTION_CONNECTOR_REQUEST",
+    "ACTION_COSIGNED",
+    "ACTION_EXTRACT_PLANNED",
     "ACTION_KEY_ROTATED",
     "FILTER_FIELDS",
     "GENESIS_HASH",
@@ -61,6 +63,11 @@ ACTION_KEY_ROTATED = "audit.key_rotated"
 ACTION_CONNECTOR_CALL = "connector.call"
 # Logged before a request to a connector is sent, so a gateway that dies mid-call still shows what it sent.
 ACTION_CONNECTOR_REQUEST = "connector.request"
+# Logged for every planned extract before the checkpoint that the extract carries is signed, naming its
+# extract digest: the connector checks an inclusion proof of this entry before it serves.
+ACTION_EXTRACT_PLANNED = "connector.extract_planned"
+# A connector's cosignature of the checkpoint it witnessed (`audit.cosignature`), as it returned it.
+ACTION_COSIGNED = "checkpoint.cosigned"
 _RESERVED_ACTIONS = frozenset({ACTION_KEY_ROTATED})
 
 # Key names are compared with case and separators removed, so "API-Key", "apiKey" and "x_api_key" all match.

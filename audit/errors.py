@@ -6,6 +6,7 @@
      ├── ProofError             an inclusion or consistency proof does not verify
      ├── CheckpointError        a signed note or checkpoint is malformed or not trusted
      ├── ForkDetected           two signed checkpoints cannot both be views of one append-only log
+     ├── CheckpointStale        a checkpoint smaller than the one a witness already holds
      ├── ExportFormatError      an export file does not follow the export format (names the line)
      └── VerificationFailed     an export does not verify; carries the report
 
@@ -58,6 +59,19 @@ class ForkDetected(AuditError):
         self.old_size = old_size
         self.new_size = new_size
         super().__init__(message)
+
+
+class CheckpointStale(AuditError):
+    """A consistent checkpoint, but smaller than the one this witness already holds: refused, so a gateway
+    cannot show a witness an older view of its log (a restored backup, a hidden tail)."""
+
+    def __init__(self, *, witnessed_size: int, presented_size: int) -> None:
+        self.witnessed_size = witnessed_size
+        self.presented_size = presented_size
+        super().__init__(
+            f"the checkpoint of size {presented_size} is older than the one of size {witnessed_size} "
+            "already witnessed"
+        )
 
 
 class ExportFormatError(AuditError):

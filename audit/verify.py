@@ -17,6 +17,12 @@ vouches for.
 
 Entries after the last checkpoint that covers them are reported as a warning (`uncovered_from`): they are
 chained but not yet signed. An export whose entries no trusted checkpoint covers at all fails.
+
+The audit key alone cannot catch its holder: a log rewritten and re-signed verifies. Outside evidence does
+(`audit.witnessed`): checkpoints the auditor saved earlier (`trusted_checkpoints`) and the connectors'
+cosignatures (`witness_keys` pins each department's key; `cosigned` adds what departments hand over)
+must each be reproduced by the export's entries at their size; an export that ends before one of them
+was truncated or rolled back. The report lists the latest size each department cosigned (`witnessed`).
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from audit.checkpoint import (
     open_note,
     verify_rotation,
 )
+from audit.cosignature import CosignatureVerifier
 from audit.entries import ACTION_KEY_ROTATED, GENESIS_HASH
 from audit.errors import CheckpointError, ExportFormatError, ProofError, VerificationFailed
 from audit.export import EXPORT_FORMAT
 from audit.merkle import CompactRange, verify_consistency
 from audit.scan import ENTRY_HEAD, Chunk, ChunkResult, ProblemKind, ScanState, plan_chunks, scan_chunk
+from audit.witnessed import Anchor, WitnessedSize, cosignature_anchors, trusted_anchor
 
 __all__ = ["Problem", "ProblemKind", "VerifyReport", "verify_export"]
 
@@ -80,6 +88,8 @@ class VerifyReport:
     problem_count: int = 0
     warnings: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    anchors_checked: int = 0
+    witnessed: dict[str, WitnessedSize] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -204,6 +214,9 @@ def verify_export(
     origin: str | None = None,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    trusted_checkpoints: Iterable[tuple[str, str]] = (),
+    witness_keys: Iterable[CosignatureVerifier] = (),
+    cosigned: Iterable[Path] = (),
 ) -> VerifyReport:
     """Verify an export offline; the report names the first bad sequence number and what is wrong.
 
@@ -212,12 +225,18 @@ def verify_export(
     checkpoints' origin. The report is returned whether or not the export verifies: test `report.ok` or call
     `report.raise_for_problems()`. `progress(n)` is told how many entries have been checked; `workers`
     processes (default: one per usable core, for large files) share the re-hashing.
+    `trusted_checkpoints` are (signed note, where it came from) pairs the auditor saved earlier;
+    `witness_keys` the departments' connector keys, which check the cosignatures in the export and in the
+    `cosigned` files (cosigned notes or connector log exports).
     """
     path = Path(path)
     trusted = [load_verifier(k) for k in public_keys]
     if not trusted:
         raise ValueError("verify_export needs at least one public key: without one nothing is proven")
     report = VerifyReport(path=path)
+    anchors = [trusted_anchor(note, trusted, source) for note, source in trusted_checkpoints]
+    witnessed_anchors, report.witnessed = cosignature_anchors(path, cosigned, witness_keys, report.warnings)
+    anchors += witnessed_anchors
     with path.open("rb") as f:
         first = f.readline()
         try:
@@ -243,10 +262,11 @@ def verify_export(
             expect=start, prev_seq=start - 1, claimed_prev=prev_hash.hex().encode(), prev_digest=prev_hash
         )
         chunks = plan_chunks(f, offset, state)
-    targets = {cp.size for cp in checkpoints}
+    targets = {cp.size for cp in checkpoints} | {a.checkpoint.size for a in anchors}
     stream = _scan(path, chunks, number, frontier, targets, report, progress, workers)
     _check_signatures(checkpoints, stream, trusted, origin, report)
     _check_roots(checkpoints, stream, report)
+    _check_anchors(anchors, stream, report)
     report.problems.sort(key=lambda p: p.seq)  # stable: one seq's problems stay in the order found
     return report
 
@@ -555,3 +575,34 @@ def _check_one(
                 f"the checkpoint of size {cp.size} is not consistent with the one of size {earlier.size}",
             )
     return holds
+
+
+def _check_anchors(anchors: list[Anchor], stream: _Stream, report: VerifyReport) -> None:
+    """Each outside checkpoint must be reproduced by the export's entries at its size."""
+    for anchor in anchors:
+        size = anchor.checkpoint.size
+        if size in stream.roots:
+            report.anchors_checked += 1
+            if stream.roots[size] == anchor.checkpoint.root:
+                continue
+            report.add(
+                max(report.start, 1),
+                ProblemKind.FORK,
+                f"entries up to {size} are not those {anchor.source} holds a checkpoint of: the log was "
+                "rewritten, or shown differently to others",
+            )
+        elif size > stream.size:
+            report.anchors_checked += 1
+            report.add(
+                stream.size + 1,
+                ProblemKind.TRUNCATED,
+                f"the export ends at entry {stream.size}, but {anchor.source} holds a checkpoint of size "
+                f"{size}: entries were removed or the log was rolled back",
+            )
+        else:
+            report.warnings.append(
+                f"the checkpoint of size {size} from {anchor.source} lies before this export's range"
+            )
+            continue
+        if anchor.witness is not None and anchor.witness in report.witnessed:
+            report.witnessed[anchor.witness].agrees = False

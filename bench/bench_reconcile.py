@@ -41,7 +41,6 @@ CONNECTORS = ("register", "tax", "social", "utility", "civil")
 FAMILIES = ("income_bands", "coverage", "key_groups", "early_warning")
 CONFIG = synthetic_config()
 Cell = tuple[str, str, str]
-MAX_ROWS = 5_000_000
 EXACT_EPSILON = Decimal(10) ** 12
 """An unsafe exact evaluation: noise scales near 1e-12, so the integer noise is 0."""
 
@@ -150,7 +149,7 @@ def releases(
             assert dataset is not None
             tables[e.ref] = Extractor(service.loaded, service.source, service.keyring).run(req, dataset).table
         frame = unit_frame(plan, tables)
-        spec = release_spec(plan, MAX_ROWS)
+        spec = release_spec(plan)
         noisy[q.role] = prepare_release(spec).run(frame).to_json_dict()
         unsafe = spec.model_copy(update={"epsilon": EXACT_EPSILON})
         exact[q.role] = prepare_release(unsafe).run(frame).to_json_dict()

@@ -110,12 +110,20 @@ def _print_check(report: CheckReport) -> None:
 
     out = Console()
     months = ", ".join(report.months)
-    out.print(f"connector [bold]{report.connector}[/bold] ({report.config}), trial months {months}")
-    out.print(f"public key / 公钥: {report.public_key or '-'}")
-    out.print(f"fingerprint / 指纹: {report.fingerprint or '-'}")
+    # soft_wrap: paths, keys and messages stay whole lines (the terminal wraps them), so they can be copied.
+    out.print(
+        f"connector [bold]{report.connector}[/bold] ({report.config}), trial months {months}", soft_wrap=True
+    )
+    out.print(f"public key / 公钥: {report.public_key or '-'}", soft_wrap=True)
+    out.print(f"fingerprint / 指纹: {report.fingerprint or '-'}", soft_wrap=True)
+    if report.public_key:
+        # What auditors pass to `fedgate audit verify --witness-key` to check this connector's cosignatures.
+        out.print(
+            f"witness key / 见证公钥 (--witness-key): {report.connector}={report.public_key}", soft_wrap=True
+        )
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report.findings:
-        out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {f.message}")
+        out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {f.message}", soft_wrap=True)
     for d in report.datasets:
         table = Table(title=f"dataset {d.name}", show_header=True)
         table.add_column("check / 检查")
@@ -244,7 +252,13 @@ def export_log(
     except ConnectorError as exc:
         console.print(f"[red]invalid:[/red] {exc}")
         raise typer.Exit(2) from None
-    state = ConnectorState(cfg.state_dir)
+    # Read only: run beside a live connector (the scheduled reconcile), it must not release the
+    # reservations of extracts in flight.
+    try:
+        state = ConnectorState(cfg.state_dir, read_only=True)
+    except FileNotFoundError:
+        console.print(f"[red]no state file in {cfg.state_dir}: the connector has not run yet[/red]")
+        raise typer.Exit(2) from None
     try:
         verified = state.verify_log()
         count = export_connector_log(state, out, connector=cfg.name)

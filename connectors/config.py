@@ -231,8 +231,9 @@ class PolicySpec(_Strict):
     audit_public_keys: tuple[str, ...] = Field(
         (),
         max_length=2,
-        description="the gateway's audit note keys (name+keyid+base64): when set, every extract must carry a "
-        "checkpoint consistent with the last one this connector witnessed",
+        description="the gateway's audit note keys (name+keyid+base64), the current one and during rotation "
+        "the next: every extract must carry a checkpoint that extends the last one this connector witnessed "
+        "and includes the request's own entry; required unless unsafe_development is set",
     )
     max_clock_skew_seconds: int = Field(60, ge=5, le=600)
 
@@ -245,6 +246,19 @@ class PolicySpec(_Strict):
     @classmethod
     def _check_gateway_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_public_key(v) for v in value)
+
+    @field_validator("audit_public_keys")
+    @classmethod
+    def _check_audit_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from audit.checkpoint import parse_verifier
+        from audit.errors import CheckpointError
+
+        for key in value:
+            try:
+                parse_verifier(key)
+            except CheckpointError as exc:
+                raise ValueError(f"{exc} (give the verifier key `fedgate audit keygen` printed)") from None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> PolicySpec:
@@ -278,9 +292,28 @@ class ConnectorConfig(_Strict):
     )
     state_dir: Path = Field(description="nonces, served extracts, budget and the local log")
     listen: ListenSpec = ListenSpec()
+    unsafe_development: bool = Field(
+        False,
+        description="development on loopback only: allows a connector that does not witness the gateway's "
+        "audit log and has no https listen.public_url; logged as a warning at every start",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ConnectorConfig:
+        if not self.unsafe_development:
+            if not self.policy.audit_public_keys:
+                raise ValueError(
+                    "policy.audit_public_keys is required: a connector witnesses the gateway's audit log "
+                    "(pin the verifier key of the gateway's FEDGATE_AUDIT_KEY_FILE; "
+                    "unsafe_development: true only for local work)"
+                )
+            url = self.listen.public_url
+            if url is None or not url.startswith("https://"):
+                raise ValueError(
+                    "listen.public_url must be the https URL the gateway calls (the mutual-TLS proxy); "
+                    "without it the signed URL would depend on the Host header "
+                    "(unsafe_development: true only for local work)"
+                )
         names = [d.name for d in self.datasets]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

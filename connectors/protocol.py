@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 import time
@@ -41,6 +42,8 @@ H_NONCE = "x-fedgate-nonce"
 H_KEY = "x-fedgate-key"
 H_SIGNATURE = "x-fedgate-signature"
 H_REQUEST_DIGEST = "x-fedgate-request-digest"
+# A connector's cosignature (C2SP tlog-cosignature/v1 line) of the audit checkpoint it witnessed.
+H_COSIGNATURE = "x-fedgate-cosignature"
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256, lower-case hex")]
 QueryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,80}$")]
@@ -517,6 +520,20 @@ class ExtractRequest(_Model):
         le=2**63 - 1,
         description="the audit size this connector last witnessed, which the proof starts (or ends) at",
     )
+    witness_seq: int | None = Field(
+        None, ge=1, description="the sequence number of this extract's own entry in the gateway's audit log"
+    )
+    witness_entry: str | None = Field(
+        None,
+        max_length=4096,
+        description="that entry's canonical JSON, naming this connector, query, dataset and extract digest",
+    )
+    witness_prev_hash: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="the hash of the entry before it (hex)"
+    )
+    witness_inclusion: tuple[str, ...] = Field(
+        (), max_length=64, description="base64 RFC 9162 inclusion proof of that entry in the checkpoint"
+    )
 
     @field_validator("measures", "dimensions")
     @classmethod
@@ -585,3 +602,29 @@ class ErrorBody(_Model):
 
 def is_safe_identifier(value: str) -> bool:
     return re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value) is not None
+
+
+# What changes between retries of one extract: the audit checkpoint and the proofs that go with it.
+WITNESS_FIELDS = frozenset(
+    {
+        "checkpoint",
+        "checkpoint_proof",
+        "checkpoint_against",
+        "witness_seq",
+        "witness_entry",
+        "witness_prev_hash",
+        "witness_inclusion",
+    }
+)
+
+
+def extract_digest(request: ExtractRequest) -> str:
+    """SHA-256 (hex) of the request body without its witness fields: what identifies one extract.
+
+    The gateway logs it before signing the checkpoint the request carries (the signed request's own digest
+    covers that checkpoint, so it cannot be inside it); the connector recomputes it, finds it in the entry
+    the inclusion proof vouches for, and matches a retry to its stored answer by it. Taken from the body's
+    form, which leaves unset fields out, so it is stable across versions that add optional fields.
+    """
+    body = json.loads(request.body())
+    return sha256_hex(canonical_json({k: v for k, v in body.items() if k not in WITNESS_FIELDS}))

@@ -37,8 +37,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from audit.checkpoint import parse_verifier
-from audit.errors import CheckpointError, ForkDetected, ProofError
-from audit.witness import witness
+from audit.cosignature import Cosigner
+from audit.entries import ACTION_EXTRACT_PLANNED
+from audit.errors import CheckpointError, CheckpointStale, ForkDetected, ProofError
+from audit.witness import check_inclusion, witness
 from connectors.body_limit import BodySizeLimit
 from connectors.config import DatasetSpec, LoadedConfig
 from connectors.coverage import Asked, NotCovered, check_cover
@@ -49,6 +51,7 @@ from connectors.protocol import (
     ARROW_STREAM,
     BASELINE_SUFFIX,
     H_CONNECTOR,
+    H_COSIGNATURE,
     H_KEY,
     H_NONCE,
     H_PROTOCOL,
@@ -67,6 +70,7 @@ from connectors.protocol import (
     PolicySchema,
     SignatureError,
     canonical_json,
+    extract_digest,
     fingerprint,
     load_private_key,
     parse_public_key,
@@ -202,6 +206,15 @@ class ConnectorService:
         self.schema = build_schema(loaded, public_key_text(self.signing_key.public_key()))
         self.extractor = Extractor(loaded, source, keyring)
         self.audit_verifiers = [parse_verifier(v) for v in self.cfg.policy.audit_public_keys]
+        # The connector key cosigns the checkpoints it witnessed, under the connector's name.
+        self.cosigner = Cosigner(self.cfg.name, self.signing_key)
+        if self.cfg.unsafe_development:
+            log.warning(
+                "connector.unsafe_development",
+                witnessing=bool(self.audit_verifiers),
+                public_url=self.cfg.listen.public_url,
+                message="development switch on: do not serve real data with this configuration",
+            )
         # Kept in memory too, so a health check never waits on the state file while extracts run.
         self.witnessed_size = state.witnessed()[0]
         self._witness_lock = threading.Lock()
@@ -264,10 +277,15 @@ class ConnectorService:
             return public.rstrip("/") + path
         return str(request.url)
 
-    def signed(self, verified: Verified, body: bytes, media_type: str) -> Response:
+    def signed(
+        self, verified: Verified, body: bytes, media_type: str, *, cosignature: str | None = None
+    ) -> Response:
         headers = sign_response(
             self.signing_key, request_digest=verified.digest, connector=self.cfg.name, body=body
         )
+        if cosignature is not None:
+            # The line holds an em dash, which an HTTP header cannot: it travels as base64 of its UTF-8.
+            headers[H_COSIGNATURE] = base64.b64encode(cosignature.encode()).decode()
         return Response(content=body, media_type=media_type, headers=headers)
 
     # --- extract checks
@@ -355,19 +373,21 @@ class ConnectorService:
                 403, ErrorCode.NOT_APPROVED, f"the {what} is not signed by this department"
             ) from None
 
-    def witness(self, req: ExtractRequest) -> None:
-        """Check the gateway's audit checkpoint against the last one witnessed here; refuse on a fork.
+    def witness(self, req: ExtractRequest) -> str | None:
+        """Witness the gateway's audit checkpoint; return this connector's cosignature of it.
 
-        A connector that pins the gateway's audit key serves only requests whose checkpoint is signed by it
-        and extends (by an RFC 9162 consistency proof) the last checkpoint it accepted. Once it has seen a
-        forked history it refuses everything until an operator resolves the fork.
+        Served only: a checkpoint signed by a pinned audit key, extending (by an RFC 9162 consistency proof)
+        and not smaller than the last one accepted here, that includes (by an inclusion proof) the entry in
+        which the gateway logged this very extract before signing it. Once it has seen a forked history the
+        connector refuses everything until an operator resolves the fork (docs/security.md). Without an
+        audit key (only under `unsafe_development`) nothing is witnessed and None is returned.
         """
         if not self.audit_verifiers:
-            return
+            return None
         with self._witness_lock:
-            self._witness(req)
+            return self._witness(req)
 
-    def _witness(self, req: ExtractRequest) -> None:
+    def _witness(self, req: ExtractRequest) -> str:
         size, last, forked = self.state.witnessed()
         if forked:
             raise _refuse(
@@ -385,9 +405,32 @@ class ConnectorService:
                 "the proof is not from the audit size this connector last witnessed",
                 {"witnessed_size": size},
             )
+        if req.witness_seq is None or req.witness_entry is None or req.witness_prev_hash is None:
+            raise _refuse(
+                422,
+                ErrorCode.INVALID_REQUEST,
+                "this connector requires the inclusion proof of the request's own audit entry "
+                "(witness_seq, witness_entry, witness_prev_hash, witness_inclusion)",
+            )
         try:
             proof = [base64.b64decode(p, validate=True) for p in req.checkpoint_proof]
             accepted = witness(last, req.checkpoint, proof, self.audit_verifiers)
+            inclusion = [base64.b64decode(p, validate=True) for p in req.witness_inclusion]
+            event = check_inclusion(
+                accepted,
+                req.witness_seq,
+                bytes.fromhex(req.witness_prev_hash),
+                req.witness_entry.encode(),
+                inclusion,
+            )
+        except CheckpointStale as exc:
+            # Refused, never accepted: the gateway retries with a checkpoint at least this large.
+            raise RequestRefused(
+                409,
+                ErrorCode.CHECKPOINT_STALE.value,
+                "the checkpoint is older than the one this connector last witnessed",
+                {"witnessed_size": exc.witnessed_size},
+            ) from None
         except ForkDetected:
             self.state.mark_fork()
             self.state.append_log(
@@ -403,11 +446,24 @@ class ConnectorService:
             raise _refuse(
                 403,
                 ErrorCode.FORBIDDEN,
-                "the audit checkpoint is not signed by the gateway's audit key or its proof is malformed",
+                "the audit checkpoint is not signed by the gateway's audit key, or a proof does not hold",
             ) from None
-        if accepted.size >= size:
-            self.state.remember_checkpoint(accepted.size, accepted.note)
-            self.witnessed_size = accepted.size
+        expected = {
+            "action": ACTION_EXTRACT_PLANNED,
+            "connector": self.cfg.name,
+            "query_id": req.query_id,
+            "dataset": req.dataset,
+            "extract_digest": extract_digest(req),
+        }
+        if any(event.get(k) != v for k, v in expected.items()):
+            raise _refuse(
+                403,
+                ErrorCode.FORBIDDEN,
+                "the audit entry the inclusion proof vouches for does not record this extract",
+            )
+        self.state.remember_checkpoint(accepted.size, accepted.note)
+        self.witnessed_size = accepted.size
+        return self.cosigner.cosign(accepted, int(time.time()))
 
     def extract(
         self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
@@ -421,13 +477,8 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.UNKNOWN_KEY_EPOCH, "this connector holds no federation key of that epoch"
             ) from None
-        # The checkpoint changes between retries; the rest of the request identifies it. Taken from the
-        # body's form, which leaves unset baseline fields out, so a retry of an extract served before
-        # those fields existed still matches its stored answer.
-        identity = {
-            k: v for k, v in json.loads(req.body()).items() if k not in ("checkpoint", "checkpoint_proof")
-        }
-        fingerprint_ = sha256_hex(canonical_json(identity))
+        # The witness fields change between retries; the rest of the request identifies it.
+        fingerprint_ = extract_digest(req)
         window = budget_window()
         epsilon = req.epsilon
         try:
@@ -580,15 +631,16 @@ def create_app(service: ConnectorService) -> FastAPI:
                 422, ErrorCode.INVALID_REQUEST, "invalid extract request: " + ", ".join(fields)
             ) from None
         dataset = service.check_extract(req, verified)
-        await run_in_threadpool(service.witness, req)
+        cosignature = await run_in_threadpool(service.witness, req)
         request.state.log_extra = {
             "dataset": dataset.name,
             "request_digest": verified.digest,
             "checkpoint": req.checkpoint,
+            "cosignature": cosignature,
         }
         payload, facts = await run_in_threadpool(service.extract, req, dataset, verified)
         request.state.log_extra.update(facts)
-        return service.signed(verified, payload, ARROW_STREAM)
+        return service.signed(verified, payload, ARROW_STREAM, cosignature=cosignature)
 
     @app.get("/v1/quality")
     async def quality(request: Request) -> dict[str, Any]:

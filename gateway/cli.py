@@ -151,6 +151,46 @@ def query_submit(
         _print_query(call_gateway(lambda: gw.submit(spec)), as_json)
 
 
+def print_preview(doc: dict[str, Any]) -> None:
+    """A preview as a table of half-widths, then its warnings."""
+    title = (
+        f"expected accuracy of {doc['query_id']} at ε = {doc['epsilon']} "
+        f"({doc['confidence']:.0%} half-widths; {doc['cells']:,} public cells) / 预计精度"
+    )
+    table = Table(title=title)
+    for col in ("statistic", "±", "unit", "per", "ε share", "note"):
+        table.add_column(col, justify="right" if col == "±" else "left")
+    for s in doc["statistics"]:
+        if s["half_width"] is not None:
+            shown = f"{s['half_width']:,.0f}"
+        else:
+            shown = ", ".join(f"n={n}: {w:,.0f}" for n, w in (s.get("half_width_by_cell_size") or {}).items())
+        table.add_row(s["statistic"], shown, s["unit"], s["per"], s["epsilon_share"], s["note"])
+    console.print(table)
+    for warning in doc["warnings"]:
+        console.print(f"[yellow]warning / 提示:[/yellow] {warning}")
+
+
+@query_app.command("estimate")
+def query_estimate(
+    spec_file: Annotated[Path, typer.Argument(help="the query as JSON (fedgate-query/1) / 查询文件")],
+    url: UrlOpt,
+    api_key: KeyOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Expected 95% half-width of every statistic before spending ε: no data read, nothing charged.
+    运行前预估各统计量的 95% 误差范围：不读取数据，不消耗隐私预算。"""
+    from aggregation.query import QuerySpec
+
+    spec = QuerySpec.model_validate_json(spec_file.read_text(encoding="utf-8"))
+    with _client(url, api_key) as gw:
+        doc = call_gateway(lambda: gw.preview(spec))
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    print_preview(doc)
+
+
 @query_app.command("show")
 def query_show(query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False) -> None:
     with _client(url, api_key) as gw:

@@ -118,6 +118,11 @@ class GatewayClient:
         body = spec.model_dump(mode="json") if isinstance(spec, QuerySpec) else spec
         return self._do("POST", "/v1/queries", body)
 
+    def preview(self, spec: QuerySpec | dict[str, Any]) -> Any:
+        """The expected 95% half-width of every statistic of a query, before spending anything on it."""
+        body = spec.model_dump(mode="json") if isinstance(spec, QuerySpec) else spec
+        return self._do("POST", "/v1/queries/preview", body)
+
     def query(self, query_id: str) -> Any:
         return self._do("GET", f"/v1/queries/{query_id}")
 

@@ -18,11 +18,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from audit.entries import ACTION_CONNECTOR_CALL, ACTION_CONNECTOR_REQUEST, connector_call_event
+from audit.entries import (
+    ACTION_CONNECTOR_CALL,
+    ACTION_CONNECTOR_REQUEST,
+    ACTION_COSIGNED,
+    ACTION_EXTRACT_PLANNED,
+    connector_call_event,
+)
 
 __all__ = [
     "AuditEvent",
     "BudgetRefused",
+    "CheckpointCosigned",
     "ConnectorCall",
     "ConnectorDisabled",
     "ConnectorEnabled",
@@ -30,6 +37,7 @@ __all__ = [
     "ConnectorRequest",
     "DatasetCapChanged",
     "EndpointAllowed",
+    "ExtractPlanned",
     "HttpRequest",
     "IndicatorFailed",
     "IndicatorRun",
@@ -239,6 +247,8 @@ class RuleRegistered(AuditEvent):
     department: str
     rule: dict[str, Any]
     signature: str
+    replaces: str | None = None
+    """SHA-256 of the signed rule of the same id it replaced (its own entry holds it in full)"""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -360,6 +370,33 @@ class IndicatorFailed(AuditEvent):
 
 
 # --- connector calls
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExtractPlanned(AuditEvent):
+    """Each planned extract, before the checkpoint it carries is signed: the connector serves only an
+    extract whose digest it finds, by an inclusion proof, in that checkpoint."""
+
+    action = ACTION_EXTRACT_PLANNED
+    connector: str
+    query_id: str
+    dataset: str
+    extract_digest: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointCosigned(AuditEvent):
+    """A connector's cosignature of the checkpoint it witnessed, checked against its pinned key
+    (`cosignature_outcome`: ok, invalid, missing); auditors check it again offline."""
+
+    action = ACTION_COSIGNED
+    connector: str
+    department: str
+    query_id: str
+    size: int
+    checkpoint: str
+    cosignature: str | None
+    cosignature_outcome: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from aggregation.planner import ExtractPlan
 from aggregation.query import QuerySpec
 from connectors.protocol import (
+    H_COSIGNATURE,
     H_SIGNATURE,
     PROTOCOL_VERSION,
     ConnectorSchema,
@@ -73,6 +74,8 @@ __all__ = [
 
 BeforeSend = Callable[[str, str], None]
 """Called with (path, request digest) after signing and before sending; raising stops the send."""
+
+_ERROR_CODES = frozenset(c.value for c in ErrorCode)
 
 # Per-request settings travel in the request's extensions, so one client (and its pool) serves all.
 _QUERY_ID = "fedgate.query_id"
@@ -130,13 +133,18 @@ class Receipt:
     request_digest: str
     response_digest: str
     connector_signature: str
+    cosignature: str | None = None
+    """the connector's cosignature of the checkpoint it witnessed; the caller checks it before logging it"""
 
     def as_dict(self) -> dict[str, str]:
-        return {
+        receipt = {
             "request_digest": self.request_digest,
             "response_digest": self.response_digest,
             "connector_signature": self.connector_signature,
         }
+        if self.cosignature:
+            receipt["cosignature"] = self.cosignature
+        return receipt
 
 
 class SignedExchange(httpx.Auth):
@@ -301,6 +309,7 @@ class ConnectorLink:
             request_digest=digest,
             response_digest=sha256_hex(response.content),
             connector_signature=response.headers.get(H_SIGNATURE, ""),
+            cosignature=response.headers.get(H_COSIGNATURE) or None,
         )
         try:
             with pa.ipc.open_stream(io.BytesIO(response.content)) as reader:
@@ -322,6 +331,10 @@ def _refusal(connector: str, response: httpx.Response, digest: str) -> Connector
         code, text = str(err.get("error", "error")), str(err.get("message", ""))
     except (ValueError, AttributeError):
         err, code, text = {}, "error", "the connector answered without a JSON error body"
+    # Only the protocol's own codes travel on (into audit entries and refusals): a target's arbitrary
+    # text never does.
+    if code not in _ERROR_CODES:
+        code, text = "error", "the connector answered with an unknown error code"
     failure = ConnectorRefused(connector, response.status_code, code, text, receipt)
     size = err.get("witnessed_size") if isinstance(err, dict) else None
     if isinstance(size, int) and not isinstance(size, bool):

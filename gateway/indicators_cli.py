@@ -108,8 +108,8 @@ def _decimal(text: str | None, option: str) -> Decimal | None:
 
 
 def normalized_shares(releases: list[dict[str, Any]]) -> list[str]:
-    """Each release's fraction of the indicator's epsilon. The library lists declared weights (1/2 and
-    1/3 split 3/5 and 2/5); a share that is not a number (one per key group) is shown as listed."""
+    """Each release's fraction of the indicator's epsilon. The library lists declared weights, which need
+    not add up to 1; a share that is not a number (one per key group) is shown as listed."""
     try:
         weights = [Fraction(r["share"]) for r in releases]
     except (ValueError, ZeroDivisionError):

@@ -30,6 +30,7 @@ from connectors.protocol import (
     SignedApproval,
     SignedRule,
     parse_public_key,
+    sha256_hex,
     verify_approval,
     verify_rule,
 )
@@ -305,6 +306,12 @@ def record_rule(trail: AuditTrail, signed: SignedRule, by: Principal) -> Approva
         raise ApprovalInvalid("the rule is not signed by the department's key", "rule") from None
     now = db.utcnow()
     with trail.change() as change:
+        held = change.conn.execute(
+            sa.select(db.rules.c.department, db.rules.c.signed_json).where(db.rules.c.id == rule.rule_id)
+        ).first()
+        if held is not None and held.department != rule.department:
+            # A rule id names one department's rule: another department may not take it over.
+            raise Forbidden("that rule id belongs to another department's rule: choose another id", "rule")
         change.conn.execute(db.rules.delete().where(db.rules.c.id == rule.rule_id))
         change.conn.execute(
             db.rules.insert().values(
@@ -321,6 +328,7 @@ def record_rule(trail: AuditTrail, signed: SignedRule, by: Principal) -> Approva
                 department=rule.department,
                 rule=rule.model_dump(mode="json"),
                 signature=signed.signature,
+                replaces=None if held is None else sha256_hex(held.signed_json.encode()),
             )
         )
     return rule

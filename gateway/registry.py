@@ -29,11 +29,36 @@ from gateway.federation import AnswerUnverified, ConnectorCallError, fetch_pinne
 _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
 
 
-def normalise_endpoint(url: str) -> str:
+def normalise_endpoint(url: str, *, production: bool = False) -> str:
+    """The endpoint in its one stored form; in production only `https` (the mutual-TLS link) is accepted."""
     url = url.strip().rstrip("/")
     if not _ENDPOINT.fullmatch(url):
         raise Invalid("an endpoint is an http(s) URL without query", "endpoint")
+    if production and not url.startswith("https://"):
+        raise Invalid(
+            "in production a connector is reached over https (mutual TLS, through its TLS proxy): "
+            "give its https:// address",
+            "endpoint",
+        )
     return url
+
+
+def require_callable(engine: sa.Engine, endpoint: str, *, production: bool) -> None:
+    """Refuse to call an endpoint that is off the allow-list now (checked on every call, not only at
+    registration, so removing an endpoint stops calls at once) or, in production, not https."""
+    normalise_endpoint(endpoint, production=production)
+    if endpoint not in list_endpoints(engine):
+        raise Forbidden("the endpoint is not on the operator's allow-list", "endpoint")
+
+
+def _refusal_text(exc: ConnectorCallError) -> str:
+    """What a registration refusal says: the gateway's own words, never the target's text (an allow-listed
+    URL may still answer with anything, and echoing it would make the gateway a relay)."""
+    if exc.code in ("bad_signature", "bad_schema"):
+        return f"the connector's schema was refused: {exc.message}"  # written by the gateway's client
+    if exc.status is None:
+        return "the connector cannot be reached"
+    return f"the connector refused the schema request (HTTP {exc.status})"
 
 
 @dataclass(frozen=True)
@@ -73,9 +98,9 @@ def _record(row: sa.Row[Any]) -> ConnectorRecord:
     )
 
 
-def allow_endpoint(trail: AuditTrail, url: str, by: Principal) -> str:
+def allow_endpoint(trail: AuditTrail, url: str, by: Principal, *, production: bool = False) -> str:
     """Put an endpoint on the allow-list with its entry (allowing it again changes nothing)."""
-    url = normalise_endpoint(url)
+    url = normalise_endpoint(url, production=production)
     with trail.change() as change:
         exists = change.conn.execute(
             sa.select(db.allowed_endpoints.c.url).where(db.allowed_endpoints.c.url == url)
@@ -122,12 +147,12 @@ def register_connector(
     gateway_key: Ed25519PrivateKey,
     transport: httpx.BaseTransport | None = None,
     verify: ssl.SSLContext | bool = True,
+    production: bool = False,
 ) -> ConnectorRecord:
     """Register (or update) a department's connector under its pinned key, with its entry."""
     engine = trail.log.engine
-    endpoint = normalise_endpoint(endpoint)
-    if endpoint not in list_endpoints(engine):
-        raise Forbidden("the endpoint is not on the operator's allow-list", "endpoint")
+    endpoint = normalise_endpoint(endpoint, production=production)
+    require_callable(engine, endpoint, production=production)
     existing = get_connector(engine, name)
     if existing is not None and existing.department != by.department:
         raise Forbidden("this connector belongs to another department", "name")
@@ -141,7 +166,7 @@ def register_connector(
             verify=verify,
         )
     except ConnectorCallError as exc:
-        message = f"the connector's schema was refused: {exc.message}"
+        message = _refusal_text(exc)
         if isinstance(exc, AnswerUnverified):
             raise Invalid(message, "endpoint") from None
         raise ConnectorUnavailable(message, "endpoint") from None

@@ -4,7 +4,10 @@
     prepare     the OpenDP measurement and its privacy map, before any data     (invalid: nothing reserved)
     reserve     the query's epsilon in the ledger, before the first extract     (budget refused)
     preflight   a health check of every planned connector                       (one down: unavailable)
-    fetch       signed extracts, concurrently; `connector.request` before each, `connector.call` after
+    plan        `connector.extract_planned` per extract (its digest), then the checkpoint is signed
+    fetch       signed extracts, concurrently, each carrying that checkpoint and the inclusion proof of its
+                own entry; `connector.request` before each, `connector.call` and the connector's
+                cosignature (`checkpoint.cosigned`) after
     release     token join -> one row per unit -> OpenDP release
     commit      `query.released` (the result's digest), then the ledger's charge and the stored result
                 in one transaction, then running -> released
@@ -35,12 +38,16 @@ from aggregation.executor import UNLINKED_NOTE, VALUE, unit_frame
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
-from audit.errors import ProofError
+from audit.cosignature import CosignatureVerifier, open_cosignature
+from audit.errors import CheckpointError, ProofError
 from connectors.config import Unit
 from connectors.protocol import (
+    ExtractRequest,
     SignedApproval,
     SignedRule,
     canonical_json,
+    extract_digest,
+    parse_public_key,
     sha256_hex,
 )
 from gateway import queries
@@ -62,8 +69,10 @@ from gateway.events import (
     BudgetRefused as BudgetRefusedEvent,
 )
 from gateway.events import (
+    CheckpointCosigned,
     ConnectorCall,
     ConnectorRequest,
+    ExtractPlanned,
     QueryFailed,
     QueryInterrupted,
     QueryReleased,
@@ -71,7 +80,7 @@ from gateway.events import (
 )
 from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUnreachable, extract_request
 from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
-from gateway.registry import get_connector
+from gateway.registry import get_connector, require_callable
 from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.neighbours import describe
 from privacy.release import (
@@ -225,8 +234,10 @@ class Run:
         prepared = self.prepare()
         self.reserve()
         witnessed = self.preflight()
+        requests = self.log_planned()
+        # Signed after the planned extracts are logged, so the checkpoint each extract carries includes it.
         checkpoint = self.ctx.checkpointer.checkpoint() if self.ctx.checkpointer is not None else None
-        tables = self.fetch(checkpoint, witnessed)
+        tables = self.fetch(requests, checkpoint, witnessed)
         doc = self.release(prepared, tables)
         del tables
         self.commit(doc)
@@ -262,8 +273,38 @@ class Run:
             )
         return witnessed
 
-    def fetch(self, checkpoint: Checkpoint | None, witnessed: dict[str, int]) -> dict[str, pa.Table]:
-        tables, failures = _fetch(self.ctx, self.plan, self.found, self.analyst, checkpoint, witnessed)
+    def log_planned(self) -> dict[str, tuple[ExtractRequest, int | None]]:
+        """Each planned extract's request (without witness fields) and the seq of its `ExtractPlanned`.
+
+        The entry names the extract digest, which the connector recomputes and finds through an inclusion
+        proof in the checkpoint the request carries: the gateway cannot be served an extract its log (as
+        the connector witnessed it) does not record.
+        """
+        epoch = self.ctx.settings.token_epoch
+        requests: dict[str, tuple[ExtractRequest, int | None]] = {}
+        for e in self.plan.extracts:
+            base = extract_request(
+                e, self.spec, self.found[e.department], epoch=epoch, analyst=self.analyst.name
+            )
+            seq = self.ctx.audit.record(
+                ExtractPlanned(
+                    actor="gateway",
+                    connector=e.connector,
+                    query_id=self.qid,
+                    dataset=e.dataset,
+                    extract_digest=extract_digest(base),
+                )
+            )
+            requests[e.ref] = (base, seq if self.ctx.checkpointer is not None else None)
+        return requests
+
+    def fetch(
+        self,
+        requests: dict[str, tuple[ExtractRequest, int | None]],
+        checkpoint: Checkpoint | None,
+        witnessed: dict[str, int],
+    ) -> dict[str, pa.Table]:
+        tables, failures = _fetch(self.ctx, self.plan, requests, checkpoint, witnessed)
         if failures:
             self.failed_connectors = sorted(failures)
             if not tables:
@@ -361,23 +402,26 @@ class Run:
 def _fetch(
     ctx: GatewayContext,
     plan: Plan,
-    found: dict[str, SignedApproval | SignedRule],
-    analyst: Principal,
-    checkpoint: Checkpoint | None,
+    requests: dict[str, tuple[ExtractRequest, int | None]],
+    first_checkpoint: Checkpoint | None,
     witnessed: dict[str, int],
 ) -> tuple[dict[str, pa.Table], dict[str, str]]:
     """Call every planned connector concurrently; returns the tables and, per failed extract, its code."""
     spec = plan.query
     tables: dict[str, pa.Table] = {}
     failures: dict[str, str] = {}
-    epoch = ctx.settings.token_epoch
 
-    def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str]]:
+    def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str], Checkpoint | None]:
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
             raise ConnectorUnreachable(e.connector, None, "disabled", "the connector is not enabled")
-        base = extract_request(e, spec, found[e.department], epoch=epoch, analyst=analyst.name)
+        if not _callable(ctx, record.endpoint):
+            raise ConnectorCallError(
+                e.connector, None, "endpoint_not_allowed", "the endpoint is off the allow-list"
+            )
+        base, seq = requests[e.ref]
         against = witnessed.get(e.connector, 0)
+        checkpoint = first_checkpoint
         link = ctx.federation().link(e.connector, record.endpoint, record.signing_key)
 
         def log_request(path: str, digest: str) -> None:
@@ -395,7 +439,7 @@ def _fetch(
 
         for attempt in range(WITNESS_RETRIES):
             try:
-                fields = _witness_fields(ctx, checkpoint, against)
+                fields = _witness_fields(ctx, checkpoint, against, seq)
             except ProofError:
                 # The connector witnessed more of the log than this gateway holds: a restored backup or
                 # another gateway's history. It will not serve us, and it must not: nothing is sent.
@@ -411,30 +455,69 @@ def _fetch(
                 # Marked here, in the call's own thread, before anything else can fail: once any
                 # data has reached the gateway the budget stays spent, whatever happens next.
                 ctx.ledger.mark_data_arrived(spec.query_id)
-                return table, receipt.as_dict()
+                return table, receipt.as_dict(), checkpoint
             except ConnectorRefused as exc:
                 moved = exc.extra.get("witnessed_size")
-                # Concurrent runs moved the connector's witness on: prove against where it is now.
+                # Concurrent runs moved the connector's witness on: prove against where it is now,
+                # with a fresh checkpoint if it already witnessed a larger one than ours (it refuses
+                # to go back). A fresh one still includes this extract's entry.
                 if exc.code != "checkpoint_stale" or moved is None or attempt == WITNESS_RETRIES - 1:
                     raise
                 against = moved
+                if checkpoint is not None and ctx.checkpointer is not None and moved > checkpoint.size:
+                    checkpoint = ctx.checkpointer.checkpoint()
                 time.sleep(random.uniform(0.002, 0.02))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     with ThreadPoolExecutor(max_workers=max(1, len(plan.extracts))) as pool:
         futures = {pool.submit(call, e): e for e in plan.extracts}
-        note = checkpoint.note if checkpoint is not None else None
+        note = first_checkpoint.note if first_checkpoint is not None else None
         for future in as_completed(futures):
             e = futures[future]
             try:
-                table, receipt = future.result()
+                table, receipt, used = future.result()
             except ConnectorCallError as exc:
                 failures[e.ref] = exc.code
                 _record_call(ctx, spec.query_id, e, note, exc.receipt, outcome=exc.code, status=exc.status)
                 continue
             tables[e.ref] = table
-            _record_call(ctx, spec.query_id, e, note, receipt, outcome="ok", status=200)
+            used_note = used.note if used is not None else None
+            _record_call(ctx, spec.query_id, e, used_note, receipt, outcome="ok", status=200)
+            if used is not None:
+                _record_cosignature(ctx, spec.query_id, e, used, receipt.get("cosignature"))
     return tables, failures
+
+
+def _record_cosignature(
+    ctx: GatewayContext, query_id: str, e: ExtractPlan, checkpoint: Checkpoint, header: str | None
+) -> None:
+    """Log the connector's cosignature of the checkpoint it witnessed, checked against its pinned key.
+
+    An auditor checks it again offline (`fedgate audit verify --witness-key`): with every department's
+    cosignatures, a history shown differently to two of them, or rewritten after one saw it, is exposed.
+    """
+    record = get_connector(ctx.engine, e.connector)
+    line, outcome = None, "missing"
+    if header and record is not None:
+        try:
+            line = base64.b64decode(header, validate=True).decode()
+            verifier = CosignatureVerifier(e.connector, parse_public_key(record.signing_key))
+            open_cosignature(checkpoint, line, verifier)
+            outcome = "ok"
+        except (ValueError, CheckpointError):
+            line, outcome = None, "invalid"
+    ctx.audit.record(
+        CheckpointCosigned(
+            actor="gateway",
+            connector=e.connector,
+            department=e.department,
+            query_id=query_id,
+            size=checkpoint.size,
+            checkpoint=checkpoint.note,
+            cosignature=line,
+            cosignature_outcome=outcome,
+        )
+    )
 
 
 def _record_call(
@@ -474,7 +557,7 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
     witnessed: dict[str, int] = {}
     for name in dict.fromkeys(e.connector for e in plan.extracts):
         record = get_connector(ctx.engine, name)
-        if record is None or not record.enabled:
+        if record is None or not record.enabled or not _callable(ctx, record.endpoint):
             down.append(name)
             continue
         link = ctx.federation().link(name, record.endpoint, record.signing_key)
@@ -487,21 +570,45 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
     return down, witnessed
 
 
+def _callable(ctx: GatewayContext, endpoint: str) -> bool:
+    """Whether the endpoint may be called now: on the allow-list, and https in production."""
+    try:
+        require_callable(ctx.engine, endpoint, production=ctx.settings.mode == "production")
+    except GatewayError:
+        return False
+    return True
+
+
 # Concurrent runs move a connector's witness on between our proof and its check; each retry proves
 # against where it is now, after a short random pause so racing runs fall out of step.
 WITNESS_RETRIES = 50
 
 
-def _witness_fields(ctx: GatewayContext, checkpoint: Checkpoint | None, against: int) -> dict[str, Any]:
-    """The checkpoint and the RFC 9162 consistency proof between it and the size a connector witnessed."""
-    if checkpoint is None or ctx.checkpointer is None:
+def _witness_fields(
+    ctx: GatewayContext, checkpoint: Checkpoint | None, against: int, seq: int | None
+) -> dict[str, Any]:
+    """The checkpoint, the RFC 9162 consistency proof between it and the size a connector witnessed, and
+    the inclusion proof of the extract's own entry `seq` in it."""
+    if checkpoint is None or ctx.checkpointer is None or seq is None:
         return {}
+    log_ = ctx.checkpointer.log
     proof: list[bytes] = []
     if 0 < against != checkpoint.size:
         low, high = sorted((against, checkpoint.size))
-        proof = ctx.checkpointer.log.consistency_proof(low, high)
+        proof = log_.consistency_proof(low, high)
+    entry = log_.entry(seq)
+    if entry is None:
+        raise ProofError(f"entry {seq} is not in the audit log")
+
+    def b64(items: list[bytes]) -> tuple[str, ...]:
+        return tuple(base64.b64encode(p).decode() for p in items)
+
     return {
         "checkpoint": checkpoint.note,
-        "checkpoint_proof": tuple(base64.b64encode(p).decode() for p in proof),
+        "checkpoint_proof": b64(proof),
         "checkpoint_against": against,
+        "witness_seq": seq,
+        "witness_entry": entry.canonical.decode(),
+        "witness_prev_hash": entry.prev_hash,
+        "witness_inclusion": b64(log_.inclusion_proof(seq, checkpoint.size)),
     }

@@ -9,20 +9,19 @@ value, so calling it costs no privacy budget. Two methods:
   ``q = exp(-1/b)``; the half-width is the smallest integer ``k`` that brings this to ``1 - confidence`` or
   below, so ``noisy ± k`` covers the true value with probability at least ``confidence``. For continuous
   Laplace it is ``b ln(1 / (1 - confidence))``.
-- **Derived figures** (shares, ratios of sums, means, ratios of ratios, histogram shares and quantiles): a
-  parametric simulation. The known noise distribution is drawn ``draws`` times and added around the noisy
-  inputs, the figure is recomputed for every draw, and the interval is the central ``confidence`` percentile
-  range of the draws. It approximates the sampling distribution of the figure (the noisy input plays the
-  part of the truth) and is accurate when the noise is small against the values; near zero it widens, which
-  is the honest answer. Where a figure must lie in a known range (a share in [0, 1], a mean of values
-  clamped to [lower, upper]) each draw is clipped to it.
+- **Derived figures**: shares, ratios and means invert the known noise exactly
+  (:mod:`privacy.inversion`, which builds on this module's noise primitives); figures of many cells at
+  once (the Gini, quintile shares and the Lorenz curve in :mod:`aggregation.distribution`) use a parametric
+  simulation: the known noise is drawn around the noisy inputs, the figure recomputed for every draw, and
+  the interval is the central ``confidence`` range of the draws.
 
 Quantiles come from a noisy histogram over public edges. The noisy CDF at each edge is the raw noisy
 cumulative count over the raw noisy total (unbiased; clipping bins at 0 first would bias tail quantiles
 outwards), made monotone by a running maximum; the point estimate inverts it with linear interpolation inside
 the bin. The interval inverts a pointwise simulated CDF band, ``[F_hi^-1(p), F_lo^-1(p)]``, linear inside
 a bin like the estimate: it targets the within-bin-linear quantile of the clamped values (the difference
-to the exact quantile, at most a bin width, is the documented binning bias).
+to the exact quantile, at most a bin width, is the documented binning bias). Quantiles never fall as ``p``
+rises, and their bands are made to rise too by widening only (no quantile loses coverage).
 """
 
 from __future__ import annotations
@@ -46,18 +45,11 @@ __all__ = [
     "laplace_half_width",
     "mean_from_noisy",
     "quantiles_from_noisy_histogram",
-    "ratio_from_noisy",
-    "ratio_of_ratios_from_noisy",
     "sample_noise",
-    "share_from_noisy",
-    "shares_from_noisy_histogram",
 ]
 
 CONFIDENCE = 0.95
 DEFAULT_DRAWS = 2000
-
-# Keeps one simulation batch (draws x cells x bins) around 32 MB of float64.
-_MAX_BATCH_ELEMENTS = 4_000_000
 
 NoiseKind = Literal["discrete_laplace", "laplace"]
 FloatArray = npt.NDArray[np.float64]
@@ -108,12 +100,19 @@ def discrete_laplace_half_width(scale: float, confidence: float = CONFIDENCE) ->
         return 0
     q = math.exp(-1.0 / scale)
     # P(|X| > k) = 2 q^(k+1) / (1 + q)  <=  alpha   <=>   k + 1 >= scale * ln(2 / (alpha (1 + q)))
-    needed = scale * math.log(2.0 / (alpha * (1.0 + q)))
-    k = max(math.ceil(needed) - 1, 0)
+    log_alpha = math.log(alpha)
+    offset = math.log(2.0) - math.log1p(q)
+
+    def log_tail(k: int) -> float:
+        # In logs with ln q = -1/scale exactly: q ** k drifts at large scales (a sum's bound in yuan
+        # over a small epsilon), where the guard steps below would then run for ever.
+        return offset - (k + 1) / scale
+
+    k = max(math.ceil(scale * (offset - log_alpha)) - 1, 0)
     # Guard the ceiling against floating-point error at exact integers: step until the bound holds.
-    while 2.0 * q ** (k + 1) / (1.0 + q) > alpha:
+    while log_tail(k) > log_alpha:
         k += 1
-    while k > 0 and 2.0 * q**k / (1.0 + q) <= alpha:
+    while k > 0 and log_tail(k - 1) <= log_alpha:
         k -= 1
     return k
 
@@ -153,67 +152,6 @@ def _rng(rng: np.random.Generator | None) -> np.random.Generator:
     return rng if rng is not None else np.random.default_rng()
 
 
-def _percentiles(draws: FloatArray, confidence: float) -> tuple[FloatArray, FloatArray]:
-    alpha = _alpha(confidence)
-    low, high = np.percentile(draws, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)], axis=0)
-    return np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
-
-
-def _ratio(numerator: FloatArray, denominator: FloatArray, floor: float | None) -> FloatArray:
-    if floor is not None:
-        denominator = np.maximum(denominator, floor)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(numerator / denominator, dtype=np.float64)
-
-
-def ratio_from_noisy(
-    noisy_numerator: npt.ArrayLike,
-    numerator_scale: float | npt.ArrayLike,
-    noisy_denominator: npt.ArrayLike,
-    denominator_scale: float | npt.ArrayLike,
-    *,
-    denominator_floor: float | None = 1.0,
-    clip: tuple[float, float] | None = None,
-    noise: NoiseKind = "discrete_laplace",
-    confidence: float = CONFIDENCE,
-    draws: int = DEFAULT_DRAWS,
-    rng: np.random.Generator | None = None,
-) -> SimulatedEstimate:
-    """Ratio of two independently noised releases (a ratio of sums, a per-capita figure) with an interval.
-
-    Denominators below ``denominator_floor`` (default 1, right for counts) are raised to it in the point
-    estimate and in every draw, so the ratio stays defined; pass None to divide as is. ``clip`` bounds every
-    draw and the point estimate to a known admissible range.
-    """
-    num = np.asarray(noisy_numerator, dtype=np.float64)
-    den = np.asarray(noisy_denominator, dtype=np.float64)
-    shape = np.broadcast_shapes(num.shape, den.shape)
-    generator = _rng(rng)
-    value = _ratio(np.broadcast_to(num, shape), np.broadcast_to(den, shape), denominator_floor)
-    lows, highs = [], []
-    flat_num = np.broadcast_to(num, shape).reshape(-1)
-    flat_den = np.broadcast_to(den, shape).reshape(-1)
-    num_scales = np.broadcast_to(np.asarray(numerator_scale, dtype=np.float64), shape).reshape(-1)
-    den_scales = np.broadcast_to(np.asarray(denominator_scale, dtype=np.float64), shape).reshape(-1)
-    batch = max(1, _MAX_BATCH_ELEMENTS // max(draws, 1))
-    for start in range(0, flat_num.size, batch):
-        stop = min(start + batch, flat_num.size)
-        size = (draws, stop - start)
-        sim_num = flat_num[start:stop] + sample_noise(generator, num_scales[start:stop], size, noise)
-        sim_den = flat_den[start:stop] + sample_noise(generator, den_scales[start:stop], size, noise)
-        sim = _ratio(sim_num, sim_den, denominator_floor)
-        if clip is not None:
-            sim = np.clip(sim, clip[0], clip[1])
-        low, high = _percentiles(sim, confidence)
-        lows.append(low)
-        highs.append(high)
-    low_all = np.concatenate(lows).reshape(shape) if lows else np.empty(shape)
-    high_all = np.concatenate(highs).reshape(shape) if highs else np.empty(shape)
-    if clip is not None:
-        value = np.clip(value, clip[0], clip[1])
-    return SimulatedEstimate(value=value, low=low_all, high=high_all, confidence=confidence)
-
-
 def mean_from_noisy(
     noisy_sum: npt.ArrayLike,
     sum_scale: float | npt.ArrayLike,
@@ -229,151 +167,41 @@ def mean_from_noisy(
 ) -> SimulatedEstimate:
     """Mean = noisy sum / noisy count of values clamped to [lower, upper], with an interval.
 
-    The value is NaN where the noisy count is below 1 (nothing can be said; the interval is then
-    [lower, upper]); otherwise it is clipped to [lower, upper] like every draw.
+    The interval inverts the known noise of both (:func:`privacy.inversion.ratio_by_inversion`): every
+    mean ``m`` in [lower, upper] for which ``sum - m count`` is within the noise's range, so it holds when
+    the count is small too. The value is NaN where the noisy count is below 1 (the interval is then
+    [lower, upper]); otherwise it is clipped to [lower, upper]. ``draws`` and ``rng`` are unused (kept for
+    callers); the inversion's own simulation of the noise is seeded by the scales.
     """
-    estimate = ratio_from_noisy(
-        noisy_sum,
-        sum_scale,
-        noisy_count,
-        count_scale,
-        denominator_floor=1.0,
-        clip=(float(lower), float(upper)),
-        noise=noise,
-        confidence=confidence,
-        draws=draws,
-        rng=rng,
+    # The inversion builds on this module's noise primitives, so it is imported where it is used.
+    from privacy.inversion import ratio_by_inversion
+
+    del draws, rng
+    sums, counts = np.broadcast_arrays(
+        np.asarray(noisy_sum, dtype=np.float64), np.asarray(noisy_count, dtype=np.float64)
     )
-    count = np.broadcast_to(np.asarray(noisy_count, dtype=np.float64), estimate.value.shape)
-    undefined = count < 1.0
-    value = np.where(undefined, np.nan, estimate.value)
-    low = np.where(undefined, float(lower), estimate.low)
-    high = np.where(undefined, float(upper), estimate.high)
-    return SimulatedEstimate(value=value, low=low, high=high, confidence=confidence)
-
-
-def share_from_noisy(
-    noisy_part: npt.ArrayLike,
-    part_scale: float | npt.ArrayLike,
-    noisy_total: npt.ArrayLike,
-    total_scale: float | npt.ArrayLike,
-    *,
-    noise: NoiseKind = "discrete_laplace",
-    confidence: float = CONFIDENCE,
-    draws: int = DEFAULT_DRAWS,
-    rng: np.random.Generator | None = None,
-) -> SimulatedEstimate:
-    """Share = noisy count in a cell / noisy count of the whole, from two separate releases, with an interval.
-
-    Negative noisy counts are clipped to 0, the total is floored at 1 and each draw is clipped to [0, 1].
-    """
-    part = np.maximum(np.asarray(noisy_part, dtype=np.float64), 0.0)
-    return ratio_from_noisy(
-        part,
-        part_scale,
-        noisy_total,
-        total_scale,
-        denominator_floor=1.0,
-        clip=(0.0, 1.0),
-        noise=noise,
-        confidence=confidence,
-        draws=draws,
-        rng=rng,
-    )
-
-
-def ratio_of_ratios_from_noisy(
-    noisy_a: npt.ArrayLike,
-    a_scale: float | npt.ArrayLike,
-    noisy_b: npt.ArrayLike,
-    b_scale: float | npt.ArrayLike,
-    noisy_c: npt.ArrayLike,
-    c_scale: float | npt.ArrayLike,
-    noisy_d: npt.ArrayLike,
-    d_scale: float | npt.ArrayLike,
-    *,
-    denominator_floor: float | None = 1.0,
-    noise: NoiseKind = "discrete_laplace",
-    confidence: float = CONFIDENCE,
-    draws: int = DEFAULT_DRAWS,
-    rng: np.random.Generator | None = None,
-) -> SimulatedEstimate:
-    """``(a / b) / (c / d)`` of four independently noised releases (e.g. a relative poverty ratio).
-
-    ``b``, ``d`` and the inner ratio ``c / d`` are floored at ``denominator_floor`` in every draw.
-    """
-    arrays = [np.asarray(x, dtype=np.float64) for x in (noisy_a, noisy_b, noisy_c, noisy_d)]
-    shape = np.broadcast_shapes(*(a.shape for a in arrays))
-    a, b, c, d = (np.broadcast_to(x, shape).reshape(-1) for x in arrays)
-    scales = [
-        np.broadcast_to(np.asarray(s, dtype=np.float64), shape).reshape(-1)
-        for s in (a_scale, b_scale, c_scale, d_scale)
-    ]
-    generator = _rng(rng)
-
-    def figure(va: FloatArray, vb: FloatArray, vc: FloatArray, vd: FloatArray) -> FloatArray:
-        return _ratio(_ratio(va, vb, denominator_floor), _ratio(vc, vd, denominator_floor), None)
-
-    value = figure(a, b, c, d)
-    lows, highs = [], []
-    batch = max(1, _MAX_BATCH_ELEMENTS // max(draws, 1))
-    for start in range(0, a.size, batch):
-        stop = min(start + batch, a.size)
-        size = (draws, stop - start)
-        sims = [
-            base[start:stop] + sample_noise(generator, scale[start:stop], size, noise)
-            for base, scale in zip((a, b, c, d), scales, strict=True)
-        ]
-        low, high = _percentiles(figure(*sims), confidence)
-        lows.append(low)
-        highs.append(high)
+    sum_scales = np.broadcast_to(np.asarray(sum_scale, dtype=np.float64), sums.shape).reshape(-1)
+    count_scales = np.broadcast_to(np.asarray(count_scale, dtype=np.float64), sums.shape).reshape(-1)
+    value, low, high = (np.empty(sums.size) for _ in range(3))
+    flat_sums, flat_counts = sums.reshape(-1), counts.reshape(-1)
+    # Cells of one release share their scales: one inversion per distinct pair.
+    pairs = np.stack([sum_scales, count_scales], axis=1)
+    for s_scale, c_scale in np.unique(pairs, axis=0) if pairs.size else []:
+        at = (sum_scales == s_scale) & (count_scales == c_scale)
+        est = ratio_by_inversion(
+            flat_sums[at],
+            float(s_scale),
+            flat_counts[at],
+            float(c_scale),
+            lower=float(lower),
+            upper=float(upper),
+            noise=noise,
+            confidence=confidence,
+        )
+        value[at], low[at], high[at] = est.value, est.low, est.high
+    shape = sums.shape
     return SimulatedEstimate(
-        value=value.reshape(shape),
-        low=np.concatenate(lows).reshape(shape) if lows else np.empty(shape),
-        high=np.concatenate(highs).reshape(shape) if highs else np.empty(shape),
-        confidence=confidence,
-    )
-
-
-def _histogram_shares(counts: FloatArray) -> FloatArray:
-    clipped = np.maximum(counts, 0.0)
-    total = np.maximum(clipped.sum(axis=-1, keepdims=True), 1.0)
-    return np.asarray(clipped / total, dtype=np.float64)
-
-
-def shares_from_noisy_histogram(
-    noisy_counts: npt.ArrayLike,
-    scale: float,
-    *,
-    noise: NoiseKind = "discrete_laplace",
-    confidence: float = CONFIDENCE,
-    draws: int = DEFAULT_DRAWS,
-    rng: np.random.Generator | None = None,
-) -> SimulatedEstimate:
-    """Share of each bin in a noisy histogram (last axis = bins), with intervals.
-
-    Bins are clipped at 0 and divided by their clipped total (floored at 1), in the estimate and in every
-    draw, so the shares of one histogram add up to 1 (or 0 when all bins are non-positive).
-    """
-    counts = np.asarray(noisy_counts, dtype=np.float64)
-    if counts.ndim == 0:
-        raise ValueError("noisy_counts needs a bins axis")
-    generator = _rng(rng)
-    value = _histogram_shares(counts)
-    flat = counts.reshape(-1, counts.shape[-1])
-    lows, highs = [], []
-    batch = max(1, _MAX_BATCH_ELEMENTS // max(draws * flat.shape[1], 1))
-    for start in range(0, flat.shape[0], batch):
-        block = flat[start : start + batch]
-        sim = block + sample_noise(generator, scale, (draws, *block.shape), noise)
-        low, high = _percentiles(_histogram_shares(sim), confidence)
-        lows.append(low)
-        highs.append(high)
-    return SimulatedEstimate(
-        value=value,
-        low=np.concatenate(lows).reshape(counts.shape),
-        high=np.concatenate(highs).reshape(counts.shape),
-        confidence=confidence,
+        value=value.reshape(shape), low=low.reshape(shape), high=high.reshape(shape), confidence=confidence
     )
 
 
@@ -487,4 +315,10 @@ def quantiles_from_noisy_histogram(
     undefined = np.isnan(value)
     low = np.where(undefined, float(lower), np.fmin(low, value))
     high = np.where(undefined, float(upper), np.fmax(high, value))
+    # Quantiles never fall as p rises (the estimate inverts a monotone CDF); the bands are made to rise
+    # too, by widening only: each low end drops to the smallest after it, each high end to the largest
+    # before it, in the order of p.
+    order = np.argsort(p)
+    low[:, order] = np.minimum.accumulate(low[:, order][:, ::-1], axis=1)[:, ::-1]
+    high[:, order] = np.maximum.accumulate(high[:, order], axis=1)
     return SimulatedEstimate(value=value, low=low, high=high, confidence=confidence)

@@ -51,10 +51,11 @@ privacy map at ``d_in`` with the epsilon before any data exists.
 a 95% interval: raw noisy integers for counts, sums, histogram and lorenz bins (which may be negative), with
 an analytic integer-Laplace interval (``lorenz_sum`` cells: the noisy offset-sum in yuan, the half-width
 scaled by ``w_j / R`` too); the display value clips to what the figure can be (counts at 0; sums at 0 when
-the bounds force a sign; offset-sums at 0). Means are ``noisy sum / noisy count`` (undefined where the noisy
-count is below 1) and quantiles invert the noisy histogram's CDF; both get simulated intervals
-(:mod:`privacy.intervals`). Gini, income shares and the Lorenz curve are post-processing of the lorenz cells
-(:mod:`aggregation.distribution`).
+the bounds force a sign; offset-sums at 0), and the interval's ends are clamped alike, so the shown value
+always lies in the shown interval. Means are ``noisy sum / noisy count`` (undefined where the noisy count is
+below 1) with an interval that inverts both noises (:mod:`privacy.inversion`); quantiles invert the noisy
+histogram's CDF with a simulated band (:mod:`privacy.intervals`). Gini, income shares and the Lorenz curve
+are post-processing of the lorenz cells (:mod:`aggregation.distribution`).
 """
 
 from __future__ import annotations
@@ -546,11 +547,9 @@ class PreparedRelease:
             width = intervals.discrete_laplace_half_width(quantity.scale, confidence)
             for groups, raw in zip(group_rows, values.tolist(), strict=True):
                 v = int(raw)
-                shown = max(v, 0) if sign > 0 else min(v, 0) if sign < 0 else v
+                shown, low, high = _shown(v, width, sign)
                 cells.append(
-                    ReleaseCell(
-                        groups=groups, statistic=stat, value=v, display=shown, low=v - width, high=v + width
-                    )
+                    ReleaseCell(groups=groups, statistic=stat, value=v, display=shown, low=low, high=high)
                 )
             methods[stat] = _direct_note(stat, quantity, spec, width, sign)
 
@@ -595,15 +594,16 @@ class PreparedRelease:
                 for groups, row in zip(group_rows, matrix.tolist(), strict=True):
                     for label, raw in zip(labels, row, strict=True):
                         v = int(raw)
+                        shown, low, high = _shown(v, width, 1)
                         cells.append(
                             ReleaseCell(
                                 groups=groups,
                                 statistic="histogram",
                                 bin=label,
                                 value=v,
-                                display=max(v, 0),
-                                low=v - width,
-                                high=v + width,
+                                display=shown,
+                                low=low,
+                                high=high,
                             )
                         )
                 methods["histogram"] = _direct_note("histogram", quantity, spec, width, 1)
@@ -682,15 +682,16 @@ class PreparedRelease:
                 labels, count_row, offset_row, per_unit, strict=True
             ):
                 n = int(raw_count)
+                shown, low, high = _shown(n, count_width, 1)
                 out.append(
                     ReleaseCell(
                         groups=groups,
                         statistic="lorenz",
                         bin=label,
                         value=n,
-                        display=max(n, 0),
-                        low=n - count_width,
-                        high=n + count_width,
+                        display=shown,
+                        low=low,
+                        high=high,
                     )
                 )
                 # A zero-width bin releases exactly 0 (never -0.0): its offsets are all 0 by definition.
@@ -703,8 +704,8 @@ class PreparedRelease:
                         bin=label,
                         value=yuan,
                         display=max(yuan, 0.0),
-                        low=yuan - half,
-                        high=yuan + half,
+                        low=max(yuan - half, 0.0),
+                        high=max(yuan + half, 0.0),
                     )
                 )
         return out
@@ -719,6 +720,18 @@ class PreparedRelease:
         return table[value].to_numpy().reshape(-1, n_bins)
 
 
+def _shown(raw: int, width: int, sign: int) -> tuple[int, int, int]:
+    """Display value and interval of a direct cell, clamped alike to the sign the figure must have
+    (``sign`` +1: at least 0, -1: at most 0, 0: either): clamping drops only impossible values, so the
+    raw interval's coverage is kept and the shown value lies inside the shown interval."""
+    lower, upper = (0, None) if sign > 0 else (None, 0) if sign < 0 else (None, None)
+
+    def clamp(x: int) -> int:
+        return max(x, lower) if lower is not None else min(x, upper) if upper is not None else x
+
+    return clamp(raw), clamp(raw - width), clamp(raw + width)
+
+
 def _float_or_none(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
@@ -730,8 +743,8 @@ def _direct_note(stat: StatKind, q: _Quantity, spec: ReleaseSpec, width: int, si
         "histogram": f"units per cell and bin of {spec.measure}: OpenDP dp.len(signed=True) per bin",
     }[stat]
     shown = {
-        1: "display = max(raw, 0) (post-processing)",
-        -1: "display = min(raw, 0) (post-processing)",
+        1: "display = max(raw, 0), interval ends clamped at 0 alike (post-processing)",
+        -1: "display = min(raw, 0), interval ends clamped at 0 alike (post-processing)",
         0: "display = raw value",
     }[sign]
     return (
@@ -746,7 +759,8 @@ def _mean_note(quantities: Mapping[str, _Quantity], spec: ReleaseSpec) -> str:
         f"noisy sum / noisy count (integer Laplace scales {quantities['sum'].scale:.6g} and "
         f"{quantities['count'].scale:.6g}), "
         f"clipped to [{spec.lower}, {spec.upper}], undefined (null) where the noisy count is below 1; "
-        f"{CONFIDENCE:.0%} interval by simulating the integer-Laplace noise of both around the noisy values"
+        f"{CONFIDENCE:.0%} interval by inverting the known noise of both: every mean m in the bounds for "
+        f"which sum - m x count is within that noise's {CONFIDENCE:.0%} range"
     )
 
 
@@ -784,8 +798,8 @@ def _lorenz_notes(
         f"units per cell and bin of {spec.measure} clamped to [{spec.lower}, {spec.upper}]: OpenDP "
         f"dp.len(signed=True) per bin, integer Laplace noise of scale {count.scale:.6g} (epsilon share "
         f"{count.share}, sensitivity {count.sensitivity} between neighbouring frames); {confidence:.0%} "
-        f"interval = raw ± {count_width}, the analytic integer-Laplace half-width; display = max(raw, 0) "
-        f"(post-processing). "
+        f"interval = raw ± {count_width}, the analytic integer-Laplace half-width; display = max(raw, 0), "
+        f"interval clamped at 0 alike (post-processing). "
         f"Released with lorenz_sum, the bins' incomes, for the Gini coefficient, income shares and the "
         f"Lorenz curve (aggregation.distribution)"
     )
@@ -797,8 +811,8 @@ def _lorenz_notes(
         f"value = noisy t-sum * w_j / {r}, so bin j's noise scale is {offsets.scale:.6g} * w_j / {r}, "
         f"proportional to the bin's "
         f"width. {confidence:.0%} interval = value ± {offset_width} * w_j / {r} (the analytic "
-        f"integer-Laplace half-width, scaled); display = max(value, 0) (post-processing). A bin's income "
-        f"is count * b_j + offset-sum; rounding moves each unit's offset by at most w_j / {2 * r}"
+        f"integer-Laplace half-width, scaled); display = max(value, 0), interval clamped at 0 alike. A bin's "
+        f"income is count * b_j + offset-sum; rounding moves each unit's offset by at most w_j / {2 * r}"
     )
     return count_note, sum_note
 

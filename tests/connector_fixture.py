@@ -192,6 +192,8 @@ def make_department(
         "signing_key_file": "connector.key",
         "federation_keyring_file": "keyring.json",
         "state_dir": "state",
+        # Plain loopback HTTP; the witnessing tests add the audit key.
+        "unsafe_development": True,
         "datasets": [
             {
                 "name": "wages",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from connector_fixture import Department, make_department, signed_call
+from connector_fixture import Department, make_department
 from fastapi.testclient import TestClient
+from witness_fixture import PlayedGateway, pin_audit_key, send
 
 from audit.checkpoint import Checkpoint, NoteSigner, open_checkpoint, parse_verifier
 from audit.export import export_connector_log, export_log
@@ -48,75 +48,47 @@ def _checkpoint(log: AuditLog, signer: NoteSigner) -> Checkpoint:
 def witnessing(tmp_path: Path) -> Iterator[tuple[Department, RunningConnector, NoteSigner]]:
     signer = NoteSigner.generate(ORIGIN)
     dept = make_department(tmp_path / "dept", "sqlite")
-    doc = yaml.safe_load(dept.config_path.read_text())
-    doc["policy"]["audit_public_keys"] = [signer.vkey]
-    dept.config_path.write_text(yaml.safe_dump(doc))
+    pin_audit_key(dept, signer)
     conn = start_connector(dept.config_path)
     yield dept, conn, signer
     conn.stop()
-
-
-def _extract(
-    dept: Department, conn: RunningConnector, qid: str, note: str | None, proof: list[bytes], against: int = 0
-) -> httpx.Response:
-    req = dept.request(qid).model_copy(
-        update={
-            "checkpoint": note,
-            "checkpoint_proof": tuple(base64.b64encode(p).decode() for p in proof),
-            "checkpoint_against": against,
-        }
-    )
-    return signed_call(
-        conn.url, "/v1/extract", key=dept.gateway_key, connector=dept.name, body=req.body(), query_id=qid
-    )
 
 
 def test_a_connector_refuses_a_history_rewritten_and_resigned_with_the_gateways_key(
     witnessing: tuple[Department, RunningConnector, NoteSigner], tmp_path: Path
 ) -> None:
     dept, conn, signer = witnessing
-    honest = _log(tmp_path / "honest.sqlite3", [f"e{i}" for i in range(5)])
-    first = _checkpoint(honest, signer)
-    assert _extract(dept, conn, "q-witness-0001", None, []).status_code == 422  # a checkpoint is required
-    assert _extract(dept, conn, "q-witness-0001", first.note, []).status_code == 200  # trust on first use
-    for i in range(4):
-        honest.append({"action": "test.event", "actor": "tester", "name": f"more{i}"})
-    grown = _checkpoint(honest, signer)
-    proof = honest.consistency_proof(first.size, grown.size)
-    stale = _extract(dept, conn, "q-witness-0002", grown.note, proof, against=3)
+    honest = PlayedGateway.open(tmp_path / "honest.sqlite3", signer)
+    honest.events([f"e{i}" for i in range(5)])
+    bare = dept.request("q-witness-0001")
+    assert send(dept, conn.url, bare).status_code == 422  # a checkpoint and its proofs are required
+    assert send(dept, conn.url, honest.witnessed(bare, 0)).status_code == 200  # trust on first use
+    honest.events([f"more{i}" for i in range(4)])
+    second = dept.request("q-witness-0002")
+    seq = honest.plan(second)
+    grown = honest.checkpoint()
+    stale = send(dept, conn.url, second.model_copy(update=honest.fields(seq, grown, 3)))
     assert stale.status_code == 409 and stale.json() == {
         **stale.json(),
         "error": "checkpoint_stale",
-        "witnessed_size": 5,
+        "witnessed_size": 6,
     }
-    ok = _extract(dept, conn, "q-witness-0002", grown.note, proof, against=first.size)
+    ok = send(dept, conn.url, second.model_copy(update=honest.fields(seq, grown, 6)))
     assert ok.status_code == 200
     assert conn.process.poll() is None
-    # The operator rewrites history (entry 3 changed) and re-signs it with the gateway's own audit key.
-    forged_log = _log(
-        tmp_path / "forged.sqlite3", ["e0", "e1", "e2", "REWRITTEN", "e4", *[f"more{i}" for i in range(6)]]
-    )
-    forged = _checkpoint(forged_log, signer)
-    r = _extract(
-        dept,
-        conn,
-        "q-witness-0003",
-        forged.note,
-        forged_log.consistency_proof(grown.size, forged.size),
-        grown.size,
-    )
+    # The operator rewrites history (entry 4 changed) and re-signs it with the gateway's own audit key.
+    forged = PlayedGateway.open(tmp_path / "forged.sqlite3", signer)
+    forged.events(["e0", "e1", "e2", "REWRITTEN", "e4", *[f"more{i}" for i in range(6)]])
+    r = send(dept, conn.url, forged.witnessed(dept.request("q-witness-0003"), grown.size))
     assert r.status_code == 409 and r.json()["error"] == "fork_detected"
     # From then on the connector serves nothing, even a request consistent with what it saw before.
-    for i in range(2):
-        honest.append({"action": "test.event", "actor": "tester", "name": f"late{i}"})
-    later = _checkpoint(honest, signer)
-    r = _extract(
-        dept, conn, "q-witness-0004", later.note, honest.consistency_proof(grown.size, later.size), grown.size
-    )
+    honest.events(["late0", "late1"])
+    r = send(dept, conn.url, honest.witnessed(dept.request("q-witness-0004"), grown.size))
     assert r.status_code == 409
     # A checkpoint signed by another key is refused outright.
-    stranger = _checkpoint(honest, NoteSigner.generate(ORIGIN))
-    assert _extract(dept, conn, "q-witness-0005", stranger.note, [], grown.size).status_code in (403, 409)
+    stranger = PlayedGateway(honest.log, NoteSigner.generate(ORIGIN), store=False)
+    r = send(dept, conn.url, stranger.witnessed(dept.request("q-witness-0005"), grown.size))
+    assert r.status_code in (403, 409)
 
     # Reconcile: the forged gateway log does not reproduce the checkpoints the connector witnessed.
     conn.stop()
@@ -125,7 +97,7 @@ def test_a_connector_refuses_a_history_rewritten_and_resigned_with_the_gateways_
     export_connector_log(state, connector_export, connector=dept.name)
     state.close()
     gateway_export = tmp_path / "forged-gateway.jsonl"
-    export_log(forged_log, gateway_export)
+    export_log(forged.log, gateway_export)
     differences = reconcile(gateway_export, connector_export)
     assert any(d.kind.startswith("checkpoint") for d in differences)
 

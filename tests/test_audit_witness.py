@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from audit.checkpoint import Checkpoint, Checkpointer, NoteSigner
 from audit.cli import audit_app
 from audit.entries import connector_call_event
-from audit.errors import CheckpointError, ForkDetected
+from audit.errors import CheckpointError, CheckpointStale, ForkDetected
 from audit.export import export_connector_log, export_log, read_connector_log
 from audit.reconcile import DifferenceKind, reconcile
 from audit.store import AuditLog
@@ -171,7 +171,7 @@ def test_a_rewritten_history_resigned_with_the_gateway_key_is_caught(
     world.state.close()
 
 
-def test_witness_accepts_growth_and_stale_checkpoints_and_refuses_forks(
+def test_witness_accepts_growth_and_refuses_stale_checkpoints_and_forks(
     tmp_path: Path, signer: NoteSigner
 ) -> None:
     log = AuditLog.open(f"sqlite:///{tmp_path / 'a.db'}")
@@ -184,8 +184,11 @@ def test_witness_accepts_growth_and_stale_checkpoints_and_refuses_forks(
     assert first.size == 7
     proof = log.consistency_proof(7, 20)
     assert witness(seven.note, twenty.note, proof, [signer.verifier]).size == 20
-    # A request that carries an older checkpoint is fine if the newer one extends it; keep the newer.
-    assert witness(twenty.note, seven.note, proof, [signer.verifier]).note == twenty.note
+    # An older checkpoint, even one the newer extends, is refused: a gateway cannot show an older view.
+    with pytest.raises(CheckpointStale) as stale:
+        witness(twenty.note, seven.note, proof, [signer.verifier])
+    assert (stale.value.witnessed_size, stale.value.presented_size) == (20, 7)
+    assert witness(twenty.note, twenty.note, [], [signer.verifier]).note == twenty.note
     assert check_consistent(twenty, twenty, []) == twenty
     with pytest.raises(ForkDetected):
         witness(seven.note, twenty.note, proof[:-1], [signer.verifier])

@@ -224,3 +224,19 @@ def test_rows_without_a_period_are_reported(tmp_path: Path) -> None:
     assert code == 0 and wages["null_periods"] == 1
     assert wages["rows_per_month"]["2025-06"] == 1  # B only: C's June row has lost its month
     assert any("1 rows have no period" in f["message"] for f in wages["findings"])
+
+
+def test_check_prints_the_witness_key_auditors_pin(tmp_path: Path) -> None:
+    from audit.witnessed import load_witness_key
+
+    dept = make_department(tmp_path, "sqlite")
+    result = runner.invoke(
+        connector_app,
+        ["check", "--config", str(dept.config_path), "--end", "2025-06"],
+        env={"COLUMNS": "400"},
+    )
+    line = next(x for x in result.stdout.splitlines() if x.startswith("witness key"))
+    given = line.split(": ", 1)[1].strip()
+    key = load_private_key(load_config(dept.config_path).config.signing_key_file.read_bytes()).public_key()
+    witness = load_witness_key(given)
+    assert witness.name == dept.name and witness.public_key.public_bytes_raw() == key.public_bytes_raw()

@@ -7,6 +7,7 @@ import inspect
 import math
 from decimal import Decimal
 
+import binomial
 import numpy as np
 import polars as pl
 import pytest
@@ -18,8 +19,15 @@ from aggregation.distribution import (
     lorenz_from_release,
     quantiles_from_lorenz,
 )
-from privacy.intervals import quantiles_from_noisy_histogram
-from privacy.release import Count, GroupDomain, Lorenz, ReleaseResult, ReleaseSpec, prepare_release
+from privacy.intervals import quantiles_from_noisy_histogram, sample_noise
+from privacy.release import (
+    LORENZ_RESOLUTION,
+    Count,
+    GroupDomain,
+    Lorenz,
+    ReleaseSpec,
+    prepare_release,
+)
 
 NO_NOISE = {"count_scale": 0.0, "sum_scales_per_bin": 0.0}
 
@@ -350,13 +358,15 @@ def test_a_release_without_lorenz_is_refused() -> None:
 
 
 def test_the_gini_interval_covers_the_as_binned_gini_at_the_stated_rate() -> None:
-    # One cell of 2,000 units at epsilon 1, released afresh by OpenDP every time. The target is the grouped
-    # Gini of the exact bin counts and offsets (grouping bias is a separate, documented error). With 500
-    # runs the 90-99% band is about four standard deviations away from 95% on either side.
+    # One cell of 2,000 units at epsilon 1. The target is the grouped Gini of the exact bin counts and
+    # offsets (grouping bias is a separate, documented error). OpenDP's noise cannot be seeded, so the 500
+    # releases are the exact bins with the known noise at OpenDP's own scales added from a seeded
+    # generator (the noise OpenDP adds is checked in tests/test_privacy_release.py); over 500 runs the rate
+    # must be consistent with 95% (binomial.check: about 92.5-97.5%).
     lower, upper = 0, 100_000
     values = incomes(2_000, 3)
-    frame = pl.DataFrame({"income": values})
-    target = grouped_gini(*binned(values, EDGES, lower, upper))
+    counts, offsets, bounds = binned(values, EDGES, lower, upper)
+    target = grouped_gini(counts, offsets, bounds)
     spec = ReleaseSpec(
         groups=(),
         measure="income",
@@ -365,16 +375,65 @@ def test_the_gini_interval_covers_the_as_binned_gini_at_the_stated_rate() -> Non
         statistics=(Lorenz(edges=EDGES),),
         epsilon=Decimal(1),
     )
+    scales = prepare_release(spec).scales
+    # Each bin's offset-sum is released as an integer t-sum on the lattice w_j / R yuan.
+    lattice = np.diff(bounds) / LORENZ_RESOLUTION
+    t_sums = np.round(offsets / np.where(lattice > 0, lattice, 1.0))
     rng = np.random.default_rng(21)
     covered, widths, errors = [], [], []
     for _ in range(500):
-        result: ReleaseResult = prepare_release(spec).run(frame)
-        gini = lorenz_from_release(result, draws=1000, rng=rng)[()].gini
+        noisy_counts = counts + sample_noise(rng, scales["lorenz_count"], counts.shape)
+        noisy_offsets = (t_sums + sample_noise(rng, scales["lorenz_sum"], counts.shape)) * lattice
+        gini = lorenz_from_noisy(
+            noisy_counts,
+            noisy_offsets,
+            edges=EDGES,
+            lower=lower,
+            upper=upper,
+            count_scale=scales["lorenz_count"],
+            sum_scales_per_bin=scales["lorenz_sum"] * lattice,
+            draws=1000,
+            rng=rng,
+        ).gini
         covered.append(gini.low <= target <= gini.high)
         widths.append(gini.high - gini.low)
         errors.append(gini.value - target)
-    assert 0.90 <= np.mean(covered) <= 0.99, np.mean(covered)
+    binomial.check(int(np.sum(covered)), len(covered), what="gini")
     # Noise was really added and the interval matches its spread (not inflated, not too narrow).
     spread = float(np.subtract(*np.percentile(errors, [97.5, 2.5])))
     assert spread > 0
     assert 0.75 * spread <= float(np.mean(widths)) <= 1.3 * spread
+
+
+def test_a_noisy_lorenz_curve_is_monotone_and_stays_under_the_line_of_equality() -> None:
+    """A small cell at a small epsilon: raw noisy bins go negative, yet p never falls, the income share
+    never falls nor rises above p, and the bands rise with p and stay under the line of equality."""
+    rng = np.random.default_rng(5)
+    values = incomes(150, 9)
+    counts, offsets, bounds = binned(values, EDGES, 0, 100_000)
+    count_scale, sum_scale = 8.0, 8.0 * np.diff(bounds) / 64
+    for _ in range(20):
+        noisy_counts = counts + sample_noise(rng, count_scale, counts.shape)
+        noisy_offsets = offsets + rng.laplace(0.0, 1.0, offsets.shape) * sum_scale
+        est = lorenz_from_noisy(
+            noisy_counts,
+            noisy_offsets,
+            edges=EDGES,
+            lower=0,
+            upper=100_000,
+            count_scale=count_scale,
+            sum_scales_per_bin=sum_scale,
+            draws=400,
+            rng=rng,
+        )
+        p = np.array([f.value for f in est.population_shares])
+        share = np.array([f.value for f in est.income_shares])
+        if np.isnan(share).any():
+            continue
+        assert np.all(np.diff(p) >= 0) and np.all(np.diff(share) >= -1e-12)
+        assert np.all(share <= p + 1e-12)
+        for figures in (est.population_shares, est.income_shares):
+            low, value, high = (np.array([getattr(f, a) for f in figures]) for a in ("low", "value", "high"))
+            assert np.all(np.diff(low) >= 0) and np.all(np.diff(high) >= 0)
+            assert np.all((low <= value) & (value <= high))
+        assert np.all(np.array([f.high for f in est.income_shares]) <= p + 1e-12)

@@ -25,6 +25,7 @@ from connectors.protocol import (
     ExtractRequest,
     TokenSpec,
     load_private_key,
+    public_key_text,
     sign_approval,
 )
 from connectors.tokens import Suite
@@ -80,7 +81,7 @@ def test_headline_query_runs_once_and_is_served_again_for_free(fed: Federation) 
     villages = {c["groups"]["register.persons.village"] for c in cells}
     domain = set(fed.truth()["as_linked"]["households_by_village"])
     assert domain <= villages  # every public village is released, empty or not
-    assert all(c["low"] <= c["value"] <= c["high"] for c in cells)
+    assert all(c["low"] <= c["display"] <= c["high"] for c in cells)  # clamped alike
     spent = Decimal(before["federation_remaining"]) - Decimal(after["federation_remaining"])
     assert spent == Decimal("1")
 
@@ -269,6 +270,54 @@ def test_a_stopped_connector_charges_nothing(fed: Federation) -> None:
         assert analyst.run(view["id"])["query_id"] == view["id"]
 
 
+def test_the_allow_list_is_checked_on_every_call(fed: Federation) -> None:
+    import sqlalchemy as sa
+
+    from gateway import db
+
+    civil = fed.connectors["civil"].url
+    engine = sa.create_engine(fed.database_url)
+    with fed.client("analyst") as analyst:
+        view = analyst.submit(_query("Bands while civil affairs is off the allow-list"))
+        before = analyst.budget()["federation_remaining"]
+        # The operator takes the registered connector's endpoint off the allow-list.
+        with engine.begin() as conn:
+            conn.execute(db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == civil))
+        try:
+            with pytest.raises(GatewayError) as err:
+                analyst.run(view["id"])
+            assert err.value.status == 503 and err.value.code == "connector_unavailable"
+            assert analyst.budget()["federation_remaining"] == before
+            assert analyst.query(view["id"])["state"] == "approved"
+        finally:
+            with fed.client("operator") as operator:
+                operator.allow_endpoint(civil)
+            engine.dispose()
+        assert analyst.run(view["id"])["query_id"] == view["id"]
+
+
+def test_a_department_admin_cannot_take_over_another_departments_rule(fed: Federation) -> None:
+    with fed.client("tax") as tax:
+        before = {r["rule_id"]: r for r in tax._do("GET", "/v1/rules")["rules"]}
+    assert "tax-tests" in before
+    with fed.client("civil") as civil:
+        scope = ApprovedDataset(dataset="assistance", measures=(), dimensions=())
+        with pytest.raises(GatewayError) as err:
+            civil.register_rule(
+                fed.approval_key("civil"),
+                department="civil",
+                rule_id="tax-tests",
+                datasets=[scope],
+                units=("person",),
+                max_epsilon_per_query=Decimal("0.1"),
+            )
+        assert err.value.status == 403 and err.value.field == "rule"
+    # The tax bureau's rule is untouched, and still its own.
+    with fed.client("tax") as tax:
+        after = {r["rule_id"]: r for r in tax._do("GET", "/v1/rules")["rules"]}
+    assert after["tax-tests"] == before["tax-tests"]
+
+
 def test_a_killed_gateway_serves_the_stored_numbers_after_restart(fed: Federation) -> None:
     with fed.client("analyst") as analyst:
         view = analyst.submit(_query("Bands before a crash"))
@@ -424,6 +473,42 @@ def test_the_gateway_and_a_connector_logs_reconcile(fed: Federation) -> None:
     assert all(d.kind == "call_answer_unrecorded" for d in differences), differences
     # The connector witnessed the gateway's checkpoints: its log names them.
     assert '"checkpoint":"fedgate-gateway' in connector_export.read_text()
+    # Every connector that served cosigned the checkpoint it witnessed; the gateway logged each
+    # cosignature, and with the departments' keys an auditor sees how far each witnessed the log.
+    from audit.cosignature import CosignatureVerifier
+    from audit.verify import verify_export
+
+    with fed.client("auditor") as auditor:
+        audit_key = auditor.audit_checkpoint()["public_key"]
+    keys = [
+        CosignatureVerifier(
+            name,
+            load_private_key(fed.county.joinpath("keys", f"{name}-connector.key").read_bytes()).public_key(),
+        )
+        for name in fed.connectors
+    ]
+    report = verify_export(gateway_export, [audit_key], witness_keys=keys, cosigned=[connector_export])
+    assert report.ok, report.problems
+    assert "tax" in report.witnessed and all(w.agrees for w in report.witnessed.values())
+    assert report.witnessed["tax"].department == "tax" and report.anchors_checked >= len(report.witnessed)
+    # The department's scheduled check, as deploy/systemd/fedgate-reconcile@.service runs it: fetch as an
+    # auditor, verify with its own witness key and save the checkpoint; the next run pins it.
+    key_file, fetched, pinned = fed.root / "auditor.key", fed.root / "fetched.jsonl", fed.root / "pinned.note"
+    key_file.write_text(fed.keys["auditor"])
+    runner = CliRunner()
+    got = runner.invoke(
+        app,
+        ["audit", "fetch", "--url", fed.gateway.url, "--api-key-file", str(key_file), "--out", str(fetched)],
+    )
+    assert got.exit_code == 0, got.output
+    tax_key = f"tax={public_key_text(keys[[k.name for k in keys].index('tax')].public_key)}"
+    check = ["audit", "verify", str(fetched), "-k", audit_key, "--witness-key", tax_key]
+    check += ["--cosigned", str(connector_export), "--save-checkpoint", str(pinned)]
+    first = runner.invoke(app, check)
+    assert first.exit_code == 0, first.output
+    assert pinned.read_text().startswith("fedgate-gateway\n")
+    again = runner.invoke(app, [*check, "--trusted-checkpoint", str(pinned)])
+    assert again.exit_code == 0, again.output
 
 
 def _set_register(fed: Federation, enabled: bool) -> None:

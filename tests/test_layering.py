@@ -75,7 +75,11 @@ RULES = (
     Rule("audit", "gateway"),
     Rule("audit", "aggregation"),
     Rule("audit", "privacy"),
-    Rule("audit", "connectors", only=frozenset({"connectors.ids", "connectors.errors", "connectors.logs"})),
+    Rule(
+        "audit",
+        "connectors",
+        only=frozenset({"connectors.ids", "connectors.errors", "connectors.logs", "connectors.protocol"}),
+    ),
     Rule("privacy", "gateway"),
     Rule("privacy", "aggregation"),
 )

@@ -2,7 +2,8 @@
 
 Coverage tests run the whole pipeline many times with numpy: truth -> add the known noise -> interval from
 the noisy values and the public scales only -> does it contain the truth? Seeds are fixed so the tests are
-repeatable; the bands are set to fail for intervals that are too narrow, too wide or biased.
+repeatable; the observed rate must be consistent with 95% over that many trials (`binomial.check`), so
+intervals that are too narrow, too wide or biased fail. Shares and ratios: tests/test_privacy_inversion.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import inspect
 import itertools
 import math
 
+import binomial
 import numpy as np
 import opendp.prelude as dp
 import pytest
@@ -22,18 +24,16 @@ from privacy.intervals import (
     laplace_half_width,
     mean_from_noisy,
     quantiles_from_noisy_histogram,
-    ratio_from_noisy,
-    ratio_of_ratios_from_noisy,
     sample_noise,
-    share_from_noisy,
-    shares_from_noisy_histogram,
 )
 
 REPS = 1000
 
 
-@pytest.mark.parametrize("scale", [0.3, 0.5, 1.0, 2.0, 3.3, 10.0, 123.4, 1000.0, 12345.6, 1e7])
+@pytest.mark.parametrize("scale", [0.3, 0.5, 1.0, 2.0, 3.3, 10.0, 123.4, 1000.0, 12345.6, 1e7, 2e9, 2e12])
 def test_discrete_half_width_matches_opendp(scale: float) -> None:
+    # 2e12: a sum bounded at 1e11 yuan over a small epsilon; the computation must not drift (it once
+    # stepped for minutes there).
     dp.enable_features("contrib")
     expected = math.floor(dp.discrete_laplacian_scale_to_accuracy(scale, 0.05))
     assert discrete_laplace_half_width(scale) == expected
@@ -72,20 +72,6 @@ def _coverage(truth: float, low: np.ndarray, high: np.ndarray) -> float:
     return float(np.mean((low <= truth) & (truth <= high)))
 
 
-def test_ratio_interval_covers_95_percent() -> None:
-    rng = np.random.default_rng(11)
-    true_num, true_den = 50_000.0, 400.0  # e.g. income sum and households of a village
-    num_scale, den_scale = 300.0, 3.0
-    noisy_num = true_num + sample_noise(rng, num_scale, REPS)
-    noisy_den = true_den + sample_noise(rng, den_scale, REPS)
-    est = ratio_from_noisy(noisy_num, num_scale, noisy_den, den_scale, rng=rng)
-    coverage = _coverage(true_num / true_den, est.low, est.high)
-    assert 0.93 <= coverage <= 0.975
-    # Not absurdly wide: the mean width is close to the spread of the estimator itself.
-    spread = np.subtract(*np.percentile(noisy_num / noisy_den, [97.5, 2.5]))
-    assert 0.8 * spread <= float(np.mean(est.high - est.low)) <= 1.25 * spread
-
-
 def test_mean_interval_covers_and_is_clipped() -> None:
     rng = np.random.default_rng(12)
     true_sum, true_count = 120 * 640.0, 120.0
@@ -93,44 +79,10 @@ def test_mean_interval_covers_and_is_clipped() -> None:
     noisy_sum = true_sum + sample_noise(rng, sum_scale, REPS)
     noisy_count = true_count + sample_noise(rng, count_scale, REPS)
     est = mean_from_noisy(noisy_sum, sum_scale, noisy_count, count_scale, lower=0, upper=1000, rng=rng)
-    assert 0.93 <= _coverage(640.0, est.low, est.high) <= 0.975
+    binomial.check(round(_coverage(640.0, est.low, est.high) * REPS), REPS, what="mean")
     assert np.all((est.low >= 0) & (est.high <= 1000))
     tiny = mean_from_noisy([50.0], sum_scale, [0.0], count_scale, lower=0, upper=1000, rng=rng)
     assert math.isnan(tiny.value[0]) and (tiny.low[0], tiny.high[0]) == (0.0, 1000.0)
-
-
-def test_share_interval_covers_95_percent() -> None:
-    rng = np.random.default_rng(13)
-    part, total = 300.0, 2000.0
-    scale = 4.0
-    noisy_part = part + sample_noise(rng, scale, REPS)
-    noisy_total = total + sample_noise(rng, scale, REPS)
-    est = share_from_noisy(noisy_part, scale, noisy_total, scale, rng=rng)
-    assert 0.93 <= _coverage(part / total, est.low, est.high) <= 0.975
-    assert np.all((est.low >= 0) & (est.high <= 1))
-
-
-def test_ratio_of_ratios_interval_covers_95_percent() -> None:
-    rng = np.random.default_rng(14)
-    a, b, c, d = 900.0, 3000.0, 5000.0, 10000.0  # (poor/all in a village) / (poor/all in the county)
-    scale = 5.0
-    noisy = [x + sample_noise(rng, scale, REPS) for x in (a, b, c, d)]
-    est = ratio_of_ratios_from_noisy(
-        noisy[0], scale, noisy[1], scale, noisy[2], scale, noisy[3], scale, rng=rng
-    )
-    assert 0.93 <= _coverage((a / b) / (c / d), est.low, est.high) <= 0.975
-
-
-def test_histogram_shares_cover_and_add_up() -> None:
-    rng = np.random.default_rng(15)
-    truth = np.array([40.0, 300.0, 500.0, 150.0, 10.0])
-    scale = 3.0
-    noisy = truth + sample_noise(rng, scale, (REPS, truth.size))
-    est = shares_from_noisy_histogram(noisy, scale, rng=rng)
-    assert np.allclose(est.value.sum(axis=1), 1.0)
-    true_shares = truth / truth.sum()
-    for j in range(truth.size):
-        assert 0.92 <= _coverage(true_shares[j], est.low[:, j], est.high[:, j]) <= 0.985
 
 
 @pytest.mark.parametrize(("scale", "max_width", "max_error"), [(4.0, 150, 25), (40.0, 800, 150)])
@@ -161,7 +113,7 @@ def test_quantile_intervals_cover_the_true_quantile(scale: float, max_width: flo
     assert np.all(np.abs(binned_q - true_q) <= np.diff(bounds).max())
     for j in range(len(probs)):
         coverage = _coverage(float(binned_q[j]), est.low[:, j], est.high[:, j])
-        assert 0.9 <= coverage <= 0.99
+        binomial.check(round(coverage * reps), reps, what=f"P{round(probs[j] * 100)}")
         # Informative, not [lower, upper]: a few bins wide, and the estimate is close to the truth.
         assert float(np.median(est.high[:, j] - est.low[:, j])) <= max_width
         defined = ~np.isnan(est.value[:, j])
@@ -191,8 +143,6 @@ def test_interval_functions_accept_only_noisy_values_and_public_parameters() -> 
         "upper",
         "edges",
         "probs",
-        "clip",
-        "denominator_floor",
     }
     for name in intervals.__all__:
         func = getattr(intervals, name)

@@ -1,22 +1,19 @@
-"""Reading released cells back into arrays, and simulated intervals for figures pooled from many cells.
+"""Reading released cells back into arrays: the noisy values and the public noise scales OpenDP used.
 
-Post-processing only: the inputs are a stored release (noisy values and the public noise scales OpenDP
-used). A pooled or derived figure's interval comes from adding the known integer-Laplace noise of every
-cell it uses around the noisy values, recomputing the figure for each draw, and taking the central 95%.
+Post-processing only. The figures' intervals invert the known noise of the cells they use
+(:mod:`privacy.inversion`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from privacy.intervals import CONFIDENCE, sample_noise
 from privacy.release import histogram_bin_labels
 
-DRAWS = 2_000
 FloatArray = npt.NDArray[np.float64]
 CellKey = tuple[str | None, ...]
 
@@ -50,39 +47,3 @@ def binned(release: Mapping[str, Any], statistic: str, edges: Sequence[int]) -> 
 
 def scale(release: Mapping[str, Any], quantity: str) -> float:
     return float(release["scales"][quantity])
-
-
-def simulate(
-    noisy: Sequence[FloatArray],
-    scales: Sequence[float | FloatArray],
-    figure: Callable[..., FloatArray],
-    *,
-    rng: np.random.Generator,
-    draws: int = DRAWS,
-    clip: tuple[float, float] | None = None,
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Point value and 95% interval of `figure(*arrays)`, vectorised over a leading draws axis.
-
-    `figure` receives arrays shaped (draws, *input shape) and returns (draws, *output shape); the point
-    value is `figure` of the noisy inputs themselves.
-    """
-    point = figure(*(np.asarray(x, dtype=np.float64)[None, ...] for x in noisy))[0]
-    sims = [
-        np.asarray(x, dtype=np.float64)[None, ...]
-        + sample_noise(
-            rng, np.broadcast_to(np.asarray(s, dtype=np.float64), np.shape(x)), (draws, *np.shape(x))
-        )
-        for x, s in zip(noisy, scales, strict=True)
-    ]
-    values = figure(*sims)
-    if clip is not None:
-        values = np.clip(values, *clip)
-        point = np.clip(point, *clip)
-    alpha = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha], axis=0)
-    return np.asarray(point, dtype=np.float64), np.asarray(low), np.asarray(high)
-
-
-def safe_ratio(numerator: FloatArray, denominator: FloatArray, floor: float = 1.0) -> FloatArray:
-    """numerator / max(denominator, floor): a noisy denominator below the floor says nothing usable."""
-    return np.asarray(numerator / np.maximum(denominator, floor), dtype=np.float64)

@@ -27,8 +27,10 @@ from aggregation.indicators.model import (
 )
 from aggregation.query import COVERED, QuerySpec, Statistic, StatisticKind
 from connectors.config import Unit
+from privacy.inversion import share_by_inversion
 
 PERSONS, COUNTY = "persons", "county"
+UNDEFINED_COVERAGE = "undefined: both noisy counts are at most 0"
 
 
 class Coverage(Template):
@@ -74,17 +76,15 @@ class Coverage(Template):
         # structurally empty and left out (adding them would add their noise to the figure).
         yes = np.array([county.get(("1",), 0.0), *(counts.get((v, "1"), 0.0) for v in villages)])
         no = np.array([county.get(("0",), 0.0), *(counts.get((v, "0"), 0.0) for v in villages)])
-        scales = np.array(
-            [cells.scale(releases[COUNTY], "count")]
-            + [cells.scale(releases[PERSONS], "count")] * len(villages)
+        # County-wide and village cells have different noise scales: one inversion each.
+        county_est = share_by_inversion(
+            yes[:1], cells.scale(releases[COUNTY], "count"), no[:1], cells.scale(releases[COUNTY], "count")
         )
-
-        def shares(y: np.ndarray, n: np.ndarray) -> np.ndarray:
-            y, n = np.maximum(y, 0), np.maximum(n, 0)
-            return cells.safe_ratio(y, y + n)
-
-        value, low, high = cells.simulate(
-            [yes, no], [scales, scales], shares, rng=np.random.default_rng(seed), clip=(0, 1)
+        village_scale = cells.scale(releases[PERSONS], "count")
+        village_est = share_by_inversion(yes[1:], village_scale, no[1:], village_scale)
+        value, low, high = (
+            np.concatenate([getattr(county_est, a), getattr(village_est, a)])
+            for a in ("value", "low", "high")
         )
         groups = ["county", *[str(v) for v in villages]]
         figures = [
@@ -92,7 +92,8 @@ class Coverage(Template):
                 figure="coverage",
                 label="persons with an income record",
                 group=g,
-                value=float(value[i]),
+                value=None if np.isnan(value[i]) else float(value[i]),
+                note=UNDEFINED_COVERAGE if np.isnan(value[i]) else None,
                 low=float(low[i]),
                 high=float(high[i]),
                 unit="share",
@@ -100,9 +101,9 @@ class Coverage(Template):
             for i, g in enumerate(groups)
         ]
         methods = {
-            "coverage": "noisy covered persons / noisy registered persons (each clipped at 0), county-wide "
-            "from the county-wide release, per village from the village release; 95% interval by "
-            "simulating the integer-Laplace noise of both counts",
+            "coverage": "noisy covered / (noisy covered + noisy not covered), each clipped at 0, county-wide "
+            "from the county-wide release, per village from the village release; 95% interval by inverting "
+            "the known integer-Laplace noise of both counts (every share they make plausible)",
         }
         return figures, methods, {}
 

@@ -40,8 +40,10 @@ from aggregation.query import (
     Statistic,
     StatisticKind,
 )
+from privacy.inversion import clamped, noise_half_width, share_by_inversion
 
 TREND, COUNTY = "trend", "county"
+UNDEFINED_SHARE = "undefined: the noisy counts of households with earlier income are at most 0"
 
 
 def baseline_of(params: IndicatorParams, config: MonitoringConfig) -> Baseline:
@@ -110,20 +112,27 @@ class EarlyWarning(Template):
             [[county.get((t,), 0.0) for t in TREND_DOMAIN]]
             + [[counts.get((v, t), 0.0) for t in TREND_DOMAIN] for v in villages]
         )
-        scales = np.array(
-            [[cells.scale(releases[COUNTY], "count")] * 3]
-            + [[cells.scale(releases[TREND], "count")] * 3] * len(villages)
-        )
+        county_scale = cells.scale(releases[COUNTY], "count")
+        village_scale = cells.scale(releases[TREND], "count")
+        scales = np.array([county_scale] + [village_scale] * len(villages))
         fell, not_fell, none = (
             TREND_DOMAIN.index(t) for t in (TREND_FELL, TREND_NOT_FELL, TREND_NO_BASELINE)
         )
-
-        def figures_of(m: np.ndarray) -> np.ndarray:
-            rows = np.maximum(m, 0)
-            share = cells.safe_ratio(rows[..., fell], rows[..., fell] + rows[..., not_fell])
-            return np.stack([rows[..., fell], rows[..., none], share], axis=-1)
-
-        value, low, high = cells.simulate([matrix], [scales], figures_of, rng=np.random.default_rng(seed))
+        # Counts: the noisy count clamped at 0 with its exact interval, clamped alike.
+        half = np.array([noise_half_width(s) for s in scales])
+        counts_of = {j: clamped(matrix[:, j], half, lower=0.0) for j in (fell, none)}
+        # The share fallen: fell / (fell + not fell), inverted per noise scale (county, villages).
+        county_share = share_by_inversion(matrix[:1, fell], county_scale, matrix[:1, not_fell], county_scale)
+        village_share = share_by_inversion(
+            matrix[1:, fell], village_scale, matrix[1:, not_fell], village_scale
+        )
+        share = tuple(
+            np.concatenate([getattr(county_share, a), getattr(village_share, a)])
+            for a in ("value", "low", "high")
+        )
+        value = np.stack([counts_of[fell][0], counts_of[none][0], share[0]], axis=-1)
+        low = np.stack([counts_of[fell][1], counts_of[none][1], share[1]], axis=-1)
+        high = np.stack([counts_of[fell][2], counts_of[none][2], share[2]], axis=-1)
         b = baseline_of(params, config)
         names = ["county", *[str(v) for v in villages]]
         out: list[Figure] = []
@@ -144,18 +153,21 @@ class EarlyWarning(Template):
                         figure=figure,
                         label=label,
                         group=name,
-                        value=float(value[i, j]),
+                        value=None if np.isnan(value[i, j]) else float(value[i, j]),
+                        note=UNDEFINED_SHARE if np.isnan(value[i, j]) else None,
                         low=float(low[i, j]),
                         high=float(high[i, j]),
                         unit=unit,
                     )
                 )
         methods = {
-            "households_fell": "noisy count of households whose clamped income in the period is below "
+            "households_fell": "noisy count (clamped at 0; 95% interval = noisy ± the integer-Laplace "
+            "half-width, clamped alike) of households whose clamped income in the period is below "
             f"(1 - {b.drop_share}) x their clamped income in {b.period_start}..{b.period_end}",
             "households_no_baseline": "noisy count of households with no positive income in the earlier "
             "period",
-            "share_fell": "noisy fell / (noisy fell + noisy not fell); 95% intervals by simulation",
+            "share_fell": "noisy fell / (noisy fell + noisy not fell), each clipped at 0; 95% interval by "
+            "inverting the known noise of both counts",
         }
         return out, methods, {}
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from aggregation.bands import band_shares
+from aggregation.bands import UNDEFINED_SHARE, band_shares
 from aggregation.indicators import specs
 from aggregation.indicators.base import Curves, Template
 from aggregation.indicators.families import histogram_table
@@ -111,13 +111,10 @@ class IncomeBands(Template):
             bands=bands,
             pools=pools_by_code(codes, config),
             group_key=config.urban_rural,
-            seed=seed,
         )
         villages = [
             s
-            for s in band_shares(
-                releases[BY_VILLAGE], edges=edges, bands=bands, group_key=config.village, seed=seed + 1
-            )
+            for s in band_shares(releases[BY_VILLAGE], edges=edges, bands=bands, group_key=config.village)
             if s.group != "None"
         ]
         figures = [
@@ -126,6 +123,7 @@ class IncomeBands(Template):
                 label=s.band,
                 group=s.group,
                 value=s.share,
+                note=None if s.share is not None else UNDEFINED_SHARE,
                 low=s.low,
                 high=s.high,
                 unit="share",
@@ -133,9 +131,11 @@ class IncomeBands(Template):
             for s in pooled + villages
         ]
         methods = {
-            "share": "noisy households in the band's bins / noisy households in all bins (negative bins "
-            "clipped to 0); county, urban and rural pool the urban-rural cells by NBS code; 95% interval by "
-            "simulating the integer-Laplace noise of every pooled bin around the noisy counts",
+            "share": "X / (X + Y), X the raw noisy households in the band's bins and Y those in the other "
+            "bins, each clipped at 0 once added up; county, urban and rural pool the urban-rural cells by "
+            "NBS code; 95% interval by inverting the known integer-Laplace noise of X and Y (every share "
+            "whose X and Y the noise makes plausible), so it holds in small noisy cells; undefined (null, "
+            "[0, 1]) where X and Y are both at most 0",
         }
         return figures, methods, {}
 

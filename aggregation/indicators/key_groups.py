@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.bands import band_shares
+from aggregation.bands import UNDEFINED_SHARE, band_shares
 from aggregation.indicators import cells, specs
 from aggregation.indicators.base import Curves, Template
 from aggregation.indicators.families import histogram_table
@@ -30,6 +30,7 @@ from aggregation.indicators.model import (
     ReleaseDecl,
 )
 from aggregation.query import Filter, QuerySpec, Statistic, StatisticKind
+from privacy.inversion import pooled_sum
 
 COUNTY = ":county"
 
@@ -78,23 +79,17 @@ class KeyGroups(Template):
         bands = bands_of(params, config)
         edges = band_edges(bands)
         figures: list[Figure] = []
-        for i, group in enumerate(params.groups):
+        for group in params.groups:
             # County-wide figures from the county-wide release: a village histogram pooled over hundreds
             # of villages would carry the noise of every one of its cells.
             county = releases[f"group:{group.name}{COUNTY}"]
             by_village = releases[f"group:{group.name}"]
-            rng = np.random.default_rng(seed + i)
             for release, group_key in ((county, None), (by_village, config.village)):
                 bins = cells.binned(release, "histogram", edges)
                 keys = [k for k in sorted(bins, key=str) if group_key is None or k[0] is not None]
                 matrix = np.array([bins[k] for k in keys])
-                value, low, high = cells.simulate(
-                    [matrix],
-                    [cells.scale(release, "histogram")],
-                    # Raw noisy bins add up without bias; only the total is clipped at 0.
-                    lambda m: np.maximum(m.sum(axis=-1), 0),
-                    rng=rng,
-                )
+                # Raw noisy bins add up without bias; only the total is clamped at 0, interval alike.
+                value, low, high = pooled_sum(matrix, cells.scale(release, "histogram"))
                 names = ["county"] if group_key is None else [str(k[0]) for k in keys]
                 figures += [
                     Figure(
@@ -113,7 +108,6 @@ class KeyGroups(Template):
                     edges=edges,
                     bands=bands,
                     group_key=group_key,
-                    seed=seed + 100 + i,
                     pools={"county": [""]} if group_key is None else {n: [n] for n in names},
                 )
                 figures += [
@@ -122,6 +116,7 @@ class KeyGroups(Template):
                         label=group.name,
                         group=s.group,
                         value=s.share,
+                        note=None if s.share is not None else UNDEFINED_SHARE,
                         low=s.low,
                         high=s.high,
                         unit="share",
@@ -129,9 +124,9 @@ class KeyGroups(Template):
                     for s in shares
                 ]
         methods = {
-            "households": "sum of the group's raw noisy bins, clipped at 0: county-wide from the county-wide "
-            "release, per village from the village release; 95% interval by simulating the integer-Laplace "
-            "noise of every bin",
+            "households": "sum of the group's raw noisy bins, clamped at 0: county-wide from the county-wide "
+            "release, per village from the village release; 95% interval = sum ± the exact 95% quantile of "
+            "the summed integer-Laplace noise of its bins, clamped at 0 like the value",
             "share": "as in income_bands, within the group's households",
         }
         return figures, methods, {}

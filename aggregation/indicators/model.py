@@ -266,6 +266,7 @@ class Figure(BaseModel):
     low: float | None
     high: float | None
     unit: FigureUnit
+    note: str | None = Field(default=None, description="why the value is null (undefined), when it is")
     exact: float | None = None
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from aggregation.planner import PlanError, plan_query
+from aggregation.preview import Preview, preview
 from aggregation.query import QuerySpec
 from connectors.protocol import ConnectorSchema, SignedApproval, SignedRule
 from gateway import queries
@@ -12,8 +13,10 @@ from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal, DepartmentAd
 from gateway.api.errors import error_responses
 from gateway.api.schemas import DecisionOut, QueriesOut, QueryOut, RejectionIn, RuleOut, RulesOut
 from gateway.auth import Principal, Role
-from gateway.errors import NotFound
+from gateway.errors import Invalid, NotFound
 from gateway.registry import catalog
+from gateway.runner import release_spec
+from privacy.errors import PrivacyError
 
 router = APIRouter(prefix="/v1", tags=["queries"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
@@ -58,6 +61,21 @@ def submit_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst, response: R
     if not new:
         response.status_code = status.HTTP_200_OK
     return query_view(ctx, record)
+
+
+@router.post("/queries/preview", response_model=Preview)
+def preview_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst) -> Preview:
+    """The expected 95% half-width of every statistic of a query at its epsilon, with warnings, from
+    public parameters only: nothing is stored or charged and no connector is asked for data."""
+    cat = catalog(ctx.engine)
+    try:
+        plan = plan_query(spec, cat)
+    except PlanError as exc:
+        raise Invalid(exc.message, exc.field) from None
+    try:
+        return preview(plan, release_spec(plan), cat)
+    except (PrivacyError, ValueError) as exc:
+        raise Invalid(f"the release cannot be built: {exc}", "statistics") from None
 
 
 @router.get("/queries", response_model=QueriesOut)

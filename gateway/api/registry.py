@@ -25,7 +25,7 @@ def _out(record: registry.ConnectorRecord) -> ConnectorOut:
 @router.post("/endpoints", response_model=EndpointsOut, status_code=status.HTTP_201_CREATED)
 def allow_endpoint(body: EndpointIn, ctx: ContextDep, operator: Operator) -> EndpointsOut:
     """Put a connector endpoint on the allow-list (the gateway fetches no other URL)."""
-    registry.allow_endpoint(ctx.audit, body.url, operator)
+    registry.allow_endpoint(ctx.audit, body.url, operator, production=ctx.settings.mode == "production")
     return EndpointsOut(endpoints=registry.list_endpoints(ctx.engine))
 
 
@@ -46,6 +46,7 @@ def register_connector(body: ConnectorIn, ctx: ContextDep, admin: DepartmentAdmi
         gateway_key=ctx.gateway_key,
         transport=ctx.transport,
         verify=ctx.tls or True,
+        production=ctx.settings.mode == "production",
     )
     return _out(record)
 
