@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from connectors.init_cli import init
+
 if TYPE_CHECKING:
     from connectors.dry_run import CheckReport
 
 connector_app = typer.Typer(help="Run and inspect a department connector.", no_args_is_help=True)
+connector_app.command("init")(init)
 console = Console(stderr=True)
 
 

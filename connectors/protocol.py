@@ -569,6 +569,37 @@ class ExtractRequest(_Model):
         return canonical_json(self.model_dump(mode="json", exclude=exclude))
 
 
+class PreflightRequest(ExtractRequest):
+    """Ask one connector whether it could serve an extract now, without serving or counting anything.
+
+    It carries exactly the extract the gateway would send next (same protocol version, same approval or
+    rule), so the connector checks the same things: the department's signature covers it, the key epoch
+    is held, the dataset's caps leave room, and a cheap probe reads the period and columns from the
+    source. `kind` keeps a preflight body from ever being accepted as an extract (extracts forbid it).
+    """
+
+    kind: Literal["preflight"] = "preflight"
+    audit_key: str | None = Field(
+        None,
+        max_length=512,
+        description="the verifier key the gateway's audit checkpoints are signed with (none without one): a "
+        "connector that witnesses the log checks it pins that key, or the extract's checkpoint would fail",
+    )
+
+    def as_extract(self) -> ExtractRequest:
+        return ExtractRequest.model_validate(self.model_dump(exclude={"kind", "audit_key"}))
+
+
+class PreflightAnswer(_Model):
+    """A connector's signed "ready": nothing was served, counted or reserved."""
+
+    protocol: Literal["fedgate/1"] = "fedgate/1"
+    connector: Name
+    query_id: QueryId
+    dataset: str
+    ready: Literal[True] = True
+
+
 TOKEN_COLUMN = "token"  # noqa: S105 (a column name)
 HOUSEHOLD_TOKEN_COLUMN = "household_token"  # noqa: S105
 

@@ -3,6 +3,8 @@
     GET  /v1/health    liveness, unsigned, no data
     GET  /v1/schema    the declared datasets (public policy only); gateway-signed request, signed answer
     POST /v1/extract   one approved, tokenised, clipped per-entity roll-up as an Arrow IPC stream
+    POST /v1/preflight could this connector serve that extract now? (checks and a one-row probe;
+                       serves, counts and reserves nothing)
     GET  /v1/quality   invalid/legacy/duplicate ID counts and recent failures with the database's own
                        (scrubbed) error, for the department's own admin key only
 
@@ -44,8 +46,8 @@ from audit.witness import check_inclusion, witness
 from connectors.body_limit import BodySizeLimit
 from connectors.config import DatasetSpec, LoadedConfig
 from connectors.coverage import Asked, NotCovered, check_cover
-from connectors.errors import RequestRefused, SourceError, UnknownKeyEpoch
-from connectors.extract import Extractor
+from connectors.errors import ConfigError, RequestRefused, SourceError, UnknownKeyEpoch
+from connectors.extract import Extractor, rollup_spec
 from connectors.federation_keys import FederationKeyring
 from connectors.protocol import (
     ARROW_STREAM,
@@ -68,6 +70,8 @@ from connectors.protocol import (
     ExtractRequest,
     MeasureSchema,
     PolicySchema,
+    PreflightAnswer,
+    PreflightRequest,
     SignatureError,
     canonical_json,
     extract_digest,
@@ -465,10 +469,7 @@ class ConnectorService:
         self.witnessed_size = accepted.size
         return self.cosigner.cosign(accepted, int(time.time()))
 
-    def extract(
-        self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
-    ) -> tuple[bytes, dict[str, Any]]:
-        """Serve one extract; returns the Arrow IPC body and the facts to log."""
+    def _check_epoch(self, req: ExtractRequest) -> None:
         try:
             self.keyring.tokenizer(
                 epoch=req.token.epoch, suite=req.token.suite, entity_kind="person", query_id=req.query_id
@@ -477,6 +478,70 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.UNKNOWN_KEY_EPOCH, "this connector holds no federation key of that epoch"
             ) from None
+
+    def preflight(self, req: PreflightRequest, dataset: DatasetSpec) -> None:
+        """Everything an extract would check, and a one-row probe of the source, serving and counting
+        nothing: a query that cannot be served fails before the gateway reserves any budget."""
+        extract = req.as_extract()
+        self._check_epoch(extract)
+        if self.audit_verifiers:
+            if self.state.witnessed()[2]:
+                raise _refuse(
+                    409,
+                    ErrorCode.FORK_DETECTED,
+                    "this connector saw a forked audit history; it serves nothing",
+                )
+            try:
+                presented = parse_verifier(req.audit_key) if req.audit_key else None
+            except CheckpointError:
+                presented = None
+            if presented is None or not any(presented.same_key(v) for v in self.audit_verifiers):
+                raise _refuse(
+                    403,
+                    ErrorCode.FORBIDDEN,
+                    "this connector does not pin the gateway's audit key, so it would refuse the extract's "
+                    "checkpoint: add the gateway's verifier key to policy.audit_public_keys",
+                )
+        window = budget_window()
+        try:
+            self.state.check_reservation(
+                query_id=req.query_id,
+                dataset=dataset.name,
+                fingerprint=extract_digest(extract),
+                window=window,
+                epsilon=req.epsilon,
+                cap=self.cfg.policy.max_epsilon_per_window,
+            )
+        except AlreadyServed:
+            raise _refuse(
+                403, ErrorCode.ALREADY_SERVED, "this dataset was already served for this query"
+            ) from None
+        except BudgetExhausted:
+            raise _refuse(
+                403, ErrorCode.BUDGET_EXCEEDED, f"the query's epsilon does not fit in window {window}"
+            ) from None
+        chunk_rows = self.cfg.source.chunk_rows
+        specs = [rollup_spec(dataset, extract, chunk_rows)]
+        if req.baseline_start is not None and req.baseline_end is not None and req.measures:
+            specs.append(
+                rollup_spec(dataset, extract, chunk_rows, period=(req.baseline_start, req.baseline_end))
+            )
+        try:
+            for spec in specs:
+                self.source.probe(spec)
+        except (SourceError, ConfigError) as exc:
+            # The department's log and quality report name the cause; the gateway sees only the code.
+            failure = exc if isinstance(exc, SourceError) else SourceError(str(exc))
+            self.note_source_failure(req.query_id, dataset.name, failure)
+            raise _refuse(
+                503, ErrorCode.SOURCE_UNAVAILABLE, "the department's source cannot be read now"
+            ) from None
+
+    def extract(
+        self, req: ExtractRequest, dataset: DatasetSpec, verified: Verified
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Serve one extract; returns the Arrow IPC body and the facts to log."""
+        self._check_epoch(req)
         # The witness fields change between retries; the rest of the request identifies it.
         fingerprint_ = extract_digest(req)
         window = budget_window()
@@ -642,6 +707,25 @@ def create_app(service: ConnectorService) -> FastAPI:
         request.state.log_extra.update(facts)
         return service.signed(verified, payload, ARROW_STREAM, cosignature=cosignature)
 
+    @app.post("/v1/preflight")
+    async def preflight(request: Request) -> Response:
+        body = await request.body()  # its size is already bounded by `BodySizeLimit`
+        verified = await run_in_threadpool(service.verify_request, request, body)
+        try:
+            req = PreflightRequest.model_validate_json(body)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "(body)" for e in exc.errors()})
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "invalid preflight request: " + ", ".join(fields)
+            ) from None
+        dataset = service.check_extract(req, verified)
+        # Logged under its own key: `fedgate audit reconcile` matches `request_digest` with extracts only,
+        # and a preflight serves nothing to reconcile.
+        request.state.log_extra = {"dataset": dataset.name, "preflight_digest": verified.digest}
+        await run_in_threadpool(service.preflight, req, dataset)
+        answer = PreflightAnswer(connector=cfg.name, query_id=req.query_id, dataset=dataset.name)
+        return service.signed(verified, canonical_json(answer.model_dump(mode="json")), "application/json")
+
     @app.get("/v1/quality")
     async def quality(request: Request) -> dict[str, Any]:
         if not service.is_admin(request):
@@ -659,7 +743,6 @@ def create_app(service: ConnectorService) -> FastAPI:
 def build_service(loaded: LoadedConfig) -> ConnectorService:
     """Open the source, keys and state named by a configuration, checking every dataset against the source."""
     from connectors.config import read_signing_key
-    from connectors.errors import ConfigError
     from connectors.federation_keys import load_keyring
     from connectors.sources import open_source
 

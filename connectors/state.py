@@ -164,6 +164,24 @@ class ConnectorState:
             )
         return Reservation(replay=None)
 
+    def check_reservation(
+        self, *, query_id: str, dataset: str, fingerprint: str, window: str, epsilon: Decimal, cap: Decimal
+    ) -> None:
+        """What `reserve` would refuse, raised the same way, without reserving or counting anything."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT fingerprint FROM served WHERE query_id = ? AND dataset = ?", (query_id, dataset)
+            ).fetchone()
+            counted = self._db.execute(
+                "SELECT 1 FROM spent WHERE window = ? AND query_id = ?", (window, query_id)
+            ).fetchone()
+            rows = self._db.execute("SELECT epsilon FROM spent WHERE window = ?", (window,)).fetchall()
+        if row is not None and row[0] != fingerprint:
+            raise AlreadyServed(dataset)
+        spent = sum((Decimal(r[0]) for r in rows), Decimal(0))
+        if counted is None and spent + epsilon > cap:
+            raise BudgetExhausted(epsilon, max(cap - spent, Decimal(0)))
+
     def complete(self, *, query_id: str, dataset: str, body: bytes) -> None:
         with self._tx() as db:
             db.execute(

@@ -4,10 +4,13 @@ fedgate gateway serve                      run the gateway (settings from FEDGAT
 fedgate users create|revoke|list           principals and API keys (operator, on the gateway host)
 fedgate query submit|show|run|result|list  an analyst's queries (FEDGATE_URL, FEDGATE_API_KEY)
 fedgate approve QUERY_ID --key FILE        a department admin signs an approval with the department key
+fedgate approve --pending --key FILE       every query waiting for the department, shown, then signed
+fedgate keys|keyring|admin-key new         keys, the federation keyring, a connector admin key
+fedgate endpoints|connectors|catalog|rules the allow-list, registration, the catalog, pre-approval rules
 fedgate budget                             remaining epsilon
 fedgate groups list|show|add|retire        named key groups (household.has_<name>)
 fedgate indicators list|run                the indicator library; run an indicator or the monthly pack
-fedgate connector serve|check              a department's connector
+fedgate connector init|serve|check         a department's connector
 fedgate synth                              a synthetic county
 fedgate demo                               everything above on loopback
 """
@@ -24,9 +27,18 @@ from rich.table import Table
 
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
+from connectors.keys_cli import admin_key_app, keyring_app, keys_app
 from gateway.cli_common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 from gateway.groups_cli import groups_app
 from gateway.indicators_cli import indicators_app
+from gateway.onboarding_cli import (
+    approve_batch,
+    catalog,
+    connectors_app,
+    endpoints_app,
+    rules_app,
+    waiting_for,
+)
 from gateway.users_cli import users_app
 
 app = typer.Typer(
@@ -43,6 +55,13 @@ app.add_typer(connector_app, name="connector")
 app.add_typer(groups_app, name="groups")
 app.add_typer(indicators_app, name="indicators")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.add_typer(keyring_app, name="keyring")
+app.add_typer(admin_key_app, name="admin-key")
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(connectors_app, name="connectors")
+app.add_typer(rules_app, name="rules")
+app.command("catalog")(catalog)
 app.command("synth")(synth)
 
 CsvOpt = Annotated[Path | None, typer.Option("--csv", help="also write the result cells to this CSV file")]
@@ -232,17 +251,41 @@ def query_result(
 
 @app.command("approve")
 def approve(
-    query_id: str,
     key: Annotated[Path, typer.Option("--key", help="the department's approval private key (PEM)")],
     url: UrlOpt,
     api_key: KeyOpt,
+    query_id: Annotated[str | None, typer.Argument(help="the query (omit with --pending)")] = None,
     department: Annotated[
         str | None, typer.Option("--department", help="your department (default: your API key's)")
     ] = None,
     reject: Annotated[str | None, typer.Option("--reject", help="reject with this reason instead")] = None,
+    pending: Annotated[
+        bool, typer.Option("--pending", help="every query waiting for you, e.g. a pack run's / 全部待审批")
+    ] = False,
+    match: Annotated[
+        str | None, typer.Option("--match", help="with --pending: only purposes containing this / 按用途筛选")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="with --pending: sign without asking")] = False,
 ) -> None:
-    """Approve (or reject) a query touching your department's data, signing with the department's key."""
+    """Approve (or reject) a query touching your department's data, signing with the department's key;
+    with --pending, every query waiting for your department (an indicator or pack run's), shown first.
+
+    用部门审批私钥批准（或拒绝）查询；加 --pending 时先列出全部待审批查询，确认后逐一签署。"""
+    if (query_id is None) == (not pending):
+        errors.print("[red]invalid_request[/red]: give a QUERY_ID or --pending [field query_id]")
+        raise typer.Exit(2)
     with _client(url, api_key) as gw:
+        if pending:
+            dept = department or call_gateway(gw.me)["department"]
+            if not dept:
+                errors.print("[red]forbidden[/red]: only a department admin approves queries")
+                raise typer.Exit(1)
+            views = waiting_for(call_gateway(gw.queries), dept, match)
+            done = approve_batch(gw, key.read_bytes(), dept, views, yes=yes)
+            ready = sum(1 for v in done if v["state"] == "approved")
+            console.print(f"{len(done)} approvals signed; {ready} queries now approved", highlight=False)
+            return
+        assert query_id is not None
         if reject is not None:
             view = call_gateway(lambda: gw.reject(query_id, reject))
         else:

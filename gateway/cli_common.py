@@ -21,10 +21,19 @@ T = TypeVar("T")
 
 def call_gateway(fn: Callable[[], T]) -> T:
     """Run one client call; a gateway error is printed as the gateway worded it and exits 1."""
+    import httpx
+
     from gateway.client import GatewayError
 
     try:
         return fn()
+    except httpx.TransportError as exc:
+        errors.print(
+            f"[red]unreachable[/red]: cannot reach the gateway ({type(exc).__name__}); check --url / "
+            "FEDGATE_URL and that the gateway is running / 无法连接网关",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
     except GatewayError as exc:
         errors.print(
             f"[red]{exc.code}[/red] ({exc.status}): {exc.message}"

@@ -80,6 +80,25 @@ class GatewayClient:
     def allow_endpoint(self, url: str) -> Any:
         return self._do("POST", "/v1/endpoints", {"url": url})
 
+    def endpoints(self) -> Any:
+        return self._do("GET", "/v1/endpoints")["endpoints"]
+
+    def remove_endpoint(self, url: str) -> Any:
+        return self._do("DELETE", f"/v1/endpoints?url={quote(url, safe='')}")["endpoints"]
+
+    def connectors(self) -> Any:
+        return self._do("GET", "/v1/connectors")["connectors"]
+
+    def set_connector_enabled(self, name: str, enabled: bool) -> Any:
+        action = "enable" if enabled else "disable"
+        return self._do("POST", f"/v1/connectors/{quote(name, safe='')}/{action}")
+
+    def rules(self) -> Any:
+        return self._do("GET", "/v1/rules")["rules"]
+
+    def revoke_rule(self, rule_id: str) -> None:
+        self._do("DELETE", f"/v1/rules/{quote(rule_id, safe='')}")
+
     def register_connector(self, name: str, endpoint: str, key_fingerprint: str) -> Any:
         return self._do(
             "POST", "/v1/connectors", {"name": name, "endpoint": endpoint, "key_fingerprint": key_fingerprint}
@@ -168,6 +187,7 @@ class GatewayClient:
         units: tuple[str, ...],
         max_epsilon_per_query: Decimal,
         analysts: tuple[str, ...] = ("*",),
+        expires_at: int | None = None,
     ) -> Any:
         rule = ApprovalRule.model_validate(
             {
@@ -177,6 +197,7 @@ class GatewayClient:
                 "units": units,
                 "max_epsilon_per_query": max_epsilon_per_query,
                 "analysts": analysts,
+                "expires_at": expires_at,
             }
         )
         signed = sign_rule(load_private_key(key_pem), rule)

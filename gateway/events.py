@@ -132,6 +132,12 @@ class EndpointAllowed(AuditEvent):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class EndpointRemoved(AuditEvent):
+    action = "endpoint.removed"
+    endpoint: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ConnectorRegistered(AuditEvent):
     action = "connector.registered"
     connector: str
@@ -367,6 +373,8 @@ class IndicatorFailed(AuditEvent):
     outcome = "failed"
     indicator: str
     refunded: list[str]
+    reason: str | None = None
+    """`preflight`: a connector could not serve its part, found before anything was reserved"""
 
 
 # --- connector calls

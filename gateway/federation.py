@@ -47,6 +47,8 @@ from connectors.protocol import (
     ConnectorSchema,
     ErrorCode,
     ExtractRequest,
+    PreflightAnswer,
+    PreflightRequest,
     SignatureError,
     SignedApproval,
     SignedRule,
@@ -298,6 +300,28 @@ class ConnectorLink:
                 self.connector, 200, "bad_schema", "the schema is not a fedgate/1 schema"
             ) from None
 
+    def preflight(self, request: PreflightRequest) -> tuple[PreflightAnswer, dict[str, str]]:
+        """Ask whether the connector could serve this extract now; it serves and counts nothing.
+
+        Returns the answer and the receipt of this verified response (safe from several threads)."""
+        response, digest = self._call("POST", "/v1/preflight", query_id=request.query_id, body=request.body())
+        receipt = Receipt(
+            request_digest=digest,
+            response_digest=sha256_hex(response.content),
+            connector_signature=response.headers.get(H_SIGNATURE, ""),
+        ).as_dict()
+        try:
+            answer = PreflightAnswer.model_validate_json(response.content)
+        except ValueError:
+            raise AnswerUnverified(
+                self.connector, 200, "bad_schema", "the preflight answer is not fedgate/1", receipt
+            ) from None
+        if (answer.connector, answer.query_id) != (self.connector, request.query_id):
+            raise AnswerUnverified(
+                self.connector, 200, "bad_schema", "the preflight answer is for another query", receipt
+            )
+        return answer, receipt
+
     def extract(
         self, request: ExtractRequest, *, before_send: BeforeSend | None = None
     ) -> tuple[pa.Table, Receipt]:
@@ -376,7 +400,11 @@ def fetch_pinned_schema(
             ) from None
         if key_fingerprint(key) != fingerprint:
             raise AnswerUnverified(
-                connector, 200, "bad_signature", "the connector's key does not have the pinned fingerprint"
+                connector,
+                200,
+                "bad_signature",
+                f"the connector presents key fingerprint {key_fingerprint(key)}, not the pinned "
+                f"{fingerprint}: confirm the right one with the department out of band",
             )
         if schema.connector != connector:
             raise AnswerUnverified(connector, 200, "bad_schema", "the schema names another connector")

@@ -6,7 +6,9 @@
     epsilon within every involved department's cap   -> Invalid naming the department (the smallest cap wins)
     submit each query (identified by its digest)     -> approved by rules or department signatures, else
                                                         NotApproved with who each query waits for
-    `indicator.run` audited, then ledger.reserve_many (all or nothing) -> BudgetRefused before any extract
+    `indicator.run` audited, then a preflight of every query's connectors -> ConnectorUnavailable naming
+                                                        each connector and code, nothing reserved
+    ledger.reserve_many (all or nothing)             -> BudgetRefused before any extract
     run each query (the runner: extracts, join, release, commit), in order
       a failure: queries not yet run are refunded; what ran stays released or spent, as for any query
     figures from the released results (post-processing; no budget)
@@ -42,10 +44,10 @@ from aggregation.indicators.key_groups import KeyGroups
 from aggregation.planner import Plan, PlanError, plan_query
 from aggregation.query import MemberGroup
 from connectors.protocol import ConnectorSchema, Period
-from gateway import key_groups, monitoring, queries, runner
+from gateway import key_groups, monitoring, preflight, queries, runner
 from gateway.auth import Principal
 from gateway.context import GatewayContext
-from gateway.errors import BudgetRefused, Conflict, Invalid, NotApproved, NotFound
+from gateway.errors import BudgetRefused, Conflict, ConnectorUnavailable, Invalid, NotApproved, NotFound
 from gateway.events import BudgetRefused as BudgetRefusedEvent
 from gateway.events import IndicatorFailed, IndicatorRun
 from gateway.lifecycle import QueryState, release_unused, stays_charged
@@ -309,6 +311,20 @@ def _execute(
         )
     )
     if to_run:
+        # Every connector confirms every query's part before the whole total is reserved.
+        by_id = {r.id: r for r in records}
+        try:
+            preflight.require_all_ready(
+                ctx,
+                [(plan, queries.covers(ctx.engine, by_id[q.spec.query_id], plan)[0]) for q, plan in to_run],
+                analyst,
+            )
+        except ConnectorUnavailable:
+            # Nothing was reserved, so nothing is refunded.
+            ctx.audit.record(
+                IndicatorFailed(actor=analyst.name, indicator=label, refunded=[], reason="preflight")
+            )
+            raise
         try:
             ctx.ledger.reserve_many(
                 [(q.spec.query_id, [e.ref for e in plan.extracts], q.spec.epsilon) for q, plan in to_run],
@@ -339,7 +355,7 @@ def _execute(
                 query_id=q.spec.query_id,
                 step=f"{i}/{len(flat)}",
             )
-            released[q.spec.query_id] = runner.run_query(ctx, q.spec.query_id, analyst)
+            released[q.spec.query_id] = runner.run_query(ctx, q.spec.query_id, analyst, preflighted=True)
             if q.spec.query_id in pending:
                 pending.remove(q.spec.query_id)
     except BaseException:

@@ -23,7 +23,13 @@ from gateway import db
 from gateway.audit_trail import AuditTrail
 from gateway.auth import Principal
 from gateway.errors import ConnectorUnavailable, Forbidden, Invalid, NotFound
-from gateway.events import ConnectorDisabled, ConnectorEnabled, ConnectorRegistered, EndpointAllowed
+from gateway.events import (
+    ConnectorDisabled,
+    ConnectorEnabled,
+    ConnectorRegistered,
+    EndpointAllowed,
+    EndpointRemoved,
+)
 from gateway.federation import AnswerUnverified, ConnectorCallError, fetch_pinned_schema
 
 _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
@@ -110,6 +116,18 @@ def allow_endpoint(trail: AuditTrail, url: str, by: Principal, *, production: bo
                 db.allowed_endpoints.insert().values(url=url, added_by=by.name, added_at=db.utcnow())
             )
             change.record(EndpointAllowed(actor=by.name, endpoint=url))
+    return url
+
+
+def remove_endpoint(trail: AuditTrail, url: str, by: Principal) -> str:
+    """Take an endpoint off the allow-list with its entry (404 if it is not on it); a connector there
+    keeps its record, but every call to it is refused from now on, and so is registering it again."""
+    url = normalise_endpoint(url)
+    with trail.change() as change:
+        done = change.conn.execute(db.allowed_endpoints.delete().where(db.allowed_endpoints.c.url == url))
+        if done.rowcount == 0:
+            raise NotFound("that endpoint is not on the allow-list", "url")
+        change.record(EndpointRemoved(actor=by.name, endpoint=url))
     return url
 
 

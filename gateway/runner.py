@@ -2,6 +2,9 @@
 
     start       approved --(CAS, with `query.run`)--> running          (a second run: conflict)
     prepare     the OpenDP measurement and its privacy map, before any data     (invalid: nothing reserved)
+    ready       every planned connector checks its part and probes its source   (`gateway.preflight`;
+                (a signed preflight, skipped when an indicator run did it)        unavailable: nothing
+                                                                                  reserved)
     reserve     the query's epsilon in the ledger, before the first extract     (budget refused)
     preflight   a health check of every planned connector                       (one down: unavailable)
     plan        `connector.extract_planned` per extract (its digest), then the checkpoint is signed
@@ -50,7 +53,7 @@ from connectors.protocol import (
     parse_public_key,
     sha256_hex,
 )
-from gateway import queries
+from gateway import preflight, queries
 from gateway.auth import Principal
 from gateway.context import GatewayContext
 from gateway.errors import (
@@ -142,8 +145,11 @@ def stored_result(ctx: GatewayContext, record: queries.QueryRecord) -> dict[str,
     return doc
 
 
-def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[str, Any]:
-    """Run an approved query of `analyst` once; later calls return the stored result."""
+def run_query(
+    ctx: GatewayContext, query_id: str, analyst: Principal, *, preflighted: bool = False
+) -> dict[str, Any]:
+    """Run an approved query of `analyst` once; later calls return the stored result. `preflighted`:
+    the caller (an indicator run) already had every connector confirm its part before reserving."""
     record = queries.get_query(ctx.engine, query_id)
     if record.analyst != analyst.name:
         raise NotFound("no query with that id", "query_id")
@@ -165,7 +171,7 @@ def run_query(ctx: GatewayContext, query_id: str, analyst: Principal) -> dict[st
         raise Conflict(
             f"the query is {record.state}; it runs only when approved", "query_id", reason=record.state.value
         )
-    run = Run(ctx, plan, found, analyst)
+    run = Run(ctx, plan, found, analyst, preflighted=preflighted)
     run.start()
     try:
         return run.execute()
@@ -204,8 +210,11 @@ class Run:
         plan: Plan,
         found: dict[str, SignedApproval | SignedRule],
         analyst: Principal,
+        *,
+        preflighted: bool = False,
     ) -> None:
         self.ctx = ctx
+        self.preflighted = preflighted
         self.plan = plan
         self.spec = plan.query
         self.qid = plan.query.query_id
@@ -232,6 +241,7 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         prepared = self.prepare()
+        self.ready()
         self.reserve()
         witnessed = self.preflight()
         requests = self.log_planned()
@@ -249,6 +259,16 @@ class Run:
             return prepare_release(release_spec(self.plan))
         except PrivacyError as exc:
             raise Invalid(f"the release cannot be built: {exc}", "statistics") from None
+
+    def ready(self) -> None:
+        """Every planned connector confirms it can serve its part (a signed preflight), before anything
+        is reserved: a failure names each connector and its code and charges nothing."""
+        if self.preflighted:
+            return
+        failures = preflight.preflight_many(self.ctx, [(self.plan, self.found)], self.analyst).get(self.qid)
+        if failures:
+            self.failed_connectors = preflight.named(failures)
+            raise preflight.unavailable(failures)
 
     def reserve(self) -> None:
         datasets = [e.ref for e in self.plan.extracts]
@@ -311,8 +331,10 @@ class Run:
                 raise ConnectorUnavailable(
                     "a connector did not answer; nothing was charged, the query can be run again", "query_id"
                 )
+            failed = "; ".join(f"{ref}: {code}" for ref, code in sorted(failures.items()))
             raise ConnectorFailed(
-                "a connector failed after others had answered; the reserved budget stays spent", "query_id"
+                f"a connector failed after others had answered ({failed}); the reserved budget stays spent",
+                "query_id",
             )
         return tables
 

@@ -235,6 +235,7 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
     assert http.post("/v1/groups", json=group, headers=fed.as_("operator")).status_code == 201
     calls: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
         ("POST", "/v1/endpoints"): ("operator", {"url": "http://extra.fed.test"}),
+        ("DELETE", "/v1/endpoints"): ("operator", None),
         ("POST", "/v1/connectors"): (
             "tax",
             {"name": "tax", "endpoint": tax.endpoint, "key_fingerprint": tax.key_fingerprint},
@@ -242,6 +243,10 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         ("POST", "/v1/connectors/{name}/disable"): ("operator", None),
         ("POST", "/v1/connectors/{name}/enable"): ("operator", None),
         ("POST", "/v1/queries"): ("analyst", _query("A new query that never lands").model_dump(mode="json")),
+        ("POST", "/v1/queries/preview"): (
+            "analyst",
+            _query("A preview never answered").model_dump(mode="json"),
+        ),
         ("POST", "/v1/queries/{query_id}/approvals"): ("tax", _signed_approval(fed, waiting, "tax")),
         ("POST", "/v1/queries/{query_id}/rejections"): ("civil", {"reason": "not for this purpose"}),
         ("POST", "/v1/rules"): ("tax", _signed_rule(fed, "tax", "tax-narrow")),
@@ -280,6 +285,8 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         url = path
         for hole, value in fill.items():
             url = url.replace(hole, value)
+        if (method, path) == ("DELETE", "/v1/endpoints"):
+            url = f"/v1/endpoints?url={tax.endpoint}"
         if path == "/v1/queries/{query_id}/run":
             url = f"/v1/queries/{approved['id']}/run"
         if path == "/v1/groups/{name}/retire":
@@ -378,11 +385,10 @@ def test_a_connector_down_before_any_data_refunds_and_the_query_can_run_again(fe
         r = fed.http.post(f"/v1/queries/{view['id']}/run", headers=fed.as_("analyst"))
         assert r.status_code == 503 and r.json()["error"]["code"] == "connector_unavailable"
         assert analyst.query(view["id"])["state"] == QueryState.APPROVED
-        entry = fed.ctx.ledger.entry(view["id"])
-        assert entry is not None and entry.state == REFUNDED
+        assert fed.ctx.ledger.entry(view["id"]) is None  # the preflight failed: nothing was reserved
         failed = [e for e in fed.events("query.failed") if e["query_id"] == view["id"]]
         assert [(e["reason"], e["charged"], e["connectors"]) for e in failed] == [
-            ("connector_unavailable", False, ["civil"])
+            ("connector_unavailable", False, ["civil.assistance: unreachable"])
         ]
         runs = [e for e in fed.events("http.request") if e["path"] == "/v1/queries/{query_id}/run"]
         assert (runs[-1]["status"], runs[-1]["error"], runs[-1]["error_type"]) == (

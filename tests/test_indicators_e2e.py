@@ -189,6 +189,34 @@ def test_the_command_line_lists_and_runs_indicators(fed: Federation, tmp_path: P
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_indicator_waiting_for_approvals_is_approved_in_one_batch_per_department(fed: Federation) -> None:
+    with fed.client("other-analyst") as other:
+        with pytest.raises(GatewayError) as exc:
+            other.run_indicator("income_bands", period="2025-12", epsilon="0.2")
+        assert exc.value.code == "not_approved"
+    runner = CliRunner()
+    signed = 0
+    for department in ("register", "tax", "social", "utility", "civil"):
+        key = fed.county / "keys" / f"{department}-approval.key"
+        env = {"FEDGATE_URL": fed.gateway.url, "FEDGATE_API_KEY": fed.keys[department], "COLUMNS": "250"}
+        args = ["approve", "--pending", "--match", "indicator income_bands", "--key", str(key), "--yes"]
+        out = runner.invoke(app, args, env=env)
+        assert out.exit_code == 0, out.output
+        assert "total epsilon of the batch" in out.output or "nothing waits" in out.output
+        signed += (
+            int(out.output.split(" approvals signed")[0].split()[-1])
+            if "approvals signed" in out.output
+            else 0
+        )
+    assert signed > 0
+    with fed.client("other-analyst") as other:
+        doc = other.run_indicator("income_bands", period="2025-12", epsilon="0.2")
+        assert doc["indicators"][0]["figures"]
+        # The filter kept the earlier coverage queries out of the batch: they still wait.
+        waiting = [q for q in other.queries() if "indicator coverage" in q["spec"]["purpose"]]
+        assert waiting and all(q["state"] == "submitted" for q in waiting)
+
+
 def test_a_pack_whose_connector_is_down_charges_nothing(fed: Federation) -> None:
     """Last in the module: it stops a connector for good."""
     fed.connectors["civil"].stop()
@@ -197,9 +225,11 @@ def test_a_pack_whose_connector_is_down_charges_nothing(fed: Federation) -> None
         with pytest.raises(GatewayError) as exc:
             analyst.run_pack("monthly", period="2025-10", epsilon="0.5")
         assert exc.value.status == 503 and exc.value.code == "connector_unavailable"
-        assert _spent(analyst) == before  # the failed query refunded, the ones not yet run released
+        assert "connector civil" in exc.value.message  # the preflight names it, before any reservation
+        assert _spent(analyst) == before
         queries = {q["id"] for q in analyst.queries() if "2024-11 to 2025-10" in q["spec"]["purpose"]}
         assert queries and _extract_requests(fed, queries) == []
     with fed.client("auditor") as auditor:
         failed = auditor.audit_entries(action="indicator.failed")["entries"]
     assert failed and failed[-1]["event"]["indicator"] == "pack:monthly"
+    assert (failed[-1]["event"]["reason"], failed[-1]["event"]["refunded"]) == ("preflight", [])

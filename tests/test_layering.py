@@ -51,6 +51,7 @@ RULES = (
                 "connectors.config",
                 "connectors.body_limit",
                 "connectors.cli",
+                "connectors.keys_cli",
                 "connectors.process",
                 "connectors.logs",
                 "connectors.synth",

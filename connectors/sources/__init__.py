@@ -83,6 +83,11 @@ class Source(Protocol):
         """Yield chunks with columns `spec.output_columns`."""
         ...
 
+    def probe(self, spec: RollupSpec) -> None:
+        """Read at most one row of the roll-up's columns under its period filter (a preflight's probe:
+        the source is reachable and the period and columns read); raise `SourceError` otherwise."""
+        ...
+
     def close(self) -> None: ...
 
 

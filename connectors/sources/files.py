@@ -189,6 +189,13 @@ class FileSource:
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"the source file failed the roll-up ({type(exc).__name__})") from None
 
+    def probe(self, spec: RollupSpec) -> None:
+        # The first batch of the roll-up's own filtered, projected scan: reads the period and columns.
+        try:
+            next(iter(self.rollup(spec)), None)
+        except ConfigError as exc:
+            raise SourceError(str(exc)) from None
+
     @staticmethod
     def _rollup_batch(frame: pd.DataFrame, spec: RollupSpec) -> pd.DataFrame:
         aggs: dict[str, tuple[str, str]] = {BAD_VALUES: (BAD_VALUES, "sum")}

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 import pandas as pd
 
 from connectors.config import DatasetSpec, PeriodFormat, PeriodSpec, Rollup
-from connectors.errors import ConfigError
+from connectors.errors import ConfigError, SourceError
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, coerce_measures
 from connectors.sources.periods import (
     DATE,
@@ -134,6 +134,12 @@ class MemorySource:
         out = work.groupby(ENTITY, sort=False, dropna=True).agg(**aggs).reset_index()
         for start in range(0, len(out), spec.chunk_rows):
             yield out.iloc[start : start + spec.chunk_rows][[*spec.output_columns, BAD_VALUES]]
+
+    def probe(self, spec: RollupSpec) -> None:
+        try:
+            next(iter(self.rollup(spec)), None)
+        except (ConfigError, KeyError, TypeError) as exc:
+            raise SourceError(f"the in-memory table failed the probe ({type(exc).__name__})") from None
 
     def close(self) -> None:
         return None

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy.sql.util import ClauseAdapter
 
 from connectors.config import DatasetSpec, PeriodFormat, PeriodSpec, Rollup
 from connectors.errors import ConfigError
@@ -239,6 +240,27 @@ class SqlSource:
                 *(c for _n, c, _r in spec.measures if c),
             ]
             raise SourceFailure("the source database failed the roll-up", diagnose(exc, keep)) from None
+
+    def probe(self, spec: RollupSpec) -> None:
+        # The roll-up itself (its period predicate, columns and aggregates, so type errors show) over at
+        # most one row that predicate selects: cheap, whatever the table's size.
+        stmt = self._statement(spec)
+        t = self._table(spec.relation)
+        one = sa.select(t).limit(1)
+        if stmt.whereclause is not None:
+            one = one.where(stmt.whereclause)
+        probe = ClauseAdapter(one.subquery()).traverse(stmt)
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(probe).fetchall()
+        except SQLAlchemyError as exc:
+            keep = [
+                *self._safe_names,
+                spec.relation,
+                spec.entity_column,
+                *(c for _n, c, _r in spec.measures if c),
+            ]
+            raise SourceFailure("the source database failed the probe", diagnose(exc, keep)) from None
 
     def close(self) -> None:
         self._engine.dispose()

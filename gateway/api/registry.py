@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 
 from aggregation.query import SIZE_BAND
 from gateway import registry
@@ -10,7 +12,7 @@ from gateway.api.deps import Anyone, ContextDep, DepartmentAdmin, Operator, Over
 from gateway.api.errors import error_responses
 from gateway.api.schemas import CatalogOut, ConnectorIn, ConnectorOut, ConnectorsOut, EndpointIn, EndpointsOut
 
-router = APIRouter(prefix="/v1", tags=["registry"], responses=error_responses(401, 403, 422, 503))
+router = APIRouter(prefix="/v1", tags=["registry"], responses=error_responses(401, 403, 404, 422, 503))
 
 PROXY_NOTE = (
     "Disposable income is a documented proxy built from what departments hold (wages, business income, "
@@ -26,6 +28,15 @@ def _out(record: registry.ConnectorRecord) -> ConnectorOut:
 def allow_endpoint(body: EndpointIn, ctx: ContextDep, operator: Operator) -> EndpointsOut:
     """Put a connector endpoint on the allow-list (the gateway fetches no other URL)."""
     registry.allow_endpoint(ctx.audit, body.url, operator, production=ctx.settings.mode == "production")
+    return EndpointsOut(endpoints=registry.list_endpoints(ctx.engine))
+
+
+@router.delete("/endpoints", response_model=EndpointsOut)
+def remove_endpoint(
+    ctx: ContextDep, operator: Operator, url: Annotated[str, Query(max_length=512)]
+) -> EndpointsOut:
+    """Take an endpoint off the allow-list (404 if it is not on it)."""
+    registry.remove_endpoint(ctx.audit, url, operator)
     return EndpointsOut(endpoints=registry.list_endpoints(ctx.engine))
 
 
