@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from privacy.inversion import share_by_inversion
-from privacy.release import histogram_bin_labels
+from privacy.vocabulary import histogram_bin_labels
 
 UNDEFINED_SHARE = "undefined: the noisy households of this pool are all at most 0"
 

@@ -60,7 +60,7 @@ from privacy.intervals import (
     quantiles_from_noisy_histogram,
     sample_noise,
 )
-from privacy.release import ReleaseResult, histogram_bin_labels
+from privacy.vocabulary import ReleaseResult, histogram_bin_labels
 
 __all__ = [
     "QUINTILES",

@@ -43,7 +43,7 @@ from connectors.protocol import (
     TokenSpec,
 )
 from connectors.vocabulary import EntityKind, Unit
-from privacy.release import MAX_SUM_BOUND, sum_bound_message
+from privacy.vocabulary import MAX_SUM_BOUND, sum_bound_message
 
 
 class PlanError(Exception):

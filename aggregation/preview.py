@@ -33,14 +33,13 @@ from connectors.config import Unit
 from connectors.protocol import ConnectorSchema
 from privacy.intervals import CONFIDENCE, discrete_laplace_half_width, histogram_boundaries
 from privacy.inversion import noise_half_width
-from privacy.release import (
+from privacy.vocabulary import (
     LORENZ_RESOLUTION,
     Histogram,
     Lorenz,
     Quantiles,
     ReleaseSpec,
     histogram_bin_labels,
-    prepare_release,
 )
 
 __all__ = ["Preview", "StatisticAccuracy", "preview"]
@@ -169,6 +168,9 @@ def preview(plan: Plan, spec: ReleaseSpec, catalog: Mapping[str, ConnectorSchema
 
     Raises :class:`privacy.errors.PrivacyError` (as the run would) if the release cannot be built.
     """
+    # Imported here: building the release loads OpenDP, which importing aggregation must not.
+    from privacy.release import prepare_release
+
     prepared = prepare_release(spec)
     quantities = prepared.quantities
     units = _units(plan)

@@ -50,7 +50,8 @@ from connectors.ids import IdKind, normalize_many
 from connectors.protocol import ConnectorSchema, load_private_key, public_key_text
 from connectors.service import build_schema
 from gateway.runner import release_spec
-from privacy.release import FRAME_ROWS_LIMIT, histogram_bin_labels, prepare_release
+from privacy.release import prepare_release
+from privacy.vocabulary import FRAME_ROWS_LIMIT, histogram_bin_labels
 
 HERE = Path(__file__).resolve().parent
 PEER_VENV = HERE / ".venv-smartnoise"
@@ -303,7 +304,7 @@ def _profile_fedgate_step(plan: Plan, frame: pl.DataFrame) -> BenchResult:
         "input checks, clamp, binning": cumulative("privacy/release.py", "_input"),
         "OpenDP apply (frame serialised into OpenDP, noisy group-by)": cumulative("opendp/mod.py", "__call__")
         + cumulative("opendp/_data.py", "onceframe_collect"),
-        "post-processing (intervals, release cells)": cumulative("privacy/release.py", "_postprocess"),
+        "post-processing (intervals, release cells)": cumulative("privacy/postprocess.py", "to_result"),
     }
     note = "; ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
     return BenchResult("engines", "fedgate DP step, profiled once", total, "s", None, note)

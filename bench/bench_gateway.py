@@ -29,7 +29,7 @@ from connectors.protocol import (
     ConnectorSchema,
 )
 from connectors.sources import ENTITY, HOUSEHOLD, open_source
-from gateway.localfed import Federation, register_everything, start_federation
+from gateway.dev.localfed import Federation, register_everything, start_federation
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -46,7 +46,7 @@ from connectors.protocol import (
     sha256_hex,
 )
 from connectors.sources import open_source
-from gateway.localfed import Federation, start_federation
+from gateway.dev.localfed import Federation, start_federation
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "FEDGATE_TEST_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

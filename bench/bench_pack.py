@@ -74,9 +74,9 @@ from connectors.federation_keys import load_keyring
 from connectors.protocol import ConnectorSchema
 from connectors.sources import Source, open_source
 from gateway.client import GatewayClient, GatewayError
-from gateway.localfed import CONNECTORS, Federation, register_everything, start_federation
+from gateway.dev.localfed import CONNECTORS, Federation, register_everything, start_federation
+from gateway.dev.seed_groups import SEED_GROUPS, synthetic_config
 from gateway.runner import release_spec
-from gateway.seed_groups import SEED_GROUPS, synthetic_config
 from gateway.settings import GatewaySettings
 from privacy.release import prepare_release
 

@@ -32,8 +32,8 @@ from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
+from gateway.dev.seed_groups import SEED_GROUPS, synthetic_config
 from gateway.runner import release_spec
-from gateway.seed_groups import SEED_GROUPS, synthetic_config
 from privacy.intervals import sample_noise
 from privacy.release import prepare_release
 

@@ -37,7 +37,7 @@ from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
 from connectors.sources import open_source
-from gateway.localfed import Federation, register_everything, start_federation
+from gateway.dev.localfed import Federation, register_everything, start_federation
 
 SIZES = (50_000, 200_000, 600_000, 1_200_000)
 QUICK_LIMIT = 200_000

@@ -24,7 +24,7 @@ from bench.bench_pack import server_county
 from bench.common import BenchResult
 from bench.headline import headline
 from gateway.client import GatewayClient
-from gateway.localfed import Federation, register_everything, start_federation
+from gateway.dev.localfed import Federation, register_everything, start_federation
 
 SIZE = 1_200_000
 QUICK_SIZE = 200_000

@@ -1,6 +1,6 @@
 """`python -m gateway serve`: the gateway's own entry point (the same as `fedgate gateway serve`)."""
 
-from gateway.cli import gateway_app
+from gateway.cli.main import gateway_app
 
 if __name__ == "__main__":
     gateway_app()

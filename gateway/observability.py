@@ -9,19 +9,19 @@ raw paths (a path can hold a query id), only route templates.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.deps import require_roles
 from gateway.api.errors import error_responses
+from gateway.api.schemas import HealthResponse
 from gateway.auth import Principal, Role
 from gateway.errors import NotFound
 
-__all__ = ["GatewayMetrics", "HealthResponse", "health_router", "install_metrics", "metrics_router"]
+__all__ = ["GatewayMetrics", "health_router", "install_metrics", "metrics_router"]
 
 # Anything else is counted as "other", so a client cannot mint label values (and time series) at will.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -108,10 +108,6 @@ def install_metrics(app: FastAPI) -> GatewayMetrics:
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return metrics
-
-
-class HealthResponse(BaseModel):
-    status: Literal["ok"] = "ok"
 
 
 health_router = APIRouter(tags=["health"])

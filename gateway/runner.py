@@ -86,18 +86,17 @@ from gateway.lifecycle import QueryState, release_unused, stays_charged, transit
 from gateway.registry import get_connector, require_callable
 from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.neighbours import describe
-from privacy.release import (
+from privacy.release import PreparedRelease, prepare_release
+from privacy.vocabulary import (
     Count,
     GroupDomain,
     Histogram,
     Lorenz,
     Mean,
-    PreparedRelease,
     Quantiles,
     ReleaseSpec,
     Statistic,
     Sum,
-    prepare_release,
 )
 
 log = structlog.get_logger("fedgate.runner")

@@ -22,7 +22,8 @@ from connectors.protocol import ConnectorSchema
 from connectors.service import ConnectorService
 from gateway.runner import release_spec
 from privacy.intervals import histogram_boundaries, sample_noise
-from privacy.release import histogram_bin_labels, prepare_release
+from privacy.release import prepare_release
+from privacy.vocabulary import histogram_bin_labels
 
 EXACT_EPSILON = Decimal(10) ** 12
 """Epsilon of an unsafe exact evaluation: noise scales near 1e-6 and below, so the noise is 0."""

@@ -20,7 +20,8 @@ from connectors.config import load_config
 from connectors.service import build_service
 from connectors.synth import generate_county
 from gateway.runner import release_spec
-from privacy.release import OTHER, histogram_bin_labels, prepare_release
+from privacy.release import prepare_release
+from privacy.vocabulary import OTHER, histogram_bin_labels
 
 RELEASES = 30
 EPSILON = "0.1"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import demo
+from gateway.dev import demo
 
 
 @pytest.mark.slow

@@ -20,14 +20,8 @@ from aggregation.distribution import (
     quantiles_from_lorenz,
 )
 from privacy.intervals import quantiles_from_noisy_histogram, sample_noise
-from privacy.release import (
-    LORENZ_RESOLUTION,
-    Count,
-    GroupDomain,
-    Lorenz,
-    ReleaseSpec,
-    prepare_release,
-)
+from privacy.release import prepare_release
+from privacy.vocabulary import LORENZ_RESOLUTION, Count, GroupDomain, Lorenz, ReleaseSpec
 
 NO_NOISE = {"count_scale": 0.0, "sum_scales_per_bin": 0.0}
 

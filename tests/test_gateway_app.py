@@ -158,7 +158,7 @@ def test_users_created_and_revoked_on_the_command_line_are_audited(tmp_path: Pat
     from typer.testing import CliRunner
 
     from audit.store import AuditLog
-    from gateway.users_cli import users_app
+    from gateway.cli.users import users_app
 
     url = f"sqlite:///{tmp_path / 'gw.sqlite3'}"
     runner = CliRunner()

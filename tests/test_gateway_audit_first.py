@@ -47,8 +47,8 @@ from gateway.app import build_context, create_app
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient
 from gateway.context import GatewayContext
+from gateway.dev.localfed import CONNECTORS, register_everything
 from gateway.lifecycle import QueryState, release_unused, stays_charged
-from gateway.localfed import CONNECTORS, register_everything
 from gateway.settings import GatewaySettings
 from privacy.ledger import CHARGED, REFUNDED, SPENT_FAILED
 
@@ -476,7 +476,7 @@ def test_a_principal_is_created_or_revoked_only_with_its_entry(tmp_path: Path) -
     from typer.testing import CliRunner
 
     from gateway import db
-    from gateway.users_cli import users_app
+    from gateway.cli.users import users_app
 
     url = f"sqlite:///{tmp_path / 'gw.sqlite3'}"
     runner = CliRunner()

@@ -31,9 +31,9 @@ from gateway.auth import (
     require_department,
     revoke_principal,
 )
+from gateway.cli.users import ROLE_NAMES, users_app
 from gateway.errors import ErrorCode, GatewayError
 from gateway.observability import health_router, install_metrics, metrics_router
-from gateway.users_cli import ROLE_NAMES, users_app
 
 # --- principals and keys ---------------------------------------------------------------------------
 

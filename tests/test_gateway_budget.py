@@ -19,7 +19,7 @@ from dbservers import private_database
 from aggregation.query import QuerySpec
 from connectors.synth import generate_county
 from gateway.client import GatewayError
-from gateway.localfed import Federation, register_everything, start_federation
+from gateway.dev.localfed import Federation, register_everything, start_federation
 
 pytestmark = [pytest.mark.slow]
 

@@ -30,8 +30,8 @@ from connectors.protocol import (
 )
 from connectors.tokens import Suite
 from gateway.client import GatewayClient, GatewayError
-from gateway.localfed import Federation, register_everything, start_federation
-from gateway.process import start_gateway
+from gateway.dev.localfed import Federation, register_everything, start_federation
+from gateway.dev.process import start_gateway
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mariadb, pytest.mark.slow]
 
@@ -387,7 +387,7 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
 
     from typer.testing import CliRunner
 
-    from gateway.cli import app
+    from gateway.cli.main import app
 
     work = tmp_path_factory.mktemp("cli")
     spec_file = work / "query.json"
@@ -447,7 +447,7 @@ def test_the_gateway_and_a_connector_logs_reconcile(fed: Federation) -> None:
     from typer.testing import CliRunner
 
     from audit.reconcile import reconcile
-    from gateway.cli import app
+    from gateway.cli.main import app
 
     with fed.client("analyst") as analyst:
         view = analyst.submit(_query("Bands before reconciling the logs"))

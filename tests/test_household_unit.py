@@ -26,7 +26,7 @@ from connectors.protocol import (
     MeasureSchema,
     PolicySchema,
 )
-from privacy.release import MAX_SUM_BOUND
+from privacy.vocabulary import MAX_SUM_BOUND
 
 SEX = ("1", "2")
 VILLAGES = ("v1", "v2")

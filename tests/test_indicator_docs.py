@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from aggregation.indicators import INDICATORS, PACKS, IndicatorParams
-from gateway.seed_groups import SEED_GROUPS, synthetic_config
-from privacy.release import Lorenz, ReleaseSpec, prepare_release
+from gateway.dev.seed_groups import SEED_GROUPS, synthetic_config
+from privacy.release import prepare_release
+from privacy.vocabulary import Lorenz, ReleaseSpec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "indicators.md"
 CONFIG = synthetic_config()  # the synthetic county's plan, the one the page documents

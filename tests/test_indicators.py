@@ -42,7 +42,7 @@ from connectors.config import Unit, load_config
 from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN
 from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
-from gateway.seed_groups import SEED_GROUPS, synthetic_config
+from gateway.dev.seed_groups import SEED_GROUPS, synthetic_config
 from privacy.intervals import sample_noise
 from privacy.inversion import noise_half_width
 

@@ -28,7 +28,7 @@ from connectors.service import build_service
 from connectors.synth import generate_county
 from connectors.synth.layout import RENAMED, STANDARD, Layout
 from connectors.synth.monitoring import monitoring_config
-from gateway.localfed import connector_names
+from gateway.dev.localfed import connector_names
 
 ROOT = Path(__file__).resolve().parent.parent
 Catalogs = dict[str, dict[str, ConnectorSchema]]

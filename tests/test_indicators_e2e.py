@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.client import GatewayClient, GatewayError
-from gateway.localfed import Federation, register_everything, start_federation
+from gateway.dev.localfed import Federation, register_everything, start_federation
 
 GATEWAY_ENV = {
     "FEDGATE_WINDOW_EPSILON": "5",

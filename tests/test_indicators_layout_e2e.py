@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from connectors.synth.layout import STANDARD
 from connectors.synth.monitoring import write_monitoring_config
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.client import GatewayError
-from gateway.localfed import Federation, register_everything, start_federation
-from gateway.seed_groups import OUTSIDE_THE_COUNTY
+from gateway.dev.localfed import Federation, register_everything, start_federation
+from gateway.dev.seed_groups import OUTSIDE_THE_COUNTY
 
 GATEWAY_ENV = {"FEDGATE_WINDOW_EPSILON": "5", "FEDGATE_DEFAULT_ANALYST_QUOTA": "5"}
 WIDER = 3

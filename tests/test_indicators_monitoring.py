@@ -23,15 +23,16 @@ from connectors.service import build_service
 from connectors.synth import generate_county
 from connectors.synth.layout import RENAMED, STANDARD
 from connectors.synth.monitoring import monitoring_config, write_monitoring_config
-from gateway import db, indicators_cli, monitoring
+from gateway import db, monitoring
 from gateway.app import build_context, create_app
 from gateway.auth import Role, create_principal
-from gateway.cli import app
+from gateway.cli import indicators as indicators_cli
+from gateway.cli.main import app
 from gateway.client import GatewayClient
 from gateway.context import GatewayContext
+from gateway.dev.localfed import connector_names
 from gateway.errors import AuditUnavailable
 from gateway.events import MonitoringConfigChanged
-from gateway.localfed import connector_names
 from gateway.settings import GatewaySettings, SettingsError
 
 

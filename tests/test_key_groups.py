@@ -28,8 +28,8 @@ from gateway.app import build_context, create_app
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient, GatewayError
 from gateway.context import GatewayContext
+from gateway.dev.seed_groups import SEED_GROUPS
 from gateway.errors import Invalid
-from gateway.seed_groups import SEED_GROUPS
 from gateway.settings import GatewaySettings
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
@@ -368,7 +368,7 @@ def test_the_command_line_adds_lists_shows_and_retires(
 ) -> None:
     from typer.testing import CliRunner
 
-    from gateway import groups_cli
+    from gateway.cli import groups as groups_cli
 
     monkeypatch.setattr(groups_cli, "_client", lambda url, key: _gw(http, key))
     file = tmp_path / "groups.json"

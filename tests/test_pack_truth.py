@@ -32,7 +32,7 @@ from connectors.service import ConnectorService, build_service
 from connectors.synth import generate_county
 from connectors.synth import truth as synth_truth
 from connectors.synth.geography import URBAN_RURAL, is_urban
-from gateway.seed_groups import SEED_GROUPS
+from gateway.dev.seed_groups import SEED_GROUPS
 from privacy.intervals import histogram_boundaries
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")

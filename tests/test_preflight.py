@@ -32,8 +32,8 @@ from connectors.state import ConnectorState
 from gateway import db
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient, GatewayError
+from gateway.dev.process import start_gateway
 from gateway.federation import ConnectorCallError, ConnectorLink
-from gateway.process import start_gateway
 
 
 def _client(dept: Department, conn: RunningConnector) -> ConnectorLink:

@@ -47,8 +47,9 @@ from connectors.service import ConnectorService, build_service
 from connectors.sources import ENTITY, RollupSpec, Source
 from connectors.synth import generate_county
 from gateway.runner import release_spec
-from privacy import release
-from privacy.release import GroupDomain, ReleaseResult, ReleaseSpec, prepare_release
+from privacy import vocabulary
+from privacy.release import prepare_release
+from privacy.vocabulary import GroupDomain, ReleaseResult, ReleaseSpec
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
 CLAIM = Decimal(1)
@@ -227,7 +228,7 @@ def _frame(plan: Plan, county: County, neighbour: Neighbour | None) -> pl.DataFr
 # --- the audit -----------------------------------------------------------------------------------------
 
 
-def _cell_key(cell: release.ReleaseCell) -> tuple[object, ...]:
+def _cell_key(cell: vocabulary.ReleaseCell) -> tuple[object, ...]:
     groups = tuple(sorted((k, v) for k, v in cell.groups.items() if k != REPLICA))
     return (cell.statistic, cell.bin, cell.prob, groups)
 
@@ -437,7 +438,7 @@ def test_substitution_spends_no_more_than_claimed_under_the_change_relation(coun
 
 
 def test_every_statistic_kind_of_the_release_module_has_an_audit_case() -> None:
-    union = typing.get_args(release.Statistic)[0]
+    union = typing.get_args(vocabulary.Statistic)[0]
     offered = {cls.model_fields["kind"].default for cls in typing.get_args(union)}
     audited = {s.kind.value for statistics in HOUSEHOLD_CASES.values() for s in statistics}
     assert offered == audited == {k.value for k in StatisticKind}

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from privacy.errors import PrivacyMapExceeded, ReleaseAlreadyRun, ReleaseInputError, SpecError
 from privacy.intervals import discrete_laplace_half_width
 from privacy.neighbours import Neighbouring, frame_distance
-from privacy.release import (
+from privacy.release import prepare_release
+from privacy.vocabulary import (
     FRAME_ROWS_LIMIT,
     LORENZ_RESOLUTION,
     MAX_SUM_BOUND,
@@ -31,7 +32,6 @@ from privacy.release import (
     ReleaseResult,
     ReleaseSpec,
     Sum,
-    prepare_release,
 )
 
 VILLAGES = GroupDomain(name="village", values=("a", "b", "c", "d"))

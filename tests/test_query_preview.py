@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from aggregation.query import Measure, QuerySpec, Statistic, StatisticKind, Term
 from connectors.config import Unit
-from gateway.cli import app
+from gateway.cli.main import app
 from gateway.client import GatewayError
-from gateway.localfed import Federation, register_everything, start_federation
+from gateway.dev.localfed import Federation, register_everything, start_federation
 
 GATEWAY_ENV = {
     "FEDGATE_WINDOW_EPSILON": "5",

@@ -16,8 +16,8 @@ from aggregation.indicators import INDICATORS, IndicatorParams, evaluate
 from aggregation.indicators.income_bands import band_edges
 from aggregation.reconcile import NoisyTable, ReconcileError, noise_variance, reconcile
 from bench.bench_reconcile import FAMILIES, county_services, measure, params_for, releases
-from gateway.seed_groups import synthetic_config
-from privacy.release import histogram_bin_labels
+from gateway.dev.seed_groups import synthetic_config
+from privacy.vocabulary import histogram_bin_labels
 
 CONFIG = synthetic_config()
 TRIALS = 300

@@ -15,8 +15,8 @@ from connectors.config import load_config
 from connectors.service import build_service
 from connectors.synth import generate_county
 from connectors.synth.layout import RENAMED
-from gateway.cli import app
-from gateway.localfed import connector_names
+from gateway.cli.main import app
+from gateway.dev.localfed import connector_names
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from privacy.release import histogram_bin_labels
+from privacy.vocabulary import histogram_bin_labels
 
 FloatArray = npt.NDArray[np.float64]
 CellKey = tuple[str | None, ...]

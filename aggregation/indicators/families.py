@@ -17,7 +17,7 @@ import numpy as np
 from aggregation.indicators import cells
 from aggregation.indicators.model import FigureUnit, ReconciledTable, TableCell
 from aggregation.reconcile import Estimate, NoisyTable, reconcile
-from privacy.release import histogram_bin_labels
+from privacy.vocabulary import histogram_bin_labels
 
 OTHER_CELL = "other"
 COUNTY = "county"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,10 @@ EpsilonSetting = Annotated[
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
 class MeOut(BaseModel):

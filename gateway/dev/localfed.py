@@ -26,8 +26,8 @@ from connectors.synth import generate_county
 from gateway import db
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient
-from gateway.process import start_gateway
-from gateway.seed_groups import registrations
+from gateway.dev.process import start_gateway
+from gateway.dev.seed_groups import registrations
 
 CONNECTORS = ("register", "tax", "social", "utility", "civil")
 """the connectors of the standard layout; `connector_names` reads those of any generated county"""

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
-from gateway.cli_common import KeyOpt, UrlOpt, call_gateway, console, errors
+from gateway.cli.common import KeyOpt, UrlOpt, call_gateway, console, errors
 
 if TYPE_CHECKING:
     from gateway.client import GatewayClient
@@ -391,7 +391,7 @@ def run(
     if to_stdout:
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
-        from gateway.indicators_view import print_run
+        from gateway.cli.indicators_view import print_run
 
         print_run(console, doc)
     save(doc, json_out=None if to_stdout else json_out, csv_path=csv_path, plot_path=plot_path, info=info)
@@ -406,7 +406,7 @@ def save(
     info: Console,
 ) -> None:
     """Write the files asked for; a file that cannot be written ends the command with exit code 2."""
-    from gateway.indicators_view import write_csv, write_plot
+    from gateway.cli.indicators_view import write_csv, write_plot
 
     writers: list[tuple[Path, Callable[[Path], object]]] = []
     if json_out is not None:

@@ -28,10 +28,10 @@ from rich.table import Table
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
 from connectors.keys_cli import admin_key_app, keyring_app, keys_app
-from gateway.cli_common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
-from gateway.groups_cli import groups_app
-from gateway.indicators_cli import indicators_app
-from gateway.onboarding_cli import (
+from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
+from gateway.cli.groups import groups_app
+from gateway.cli.indicators import indicators_app
+from gateway.cli.onboarding import (
     approve_batch,
     catalog,
     connectors_app,
@@ -39,7 +39,7 @@ from gateway.onboarding_cli import (
     rules_app,
     waiting_for,
 )
-from gateway.users_cli import users_app
+from gateway.cli.users import users_app
 
 app = typer.Typer(
     help="fedgate: a privacy-preserving data federation gateway.",
@@ -325,7 +325,7 @@ def demo(
     ] = None,
 ) -> None:
     """A county, five connectors and the gateway on loopback, the headline query, then serve until Ctrl-C."""
-    from gateway.demo import run_demo
+    from gateway.dev.demo import run_demo
 
     run_demo(Path(workdir), persons=persons, fresh=fresh, once=once, json_out=json_out)
 

@@ -179,7 +179,12 @@ def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12)
             )
         for name, points in result.curves.items():
             console.print(f"[dim]{escape(name)}: {len(points)} points (in the JSON and the plot)[/dim]")
-        for note in result.notes:
+        undefined = [
+            f"{f.group} {f.figure}: undefined ({f.note})"
+            for f in result.figures
+            if f.value is None and f.note
+        ]
+        for note in [*undefined, *result.notes]:
             if note not in seen:
                 console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
                 seen.add(note)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from gateway.cli_common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
+from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 
 if TYPE_CHECKING:
     from gateway.api.schemas import KeyGroupIn

@@ -6,7 +6,7 @@
                                                      disables and enables
     fedgate catalog                                  datasets, measures with bounds, dimensions (no counts)
     fedgate rules sign|list|revoke                   pre-approval rules signed with the department's key
-    fedgate approve --pending                        (in gateway/cli.py) every query waiting for your
+    fedgate approve --pending                        (in gateway/cli/main.py) every query waiting for your
                                                      department, shown and then signed in one batch
 
 Every command talks to the gateway's HTTP API through `GatewayClient`; signing happens here, on the
@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from gateway.cli_common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
+from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 
 endpoints_app = typer.Typer(
     help="The operator's allow-list of connector endpoints. 连接器地址白名单（运维）。", no_args_is_help=True

@@ -19,9 +19,9 @@ from typing import Any
 
 from rich.console import Console
 
+from gateway.cli.indicators_view import print_run
 from gateway.client import GatewayClient
-from gateway.indicators_view import print_run
-from gateway.localfed import register_everything, start_federation
+from gateway.dev.localfed import register_everything, start_federation
 
 console = Console()
 

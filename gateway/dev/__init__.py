@@ -1,0 +1,1 @@
+"""The loopback federation and demo harness: synthetic counties, local processes, `fedgate demo`."""
