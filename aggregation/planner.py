@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from aggregation.limits import MAX_CELLS_X_BINS, cells_of, cells_x_bins
 from aggregation.query import (
     COVERED,
     COVERED_DOMAIN,
@@ -30,7 +32,6 @@ from aggregation.query import (
     StatisticKind,
     split_dimension,
 )
-from connectors.config import EntityKind, Unit
 from connectors.protocol import (
     Approval,
     ApprovedDataset,
@@ -39,9 +40,9 @@ from connectors.protocol import (
     DimensionSchema,
     ExtractRequest,
     SignedApproval,
-    SignedRule,
     TokenSpec,
 )
+from connectors.vocabulary import EntityKind, Unit
 from privacy.vocabulary import MAX_SUM_BOUND, sum_bound_message
 
 
@@ -69,6 +70,26 @@ class ExtractPlan:
     def ref(self) -> str:
         return f"{self.connector}.{self.dataset}"
 
+    def asks(self, query: QuerySpec) -> dict[str, Any]:
+        """What this part of `query` asks its connector for: the fields of its extract request that no
+        approval, token epoch or signature decides (the gateway's federation client adds those)."""
+        baseline = query.baseline if self.baseline else None
+        return {
+            "connector": self.connector,
+            "query_id": query.query_id,
+            "query_digest": query.digest,
+            "dataset": self.dataset,
+            "unit": query.unit,
+            "period_start": query.period_start,
+            "period_end": query.period_end,
+            "baseline_start": baseline.period_start if baseline else None,
+            "baseline_end": baseline.period_end if baseline else None,
+            "measures": self.measures,
+            "dimensions": self.dimensions,
+            "household": self.household,
+            "epsilon": query.epsilon,
+        }
+
     def unsafe_unapproved_request(self, query: QuerySpec, *, epoch: int) -> ExtractRequest:
         """A request with an unsigned approval, for running an `Extractor` in process (benchmarks, tests).
 
@@ -83,32 +104,7 @@ class ExtractPlan:
             epsilon=query.epsilon,
         )
         unsigned = SignedApproval(approval=approval, key_fingerprint="0" * 64, signature="")
-        return self.request(query, unsigned, epoch=epoch)
-
-    def request(
-        self, query: QuerySpec, cover: SignedApproval | SignedRule, *, epoch: int, analyst: str | None = None
-    ) -> ExtractRequest:
-        """The extract request for this part of `query`, carrying the department's approval or rule."""
-        baseline = query.baseline if self.baseline else None
-        return ExtractRequest(
-            connector=self.connector,
-            query_id=query.query_id,
-            query_digest=query.digest,
-            dataset=self.dataset,
-            unit=query.unit,
-            period_start=query.period_start,
-            period_end=query.period_end,
-            baseline_start=baseline.period_start if baseline else None,
-            baseline_end=baseline.period_end if baseline else None,
-            measures=self.measures,
-            dimensions=self.dimensions,
-            household=self.household,
-            token=TokenSpec(epoch=epoch),
-            epsilon=query.epsilon,
-            analyst=analyst,
-            approval=cover if isinstance(cover, SignedApproval) else None,
-            rule=cover if isinstance(cover, SignedRule) else None,
-        )
+        return ExtractRequest(**self.asks(query), token=TokenSpec(epoch=epoch), approval=unsigned)
 
 
 @dataclass(frozen=True)
@@ -165,7 +161,9 @@ def _dimension(
     return schema, ds, dim
 
 
-def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan:
+def plan_query(
+    query: QuerySpec, catalog: Mapping[str, ConnectorSchema], *, max_cells_x_bins: int = MAX_CELLS_X_BINS
+) -> Plan:
     """Validate `query` against the enabled connectors' schemas and decide what to fetch."""
     if query.unit is Unit.ORGANISATION:
         raise PlanError(
@@ -231,6 +229,7 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
                         f"filters.{i}.values.{outside[0]}", f"not a code of {ref}'s public domain"
                     )
                 filters.append((ref, frozenset(f.values)))
+    _check_size(query, groups, max_cells_x_bins)
     measured_refs = set(measures)
     for i, group in enumerate(query.member_groups):
         _plan_member_group(catalog, group, f"member_groups.{i}", measures, dims, owners)
@@ -287,6 +286,19 @@ def plan_query(query: QuerySpec, catalog: Mapping[str, ConnectorSchema]) -> Plan
         unit_multiplicity=query.member_cap or 1,
         coverage=query.coverage,
     )
+
+
+def _check_size(query: QuerySpec, groups: list[GroupColumn], limit: int) -> None:
+    sizes = [len(g.domain) for g in groups]
+    asked = cells_x_bins(sizes, query.statistics)
+    if asked > limit:
+        cells = cells_of(sizes)
+        raise PlanError(
+            "group_by" if groups else "statistics",
+            f"the query releases {cells} cells x {asked // cells} bins = {asked} noisy values, above the "
+            f"public limit of {limit} (max_cells_x_bins): group by fewer or smaller domains, or use fewer "
+            "bins",
+        )
 
 
 def _plan_member_group(

@@ -22,35 +22,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.errors import ConfigError
+from connectors.protocol import is_weak_public_key
+
+# The shared vocabulary has its home in the leaf `connectors.vocabulary`; a configuration uses it.
+from connectors.vocabulary import EntityKind, Rollup, Unit
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 Name = Annotated[str, Field(pattern=NAME.pattern, description="lower-case name: letters, digits, _")]
 SqlIdentifier = Annotated[str, Field(pattern=IDENTIFIER.pattern, description="a plain SQL identifier")]
-
-
-class EntityKind(StrEnum):
-    """What a dataset's key identifies."""
-
-    PERSON = "person"
-    ORGANISATION = "organisation"
-
-
-class Unit(StrEnum):
-    """The unit a query counts: one row per unit is measured."""
-
-    PERSON = "person"
-    HOUSEHOLD = "household"
-    ORGANISATION = "organisation"
-
-
-class Rollup(StrEnum):
-    """How a measure's rows roll up per entity over the requested periods."""
-
-    SUM = "sum"
-    COUNT = "count"
-    MAX = "max"
 
 
 class DerivedDimension(StrEnum):
@@ -226,8 +207,6 @@ def _check_public_key(value: str) -> str:
         raise ValueError("the key after 'ed25519:' is not valid base64") from None
     if len(raw) != 32:
         raise ValueError(f"an Ed25519 public key has 32 bytes, this one has {len(raw)}")
-    from connectors.protocol import is_weak_public_key
-
     if is_weak_public_key(raw):
         raise ValueError(
             "this is a small-order point (e.g. all zeros): forged signatures would verify under it"
@@ -292,6 +271,12 @@ class ListenSpec(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
     public_url: str | None = Field(None, description="the URL the gateway signs, when behind a proxy")
+    max_body_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest request body served (413 above it, before the signature is checked)",
+    )
 
 
 class ConnectorConfig(_Strict):

@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from connectors.config import DatasetSpec, DerivedDimension, EntityKind, LoadedConfig, Rollup
+from connectors.config import DatasetSpec, DerivedDimension, LoadedConfig
 from connectors.federation_keys import FederationKeyring
 from connectors.ids import IdKind, normalize_many
 from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_COLUMN, ExtractRequest
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, Source
 from connectors.tokens import TOKEN_BYTES
+from connectors.vocabulary import EntityKind, Rollup
 
 _REAGG = {Rollup.SUM: "sum", Rollup.COUNT: "sum", Rollup.MAX: "max"}
 _NID = "_nid"

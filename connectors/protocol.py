@@ -28,8 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.config import EntityKind, Rollup, Unit
-from connectors.tokens import Suite
+from connectors.vocabulary import EntityKind, Period, Rollup, Suite, Unit
 
 PROTOCOL_VERSION = "fedgate/1"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -46,10 +45,14 @@ H_REQUEST_DIGEST = "x-fedgate-request-digest"
 # A connector's cosignature (C2SP tlog-cosignature/v1 line) of the audit checkpoint it witnessed.
 H_COSIGNATURE = "x-fedgate-cosignature"
 
-Period = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="a month, YYYY-MM")]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256, lower-case hex")]
 QueryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,80}$")]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+# Bounds on the numbers a signed document may carry: what a database column and the ledger's integer
+# nano-epsilon can hold, so a malformed document is refused as invalid rather than failing later.
+MAX_EPSILON = Decimal(1_000)
+EPSILON_DECIMALS = 9
+UnixSeconds = Annotated[int, Field(ge=0, le=2**63 - 1, description="unix seconds")]
 
 # An extract with a baseline carries, beside each measure `m` over the query period, the column
 # `m + BASELINE_SUFFIX`: the same measure over the baseline period, for the same tokens.
@@ -373,8 +376,13 @@ class Approval(_Model):
     period_start: Period | None = None
     period_end: Period | None = None
     datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
-    epsilon: Decimal = Field(gt=0, description="the privacy loss the query may spend, counted once per query")
-    expires_at: int | None = Field(None, description="unix seconds after which the approval is void")
+    epsilon: Decimal = Field(
+        gt=0,
+        le=MAX_EPSILON,
+        decimal_places=EPSILON_DECIMALS,
+        description="the privacy loss the query may spend, counted once per query",
+    )
+    expires_at: UnixSeconds | None = Field(None, description="unix seconds after which the approval is void")
     baseline_start: Period | None = Field(None, description="first month of the approved baseline period")
     baseline_end: Period | None = Field(None, description="last month of the approved baseline period")
 
@@ -407,9 +415,9 @@ class ApprovalRule(_Model):
     rule_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,80}$")]
     datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
     units: tuple[Unit, ...] = Field(min_length=1)
-    max_epsilon_per_query: Decimal = Field(gt=0)
+    max_epsilon_per_query: Decimal = Field(gt=0, le=MAX_EPSILON, decimal_places=EPSILON_DECIMALS)
     analysts: tuple[str, ...] = Field(min_length=1, description='analyst names, or "*" for every analyst')
-    expires_at: int | None = None
+    expires_at: UnixSeconds | None = None
 
     def signing_bytes(self) -> bytes:
         return b"fedgate-rule/1\n" + canonical_json(self.model_dump(mode="json"))
@@ -464,7 +472,7 @@ def verify_approval(key: Ed25519PublicKey, signed: SignedApproval) -> Approval:
 
 class TokenSpec(_Model):
     suite: Suite = Suite.HMAC_SHA256
-    epoch: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=2**31 - 1)
 
 
 class ExtractRequest(_Model):
@@ -489,7 +497,12 @@ class ExtractRequest(_Model):
     dimensions: tuple[str, ...] = Field((), max_length=64)
     household: bool = Field(False, description="add the household token column (register only)")
     token: TokenSpec
-    epsilon: Decimal = Field(gt=0, description="the query's epsilon, counted once per query by the connector")
+    epsilon: Decimal = Field(
+        gt=0,
+        le=MAX_EPSILON,
+        decimal_places=EPSILON_DECIMALS,
+        description="the query's epsilon, counted once per query by the connector",
+    )
     analyst: str | None = Field(
         None, max_length=64, description="who submitted the query (rules may name analysts)"
     )
@@ -504,6 +517,7 @@ class ExtractRequest(_Model):
     checkpoint_against: int = Field(
         0,
         ge=0,
+        le=2**63 - 1,
         description="the audit size this connector last witnessed, which the proof starts (or ends) at",
     )
     witness_seq: int | None = Field(

@@ -20,6 +20,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import json
 import threading
 import time
 import uuid
@@ -35,13 +36,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from audit.checkpoint import parse_verifier
 from audit.cosignature import Cosigner
 from audit.entries import ACTION_EXTRACT_PLANNED
 from audit.errors import CheckpointError, CheckpointStale, ForkDetected, ProofError
 from audit.witness import check_inclusion, witness
-from connectors.config import DatasetSpec, EntityKind, LoadedConfig, Unit
+from connectors.body_limit import BodySizeLimit
+from connectors.config import DatasetSpec, LoadedConfig
+from connectors.coverage import Asked, NotCovered, check_cover
 from connectors.errors import ConfigError, RequestRefused, SourceError, UnknownKeyEpoch
 from connectors.extract import Extractor, rollup_spec
 from connectors.federation_keys import FederationKeyring
@@ -85,10 +89,10 @@ from connectors.protocol import (
 from connectors.sources import Source
 from connectors.sources.diagnose import SourceFailure, scrub
 from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
+from connectors.vocabulary import EntityKind, Unit
 
 log = structlog.get_logger("fedgate.connector")
 
-MAX_BODY_BYTES = 256 * 1024
 _Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -101,6 +105,15 @@ def _error(
 ) -> JSONResponse:
     body = {"error": code, "message": message, "request_id": request_id, **(extra or {})}
     return JSONResponse(body, status_code=status)
+
+
+def _connector_413(scope: Scope, limit: int) -> bytes:
+    body = {
+        "error": ErrorCode.INVALID_REQUEST.value,
+        "message": f"the request body exceeds this connector's limit of {limit} bytes",
+        "request_id": scope.get("state", {}).get("request_id"),
+    }
+    return json.dumps(body).encode()
 
 
 def budget_window(now: float | None = None) -> str:
@@ -340,63 +353,29 @@ class ConnectorService:
 
     def check_approval(self, req: ExtractRequest, dataset: DatasetSpec) -> None:
         """Serve only what the department's own signature covers: one query's approval or a standing rule."""
-        covered: Approval | ApprovalRule
-        covered = self._check_query_approval(req) if req.approval is not None else self._check_rule(req)
-        scope = covered.covers(dataset.name)
-        if scope is None:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, f"the approval does not cover dataset {dataset.name}")
-        if not set(req.measures) <= set(scope.measures) or not set(req.dimensions) <= set(scope.dimensions):
-            raise _refuse(
-                403, ErrorCode.NOT_APPROVED, "the request asks for fields the approval does not cover"
-            )
+        covered = self._verified_cover(req)
+        try:
+            check_cover(covered, Asked.of_request(req, self.cfg.department))
+        except NotCovered as exc:
+            raise _refuse(403, ErrorCode.NOT_APPROVED, exc.reason) from None
         cap = self.cfg.policy.max_epsilon_per_query
         if req.epsilon > cap:
             raise _refuse(
                 403, ErrorCode.BUDGET_EXCEEDED, f"epsilon {req.epsilon} is above this department's cap {cap}"
             )
 
-    def _check_query_approval(self, req: ExtractRequest) -> Approval:
-        assert req.approval is not None
+    def _verified_cover(self, req: ExtractRequest) -> Approval | ApprovalRule:
+        """The request's approval or rule, once its signature verifies under the department's key."""
         try:
-            approval = verify_approval(self.approval_key, req.approval)
+            if req.approval is not None:
+                return verify_approval(self.approval_key, req.approval)
+            assert req.rule is not None
+            return verify_rule(self.approval_key, req.rule)
         except SignatureError:
+            what = "approval" if req.approval is not None else "rule"
             raise _refuse(
-                403, ErrorCode.NOT_APPROVED, "the approval is not signed by this department"
+                403, ErrorCode.NOT_APPROVED, f"the {what} is not signed by this department"
             ) from None
-        if approval.department != self.cfg.department:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is another department's")
-        if approval.query_id != req.query_id or approval.query_digest != req.query_digest:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another query")
-        if approval.expires_at is not None and approval.expires_at < time.time():
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval has expired")
-        if approval.unit is not req.unit:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another unit")
-        if (approval.period_start, approval.period_end) != (req.period_start, req.period_end):
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the approval is for another period range")
-        if (approval.baseline_start, approval.baseline_end) != (req.baseline_start, req.baseline_end):
-            raise _refuse(
-                403, ErrorCode.NOT_APPROVED, "the approval is for another baseline period (or none)"
-            )
-        return approval
-
-    def _check_rule(self, req: ExtractRequest) -> ApprovalRule:
-        # A rule states no period, so it covers any period range and any baseline inside its other limits.
-        assert req.rule is not None
-        try:
-            rule = verify_rule(self.approval_key, req.rule)
-        except SignatureError:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule is not signed by this department") from None
-        if rule.department != self.cfg.department:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule is another department's")
-        if rule.expires_at is not None and rule.expires_at < time.time():
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule has expired")
-        if req.unit not in rule.units:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, f"the rule does not cover {req.unit.value} queries")
-        if not rule.admits(req.analyst):
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "the rule does not cover this analyst")
-        if req.epsilon > rule.max_epsilon_per_query:
-            raise _refuse(403, ErrorCode.NOT_APPROVED, "epsilon is above the rule's maximum per query")
-        return rule
 
     def witness(self, req: ExtractRequest) -> str | None:
         """Witness the gateway's audit checkpoint; return this connector's cosignature of it.
@@ -638,6 +617,9 @@ def create_app(service: ConnectorService) -> FastAPI:
         description="Answers only signed, department-approved, tokenised aggregate-input requests.",
     )
     app.state.service = service
+    # Added before the local log so that a refused body is still logged; it runs before any route reads
+    # the body or checks its signature.
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.listen.max_body_bytes, refusal=_connector_413)
 
     @app.middleware("http")
     async def local_log(request: Request, call_next: _Handler) -> Response:
@@ -705,8 +687,6 @@ def create_app(service: ConnectorService) -> FastAPI:
     @app.post("/v1/extract")
     async def extract(request: Request) -> Response:
         body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise _refuse(413, ErrorCode.INVALID_REQUEST, f"the request body exceeds {MAX_BODY_BYTES} bytes")
         verified = await run_in_threadpool(service.verify_request, request, body)
         try:
             req = ExtractRequest.model_validate_json(body)
@@ -729,9 +709,7 @@ def create_app(service: ConnectorService) -> FastAPI:
 
     @app.post("/v1/preflight")
     async def preflight(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise _refuse(413, ErrorCode.INVALID_REQUEST, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        body = await request.body()  # its size is already bounded by `BodySizeLimit`
         verified = await run_in_threadpool(service.verify_request, request, body)
         try:
             req = PreflightRequest.model_validate_json(body)

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from enum import StrEnum
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from connectors.vocabulary import Suite
 
 __all__ = [
     "INFO_LABEL",
@@ -34,17 +35,6 @@ __all__ = [
     "derive_query_key",
     "mac",
 ]
-
-
-class Suite(StrEnum):
-    """The MAC a federation uses for tokens; it travels in the signed request."""
-
-    HMAC_SHA256 = "hmac-sha256"
-    # Keyed BLAKE2b with a 32-byte digest; the digest size is part of BLAKE2b's parameter block, so this
-    # is not the same function as a 16-byte BLAKE2b digest.
-    BLAKE2B = "blake2b"
-    # For deployments bound to the national standard (GB/T 32905 SM3).
-    HMAC_SM3 = "hmac-sm3"
 
 
 TOKEN_BYTES = 16

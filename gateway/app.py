@@ -52,6 +52,7 @@ from gateway.errors import AuditUnavailable, ErrorCode, GatewayError
 from gateway.events import HttpRequest, UnauthenticatedFlood
 from gateway.flood import FloodGate
 from gateway.lifecycle import recover_interrupted_runs
+from gateway.limits import install_body_limit
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
 from gateway.settings import GatewaySettings, SettingsError
 from privacy.ledger import Ledger
@@ -293,6 +294,7 @@ def create_app(context: GatewayContext) -> FastAPI:
         yield
         if context.checkpointer is not None:
             context.checkpointer.stop()
+        context.federation().close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -306,6 +308,7 @@ def create_app(context: GatewayContext) -> FastAPI:
     )
     app.state.context = context
     app.state.engine = context.engine
+    install_body_limit(app, context.settings.max_body_bytes)
     app.add_middleware(AuditMiddleware, context=context)
     install_error_handlers(app)
     if context.settings.metrics_enabled:

@@ -7,6 +7,7 @@ Built once at start (`build_context`) and put on `app.state.context`; routes rea
 from __future__ import annotations
 
 import ssl
+import threading
 from dataclasses import dataclass, field
 
 import httpx
@@ -16,6 +17,8 @@ from fastapi import Request
 
 from audit.checkpoint import Checkpointer
 from gateway.audit_trail import AuditTrail
+from gateway.federation import Federation
+from gateway.limits import RunSlots
 from gateway.settings import GatewaySettings
 from privacy.ledger import Ledger
 
@@ -32,6 +35,22 @@ class GatewayContext:
     tls: ssl.SSLContext | None = None
     """mutual TLS toward connectors: the federation CA and the gateway's client certificate"""
     running: set[str] = field(default_factory=set)
+    run_slots: RunSlots = field(default_factory=RunSlots)
+    """each analyst's runs in progress (`FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST`)"""
+    _federation: Federation | None = field(default=None, repr=False)
+    _federation_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def federation(self) -> Federation:
+        """The long-lived connector links, made on first use with this context's key, transport and TLS."""
+        with self._federation_lock:
+            if self._federation is None:
+                self._federation = Federation(
+                    gateway_key=self.gateway_key,
+                    timeout=self.settings.connector_timeout_seconds,
+                    transport=self.transport,
+                    verify=self.tls or True,
+                )
+            return self._federation
 
 
 def get_context(request: Request) -> GatewayContext:

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aggregation.planner import ExtractPlan, Plan
-from connectors.protocol import PreflightRequest, SignedApproval, SignedRule, parse_public_key
+from connectors.protocol import PreflightRequest, SignedApproval, SignedRule
 from gateway.auth import Principal
-from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.context import GatewayContext
 from gateway.errors import ConnectorUnavailable
 from gateway.events import ConnectorCall, QueryFailed
+from gateway.federation import ConnectorCallError, ConnectorLink, extract_request
 from gateway.registry import get_connector
 
 
@@ -39,7 +39,7 @@ MAX_CONCURRENT = 8
 
 def _one(
     ctx: GatewayContext,
-    client: ConnectorClient | None,
+    client: ConnectorLink | None,
     plan: Plan,
     e: ExtractPlan,
     cover: SignedApproval | SignedRule,
@@ -49,7 +49,7 @@ def _one(
     if client is None:
         return PreflightFailure(e.connector, e.dataset, "disabled")
     spec = plan.query
-    extract = e.request(spec, cover, epoch=ctx.settings.token_epoch, analyst=analyst.name)
+    extract = extract_request(e, spec, cover, epoch=ctx.settings.token_epoch, analyst=analyst.name)
     audit_key = ctx.checkpointer.verifier.vkey() if ctx.checkpointer is not None else None
     request = PreflightRequest.model_validate({**extract.model_dump(), "audit_key": audit_key})
     outcome, status = "ok", 200
@@ -78,24 +78,16 @@ def _one(
     return failure
 
 
-def _clients(ctx: GatewayContext, names: set[str]) -> dict[str, ConnectorClient | None]:
-    """One client per enabled connector for the whole batch (its TLS context and connections are
-    reused by every call); None for a connector that is not registered or not enabled."""
-    clients: dict[str, ConnectorClient | None] = {}
+def _clients(ctx: GatewayContext, names: set[str]) -> dict[str, ConnectorLink | None]:
+    """Each enabled connector's long-lived link (its TLS context and connections are reused by every
+    call); None for a connector that is not registered or not enabled."""
+    clients: dict[str, ConnectorLink | None] = {}
     for name in sorted(names):
         record = get_connector(ctx.engine, name)
         clients[name] = (
             None
             if record is None or not record.enabled
-            else ConnectorClient(
-                record.endpoint,
-                connector=name,
-                gateway_key=ctx.gateway_key,
-                connector_key=parse_public_key(record.signing_key),
-                timeout=min(30.0, ctx.settings.connector_timeout_seconds),
-                transport=ctx.transport,
-                verify=ctx.tls or True,
-            )
+            else ctx.federation().link(name, record.endpoint, record.signing_key)
         )
     return clients
 
@@ -106,17 +98,12 @@ def preflight_many(
     """Ask every planned connector of every query, concurrently; per query id, its failures."""
     calls = [(plan, e, found[e.department]) for plan, found in runs for e in plan.extracts]
     clients = _clients(ctx, {e.connector for _p, e, _c in calls})
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(MAX_CONCURRENT, len(calls)))) as pool:
-            futures = [
-                (plan, pool.submit(_one, ctx, clients[e.connector], plan, e, cover, analyst))
-                for plan, e, cover in calls
-            ]
-            results = [(plan, f.result()) for plan, f in futures]
-    finally:
-        for client in clients.values():
-            if client is not None:
-                client.close()
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_CONCURRENT, len(calls)))) as pool:
+        futures = [
+            (plan, pool.submit(_one, ctx, clients[e.connector], plan, e, cover, analyst))
+            for plan, e, cover in calls
+        ]
+        results = [(plan, f.result()) for plan, f in futures]
     failures: dict[str, list[PreflightFailure]] = {}
     for plan, failure in results:
         if failure is not None:

@@ -14,15 +14,16 @@ It never holds a department's private key.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from aggregation.planner import ExtractPlan, Plan, PlanError, plan_query
+from aggregation.planner import Plan, PlanError, plan_query
 from aggregation.query import QuerySpec
+from connectors.coverage import Asked, NotCovered, check_cover
 from connectors.protocol import (
+    Approval,
     ApprovalRule,
     ApprovedDataset,
     SignatureError,
@@ -228,8 +229,10 @@ def record_approval(trail: AuditTrail, query_id: str, signed: SignedApproval, by
         verify_approval(key, signed)
     except SignatureError:
         raise ApprovalInvalid("the approval is not signed by the department's key", "approval") from None
-    if not _approval_covers(signed, record.spec, plan.extracts, department):
-        raise ApprovalInvalid("the approval does not cover this query", "approval")
+    try:
+        check_cover(signed.approval, asked_of(record.spec, record.analyst, plan, department))
+    except NotCovered as exc:
+        raise ApprovalInvalid(f"the approval does not cover this query: {exc.reason}", "approval") from None
     with trail.change() as change:
         _check_decidable(_get(change.conn, query_id))
         _store_decision(change.conn, query_id, department, "approved", signed.model_dump_json(), by)
@@ -359,45 +362,30 @@ def list_rules(engine: sa.Engine, department: str | None = None) -> list[SignedR
         return _rules(conn, department)
 
 
-def _fits(scope: ApprovedDataset | None, e: ExtractPlan) -> bool:
-    return (
-        scope is not None
-        and set(e.measures) <= set(scope.measures)
-        and set(e.dimensions) <= set(scope.dimensions)
+def asked_of(spec: QuerySpec, analyst: str, plan: Plan, department: str) -> Asked:
+    """What the query asks of one department, in the terms its connector will check again."""
+    baseline = spec.baseline
+    return Asked(
+        department=department,
+        query_id=spec.query_id,
+        query_digest=spec.digest,
+        unit=spec.unit,
+        period_start=spec.period_start,
+        period_end=spec.period_end,
+        baseline_start=baseline.period_start if baseline else None,
+        baseline_end=baseline.period_end if baseline else None,
+        epsilon=spec.epsilon,
+        analyst=analyst,
+        datasets=tuple(required_scopes(plan).get(department, ())),
     )
 
 
-def _approval_covers(
-    signed: SignedApproval, spec: QuerySpec, extracts: tuple[ExtractPlan, ...], dept: str
-) -> bool:
-    a = signed.approval
-    if (a.query_id, a.query_digest, a.unit, a.epsilon) != (
-        spec.query_id,
-        spec.digest,
-        spec.unit,
-        spec.epsilon,
-    ):
+def _covered(cover: Approval | ApprovalRule, asked: Asked) -> bool:
+    try:
+        check_cover(cover, asked)
+    except NotCovered:
         return False
-    if (a.period_start, a.period_end) != (spec.period_start, spec.period_end):
-        return False
-    # The department signs the baseline too: a query needs an approval of exactly its baseline (or of none).
-    baseline = getattr(spec, "baseline", None)
-    wanted = (None, None) if baseline is None else (baseline.period_start, baseline.period_end)
-    if (a.baseline_start, a.baseline_end) != wanted:
-        return False
-    if a.expires_at is not None and a.expires_at < time.time():
-        return False
-    return all(_fits(a.covers(e.dataset), e) for e in extracts if e.department == dept)
-
-
-def _rule_covers(
-    rule: ApprovalRule, spec: QuerySpec, analyst: str, extracts: tuple[ExtractPlan, ...], dept: str
-) -> bool:
-    if rule.expires_at is not None and rule.expires_at < time.time():
-        return False
-    if spec.unit not in rule.units or spec.epsilon > rule.max_epsilon_per_query or not rule.admits(analyst):
-        return False
-    return all(_fits(rule.covers(e.dataset), e) for e in extracts if e.department == dept)
+    return True
 
 
 def covers_on(conn: sa.Connection, record: QueryRecord, plan: Plan) -> tuple[dict[str, Cover], list[str]]:
@@ -410,13 +398,13 @@ def covers_on(conn: sa.Connection, record: QueryRecord, plan: Plan) -> tuple[dic
         row = decided.get(dept)
         if row is not None and row.decision == "approved":
             signed = SignedApproval.model_validate_json(row.signed_json)
-            if _approval_covers(signed, record.spec, plan.extracts, dept):
+            if _covered(signed.approval, asked_of(record.spec, record.analyst, plan, dept)):
                 found[dept] = signed
                 continue
         if row is not None and row.decision == "rejected":
             continue
         for rule in _rules(conn, dept):
-            if _rule_covers(rule.rule, record.spec, record.analyst, plan.extracts, dept):
+            if _covered(rule.rule, asked_of(record.spec, record.analyst, plan, dept)):
                 found[dept] = rule
                 break
     return found, rejected

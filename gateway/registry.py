@@ -22,7 +22,6 @@ from connectors.protocol import ConnectorSchema
 from gateway import db
 from gateway.audit_trail import AuditTrail
 from gateway.auth import Principal
-from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.errors import ConnectorUnavailable, Forbidden, Invalid, NotFound
 from gateway.events import (
     ConnectorDisabled,
@@ -31,6 +30,7 @@ from gateway.events import (
     EndpointAllowed,
     EndpointRemoved,
 )
+from gateway.federation import AnswerUnverified, ConnectorCallError, fetch_pinned_schema
 
 _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$")
 
@@ -175,7 +175,7 @@ def register_connector(
     if existing is not None and existing.department != by.department:
         raise Forbidden("this connector belongs to another department", "name")
     try:
-        schema = ConnectorClient.fetch_pinned_schema(
+        schema = fetch_pinned_schema(
             endpoint,
             connector=name,
             gateway_key=gateway_key,
@@ -185,7 +185,7 @@ def register_connector(
         )
     except ConnectorCallError as exc:
         message = _refusal_text(exc)
-        if exc.code in ("bad_signature", "bad_schema"):
+        if isinstance(exc, AnswerUnverified):
             raise Invalid(message, "endpoint") from None
         raise ConnectorUnavailable(message, "endpoint") from None
     if schema.department != by.department:

@@ -57,7 +57,6 @@ from connectors.protocol import (
 )
 from gateway import preflight, queries
 from gateway.auth import Principal
-from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.context import GatewayContext
 from gateway.errors import (
     AuditUnavailable,
@@ -84,6 +83,7 @@ from gateway.events import (
     QueryReleased,
     QueryRun,
 )
+from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUnreachable, extract_request
 from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
 from gateway.registry import get_connector, require_callable
 from privacy.errors import BudgetExceeded, PrivacyError
@@ -312,7 +312,9 @@ class Run:
         epoch = self.ctx.settings.token_epoch
         requests: dict[str, tuple[ExtractRequest, int | None]] = {}
         for e in self.plan.extracts:
-            base = e.request(self.spec, self.found[e.department], epoch=epoch, analyst=self.analyst.name)
+            base = extract_request(
+                e, self.spec, self.found[e.department], epoch=epoch, analyst=self.analyst.name
+            )
             seq = self.ctx.audit.record(
                 ExtractPlanned(
                     actor="gateway",
@@ -444,7 +446,7 @@ def _fetch(
     def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str], Checkpoint | None]:
         record = get_connector(ctx.engine, e.connector)
         if record is None or not record.enabled:
-            raise ConnectorCallError(e.connector, None, "disabled", "the connector is not enabled")
+            raise ConnectorUnreachable(e.connector, None, "disabled", "the connector is not enabled")
         if not _callable(ctx, record.endpoint):
             raise ConnectorCallError(
                 e.connector, None, "endpoint_not_allowed", "the endpoint is off the allow-list"
@@ -452,61 +454,52 @@ def _fetch(
         base, seq = requests[e.ref]
         against = witnessed.get(e.connector, 0)
         checkpoint = first_checkpoint
-        with ConnectorClient(
-            record.endpoint,
-            connector=e.connector,
-            gateway_key=ctx.gateway_key,
-            connector_key=parse_public_key(record.signing_key),
-            timeout=ctx.settings.connector_timeout_seconds,
-            transport=ctx.transport,
-            verify=ctx.tls or True,
-        ) as client:
+        link = ctx.federation().link(e.connector, record.endpoint, record.signing_key)
 
-            def log_request(path: str, digest: str) -> None:
-                ctx.audit.record(
-                    ConnectorRequest(
-                        actor="gateway",
-                        connector=e.connector,
-                        path=path,
-                        request_digest=digest,
-                        query_id=spec.query_id,
-                        dataset=e.dataset,
-                        checkpoint=checkpoint.note if checkpoint is not None else None,
-                    )
+        def log_request(path: str, digest: str) -> None:
+            ctx.audit.record(
+                ConnectorRequest(
+                    actor="gateway",
+                    connector=e.connector,
+                    path=path,
+                    request_digest=digest,
+                    query_id=spec.query_id,
+                    dataset=e.dataset,
+                    checkpoint=checkpoint.note if checkpoint is not None else None,
                 )
+            )
 
-            client.before_send = log_request
-            for attempt in range(WITNESS_RETRIES):
-                try:
-                    fields = _witness_fields(ctx, checkpoint, against, seq)
-                except ProofError:
-                    # The connector witnessed more of the log than this gateway holds: a restored backup or
-                    # another gateway's history. It will not serve us, and it must not.
-                    raise ConnectorCallError(
-                        e.connector,
-                        None,
-                        "audit_history_behind",
-                        "the connector witnessed a longer audit log",
-                    ) from None
-                req = base.model_copy(update=fields)
-                try:
-                    table = client.extract(req)
-                    # Marked here, in the call's own thread, before anything else can fail: once any
-                    # data has reached the gateway the budget stays spent, whatever happens next.
-                    ctx.ledger.mark_data_arrived(spec.query_id)
-                    return table, client.last_receipt, checkpoint
-                except ConnectorCallError as exc:
-                    moved = exc.extra.get("witnessed_size")
-                    # Concurrent runs moved the connector's witness on: prove against where it is now,
-                    # with a fresh checkpoint if it already witnessed a larger one than ours (it refuses
-                    # to go back). A fresh one still includes this extract's entry.
-                    if exc.code != "checkpoint_stale" or moved is None or attempt == WITNESS_RETRIES - 1:
-                        raise
-                    against = moved
-                    if checkpoint is not None and ctx.checkpointer is not None and moved > checkpoint.size:
-                        checkpoint = ctx.checkpointer.checkpoint()
-                    time.sleep(random.uniform(0.002, 0.02))
-            raise AssertionError("unreachable: the last attempt returns or raises")
+        for attempt in range(WITNESS_RETRIES):
+            try:
+                fields = _witness_fields(ctx, checkpoint, against, seq)
+            except ProofError:
+                # The connector witnessed more of the log than this gateway holds: a restored backup or
+                # another gateway's history. It will not serve us, and it must not: nothing is sent.
+                raise ConnectorCallError(
+                    e.connector,
+                    None,
+                    "audit_history_behind",
+                    "the connector witnessed a longer audit log",
+                ) from None
+            req = base.model_copy(update=fields)
+            try:
+                table, receipt = link.extract(req, before_send=log_request)
+                # Marked here, in the call's own thread, before anything else can fail: once any
+                # data has reached the gateway the budget stays spent, whatever happens next.
+                ctx.ledger.mark_data_arrived(spec.query_id)
+                return table, receipt.as_dict(), checkpoint
+            except ConnectorRefused as exc:
+                moved = exc.extra.get("witnessed_size")
+                # Concurrent runs moved the connector's witness on: prove against where it is now,
+                # with a fresh checkpoint if it already witnessed a larger one than ours (it refuses
+                # to go back). A fresh one still includes this extract's entry.
+                if exc.code != "checkpoint_stale" or moved is None or attempt == WITNESS_RETRIES - 1:
+                    raise
+                against = moved
+                if checkpoint is not None and ctx.checkpointer is not None and moved > checkpoint.size:
+                    checkpoint = ctx.checkpointer.checkpoint()
+                time.sleep(random.uniform(0.002, 0.02))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     with ThreadPoolExecutor(max_workers=max(1, len(plan.extracts))) as pool:
         futures = {pool.submit(call, e): e for e in plan.extracts}
@@ -599,16 +592,8 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
         if record is None or not record.enabled or not _callable(ctx, record.endpoint):
             down.append(name)
             continue
-        with ConnectorClient(
-            record.endpoint,
-            connector=name,
-            gateway_key=ctx.gateway_key,
-            connector_key=parse_public_key(record.signing_key),
-            timeout=min(15.0, ctx.settings.connector_timeout_seconds),
-            transport=ctx.transport,
-            verify=ctx.tls or True,
-        ) as client:
-            info = client.health_info()
+        link = ctx.federation().link(name, record.endpoint, record.signing_key)
+        info = link.health(timeout=min(15.0, ctx.settings.connector_timeout_seconds))
         if info is None:
             down.append(name)
         else:

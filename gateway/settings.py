@@ -95,6 +95,15 @@ class GatewaySettings(BaseSettings):
     # would silently get the per-data-year default instead, so they are refused with the new name.
     window_epsilon: str | None = Field(None, description="removed: use FEDGATE_DATA_YEAR_EPSILON")
     multi_year_epsilon: str | None = Field(None, description="removed: no cap by query date remains")
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="largest request body accepted (413 above it, before authentication and parsing)",
+    )
+    max_concurrent_runs_per_analyst: int = Field(
+        2, ge=1, le=64, description="runs (queries, indicators, packs) one analyst may have in progress"
+    )
     monitoring_config_file: Path | None = Field(
         None,
         description="the monitoring configuration (YAML) the indicators are built from; read at start "

@@ -22,7 +22,7 @@ from connector_fixture import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbservers import mariadb_url, postgres_url  # noqa: F401 (fixtures)
 
-from connectors.config import Unit
+from connectors.config import ListenSpec, Unit
 from connectors.federation_keys import load_keyring
 from connectors.ids import resident_attributes
 from connectors.process import RunningConnector, start_connector
@@ -44,16 +44,16 @@ from connectors.protocol import (
     verify_approval,
 )
 from connectors.state import ConnectorState
-from gateway.connector_client import ConnectorCallError, ConnectorClient
+from gateway.federation import AnswerUnverified, ConnectorLink
 
 
-def _client(dept: Department, conn: RunningConnector) -> ConnectorClient:
+def _client(dept: Department, conn: RunningConnector) -> ConnectorLink:
     from connectors.config import load_config
     from connectors.protocol import load_private_key
 
     cfg = load_config(dept.config_path).config
     pinned = load_private_key(cfg.signing_key_file.read_bytes()).public_key()
-    return ConnectorClient(conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=pinned)
+    return ConnectorLink(conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=pinned)
 
 
 def _token_of(dept: Department, query_id: str, nid: str) -> bytes:
@@ -68,7 +68,7 @@ def _check_extract(dept: Department, conn: RunningConnector) -> None:
     """One extract must hold exactly one clipped row per valid person, with public-domain codes."""
     with _client(dept, conn) as client:
         schema = client.schema()
-        table = client.extract(dept.request("q-kind-check-1"))
+        table, _ = client.extract(dept.request("q-kind-check-1"))
     assert [d.name for d in schema.datasets] == ["wages"]
     rows = {r[TOKEN_COLUMN]: r for r in table.to_pylist()}
     assert len(rows) == len(EXPECTED)
@@ -132,10 +132,10 @@ def test_schema_is_signed_and_carries_no_counts(sqlite_dept: tuple[Department, R
     # A client that pins another key refuses the answer.
     wrong = Ed25519PrivateKey.generate().public_key()
     with (
-        ConnectorClient(
+        ConnectorLink(
             conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=wrong
         ) as bad,
-        pytest.raises(ConnectorCallError, match="bad_signature"),
+        pytest.raises(AnswerUnverified, match="bad_signature"),
     ):
         bad.schema()
 
@@ -151,9 +151,9 @@ def test_same_person_same_token_across_connectors_and_not_across_queries(tmp_pat
     a, b = start_connector(first.config_path), start_connector(second.config_path)
     try:
         with _client(first, a) as ca, _client(second, b) as cb:
-            t1 = set(ca.extract(first.request("q-link-0001")).column(TOKEN_COLUMN).to_pylist())
-            t2 = set(cb.extract(second.request("q-link-0001")).column(TOKEN_COLUMN).to_pylist())
-            t3 = set(ca.extract(first.request("q-link-0002")).column(TOKEN_COLUMN).to_pylist())
+            t1 = set(ca.extract(first.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
+            t2 = set(cb.extract(second.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
+            t3 = set(ca.extract(first.request("q-link-0002"))[0].column(TOKEN_COLUMN).to_pylist())
     finally:
         a.stop()
         b.stop()
@@ -320,6 +320,20 @@ def test_malformed_body_gets_422_not_500(sqlite_dept: tuple[Department, RunningC
             query_id="q-malformed-1",
         )
         assert r.status_code == 422, body
+    # Numbers beyond what the protocol bounds are refused as invalid too, never a 500.
+    import json
+
+    good = json.loads(dept.request("q-malformed-2").body())
+    for change in ({"token": {"epoch": 2**70}}, {"checkpoint_against": 2**64}, {"epsilon": "1e-30"}):
+        r = signed_call(
+            conn.url,
+            "/v1/extract",
+            key=dept.gateway_key,
+            connector=dept.name,
+            body=json.dumps({**good, **change}).encode(),
+            query_id="q-malformed-2",
+        )
+        assert r.status_code == 422, change
 
 
 def test_each_query_dataset_served_once_identical_retry_same_answer(
@@ -663,6 +677,37 @@ def test_requests_without_a_baseline_carry_no_baseline_field(
         "q-base-00011", approval=_period_approval(dept, "q-base-00011"), **MAIN, **BASELINE
     )
     assert with_base.body().count(b'"baseline_start":"2025-01"') == 2  # the request's and the approval's
+
+
+def test_a_body_above_the_limit_is_413_before_its_signature_is_checked(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    limit = ListenSpec().max_body_bytes  # the configuration leaves the default
+    too_large = b'{"pad": "' + b"x" * limit + b'"}'
+    # Correctly signed, so only its size is wrong; and unsigned, refused all the same.
+    signed = signed_call(
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=too_large,
+        query_id="q-big-01",
+    )
+    unsigned = httpx.post(conn.url + "/v1/extract", content=too_large, timeout=30)
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(limit // 1024 + 2):
+            yield b"x" * 1024
+
+    streamed = httpx.post(conn.url + "/v1/extract", content=chunks(), timeout=30)
+    for r in (signed, unsigned, streamed):
+        assert r.status_code == 413
+        body = r.json()
+        assert body["error"] == "invalid_request" and str(limit) in body["message"]
+    # The connector still serves a signed request of ordinary size afterwards.
+    schema = signed_call(conn.url, "/v1/schema", key=dept.gateway_key, connector=dept.name)
+    assert schema.status_code == 200
 
 
 @pytest.mark.postgres

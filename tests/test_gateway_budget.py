@@ -32,8 +32,14 @@ def county(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _federation(root: Path, county: Path, gateway_db_url: str | None) -> Federation:
-    # Room for exactly ten queries of epsilon 0.1 on the headline query's data year.
-    env = {"FEDGATE_DATA_YEAR_EPSILON": "1.0", "FEDGATE_DEFAULT_ANALYST_QUOTA": "1.0"}
+    # Room for exactly ten queries of epsilon 0.1 on the headline query's data year; all forty runs of the
+    # race may be in progress at once, so that the ledger (not the per-analyst run limit) decides which ten
+    # release.
+    env = {
+        "FEDGATE_DATA_YEAR_EPSILON": "1.0",
+        "FEDGATE_DEFAULT_ANALYST_QUOTA": "1.0",
+        "FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST": "40",
+    }
     # Each federation is a new gateway: its connectors start without another gateway's witnessed history.
     shutil.rmtree(county / "state", ignore_errors=True)
     fed = start_federation(root, county=county, gateway_db_url=gateway_db_url, env=env)

@@ -21,6 +21,7 @@ from aggregation.query import QuerySpec
 from connectors.protocol import (
     Approval,
     ApprovedDataset,
+    ErrorCode,
     ExtractRequest,
     TokenSpec,
     load_private_key,
@@ -151,7 +152,7 @@ def test_role_matrix(fed: Federation) -> None:
         datasets=(ApprovedDataset(dataset="pensions", measures=("pension_income",)),),
         epsilon=spec.epsilon,
     )
-    from gateway.connector_client import ConnectorCallError, ConnectorClient
+    from gateway.federation import ConnectorLink, ConnectorRefused
 
     forged = sign_approval(load_private_key(fed.approval_key("tax")), approval)
     req = ExtractRequest(
@@ -170,16 +171,17 @@ def test_role_matrix(fed: Federation) -> None:
     gateway_key = load_private_key((fed.county / "keys" / "gateway.key").read_bytes())
     social_key = load_private_key((fed.county / "keys" / "social-connector.key").read_bytes()).public_key()
     with (
-        ConnectorClient(
+        ConnectorLink(
             fed.connectors["social"].url,
             connector="social",
             gateway_key=gateway_key,
             connector_key=social_key,
         ) as client,
-        pytest.raises(ConnectorCallError) as refused,
+        pytest.raises(ConnectorRefused) as refused,
     ):
         client.extract(req)
     assert refused.value.status == 403 and refused.value.code == "not_approved"
+    assert refused.value.wire_code is ErrorCode.NOT_APPROVED
 
 
 def test_validation_errors_name_the_field_and_never_500(fed: Federation) -> None:

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway import db, registry
 from gateway.app import build_context
 from gateway.auth import Principal, Role, create_principal
-from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.context import GatewayContext
 from gateway.errors import ConnectorUnavailable, Forbidden, Invalid
+from gateway.federation import ConnectorCallError, ConnectorLink
 from gateway.settings import GatewaySettings
 
 SECRET_TEXT = "db password hunter2 at 10.0.0.7"
@@ -101,7 +101,7 @@ def test_a_registration_error_never_echoes_the_target(ctx: GatewayContext) -> No
 
 def test_only_protocol_error_codes_pass_the_client() -> None:
     key = Ed25519PrivateKey.generate()
-    client = ConnectorClient(
+    client = ConnectorLink(
         "http://127.0.0.1:8710",
         connector="tax",
         gateway_key=key,
@@ -111,7 +111,7 @@ def test_only_protocol_error_codes_pass_the_client() -> None:
     with pytest.raises(ConnectorCallError) as refused:
         client.schema()
     assert refused.value.code == "error" and SECRET_TEXT not in str(refused.value)
-    client = ConnectorClient(
+    client = ConnectorLink(
         "http://127.0.0.1:8710",
         connector="tax",
         gateway_key=key,

@@ -32,14 +32,14 @@ from connectors.state import ConnectorState
 from gateway import db
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient, GatewayError
-from gateway.connector_client import ConnectorCallError, ConnectorClient
 from gateway.dev.process import start_gateway
+from gateway.federation import ConnectorCallError, ConnectorLink
 
 
-def _client(dept: Department, conn: RunningConnector) -> ConnectorClient:
+def _client(dept: Department, conn: RunningConnector) -> ConnectorLink:
     cfg = load_config(dept.config_path).config
     pinned = load_private_key(cfg.signing_key_file.read_bytes()).public_key()
-    return ConnectorClient(conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=pinned)
+    return ConnectorLink(conn.url, connector=dept.name, gateway_key=dept.gateway_key, connector_key=pinned)
 
 
 def _preflight(dept: Department, query_id: str, **changes: object) -> PreflightRequest:
@@ -71,7 +71,7 @@ def test_a_ready_preflight_is_signed_and_counts_nothing(
         assert len(receipt["request_digest"]) == len(receipt["response_digest"]) == 64
         assert (answer.connector, answer.dataset, answer.ready) == ("tax", "wages", True)
         assert _spent(dept) == 0  # nothing counted against the department's window
-        table = client.extract(dept.request("q-preflight-1"))  # the extract is still the first one
+        table, _ = client.extract(dept.request("q-preflight-1"))  # the extract is still the first one
         assert table.num_rows == 3
         assert _spent(dept) == Decimal("0.5")
         # Served now: the identical preflight is ready (a retry would replay), a different one is not.

@@ -11,9 +11,10 @@ import datetime as dt
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
@@ -22,6 +23,7 @@ from audit.export import export_log
 from audit.store import AuditLog, StoredEntry
 from gateway.api.deps import Auditor, ContextDep, GatewayContext
 from gateway.api.errors import error_responses
+from gateway.api.schemas import MAX_SEQUENCE
 from gateway.errors import Invalid, NotFound
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=error_responses(401, 403, 404, 422))
@@ -83,7 +85,7 @@ def list_entries(
     query_id: str | None = Query(None, max_length=80),
     connector: str | None = Query(None, max_length=64),
     outcome: str | None = Query(None, max_length=32),
-    after_seq: int = Query(0, ge=0),
+    after_seq: int = Query(0, ge=0, le=MAX_SEQUENCE),
     limit: int = Query(100, ge=1, le=1000),
 ) -> EntriesOut:
     """Entries matching every filter, by sequence number; page with `after_seq`."""
@@ -107,7 +109,9 @@ def list_entries(
 
 
 @router.get("/entries/{seq}", response_model=EntryProofOut)
-def get_entry(seq: int, ctx: ContextDep, auditor: Auditor) -> EntryProofOut:
+def get_entry(
+    seq: Annotated[int, PathParam(ge=0, le=MAX_SEQUENCE)], ctx: ContextDep, auditor: Auditor
+) -> EntryProofOut:
     """One entry with its inclusion proof in the current tree."""
     audit_log = _log(ctx)
     entry = audit_log.entry(seq)
@@ -150,7 +154,10 @@ def sign_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
 
 @router.get("/consistency", response_model=ConsistencyOut)
 def consistency(
-    ctx: ContextDep, auditor: Auditor, from_size: int = Query(ge=0), to_size: int = Query(ge=0)
+    ctx: ContextDep,
+    auditor: Auditor,
+    from_size: int = Query(ge=0, le=MAX_SEQUENCE),
+    to_size: int = Query(ge=0, le=MAX_SEQUENCE),
 ) -> ConsistencyOut:
     """The RFC 9162 consistency proof between two tree sizes."""
     try:
@@ -165,8 +172,8 @@ def export(
     ctx: ContextDep,
     auditor: Auditor,
     background: BackgroundTasks,
-    start: int = Query(1, ge=1),
-    end: int | None = None,
+    start: int = Query(1, ge=1, le=MAX_SEQUENCE),
+    end: int | None = Query(None, ge=1, le=MAX_SEQUENCE),
 ) -> FileResponse:
     """A range as JSON Lines with the checkpoints that cover it (a fresh checkpoint of the head is signed)."""
     work = Path(tempfile.mkdtemp(prefix="fedgate-audit-"))

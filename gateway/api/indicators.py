@@ -15,10 +15,11 @@ from aggregation.indicators.config_file import configured_pack
 from gateway import indicators, monitoring
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal
 from gateway.api.errors import error_responses
+from gateway.api.limits import RunSlot
 from gateway.api.monitoring import MonitoringOut, monitoring_out
 
 router = APIRouter(
-    prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 422, 502, 503)
+    prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503)
 )
 
 _PERIOD = r"^\d{4}-(0[1-9]|1[0-2])(\.\.\d{4}-(0[1-9]|1[0-2]))?$"
@@ -167,7 +168,9 @@ def _out(doc: dict[str, Any]) -> IndicatorsRunOut:
 
 
 @router.post("/indicators/{name}/run", response_model=IndicatorsRunOut)
-def run_indicator(name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst) -> IndicatorsRunOut:
+def run_indicator(
+    name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
+) -> IndicatorsRunOut:
     """Run one indicator: its queries are submitted, must be approved, are charged together, and its
     figures come with 95% intervals. Running it again returns the same figures and charges nothing."""
     doc = indicators.run_indicator(
@@ -185,7 +188,9 @@ def run_indicator(name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Ana
 
 
 @router.post("/packs/{name}/run", response_model=IndicatorsRunOut)
-def run_pack(name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst) -> IndicatorsRunOut:
+def run_pack(
+    name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
+) -> IndicatorsRunOut:
     """Run a pack of the monitoring calendar (`monthly`: the month's increments; `year_end`: a data year's
     December) within one epsilon, split as documented."""
     doc = indicators.run_pack(

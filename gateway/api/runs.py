@@ -10,6 +10,7 @@ from pydantic import StringConstraints
 from gateway import budget, queries, runner
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal, DepartmentAdmin, Operator
 from gateway.api.errors import error_responses
+from gateway.api.limits import RunSlot
 from gateway.api.schemas import BudgetOut, DataYearBudgetOut, EpsilonIn, MeOut, ResultOut
 from gateway.auth import Role
 from gateway.errors import NotFound
@@ -17,7 +18,9 @@ from privacy.ledger import BudgetView
 from privacy.neighbours import DEFAULT_NEIGHBOURING
 
 router = APIRouter(
-    prefix="/v1", tags=["runs and budget"], responses=error_responses(401, 403, 404, 409, 422, 502, 503)
+    prefix="/v1",
+    tags=["runs and budget"],
+    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503),
 )
 
 
@@ -58,7 +61,7 @@ def _result_out(doc: dict[str, Any]) -> ResultOut:
 
 
 @router.post("/queries/{query_id}/run", response_model=ResultOut)
-def run_query(query_id: str, ctx: ContextDep, analyst: Analyst) -> ResultOut:
+def run_query(query_id: str, ctx: ContextDep, analyst: Analyst, slot: RunSlot) -> ResultOut:
     """Run an approved query once; running it again returns the stored numbers and charges nothing."""
     return _result_out(runner.run_query(ctx, query_id, analyst))
 

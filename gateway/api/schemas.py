@@ -4,12 +4,30 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregation.query import MemberGroup
 from connectors.protocol import ApprovedDataset, ConnectorSchema
+
+# Every number a route accepts is bounded here, so no input reaches a database column, the ledger's
+# integer nano-epsilon or a proof computation that cannot hold it (a 422 naming the field, never a 500).
+MAX_SEQUENCE = 2**63 - 1
+"""largest audit sequence number or tree size: a signed 64-bit column in every supported database"""
+EPSILON_DECIMALS = 9
+"""the ledger counts nano-epsilon"""
+MAX_EPSILON_SETTING = 1_000
+
+EpsilonSetting = Annotated[
+    Decimal,
+    Field(
+        ge=0,
+        le=MAX_EPSILON_SETTING,
+        decimal_places=EPSILON_DECIMALS,
+        description=f"epsilon with at most {EPSILON_DECIMALS} decimal places",
+    ),
+]
 
 
 class _In(BaseModel):
@@ -119,7 +137,7 @@ class ResultOut(BaseModel):
 
 
 class EpsilonIn(_In):
-    epsilon: Decimal = Field(ge=0, le=1_000)
+    epsilon: EpsilonSetting
 
 
 class DataYearBudgetOut(BaseModel):

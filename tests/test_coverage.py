@@ -1,0 +1,123 @@
+"""The approval-coverage rule, written once: each way an approval or rule can fail to cover a query is
+refused with its reason, and the gateway asks exactly what the connector will check again."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from aggregation.planner import ExtractPlan, Plan
+from aggregation.query import Baseline, Measure, QuerySpec, Statistic, StatisticKind, Term
+from connectors.coverage import Asked, NotCovered, check_cover
+from connectors.protocol import Approval, ApprovalRule, ApprovedDataset, SignedApproval
+from connectors.vocabulary import Unit
+from gateway.federation import extract_request
+from gateway.queries import asked_of
+
+NOW = 1_800_000_000.0
+
+
+def _query() -> QuerySpec:
+    return QuerySpec(
+        purpose="household income against last year, for the coverage test",
+        unit=Unit.HOUSEHOLD,
+        period_start="2025-01",
+        period_end="2025-12",
+        measure=Measure(terms=(Term(dataset="tax.wages", measure="wage"),), lower=0, upper=10**6),
+        baseline=Baseline(period_start="2024-01", period_end="2024-12", drop_share=Decimal("0.3")),
+        group_by=("household.income_trend",),
+        statistics=(Statistic(kind=StatisticKind.COUNT),),
+        epsilon=Decimal("0.5"),
+    )
+
+
+PART = ExtractPlan(
+    connector="tax", department="tax", dataset="wages", measures=("wage",), dimensions=(), baseline=True
+)
+
+
+def _asked(**changes: Any) -> Asked:
+    q = _query()
+    plan = Plan(
+        query=q,
+        extracts=(PART,),
+        spine=None,
+        groups=(),
+        filters=(),
+        departments=("tax",),
+        unit_multiplicity=1,
+    )
+    asked = asked_of(q, "ana", plan, "tax")
+    return Asked(**{**asked.__dict__, **changes})
+
+
+def _approval(**changes: Any) -> Approval:
+    q = _query()
+    fields: dict[str, Any] = {
+        "department": "tax",
+        "query_id": q.query_id,
+        "query_digest": q.digest,
+        "unit": Unit.HOUSEHOLD,
+        "period_start": "2025-01",
+        "period_end": "2025-12",
+        "baseline_start": "2024-01",
+        "baseline_end": "2024-12",
+        "datasets": (ApprovedDataset(dataset="wages", measures=("wage",)),),
+        "epsilon": Decimal("0.5"),
+    }
+    return Approval(**{**fields, **changes})
+
+
+def _rule(**changes: Any) -> ApprovalRule:
+    fields: dict[str, Any] = {
+        "department": "tax",
+        "rule_id": "rule-0001",
+        "datasets": (ApprovedDataset(dataset="wages", measures=("wage",)),),
+        "units": (Unit.HOUSEHOLD,),
+        "max_epsilon_per_query": Decimal(1),
+        "analysts": ("ana",),
+    }
+    return ApprovalRule(**{**fields, **changes})
+
+
+def test_a_matching_approval_and_rule_cover_the_query() -> None:
+    check_cover(_approval(), _asked(), now=NOW)
+    check_cover(_rule(), _asked(), now=NOW)
+    check_cover(_rule(analysts=("*",), expires_at=int(NOW) + 1), _asked(analyst=None), now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("cover", "reason"),
+    [
+        (_approval(department="social"), "another department's"),
+        (_approval(query_digest="0" * 64), "another query"),
+        (_approval(expires_at=int(NOW) - 1), "expired"),
+        (_approval(unit=Unit.PERSON), "another unit"),
+        (_approval(period_end="2025-11"), "another period range"),
+        (_approval(baseline_start=None, baseline_end=None), "another baseline"),
+        (_approval(epsilon=Decimal("0.25")), "another epsilon"),
+        (_approval(datasets=(ApprovedDataset(dataset="pensions", measures=("wage",)),)), "dataset wages"),
+        (_approval(datasets=(ApprovedDataset(dataset="wages"),)), "fields"),
+        (_rule(department="social"), "another department's"),
+        (_rule(expires_at=int(NOW) - 1), "expired"),
+        (_rule(units=(Unit.PERSON,)), "household queries"),
+        (_rule(analysts=("bo",)), "analyst"),
+        (_rule(max_epsilon_per_query=Decimal("0.4")), "maximum per query"),
+        (_rule(datasets=(ApprovedDataset(dataset="wages", dimensions=("sex",)),)), "fields"),
+    ],
+)
+def test_each_way_of_not_covering_is_refused_with_its_reason(
+    cover: Approval | ApprovalRule, reason: str
+) -> None:
+    with pytest.raises(NotCovered) as err:
+        check_cover(cover, _asked(), now=NOW)
+    assert reason in err.value.reason
+
+
+def test_the_gateway_asks_what_the_connector_checks_again() -> None:
+    q = _query()
+    signed = SignedApproval(approval=_approval(), key_fingerprint="0" * 64, signature="")
+    request = extract_request(PART, q, signed, epoch=1, analyst="ana")
+    assert Asked.of_request(request, "tax") == _asked()
