@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from gateway.cli import app
+from gateway.cli.main import app
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "connector-guide.md"
 GROUPS = ("keys", "keyring", "admin-key", "endpoints", "connectors", "rules")

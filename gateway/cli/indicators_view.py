@@ -161,6 +161,21 @@ def _table(result: IndicatorResult, max_groups: int) -> tuple[Table, int]:
     return table, left_out
 
 
+def _undefined_notes(result: IndicatorResult) -> list[str]:
+    """Why a figure shows no value: county, urban and rural each by name, other groups counted (so a group
+    left out of the table is not named here either)."""
+    named: list[str] = []
+    counted: dict[tuple[str, str], int] = {}
+    for f in result.figures:
+        if f.value is not None or not f.note:
+            continue
+        if f.group in REFERENCE_GROUPS:
+            named.append(f"{f.group} {f.figure}: undefined ({f.note})")
+        else:
+            counted[(f.figure, f.note)] = counted.get((f.figure, f.note), 0) + 1
+    return named + [f"{figure}: undefined in {n} groups ({note})" for (figure, note), n in counted.items()]
+
+
 def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12) -> None:
     """One table per indicator with its notes, then the run's total epsilon.
 
@@ -179,12 +194,7 @@ def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12)
             )
         for name, points in result.curves.items():
             console.print(f"[dim]{escape(name)}: {len(points)} points (in the JSON and the plot)[/dim]")
-        undefined = [
-            f"{f.group} {f.figure}: undefined ({f.note})"
-            for f in result.figures
-            if f.value is None and f.note
-        ]
-        for note in [*undefined, *result.notes]:
+        for note in [*_undefined_notes(result), *result.notes]:
             if note not in seen:
                 console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
                 seen.add(note)
