@@ -173,7 +173,10 @@ def _undefined_notes(result: IndicatorResult) -> list[str]:
             named.append(f"{f.group} {f.figure}: undefined ({f.note})")
         else:
             counted[(f.figure, f.note)] = counted.get((f.figure, f.note), 0) + 1
-    return named + [f"{figure}: undefined in {n} groups ({note})" for (figure, note), n in counted.items()]
+    return named + [
+        f"{figure}: undefined in {n} group{'s' if n != 1 else ''} ({note})"
+        for (figure, note), n in counted.items()
+    ]
 
 
 def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12) -> None:
