@@ -21,8 +21,7 @@ import numpy as np
 
 from aggregation.indicators import cells
 from aggregation.indicators.model import Figure, IndicatorResult, MonitoringConfig, QueryRef, SubQuery
-from aggregation.indicators.urban_rural import INCOME, MEMBERS, UrbanRuralRatio
-from aggregation.indicators.urban_rural import _ratio as urban_rural_ratio_of
+from aggregation.indicators.urban_rural import INCOME, MEMBERS, UrbanRuralRatio, urban_rural_ratio_of
 from privacy.inversion import DENOMINATOR_NOT_POSITIVE, ratio_by_inversion
 
 ROLLING_MONTHS = 12

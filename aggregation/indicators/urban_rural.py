@@ -111,7 +111,9 @@ class UrbanRuralRatio(Template):
                     note=DENOMINATOR_NOT_POSITIVE if bool(est.undefined) else None,
                 )
             )
-        ratio, note = _ratio(noisy_income, noisy_members, urban, rural, (income_scale, members_scale))
+        ratio, note = urban_rural_ratio_of(
+            noisy_income, noisy_members, urban, rural, (income_scale, members_scale)
+        )
         figures.append(
             Figure(
                 figure="urban_rural_ratio",
@@ -138,7 +140,7 @@ class UrbanRuralRatio(Template):
         return figures, methods, {}
 
 
-def _ratio(
+def urban_rural_ratio_of(
     noisy_income: np.ndarray,
     noisy_members: np.ndarray,
     urban: np.ndarray,
