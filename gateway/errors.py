@@ -23,7 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from privacy.errors import BudgetExceeded
 
 __all__ = [
     "ApprovalInvalid",
@@ -135,6 +138,17 @@ class BudgetRefused(GatewayError):
         self.remaining = remaining
         self.data_year = data_year
         super().__init__(message, "epsilon")
+
+    @classmethod
+    def from_ledger(cls, exc: BudgetExceeded) -> BudgetRefused:
+        """The ledger's refusal, as the gateway answers it."""
+        return cls(
+            str(exc),
+            scope=exc.scope,
+            requested=exc.requested,
+            remaining=exc.remaining,
+            data_year=exc.data_year,
+        )
 
 
 class RateLimited(GatewayError):

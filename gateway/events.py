@@ -16,6 +16,7 @@ so no release is too large to be audited.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from audit.entries import (
@@ -436,6 +437,34 @@ class ConnectorCall(AuditEvent):
     query_id: str | None = None
     dataset: str | None = None
     status: int | None = None
+
+    @classmethod
+    def from_receipt(
+        cls,
+        receipt: Mapping[str, str],
+        *,
+        connector: str,
+        path: str,
+        query_id: str,
+        dataset: str,
+        outcome: str,
+        status: int | None,
+        checkpoint: str | None = None,
+    ) -> ConnectorCall:
+        """The gateway's entry for one call, from the receipt its connector link returned."""
+        return cls(
+            actor=GATEWAY,
+            connector=connector,
+            path=path,
+            request_digest=receipt.get("request_digest", ""),
+            response_digest=receipt.get("response_digest"),
+            connector_signature=receipt.get("connector_signature"),
+            checkpoint=checkpoint,
+            call_outcome=outcome,
+            query_id=query_id,
+            dataset=dataset,
+            status=status,
+        )
 
     def to_event(self) -> dict[str, Any]:
         return connector_call_event(

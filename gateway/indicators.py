@@ -403,13 +403,7 @@ def _execute(
                     remaining=str(exc.remaining),
                 )
             )
-            raise BudgetRefused(
-                str(exc),
-                scope=exc.scope,
-                requested=exc.requested,
-                remaining=exc.remaining,
-                data_year=exc.data_year,
-            ) from None
+            raise BudgetRefused.from_ledger(exc) from None
     released: dict[str, dict[str, Any]] = {}
     pending = [q.spec.query_id for q, _ in to_run]
     try:

@@ -61,17 +61,13 @@ def _one(
         outcome, status, receipt = exc.code, exc.status or 0, exc.receipt
         failure = PreflightFailure(e.connector, e.dataset, exc.code)
     ctx.audit.record(
-        ConnectorCall(
-            actor="gateway",
+        ConnectorCall.from_receipt(
+            receipt,
             connector=e.connector,
             path="/v1/preflight",
-            request_digest=receipt.get("request_digest", ""),
-            response_digest=receipt.get("response_digest"),
-            connector_signature=receipt.get("connector_signature"),
-            checkpoint=None,
-            call_outcome=outcome,
             query_id=spec.query_id,
             dataset=e.dataset,
+            outcome=outcome,
             status=status or None,
         )
     )

@@ -282,13 +282,7 @@ class Run:
                 data_years=query_data_years(self.spec),
             )
         except BudgetExceeded as exc:
-            raise BudgetRefused(
-                str(exc),
-                scope=exc.scope,
-                requested=exc.requested,
-                remaining=exc.remaining,
-                data_year=exc.data_year,
-            ) from None
+            raise BudgetRefused.from_ledger(exc) from None
 
     def preflight(self) -> dict[str, int]:
         """Every planned connector answers a health check (so one that is down charges nothing); returns
@@ -564,18 +558,15 @@ def _record_call(
 ) -> None:
     """One `connector.call` entry, in the shape `fedgate audit reconcile` matches against the connector."""
     ctx.audit.record(
-        ConnectorCall(
-            actor="gateway",
+        ConnectorCall.from_receipt(
+            receipt,
             connector=e.connector,
             path="/v1/extract",
-            request_digest=receipt.get("request_digest", ""),
-            response_digest=receipt.get("response_digest"),
-            connector_signature=receipt.get("connector_signature"),
-            checkpoint=checkpoint,
-            call_outcome=outcome,
             query_id=query_id,
             dataset=e.dataset,
+            outcome=outcome,
             status=status,
+            checkpoint=checkpoint,
         )
     )
 
