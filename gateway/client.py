@@ -29,6 +29,7 @@ from connectors.protocol import (
     sign_rule,
 )
 from gateway.api.schemas import KeyGroupIn
+from gateway.approval_draft import draft_approval
 
 
 class GatewayError(Exception):
@@ -148,29 +149,19 @@ class GatewayClient:
     def queries(self) -> Any:
         return self._do("GET", "/v1/queries")["queries"]
 
-    def approve(self, query_id: str, key_pem: bytes, department: str) -> Any:
-        """Sign, with the department's own key, an approval covering what the query needs of it."""
+    def approval_draft(self, query_id: str, department: str) -> Approval:
+        """The approval `department` would sign for a query: what the query needs of it, nothing more."""
         view = self.query(query_id)
-        spec = QuerySpec.model_validate(view["spec"])
         scopes = [ApprovedDataset.model_validate(d) for d in view["required_approvals"].get(department, [])]
         if not scopes:
             raise GatewayError(
                 403, "forbidden", "this query does not touch that department's data", "query_id"
             )
-        # The department signs the baseline too, so its connector serves exactly the periods it approved.
-        baseline = getattr(spec, "baseline", None)
-        approval = Approval(
-            department=department,
-            query_id=spec.query_id,
-            query_digest=spec.digest,
-            unit=spec.unit,
-            period_start=spec.period_start,
-            period_end=spec.period_end,
-            baseline_start=None if baseline is None else baseline.period_start,
-            baseline_end=None if baseline is None else baseline.period_end,
-            datasets=tuple(scopes),
-            epsilon=spec.epsilon,
-        )
+        return draft_approval(QuerySpec.model_validate(view["spec"]), department, scopes)
+
+    def approve(self, query_id: str, key_pem: bytes, department: str, draft: Approval | None = None) -> Any:
+        """Sign, with the department's own key, an approval covering what the query needs of it."""
+        approval = self.approval_draft(query_id, department) if draft is None else draft
         signed = sign_approval(load_private_key(key_pem), approval)
         return self._do("POST", f"/v1/queries/{query_id}/approvals", signed.model_dump(mode="json"))
 

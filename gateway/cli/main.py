@@ -28,6 +28,7 @@ from rich.table import Table
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
 from connectors.keys_cli import admin_key_app, keyring_app, keys_app
+from gateway.approval_draft import signing_digest
 from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 from gateway.cli.groups import groups_app
 from gateway.cli.indicators import indicators_app
@@ -293,7 +294,11 @@ def approve(
             if not dept:
                 errors.print("[red]forbidden[/red]: only a department admin approves queries")
                 raise typer.Exit(1)
-            view = call_gateway(lambda: gw.approve(query_id, key.read_bytes(), dept))
+            draft = call_gateway(lambda: gw.approval_draft(query_id, dept))
+            # The digest the console's approvals page shows for the same query: an admin can compare.
+            digest = signing_digest(draft)
+            console.print(f"signing approval digest / 签署摘要 sha256:{digest}", highlight=False)
+            view = call_gateway(lambda: gw.approve(query_id, key.read_bytes(), dept, draft))
     _print_query(view, False)
 
 
