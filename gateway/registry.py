@@ -22,7 +22,7 @@ from connectors.protocol import ConnectorSchema
 from gateway import db
 from gateway.audit_trail import AuditTrail
 from gateway.auth import Principal
-from gateway.errors import ConnectorUnavailable, Forbidden, Invalid, NotFound
+from gateway.errors import ConnectorUnavailable, Forbidden, GatewayError, Invalid, NotFound
 from gateway.events import (
     ConnectorDisabled,
     ConnectorEnabled,
@@ -55,6 +55,15 @@ def require_callable(engine: sa.Engine, endpoint: str, *, production: bool) -> N
     normalise_endpoint(endpoint, production=production)
     if endpoint not in list_endpoints(engine):
         raise Forbidden("the endpoint is not on the operator's allow-list", "endpoint")
+
+
+def is_callable(engine: sa.Engine, endpoint: str, *, production: bool) -> bool:
+    """`require_callable` as a yes or no, for callers that skip an endpoint rather than refuse."""
+    try:
+        require_callable(engine, endpoint, production=production)
+    except GatewayError:
+        return False
+    return True
 
 
 def _refusal_text(exc: ConnectorCallError) -> str:

@@ -85,7 +85,7 @@ from gateway.events import (
 )
 from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUnreachable, extract_request
 from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
-from gateway.registry import get_connector, require_callable
+from gateway.registry import get_connector, is_callable
 from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.neighbours import describe
 from privacy.release import PreparedRelease, prepare_release
@@ -595,11 +595,7 @@ def _health(ctx: GatewayContext, plan: Plan) -> tuple[list[str], dict[str, int]]
 
 def _callable(ctx: GatewayContext, endpoint: str) -> bool:
     """Whether the endpoint may be called now: on the allow-list, and https in production."""
-    try:
-        require_callable(ctx.engine, endpoint, production=ctx.settings.mode == "production")
-    except GatewayError:
-        return False
-    return True
+    return is_callable(ctx.engine, endpoint, production=ctx.settings.mode == "production")
 
 
 # Concurrent runs move a connector's witness on between our proof and its check; each retry proves
