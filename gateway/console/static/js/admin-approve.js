@@ -67,4 +67,12 @@ async function signAndApprove() {
   window.setTimeout(() => window.location.reload(), 600);
 }
 
-if (signer) document.getElementById("sign-approve").addEventListener("click", signAndApprove);
+if (signer) {
+  document.getElementById("sign-approve").addEventListener("click", signAndApprove);
+  // A new file starts afresh: the last attempt's message is about another file.
+  document.getElementById("key-file").addEventListener("change", () => {
+    const status = document.getElementById("sign-status");
+    status.textContent = "";
+    delete status.dataset.state;
+  });
+}
