@@ -46,7 +46,8 @@ from gateway.api.errors import (
     log_unhandled,
 )
 from gateway.audit_trail import AuditTrail
-from gateway.auth import authenticate
+from gateway.auth import Principal, authenticate
+from gateway.console import STATIC_PREFIX, install_console, session_principal
 from gateway.context import GatewayContext
 from gateway.errors import AuditUnavailable, ErrorCode, GatewayError
 from gateway.events import HttpRequest, UnauthenticatedFlood
@@ -186,13 +187,28 @@ class AuditMiddleware:
     caught here, audited as a 500 with its type, and answered with the one error shape.
     """
 
-    def __init__(self, app: ASGIApp, context: GatewayContext, flood: FloodGate | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        context: GatewayContext,
+        flood: FloodGate | None = None,
+        session_principal: Callable[[Scope], Principal | None] | None = None,
+        static_prefix: str | None = None,
+    ) -> None:
         self.app = app
         self.ctx = context
         self.flood = flood or FloodGate()
+        self.session_principal = session_principal
+        # The console's packaged assets (CSS, scripts, the vendored documentation bundles): the same
+        # files for everyone, about no one, so neither audited one by one nor counted against a source.
+        self.static_prefix = static_prefix
 
     def _principal(self, scope: Scope) -> tuple[str | None, str | None]:
-        """Authenticate once per request; the route's dependency reuses the result (scope state)."""
+        """Authenticate once per request; the route's dependency reuses the result (scope state).
+
+        An API key in the Authorization header, else (for the console's paths only) the signed-in
+        session its cookie names (`session_principal`), so console requests are audited under their
+        principal and are not counted as unauthenticated."""
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value.startswith(b"Bearer "):
                 try:
@@ -201,10 +217,16 @@ class AuditMiddleware:
                     return None, None
                 scope.setdefault("state", {})["principal"] = p
                 return p.name, p.role.value
+        if self.session_principal is not None:
+            session_principal = self.session_principal(scope)
+            if session_principal is not None:
+                return session_principal.name, session_principal.role.value
         return None, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.static_prefix is not None and scope.get("path", "").startswith(self.static_prefix)
+        ):
             await self.app(scope, receive, send)
             return
         from fastapi.concurrency import run_in_threadpool
@@ -298,6 +320,9 @@ def create_app(context: GatewayContext) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        # The documentation pages are served by the console from vendored assets (`gateway.console.docs`).
+        docs_url=None,
+        redoc_url=None,
         title="fedgate gateway",
         version="1",
         description=(
@@ -309,7 +334,12 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.state.context = context
     app.state.engine = context.engine
     install_body_limit(app, context.settings.max_body_bytes)
-    app.add_middleware(AuditMiddleware, context=context)
+    app.add_middleware(
+        AuditMiddleware,
+        context=context,
+        session_principal=session_principal(context),
+        static_prefix=STATIC_PREFIX,
+    )
     install_error_handlers(app)
     if context.settings.metrics_enabled:
         install_metrics(app)
@@ -323,4 +353,5 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(audit_routes.router)
     app.include_router(indicator_routes.router)
     app.include_router(monitoring_routes.router)
+    install_console(app, context)
     return app

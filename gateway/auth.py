@@ -33,6 +33,7 @@ __all__ = [
     "Principal",
     "PrincipalRecord",
     "Role",
+    "active_principal",
     "authenticate",
     "create_principal",
     "hash_key",
@@ -238,6 +239,26 @@ def authenticate(engine: sa.Engine, key: str | None, *, now: datetime | None = N
     with engine.connect() as conn:
         row = conn.execute(sa.select(principals).where(principals.c.key_hash == digest)).mappings().first()
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
+        raise Unauthenticated(INVALID_KEY)
+    record = _record(row)
+    status = record.status(now)
+    if status != "active" or record.expires_at is None:
+        raise Unauthenticated(f"API key {status}; ask an operator for a new one")
+    return Principal(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        department=record.department,
+        expires_at=record.expires_at,
+    )
+
+
+def active_principal(engine: sa.Engine, principal_id: str, *, now: datetime | None = None) -> Principal:
+    """The principal with this id if its key is still active (not revoked, not expired), else
+    `Unauthenticated`: a console session lasts no longer than the key it was opened with."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(principals).where(principals.c.id == principal_id)).mappings().first()
+    if row is None:
         raise Unauthenticated(INVALID_KEY)
     record = _record(row)
     status = record.status(now)

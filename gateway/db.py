@@ -4,7 +4,7 @@ An embedded SQLite file by default, PostgreSQL in production. The schema is crea
 the Alembic revisions in `gateway/migrations/`, never by `metadata.create_all`, so every deployment walks
 the same history. The tables hold principals (key hashes only), the connector registry, queries,
 department-signed approvals and rules, the named key groups (revision 0004), the versions of the
-monitoring configuration (revision 0006), and the simple audit table
+monitoring configuration (revision 0006), the console's sessions (revision 0008), and the simple audit table
 of revision 0001 (superseded by the tamper-evident log of `audit.store`, revision 0003, and left empty).
 Nothing token-level or row-level is ever stored here.
 """
@@ -33,6 +33,7 @@ __all__ = [
     "audit_simple",
     "connector_versions",
     "connectors",
+    "console_sessions",
     "gateway_metadata",
     "key_groups",
     "make_engine",
@@ -231,6 +232,20 @@ monitoring_configs = sa.Table(
     sa.Column("created_by", sa.String(_NAME), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.CheckConstraint("version >= 1", name="version_positive"),
+)
+
+# The console's server-side sessions (revision 0008): the browser holds only a random session id in an
+# HttpOnly cookie; the row holds its SHA-256, the principal it signed in as, the CSRF token of its forms
+# and when it was last used (the idle timeout). Signing out or expiring deletes the row.
+console_sessions = sa.Table(
+    "console_sessions",
+    gateway_metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("principal_id", sa.String(32), sa.ForeignKey("principals.id"), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
 )
 
 audit_simple = sa.Table(

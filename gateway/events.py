@@ -36,6 +36,8 @@ __all__ = [
     "ConnectorEnabled",
     "ConnectorRegistered",
     "ConnectorRequest",
+    "ConsoleSignedIn",
+    "ConsoleSignedOut",
     "DatasetCapChanged",
     "EndpointAllowed",
     "ExtractPlanned",
@@ -195,6 +197,27 @@ class UserCreated(AuditEvent):
 class UserRevoked(AuditEvent):
     action = "user.revoked"
     principal: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsoleSignedIn(AuditEvent):
+    """A browser signed in to the console with a principal's API key; `session` is a public reference
+    (the first 16 hex digits of the SHA-256 of the session's hash), never the cookie."""
+
+    action = "console.signed_in"
+    principal: str
+    role: str
+    session: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsoleSignedOut(AuditEvent):
+    """A console session ended: `reason` is signed_out, idle or expired."""
+
+    action = "console.signed_out"
+    principal: str
+    session: str
+    reason: str
 
 
 # --- queries, approvals, rules

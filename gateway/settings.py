@@ -110,6 +110,12 @@ class GatewaySettings(BaseSettings):
         "and stored as a new version when it changed",
     )
     metrics_enabled: bool = True
+    console_idle_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="a console session unused this long is signed out"
+    )
+    console_session_hours: int = Field(
+        12, ge=1, le=7 * 24, description="a console session ends this long after sign-in, used or not"
+    )
 
     @field_validator("database_url", mode="before")
     @classmethod
