@@ -44,6 +44,8 @@ STATIC_PREFIX = f"{PREFIX}/static/"
 PAGES = (
     "gateway.console.pages.signin",
     "gateway.console.pages.home",
+    "gateway.console.pages.analyst",
+    "gateway.console.pages.operator",
 )
 
 
@@ -85,9 +87,10 @@ def session_principal(ctx: GatewayContext) -> Any:
     return resolve_scope
 
 
-def _console_app(ctx: GatewayContext) -> FastAPI:
+def _console_app(app: FastAPI, ctx: GatewayContext) -> FastAPI:
     console = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     console.state.context = ctx
+    console.state.gateway_metrics = lambda: getattr(app.state, "metrics", None)
     console.mount("/static", _Static(packages=[("gateway.console", "static")]), name="static")
     for module in PAGES:
         console.include_router(import_module(module).router)
@@ -150,5 +153,5 @@ def install_console(app: FastAPI, ctx: GatewayContext) -> None:
     app.add_route("/", to_console, methods=["GET"], include_in_schema=False)
     app.add_route(PREFIX, console_root, methods=["GET"], include_in_schema=False)
     docs.install(app)
-    app.mount(PREFIX, _console_app(ctx), name="console")
+    app.mount(PREFIX, _console_app(app, ctx), name="console")
     app.add_middleware(SecurityHeaders)
