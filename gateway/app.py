@@ -1,7 +1,7 @@
 """The gateway's FastAPI application and its start-up.
 
     build_context(settings)  database (migrated), gateway key, ledger, audit trail, recovery of runs
-                             a dead process left (`gateway.lifecycle`)
+                             a dead process left (`gateway.lifecycle`) and of its jobs (`gateway.jobs`)
     create_app(context)      routes, one error shape, request ids, metrics, the audit middleware
 
 Every HTTP request, allowed or refused, is appended to the audit trail before its response starts; if
@@ -32,6 +32,7 @@ from connectors.protocol import load_private_key, private_key_pem
 from gateway import db, monitoring
 from gateway.api import audit as audit_routes
 from gateway.api import indicators as indicator_routes
+from gateway.api import jobs as job_routes
 from gateway.api import key_groups as key_group_routes
 from gateway.api import monitoring as monitoring_routes
 from gateway.api import queries as query_routes
@@ -51,6 +52,7 @@ from gateway.context import GatewayContext
 from gateway.errors import AuditUnavailable, ErrorCode, GatewayError
 from gateway.events import HttpRequest, UnauthenticatedFlood
 from gateway.flood import FloodGate
+from gateway.jobs import recover_interrupted_jobs, resume_queued
 from gateway.lifecycle import recover_interrupted_runs
 from gateway.limits import install_body_limit
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
@@ -151,6 +153,7 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
     monitoring.load_settings_file(ctx)
     ctx.tls = connector_tls(settings)
     recover_interrupted_runs(ctx.engine, ctx.ledger, ctx.audit)
+    recover_interrupted_jobs(ctx)
     return ctx
 
 
@@ -291,7 +294,9 @@ def create_app(context: GatewayContext) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if context.checkpointer is not None:
             context.checkpointer.start()
+        resume_queued(context)
         yield
+        context.stop_jobs()
         if context.checkpointer is not None:
             context.checkpointer.stop()
         context.federation().close()
@@ -322,5 +327,6 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(run_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(indicator_routes.router)
+    app.include_router(job_routes.router)
     app.include_router(monitoring_routes.router)
     return app

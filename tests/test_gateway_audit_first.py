@@ -260,6 +260,8 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         ("POST", "/v1/packs/{name}/run"): ("analyst", {"period": "2025-12"}),
         ("POST", "/v1/audit/checkpoint"): ("auditor", None),
         ("PUT", "/v1/monitoring"): ("operator", {**monitoring_config(), "description": "A new version"}),
+        ("POST", "/v1/jobs"): ("analyst", {"kind": "pack", "name": "monthly", "period": "2025-12"}),
+        ("POST", "/v1/jobs/{job_id}/cancel"): ("analyst", None),
     }
     mutating = {
         (method, path)
@@ -268,7 +270,9 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         if method in ("POST", "PUT", "PATCH", "DELETE")
     }
     assert mutating == set(calls), "a mutating route is missing from this test"
+    queued = _queued_job(fed)
     fill = {
+        "{job_id}": queued,
         "{name}": "tax",
         "{query_id}": waiting["id"],
         "{rule_id}": "tax-tests",
@@ -305,6 +309,32 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
     # With the log writable again, the same calls change things, each with its entry.
     r = http.post("/v1/endpoints", json={"url": "http://extra.fed.test"}, headers=fed.as_("operator"))
     assert r.status_code == 201 and fed.events("endpoint.allowed")[-1]["endpoint"] == "http://extra.fed.test"
+
+
+def _queued_job(fed: Fed) -> str:
+    """A job that stays queued (written as `gateway.jobs.submit` writes one, without a worker to run it)."""
+    from gateway import db, jobs
+
+    job_id = "queued-for-the-audit-test"
+    now = db.utcnow()
+    with fed.ctx.engine.begin() as conn:
+        conn.execute(
+            db.jobs.insert().values(
+                id=job_id,
+                kind=jobs.JobKind.PACK.value,
+                target="monthly",
+                params_json="{}",
+                principal="analyst",
+                submitted_by="analyst",
+                state=jobs.JobState.QUEUED.value,
+                steps_done=0,
+                steps_total=0,
+                cancel_requested=False,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return job_id
 
 
 def test_a_purpose_that_begins_like_a_credential_is_prose_and_fully_audited(fed: Fed) -> None:
