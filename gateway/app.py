@@ -38,6 +38,7 @@ from gateway.api import monitoring as monitoring_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
+from gateway.api import schedules as schedule_routes
 from gateway.api.errors import (
     REQUEST_ID_HEADER,
     UNHANDLED_MESSAGE,
@@ -56,6 +57,7 @@ from gateway.jobs import recover_interrupted_jobs, resume_queued
 from gateway.lifecycle import recover_interrupted_runs
 from gateway.limits import install_body_limit
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
+from gateway.schedules import Scheduler
 from gateway.settings import GatewaySettings, SettingsError
 from privacy.ledger import Ledger
 
@@ -295,7 +297,12 @@ def create_app(context: GatewayContext) -> FastAPI:
         if context.checkpointer is not None:
             context.checkpointer.start()
         resume_queued(context)
+        scheduler = Scheduler(context) if context.settings.schedules_enabled else None
+        if scheduler is not None:
+            scheduler.start()
         yield
+        if scheduler is not None:
+            scheduler.stop()
         context.stop_jobs()
         if context.checkpointer is not None:
             context.checkpointer.stop()
@@ -328,5 +335,6 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(audit_routes.router)
     app.include_router(indicator_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(schedule_routes.router)
     app.include_router(monitoring_routes.router)
     return app

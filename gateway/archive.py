@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from aggregation.indicators.periods import previous_months
 from connectors.protocol import canonical_json, sha256_hex
 from gateway import db
+from gateway.auth import Principal, Role
 from gateway.errors import NotFound
 from gateway.events import ResultArchived
 
@@ -94,35 +95,53 @@ def _record(row: sa.RowMapping, *, with_doc: bool) -> ArchivedRecord:
     )
 
 
-def list_archived(engine: sa.Engine, *, pack: str | None = None, limit: int = 100) -> list[ArchivedRecord]:
+# Operators and auditors see every archived run; an analyst, the runs made as them (their releases).
+_SEE_ALL = (Role.OPERATOR, Role.AUDITOR)
+
+
+def _visible_to(query: sa.Select[Any], who: Principal) -> sa.Select[Any]:
+    if who.role in _SEE_ALL:
+        return query
     t = db.archived_results
-    query = sa.select(t).order_by(t.c.period.desc(), t.c.created_at.desc()).limit(limit)
+    mine = sa.select(db.jobs.c.id).where(db.jobs.c.principal == who.name)
+    return query.where(sa.and_(sa.literal(who.role is Role.ANALYST), t.c.job_id.in_(mine)))
+
+
+def list_archived(
+    engine: sa.Engine, who: Principal, *, pack: str | None = None, limit: int = 100
+) -> list[ArchivedRecord]:
+    t = db.archived_results
+    query = _visible_to(sa.select(t).order_by(t.c.period.desc(), t.c.created_at.desc()).limit(limit), who)
     if pack is not None:
         query = query.where(t.c.pack == pack)
     with engine.connect() as conn:
         return [_record(r, with_doc=False) for r in conn.execute(query).mappings()]
 
 
-def archived(engine: sa.Engine, archive_id: str) -> ArchivedRecord:
+def archived(engine: sa.Engine, archive_id: str, who: Principal) -> ArchivedRecord:
+    """One archived run with its document, if `who` may see it (else NotFound, as if there were none)."""
     t = db.archived_results
     with engine.connect() as conn:
-        row = conn.execute(sa.select(t).where(t.c.id == archive_id)).mappings().first()
+        row = conn.execute(_visible_to(sa.select(t).where(t.c.id == archive_id), who)).mappings().first()
     if row is None:
         raise NotFound("no archived result with that id", "archive_id")
     return _record(row, with_doc=True)
 
 
-def previous_of(engine: sa.Engine, record: ArchivedRecord) -> ArchivedRecord | None:
-    """The newest archived run of the same pack for the month before, if there is one."""
+def previous_of(engine: sa.Engine, record: ArchivedRecord, who: Principal) -> ArchivedRecord | None:
+    """The newest archived run of the same pack for the month before that `who` may see, if any."""
     before = previous_months(record.period, 1)[0]
     t = db.archived_results
     with engine.connect() as conn:
         row = (
             conn.execute(
-                sa.select(t)
-                .where(t.c.pack == record.pack, t.c.period == before)
-                .order_by(t.c.created_at.desc())
-                .limit(1)
+                _visible_to(
+                    sa.select(t)
+                    .where(t.c.pack == record.pack, t.c.period == before)
+                    .order_by(t.c.created_at.desc())
+                    .limit(1),
+                    who,
+                )
             )
             .mappings()
             .first()
@@ -139,11 +158,11 @@ def _figures(doc: dict[str, Any]) -> dict[tuple[str, str, str, str], dict[str, A
 
 
 def diff(
-    engine: sa.Engine, archive_id: str
+    engine: sa.Engine, archive_id: str, who: Principal
 ) -> tuple[ArchivedRecord, ArchivedRecord | None, list[FigureChange]]:
     """This run, the previous month's (None if none is archived) and every figure's change."""
-    record = archived(engine, archive_id)
-    previous = previous_of(engine, record)
+    record = archived(engine, archive_id, who)
+    previous = previous_of(engine, record, who)
     now = _figures(record.doc or {})
     before = _figures(previous.doc or {}) if previous is not None else {}
     changes = []

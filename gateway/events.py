@@ -467,17 +467,21 @@ class ScheduleFired(AuditEvent):
     schedule_id: str
     job_id: str
     period: str
-    scheduled_for: str | None
+    trigger: str
+    """`schedule` (the scheduler, on time or late within the grace period) or `operator` (run by hand)"""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScheduleMissed(AuditEvent):
-    """A run the gateway was down for, past the grace period: reported, not run."""
+    """A run the gateway was down for past the grace period, or one that could not be submitted (its
+    principal revoked, its analyst's jobs at their limit): reported, not run."""
 
     action = "schedule.missed"
     outcome = "failed"
     schedule_id: str
-    scheduled_for: str
+    scheduled_for: str | None
+    reason: str
+    """`gateway_down` (past the grace period), or the error code that kept the run from being submitted"""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

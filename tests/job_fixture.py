@@ -31,25 +31,25 @@ from gateway.settings import GatewaySettings
 
 
 class Connectors(httpx.BaseTransport):
-    """Calls to `http://<connector>.fed.test` reach that connector's app; with `hold` set, extracts
-    wait until it is cleared (a run stays mid-way for as long as a test needs)."""
+    """Calls to `http://<connector>.fed.test` reach that connector's app; with `hold` set, calls to
+    `hold_path` wait until it is cleared (a run stays mid-way for as long as a test needs), and `held`
+    says one is waiting."""
 
     def __init__(self, apps: dict[str, TestClient]) -> None:
         self.apps = apps
         self.hold = threading.Event()
         self.held = threading.Event()
-        self.lock = threading.Lock()
+        self.hold_path = "/v1/extract"
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         name = request.url.host.split(".")[0]
-        if request.url.path == "/v1/extract":
+        if request.url.path == self.hold_path and self.hold.is_set():
             self.held.set()
             while self.hold.is_set():
                 time.sleep(0.02)
-        with self.lock:
-            r = self.apps[name].request(
-                request.method, str(request.url), headers=dict(request.headers), content=request.read()
-            )
+        r = self.apps[name].request(
+            request.method, str(request.url), headers=dict(request.headers), content=request.read()
+        )
         return httpx.Response(r.status_code, headers=r.headers, content=r.content)
 
 

@@ -26,6 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from aggregation.indicators import INDICATORS, PACKS
 from gateway import jobs, queries, runner
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal
 from gateway.api.errors import ErrorBody, error_responses
@@ -133,9 +134,13 @@ def submit_job(body: JobIn, ctx: ContextDep, analyst: Analyst) -> JobOut:
     """Queue a run of a query, an indicator or a pack; it runs as the caller, with the approvals, budget
     and audit of the synchronous route. 202 with the job at once; follow it at `events`."""
     kind, target, params = _target_and_params(body)
-    # Refused now rather than in the background: a query that is not the caller's is not found.
+    # Refused now rather than in the background: a query that is not the caller's, an indicator or a
+    # pack that does not exist.
     if kind is jobs.JobKind.QUERY and queries.get_query(ctx.engine, target).analyst != analyst.name:
         raise NotFound("no query with that id", "query_id")
+    known = INDICATORS if kind is jobs.JobKind.INDICATOR else PACKS if kind is jobs.JobKind.PACK else None
+    if known is not None and target not in known:
+        raise NotFound(f"no {kind} named {target!r}; known: {', '.join(sorted(known))}", "body.name")
     return job_out(jobs.submit(ctx, kind, target, params, principal=analyst, submitted_by=analyst.name))
 
 
