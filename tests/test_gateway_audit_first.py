@@ -262,6 +262,14 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         ("PUT", "/v1/monitoring"): ("operator", {**monitoring_config(), "description": "A new version"}),
         ("POST", "/v1/jobs"): ("analyst", {"kind": "pack", "name": "monthly", "period": "2025-12"}),
         ("POST", "/v1/jobs/{job_id}/cancel"): ("analyst", None),
+        ("POST", "/v1/schedules"): (
+            "operator",
+            {"name": "monthly", "pack": "monthly", "cron": {"day": "5", "hour": "2"}, "run_as": "analyst"},
+        ),
+        ("POST", "/v1/schedules/{schedule_id}/pause"): ("operator", None),
+        ("POST", "/v1/schedules/{schedule_id}/resume"): ("operator", None),
+        ("POST", "/v1/schedules/{schedule_id}/run"): ("operator", None),
+        ("DELETE", "/v1/schedules/{schedule_id}"): ("operator", None),
     }
     mutating = {
         (method, path)
@@ -271,8 +279,20 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
     }
     assert mutating == set(calls), "a mutating route is missing from this test"
     queued = _queued_job(fed)
+    schedule = http.post(
+        "/v1/schedules",
+        json={"name": "monthly", "pack": "monthly", "cron": {"day": "5", "hour": "2"}, "run_as": "analyst"},
+        headers=fed.as_("operator"),
+    ).json()
+    paused = http.post(
+        "/v1/schedules",
+        json={"name": "paused", "pack": "monthly", "cron": {"day": "5", "hour": "2"}, "run_as": "analyst"},
+        headers=fed.as_("operator"),
+    ).json()
+    assert http.post(f"/v1/schedules/{paused['id']}/pause", headers=fed.as_("operator")).status_code == 200
     fill = {
         "{job_id}": queued,
+        "{schedule_id}": schedule["id"],
         "{name}": "tax",
         "{query_id}": waiting["id"],
         "{rule_id}": "tax-tests",
@@ -299,6 +319,8 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
             url = "/v1/indicators/income_bands/run"
         if path == "/v1/packs/{name}/run":
             url = "/v1/packs/monthly/run"
+        if path == "/v1/schedules/{schedule_id}/resume":
+            url = f"/v1/schedules/{paused['id']}/resume"
         r = http.request(method, url, json=body, headers=fed.as_(who))
         assert r.status_code == 503, (method, url, r.text)
         assert r.json()["error"]["code"] == "audit_unavailable"

@@ -158,9 +158,7 @@ def test_a_queued_job_cancels_at_once_and_never_runs(fed: Fed, tmp_path: Path) -
     fed.transport.hold.set()
     first = fed.http.post("/v1/jobs", json=PACK, headers=fed.as_("analyst")).json()
     assert fed.transport.held.wait(30)
-    second = fed.http.post(
-        "/v1/jobs", json={**PACK, "period": "2025-11"}, headers=fed.as_("analyst")
-    ).json()
+    second = fed.http.post("/v1/jobs", json={**PACK, "period": "2025-11"}, headers=fed.as_("analyst")).json()
     assert fed.http.get(f"/v1/jobs/{second['id']}", headers=fed.as_("analyst")).json()["state"] == "queued"
     r = fed.http.post(f"/v1/jobs/{second['id']}/cancel", headers=fed.as_("analyst"))
     assert r.json()["state"] == "cancelled" and r.json()["finished_at"] is not None
@@ -206,7 +204,9 @@ def test_jobs_are_private_to_their_analyst_and_operators(fed: Fed) -> None:
     r = fed.http.post(f"/v1/jobs/{job['id']}/cancel", headers=fed.as_("other-analyst"))
     assert r.status_code == 404
     assert fed.http.get("/v1/jobs", headers=fed.as_("other-analyst")).json()["jobs"] == []
-    assert [j["id"] for j in fed.http.get("/v1/jobs", headers=fed.as_("operator")).json()["jobs"]] == [job["id"]]
+    assert [j["id"] for j in fed.http.get("/v1/jobs", headers=fed.as_("operator")).json()["jobs"]] == [
+        job["id"]
+    ]
     assert fed.http.post("/v1/jobs", json=PACK, headers=fed.as_("operator")).status_code == 403
     # An operator may cancel any job.
     assert fed.http.post(f"/v1/jobs/{job['id']}/cancel", headers=fed.as_("operator")).status_code == 200
