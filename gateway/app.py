@@ -1,7 +1,7 @@
 """The gateway's FastAPI application and its start-up.
 
     build_context(settings)  database (migrated), gateway key, ledger, audit trail, recovery of runs
-                             a dead process left (`gateway.lifecycle`)
+                             a dead process left (`gateway.lifecycle`) and of its jobs (`gateway.jobs`)
     create_app(context)      routes, one error shape, request ids, metrics, the audit middleware
 
 Every HTTP request, allowed or refused, is appended to the audit trail before its response starts; if
@@ -32,11 +32,13 @@ from connectors.protocol import load_private_key, private_key_pem
 from gateway import db, monitoring
 from gateway.api import audit as audit_routes
 from gateway.api import indicators as indicator_routes
+from gateway.api import jobs as job_routes
 from gateway.api import key_groups as key_group_routes
 from gateway.api import monitoring as monitoring_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
+from gateway.api import schedules as schedule_routes
 from gateway.api.errors import (
     REQUEST_ID_HEADER,
     UNHANDLED_MESSAGE,
@@ -52,9 +54,11 @@ from gateway.context import GatewayContext
 from gateway.errors import AuditUnavailable, ErrorCode, GatewayError
 from gateway.events import HttpRequest, UnauthenticatedFlood
 from gateway.flood import FloodGate
+from gateway.jobs import recover_interrupted_jobs, resume_queued
 from gateway.lifecycle import recover_interrupted_runs
 from gateway.limits import install_body_limit
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
+from gateway.schedules import Scheduler
 from gateway.settings import GatewaySettings, SettingsError
 from privacy.ledger import Ledger
 
@@ -152,6 +156,7 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
     monitoring.load_settings_file(ctx)
     ctx.tls = connector_tls(settings)
     recover_interrupted_runs(ctx.engine, ctx.ledger, ctx.audit)
+    recover_interrupted_jobs(ctx)
     return ctx
 
 
@@ -313,7 +318,14 @@ def create_app(context: GatewayContext) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if context.checkpointer is not None:
             context.checkpointer.start()
+        resume_queued(context)
+        scheduler = Scheduler(context) if context.settings.schedules_enabled else None
+        if scheduler is not None:
+            scheduler.start()
         yield
+        if scheduler is not None:
+            scheduler.stop()
+        context.stop_jobs()
         if context.checkpointer is not None:
             context.checkpointer.stop()
         context.federation().close()
@@ -352,6 +364,8 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(run_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(indicator_routes.router)
+    app.include_router(job_routes.router)
+    app.include_router(schedule_routes.router)
     app.include_router(monitoring_routes.router)
     install_console(app, context)
     return app

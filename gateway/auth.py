@@ -38,6 +38,7 @@ __all__ = [
     "create_principal",
     "hash_key",
     "list_principals",
+    "principal_named",
     "require_department",
     "revoke_principal",
 ]
@@ -264,6 +265,26 @@ def active_principal(engine: sa.Engine, principal_id: str, *, now: datetime | No
     status = record.status(now)
     if status != "active" or record.expires_at is None:
         raise Unauthenticated(f"API key {status}; ask an operator for a new one")
+    return Principal(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        department=record.department,
+        expires_at=record.expires_at,
+    )
+
+
+def principal_named(engine: sa.Engine, name: str, *, now: datetime | None = None) -> Principal:
+    """The active principal called `name` (a job or a schedule runs as one); `Unauthenticated` if it is
+    unknown, expired or revoked, so a revoked key stops what runs in its name."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(principals).where(principals.c.name == name)).mappings().first()
+    if row is None:
+        raise Unauthenticated(f"no principal named {name!r}; create it with `fedgate users create`")
+    record = _record(row)
+    status = record.status(now)
+    if status != "active" or record.expires_at is None:
+        raise Unauthenticated(f"the principal {name!r} is {status}; ask an operator for a new key")
     return Principal(
         id=record.id,
         name=record.name,

@@ -1,7 +1,7 @@
 """The console's server-side sessions: one row per signed-in browser, keyed by the SHA-256 of its cookie.
 
 Revision ID: 0008
-Revises: 0006 (the latest revision on this line; re-chained at merge if another lands before it)
+Revises: 0007 (the jobs, schedules and archive)
 
 Written out rather than created from the live metadata, so a later change to
 `gateway.db.console_sessions` needs a revision of its own. Constraint names follow
@@ -17,7 +17,7 @@ from alembic import op
 TIMESTAMP = sa.DateTime(timezone=True)
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
