@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean browser screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,21 @@ lint: $(STAMP)
 # Two workers, one test file each at a time: a file's module fixtures (a county, a federation) are built once.
 PYTEST_WORKERS ?= 2
 
-test: lint
+# The console's browser tests drive Debian's Chromium through Playwright (which never downloads a browser
+# here); a fresh machine (CI runs as root) gets the package first.
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+browser: $(CHROMIUM)
+
+test: lint browser
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
+# Screenshots of the console's main pages into docs/console/ (the browser tests write them).
+screenshots: $(STAMP) browser
+	FEDGATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:randomly tests/test_console_browser.py tests/test_console_analyst_browser.py tests/test_console_operator_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' && $(BIN)/python -m bench

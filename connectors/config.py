@@ -338,6 +338,9 @@ class LoadedConfig(BaseModel):
     config: ConnectorConfig
     domains: dict[tuple[str, str], tuple[str, ...]]
     """(dataset, dimension) -> the public domain of codes, in code-list order."""
+    labels: dict[tuple[str, str], dict[str, str]] = {}
+    """(dataset, dimension) -> code -> its published name, where the code list has a `name` or `label`
+    column (villages like 里塘社区, the NBS urban-rural classes): public, shown beside the codes."""
 
 
 def _read_document(path: Path) -> dict[str, Any]:
@@ -381,6 +384,20 @@ def read_codelist(path: Path) -> tuple[str, ...]:
     return codes
 
 
+LABEL_COLUMNS = ("name", "label")
+
+
+def read_codelist_labels(path: Path) -> dict[str, str]:
+    """Code -> name from a code list's `name` (or else `label`) column; empty when it has neither."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    column = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
+    if column is None:
+        return {}
+    return {r[0].strip(): r[column].strip() for r in rows[1:] if len(r) > column and r[0].strip()}
+
+
 def _resolve(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p)
 
@@ -405,12 +422,14 @@ def load_config(path: str | Path) -> LoadedConfig:
         )
     datasets = []
     domains: dict[tuple[str, str], tuple[str, ...]] = {}
+    labels: dict[tuple[str, str], dict[str, str]] = {}
     for ds in cfg.datasets:
         dims = []
         for dim in ds.dimensions:
             if dim.codelist is not None:
                 resolved = _resolve(base, dim.codelist)
                 domains[(ds.name, dim.name)] = read_codelist(resolved)
+                labels[(ds.name, dim.name)] = read_codelist_labels(resolved)
                 dim = dim.model_copy(update={"codelist": resolved})
             elif dim.derived is DerivedDimension.BIRTH_YEAR_BAND:
                 domains[(ds.name, dim.name)] = BIRTH_YEAR_BANDS
@@ -428,7 +447,7 @@ def load_config(path: str | Path) -> LoadedConfig:
             "state_dir": _resolve(base, cfg.state_dir),
         }
     )
-    return LoadedConfig(path=path, config=cfg, domains=domains)
+    return LoadedConfig(path=path, config=cfg, domains=domains, labels=labels)
 
 
 def read_signing_key(loaded: LoadedConfig) -> bytes:

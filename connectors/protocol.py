@@ -321,6 +321,9 @@ class MeasureSchema(_Model):
 class DimensionSchema(_Model):
     name: str
     domain: tuple[str, ...] = Field(description="the public domain of codes (from a published code list)")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="code -> its published name, from the same code list (public)"
+    )
     derived_from_id: bool = False
     household_level: bool = False
     description: str = ""

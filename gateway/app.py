@@ -1,7 +1,7 @@
 """The gateway's FastAPI application and its start-up.
 
     build_context(settings)  database (migrated), gateway key, ledger, audit trail, recovery of runs
-                             a dead process left (`gateway.lifecycle`)
+                             a dead process left (`gateway.lifecycle`) and of its jobs (`gateway.jobs`)
     create_app(context)      routes, one error shape, request ids, metrics, the audit middleware
 
 Every HTTP request, allowed or refused, is appended to the audit trail before its response starts; if
@@ -32,11 +32,13 @@ from connectors.protocol import load_private_key, private_key_pem
 from gateway import db, monitoring
 from gateway.api import audit as audit_routes
 from gateway.api import indicators as indicator_routes
+from gateway.api import jobs as job_routes
 from gateway.api import key_groups as key_group_routes
 from gateway.api import monitoring as monitoring_routes
 from gateway.api import queries as query_routes
 from gateway.api import registry as registry_routes
 from gateway.api import runs as run_routes
+from gateway.api import schedules as schedule_routes
 from gateway.api.errors import (
     REQUEST_ID_HEADER,
     UNHANDLED_MESSAGE,
@@ -46,14 +48,17 @@ from gateway.api.errors import (
     log_unhandled,
 )
 from gateway.audit_trail import AuditTrail
-from gateway.auth import authenticate
+from gateway.auth import Principal, authenticate
+from gateway.console import STATIC_PREFIX, install_console, session_principal
 from gateway.context import GatewayContext
 from gateway.errors import AuditUnavailable, ErrorCode, GatewayError
 from gateway.events import HttpRequest, UnauthenticatedFlood
 from gateway.flood import FloodGate
+from gateway.jobs import recover_interrupted_jobs, resume_queued
 from gateway.lifecycle import recover_interrupted_runs
 from gateway.limits import install_body_limit
 from gateway.observability import _route_template, health_router, install_metrics, metrics_router
+from gateway.schedules import Scheduler
 from gateway.settings import GatewaySettings, SettingsError
 from privacy.ledger import Ledger
 
@@ -151,6 +156,7 @@ def build_context(settings: GatewaySettings, *, engine: sa.Engine | None = None)
     monitoring.load_settings_file(ctx)
     ctx.tls = connector_tls(settings)
     recover_interrupted_runs(ctx.engine, ctx.ledger, ctx.audit)
+    recover_interrupted_jobs(ctx)
     return ctx
 
 
@@ -186,13 +192,28 @@ class AuditMiddleware:
     caught here, audited as a 500 with its type, and answered with the one error shape.
     """
 
-    def __init__(self, app: ASGIApp, context: GatewayContext, flood: FloodGate | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        context: GatewayContext,
+        flood: FloodGate | None = None,
+        session_principal: Callable[[Scope], Principal | None] | None = None,
+        static_prefix: str | None = None,
+    ) -> None:
         self.app = app
         self.ctx = context
         self.flood = flood or FloodGate()
+        self.session_principal = session_principal
+        # The console's packaged assets (CSS, scripts, the vendored documentation bundles): the same
+        # files for everyone, about no one, so neither audited one by one nor counted against a source.
+        self.static_prefix = static_prefix
 
     def _principal(self, scope: Scope) -> tuple[str | None, str | None]:
-        """Authenticate once per request; the route's dependency reuses the result (scope state)."""
+        """Authenticate once per request; the route's dependency reuses the result (scope state).
+
+        An API key in the Authorization header, else (for the console's paths only) the signed-in
+        session its cookie names (`session_principal`), so console requests are audited under their
+        principal and are not counted as unauthenticated."""
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value.startswith(b"Bearer "):
                 try:
@@ -201,10 +222,16 @@ class AuditMiddleware:
                     return None, None
                 scope.setdefault("state", {})["principal"] = p
                 return p.name, p.role.value
+        if self.session_principal is not None:
+            session_principal = self.session_principal(scope)
+            if session_principal is not None:
+                return session_principal.name, session_principal.role.value
         return None, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.static_prefix is not None and scope.get("path", "").startswith(self.static_prefix)
+        ):
             await self.app(scope, receive, send)
             return
         from fastapi.concurrency import run_in_threadpool
@@ -291,13 +318,23 @@ def create_app(context: GatewayContext) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if context.checkpointer is not None:
             context.checkpointer.start()
+        resume_queued(context)
+        scheduler = Scheduler(context) if context.settings.schedules_enabled else None
+        if scheduler is not None:
+            scheduler.start()
         yield
+        if scheduler is not None:
+            scheduler.stop()
+        context.stop_jobs()
         if context.checkpointer is not None:
             context.checkpointer.stop()
         context.federation().close()
 
     app = FastAPI(
         lifespan=lifespan,
+        # The documentation pages are served by the console from vendored assets (`gateway.console.docs`).
+        docs_url=None,
+        redoc_url=None,
         title="fedgate gateway",
         version="1",
         description=(
@@ -309,7 +346,12 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.state.context = context
     app.state.engine = context.engine
     install_body_limit(app, context.settings.max_body_bytes)
-    app.add_middleware(AuditMiddleware, context=context)
+    app.add_middleware(
+        AuditMiddleware,
+        context=context,
+        session_principal=session_principal(context),
+        static_prefix=STATIC_PREFIX,
+    )
     install_error_handlers(app)
     if context.settings.metrics_enabled:
         install_metrics(app)
@@ -322,5 +364,8 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(run_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(indicator_routes.router)
+    app.include_router(job_routes.router)
+    app.include_router(schedule_routes.router)
     app.include_router(monitoring_routes.router)
+    install_console(app, context)
     return app

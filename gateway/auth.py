@@ -33,10 +33,12 @@ __all__ = [
     "Principal",
     "PrincipalRecord",
     "Role",
+    "active_principal",
     "authenticate",
     "create_principal",
     "hash_key",
     "list_principals",
+    "principal_named",
     "require_department",
     "revoke_principal",
 ]
@@ -243,6 +245,46 @@ def authenticate(engine: sa.Engine, key: str | None, *, now: datetime | None = N
     status = record.status(now)
     if status != "active" or record.expires_at is None:
         raise Unauthenticated(f"API key {status}; ask an operator for a new one")
+    return Principal(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        department=record.department,
+        expires_at=record.expires_at,
+    )
+
+
+def active_principal(engine: sa.Engine, principal_id: str, *, now: datetime | None = None) -> Principal:
+    """The principal with this id if its key is still active (not revoked, not expired), else
+    `Unauthenticated`: a console session lasts no longer than the key it was opened with."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(principals).where(principals.c.id == principal_id)).mappings().first()
+    if row is None:
+        raise Unauthenticated(INVALID_KEY)
+    record = _record(row)
+    status = record.status(now)
+    if status != "active" or record.expires_at is None:
+        raise Unauthenticated(f"API key {status}; ask an operator for a new one")
+    return Principal(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        department=record.department,
+        expires_at=record.expires_at,
+    )
+
+
+def principal_named(engine: sa.Engine, name: str, *, now: datetime | None = None) -> Principal:
+    """The active principal called `name` (a job or a schedule runs as one); `Unauthenticated` if it is
+    unknown, expired or revoked, so a revoked key stops what runs in its name."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(principals).where(principals.c.name == name)).mappings().first()
+    if row is None:
+        raise Unauthenticated(f"no principal named {name!r}; create it with `fedgate users create`")
+    record = _record(row)
+    status = record.status(now)
+    if status != "active" or record.expires_at is None:
+        raise Unauthenticated(f"the principal {name!r} is {status}; ask an operator for a new key")
     return Principal(
         id=record.id,
         name=record.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from fastapi import Request
 from audit.checkpoint import Checkpointer
 from gateway.audit_trail import AuditTrail
 from gateway.federation import Federation
+from gateway.job_pool import JobPool
 from gateway.limits import RunSlots
 from gateway.settings import GatewaySettings
 from privacy.ledger import Ledger
@@ -39,6 +41,24 @@ class GatewayContext:
     """each analyst's runs in progress (`FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST`)"""
     _federation: Federation | None = field(default=None, repr=False)
     _federation_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _job_pool: JobPool | None = field(default=None, repr=False)
+    scheduler: Any = field(default=None, repr=False)
+    """the monthly schedules' scheduler (`gateway.schedules.Scheduler`), while the app runs"""
+
+    def job_pool(self) -> JobPool:
+        """The process's job workers, started on first use (`FEDGATE_JOB_WORKERS`)."""
+        from gateway import jobs  # the jobs run through services that import this module
+
+        with self._federation_lock:
+            if self._job_pool is None:
+                self._job_pool = JobPool(lambda job_id: jobs.work(self, job_id), self.settings.job_workers)
+            return self._job_pool
+
+    def stop_jobs(self, *, wait: bool = True) -> None:
+        with self._federation_lock:
+            pool, self._job_pool = self._job_pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait)
 
     def federation(self) -> Federation:
         """The long-lived connector links, made on first use with this context's key, transport and TLS."""

@@ -4,7 +4,9 @@ An embedded SQLite file by default, PostgreSQL in production. The schema is crea
 the Alembic revisions in `gateway/migrations/`, never by `metadata.create_all`, so every deployment walks
 the same history. The tables hold principals (key hashes only), the connector registry, queries,
 department-signed approvals and rules, the named key groups (revision 0004), the versions of the
-monitoring configuration (revision 0006), and the simple audit table
+monitoring configuration (revision 0006), the jobs, the monthly schedules (with the scheduler's own job
+store) and the archive of scheduled results (revision 0007), the console's sessions (revision 0008), and
+the simple audit table
 of revision 0001 (superseded by the tamper-evident log of `audit.store`, revision 0003, and left empty).
 Nothing token-level or row-level is ever stored here.
 """
@@ -30,10 +32,13 @@ __all__ = [
     "alembic_config",
     "allowed_endpoints",
     "approvals",
+    "archived_results",
     "audit_simple",
     "connector_versions",
     "connectors",
+    "console_sessions",
     "gateway_metadata",
+    "jobs",
     "key_groups",
     "make_engine",
     "migrate",
@@ -41,6 +46,8 @@ __all__ = [
     "principals",
     "queries",
     "rules",
+    "scheduler_jobs",
+    "schedules",
     "utcnow",
 ]
 
@@ -62,6 +69,10 @@ NAMING_CONVENTION = {
 ROLES = ("operator", "department_admin", "analyst", "auditor")
 QUERY_STATES = ("submitted", "approved", "rejected", "running", "released", "failed")
 DECISIONS = ("approved", "rejected")
+JOB_KINDS = ("query", "indicator", "pack")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+SCHEDULE_STATES = ("active", "paused", "removed")
+PERIOD_RULES = ("previous_month",)
 
 # Any fixed 64-bit number; it only has to be the same in every gateway process.
 _MIGRATION_LOCK_ID = 0x66656467617465  # "fedgate"
@@ -231,6 +242,94 @@ monitoring_configs = sa.Table(
     sa.Column("created_by", sa.String(_NAME), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.CheckConstraint("version >= 1", name="version_positive"),
+)
+
+# The console's server-side sessions (revision 0008): the browser holds only a random session id in an
+# HttpOnly cookie; the row holds its SHA-256, the principal it signed in as, the CSRF token of its forms
+# and when it was last used (the idle timeout). Signing out or expiring deletes the row.
+console_sessions = sa.Table(
+    "console_sessions",
+    gateway_metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("principal_id", sa.String(32), sa.ForeignKey("principals.id"), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+# A run of a query, an indicator or a pack, submitted over HTTP or by a schedule; worked by the gateway
+# process's job pool (`gateway.jobs`). Results and errors are the public documents a client would get.
+jobs = sa.Table(
+    "jobs",
+    gateway_metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("params_json", sa.Text(), nullable=False),
+    sa.Column("principal", sa.String(_NAME), nullable=False, index=True),
+    sa.Column("submitted_by", sa.String(_NAME), nullable=False),
+    sa.Column("schedule_id", sa.String(32), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("steps_done", sa.Integer(), nullable=False),
+    sa.Column("steps_total", sa.Integer(), nullable=False),
+    sa.Column("current_step", sa.String(200), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+    sa.Column("error_json", sa.Text(), nullable=True),
+    sa.Column("result_json", sa.Text(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=True),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint(one_of("kind", JOB_KINDS), name="kind"),
+    sa.CheckConstraint(one_of("state", JOB_STATES), name="state"),
+)
+
+# An operator's monthly schedule of a pack; the trigger itself lives in `scheduler_jobs`.
+schedules = sa.Table(
+    "schedules",
+    gateway_metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(_NAME), nullable=False),
+    sa.Column("pack", sa.String(32), nullable=False),
+    sa.Column("period_rule", sa.String(32), nullable=False),
+    sa.Column("cron_json", sa.Text(), nullable=False),
+    sa.Column("run_as", sa.String(_NAME), nullable=False),
+    sa.Column("epsilon", sa.String(32), nullable=True),
+    sa.Column("groups_json", sa.Text(), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_by", sa.String(_NAME), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("last_run_at", UtcDateTime(), nullable=True),
+    sa.Column("last_job_id", sa.String(32), nullable=True),
+    sa.Column("last_missed_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint(one_of("state", SCHEDULE_STATES), name="state"),
+    sa.CheckConstraint(one_of("period_rule", PERIOD_RULES), name="period_rule"),
+)
+
+# APScheduler's SQLAlchemyJobStore table, spelled as that library defines it, so the scheduler finds it
+# made by our migrations rather than creating it itself.
+scheduler_jobs = sa.Table(
+    "scheduler_jobs",
+    gateway_metadata,
+    sa.Column("id", sa.Unicode(191), primary_key=True),
+    sa.Column("next_run_time", sa.Float(25), index=True),
+    sa.Column("job_state", sa.LargeBinary(), nullable=False),
+)
+
+# The released figures of each scheduled pack run, kept for listing and month-on-month comparison.
+archived_results = sa.Table(
+    "archived_results",
+    gateway_metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("pack", sa.String(32), nullable=False),
+    sa.Column("period", sa.String(7), nullable=False),
+    sa.Column("job_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("schedule_id", sa.String(32), nullable=True),
+    sa.Column("figures_json", sa.Text(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Index("ix_archived_results_pack_period", "pack", "period"),
 )
 
 audit_simple = sa.Table(

@@ -7,6 +7,7 @@
      ├── Invalid                            an input is refused; `field` names it
      │    └── ApprovalInvalid               a department's signature or approval that does not hold
      ├── Conflict(reason)                   the thing is not in a state that allows this
+     │    └── Cancelled                     a job's run stopped because it was cancelled
      ├── NotApproved(waiting)               a query waits for departments (`waiting`: who, and why)
      ├── BudgetRefused(scope, requested, remaining)
      ├── RateLimited
@@ -32,6 +33,7 @@ __all__ = [
     "ApprovalInvalid",
     "AuditUnavailable",
     "BudgetRefused",
+    "Cancelled",
     "Conflict",
     "ConnectorFailed",
     "ConnectorUnavailable",
@@ -106,6 +108,17 @@ class Conflict(GatewayError):
     def __init__(self, message: str, field: str | None = None, *, reason: str | None = None) -> None:
         self.reason = reason
         super().__init__(message, field)
+
+
+class Cancelled(Conflict):
+    """A run stopped at a step because its job was cancelled (`gateway.progress`)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the job was cancelled; what no data had reached was refunded, the rest stays charged",
+            None,
+            reason="cancelled",
+        )
 
 
 class NotApproved(GatewayError):

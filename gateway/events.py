@@ -36,12 +36,18 @@ __all__ = [
     "ConnectorEnabled",
     "ConnectorRegistered",
     "ConnectorRequest",
+    "ConsoleSignedIn",
+    "ConsoleSignedOut",
     "DatasetCapChanged",
     "EndpointAllowed",
     "ExtractPlanned",
     "HttpRequest",
     "IndicatorFailed",
     "IndicatorRun",
+    "JobCancelled",
+    "JobFinished",
+    "JobInterrupted",
+    "JobSubmitted",
     "KeyGroupRegistered",
     "KeyGroupRetired",
     "MonitoringConfigChanged",
@@ -55,8 +61,13 @@ __all__ = [
     "QuerySubmitted",
     "QuotaChanged",
     "ReservationReleased",
+    "ResultArchived",
     "RuleRegistered",
     "RuleRevoked",
+    "ScheduleChanged",
+    "ScheduleCreated",
+    "ScheduleFired",
+    "ScheduleMissed",
     "UnauthenticatedFlood",
     "UserCreated",
     "UserRevoked",
@@ -195,6 +206,27 @@ class UserCreated(AuditEvent):
 class UserRevoked(AuditEvent):
     action = "user.revoked"
     principal: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsoleSignedIn(AuditEvent):
+    """A browser signed in to the console with a principal's API key; `session` is a public reference
+    (the first 16 hex digits of the SHA-256 of the session's hash), never the cookie."""
+
+    action = "console.signed_in"
+    principal: str
+    role: str
+    session: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsoleSignedOut(AuditEvent):
+    """A console session ended: `reason` is signed_out, idle or expired."""
+
+    action = "console.signed_out"
+    principal: str
+    session: str
+    reason: str
 
 
 # --- queries, approvals, rules
@@ -377,6 +409,114 @@ class IndicatorFailed(AuditEvent):
     refunded: list[str]
     reason: str | None = None
     """`preflight`: a connector could not serve its part, found before anything was reserved"""
+
+
+# --- jobs and schedules
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobSubmitted(AuditEvent):
+    """A run queued as a job (`principal`: who it runs as; a schedule's named principal for a scheduled
+    run); its queries, charges and releases are audited by the runner as for a synchronous run."""
+
+    action = "job.submitted"
+    job_id: str
+    kind: str
+    target: str
+    principal: str
+    schedule_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobCancelled(AuditEvent):
+    """A cancel: a queued job stops at once; a running one at its next step, refunded by the refund
+    rule where no data had arrived."""
+
+    action = "job.cancelled"
+    job_id: str
+    state: str
+    """the job's state when the cancel was asked for"""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobFinished(AuditEvent):
+    """A job reached a final state (succeeded, failed or cancelled) with its public error code."""
+
+    action = "job.finished"
+    job_id: str
+    state: str
+    error: str | None = None
+
+    def to_event(self) -> dict[str, Any]:
+        event = super().to_event()
+        event["outcome"] = "ok" if self.state == "succeeded" else "failed"
+        return event
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobInterrupted(AuditEvent):
+    """A job found running at start: its process died; its queries are settled by `lifecycle`."""
+
+    action = "job.interrupted"
+    outcome = "failed"
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScheduleCreated(AuditEvent):
+    action = "schedule.created"
+    schedule_id: str
+    name: str
+    pack: str
+    period_rule: str
+    cron: dict[str, str]
+    run_as: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScheduleChanged(AuditEvent):
+    """An operator paused, resumed or removed a schedule (`state` is the new one)."""
+
+    action = "schedule.changed"
+    schedule_id: str
+    state: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScheduleFired(AuditEvent):
+    """A schedule's run was submitted as a job (on time, late within the grace period, or by hand)."""
+
+    action = "schedule.fired"
+    schedule_id: str
+    job_id: str
+    period: str
+    trigger: str
+    """`schedule` (the scheduler, on time or late within the grace period) or `operator` (run by hand)"""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScheduleMissed(AuditEvent):
+    """A run the gateway was down for past the grace period, or one that could not be submitted (its
+    principal revoked, its analyst's jobs at their limit): reported, not run."""
+
+    action = "schedule.missed"
+    outcome = "failed"
+    schedule_id: str
+    scheduled_for: str | None
+    reason: str
+    """`gateway_down` (past the grace period), or the error code that kept the run from being submitted"""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResultArchived(AuditEvent):
+    """A scheduled pack's released figures kept in the archive (by the digest of what was stored)."""
+
+    action = "result.archived"
+    archive_id: str
+    job_id: str
+    pack: str
+    period: str
+    figures_digest: str
 
 
 # --- connector calls

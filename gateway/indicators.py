@@ -57,6 +57,7 @@ from gateway.errors import BudgetRefused, Conflict, ConnectorUnavailable, Invali
 from gateway.events import BudgetRefused as BudgetRefusedEvent
 from gateway.events import IndicatorFailed, IndicatorRun
 from gateway.lifecycle import QueryState, release_unused, stays_charged
+from gateway.progress import NO_PROGRESS, Progress, Within
 from gateway.registry import catalog
 from privacy.errors import BudgetExceeded
 from privacy.ledger import Charge
@@ -191,6 +192,7 @@ def run_indicator(
     groups: list[str] | None = None,
     baseline: str | None = None,
     drop_share: Decimal | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> dict[str, Any]:
     template = INDICATORS.get(name)
     if template is None:
@@ -218,7 +220,9 @@ def run_indicator(
     items, total = _with_epsilon(
         cat, lambda t: config, lambda e: [(template, params.model_copy(update={"epsilon": e}))], epsilon
     )
-    results = _execute(ctx, cat, configured, analyst, items, label=name, config_of=lambda t: config)
+    results = _execute(
+        ctx, cat, configured, analyst, items, label=name, config_of=lambda t: config, progress=progress
+    )
     return {
         "pack": None,
         "period": period,
@@ -236,6 +240,7 @@ def run_pack(
     period: str,
     epsilon: Decimal | None,
     groups: list[str] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> dict[str, Any]:
     declared = PACKS.get(name)
     if declared is None:
@@ -260,7 +265,9 @@ def run_pack(
         return pack.params(period=period, epsilon=e, analyst=analyst.name, groups=resolved)
 
     items, total = _with_epsilon(cat, config_of, make, epsilon, default=pack.default_epsilon)
-    results = _execute(ctx, cat, configured, analyst, items, label=f"pack:{name}", config_of=config_of)
+    results = _execute(
+        ctx, cat, configured, analyst, items, label=f"pack:{name}", config_of=config_of, progress=progress
+    )
     if pack.rolling_member is not None:
         rolled = _rolling(ctx, pack, config, period, total, analyst, resolved)
         if rolled is not None:
@@ -315,7 +322,10 @@ def _execute(
     *,
     label: str,
     config_of: ConfigOf,
+    progress: Progress = NO_PROGRESS,
 ) -> list[dict[str, Any]]:
+    """Submit, check, reserve and run the queries of `items`; `progress` hears "approvals", "preflight",
+    "reserve", each query's runner steps (prefixed "query i/n <role>") and "figures"."""
     built = _build(items, config_of)
     flat = [q for qs in built for q in qs]
     plans = _plans(cat, flat)
@@ -352,6 +362,8 @@ def _execute(
     to_run = [
         (q, plan) for q, plan, record in zip(flat, plans, records, strict=True) if record.id not in done
     ]
+    progress.begin(3 + len(to_run) * len(runner.RUN_STEPS) + 1)
+    progress.step("approvals")
     # Audited before anything is reserved: if the audit log cannot be written, nothing runs (503).
     ctx.audit.record(
         IndicatorRun(
@@ -367,6 +379,7 @@ def _execute(
         # Every connector confirms every query's part before the whole total is reserved.
         by_id = {r.id: r for r in records}
         try:
+            progress.step("preflight")
             preflight.require_all_ready(
                 ctx,
                 [(plan, queries.covers(ctx.engine, by_id[q.spec.query_id], plan)[0]) for q, plan in to_run],
@@ -378,6 +391,7 @@ def _execute(
                 IndicatorFailed(actor=analyst.name, indicator=label, refunded=[], reason="preflight")
             )
             raise
+        progress.step("reserve")
         try:
             ctx.ledger.reserve_many(
                 [
@@ -415,7 +429,10 @@ def _execute(
                 query_id=q.spec.query_id,
                 step=f"{i}/{len(flat)}",
             )
-            released[q.spec.query_id] = runner.run_query(ctx, q.spec.query_id, analyst, preflighted=True)
+            part = Within(progress, f"query {i}/{len(flat)} {q.role}")
+            released[q.spec.query_id] = runner.run_query(
+                ctx, q.spec.query_id, analyst, preflighted=True, progress=part
+            )
             if q.spec.query_id in pending:
                 pending.remove(q.spec.query_id)
     except BaseException:
@@ -425,6 +442,7 @@ def _execute(
         for qid in pending:
             release_unused(ctx.ledger, qid)
         raise
+    progress.step("figures", stoppable=False)
     out = []
     for (template, params), subqueries in zip(items, built, strict=True):
         releases = {q.role: released[q.spec.query_id]["release"] for q in subqueries}

@@ -67,10 +67,14 @@ def _route_template(scope: Scope) -> str:
     """
     fastapi_scope = scope.get("fastapi")
     effective = fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    # Inside a mounted app (the console at /console) the route is the mounted app's; its mount path is
+    # what the mount added to root_path.
+    root_path = str(scope.get("root_path", ""))
+    mount = root_path[len(str(scope.get("app_root_path", root_path))) :]
     for candidate in (effective, scope.get("route")):
         template = getattr(candidate, "path_format", None)
         if isinstance(template, str) and template:
-            return template
+            return mount + template
     return UNMATCHED_ROUTE
 
 

@@ -85,6 +85,7 @@ from gateway.events import (
 )
 from gateway.federation import ConnectorCallError, ConnectorRefused, ConnectorUnreachable, extract_request
 from gateway.lifecycle import QueryState, release_unused, stays_charged, transition
+from gateway.progress import NO_PROGRESS, Progress
 from gateway.registry import get_connector, is_callable
 from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.neighbours import describe
@@ -146,11 +147,22 @@ def stored_result(ctx: GatewayContext, record: queries.QueryRecord) -> dict[str,
     return doc
 
 
+# The steps a run reports (`gateway.progress`); a cancel stops it at any of them before "release", when
+# no data has arrived yet.
+RUN_STEPS = ("prepare", "preflight", "reserve", "health", "plan", "extracts", "release", "commit")
+
+
 def run_query(
-    ctx: GatewayContext, query_id: str, analyst: Principal, *, preflighted: bool = False
+    ctx: GatewayContext,
+    query_id: str,
+    analyst: Principal,
+    *,
+    preflighted: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> dict[str, Any]:
     """Run an approved query of `analyst` once; later calls return the stored result. `preflighted`:
-    the caller (an indicator run) already had every connector confirm its part before reserving."""
+    the caller (an indicator run) already had every connector confirm its part before reserving;
+    `progress` hears each of `RUN_STEPS` and may stop the run before data arrives."""
     record = queries.get_query(ctx.engine, query_id)
     if record.analyst != analyst.name:
         raise NotFound("no query with that id", "query_id")
@@ -172,7 +184,8 @@ def run_query(
         raise Conflict(
             f"the query is {record.state}; it runs only when approved", "query_id", reason=record.state.value
         )
-    run = Run(ctx, plan, found, analyst, preflighted=preflighted)
+    run = Run(ctx, plan, found, analyst, preflighted=preflighted, progress=progress)
+    progress.begin(len(RUN_STEPS))
     run.start()
     try:
         return run.execute()
@@ -213,9 +226,11 @@ class Run:
         analyst: Principal,
         *,
         preflighted: bool = False,
+        progress: Progress = NO_PROGRESS,
     ) -> None:
         self.ctx = ctx
         self.preflighted = preflighted
+        self.progress = progress
         self.plan = plan
         self.spec = plan.query
         self.qid = plan.query.query_id
@@ -241,16 +256,26 @@ class Run:
             )
 
     def execute(self) -> dict[str, Any]:
+        step = self.progress.step
+        step("prepare")
         prepared = self.prepare()
+        step("preflight")
         self.ready()
+        step("reserve")
         self.reserve()
+        step("health")
         witnessed = self.preflight()
+        step("plan")
         requests = self.log_planned()
         # Signed after the planned extracts are logged, so the checkpoint each extract carries includes it.
         checkpoint = self.ctx.checkpointer.checkpoint() if self.ctx.checkpointer is not None else None
+        step("extracts")
         tables = self.fetch(requests, checkpoint, witnessed)
+        # Data has arrived: the budget is spent whatever happens, so a cancel no longer stops the run.
+        step("release", stoppable=False)
         doc = self.release(prepared, tables)
         del tables
+        step("commit", stoppable=False)
         self.commit(doc)
         return doc
 

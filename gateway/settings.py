@@ -104,12 +104,38 @@ class GatewaySettings(BaseSettings):
     max_concurrent_runs_per_analyst: int = Field(
         2, ge=1, le=64, description="runs (queries, indicators, packs) one analyst may have in progress"
     )
+    job_workers: int = Field(
+        2, ge=1, le=32, description="jobs (queries, indicators, packs) the gateway process runs at once"
+    )
+    max_queued_jobs_per_analyst: int = Field(
+        10, ge=1, le=1000, description="jobs one analyst may have queued or running (429 past it)"
+    )
+    schedules_enabled: bool = Field(
+        True,
+        description="run the monthly schedules in this process (off: a systemd timer or CronJob runs them)",
+    )
+    schedule_timezone: str = Field(
+        "Asia/Shanghai", description="the time zone of every schedule's cron fields and of 'previous month'"
+    )
+    schedule_grace_seconds: int = Field(
+        6 * 3600,
+        ge=1,
+        le=31 * 86_400,
+        description="a run missed while the gateway was down still runs at start within this time; "
+        "later, it is reported as missed (audited, shown in the schedule's status)",
+    )
     monitoring_config_file: Path | None = Field(
         None,
         description="the monitoring configuration (YAML) the indicators are built from; read at start "
         "and stored as a new version when it changed",
     )
     metrics_enabled: bool = True
+    console_idle_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="a console session unused this long is signed out"
+    )
+    console_session_hours: int = Field(
+        12, ge=1, le=7 * 24, description="a console session ends this long after sign-in, used or not"
+    )
 
     @field_validator("database_url", mode="before")
     @classmethod

@@ -260,6 +260,16 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         ("POST", "/v1/packs/{name}/run"): ("analyst", {"period": "2025-12"}),
         ("POST", "/v1/audit/checkpoint"): ("auditor", None),
         ("PUT", "/v1/monitoring"): ("operator", {**monitoring_config(), "description": "A new version"}),
+        ("POST", "/v1/jobs"): ("analyst", {"kind": "pack", "name": "monthly", "period": "2025-12"}),
+        ("POST", "/v1/jobs/{job_id}/cancel"): ("analyst", None),
+        ("POST", "/v1/schedules"): (
+            "operator",
+            {"name": "monthly", "pack": "monthly", "cron": {"day": "5", "hour": "2"}, "run_as": "analyst"},
+        ),
+        ("POST", "/v1/schedules/{schedule_id}/pause"): ("operator", None),
+        ("POST", "/v1/schedules/{schedule_id}/resume"): ("operator", None),
+        ("POST", "/v1/schedules/{schedule_id}/run"): ("operator", None),
+        ("DELETE", "/v1/schedules/{schedule_id}"): ("operator", None),
     }
     mutating = {
         (method, path)
@@ -268,7 +278,21 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         if method in ("POST", "PUT", "PATCH", "DELETE")
     }
     assert mutating == set(calls), "a mutating route is missing from this test"
+    queued = _queued_job(fed)
+    schedule = http.post(
+        "/v1/schedules",
+        json={"name": "monthly", "pack": "monthly", "cron": {"day": "5", "hour": "2"}, "run_as": "analyst"},
+        headers=fed.as_("operator"),
+    ).json()
+    paused = http.post(
+        "/v1/schedules",
+        json={"name": "paused", "pack": "monthly", "cron": {"day": "5", "hour": "2"}, "run_as": "analyst"},
+        headers=fed.as_("operator"),
+    ).json()
+    assert http.post(f"/v1/schedules/{paused['id']}/pause", headers=fed.as_("operator")).status_code == 200
     fill = {
+        "{job_id}": queued,
+        "{schedule_id}": schedule["id"],
         "{name}": "tax",
         "{query_id}": waiting["id"],
         "{rule_id}": "tax-tests",
@@ -295,6 +319,8 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
             url = "/v1/indicators/income_bands/run"
         if path == "/v1/packs/{name}/run":
             url = "/v1/packs/monthly/run"
+        if path == "/v1/schedules/{schedule_id}/resume":
+            url = f"/v1/schedules/{paused['id']}/resume"
         r = http.request(method, url, json=body, headers=fed.as_(who))
         assert r.status_code == 503, (method, url, r.text)
         assert r.json()["error"]["code"] == "audit_unavailable"
@@ -305,6 +331,32 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
     # With the log writable again, the same calls change things, each with its entry.
     r = http.post("/v1/endpoints", json={"url": "http://extra.fed.test"}, headers=fed.as_("operator"))
     assert r.status_code == 201 and fed.events("endpoint.allowed")[-1]["endpoint"] == "http://extra.fed.test"
+
+
+def _queued_job(fed: Fed) -> str:
+    """A job that stays queued (written as `gateway.jobs.submit` writes one, without a worker to run it)."""
+    from gateway import db, jobs
+
+    job_id = "queued-for-the-audit-test"
+    now = db.utcnow()
+    with fed.ctx.engine.begin() as conn:
+        conn.execute(
+            db.jobs.insert().values(
+                id=job_id,
+                kind=jobs.JobKind.PACK.value,
+                target="monthly",
+                params_json="{}",
+                principal="analyst",
+                submitted_by="analyst",
+                state=jobs.JobState.QUEUED.value,
+                steps_done=0,
+                steps_total=0,
+                cancel_requested=False,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return job_id
 
 
 def test_a_purpose_that_begins_like_a_credential_is_prose_and_fully_audited(fed: Fed) -> None:

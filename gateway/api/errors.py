@@ -50,6 +50,7 @@ __all__ = [
     "error_responses",
     "install_error_handlers",
     "install_request_id",
+    "note_error",
     "status_of",
 ]
 
@@ -172,6 +173,12 @@ def _note_error(request: Request, code: ErrorCode, error_type: str | None = None
     request.state.error_code = code.value
     if error_type is not None:
         request.state.error_type = error_type
+
+
+def note_error(request: Request, code: ErrorCode, error_type: str | None = None) -> None:
+    """Tell the audit middleware the code (and domain error type) of a refusal another front end (the
+    console's HTML pages) answered itself."""
+    _note_error(request, code, error_type)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -48,7 +48,7 @@ def _budget_out(view: BudgetView, analyst: str | None) -> BudgetOut:
     )
 
 
-def _result_out(doc: dict[str, Any]) -> ResultOut:
+def result_out(doc: dict[str, Any]) -> ResultOut:
     return ResultOut(
         query_id=doc["query_id"],
         digest=doc["digest"],
@@ -63,7 +63,7 @@ def _result_out(doc: dict[str, Any]) -> ResultOut:
 @router.post("/queries/{query_id}/run", response_model=ResultOut)
 def run_query(query_id: str, ctx: ContextDep, analyst: Analyst, slot: RunSlot) -> ResultOut:
     """Run an approved query once; running it again returns the stored numbers and charges nothing."""
-    return _result_out(runner.run_query(ctx, query_id, analyst))
+    return result_out(runner.run_query(ctx, query_id, analyst))
 
 
 @router.get("/queries/{query_id}/result", response_model=ResultOut)
@@ -75,7 +75,7 @@ def get_result(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> ResultO
     )
     if not allowed:
         raise NotFound("no query with that id", "query_id")
-    return _result_out(runner.stored_result(ctx, record))
+    return result_out(runner.stored_result(ctx, record))
 
 
 @router.get("/me", response_model=MeOut)
