@@ -1,7 +1,8 @@
-"""Headless Debian Chromium for the console's in-page cryptography tests, and a loopback static site.
+"""A loopback static site and one Chromium page for the console's in-page cryptography tests.
 
-The static site serves the console's static directory alone (no gateway), so the JS modules' known answers
-are checked without a federation. Requests to anything but 127.0.0.1 fail the test.
+The static site serves the console's static directory alone (no gateway, no federation), so the JS
+modules' known answers are checked in seconds; the browser is the console harness's (`console_fixture`:
+the same Chromium and flags). Requests to anything but 127.0.0.1 fail the test.
 """
 
 from __future__ import annotations
@@ -17,19 +18,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from console_fixture import CHROMIUM, CHROMIUM_ARGS
 
 STATIC = Path(__file__).resolve().parents[1] / "gateway" / "console" / "static"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -59,7 +50,9 @@ class StaticSite:
 def browser_page() -> Iterator[Any]:
     """One page in a fresh Chromium profile; any request off loopback fails the test."""
     if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: run `make chromium` (apt-get install -y chromium)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="fedgate-chromium-") as profile, sync_playwright() as pw:

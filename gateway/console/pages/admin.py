@@ -23,13 +23,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from gateway.console.deps import CsrfChecked, DepartmentAdminSession, PageLang
-from gateway.console.render import nav, render
 from pydantic import BaseModel, Field
 
 from connectors.protocol import fingerprint
 from gateway import inbox
 from gateway.auth import Role
+from gateway.console.deps import CsrfChecked, DepartmentAdminSession, PageLang
+from gateway.console.render import nav, render
 from gateway.context import GatewayContext, get_context
 from gateway.department_rules import department_rules
 from gateway.queries import record_rejection

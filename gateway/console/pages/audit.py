@@ -26,8 +26,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
-from gateway.console.deps import AuditorSession, CsrfChecked, PageLang
-from gateway.console.render import nav, render
 from starlette.concurrency import run_in_threadpool
 
 from audit.entries import format_time
@@ -36,6 +34,8 @@ from audit.store import StoredEntry
 from gateway import audit_review
 from gateway.api.schemas import MAX_SEQUENCE
 from gateway.auth import Role
+from gateway.console.deps import AuditorSession, CsrfChecked, PageLang
+from gateway.console.render import nav, render
 from gateway.context import get_context
 from gateway.errors import Invalid
 
