@@ -261,6 +261,32 @@ def test_auditor_filters_the_log_and_verifies_an_entry_in_the_page(
     assert console.page.locator("#verdict").inner_text() == translate("console_audit.verdict_ok", Lang.EN)
     console.use_language("zh-CN")
 
+    # The list verifies every entry on the page with the pinned key; one evidence answer with a forged
+    # entry hash fails that row alone.
+    console.goto("/console/audit/log?action=query.approved")
+    console.page.wait_for_selector("#list-verdict[data-state='ok']")
+    cells = console.page.locator("#entries td.proof")
+    assert cells.count() >= 2
+    assert {cells.nth(i).get_attribute("data-state") for i in range(cells.count())} == {"ok"}
+    seq = console.page.locator("#entries tbody tr").first.get_attribute("data-seq")
+
+    def forge(route: Any) -> None:
+        response = route.fetch()
+        evidence = response.json()
+        evidence["hash"] = ("0" if evidence["hash"][0] != "0" else "1") + evidence["hash"][1:]
+        route.fulfill(response=response, json=evidence)
+
+    console.page.route(f"**/console/audit/entries/{seq}/evidence", forge)
+    console.goto("/console/audit/log?action=query.approved")
+    console.page.wait_for_selector("#list-verdict[data-state='failed']")
+    assert (
+        console.page.locator(f"#entries tr[data-seq='{seq}'] td.proof").get_attribute("data-state")
+        == "failed"
+    )
+    states = {cells.nth(i).get_attribute("data-state") for i in range(1, cells.count())}
+    assert states == {"ok"}
+    console.page.unroute(f"**/console/audit/entries/{seq}/evidence")
+
 
 def test_auditor_sees_checkpoints_witnesses_exports_and_reconciles(
     console: Console, console_fed: Federation, tmp_path: Path

@@ -4,6 +4,7 @@ department witnessed, exports, and the reconcile report.
     GET  /console/audit/log                  filters: action, principal, query, time range (UTC), status
     GET  /console/audit/entries/{seq}        the entry, re-hashed and proven in the browser against the
                                              audit key the auditor pinned there (static/js/audit-entry.js)
+    GET  /console/audit/entries/{seq}/evidence   the same evidence as JSON, for the list's checks
     GET  /console/audit/checkpoints          signed checkpoints, the head, the sizes each connector cosigned
     GET  /console/audit/export.jsonl         a range as `fedgate-audit-export/1` (what `fedgate audit
                                              verify` checks offline)
@@ -117,6 +118,23 @@ def entry_page(
 ) -> Response:
     evidence = audit_review.entry_evidence(get_context(request), seq)
     return render(request, "audit_entry.html", lang, session, ev=evidence, entry=evidence.entry)
+
+
+@router.get("/entries/{seq}/evidence")
+def entry_evidence(
+    seq: Annotated[int, PathParam(ge=1, le=MAX_SEQUENCE)], request: Request, session: AuditorSession
+) -> dict[str, Any]:
+    """What the log's list verifies in the browser for one entry (the entry page carries the same)."""
+    ev = audit_review.entry_evidence(get_context(request), seq)
+    return {
+        "seq": ev.entry.seq,
+        "entry": ev.canonical_b64,
+        "prev_hash": ev.entry.prev_hash,
+        "hash": ev.entry.hash,
+        "tree_size": ev.checkpoint.size,
+        "proof": ev.proof_b64,
+        "note": ev.checkpoint.note,
+    }
 
 
 @router.get("/checkpoints")

@@ -1,79 +1,67 @@
-// The audit entry page: re-hash the entry from its canonical bytes, check its RFC 9162 inclusion proof up
-// to the checkpoint's root, and the checkpoint's Ed25519 signature against the audit key the auditor
-// pinned in this browser (localStorage). The key the gateway shows is displayed beside it, never trusted.
+// The audit entry page: verify the entry the page carries (entry-verify.js) against the audit key pinned
+// in this browser, show the entry as parsed from the very bytes that were hashed, and pin or unpin a key.
+// The key the gateway shows is displayed beside the pinned one, never trusted.
 
-import {
-  bytesFromBase64,
-  bytesFromHex,
-  entryHash,
-  equalBytes,
-  hexFromBytes,
-  leafHash,
-  verifyInclusion,
-} from "./merkle-verify.js";
-import { openCheckpoint, parseVerifierKey } from "./signed-note.js";
+import { bytesFromBase64 } from "./merkle-verify.js";
+import { parseVerifierKey } from "./signed-note.js";
+import { PIN, allOk, pinnedKey, verifyEvidence } from "./entry-verify.js";
 
-const PIN = "fedgate.audit.pinned_key";
 const box = document.getElementById("evidence");
 
-function mark(id, ok, detail) {
+function evidence() {
+  return {
+    seq: Number(box.dataset.seq),
+    entry: box.dataset.entry,
+    prev_hash: box.dataset.prevHash,
+    hash: box.dataset.hash,
+    tree_size: Number(box.dataset.treeSize),
+    proof: JSON.parse(box.dataset.proof),
+    note: box.dataset.note,
+  };
+}
+
+function mark(id, check) {
   const item = document.getElementById(id);
-  item.dataset.state = ok ? "ok" : "failed";
-  item.querySelector("span").textContent = (ok ? box.dataset.msgOk : box.dataset.msgFailed) + (detail ? ` (${detail})` : "");
+  const span = item.querySelector("span");
+  if (check.ok === null) {
+    item.dataset.state = "pending";
+    span.textContent = box.dataset.msgNoPin;
+    return;
+  }
+  item.dataset.state = check.ok ? "ok" : "failed";
+  span.textContent = (check.ok ? box.dataset.msgOk : box.dataset.msgFailed) + (check.why ? ` (${check.why})` : "");
 }
 
 async function verify() {
   const verdict = document.getElementById("verdict");
-  const pinned = localStorage.getItem(PIN);
-  document.getElementById("pinned-key").textContent = pinned || "—";
-  const canonical = bytesFromBase64(box.dataset.entry);
+  const pinned = pinnedKey();
+  const shown = document.getElementById("pinned-key");
+  shown.textContent = pinned || "—";
+  if (pinned && pinned.trim() !== box.dataset.serverKey.trim()) {
+    shown.dataset.state = "differs";
+    shown.title = box.dataset.msgPinDiffers;
+  } else {
+    delete shown.dataset.state;
+    shown.title = "";
+  }
+  const ev = evidence();
   document.getElementById("entry-json").textContent = JSON.stringify(
-    JSON.parse(new TextDecoder().decode(canonical)),
+    JSON.parse(new TextDecoder().decode(bytesFromBase64(ev.entry))),
     null,
     2,
   );
-  let all = true;
-
-  const hash = await entryHash(bytesFromHex(box.dataset.prevHash), canonical);
-  const hashOk = equalBytes(hash, bytesFromHex(box.dataset.hash));
-  mark("check-hash", hashOk, hashOk ? "" : hexFromBytes(hash).slice(0, 16));
-  all &&= hashOk;
-
-  let root = null;
+  const result = await verifyEvidence(ev, pinned);
+  mark("check-hash", result.hash);
+  mark("check-inclusion", result.inclusion);
+  mark("check-signature", result.signature);
   if (!pinned) {
-    for (const id of ["check-inclusion", "check-signature"]) {
-      const item = document.getElementById(id);
-      item.dataset.state = "pending";
-      item.querySelector("span").textContent = box.dataset.msgNoPin;
-    }
-    verdict.dataset.state = "pending";
-    verdict.textContent = box.dataset.msgNoPin;
+    verdict.dataset.state = result.hash.ok ? "pending" : "failed";
+    verdict.textContent = result.hash.ok ? box.dataset.msgNoPin : box.dataset.msgVerdictFailed;
     return;
   }
-  try {
-    const checkpoint = await openCheckpoint(box.dataset.note, await parseVerifierKey(pinned));
-    if (checkpoint.size !== Number(box.dataset.treeSize)) throw new Error("size");
-    root = checkpoint.root;
-    mark("check-signature", true, "");
-  } catch (exc) {
-    mark("check-signature", false, exc.message);
-    all = false;
-  }
-  try {
-    if (root === null) throw new Error(box.dataset.msgFailed);
-    const proof = JSON.parse(box.dataset.proof).map(bytesFromBase64);
-    await verifyInclusion(Number(box.dataset.seq) - 1, Number(box.dataset.treeSize), await leafHash(hash), proof, root);
-    mark("check-inclusion", true, "");
-  } catch (exc) {
-    mark("check-inclusion", false, exc.message);
-    all = false;
-  }
-  if (pinned.trim() !== box.dataset.serverKey.trim()) {
-    document.getElementById("pinned-key").dataset.state = "differs";
-    document.getElementById("pinned-key").title = box.dataset.msgPinDiffers;
-  }
-  verdict.dataset.state = all ? "ok" : "failed";
-  verdict.textContent = all ? box.dataset.msgVerdictOk : box.dataset.msgVerdictFailed;
+  const ok = allOk(result);
+  verdict.dataset.state = ok ? "ok" : "failed";
+  verdict.textContent = ok ? box.dataset.msgVerdictOk : box.dataset.msgVerdictFailed;
 }
 
 async function pin() {
@@ -81,8 +69,9 @@ async function pin() {
   try {
     await parseVerifierKey(value);
   } catch {
-    document.getElementById("verdict").textContent = box.dataset.msgPinBad;
-    document.getElementById("verdict").dataset.state = "failed";
+    const verdict = document.getElementById("verdict");
+    verdict.textContent = box.dataset.msgPinBad;
+    verdict.dataset.state = "failed";
     return;
   }
   localStorage.setItem(PIN, value);
