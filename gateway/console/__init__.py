@@ -46,6 +46,7 @@ PAGES = (
     "gateway.console.pages.home",
     "gateway.console.pages.analyst",
     "gateway.console.pages.operator",
+    "gateway.console.pages.runs",
     "gateway.console.pages.admin",
     "gateway.console.pages.audit",
 )

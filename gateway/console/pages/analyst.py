@@ -332,8 +332,8 @@ def query_page(request: Request, query_id: str, session: AnalystSession, lang: P
     doc = ctx.ledger.result(record.id) if record.state is QueryState.RELEASED else None
     table = charts_list = None
     if doc is not None:
-        table = result_table(doc, lambda g, c: names.name(g, c, lang), _headers(lang))
-        charts_list = _charts(doc, record.spec, names, lang)
+        table = result_table(doc["release"], lambda g, c: names.name(g, c, lang), _headers(lang))
+        charts_list = _charts(doc["release"], record.spec, names, lang)
     return render(
         request,
         "analyst_query.html",
@@ -348,21 +348,6 @@ def query_page(request: Request, query_id: str, session: AnalystSession, lang: P
     )
 
 
-@router.post("/queries/{query_id}/run")
-def run(request: Request, query_id: str, session: CsrfChecked) -> Response:
-    """Run an approved query of one's own, holding one of the analyst's run slots like the API route."""
-    if session.principal.role is not Role.ANALYST:
-        raise NotFound("no such page", None)
-    ctx = _ctx(request)
-    _own(ctx, query_id, session.principal.name)
-    ctx.run_slots.acquire(session.principal.name, ctx.settings.max_concurrent_runs_per_analyst)
-    try:
-        runner.run_query(ctx, query_id, session.principal)
-    finally:
-        ctx.run_slots.release(session.principal.name)
-    return RedirectResponse(f"/console/analyst/queries/{query_id}", status_code=303)
-
-
 DOWNLOADS = {
     "csv": "text/csv; charset=utf-8",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -371,6 +356,7 @@ DOWNLOADS = {
 
 
 def notes(lang: Lang, doc: Mapping[str, Any]) -> list[str]:
+    """The notes sheet: the guarantee and caveats in the reader's language, then the release's own."""
     return [
         translate(
             "console.note_guarantee",
@@ -380,6 +366,8 @@ def notes(lang: Lang, doc: Mapping[str, Any]) -> list[str]:
         ),
         translate("console.note_intervals", lang),
         translate("console.note_proxy", lang),
+        str(doc.get("guarantee", "")),
+        *(str(n) for n in doc.get("notes", ())),
     ]
 
 
@@ -391,7 +379,7 @@ def download(request: Request, query_id: str, fmt: str, session: AnalystSession,
     record = _own(ctx, query_id, session.principal.name)
     doc = runner.stored_result(ctx, record)
     names = CodeNames.of(catalog(ctx.engine))
-    table = result_table(doc, lambda g, c: names.name(g, c, lang), _headers(lang))
+    table = result_table(doc["release"], lambda g, c: names.name(g, c, lang), _headers(lang))
     if fmt == "json":
         body = json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8")
     elif fmt == "csv":

@@ -14,7 +14,8 @@ from fastapi.responses import RedirectResponse, Response
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from gateway import budget, registry
+from aggregation.indicators import PACKS
+from gateway import archive, budget, registry, schedules
 from gateway.api.schemas import EpsilonIn
 from gateway.auth import Role, create_principal, list_principals, revoke_principal
 from gateway.console.deps import CsrfChecked, OperatorSession, PageLang
@@ -30,6 +31,7 @@ nav(Role.OPERATOR, "/console/operator/endpoints", "console.nav_endpoints")
 nav(Role.OPERATOR, "/console/operator/connectors", "console.nav_connectors")
 nav(Role.OPERATOR, "/console/operator/principals", "console.nav_principals")
 nav(Role.OPERATOR, "/console/operator/quotas", "console.nav_quotas")
+nav(Role.OPERATOR, "/console/operator/schedules", "console.nav_schedules")
 nav(Role.OPERATOR, "/console/operator/metrics", "console.nav_metrics")
 
 Text = Annotated[str, Form(max_length=512)]
@@ -191,3 +193,80 @@ def metrics(request: Request, session: OperatorSession, lang: PageLang) -> Respo
                     rows.append((labels["method"], labels["route"], labels["status"], sample.value))
     rows.sort(key=lambda r: -r[3])
     return render(request, "operator_metrics.html", lang, session, rows=rows, enabled=collected is not None)
+
+
+@router.get("/schedules")
+def schedules_page(request: Request, session: OperatorSession, lang: PageLang) -> Response:
+    ctx = _ctx(request)
+    analysts = [
+        p.name for p in list_principals(ctx.engine) if p.role is Role.ANALYST and p.status() == "active"
+    ]
+    return render(
+        request,
+        "operator_schedules.html",
+        lang,
+        session,
+        schedules=schedules.list_schedules(ctx.engine),
+        archived=archive.list_archived(ctx.engine, session.principal, limit=24),
+        packs=list(PACKS.values()),
+        analysts=analysts,
+        timezone=ctx.settings.schedule_timezone,
+    )
+
+
+@router.post("/schedules")
+def create_schedule(
+    request: Request,
+    session: CsrfChecked,
+    name: Annotated[str, Form(max_length=100)],
+    pack: Annotated[str, Form(max_length=32)],
+    run_as: Annotated[str, Form(max_length=100)],
+    day: Annotated[str, Form(max_length=20)] = "5",
+    hour: Annotated[str, Form(max_length=20)] = "2",
+    minute: Annotated[str, Form(max_length=20)] = "0",
+    epsilon: Annotated[str, Form(max_length=32)] = "",
+) -> Response:
+    """Schedule a pack for the previous month, e.g. on the 5th at 02:00 (`gateway.schedules.create`)."""
+    _operator(session)
+    amount = None
+    if epsilon.strip():
+        try:
+            amount = EpsilonIn.model_validate({"epsilon": epsilon.strip()}).epsilon
+        except ValidationError:
+            raise Invalid("epsilon must be a positive number with at most 9 decimals", "epsilon") from None
+    schedules.create(
+        _ctx(request),
+        session.principal,
+        name=name.strip(),
+        pack=pack,
+        period_rule="previous_month",
+        cron={
+            "second": "0",
+            "minute": minute.strip(),
+            "hour": hour.strip(),
+            "day": day.strip(),
+            "month": "*",
+            "day_of_week": "*",
+        },
+        run_as=run_as,
+        epsilon=amount,
+    )
+    return _back("schedules")
+
+
+@router.post("/schedules/{schedule_id}/{action}")
+def schedule_action(request: Request, schedule_id: str, action: str, session: CsrfChecked) -> Response:
+    _operator(session)
+    ctx = _ctx(request)
+    states = {
+        "pause": schedules.ScheduleState.PAUSED,
+        "resume": schedules.ScheduleState.ACTIVE,
+        "remove": schedules.ScheduleState.REMOVED,
+    }
+    if action == "run":
+        job = schedules.fire(ctx, schedule_id, actor=session.principal.name, trigger="operator")
+        return RedirectResponse(f"/console/jobs/{job.id}", status_code=303)
+    if action not in states:
+        raise Invalid("the action is pause, resume, remove or run", "action")
+    schedules.set_state(ctx, schedule_id, session.principal, states[action])
+    return _back("schedules")
