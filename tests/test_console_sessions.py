@@ -46,6 +46,9 @@ CONSOLE_POSTS = {
     "/operator/quotas",
     "/operator/schedules",
     "/operator/schedules/{schedule_id}/{action}",
+    "/admin/approvals/{query_id}/approve",
+    "/admin/approvals/{query_id}/reject",
+    "/audit/reconcile",
 }
 
 
