@@ -63,8 +63,22 @@ def waiting(console_fed: Federation) -> Iterator[dict[str, str]]:
         ):
             # A query is named by its digest: a fresh purpose each run keeps its id fresh too.
             ids[name] = analyst.submit(_query(f"{purpose} ({secrets.token_hex(4)})"))["id"]
-    with console_fed.client("register") as register:
-        register.approve(ids["approve"], console_fed.approval_key("register"), "register")
+    # The register approves with the one-line command the page offers; it prints the digest it signs.
+    from typer.testing import CliRunner
+
+    from gateway.cli.main import app
+
+    qid = ids["approve"]
+    done = CliRunner().invoke(
+        app,
+        ["approve", qid, "--key", str(_key_file(console_fed, "register")), "--url", console_fed.gateway.url],
+        env={"FEDGATE_API_KEY": console_fed.keys["register"]},
+    )
+    assert done.exit_code == 0, done.output
+    view = _view(console_fed, qid)
+    scopes = [ApprovedDataset.model_validate(s) for s in view["required_approvals"]["register"]]
+    draft = draft_approval(QuerySpec.model_validate(view["spec"]), "register", scopes)
+    assert f"sha256:{signing_digest(draft)}" in done.output
     yield ids
 
 
@@ -222,7 +236,6 @@ def test_auditor_filters_the_log_and_verifies_an_entry_in_the_page(
     rows = console.page.locator("#entries tbody tr")
     assert rows.count() == 2  # the register's approval (client) and tax's (page)
     assert {rows.nth(i).get_attribute("data-action") for i in range(rows.count())} == {"query.approved"}
-    console.screenshot("audit-log")
 
     rows.last.locator("a").first.click()
     console.page.wait_for_url(re.compile(r".*/console/audit/entries/\d+$"))
@@ -268,6 +281,7 @@ def test_auditor_filters_the_log_and_verifies_an_entry_in_the_page(
     cells = console.page.locator("#entries td.proof")
     assert cells.count() >= 2
     assert {cells.nth(i).get_attribute("data-state") for i in range(cells.count())} == {"ok"}
+    console.screenshot("audit-log")
     seq = console.page.locator("#entries tbody tr").first.get_attribute("data-seq")
 
     def forge(route: Any) -> None:
