@@ -53,6 +53,14 @@ class CodeNames:
                 return None
         return None
 
+    def any_label(self, code: str) -> str:
+        """A code with the name some code list gives it (indicator groups carry codes, not their
+        dimension), or the code alone."""
+        for names in self.names.values():
+            if code in names:
+                return f"{names[code]} ({code})"
+        return code
+
     def label(self, ref: str, code: str | None, lang: Lang) -> str:
         """The code with its name, or the code alone (or the catalog's word for "other")."""
         if code is None:

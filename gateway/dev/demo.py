@@ -123,6 +123,10 @@ def run_demo(
         if json_out is not None:
             json_out.write_text(json.dumps(doc, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
             console.print(f"results written to {json_out}")
+        console.print(
+            f"console: open {gw.url}/console/ and sign in with a key: analyst {keys['analyst']}, "
+            f"operator {keys['operator']}, auditor {keys['auditor']} (API documentation: {gw.url}/docs)"
+        )
         if once:
             return
         console.print(f"serving: gateway {gw.url}  (analyst key {keys['analyst']})  Ctrl-C to stop")
