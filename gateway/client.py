@@ -5,13 +5,18 @@
         gw.approve(q["id"], key_pem, department) # a department admin, signing with the department's key
         result = gw.run(q["id"])
 
+        job = gw.submit_job("pack", "monthly", period="2025-12")   # 202: the job, at once
+        done = gw.wait_job(job["id"], on_progress=lambda j: print(j["steps_done"], j["steps_total"]))
+        figures = gw.job_result(done["id"])["run"]
+
 Errors come back as `GatewayError` with the status, the fixed code, the message and the offending field.
 The transport can be injected (httpx.MockTransport or an ASGI transport in tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json as jsonlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -261,6 +266,113 @@ class GatewayClient:
         if groups is not None:
             body["groups"] = list(groups)
         return self._do("POST", f"/v1/packs/{name}/run", body)
+
+    # --- jobs
+
+    def submit_job(self, kind: str, target: str, **params: Any) -> Any:
+        """Queue a run as a job (202, the job at once): `("query", query_id)`, `("indicator", name,
+        period=...)` or `("pack", name, period=...)` with the synchronous route's parameters."""
+        body: dict[str, Any] = {"kind": kind}
+        if kind == "query":
+            body["query_id"] = target
+        else:
+            body["name"] = target
+        for key, value in params.items():
+            if value is not None:
+                body[key] = str(value) if isinstance(value, Decimal) else value
+        return self._do("POST", "/v1/jobs", body)
+
+    def job(self, job_id: str) -> Any:
+        return self._do("GET", f"/v1/jobs/{quote(job_id, safe='')}")
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> Any:
+        query = f"?limit={limit}" + (f"&state={quote(state)}" if state else "")
+        return self._do("GET", f"/v1/jobs{query}")
+
+    def cancel_job(self, job_id: str) -> Any:
+        return self._do("POST", f"/v1/jobs/{quote(job_id, safe='')}/cancel")
+
+    def job_result(self, job_id: str) -> Any:
+        return self._do("GET", f"/v1/jobs/{quote(job_id, safe='')}/result")
+
+    def job_events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The job's server-sent events, each the job as `job()` returns it, until its final state."""
+        path = f"/v1/jobs/{quote(job_id, safe='')}/events"
+        with self._http.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as response:
+            if response.status_code >= 400:
+                response.read()
+                err = response.json()["error"]
+                raise GatewayError(response.status_code, err["code"], err["message"], err.get("field"))
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield jsonlib.loads(line[6:])
+
+    def wait_job(self, job_id: str, *, on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """Follow the job until it is final, calling `on_progress` with the job on every change; returns
+        the final job (its `state` says whether it succeeded; `error` why not)."""
+        final: Any = None
+        for job in self.job_events(job_id):
+            final = job
+            if on_progress is not None:
+                on_progress(job)
+        # The stream closes after the final state; a connection cut short is answered by one more look.
+        return (
+            final if final is not None and final["state"] not in ("queued", "running") else self.job(job_id)
+        )
+
+    # --- schedules and the archive (operators; the archive also for auditors and the runs' analysts)
+
+    def create_schedule(
+        self,
+        *,
+        name: str,
+        pack: str,
+        cron: Mapping[str, str],
+        run_as: str,
+        period_rule: str = "previous_month",
+        epsilon: Decimal | str | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> Any:
+        body: dict[str, Any] = {
+            "name": name,
+            "pack": pack,
+            "cron": dict(cron),
+            "run_as": run_as,
+            "period_rule": period_rule,
+        }
+        if epsilon is not None:
+            body["epsilon"] = str(epsilon)
+        if groups is not None:
+            body["groups"] = list(groups)
+        return self._do("POST", "/v1/schedules", body)
+
+    def schedules(self, *, include_removed: bool = False) -> Any:
+        return self._do("GET", "/v1/schedules" + ("?include_removed=true" if include_removed else ""))
+
+    def schedule(self, schedule_id: str) -> Any:
+        return self._do("GET", f"/v1/schedules/{quote(schedule_id, safe='')}")
+
+    def pause_schedule(self, schedule_id: str) -> Any:
+        return self._do("POST", f"/v1/schedules/{quote(schedule_id, safe='')}/pause")
+
+    def resume_schedule(self, schedule_id: str) -> Any:
+        return self._do("POST", f"/v1/schedules/{quote(schedule_id, safe='')}/resume")
+
+    def remove_schedule(self, schedule_id: str) -> Any:
+        return self._do("DELETE", f"/v1/schedules/{quote(schedule_id, safe='')}")
+
+    def run_schedule(self, schedule_id: str) -> Any:
+        """Fire a schedule now (a job): what a systemd timer or a Kubernetes CronJob calls."""
+        return self._do("POST", f"/v1/schedules/{quote(schedule_id, safe='')}/run")
+
+    def archive(self, pack: str | None = None) -> Any:
+        return self._do("GET", "/v1/archive" + (f"?pack={quote(pack)}" if pack else ""))
+
+    def archived(self, archive_id: str) -> Any:
+        return self._do("GET", f"/v1/archive/{quote(archive_id, safe='')}")
+
+    def archive_diff(self, archive_id: str) -> Any:
+        return self._do("GET", f"/v1/archive/{quote(archive_id, safe='')}/diff")
 
     # --- auditors
 

@@ -45,17 +45,27 @@ KEEPALIVE_SECONDS = 15.0
 
 
 class QueryJobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"kind": "query", "query_id": "q-0673c320d93cf623"}]}
+    )
     kind: Literal["query"]
     query_id: str = Field(min_length=1, max_length=64, description="an approved query of the caller")
 
 
 class IndicatorJobIn(IndicatorRunIn):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"kind": "indicator", "name": "income_bands", "period": "2025-12"}]},
+    )
     kind: Literal["indicator"]
     name: str = Field(min_length=1, max_length=64, description="an indicator of the library")
 
 
 class PackJobIn(PackRunIn):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"kind": "pack", "name": "monthly", "period": "2025-12"}]},
+    )
     kind: Literal["pack"]
     name: str = Field(min_length=1, max_length=64, description="a pack of the monitoring calendar")
 

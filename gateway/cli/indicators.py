@@ -351,9 +351,13 @@ def run(
         Path | None,
         typer.Option("--plot", metavar="FILE", help="also draw the figures to this .png or .svg file"),
     ] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="print the job id and return at once / 只提交，不等待")
+    ] = False,
 ) -> None:
-    """Run an indicator or a pack: its queries must be approved; they are charged together and the figures
-    come with 95% intervals. Running the same again returns the same figures and charges nothing."""
+    """Run an indicator or a pack as a job, with a progress bar of its steps: its queries must be approved;
+    they are charged together and the figures come with 95% intervals. Running the same again returns
+    the same figures and charges nothing. --no-wait prints the job id (`fedgate jobs show ID --wait`)."""
     if name is not None and pack is not None:
         raise typer.BadParameter("give an indicator NAME or --pack, not both", param_hint="NAME / '--pack'")
     if name is None and pack is None:
@@ -375,24 +379,30 @@ def run(
     # With JSON on stdout, progress and file notices go to stderr so stdout stays parseable.
     info = errors if to_stdout else console
 
-    def call(gw: GatewayClient) -> Any:
+    def submit(gw: GatewayClient) -> Any:
         if pack is not None:
-            return gw.run_pack(pack, period=period, epsilon=total, groups=groups)
-        return gw.run_indicator(
+            return gw.submit_job("pack", pack, period=period, epsilon=total, groups=groups)
+        return gw.submit_job(
+            "indicator",
             name or "",
             period=period,
             epsilon=total,
-            bands=bands,
+            bands={k: list(v) for k, v in bands.items()} if bands else None,
             groups=groups,
             baseline=baseline,
             drop_share=share,
         )
 
-    with (
-        client_factory(url, api_key) as gw,
-        errors.status("the gateway runs the queries: extracts, join, DP"),
-    ):
-        doc = call_gateway(lambda: call(gw))
+    from gateway.cli.jobs import follow, require_success
+
+    with client_factory(url, api_key) as gw:
+        job = call_gateway(lambda: submit(gw))
+        if no_wait:
+            typer.echo(job["id"])
+            return
+        final = follow(gw, job, out=errors)
+        require_success(final)
+        doc = call_gateway(lambda: gw.job_result(final["id"]))["run"]
     if to_stdout:
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     else:

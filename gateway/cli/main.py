@@ -10,6 +10,9 @@ fedgate endpoints|connectors|catalog|rules the allow-list, registration, the cat
 fedgate budget [--year YYYY]               spent and remaining epsilon per data year
 fedgate groups list|show|add|retire        named key groups (household.has_<name>)
 fedgate indicators list|run                the indicator library; run an indicator or the monthly pack
+fedgate jobs list|show|cancel              runs as jobs: `query run` and `indicators run` submit one
+fedgate schedules add|list|pause|resume|remove|run   monthly schedules of packs (operators)
+fedgate archive list|show|diff             archived scheduled results, month on month
 fedgate connector init|serve|check         a department's connector
 fedgate synth                              a synthetic county
 fedgate demo                               everything above on loopback
@@ -32,6 +35,7 @@ from gateway.approval_draft import signing_digest
 from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 from gateway.cli.groups import groups_app
 from gateway.cli.indicators import indicators_app
+from gateway.cli.jobs import NoWaitOpt, archive_app, follow, jobs_app, require_success, schedules_app
 from gateway.cli.onboarding import (
     approve_batch,
     catalog,
@@ -55,6 +59,9 @@ app.add_typer(query_app, name="query")
 app.add_typer(connector_app, name="connector")
 app.add_typer(groups_app, name="groups")
 app.add_typer(indicators_app, name="indicators")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(archive_app, name="archive")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(keyring_app, name="keyring")
@@ -233,11 +240,23 @@ def query_list(url: UrlOpt, api_key: KeyOpt) -> None:
 
 @query_app.command("run")
 def query_run(
-    query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False, csv_path: CsvOpt = None
+    query_id: str,
+    url: UrlOpt,
+    api_key: KeyOpt,
+    as_json: JsonOpt = False,
+    csv_path: CsvOpt = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
-    """Run an approved query (again: returns the stored result, charges nothing)."""
-    with _client(url, api_key) as gw, console.status("running: extracts, token join, DP release"):
-        doc = call_gateway(lambda: gw.run(query_id))
+    """Run an approved query as a job, with a progress bar of its steps (again: returns the stored
+    result, charges nothing); --no-wait prints the job id."""
+    with _client(url, api_key) as gw:
+        job = call_gateway(lambda: gw.submit_job("query", query_id))
+        if no_wait:
+            typer.echo(job["id"])
+            return
+        final = follow(gw, job)
+        require_success(final)
+        doc = call_gateway(lambda: gw.job_result(final["id"]))["query"]
     print_result(doc["result"], as_json=as_json, csv_path=csv_path)
 
 

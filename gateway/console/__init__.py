@@ -22,12 +22,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from gateway.api.errors import note_error, status_of
+from gateway.api.errors import note_error, request_id_of, status_of
 from gateway.auth import Principal
 from gateway.console import docs
 from gateway.console.deps import SignInRequired, page_lang
@@ -127,13 +127,14 @@ def _console_app(app: FastAPI, ctx: GatewayContext) -> FastAPI:
     return console
 
 
-def _error_page(request: Request, status: int, code: str, message: str, field: str | None) -> HTMLResponse:
+def _error_page(request: Request, status: int, code: str, message: str, field: str | None) -> Response:
+    """The refusal as a page, or in the API's error shape for the pages' own fetches (Accept: JSON)."""
     session = getattr(request.state, "console_session", None)
     if "application/json" in request.headers.get("accept", ""):
-        from fastapi.responses import JSONResponse
-
-        body = {"error": {"code": code, "message": message, "field": field}}
-        return JSONResponse(body, status_code=status)  # type: ignore[return-value]
+        body = {
+            "error": {"code": code, "message": message, "field": field, "request_id": request_id_of(request)}
+        }
+        return JSONResponse(body, status_code=status)
     return render(
         request,
         "error.html",

@@ -35,6 +35,7 @@ __all__ = [
     "SignInRequired",
     "page_lang",
     "require_console_roles",
+    "require_role",
 ]
 
 LANG_COOKIE = "fedgate_lang"
@@ -65,15 +66,20 @@ def console_session(request: Request) -> Session:
 ConsoleSession = Annotated[Session, Depends(console_session)]
 
 
+def require_role(session: Session, *roles: Role) -> None:
+    """`Forbidden` unless the session's principal has one of `roles` (the one home of the console's role
+    check, for pages and for the state-changing routes that take `CsrfChecked`)."""
+    if session.principal.role not in roles:
+        names = " or ".join(sorted(r.value for r in roles))
+        raise Forbidden(f"this page needs the role {names}")
+
+
 def require_console_roles(*roles: Role) -> Callable[[Session], Awaitable[Session]]:
     if not roles:
         raise ValueError("require_console_roles() needs at least one role")
-    allowed = frozenset(roles)
-    names = " or ".join(sorted(r.value for r in allowed))
 
     async def check(session: ConsoleSession) -> Session:
-        if session.principal.role not in allowed:
-            raise Forbidden(f"this page needs the role {names}")
+        require_role(session, *roles)
         return session
 
     return check

@@ -5,9 +5,9 @@
                                          entries (`nav(role, path, key)`), so the menu lists what exists
 
 Templates see `t(key, **params)` (the catalog in the page's language, `gateway.i18n`), `lang`, `session`
-(None on the sign-in page), `csrf` (the session's token for forms), `nav` (the role's entries) and
-`path`. Autoescaping is on for every template; nothing is marked safe but the server-rendered SVG
-charts, which escape their own text (`gateway.console.charts`).
+(None on the sign-in page), `csrf` (the session's token for forms), `nav` (the role's entries),
+`current_nav` (the entry of this page) and `path`. Autoescaping is on for every template; nothing is
+marked safe but the server-rendered SVG charts, which escape their own text (`gateway.console.charts`).
 """
 
 from __future__ import annotations
@@ -54,13 +54,19 @@ def render(
     def t(key: str, **params: object) -> str:
         return translate(key, lang, **params)
 
+    entries = NAV[session.principal.role] if session is not None else []
+    path = request.url.path
+    # The menu marks the one entry the page belongs to: the longest path the page is at or under.
+    under = [href for href, _ in entries if path == href or path.startswith(href.rstrip("/") + "/")]
+    current = max(under, key=len) if under else None
     body = environment.get_template(template).render(
         t=t,
         lang=lang.value,
         session=session,
         csrf=session.csrf if session is not None else values.pop("csrf", ""),
-        nav=NAV[session.principal.role] if session is not None else [],
-        path=request.url.path,
+        nav=entries,
+        current_nav=current,
+        path=path,
         **values,
     )
     return HTMLResponse(body, status_code=status)

@@ -26,7 +26,7 @@ from gateway import queries, runner
 from gateway.api.queries import preview_query, query_view
 from gateway.auth import Role
 from gateway.console import charts
-from gateway.console.deps import AnalystSession, CsrfChecked, PageLang
+from gateway.console.deps import AnalystSession, CsrfChecked, PageLang, require_role
 from gateway.console.names import CodeNames
 from gateway.console.render import nav, render
 from gateway.context import GatewayContext, get_context
@@ -214,8 +214,7 @@ def builder(request: Request, session: AnalystSession, lang: PageLang) -> Respon
 @router.post("/queries/preview")
 async def preview(request: Request, session: CsrfChecked, lang: PageLang) -> Response:
     """The accuracy preview of the builder's form, as an HTML fragment the page shows in place."""
-    if session.principal.role is not Role.ANALYST:
-        raise NotFound("no such page", None)
+    require_role(session, Role.ANALYST)
     spec = spec_from_form(await request.form())
     from starlette.concurrency import run_in_threadpool
 
@@ -225,8 +224,7 @@ async def preview(request: Request, session: CsrfChecked, lang: PageLang) -> Res
 
 @router.post("/queries")
 async def submit(request: Request, session: CsrfChecked) -> Response:
-    if session.principal.role is not Role.ANALYST:
-        raise NotFound("no such page", None)
+    require_role(session, Role.ANALYST)
     spec = spec_from_form(await request.form())
     from starlette.concurrency import run_in_threadpool
 

@@ -18,11 +18,11 @@ from aggregation.indicators import PACKS
 from gateway import archive, budget, registry, schedules
 from gateway.api.schemas import EpsilonIn
 from gateway.auth import Role, create_principal, list_principals, revoke_principal
-from gateway.console.deps import CsrfChecked, OperatorSession, PageLang
+from gateway.console.deps import CsrfChecked, OperatorSession, PageLang, require_role
 from gateway.console.render import nav, render
 from gateway.console.sessions import Session
 from gateway.context import GatewayContext, get_context
-from gateway.errors import Forbidden, Invalid
+from gateway.errors import Invalid
 from gateway.observability import GatewayMetrics
 
 router = APIRouter(prefix="/operator")
@@ -42,8 +42,7 @@ def _ctx(request: Request) -> GatewayContext:
 
 
 def _operator(session: Session) -> None:
-    if session.principal.role is not Role.OPERATOR:
-        raise Forbidden("this action needs the role operator")
+    require_role(session, Role.OPERATOR)
 
 
 def _back(path: str) -> Response:

@@ -26,12 +26,12 @@ from gateway import jobs, queries
 from gateway.api.indicators import IndicatorRunIn, PackRunIn
 from gateway.auth import Role
 from gateway.console import charts
-from gateway.console.deps import AnalystSession, ConsoleSession, CsrfChecked, PageLang
+from gateway.console.deps import AnalystSession, ConsoleSession, CsrfChecked, PageLang, require_role
 from gateway.console.names import CodeNames
 from gateway.console.render import nav, render
 from gateway.console.sessions import Session
 from gateway.context import GatewayContext, get_context
-from gateway.errors import Forbidden, Invalid, NotFound
+from gateway.errors import Invalid, NotFound
 from gateway.i18n import Lang, translate
 from gateway.registry import catalog
 
@@ -47,8 +47,7 @@ def _ctx(request: Request) -> GatewayContext:
 
 
 def _analyst(session: Session) -> None:
-    if session.principal.role is not Role.ANALYST:
-        raise Forbidden("jobs run as an analyst; this principal is not one")
+    require_role(session, Role.ANALYST)
 
 
 @router.get("/analyst/runs")
@@ -116,8 +115,7 @@ def start_query_job(request: Request, query_id: str, session: CsrfChecked) -> Re
 
 @router.get("/jobs")
 def jobs_page(request: Request, session: ConsoleSession, lang: PageLang) -> Response:
-    if session.principal.role not in (Role.ANALYST, Role.OPERATOR):
-        raise Forbidden("jobs are an analyst's or an operator's")
+    require_role(session, Role.ANALYST, Role.OPERATOR)
     return render(
         request, "jobs.html", lang, session, jobs=jobs.list_jobs(_ctx(request).engine, session.principal)
     )
