@@ -20,7 +20,8 @@ from gateway.console.security import CONSOLE_CSP, DOCS_CSP
 from gateway.dev.localfed import Federation
 from gateway.i18n import Lang, translate
 
-pytestmark = pytest.mark.slow
+# The module starts a federation and a browser once; on a loaded machine that alone can take minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_sign_in_shows_the_role_home_in_chinese_then_english(
