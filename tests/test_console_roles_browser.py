@@ -33,7 +33,8 @@ from gateway.approval_draft import draft_approval, signing_digest
 from gateway.dev.localfed import Federation
 from gateway.i18n import Lang, translate
 
-pytestmark = pytest.mark.slow
+# The module starts a federation and a browser once; on a loaded machine that alone can take minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SHOTS = {"zh-CN": "", "en": "-en"}
 
