@@ -23,6 +23,15 @@ from gateway import db, jobs
 from gateway.schedules import Scheduler
 
 ZONE = ZoneInfo("Asia/Shanghai")
+# How far ahead of now a one-off run is set: room for the request that creates it on a loaded machine
+# (a run set for a time already past would next fall due a year later).
+LEAD_SECONDS = 10
+
+
+def _stored_next_run(schedule: dict[str, Any], due: datetime) -> bool:
+    """The trigger was stored for `due` (the schedule was created in time for it)."""
+    stored = schedule["next_run_at"]
+    return stored is not None and abs(datetime.fromisoformat(stored) - due) < timedelta(seconds=1)
 
 
 def january_fifth() -> datetime:
@@ -87,7 +96,7 @@ def test_a_scheduled_pack_runs_by_itself_is_archived_and_audited_and_diffs_with_
     fed: Fed,
 ) -> None:
     _scheduler(fed)
-    soon = datetime.now(UTC) + timedelta(seconds=3)
+    soon = datetime.now(UTC) + timedelta(seconds=LEAD_SECONDS)
     schedule = _create(fed, _cron_at(soon))
     assert schedule["state"] == "active" and schedule["timezone"] == "Asia/Shanghai"
     assert abs(datetime.fromisoformat(schedule["next_run_at"]) - soon) < timedelta(seconds=1)
@@ -167,8 +176,9 @@ def test_a_run_missed_while_the_gateway_was_down_runs_at_start_within_the_grace_
     first = start(county, tmp_path, schedule_grace_seconds=3600)
     try:
         _scheduler(first)
-        due = datetime.now(UTC) + timedelta(seconds=2)
+        due = datetime.now(UTC) + timedelta(seconds=LEAD_SECONDS)
         schedule = _create(first, _cron_at(due))
+        assert _stored_next_run(schedule, due)
     finally:
         first.close()  # the gateway is down when the run falls due
     time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 1.5)
@@ -193,8 +203,9 @@ def test_a_run_missed_past_the_grace_period_is_reported_and_audited_not_run(
     first = start(county, tmp_path, schedule_grace_seconds=1)
     try:
         _scheduler(first)
-        due = datetime.now(UTC) + timedelta(seconds=2)
+        due = datetime.now(UTC) + timedelta(seconds=LEAD_SECONDS)
         schedule = _create(first, _cron_at(due))
+        assert _stored_next_run(schedule, due)
     finally:
         first.close()
     time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 3)
