@@ -63,15 +63,19 @@ _SHARE_SCALE = 10**6  # drop_share has at most 6 decimal places: compare in exac
 
 
 def arrow_frame(ref: str, table: pa.Table) -> pl.LazyFrame:
-    """An extract as a lazy frame over its Arrow buffers, columns named `ref.column` (tokens keep theirs)."""
+    """An extract as a lazy frame over its Arrow buffers (no copy), see :func:`extract_frame`."""
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
+    return extract_frame(ref, frame.lazy())
+
+
+def extract_frame(ref: str, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """An extract's columns named `ref.column` (the tokens keep their names), dimensions as strings."""
     keep = {TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN}
+    names = frame.collect_schema().names()
     # Dictionary-encoded dimensions arrive as categoricals; plain strings join and compare predictably.
-    return (
-        frame.lazy()
-        .with_columns(pl.col(pl.Categorical).cast(pl.Utf8))
-        .rename({c: f"{ref}.{c}" for c in frame.columns if c not in keep})
+    return frame.with_columns(pl.col(pl.Categorical).cast(pl.Utf8)).rename(
+        {c: f"{ref}.{c}" for c in names if c not in keep}
     )
 
 
