@@ -149,9 +149,7 @@ def _spine_attributes(plan: Plan, columns: list[str]) -> list[str]:
     return [c for c in columns if c.startswith(f"{plan.spine}.")]
 
 
-def _household_members(
-    plan: Plan, frames: Mapping[str, pl.LazyFrame], measured: list[str]
-) -> pl.LazyFrame:
+def _household_members(plan: Plan, frames: Mapping[str, pl.LazyFrame], measured: list[str]) -> pl.LazyFrame:
     persons = _linked(plan, frames)
     for ref in measured:
         persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
@@ -227,7 +225,9 @@ def _person_rows(plan: Plan, frames: Mapping[str, pl.LazyFrame], measured: list[
         persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
     persons = _filtered(plan, persons.with_columns(_person_value(plan)))
     values = [VALUE] if plan.query.measure is not None else []
-    return persons.select([TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN, *dict.fromkeys(g.ref for g in plan.groups), *values])
+    return persons.select(
+        [TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN, *dict.fromkeys(g.ref for g in plan.groups), *values]
+    )
 
 
 def _member_capped(plan: Plan, persons: pl.LazyFrame) -> pl.LazyFrame:

@@ -54,7 +54,6 @@ class GatewayContext:
                 )
             return self._federation
 
-
     def cell_engine(self) -> CellEngine:
         """The engine the runner joins and aggregates on (`FEDGATE_ENGINE`), made on first use."""
         with self._federation_lock:

@@ -122,8 +122,9 @@ class GatewaySettings(BaseSettings):
         "token prefix and spilled to disk, each bucket's working set near a quarter of it",
     )
     engine_spill_dir: Path | None = Field(
-        None, description="Polars: where bucket files are spilled (one private directory per run); unset: "
-        "state_dir/spill"
+        None,
+        description="Polars: where bucket files are spilled (one private directory per run); unset: "
+        "state_dir/spill",
     )
     spark_master: str = Field(
         "local[2]", description="Spark: the master URL (spark://host:7077, k8s://..., yarn, local[N])"

@@ -137,7 +137,11 @@ class CellLayout:
         counted, summed = "count" in names, "sum" in names
         if counted or summed:
             tables.append(CellTable("cells", None, None, spec.measure if summed else None, counted))
-        hist, quant, lorenz = spec.statistic("histogram"), spec.statistic("quantiles"), spec.statistic("lorenz")
+        hist, quant, lorenz = (
+            spec.statistic("histogram"),
+            spec.statistic("quantiles"),
+            spec.statistic("lorenz"),
+        )
         if "histogram" in names and isinstance(hist, Histogram):
             tables.append(CellTable("histogram", HBIN, hist.edges, None))
         if "quantile_histogram" in names and isinstance(quant, Quantiles):
@@ -173,7 +177,9 @@ class CellLayout:
             if not (dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)):
                 raise ReleaseInputError(f"group column {name!r} must hold strings, not {dtype}")
         if spec.measure is not None and not schema[spec.measure].is_integer():
-            raise ReleaseInputError(f"measure {spec.measure!r} must be an integer column, not {schema[spec.measure]}")
+            raise ReleaseInputError(
+                f"measure {spec.measure!r} must be an integer column, not {schema[spec.measure]}"
+            )
 
     def unit_rows(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         """Each unit row mapped to its cell: public keys, clamped measure, bins and Lorenz offset."""
@@ -215,7 +221,9 @@ class CellLayout:
         for table in self.tables:
             by = self.by(table)
             columns = [COUNT, *([SUM] if table.summed is not None else [])]
-            parts = [p.select([*by, *columns]).cast({c: pl.Int64 for c in columns}) for p in partials[table.name]]
+            parts = [
+                p.select([*by, *columns]).cast({c: pl.Int64 for c in columns}) for p in partials[table.name]
+            ]
             schema = {**{b: pl.String for b in by}, **{c: pl.Int64 for c in columns}}
             stacked = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
             if not by:

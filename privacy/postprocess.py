@@ -8,7 +8,6 @@ builds and runs the measurement and hands its outputs to :class:`ReleasePostproc
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -18,12 +17,11 @@ import numpy as np
 import polars as pl
 
 from privacy import intervals
-from privacy.cells import BIN_INDEX, COUNT, HBIN, LBIN, LOFFSET, QBIN, SUM, bins_frame, keys_frame
+from privacy.cells import BIN_INDEX, COUNT, HBIN, LBIN, QBIN, SUM, bins_frame, keys_frame
 from privacy.vocabulary import (
     COLUMN_PREFIX,
     LORENZ_RESOLUTION,
     Count,
-    GroupDomain,
     Histogram,
     Lorenz,
     Mean,

@@ -1,19 +1,20 @@
 """Differentially private releases over public cells, through OpenDP measurements only.
 
-The caller hands over a polars frame with exactly one row per privacy unit (or, for person queries, one row
-per person with at most ``unit_multiplicity`` persons per household), string group columns and optionally
-one integer measure already clamped to ``[lower, upper]``. This module never draws noise itself: OpenDP's
-``make_private_lazyframe`` adds integer Laplace noise under pure epsilon-DP (``max_divergence``) with the
-input distance measured as the symmetric distance between frames. ``d_in`` is the distance between the
-frames of two neighbouring federations (:mod:`privacy.neighbours`): ``unit_multiplicity`` rows when one
-household is added or removed, twice that when one household's records change. The frame-length bound OpenDP
-is promised is :data:`FRAME_ROWS_LIMIT`, the most rows a polars frame can hold, so no frame breaks it.
+The noise is added to the **exact per-cell aggregates** of a frame with one row per privacy unit (or, for
+person queries, one row per person with at most ``unit_multiplicity`` persons per household):
+:mod:`privacy.cells` says which aggregate tables a spec needs and how each unit row maps to its cell, and an
+engine (:mod:`aggregation.engines`: Polars in the gateway, or Spark) computes them wherever the rows live.
+This module never draws noise itself: each noisy quantity is one OpenDP integer Laplace measurement
+(``make_laplace`` over a vector of i64 aggregates with the L1 distance) under pure epsilon-DP. ``d_in`` is the
+distance between the frames of two neighbouring federations (:mod:`privacy.neighbours`): ``unit_multiplicity``
+rows when one household is added or removed, twice that when one household's records change; each row lies
+in exactly one cell, so a table's L1 sensitivity is ``d_in`` times what one row adds to it.
 
 **Public cells.** The cells are the cross product of the group domains. Each domain is its declared values
 plus one more public key, ``None`` (:data:`OTHER`): nulls and values outside the code list are mapped to it
-before OpenDP sees the frame (a row-wise map, so it changes no distance). Every cell is joined to the public
-key set inside the OpenDP plan, so empty cells are released with noise like any other and the presence of a
-rare key is never revealed.
+before the cells are aggregated (a row-wise map, so it changes no distance). Every cell of the public key
+set is aggregated (0 where no unit falls in it), so empty cells are released with noise like any other and
+the presence of a rare key is never revealed.
 
 **Measured quantities and the epsilon split.** The statistics asked for are reduced to the distinct noisy
 quantities they need: ``count`` (units per cell; for ``count`` and ``mean``), ``sum`` (of the measure per
@@ -42,10 +43,11 @@ get small absolute noise. ``ReleaseResult.scales["lorenz_sum"]`` is ``s`` in nor
 and ``t`` are row-wise maps of the clamped measure computed before OpenDP sees the frame, so they change no
 distance. A zero-width bin (an edge equal to a bound) has ``t = 0`` and releases 0 yuan.
 
-**Built once, checked before data.** :func:`prepare_release` builds one OpenDP measurement per group-by (with
-explicit scales; no scale search) and OpenDP's adaptive compositor over them, then compares the compositor's
-privacy map at ``d_in`` with the epsilon before any data exists.
-:meth:`PreparedRelease.run` then applies it to the collected frame, once.
+**Built once, checked before data.** :func:`prepare_release` builds one OpenDP measurement per quantity
+(with explicit scales; no scale search), maps each at its table's L1 sensitivity and adds the maps up
+exactly (sequential composition) against the epsilon before any data exists. :meth:`PreparedRelease.run_cells`
+then applies them to the cells, once; :meth:`PreparedRelease.run` computes the cells of an in-memory frame
+first.
 
 **What is released.** Every cell of every statistic with its noisy value, a post-processed display value and
 a 95% interval: raw noisy integers for counts, sums, histogram and lorenz bins (which may be negative), with
@@ -118,7 +120,9 @@ class PreparedRelease:
         if self.spec.measure is not None and frame[self.spec.measure].null_count():
             raise ReleaseInputError(f"measure {self.spec.measure!r} holds nulls; the caller clamps and fills")
         layout = self.layout
-        partial = {name: [agg.collect()] for name, agg in layout.aggregate(layout.unit_rows(frame.lazy())).items()}
+        partial = {
+            name: [agg.collect()] for name, agg in layout.aggregate(layout.unit_rows(frame.lazy())).items()
+        }
         return self.run_cells(layout.complete(partial), rng=rng)
 
     def run_cells(
@@ -139,10 +143,10 @@ class PreparedRelease:
             self._used = True
         outputs = {name: frame.clone() for name, frame in cells.items()}
         for name, meas in self._measurements.items():
-            table, column = QUANTITY_CELLS[name]
-            exact = cells[table][column].cast(pl.Int64).to_list()
+            where, column = QUANTITY_CELLS[name]
+            exact = cells[where][column].cast(pl.Int64).to_list()
             noisy = meas(exact)
-            outputs[table] = outputs[table].with_columns(pl.Series(column, noisy, dtype=pl.Int64))
+            outputs[where] = outputs[where].with_columns(pl.Series(column, noisy, dtype=pl.Int64))
         return self._postprocessor.to_result(outputs, rng)
 
 

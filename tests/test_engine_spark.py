@@ -19,7 +19,7 @@ pytest.importorskip("pyspark")
 if shutil.which("java") is None:
     pytest.skip("the Spark engine needs a Java runtime", allow_module_level=True)
 
-from aggregation.engines.spark_engine import SparkEngine  # noqa: E402
+from aggregation.engines.spark_engine import SparkEngine
 
 Extracts = dict[str, tuple[Plan, dict[str, pa.Table]]]
 

@@ -11,7 +11,7 @@ Beyond ``memory_bytes`` the run partitions by token prefix (tokens are uniform, 
                                      -> split by the household token's first byte into B files
     household level, bucket by bucket -> roll up, filter, clamp (:func:`aggregation.executor.unit_rows`)
                                      -> exact per-cell aggregates of that bucket
-    all buckets                   -> added up over every public cell (:meth:`privacy.cells.CellLayout.complete`)
+    all buckets                   -> added up over every public cell (`CellLayout.complete`)
 
 B is chosen when spilling starts, from the extracts' size and ``memory_bytes`` (a power of two, at most
 256), so one bucket's working set stays near ``memory_bytes / WORKING_SET_FACTOR`` whatever the county's
