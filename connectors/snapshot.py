@@ -44,11 +44,12 @@ import structlog
 
 from connectors.config import DatasetSpec, LoadedConfig
 from connectors.extract import _NID, QualityCounters, finish_measures, normalise_rollup
-from connectors.sources import HOUSEHOLD, RollupSpec, Source
+from connectors.ids import IdKind, normalize_many
+from connectors.sources import ENTITY, HOUSEHOLD, RollupSpec, Source
 from connectors.sources.periods import month_span
-from connectors.vocabulary import Rollup
+from connectors.vocabulary import EntityKind, Rollup
 
-__all__ = ["SNAPSHOT_DIR", "Snapshot", "SnapshotInfo", "SnapshotStore", "snapshot_summary"]
+__all__ = ["SNAPSHOT_DIR", "Snapshot", "SnapshotInfo", "SnapshotStore", "read_manifest", "snapshot_summary"]
 
 log = structlog.get_logger("fedgate.connector.snapshot")
 
@@ -148,6 +149,24 @@ def _exact_decimals(values: pd.Series) -> tuple[pd.Series, int]:
         for v in values.tolist()
     ]
     return pd.Series(scaled, index=values.index, dtype="object"), places
+
+
+def _id_counts(frame: pd.DataFrame, dataset: DatasetSpec) -> QualityCounters:
+    """ID counts as one source roll-up over every month would give them: per distinct raw ID."""
+    counts = QualityCounters()
+    raws = pd.unique(
+        pd.Series([v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()], dtype=object)
+    )
+    kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
+    batch = normalize_many(kind, list(raws))
+    valid = [v for v in batch.values if v is not None]
+    counts.raw_ids = len(raws)
+    counts.invalid_ids = batch.invalid
+    counts.legacy_ids = batch.legacy
+    counts.cleaned_ids = batch.cleaned
+    counts.invalid_reasons.update(batch.reasons)
+    counts.duplicate_ids = len(valid) - len(set(valid))
+    return counts
 
 
 class Snapshot:
@@ -304,8 +323,10 @@ class SnapshotStore:
                 frame[name], places = _exact_decimals(frame[name])
                 if places:
                     decimals[name] = places
-        quality = QualityCounters()
-        frame = normalise_rollup(frame, base, dataset, quality, keys=(_MONTH,))
+        quality = _id_counts(frame, dataset)
+        per_month = QualityCounters()
+        frame = normalise_rollup(frame, base, dataset, per_month, keys=(_MONTH,))
+        quality.bad_values = per_month.bad_values
         for name, _column, _rollup in base.measures:
             quality.bad_values += int(frame[name].isna().sum())
         frame = frame.reset_index(drop=True)
@@ -361,10 +382,15 @@ class SnapshotStore:
                 old.unlink(missing_ok=True)
 
     def _manifest(self, name: str) -> SnapshotInfo | None:
-        try:
-            return SnapshotInfo.from_json((self._dir(name) / MANIFEST).read_text())
-        except FileNotFoundError:
-            return None
+        return read_manifest(self._root.parent, name)
+
+
+def read_manifest(state_dir: Path, dataset: str) -> SnapshotInfo | None:
+    """The manifest of a dataset's snapshot in use under a state directory, None before the first build."""
+    try:
+        return SnapshotInfo.from_json((Path(state_dir) / SNAPSHOT_DIR / dataset / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def _snapshot_id(built_at: float) -> str:

@@ -351,3 +351,81 @@ def test_a_snapshot_table_has_one_row_per_person_and_month(
     # Person A's legacy and sloppy forms became one ID; invalid IDs are not kept.
     assert set(frame["_nid"]) == set(EXPECTED)
     assert snap.info.quality["invalid_ids"] == 4 and snap.info.rows == len(frame)
+
+
+# --- the running connector: log, schema, quality report, commands
+
+
+def test_the_connector_names_its_snapshot_in_the_log_and_publishes_only_the_day(tmp_path: Path) -> None:
+    import json
+
+    import httpx
+    from connector_fixture import signed_call
+
+    from connectors.process import start_connector
+    from connectors.protocol import ConnectorSchema
+    from connectors.state import ConnectorState
+
+    dept = make_department(tmp_path, "sqlite")
+    conn = start_connector(dept.config_path)
+    try:
+        before = signed_call(conn.url, "/v1/schema", key=dept.gateway_key, connector=dept.name)
+        assert ConnectorSchema.model_validate_json(before.content).datasets[0].data_as_of is None
+        req = dept.request("q-svc-000001")
+        r = signed_call(
+            conn.url,
+            "/v1/extract",
+            key=dept.gateway_key,
+            connector=dept.name,
+            body=req.body(),
+            query_id=req.query_id,
+        )
+        assert r.status_code == 200
+        after = signed_call(conn.url, "/v1/schema", key=dept.gateway_key, connector=dept.name)
+        published = ConnectorSchema.model_validate_json(after.content).datasets[0]
+        info = SnapshotStore(load_config(dept.config_path), MemorySource({})).info(
+            load_config(dept.config_path).config.datasets[0]
+        )
+        assert info is not None and published.data_as_of == info.data_as_of
+        # The public schema carries the day only: no snapshot id, row count or fingerprint.
+        assert info.id.encode() not in after.content and b'"rows"' not in after.content
+        report = httpx.get(
+            conn.url + "/v1/quality", headers={"authorization": f"Bearer {dept.admin_key}"}
+        ).json()
+        assert report["snapshots"]["wages"]["snapshot"] == info.id
+        assert report["snapshots"]["wages"]["skipped_at_build"]["invalid_ids"] == 4
+        assert report["datasets"]["wages"]["duplicate_ids"] == 2  # the same counts as a source read
+    finally:
+        conn.kill()
+    state = ConnectorState(load_config(dept.config_path).config.state_dir, read_only=True)
+    try:
+        entries = [e["entry"] for e in state.log_entries() if e["entry"].get("path") == "/v1/extract"]
+    finally:
+        state.close()
+    assert entries and entries[-1]["snapshot"] == info.id
+    assert json.dumps(entries[-1])
+
+
+def test_refresh_and_check_commands_cover_the_snapshot(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from connectors.cli import connector_app
+
+    dept = make_department(tmp_path, "sqlite")
+    runner = CliRunner()
+    checked = runner.invoke(connector_app, ["check", "--config", str(dept.config_path), "--json"])
+    wages = json.loads(checked.stdout)["datasets"][0]
+    assert wages["snapshot"] is None and any("no snapshot yet" in f["message"] for f in wages["findings"])
+    refreshed = runner.invoke(connector_app, ["refresh", "--config", str(dept.config_path)])
+    assert refreshed.exit_code == 0, refreshed.stdout
+    assert "wages:" in refreshed.stdout and "4 invalid IDs" in refreshed.stdout
+    checked = runner.invoke(connector_app, ["check", "--config", str(dept.config_path), "--json"])
+    wages = json.loads(checked.stdout)["datasets"][0]
+    assert wages["snapshot"]["skipped_at_build"] == {"invalid_ids": 4, "bad_values": 0}
+    assert wages["snapshot"]["months"] == ["2024-11", "2026-01"]
+    unknown = runner.invoke(
+        connector_app, ["refresh", "--config", str(dept.config_path), "--dataset", "nope"]
+    )
+    assert unknown.exit_code == 2 and "no such dataset" in unknown.stdout
