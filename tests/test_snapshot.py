@@ -428,4 +428,4 @@ def test_refresh_and_check_commands_cover_the_snapshot(tmp_path: Path) -> None:
     unknown = runner.invoke(
         connector_app, ["refresh", "--config", str(dept.config_path), "--dataset", "nope"]
     )
-    assert unknown.exit_code == 2 and "no such dataset" in unknown.stdout
+    assert unknown.exit_code == 2 and "no such dataset" in unknown.output
