@@ -79,6 +79,16 @@ class Source(Protocol):
         """Rows whose period is NULL: they belong to no period (reported by `connector check`)."""
         ...
 
+    def period_extremes(self, relation: str, spec: PeriodSpec) -> tuple[object, object]:
+        """The smallest and largest raw value of the period column (of the year, for a year and month
+        pair), `(None, None)` if there are none: where a snapshot's months start and end."""
+        ...
+
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        """A short text that changes when the dataset's rows change (its watermark column's maximum and
+        the row count, or a file's checksum); `None` where the source cannot tell without reading it all."""
+        ...
+
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         """Yield chunks with columns `spec.output_columns`."""
         ...

@@ -9,6 +9,7 @@ format is taken from the type as for SQL (`sources.periods`). Trailing blanks of
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ class FileSource:
         wanted += [m.column for m in dataset.measures if m.column]
         wanted += [d.column for d in dataset.dimensions if d.column]
         wanted += [dataset.household.column] if dataset.household else []
+        wanted += [dataset.watermark] if dataset.watermark else []
         wanted += [dataset.period.month_column] if dataset.period and dataset.period.month_column else []
         missing = [c for c in wanted if c not in names]
         if missing:
@@ -165,6 +167,32 @@ class FileSource:
             return int(self._dataset(relation).count_rows(filter=missing))
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{relation!r} cannot be read ({type(exc).__name__})") from None
+
+    def period_extremes(self, relation: str, spec: PeriodSpec) -> tuple[object, object]:
+        data = self._dataset(relation)
+        lows, highs = [], []
+        try:
+            for batch in data.scanner(columns=[spec.column]).to_batches():
+                if batch.num_rows:
+                    low_high = pc.min_max(batch.column(0))
+                    lows.append(low_high["min"].as_py())
+                    highs.append(low_high["max"].as_py())
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"{relation!r} cannot be read ({type(exc).__name__})") from None
+        lows, highs = [v for v in lows if v is not None], [v for v in highs if v is not None]
+        return (min(lows), max(highs)) if lows else (None, None)
+
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        # The file's checksum: a department rewrites its export in place, with or without a new date.
+        assert dataset.file is not None
+        digest = hashlib.sha256()
+        try:
+            with (self._dir / dataset.file).open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise SourceError(f"{dataset.file!r} cannot be read ({type(exc).__name__})") from None
+        return f"sha256 {digest.hexdigest()}"
 
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         data = self._dataset(spec.relation)

@@ -77,6 +77,7 @@ class MemorySource:
         wanted += [d.column for d in dataset.dimensions if d.column]
         wanted += [dataset.period.column] if dataset.period else []
         wanted += [dataset.household.column] if dataset.household else []
+        wanted += [dataset.watermark] if dataset.watermark else []
         wanted += [dataset.period.month_column] if dataset.period and dataset.period.month_column else []
         missing = [c for c in wanted if c not in frame.columns]
         if missing:
@@ -107,6 +108,18 @@ class MemorySource:
         if spec.month_column:
             missing |= frame[spec.month_column].isna()
         return int(missing.sum())
+
+    def period_extremes(self, relation: str, spec: PeriodSpec) -> tuple[object, object]:
+        values = self._frame(relation)[spec.column].dropna()
+        if values.empty:
+            return None, None
+        return values.min(), values.max()
+
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        # A checksum of the whole frame: in memory it costs little, and any change shows.
+        frame = self._frame(dataset.table or dataset.file or "")
+        digest = int(pd.util.hash_pandas_object(frame, index=False).sum()) & 0xFFFFFFFFFFFFFFFF
+        return f"checksum {digest:016x}; rows {len(frame)}"
 
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         frame = self._frame(spec.relation)

@@ -262,3 +262,38 @@ def verify_sample(plan: PeriodPlan, values: Iterable[object], months: Iterable[o
                 f"a month column holds 1 to 12, but the data holds values shaped like {shape_of(value)}:"
                 " correct period.month_column",
             )
+
+
+def month_span(plan: PeriodPlan, low: object, high: object) -> list[str]:
+    """Every month ("YYYY-MM") from the one holding `low` to the one holding `high`, one more each side.
+
+    Only where a snapshot's per-month roll-ups start and end: a month outside the data reads no rows, so
+    the margin (for a zone's month boundaries) costs two empty roll-ups and never loses a row.
+    """
+    if low is None or high is None:
+        return []
+    first, last = _month_of(plan, low, start=True), _month_of(plan, high, start=False)
+    months = []
+    year, month = first
+    month -= 1
+    last_year, last_month = last
+    last_month += 1
+    if month == 0:
+        year, month = year - 1, 12
+    if last_month == 13:
+        last_year, last_month = last_year + 1, 1
+    while (year, month) <= (last_year, last_month):
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
+
+
+def _month_of(plan: PeriodPlan, value: object, *, start: bool) -> tuple[int, int]:
+    if isinstance(value, datetime.datetime | datetime.date):
+        return value.year, value.month
+    digits = "".join(ch for ch in str(value) if ch.isdigit())
+    if plan.format is PeriodFormat.YEAR_MONTH:
+        return int(digits[:4]), 1 if start else 12
+    if len(digits) < 6:
+        raise ConfigError(f"period column {plan.column!r}: {shape_of(value)} does not name a month")
+    return int(digits[:4]), int(digits[4:6])

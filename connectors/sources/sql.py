@@ -136,6 +136,7 @@ class SqlSource:
         wanted += [m.column for m in dataset.measures if m.column]
         wanted += [d.column for d in dataset.dimensions if d.column]
         wanted += [dataset.household.column] if dataset.household else []
+        wanted += [dataset.watermark] if dataset.watermark else []
         if dataset.period and dataset.period.month_column:
             wanted.append(dataset.period.month_column)
         missing = [c for c in wanted if c not in table.c]
@@ -204,6 +205,33 @@ class SqlSource:
             raise SourceFailure(
                 "the source database cannot be read", diagnose(exc, [*self._safe_names, relation])
             ) from None
+
+    def period_extremes(self, relation: str, spec: PeriodSpec) -> tuple[object, object]:
+        col = self._table(relation).c[spec.column]
+        try:
+            with self._engine.connect() as conn:
+                low, high = conn.execute(sa.select(sa.func.min(col), sa.func.max(col))).one()
+        except SQLAlchemyError as exc:
+            raise SourceFailure(
+                "the source database cannot be read", diagnose(exc, [*self._safe_names, relation])
+            ) from None
+        return low, high
+
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        if dataset.watermark is None:
+            return None
+        assert dataset.table is not None
+        t = self._table(dataset.table)
+        stmt = sa.select(sa.func.max(t.c[dataset.watermark]), sa.func.count()).select_from(t)
+        try:
+            with self._engine.connect() as conn:
+                high, rows = conn.execute(stmt).one()
+        except SQLAlchemyError as exc:
+            raise SourceFailure(
+                "the source database cannot be read",
+                diagnose(exc, [*self._safe_names, dataset.table, dataset.watermark]),
+            ) from None
+        return f"watermark {high}; rows {rows}"
 
     def _statement(self, spec: RollupSpec) -> sa.Select[Any]:
         t = self._table(spec.relation)
