@@ -92,16 +92,13 @@ def _write_buckets(table: pa.Table, column: str, buckets: int, path: Path) -> No
         start += n
 
 
-def _write_frame_buckets(frame: pl.DataFrame, buckets: int, path: Path) -> None:
-    """Persons split by the first byte of their household token into `path`/NNN.arrow (empty files too)."""
-    first = pl.col(HOUSEHOLD_TOKEN_COLUMN).bin.head(1).bin.reinterpret(dtype=pl.UInt8)
+def _bucket_indices(frame: pl.DataFrame, column: str, buckets: int) -> dict[int, pl.DataFrame]:
+    """Rows of `frame` by the first byte of their `column` token, modulo `buckets`."""
+    first = pl.col(column).bin.head(1).bin.reinterpret(dtype=pl.UInt8)
     split = frame.with_columns((first & (buckets - 1)).alias("_bucket")).partition_by(
         "_bucket", as_dict=True, include_key=False
     )
-    path.mkdir(parents=True, exist_ok=True)
-    empty = frame.clear()
-    for b in range(buckets):
-        split.get((b,), empty).write_ipc(path / f"{b:03d}.arrow", compression="uncompressed")
+    return {int(key[0]): part for key, part in split.items()}
 
 
 class PolarsRun:
@@ -176,26 +173,37 @@ class PolarsRun:
         assert self._dir is not None and self.buckets is not None
         root = Path(self._dir.name)
         buckets = self.buckets
-        for b in range(buckets):
-            frames = {
-                ref: extract_frame(ref, pl.scan_ipc(root / "persons" / ref / f"{b:03d}.arrow"))
-                for ref in sorted(self._spilled)
-            }
-            persons = person_rows(self.plan, frames).collect(engine="streaming")
-            _write_frame_buckets(persons, buckets, root / "households" / f"{b:03d}")
-            for ref in self._spilled:
-                (root / "persons" / ref / f"{b:03d}.arrow").unlink()
+        # One Arrow IPC file per household bucket, appended to by every person bucket: 2B files, not B^2.
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        try:
+            for b in range(buckets):
+                frames = {
+                    ref: extract_frame(ref, pl.scan_ipc(root / "persons" / ref / f"{b:03d}.arrow"))
+                    for ref in sorted(self._spilled)
+                }
+                persons = person_rows(self.plan, frames).collect(engine="streaming")
+                for ref in self._spilled:
+                    (root / "persons" / ref / f"{b:03d}.arrow").unlink()
+                if not writers:
+                    schema = persons.clear().to_arrow().schema
+                    writers = {
+                        h: pa.ipc.new_file(str(root / f"households-{h:03d}.arrow"), schema)
+                        for h in range(buckets)
+                    }
+                for h, part in _bucket_indices(persons, HOUSEHOLD_TOKEN_COLUMN, buckets).items():
+                    writers[h].write_table(part.to_arrow())
+        finally:
+            for writer in writers.values():
+                writer.close()
         layout = self.layout
         partials: dict[str, list[pl.DataFrame]] = {t.name: [] for t in layout.tables}
         for h in range(buckets):
-            files = [root / "households" / f"{b:03d}" / f"{h:03d}.arrow" for b in range(buckets)]
-            persons_h = pl.scan_ipc(files)
-            aggregates = layout.aggregate(layout.unit_rows(unit_rows(self.plan, persons_h)))
+            path = root / f"households-{h:03d}.arrow"
+            aggregates = layout.aggregate(layout.unit_rows(unit_rows(self.plan, pl.scan_ipc(path))))
             names = list(aggregates)
             for name, frame in zip(names, pl.collect_all([aggregates[n] for n in names]), strict=True):
                 partials[name].append(frame)
-            for f in files:
-                f.unlink()
+            path.unlink()
         return layout.complete(partials)
 
     def close(self) -> None:
