@@ -236,7 +236,11 @@ class SqlSource:
         cols += [sa.func.max(t.c[column]).label(name) for name, column in spec.dimensions]
         if spec.household_column is not None:
             cols.append(sa.func.max(t.c[spec.household_column]).label(HOUSEHOLD))
-        keys = [t.c[column] for _name, column in spec.period_keys]
+        keys: list[Any] = [t.c[column] for _name, column in spec.period_keys]
+        if spec.by_period is not None and self.period_plan(spec.relation, spec.by_period).storage == TEXT:
+            # Read as the text it is: a SQLite DATE column may hold '2025-01', which the dialect's own
+            # date parsing refuses (the plan has already verified the text's shape).
+            keys = [sa.type_coerce(key, sa.String) for key in keys]
         cols += [key.label(name) for key, (name, _c) in zip(keys, spec.period_keys, strict=True)]
         stmt = sa.select(*cols).group_by(entity, *keys)
         if keys:
