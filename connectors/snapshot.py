@@ -166,12 +166,12 @@ def _month_keys(plan: PeriodPlan, frame: pd.DataFrame) -> pd.Series:
     return pd.Series(pd.array(keys, dtype=object)[codes], index=frame.index, dtype=object)
 
 
-def _id_counts(frame: pd.DataFrame, dataset: DatasetSpec) -> QualityCounters:
-    """ID counts as one source roll-up over every month would give them: per distinct raw ID."""
+def _normalise_once(frame: pd.DataFrame, dataset: DatasetSpec) -> QualityCounters:
+    """Replace each raw ID by its normalised form (empty if invalid), normalising each distinct raw ID
+    once; returns the ID counts as one source roll-up over every month would give them."""
     counts = QualityCounters()
-    raws = pd.unique(
-        pd.Series([v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()], dtype=object)
-    )
+    texts = pd.Series([v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()], dtype=object)
+    codes, raws = pd.factorize(texts)
     kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
     batch = normalize_many(kind, list(raws))
     valid = [v for v in batch.values if v is not None]
@@ -181,6 +181,9 @@ def _id_counts(frame: pd.DataFrame, dataset: DatasetSpec) -> QualityCounters:
     counts.cleaned_ids = batch.cleaned
     counts.invalid_reasons.update(batch.reasons)
     counts.duplicate_ids = len(valid) - len(set(valid))
+    canonical = pd.array([v if v is not None else "" for v in batch.values], dtype=object)
+    # Canonical IDs take the fast path when `normalise_rollup` checks them again; "" stays invalid.
+    frame[ENTITY] = canonical[codes] if len(frame) else frame[ENTITY]
     return counts
 
 
@@ -337,7 +340,7 @@ class SnapshotStore:
                 frame[name], places = _exact_decimals(frame[name])
                 if places:
                     decimals[name] = places
-        quality = _id_counts(frame, dataset)
+        quality = _normalise_once(frame, dataset)
         per_month = QualityCounters()
         frame = normalise_rollup(frame, base, dataset, per_month, keys=(_MONTH,))
         quality.bad_values = per_month.bad_values
