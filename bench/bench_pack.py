@@ -12,8 +12,8 @@ epsilon="1")` through the HTTP API (extracts, tokens, token joins, OpenDP releas
 figures). Each repetition (and each person query) runs on a fresh federation: nothing is served from
 the gateway's stored results, and no connector reuses a snapshot it built in the previous run (the
 state directories are removed); within one pack the connectors do read their snapshots, as deployed.
-Should the pack route fail with a connector error, the other indicators are run one by one with the
-pack's epsilon shares (the same queries) and the failure is
+Should the pack route fail with a connector error, the other
+indicators are run one by one with the pack's epsilon shares (the same queries) and the failure is
 reported; the missing indicator's errors then come from the in-process run.
 
 Centralized baseline: a trusted central party that holds every store computes the same queries

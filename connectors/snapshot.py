@@ -1,6 +1,7 @@
 """Connector snapshots: each dataset's per-entity monthly roll-up, kept inside the department.
 
-    build:   the source's roll-up month by month -> normalise IDs -> re-aggregate by (ID, month) -> Parquet
+    build:   the source's roll-up by ID and raw period value (one pass) -> the value's month
+             -> normalise IDs -> re-aggregate by (ID, month) -> Parquet
     extract: the requested months of the snapshot -> re-aggregate by ID
              = what one source roll-up over those months gives (sums, counts and maxima compose by month)
 
@@ -45,8 +46,8 @@ import structlog
 from connectors.config import DatasetSpec, LoadedConfig
 from connectors.extract import _NID, QualityCounters, finish_measures, normalise_rollup
 from connectors.ids import IdKind, normalize_many
-from connectors.sources import ENTITY, HOUSEHOLD, RollupSpec, Source
-from connectors.sources.periods import month_span
+from connectors.sources import ENTITY, HOUSEHOLD, PERIOD, PERIOD_MONTH, RollupSpec, Source
+from connectors.sources.periods import PeriodPlan, month_key
 from connectors.vocabulary import EntityKind, Rollup
 
 __all__ = ["SNAPSHOT_DIR", "Snapshot", "SnapshotInfo", "SnapshotStore", "read_manifest", "snapshot_summary"]
@@ -120,16 +121,11 @@ def spec_digest(dataset: DatasetSpec) -> str:
     return hashlib.sha256(dataset.model_dump_json().encode()).hexdigest()[:16]
 
 
-def full_spec(dataset: DatasetSpec, chunk_rows: int, month: str | None = None) -> RollupSpec:
-    """The roll-up of every measure, column dimension and the household of a dataset, over one month."""
-    declared = dataset.period if month is not None and month != _NO_PERIOD else None
+def full_spec(dataset: DatasetSpec, chunk_rows: int) -> RollupSpec:
+    """The roll-up of every measure, column dimension and the household of a dataset, over all rows."""
     return RollupSpec(
         relation=dataset.table or dataset.file or "",
         entity_column=dataset.entity.column,
-        period_column=declared.column if declared else None,
-        period_start=month if declared else None,
-        period_end=month if declared else None,
-        period=declared,
         measures=tuple((m.name, m.column, m.rollup) for m in dataset.measures),
         dimensions=tuple((d.name, d.column) for d in dataset.dimensions if d.column is not None),
         household_column=dataset.household.column if dataset.household else None,
@@ -151,12 +147,31 @@ def _exact_decimals(values: pd.Series) -> tuple[pd.Series, int]:
     return pd.Series(scaled, index=values.index, dtype="object"), places
 
 
-def _id_counts(frame: pd.DataFrame, dataset: DatasetSpec) -> QualityCounters:
-    """ID counts as one source roll-up over every month would give them: per distinct raw ID."""
+def _read_all(source: Source, spec: RollupSpec) -> pd.DataFrame:
+    chunks = list(source.rollup(spec))
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(spec.output_columns))
+
+
+def _month_keys(plan: PeriodPlan, frame: pd.DataFrame) -> pd.Series:
+    """Each row's month from its raw period value(s), computed once per distinct value."""
+    if not len(frame):
+        return pd.Series([], dtype=object, index=frame.index)
+    if plan.month_column is not None:
+        pairs = pd.MultiIndex.from_arrays([frame[PERIOD], frame[PERIOD_MONTH]])
+        codes, uniques = pd.factorize(pairs)
+        keys = [month_key(plan, year, month) for year, month in uniques.tolist()]
+    else:
+        codes, uniques = pd.factorize(frame[PERIOD])
+        keys = [month_key(plan, value) for value in uniques.tolist()]
+    return pd.Series(pd.array(keys, dtype=object)[codes], index=frame.index, dtype=object)
+
+
+def _normalise_once(frame: pd.DataFrame, dataset: DatasetSpec) -> QualityCounters:
+    """Replace each raw ID by its normalised form (empty if invalid), normalising each distinct raw ID
+    once; returns the ID counts as one source roll-up over every month would give them."""
     counts = QualityCounters()
-    raws = pd.unique(
-        pd.Series([v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()], dtype=object)
-    )
+    texts = pd.Series([v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()], dtype=object)
+    codes, raws = pd.factorize(texts)
     kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
     batch = normalize_many(kind, list(raws))
     valid = [v for v in batch.values if v is not None]
@@ -166,6 +181,9 @@ def _id_counts(frame: pd.DataFrame, dataset: DatasetSpec) -> QualityCounters:
     counts.cleaned_ids = batch.cleaned
     counts.invalid_reasons.update(batch.reasons)
     counts.duplicate_ids = len(valid) - len(set(valid))
+    canonical = pd.array([v if v is not None else "" for v in batch.values], dtype=object)
+    # Canonical IDs take the fast path when `normalise_rollup` checks them again; "" stays invalid.
+    frame[ENTITY] = canonical[codes] if len(frame) else frame[ENTITY]
     return counts
 
 
@@ -299,31 +317,30 @@ class SnapshotStore:
         # Taken before reading: a change during the build shows as a change at the next check.
         fingerprint = self._source.fingerprint(dataset)
         relation = dataset.table or dataset.file or ""
-        if dataset.period is not None:
-            self._source.period_plan(relation, dataset.period)  # verified before anything is read
-            low, high = self._source.period_extremes(relation, dataset.period)
-            plan = self._source.period_plan(relation, dataset.period)
-            months = month_span(plan, low, high)
-        else:
-            months = [_NO_PERIOD]
-        parts = []
-        for month in months:
-            spec = full_spec(dataset, chunk_rows, month)
-            for chunk in self._source.rollup(spec):
-                parts.append(chunk.assign(**{_MONTH: month}))
         base = full_spec(dataset, chunk_rows)
-        frame = (
-            pd.concat(parts, ignore_index=True)
-            if parts
-            else pd.DataFrame(columns=[*base.output_columns, _MONTH])
-        )
+        if dataset.period is not None:
+            plan = self._source.period_plan(relation, dataset.period)  # verified before anything is read
+            spec = dataclasses.replace(base, by_period=dataset.period)
+            chunks = list(self._source.rollup(spec))
+            frame = (
+                pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=spec.output_columns)
+            )
+            frame[_MONTH] = _month_keys(plan, frame)
+            frame = frame[frame[_MONTH].notna()].drop(columns=[c for c, _col in spec.period_keys])
+        else:
+            chunks = list(self._source.rollup(base))
+            frame = (
+                pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=base.output_columns)
+            )
+            frame[_MONTH] = _NO_PERIOD
+        months = sorted(set(frame[_MONTH].tolist())) if len(frame) else []
         decimals: dict[str, int] = {}
         for name, _column, rollup in base.measures:
             if rollup is not Rollup.COUNT and frame[name].dtype == object:
                 frame[name], places = _exact_decimals(frame[name])
                 if places:
                     decimals[name] = places
-        quality = _id_counts(frame, dataset)
+        quality = _normalise_once(frame, dataset)
         per_month = QualityCounters()
         frame = normalise_rollup(frame, base, dataset, per_month, keys=(_MONTH,))
         quality.bad_values = per_month.bad_values

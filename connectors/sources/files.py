@@ -168,20 +168,6 @@ class FileSource:
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{relation!r} cannot be read ({type(exc).__name__})") from None
 
-    def period_extremes(self, relation: str, spec: PeriodSpec) -> tuple[object, object]:
-        data = self._dataset(relation)
-        lows, highs = [], []
-        try:
-            for batch in data.scanner(columns=[spec.column]).to_batches():
-                if batch.num_rows:
-                    low_high = pc.min_max(batch.column(0))
-                    lows.append(low_high["min"].as_py())
-                    highs.append(low_high["max"].as_py())
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise SourceError(f"{relation!r} cannot be read ({type(exc).__name__})") from None
-        lows, highs = [v for v in lows if v is not None], [v for v in highs if v is not None]
-        return (min(lows), max(highs)) if lows else (None, None)
-
     def fingerprint(self, dataset: DatasetSpec) -> str | None:
         # The file's checksum: a department rewrites its export in place, with or without a new date.
         assert dataset.file is not None
@@ -206,6 +192,9 @@ class FileSource:
         if spec.household_column is not None:
             columns[HOUSEHOLD] = pc.field(spec.household_column)
         where = None
+        for name, column in spec.period_keys:
+            columns[name] = pc.field(column)
+            where = pc.field(column).is_valid() if where is None else where & pc.field(column).is_valid()
         if spec.period is not None and spec.period_start is not None and spec.period_end is not None:
             plan = self.period_plan(spec.relation, spec.period)
             where = _period_filter(plan, data.schema, spec.period_start, spec.period_end)
@@ -236,7 +225,8 @@ class FileSource:
             aggs[name] = (name, "max")
         if spec.household_column is not None:
             aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
-        out = frame.groupby(ENTITY, sort=False, dropna=True).agg(**aggs).reset_index()
+        keys = [ENTITY, *(name for name, _c in spec.period_keys)]
+        out = frame.groupby(keys, sort=False, dropna=True).agg(**aggs).reset_index()
         return out[[*spec.output_columns, BAD_VALUES]]
 
     def close(self) -> None:

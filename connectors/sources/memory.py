@@ -109,12 +109,6 @@ class MemorySource:
             missing |= frame[spec.month_column].isna()
         return int(missing.sum())
 
-    def period_extremes(self, relation: str, spec: PeriodSpec) -> tuple[object, object]:
-        values = self._frame(relation)[spec.column].dropna()
-        if values.empty:
-            return None, None
-        return values.min(), values.max()
-
     def fingerprint(self, dataset: DatasetSpec) -> str | None:
         # A checksum of the whole frame: in memory it costs little, and any change shows.
         frame = self._frame(dataset.table or dataset.file or "")
@@ -144,7 +138,10 @@ class MemorySource:
         if spec.household_column is not None:
             work[HOUSEHOLD] = frame[spec.household_column]
             aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
-        out = work.groupby(ENTITY, sort=False, dropna=True).agg(**aggs).reset_index()
+        for name, column in spec.period_keys:
+            work[name] = frame[column]
+        keys = [ENTITY, *(name for name, _c in spec.period_keys)]
+        out = work.groupby(keys, sort=False, dropna=True).agg(**aggs).reset_index()
         for start in range(0, len(out), spec.chunk_rows):
             yield out.iloc[start : start + spec.chunk_rows][[*spec.output_columns, BAD_VALUES]]
 

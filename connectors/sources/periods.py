@@ -264,36 +264,37 @@ def verify_sample(plan: PeriodPlan, values: Iterable[object], months: Iterable[o
             )
 
 
-def month_span(plan: PeriodPlan, low: object, high: object) -> list[str]:
-    """Every month ("YYYY-MM") from the one holding `low` to the one holding `high`, one more each side.
+def month_key(plan: PeriodPlan, value: object, month: object = None) -> str | None:
+    """The month ("YYYY-MM") a raw period value falls in, as the month ranges of `month_bounds` read it;
+    None for a value that names no month (it falls in no requested range either).
 
-    Only where a snapshot's per-month roll-ups start and end: a month outside the data reads no rows, so
-    the margin (for a zone's month boundaries) costs two empty roll-ups and never loses a row.
+    A TIMESTAMP WITH TIME ZONE counts in the plan's zone, as its range predicate does.
     """
-    if low is None or high is None:
-        return []
-    first, last = _month_of(plan, low, start=True), _month_of(plan, high, start=False)
-    months = []
-    year, month = first
-    month -= 1
-    last_year, last_month = last
-    last_month += 1
-    if month == 0:
-        year, month = year - 1, 12
-    if last_month == 13:
-        last_year, last_month = last_year + 1, 1
-    while (year, month) <= (last_year, last_month):
-        months.append(f"{year:04d}-{month:02d}")
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return months
-
-
-def _month_of(plan: PeriodPlan, value: object, *, start: bool) -> tuple[int, int]:
-    if isinstance(value, datetime.datetime | datetime.date):
-        return value.year, value.month
-    digits = "".join(ch for ch in str(value) if ch.isdigit())
+    if value is None or (isinstance(value, float) and value != value):
+        return None
     if plan.format is PeriodFormat.YEAR_MONTH:
-        return int(digits[:4]), 1 if start else 12
-    if len(digits) < 6:
-        raise ConfigError(f"period column {plan.column!r}: {shape_of(value)} does not name a month")
-    return int(digits[:4]), int(digits[4:6])
+        year, number = _int_like(value), _int_like(month)
+        return _month_text(year, number)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(zoneinfo.ZoneInfo(plan.timezone))
+        return _month_text(value.year, value.month)
+    if isinstance(value, datetime.date):
+        return _month_text(value.year, value.month)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _month_text(*divmod(value, 100)) if plan.format is PeriodFormat.YYYYMM else None
+    text = str(value).strip()
+    if plan.format is PeriodFormat.TEXT_YYYYMM or plan.format is PeriodFormat.YYYYMM:
+        ok = len(text) == 6 and text.isdigit()
+        return _month_text(int(text[:4]), int(text[4:])) if ok else None
+    if len(text) >= 7 and text[:4].isdigit() and text[4] == "-" and text[5:7].isdigit():
+        if plan.storage == TIMESTAMPTZ and len(text) > 10:
+            return None  # a zone-aware text timestamp is not read here; such a column is a timestamp type
+        return _month_text(int(text[:4]), int(text[5:7]))
+    return None
+
+
+def _month_text(year: int | None, month: int | None) -> str | None:
+    if year is None or month is None or not 1 <= month <= 12 or not 1 <= year <= 9999:
+        return None
+    return f"{year:04d}-{month:02d}"

@@ -206,17 +206,6 @@ class SqlSource:
                 "the source database cannot be read", diagnose(exc, [*self._safe_names, relation])
             ) from None
 
-    def period_extremes(self, relation: str, spec: PeriodSpec) -> tuple[object, object]:
-        col = self._table(relation).c[spec.column]
-        try:
-            with self._engine.connect() as conn:
-                low, high = conn.execute(sa.select(sa.func.min(col), sa.func.max(col))).one()
-        except SQLAlchemyError as exc:
-            raise SourceFailure(
-                "the source database cannot be read", diagnose(exc, [*self._safe_names, relation])
-            ) from None
-        return low, high
-
     def fingerprint(self, dataset: DatasetSpec) -> str | None:
         if dataset.watermark is None:
             return None
@@ -247,7 +236,15 @@ class SqlSource:
         cols += [sa.func.max(t.c[column]).label(name) for name, column in spec.dimensions]
         if spec.household_column is not None:
             cols.append(sa.func.max(t.c[spec.household_column]).label(HOUSEHOLD))
-        stmt = sa.select(*cols).group_by(entity)
+        keys: list[Any] = [t.c[column] for _name, column in spec.period_keys]
+        if spec.by_period is not None and self.period_plan(spec.relation, spec.by_period).storage == TEXT:
+            # Read as the text it is: a SQLite DATE column may hold '2025-01', which the dialect's own
+            # date parsing refuses (the plan has already verified the text's shape).
+            keys = [sa.type_coerce(key, sa.String) for key in keys]
+        cols += [key.label(name) for key, (name, _c) in zip(keys, spec.period_keys, strict=True)]
+        stmt = sa.select(*cols).group_by(entity, *keys)
+        if keys:
+            stmt = stmt.where(sa.and_(*(key.is_not(None) for key in keys)))
         if spec.period is not None and spec.period_start is not None and spec.period_end is not None:
             plan = self.period_plan(spec.relation, spec.period)
             stmt = stmt.where(period_where(t, plan, spec.period_start, spec.period_end))
