@@ -62,11 +62,21 @@ _BASE = "_baseline_value"
 _SHARE_SCALE = 10**6  # drop_share has at most 6 decimal places: compare in exact integers
 
 
-def _frame(table: pa.Table) -> pl.DataFrame:
+def arrow_frame(ref: str, table: pa.Table) -> pl.LazyFrame:
+    """An extract as a lazy frame over its Arrow buffers (no copy), see :func:`extract_frame`."""
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
+    return extract_frame(ref, frame.lazy())
+
+
+def extract_frame(ref: str, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """An extract's columns named `ref.column` (the tokens keep their names), dimensions as strings."""
+    keep = {TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN}
+    names = frame.collect_schema().names()
     # Dictionary-encoded dimensions arrive as categoricals; plain strings join and compare predictably.
-    return frame.with_columns(pl.col(pl.Categorical).cast(pl.Utf8))
+    return frame.with_columns(pl.col(pl.Categorical).cast(pl.Utf8)).rename(
+        {c: f"{ref}.{c}" for c in names if c not in keep}
+    )
 
 
 def _signed_sum(measure: Measure, suffix: str) -> pl.Expr:
@@ -89,19 +99,31 @@ def _person_value(plan: Plan) -> list[pl.Expr]:
     return exprs
 
 
-def _prefixed(ref: str, frame: pl.DataFrame) -> pl.DataFrame:
-    keep = {TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN}
-    return frame.rename({c: f"{ref}.{c}" for c in frame.columns if c not in keep})
-
-
 def unit_frame(plan: Plan, tables: Mapping[str, pa.Table]) -> pl.DataFrame:
-    """One row per privacy unit from the extracts, keyed by `connector.dataset`."""
-    frames = {ref: _prefixed(ref, _frame(t)) for ref, t in tables.items()}
+    """One row per privacy unit from the extracts, keyed by `connector.dataset` (all in memory)."""
+    frames = {ref: arrow_frame(ref, t) for ref, t in tables.items()}
+    return unit_rows(plan, person_rows(plan, frames)).collect()
+
+
+def person_rows(plan: Plan, frames: Mapping[str, pl.LazyFrame]) -> pl.LazyFrame:
+    """The persons a query counts, one row each with their household token and value (the person level).
+
+    Everything here joins on the person token, so it can run on any partition of the extracts by person
+    token; :func:`unit_rows` then needs every row of a household together."""
     measured = [e.ref for e in plan.extracts if e.ref != plan.spine]
     if plan.query.unit is Unit.HOUSEHOLD:
-        frame = _filtered(plan, _household_rows(plan, frames, measured))
+        return _household_members(plan, frames, measured)
+    return _person_rows(plan, frames, measured)
+
+
+def unit_rows(plan: Plan, persons: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per privacy unit from :func:`person_rows` (the household level): group columns and value.
+
+    Runs on any partition of the persons by household token."""
+    if plan.query.unit is Unit.HOUSEHOLD:
+        frame = _filtered(plan, _households(plan, persons))
     else:
-        frame = _person_rows(plan, frames, measured)
+        frame = _member_capped(plan, persons)
     # A code outside the published list was withheld (null) at the connector; the release puts such
     # units in each domain's public "other" cell.
     columns = [g.ref for g in plan.groups]
@@ -112,18 +134,22 @@ def unit_frame(plan: Plan, tables: Mapping[str, pa.Table]) -> pl.DataFrame:
     return frame.select(columns)
 
 
-def _filtered(plan: Plan, frame: pl.DataFrame) -> pl.DataFrame:
+def _filtered(plan: Plan, frame: pl.LazyFrame) -> pl.LazyFrame:
     for ref, values in plan.filters:
         frame = frame.filter(pl.col(ref).is_in(sorted(values)))
     return frame
 
 
-def _linked(plan: Plan, frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+def _linked(plan: Plan, frames: Mapping[str, pl.LazyFrame]) -> pl.LazyFrame:
     """The register's persons who belong to a household: the only persons any query counts."""
     return frames[plan.spine].filter(pl.col(HOUSEHOLD_TOKEN_COLUMN).is_not_null())
 
 
-def _household_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: list[str]) -> pl.DataFrame:
+def _spine_attributes(plan: Plan, columns: list[str]) -> list[str]:
+    return [c for c in columns if c.startswith(f"{plan.spine}.")]
+
+
+def _household_members(plan: Plan, frames: Mapping[str, pl.LazyFrame], measured: list[str]) -> pl.LazyFrame:
     persons = _linked(plan, frames)
     for ref in measured:
         persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
@@ -135,7 +161,15 @@ def _household_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: li
         else:
             member = pl.col(g.measure or "").fill_null(0) >= (g.at_least or 0)
         persons = persons.with_columns(member.fill_null(False).alias(g.ref))
-    attrs = [c for c in frames[plan.spine].columns if c not in (TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN)]
+    attrs = _spine_attributes(plan, frames[plan.spine].collect_schema().names())
+    values = [c for c in (VALUE, _BASE) if c in persons.collect_schema().names()]
+    return persons.select([HOUSEHOLD_TOKEN_COLUMN, *attrs, *(g.ref for g in groups), *values])
+
+
+def _households(plan: Plan, persons: pl.LazyFrame) -> pl.LazyFrame:
+    groups = plan.query.member_groups
+    names = persons.collect_schema().names()
+    attrs = _spine_attributes(plan, names)
     aggs = [pl.col(a).drop_nulls().first().alias(a) for a in attrs]
     # Only "has a member in the group" leaves the household: never which member, nor how many.
     aggs += [(~pl.col(g.ref).any() if g.negate else pl.col(g.ref).any()).alias(g.ref) for g in groups]
@@ -174,7 +208,7 @@ def _trend(measure: Measure, drop_share: Decimal) -> pl.Expr:
     )
 
 
-def _person_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: list[str]) -> pl.DataFrame:
+def _person_rows(plan: Plan, frames: Mapping[str, pl.LazyFrame], measured: list[str]) -> pl.LazyFrame:
     linked = _linked(plan, frames)
     if plan.coverage:
         # The register's persons are the population; coverage extracts only mark who has a record.
@@ -190,6 +224,13 @@ def _person_rows(plan: Plan, frames: Mapping[str, pl.DataFrame], measured: list[
     for ref in measured:
         persons = persons.join(frames[ref], on=TOKEN_COLUMN, how="left")
     persons = _filtered(plan, persons.with_columns(_person_value(plan)))
+    values = [VALUE] if plan.query.measure is not None else []
+    return persons.select(
+        [TOKEN_COLUMN, HOUSEHOLD_TOKEN_COLUMN, *dict.fromkeys(g.ref for g in plan.groups), *values]
+    )
+
+
+def _member_capped(plan: Plan, persons: pl.LazyFrame) -> pl.LazyFrame:
     # At most `member_cap` matching persons per household: the release pays for that many rows. The
     # choice follows the per-query tokens, so it is arbitrary but independent of the values.
     rank = pl.col(TOKEN_COLUMN).rank("ordinal").over(HOUSEHOLD_TOKEN_COLUMN)

@@ -10,9 +10,9 @@ fedgate: the gateway and five connectors as processes on loopback, every dataset
 for household and person units, the five key groups registered; `run_pack("monthly", period="2025-12",
 epsilon="1")` through the HTTP API (extracts, tokens, token joins, OpenDP releases, ledger, audit,
 figures). Each repetition (and each person query) runs on a fresh federation: nothing is served from
-the gateway's stored results, and no connector reuses a roll-up it kept from the previous run
-(`rollup_cache_seconds`); within one pack the connectors do reuse them, as deployed. Should the pack
-route fail with a connector error, the other
+the gateway's stored results, and no connector reuses a snapshot it built in the previous run (the
+state directories are removed); within one pack the connectors do read their snapshots, as deployed.
+Should the pack route fail with a connector error, the other
 indicators are run one by one with the pack's epsilon shares (the same queries) and the failure is
 reported; the missing indicator's errors then come from the in-process run.
 
@@ -455,9 +455,9 @@ def _indicators_one_by_one(analyst: GatewayClient, skip: set[str]) -> list[dict[
 def _federation(root: Path, label: str) -> Iterator[Federation]:
     """A fresh federation over `root`, everything pre-approved and the key groups registered.
 
-    Fresh processes for every measurement: connectors keep roll-ups (before tokens) for
-    `rollup_cache_seconds` (120 s by default) for the queries of one pack, so a pack or person query run
-    right after another in the same processes would reuse the earlier one's roll-ups."""
+    Fresh processes and state for every measurement: connectors keep snapshots (per-entity monthly
+    roll-ups, before tokens) in their state directories, so a pack or person query run right after
+    another would reuse the earlier one's snapshots."""
     workdir = RESULTS / f"pack-federation-{label}"
     shutil.rmtree(workdir, ignore_errors=True)
     # The connectors' state (witnessed audit history, budgets) belongs to the previous gateway.

@@ -110,11 +110,11 @@ def machine_info() -> dict[str, object]:
 
 
 def cold_rollups(county: Path) -> Path:
-    """Turn the connectors' roll-up cache off in a generated county, and return the county.
+    """Turn the connectors' snapshots off in a generated county (`source.snapshots: false`), and return it.
 
-    A benchmark that repeats one query would otherwise time the cache from its second run on: every
-    repetition here must read its store, as a single query does. (The pack benchmark keeps the cache on:
-    sharing roll-ups between the queries of one pack is what it measures.)
+    A benchmark that repeats one query would otherwise time the snapshot from its second run on: every
+    repetition here must read its store, as a cold query does. (The pack benchmark keeps snapshots on:
+    reading the stores once for the queries of one pack is what it measures.)
     """
     import yaml
 
@@ -123,8 +123,8 @@ def cold_rollups(county: Path) -> Path:
             line for line in path.read_text(encoding="utf-8").splitlines(True) if line.startswith("#")
         )
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if doc["source"].get("rollup_cache_seconds") != 0:
-            doc["source"]["rollup_cache_seconds"] = 0
+        if doc["source"].get("snapshots") is not False:
+            doc["source"]["snapshots"] = False
             path.write_text(
                 header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8"
             )

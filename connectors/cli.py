@@ -7,7 +7,7 @@ neither the connector service nor the federation keyring.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -160,10 +160,73 @@ def _print_check(report: CheckReport) -> None:
             table.add_row("household coverage / 户号覆盖", f"{d.household_coverage:.1%}")
         if d.bad_values:
             table.add_row("values that are not numbers / 非数值", f"{d.bad_values:,}")
+        if d.snapshot is not None:
+            table.add_row("snapshot / 快照", _snapshot_line(d.snapshot))
         out.print(table)
         for f in d.findings:
             out.print(f"[{colour[f.level]}]{f.level}:[/{colour[f.level]}] {d.name}: {f.message}")
     out.print("[green]ok / 通过[/green]" if report.ok else "[red]errors found / 发现错误[/red]")
+
+
+def _snapshot_line(s: dict[str, Any]) -> str:
+    months = " .. ".join(s["months"]) if s["months"] else "no period / 无期间"
+    skipped = s["skipped_at_build"]
+    return (
+        f"{s['snapshot']}, data as of / 数据截至 {s['data_as_of']},"
+        f" age / 已有 {s['age_seconds'] / 3600:.1f} h,"
+        f" months / 月份 {months}, {s['rows']:,} rows, skipped at build / 生成时跳过:"
+        f" {skipped['invalid_ids']:,} invalid IDs, {skipped['bad_values']:,} bad values"
+    )
+
+
+@connector_app.command("refresh")
+def refresh(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="the connector's YAML/TOML configuration / 连接器配置文件")
+    ],
+    dataset: Annotated[
+        list[str] | None, typer.Option("--dataset", "-d", help="only this dataset (repeatable) / 仅此数据集")
+    ] = None,
+) -> None:
+    """Rebuild the datasets' snapshots from the source now, e.g. from the department's monthly scheduler.
+
+    立即从数据源重建快照（例如由本部门的定时任务每月运行）。运行中的连接器在下次提取时使用新快照。
+    """
+    from connectors.config import load_config
+    from connectors.errors import ConnectorError
+    from connectors.snapshot import SnapshotStore, snapshot_summary
+    from connectors.sources import open_source
+
+    try:
+        loaded = load_config(config)
+    except ConnectorError as exc:
+        console.print(f"[red]invalid / 配置无效:[/red] {exc}")
+        raise typer.Exit(2) from None
+    wanted = [d for d in loaded.config.datasets if not dataset or d.name in dataset]
+    unknown = sorted(set(dataset or ()) - {d.name for d in wanted})
+    if unknown:
+        names = ", ".join(d.name for d in loaded.config.datasets)
+        console.print(
+            f"[red]no such dataset / 无此数据集:[/red] {', '.join(unknown)} (this connector has {names})"
+        )
+        raise typer.Exit(2)
+    try:
+        source = open_source(loaded.config.source)
+    except ConnectorError as exc:
+        console.print(f"[red]source / 数据源:[/red] {exc}")
+        raise typer.Exit(1) from None
+    store = SnapshotStore(loaded, source)
+    try:
+        for ds in wanted:
+            try:
+                source.check(ds)
+                built = store.refresh(ds)
+            except ConnectorError as exc:
+                console.print(f"[red]{ds.name}:[/red] {exc}")
+                raise typer.Exit(1) from None
+            typer.echo(f"{ds.name}: {_snapshot_line(snapshot_summary(built.info))}")
+    finally:
+        source.close()
 
 
 @connector_app.command("quality")
@@ -200,8 +263,17 @@ def quality(
         datasets, recent = state.quality(), state.failures()
     finally:
         state.close()
+    from connectors.snapshot import read_manifest, snapshot_summary
+
+    manifests = {ds.name: read_manifest(cfg.state_dir, ds.name) for ds in cfg.datasets}
+    snapshots = {name: snapshot_summary(info) for name, info in manifests.items() if info is not None}
     if as_json:
-        report = {"connector": cfg.name, "datasets": datasets, "recent_failures": recent}
+        report = {
+            "connector": cfg.name,
+            "datasets": datasets,
+            "recent_failures": recent,
+            "snapshots": snapshots,
+        }
         typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
     out = Console()
@@ -232,6 +304,8 @@ def quality(
             when(q["updated_at"]),
         )
     out.print(table)
+    for name, summary in sorted(snapshots.items()):
+        out.print(f"snapshot / 快照 {name}: {_snapshot_line(summary)}", soft_wrap=True)
     out.print("recent failures / 最近的失败:" if recent else "no recent failures / 无失败记录")
     for f in recent:
         out.print(f"  {when(f['at'])}  {f['dataset']}  query {f['query_id']}  [bold]{f['cause']}[/bold]")

@@ -158,6 +158,12 @@ class DatasetSpec(_Strict):
     measures: tuple[MeasureSpec, ...] = ()
     dimensions: tuple[DimensionSpec, ...] = ()
     household: HouseholdSpec | None = None
+    watermark: SqlIdentifier | None = Field(
+        None,
+        description="a column whose maximum grows whenever rows are added or changed (a load batch number,"
+        " updated_at): the connector's snapshot is rebuilt when it or the row count changes. File sources"
+        " are checked by checksum without one",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
@@ -189,12 +195,24 @@ class SourceSpec(_Strict):
     url: str = Field(description="SQLAlchemy URL (sqlite, postgresql+psycopg, mysql+pymysql) or a directory")
     kind: Literal["sql", "files"] = "sql"
     chunk_rows: int = Field(50_000, ge=1_000, le=5_000_000)
-    rollup_cache_seconds: int = Field(
-        120,
+    snapshots: bool = Field(
+        True,
+        description="keep a per-entity monthly roll-up of each dataset in the state directory and answer"
+        " extracts from it; false reads the source for every extract",
+    )
+    snapshot_check_seconds: int = Field(
+        60,
         ge=0,
-        le=3_600,
-        description="how long a roll-up (before tokens) is reused by later extracts asking for the same one, "
-        "e.g. the queries of one indicator pack; 0 turns the cache off",
+        le=86_400,
+        description="how often an extract asks the source whether it changed (watermark or checksum);"
+        " 0 asks every time",
+    )
+    snapshot_max_age_seconds: int = Field(
+        86_400,
+        ge=60,
+        le=31 * 86_400,
+        description="a snapshot older than this is rebuilt even if no change was seen (sources without a"
+        " watermark); `fedgate connector refresh` rebuilds at once",
     )
 
 

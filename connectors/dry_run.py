@@ -75,6 +75,8 @@ class DatasetReport:
     measures: list[MeasureRange] = field(default_factory=list)
     outside_codelist: dict[str, int] = field(default_factory=dict)
     household_coverage: float | None = None
+    snapshot: dict[str, Any] | None = None
+    """the snapshot extracts read now (`connectors.snapshot`): age, months, what its build skipped"""
     findings: list[Finding] = field(default_factory=list)
 
     def add(self, level: Level, message: str) -> None:
@@ -279,7 +281,45 @@ def run_check(loaded: LoadedConfig, *, end: str | None = None, months: int = DEF
         return report
     try:
         for dataset in cfg.datasets:
-            report.datasets.append(_check_dataset(loaded, source, dataset, report.months))
+            checked = _check_dataset(loaded, source, dataset, report.months)
+            if cfg.source.snapshots:
+                _check_snapshot(loaded, source, dataset, checked)
+            report.datasets.append(checked)
     finally:
         source.close()
     return report
+
+
+def _check_snapshot(
+    loaded: LoadedConfig, source: Source, dataset: DatasetSpec, report: DatasetReport
+) -> None:
+    """The snapshot's age and build counts, and whether the source changed since it was built."""
+    from connectors.snapshot import read_manifest, snapshot_summary
+
+    info = read_manifest(loaded.config.state_dir, dataset.name)
+    if info is None:
+        report.add(
+            "info",
+            "no snapshot yet: the first extract builds it, or run `fedgate connector refresh`"
+            " / 尚无快照：首次提取时生成，或运行 fedgate connector refresh",
+        )
+        return
+    report.snapshot = snapshot_summary(info)
+    if info.age_seconds() > loaded.config.source.snapshot_max_age_seconds:
+        report.add(
+            "warning",
+            f"the snapshot is older than source.snapshot_max_age_seconds"
+            f" ({loaded.config.source.snapshot_max_age_seconds:,} s): the next extract rebuilds it;"
+            " run `fedgate connector refresh` from the department's scheduler / 快照已过期",
+        )
+    try:
+        now = source.fingerprint(dataset)
+    except ConnectorError as exc:
+        report.add("warning", f"cannot tell whether the source changed since the snapshot: {exc}")
+        return
+    if now is not None and now != info.fingerprint:
+        report.add(
+            "info",
+            "the source changed since the snapshot was built: the next extract (or"
+            " `fedgate connector refresh`) rebuilds it / 数据源已更新，下次提取时重建快照",
+        )

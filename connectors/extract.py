@@ -16,11 +16,9 @@ clipped, 0 where the entity has no rows in that period; an entity with rows in e
 from __future__ import annotations
 
 import io
-import threading
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +31,9 @@ from connectors.protocol import BASELINE_SUFFIX, HOUSEHOLD_TOKEN_COLUMN, TOKEN_C
 from connectors.sources import BAD_VALUES, ENTITY, HOUSEHOLD, RollupSpec, Source
 from connectors.tokens import TOKEN_BYTES
 from connectors.vocabulary import EntityKind, Rollup
+
+if TYPE_CHECKING:
+    from connectors.snapshot import Snapshot, SnapshotStore
 
 _REAGG = {Rollup.SUM: "sum", Rollup.COUNT: "sum", Rollup.MAX: "max"}
 _NID = "_nid"
@@ -66,6 +67,8 @@ class QualityCounters:
 class Extract:
     table: pa.Table
     quality: QualityCounters
+    snapshot: str | None = None
+    """the snapshot it was read from (named in the connector's local log), None if read from the source"""
 
     def to_ipc(self) -> bytes:
         sink = io.BytesIO()
@@ -123,17 +126,19 @@ def _derived(nids: pd.Series, kind: DerivedDimension) -> pd.Series:
     return pd.Series([f"{s}-{e}" for s, e in zip(start, end, strict=True)], index=nids.index)
 
 
-def _merge_repeated(frame: pd.DataFrame, aggs: dict[str, tuple[str, str]]) -> pd.DataFrame:
-    """Collapse the rows that share a normalised ID into one, by `aggs`."""
+def _merge_repeated(
+    frame: pd.DataFrame, aggs: dict[str, tuple[str, str]], *, keys: tuple[str, ...] = (_NID,)
+) -> pd.DataFrame:
+    """Collapse the rows that share a normalised ID (and the other `keys`) into one, by `aggs`."""
     # Only IDs seen more than once need re-aggregating; they are few, and a group-by over every row
     # (object columns included) would cost seconds at county scale.
-    repeated = frame[_NID].duplicated(keep=False)
+    repeated = frame.duplicated(subset=list(keys), keep=False)
     if not repeated.any():
         return frame
     if aggs:
-        merged = frame[repeated].groupby(_NID, sort=False).agg(**aggs).reset_index()
+        merged = frame[repeated].groupby(list(keys), sort=False).agg(**aggs).reset_index()
     else:
-        merged = frame.loc[repeated, [_NID]].drop_duplicates()
+        merged = frame.loc[repeated, list(keys)].drop_duplicates()
     return pd.concat([frame[~repeated], merged[frame.columns]], ignore_index=True)
 
 
@@ -157,55 +162,51 @@ def _join_baseline(main: pd.DataFrame, base: pd.DataFrame, spec: RollupSpec) -> 
     return both
 
 
-# Roll-ups kept at once: a pack's queries ask for a handful of distinct ones per dataset.
-ROLLUP_CACHE_ENTRIES = 8
-
-
-@dataclass
-class _CachedRollup:
-    expires: float
-    frame: pd.DataFrame
-    quality: QualityCounters
-
-
-def _add_quality(into: QualityCounters, more: QualityCounters) -> None:
-    for name, value in more.__dict__.items():
+def _add_quality(into: QualityCounters, more: dict[str, Any]) -> None:
+    for name, value in more.items():
         if name == "invalid_reasons":
             into.invalid_reasons.update(value)
-        else:
+        elif hasattr(into, name):
             setattr(into, name, getattr(into, name) + value)
 
 
 class Extractor:
-    """Runs one approved extract against a source.
+    """Runs one approved extract, from the dataset's snapshot or (without one) from the source.
 
-    The queries of an indicator pack ask one connector for the same roll-up several times, each under
-    its own tokens (tokens of two queries never link). The roll-up before tokens — the source's GROUP BY,
-    normalised IDs, re-aggregated — is the expensive part, so it is kept for `rollup_cache_seconds` and
-    reused; tokens, clipping and dimensions are made afresh for every request. The cache lives in the
-    connector's memory only, beside the data it was read from, and every extract's quality counters are
-    counted as if read anew.
+    The roll-up before tokens — the source's GROUP BY, normalised IDs, re-aggregated — is the expensive
+    part. With `snapshots` it comes from the dataset's snapshot (`connectors.snapshot`): the one snapshot
+    opened at the start serves the whole extract, and its build counts are the extract's quality counts.
+    Without, the source is read for every extract. Tokens, clipping and dimensions are made afresh for
+    every request either way (tokens of two queries never link).
     """
 
-    def __init__(self, loaded: LoadedConfig, source: Source, keyring: FederationKeyring) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        source: Source,
+        keyring: FederationKeyring,
+        snapshots: SnapshotStore | None = None,
+    ) -> None:
         self._loaded = loaded
         self._source = source
         self._keyring = keyring
-        self._cache: OrderedDict[tuple[str, RollupSpec], _CachedRollup] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._snapshots = snapshots
 
     def run(self, request: ExtractRequest, dataset: DatasetSpec) -> Extract:
         quality = QualityCounters()
         chunk_rows = self._loaded.config.source.chunk_rows
         spec = rollup_spec(dataset, request, chunk_rows)
-        frame = self._rolled_up(spec, dataset, quality)
+        snapshot = self._snapshots.open(dataset) if self._snapshots is not None else None
+        if snapshot is not None:
+            _add_quality(quality, snapshot.info.quality)
+        frame = self._rolled_up(spec, dataset, quality, snapshot)
         # (output column, measure): the query period's columns, then with a baseline the baseline's.
         outputs = [(name, name) for name in request.measures]
         baseline = (request.baseline_start, request.baseline_end)
         # Without measures a baseline would add no column, so it does not widen the population either.
         if baseline[0] is not None and baseline[1] is not None and request.measures:
             base_spec = rollup_spec(dataset, request, chunk_rows, period=(baseline[0], baseline[1]))
-            base = self._rolled_up(base_spec, dataset, quality)
+            base = self._rolled_up(base_spec, dataset, quality, snapshot)
             frame = _join_baseline(frame, base, spec)
             outputs = [(c, n) for n in request.measures for c in (n, n + BASELINE_SUFFIX)]
 
@@ -252,29 +253,15 @@ class Extractor:
             out[HOUSEHOLD_TOKEN_COLUMN] = pa.array(hh, type=pa.binary(TOKEN_BYTES))
         table = pa.table(out)
         table = table.sort_by(TOKEN_COLUMN) if table.num_rows else table
-        return Extract(table=table, quality=quality)
+        return Extract(table=table, quality=quality, snapshot=snapshot.id if snapshot is not None else None)
 
-    def _rolled_up(self, spec: RollupSpec, dataset: DatasetSpec, quality: QualityCounters) -> pd.DataFrame:
-        """One source roll-up by normalised ID, from the cache while fresh; adds its quality counts."""
-        ttl = self._loaded.config.source.rollup_cache_seconds
-        key = (dataset.name, spec)
-        now = time.monotonic()
-        with self._cache_lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit.expires > now:
-                self._cache.move_to_end(key)
-                _add_quality(quality, hit.quality)
-                return hit.frame
-        local = QualityCounters()
-        frame = self._read_rollup(spec, dataset, local)
-        _add_quality(quality, local)
-        if ttl > 0:
-            with self._cache_lock:
-                self._cache[key] = _CachedRollup(now + ttl, frame, local)
-                self._cache.move_to_end(key)
-                while len(self._cache) > ROLLUP_CACHE_ENTRIES:
-                    self._cache.popitem(last=False)
-        return frame
+    def _rolled_up(
+        self, spec: RollupSpec, dataset: DatasetSpec, quality: QualityCounters, snapshot: Snapshot | None
+    ) -> pd.DataFrame:
+        """One roll-up by normalised ID: from the extract's snapshot, or read from the source."""
+        if snapshot is not None:
+            return snapshot.rollup(spec, dataset)
+        return self._read_rollup(spec, dataset, quality)
 
     def _read_rollup(self, spec: RollupSpec, dataset: DatasetSpec, quality: QualityCounters) -> pd.DataFrame:
         """One source roll-up, by normalised ID: one row per valid entity, measures numeric (0 if bad)."""
@@ -284,34 +271,69 @@ class Extractor:
             if chunks
             else pd.DataFrame(columns=list(spec.output_columns))
         )
+        frame = normalise_rollup(frame, spec, dataset, quality)
+        return finish_measures(frame, spec, dataset, quality)
 
-        id_kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
-        raws = [v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()]
-        batch = normalize_many(id_kind, raws)
-        quality.raw_ids += len(raws)
-        quality.invalid_ids += batch.invalid
-        quality.legacy_ids += batch.legacy
-        quality.cleaned_ids += batch.cleaned
-        quality.invalid_reasons.update(batch.reasons)
-        frame[_NID] = batch.values
-        frame = frame[frame[_NID].notna()].drop(columns=[ENTITY])
-        if BAD_VALUES in frame.columns:
-            quality.bad_values += int(frame.pop(BAD_VALUES).sum())
 
-        for name, _column, rollup in spec.measures:
-            # Decimal money (NUMERIC(12,2)) arrives as Decimal and becomes float here; rounding to whole
-            # yuan happens once, at clipping, after the re-aggregation.
-            values = pd.to_numeric(frame[name], errors="coerce")
-            quality.bad_values += int(values.isna().sum())
-            measure = dataset.measure(name)
-            if measure is not None and measure.scale and rollup is not Rollup.COUNT:
-                values = values / 10**measure.scale  # e.g. fen stored as integers -> yuan
-            frame[name] = values.fillna(0)
-        aggs: dict[str, tuple[str, str]] = {n: (n, _REAGG[r]) for n, _c, r in spec.measures}
-        aggs.update({n: (n, "max") for n, _c in spec.dimensions})
-        if spec.household_column is not None:
-            aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
-        before = len(frame)
-        frame = _merge_repeated(frame, aggs)
-        quality.duplicate_ids += before - len(frame)
-        return frame
+def normalise_rollup(
+    frame: pd.DataFrame,
+    spec: RollupSpec,
+    dataset: DatasetSpec,
+    quality: QualityCounters,
+    *,
+    keys: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Source roll-up rows by normalised ID (and `keys`): invalid IDs dropped, rows of one ID merged.
+
+    Measures stay as the source gave them (a sum of a month without values stays missing); the counts
+    of what was dropped or cleaned go to `quality`.
+    """
+    id_kind = IdKind.RESIDENT_ID if dataset.entity.kind is EntityKind.PERSON else IdKind.CREDIT_CODE
+    raws = [v if isinstance(v, str) else "" for v in frame[ENTITY].tolist()]
+    batch = normalize_many(id_kind, raws)
+    quality.raw_ids += len(raws)
+    quality.invalid_ids += batch.invalid
+    quality.legacy_ids += batch.legacy
+    quality.cleaned_ids += batch.cleaned
+    quality.invalid_reasons.update(batch.reasons)
+    frame[_NID] = batch.values
+    frame = frame[frame[_NID].notna()].drop(columns=[ENTITY])
+    if BAD_VALUES in frame.columns:
+        quality.bad_values += int(frame.pop(BAD_VALUES).sum())
+    for name, _column, _rollup in spec.measures:
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")  # not a number: missing, counted later
+    aggs: dict[str, tuple[str, str]] = {n: (n, _REAGG[r]) for n, _c, r in spec.measures}
+    aggs.update({n: (n, "max") for n, _c in spec.dimensions})
+    if spec.household_column is not None:
+        aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
+    before = len(frame)
+    frame = _merge_repeated(frame, aggs, keys=(_NID, *keys))
+    quality.duplicate_ids += before - len(frame)
+    return frame
+
+
+def finish_measures(
+    frame: pd.DataFrame,
+    spec: RollupSpec,
+    dataset: DatasetSpec,
+    quality: QualityCounters,
+    *,
+    decimals: dict[str, int] | None = None,
+) -> pd.DataFrame:
+    """Measures in their unit: missing ones counted and 0, stored fractions (`scale`) divided out.
+
+    `decimals` names measures held as whole multiples of 10**-d (a snapshot's exact form of NUMERIC
+    money): divided first, which gives the same float as the database's own decimal sum.
+    """
+    for name, _column, rollup in spec.measures:
+        # Decimal money (NUMERIC(12,2)) arrives as Decimal and becomes float here; rounding to whole
+        # yuan happens once, at clipping, after the re-aggregation.
+        values = pd.to_numeric(frame[name], errors="coerce")
+        quality.bad_values += int(values.isna().sum())
+        if decimals and decimals.get(name):
+            values = values / 10 ** decimals[name]
+        measure = dataset.measure(name)
+        if measure is not None and measure.scale and rollup is not Rollup.COUNT:
+            values = values / 10**measure.scale  # e.g. fen stored as integers -> yuan
+        frame[name] = values.fillna(0)
+    return frame

@@ -337,6 +337,11 @@ class DatasetSchema(_Model):
     measures: tuple[MeasureSchema, ...]
     dimensions: tuple[DimensionSchema, ...]
     household_mapping: bool = False
+    data_as_of: str | None = Field(
+        None,
+        description="the day (UTC, YYYY-MM-DD) the connector last took this dataset from its source (its "
+        "snapshot); none before the first extract or when the connector reads the source every time",
+    )
 
 
 class PolicySchema(_Model):

@@ -86,6 +86,7 @@ from connectors.protocol import (
     verify_approval,
     verify_rule,
 )
+from connectors.snapshot import SnapshotStore, snapshot_summary
 from connectors.sources import Source
 from connectors.sources.diagnose import SourceFailure, scrub
 from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
@@ -209,7 +210,8 @@ class ConnectorService:
         self.gateway_keys = {fingerprint(k): parse_public_key(k) for k in self.cfg.policy.gateway_public_keys}
         self.approval_key = parse_public_key(self.cfg.policy.approval_public_key)
         self.schema = build_schema(loaded, public_key_text(self.signing_key.public_key()))
-        self.extractor = Extractor(loaded, source, keyring)
+        self.snapshots = SnapshotStore(loaded, source) if self.cfg.source.snapshots else None
+        self.extractor = Extractor(loaded, source, keyring, self.snapshots)
         self.audit_verifiers = [parse_verifier(v) for v in self.cfg.policy.audit_public_keys]
         # The connector key cosigns the checkpoints it witnessed, under the connector's name.
         self.cosigner = Cosigner(self.cfg.name, self.signing_key)
@@ -582,7 +584,10 @@ class ConnectorService:
             raise
         self.state.complete(query_id=req.query_id, dataset=dataset.name, body=body)
         self.state.record_quality(dataset.name, result.quality.as_dict())
-        return body, {"replay": False, "response_digest": sha256_hex(body), "epsilon": str(epsilon)}
+        facts = {"replay": False, "response_digest": sha256_hex(body), "epsilon": str(epsilon)}
+        if result.snapshot is not None:
+            facts["snapshot"] = result.snapshot  # which one answered, for the department's own review
+        return body, facts
 
     def note_source_failure(self, query_id: str, dataset: str, exc: SourceError) -> None:
         """The department's own view of a failed read: the database's error class and scrubbed message.
@@ -600,6 +605,27 @@ class ConnectorService:
         self.state.record_failure(
             dataset=dataset, query_id=query_id, code=ErrorCode.SOURCE_UNAVAILABLE.value, details=details
         )
+
+    def published_schema(self) -> ConnectorSchema:
+        """The schema with each dataset's "data as of" day: the only fact about a snapshot that leaves."""
+        if self.snapshots is None:
+            return self.schema
+        datasets = []
+        for declared in self.schema.datasets:
+            spec = self.cfg.dataset(declared.name)
+            info = self.snapshots.info(spec) if spec is not None else None
+            datasets.append(declared.model_copy(update={"data_as_of": info.data_as_of if info else None}))
+        return self.schema.model_copy(update={"datasets": tuple(datasets)})
+
+    def snapshot_report(self) -> dict[str, Any]:
+        """Each dataset's snapshot for the department's own admin: age and what the build skipped."""
+        if self.snapshots is None:
+            return {}
+        report: dict[str, Any] = {}
+        for ds in self.cfg.datasets:
+            info = self.snapshots.info(ds)
+            report[ds.name] = None if info is None else snapshot_summary(info)
+        return report
 
     def is_admin(self, request: Request) -> bool:
         auth = request.headers.get("authorization", "")
@@ -682,7 +708,8 @@ def create_app(service: ConnectorService) -> FastAPI:
     @app.get("/v1/schema")
     async def schema(request: Request) -> Response:
         verified = await run_in_threadpool(service.verify_request, request, await request.body())
-        body = canonical_json(service.schema.model_dump(mode="json"))
+        published = await run_in_threadpool(service.published_schema)
+        body = canonical_json(published.model_dump(mode="json"))
         return service.signed(verified, body, "application/json")
 
     @app.post("/v1/extract")
@@ -736,6 +763,7 @@ def create_app(service: ConnectorService) -> FastAPI:
             "datasets": await run_in_threadpool(service.state.quality),
             "recent_failures": await run_in_threadpool(service.state.failures),
             "epsilon_spent": {budget_window(): str(service.state.spent(budget_window()))},
+            "snapshots": await run_in_threadpool(service.snapshot_report),
         }
 
     return app

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Request
 
+from aggregation.engines import CellEngine, PolarsEngine
 from audit.checkpoint import Checkpointer
 from gateway.audit_trail import AuditTrail
 from gateway.federation import Federation
@@ -41,6 +42,7 @@ class GatewayContext:
     """each analyst's runs in progress (`FEDGATE_MAX_CONCURRENT_RUNS_PER_ANALYST`)"""
     _federation: Federation | None = field(default=None, repr=False)
     _federation_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cell_engine: CellEngine | None = field(default=None, repr=False)
     _job_pool: JobPool | None = field(default=None, repr=False)
     scheduler: Any = field(default=None, repr=False)
     """the monthly schedules' scheduler (`gateway.schedules.Scheduler`), while the app runs"""
@@ -71,6 +73,24 @@ class GatewayContext:
                     verify=self.tls or True,
                 )
             return self._federation
+
+    def cell_engine(self) -> CellEngine:
+        """The engine the runner joins and aggregates on (`FEDGATE_ENGINE`), made on first use."""
+        with self._federation_lock:
+            if self._cell_engine is None:
+                settings = self.settings
+                if settings.engine == "spark":
+                    # Imported only here: a gateway on the default engine never loads PySpark.
+                    from aggregation.engines.spark_engine import SparkEngine
+
+                    staging = settings.spark_staging_dir or settings.state_dir / "spark-staging"
+                    self._cell_engine = SparkEngine(master=settings.spark_master, staging_dir=staging)
+                else:
+                    self._cell_engine = PolarsEngine(
+                        memory_bytes=settings.engine_memory_mb * 1024 * 1024,
+                        spill_dir=settings.engine_spill_dir or settings.state_dir / "spill",
+                    )
+            return self._cell_engine
 
 
 def get_context(request: Request) -> GatewayContext:

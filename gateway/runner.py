@@ -32,14 +32,16 @@ import base64
 import datetime
 import random
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import structlog
 
 from aggregation.data_years import query_data_years
-from aggregation.executor import UNLINKED_NOTE, VALUE, unit_frame
+from aggregation.executor import UNLINKED_NOTE, VALUE
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import StatisticKind
 from audit.checkpoint import Checkpoint
@@ -270,11 +272,13 @@ class Run:
         # Signed after the planned extracts are logged, so the checkpoint each extract carries includes it.
         checkpoint = self.ctx.checkpointer.checkpoint() if self.ctx.checkpointer is not None else None
         step("extracts")
-        tables = self.fetch(requests, checkpoint, witnessed)
-        # Data has arrived: the budget is spent whatever happens, so a cancel no longer stops the run.
-        step("release", stoppable=False)
-        doc = self.release(prepared, tables)
-        del tables
+        # The engine takes each extract as it arrives, while the others are still being fetched; closing
+        # the run deletes whatever it staged or spilled, after the release and after any failure.
+        with self.ctx.cell_engine().start(self.plan, prepared.layout) as joined:
+            self.fetch(requests, checkpoint, witnessed, joined.add)
+            # Data has arrived: the budget is spent whatever happens, so a cancel no longer stops the run.
+            step("release", stoppable=False)
+            doc = self.release(prepared, joined.cells())
         step("commit", stoppable=False)
         self.commit(doc)
         return doc
@@ -351,11 +355,12 @@ class Run:
         requests: dict[str, tuple[ExtractRequest, int | None]],
         checkpoint: Checkpoint | None,
         witnessed: dict[str, int],
-    ) -> dict[str, pa.Table]:
-        tables, failures = _fetch(self.ctx, self.plan, requests, checkpoint, witnessed)
+        accept: Callable[[str, pa.Table], None],
+    ) -> None:
+        arrived, failures = _fetch(self.ctx, self.plan, requests, checkpoint, witnessed, accept)
         if failures:
             self.failed_connectors = sorted(failures)
-            if not tables:
+            if not arrived:
                 raise ConnectorUnavailable(
                     "a connector did not answer; nothing was charged, the query can be run again", "query_id"
                 )
@@ -364,12 +369,9 @@ class Run:
                 f"a connector failed after others had answered ({failed}); the reserved budget stays spent",
                 "query_id",
             )
-        return tables
 
-    def release(self, prepared: PreparedRelease, tables: dict[str, pa.Table]) -> dict[str, Any]:
-        frame = unit_frame(self.plan, tables)
-        released = prepared.run(frame)
-        del frame
+    def release(self, prepared: PreparedRelease, cells: Mapping[str, pl.DataFrame]) -> dict[str, Any]:
+        released = prepared.run_cells(cells)
         spec = self.spec
         return {
             "query_id": self.qid,
@@ -456,10 +458,12 @@ def _fetch(
     requests: dict[str, tuple[ExtractRequest, int | None]],
     first_checkpoint: Checkpoint | None,
     witnessed: dict[str, int],
-) -> tuple[dict[str, pa.Table], dict[str, str]]:
-    """Call every planned connector concurrently; returns the tables and, per failed extract, its code."""
+    accept: Callable[[str, pa.Table], None],
+) -> tuple[set[str], dict[str, str]]:
+    """Call every planned connector concurrently, handing each table to `accept` as it arrives; returns
+    the extracts that arrived and, per failed extract, its code."""
     spec = plan.query
-    tables: dict[str, pa.Table] = {}
+    arrived: set[str] = set()
     failures: dict[str, str] = {}
 
     def call(e: ExtractPlan) -> tuple[pa.Table, dict[str, str], Checkpoint | None]:
@@ -531,12 +535,14 @@ def _fetch(
                 failures[e.ref] = exc.code
                 _record_call(ctx, spec.query_id, e, note, exc.receipt, outcome=exc.code, status=exc.status)
                 continue
-            tables[e.ref] = table
+            arrived.add(e.ref)
+            accept(e.ref, table)
+            del table
             used_note = used.note if used is not None else None
             _record_call(ctx, spec.query_id, e, used_note, receipt, outcome="ok", status=200)
             if used is not None:
                 _record_cosignature(ctx, spec.query_id, e, used, receipt.get("cosignature"))
-    return tables, failures
+    return arrived, failures
 
 
 def _record_cosignature(

@@ -137,6 +137,30 @@ class GatewaySettings(BaseSettings):
         12, ge=1, le=7 * 24, description="a console session ends this long after sign-in, used or not"
     )
 
+    engine: Literal["polars", "spark"] = Field(
+        "polars", description="where the token join and exact per-cell aggregation run (docs/deployment.md)"
+    )
+    engine_memory_mb: int = Field(
+        2048,
+        ge=1,
+        le=1024 * 1024,
+        description="Polars: extracts held in memory up to this size; beyond it the join is bucketed by "
+        "token prefix and spilled to disk, each bucket's working set near a quarter of it",
+    )
+    engine_spill_dir: Path | None = Field(
+        None,
+        description="Polars: where bucket files are spilled (one private directory per run); unset: "
+        "state_dir/spill",
+    )
+    spark_master: str = Field(
+        "local[2]", description="Spark: the master URL (spark://host:7077, k8s://..., yarn, local[N])"
+    )
+    spark_staging_dir: Path | None = Field(
+        None,
+        description="Spark: where a run stages its extracts as Parquet, on storage every executor reads "
+        "(one directory per run, deleted after the release); unset: state_dir/spark-staging",
+    )
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _blank_url_is_unset(cls, value: object) -> object:

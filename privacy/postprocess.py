@@ -8,7 +8,6 @@ builds and runs the measurement and hands its outputs to :class:`ReleasePostproc
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -18,11 +17,11 @@ import numpy as np
 import polars as pl
 
 from privacy import intervals
+from privacy.cells import BIN_INDEX, COUNT, HBIN, LBIN, QBIN, SUM, bins_frame, keys_frame
 from privacy.vocabulary import (
     COLUMN_PREFIX,
     LORENZ_RESOLUTION,
     Count,
-    GroupDomain,
     Histogram,
     Lorenz,
     Mean,
@@ -40,14 +39,7 @@ __all__ = ["CONFIDENCE", "Quantity", "ReleasePostprocessor", "bins_frame", "keys
 
 CONFIDENCE: Final = intervals.CONFIDENCE
 
-COUNT: Final = COLUMN_PREFIX + "count"
-SUM: Final = COLUMN_PREFIX + "sum"
-HBIN: Final = COLUMN_PREFIX + "hbin"
-QBIN: Final = COLUMN_PREFIX + "qbin"
-LBIN: Final = COLUMN_PREFIX + "lbin"
-LOFFSET: Final = COLUMN_PREFIX + "loffset"
 CELL: Final = COLUMN_PREFIX + "cell"
-BIN_INDEX: Final = COLUMN_PREFIX + "bin_index"
 
 
 class Quantity:
@@ -58,20 +50,6 @@ class Quantity:
         self.share = share
         self.sensitivity = sensitivity
         self.scale = scale
-
-
-def keys_frame(groups: Sequence[GroupDomain]) -> pl.DataFrame:
-    schema = {g.name: pl.String for g in groups}
-    rows = list(itertools.product(*(g.keys for g in groups)))
-    return pl.DataFrame(rows, schema=schema, orient="row")
-
-
-def bins_frame(column: str, edges: Sequence[int]) -> pl.DataFrame:
-    labels = histogram_bin_labels(edges)
-    return pl.DataFrame(
-        {column: list(labels), BIN_INDEX: list(range(len(labels)))},
-        schema={column: pl.String, BIN_INDEX: pl.Int64},
-    )
 
 
 class ReleasePostprocessor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -231,58 +230,3 @@ def test_a_baseline_keeps_the_household_of_someone_seen_in_either_period(tmp_pat
     assert table.num_rows == 2
     assert None not in table.column(HOUSEHOLD_TOKEN_COLUMN).to_pylist()
     assert sorted(table.column("wage_income" + BASELINE_SUFFIX).to_pylist()) == [0, 1]
-
-
-class _CountingSource(MemorySource):
-    """A memory source that counts the roll-ups it is asked for."""
-
-    calls = 0
-
-    def rollup(self, spec):  # type: ignore[no-untyped-def]
-        type(self).calls += 1
-        return super().rollup(spec)
-
-
-def test_a_roll_up_is_reused_under_fresh_tokens_while_it_is_fresh(
-    dept: Department, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    loaded = load_config(dept.config_path)
-    _CountingSource.calls = 0
-    source = _CountingSource({"wages": pd.DataFrame(wage_rows())})
-    extractor = Extractor(loaded, source, load_keyring(dept.keyring_path))
-    dataset = loaded.config.dataset("wages")
-    assert dataset is not None and loaded.config.source.rollup_cache_seconds == 120
-    first = extractor.run(dept.request("q-cache-0001"), dataset)
-    second = extractor.run(dept.request("q-cache-0002"), dataset)
-    assert _CountingSource.calls == 1  # the same roll-up, read once
-    # Each query's own tokens: the same persons and values, no token in common.
-    assert not set(first.table[TOKEN_COLUMN].to_pylist()) & set(second.table[TOKEN_COLUMN].to_pylist())
-
-    def values(query_id: str, extract: Extract) -> dict[str, dict[str, object]]:
-        rows = _by_nid(dept, query_id, extract.table)
-        return {nid: {c: v for c, v in row.items() if c != TOKEN_COLUMN} for nid, row in rows.items()}
-
-    assert values("q-cache-0001", first) == values("q-cache-0002", second) != {}
-    assert first.quality.as_dict() == second.quality.as_dict()  # every extract counts its quality
-    # Another roll-up (another period) is read; an expired one is read again.
-    extractor.run(dept.request("q-cache-0003", period_start="2025-01", period_end="2025-03"), dataset)
-    assert _CountingSource.calls == 2
-    now = time.monotonic()
-    monkeypatch.setattr(time, "monotonic", lambda: now + 121)
-    extractor.run(dept.request("q-cache-0004"), dataset)
-    assert _CountingSource.calls == 3
-
-
-def test_the_roll_up_cache_can_be_turned_off(dept: Department) -> None:
-    loaded = load_config(dept.config_path)
-    source_spec = loaded.config.source.model_copy(update={"rollup_cache_seconds": 0})
-    loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"source": source_spec})})
-    _CountingSource.calls = 0
-    extractor = Extractor(
-        loaded, _CountingSource({"wages": pd.DataFrame(wage_rows())}), load_keyring(dept.keyring_path)
-    )
-    dataset = loaded.config.dataset("wages")
-    assert dataset is not None
-    extractor.run(dept.request("q-nocache-01"), dataset)
-    extractor.run(dept.request("q-nocache-02"), dataset)
-    assert _CountingSource.calls == 2

@@ -28,6 +28,7 @@ from connectors.errors import ConfigError
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
 from connectors.service import build_service
+from connectors.snapshot import SnapshotStore
 from connectors.sources import open_source
 from connectors.sources.memory import MemorySource
 from connectors.sources.periods import Month
@@ -152,16 +153,28 @@ def _truth(dept: Department) -> pa.Table:
     )
 
 
+def _snapshot_extract(dept: Department, source: Any) -> pa.Table:
+    """The same extract from a snapshot of the store: each raw period value read as its month."""
+    loaded = load_config(dept.config_path)
+    dataset = loaded.config.dataset("wages")
+    assert dataset is not None
+    keyring = load_keyring(dept.keyring_path)
+    store = SnapshotStore(loaded, source, state_dir=dept.directory / "snapshot-state")
+    return Extractor(loaded, source, keyring, store).run(dept.request("q-period-0001"), dataset).table
+
+
 def _assert_same_as_text(dept: Department) -> None:
     loaded = load_config(dept.config_path)
     source = open_source(loaded.config.source)
     try:
         got = _extract(dept, source)
+        snapped = _snapshot_extract(dept, source)
     finally:
         source.close()
     truth = _truth(dept)
     assert got.num_rows == 3
     assert got.equals(truth), (got.to_pylist(), truth.to_pylist())
+    assert snapped.to_pylist() == truth.to_pylist()
 
 
 SQLITE_FORMS = list(FORMS)

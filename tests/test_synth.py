@@ -293,6 +293,7 @@ def test_the_county_looks_like_shengsi(
     birth_years = pids.str[6:10].astype(int)
     assert 0.25 <= (birth_years <= 2025 - 61).mean() <= 0.37
     raw = truth["raw"]
+    assert 1.95 <= raw["person_count"] / raw["household_count"] <= 2.25  # Shengsi 2.05, Zhoushan 2.15
     assert 45_000 <= raw["per_capita_income"]["county"] <= 62_000
     assert 1.35 <= raw["urban_rural_ratio"] <= 1.9
     months = tables["utility.electricity"].groupby("month")["kwh"].median()

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 ENTITY = "entity"
 HOUSEHOLD = "household"
+PERIOD = "_period"
+PERIOD_MONTH = "_period_month"
+"""With `RollupSpec.by_period`: the raw period value (and for a year and month pair, the month) of a row."""
 BAD_VALUES = "_bad_values"
 """Optional column: per raw ID, how many measure values were not numbers (counted, then skipped)."""
 
@@ -55,13 +58,30 @@ class RollupSpec:
     """(output name, source column): taken as the maximum over the entity's rows"""
     household_column: str | None = None
     chunk_rows: int = 50_000
+    by_period: PeriodSpec | None = None
+    """group by the entity and this period's raw value(s) instead of the entity alone, over every row
+    that has a period (a snapshot's build: one pass over the table instead of one per month)"""
     output_columns: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         cols = [ENTITY, *(m[0] for m in self.measures), *(d[0] for d in self.dimensions)]
         if self.household_column is not None:
             cols.append(HOUSEHOLD)
+        if self.by_period is not None:
+            cols.append(PERIOD)
+            if self.by_period.month_column is not None:
+                cols.append(PERIOD_MONTH)
         object.__setattr__(self, "output_columns", tuple(cols))
+
+    @property
+    def period_keys(self) -> list[tuple[str, str]]:
+        """(output name, source column) of the period columns grouped by, with `by_period`."""
+        if self.by_period is None:
+            return []
+        keys = [(PERIOD, self.by_period.column)]
+        if self.by_period.month_column is not None:
+            keys.append((PERIOD_MONTH, self.by_period.month_column))
+        return keys
 
 
 class Source(Protocol):
@@ -77,6 +97,11 @@ class Source(Protocol):
 
     def null_periods(self, relation: str, spec: PeriodSpec) -> int:
         """Rows whose period is NULL: they belong to no period (reported by `connector check`)."""
+        ...
+
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        """A short text that changes when the dataset's rows change (its watermark column's maximum and
+        the row count, or a file's checksum); `None` where the source cannot tell without reading it all."""
         ...
 
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:

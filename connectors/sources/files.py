@@ -9,6 +9,7 @@ format is taken from the type as for SQL (`sources.periods`). Trailing blanks of
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ class FileSource:
         wanted += [m.column for m in dataset.measures if m.column]
         wanted += [d.column for d in dataset.dimensions if d.column]
         wanted += [dataset.household.column] if dataset.household else []
+        wanted += [dataset.watermark] if dataset.watermark else []
         wanted += [dataset.period.month_column] if dataset.period and dataset.period.month_column else []
         missing = [c for c in wanted if c not in names]
         if missing:
@@ -166,6 +168,18 @@ class FileSource:
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{relation!r} cannot be read ({type(exc).__name__})") from None
 
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        # The file's checksum: a department rewrites its export in place, with or without a new date.
+        assert dataset.file is not None
+        digest = hashlib.sha256()
+        try:
+            with (self._dir / dataset.file).open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise SourceError(f"{dataset.file!r} cannot be read ({type(exc).__name__})") from None
+        return f"sha256 {digest.hexdigest()}"
+
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         data = self._dataset(spec.relation)
         columns = {ENTITY: pc.field(spec.entity_column)}
@@ -178,6 +192,9 @@ class FileSource:
         if spec.household_column is not None:
             columns[HOUSEHOLD] = pc.field(spec.household_column)
         where = None
+        for name, column in spec.period_keys:
+            columns[name] = pc.field(column)
+            where = pc.field(column).is_valid() if where is None else where & pc.field(column).is_valid()
         if spec.period is not None and spec.period_start is not None and spec.period_end is not None:
             plan = self.period_plan(spec.relation, spec.period)
             where = _period_filter(plan, data.schema, spec.period_start, spec.period_end)
@@ -208,7 +225,8 @@ class FileSource:
             aggs[name] = (name, "max")
         if spec.household_column is not None:
             aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
-        out = frame.groupby(ENTITY, sort=False, dropna=True).agg(**aggs).reset_index()
+        keys = [ENTITY, *(name for name, _c in spec.period_keys)]
+        out = frame.groupby(keys, sort=False, dropna=True).agg(**aggs).reset_index()
         return out[[*spec.output_columns, BAD_VALUES]]
 
     def close(self) -> None:

@@ -77,6 +77,7 @@ class MemorySource:
         wanted += [d.column for d in dataset.dimensions if d.column]
         wanted += [dataset.period.column] if dataset.period else []
         wanted += [dataset.household.column] if dataset.household else []
+        wanted += [dataset.watermark] if dataset.watermark else []
         wanted += [dataset.period.month_column] if dataset.period and dataset.period.month_column else []
         missing = [c for c in wanted if c not in frame.columns]
         if missing:
@@ -108,6 +109,12 @@ class MemorySource:
             missing |= frame[spec.month_column].isna()
         return int(missing.sum())
 
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        # A checksum of the whole frame: in memory it costs little, and any change shows.
+        frame = self._frame(dataset.table or dataset.file or "")
+        digest = int(pd.util.hash_pandas_object(frame, index=False).sum()) & 0xFFFFFFFFFFFFFFFF
+        return f"checksum {digest:016x}; rows {len(frame)}"
+
     def rollup(self, spec: RollupSpec) -> Iterator[pd.DataFrame]:
         frame = self._frame(spec.relation)
         if spec.period is not None and spec.period_start is not None and spec.period_end is not None:
@@ -131,7 +138,10 @@ class MemorySource:
         if spec.household_column is not None:
             work[HOUSEHOLD] = frame[spec.household_column]
             aggs[HOUSEHOLD] = (HOUSEHOLD, "max")
-        out = work.groupby(ENTITY, sort=False, dropna=True).agg(**aggs).reset_index()
+        for name, column in spec.period_keys:
+            work[name] = frame[column]
+        keys = [ENTITY, *(name for name, _c in spec.period_keys)]
+        out = work.groupby(keys, sort=False, dropna=True).agg(**aggs).reset_index()
         for start in range(0, len(out), spec.chunk_rows):
             yield out.iloc[start : start + spec.chunk_rows][[*spec.output_columns, BAD_VALUES]]
 

@@ -262,3 +262,39 @@ def verify_sample(plan: PeriodPlan, values: Iterable[object], months: Iterable[o
                 f"a month column holds 1 to 12, but the data holds values shaped like {shape_of(value)}:"
                 " correct period.month_column",
             )
+
+
+def month_key(plan: PeriodPlan, value: object, month: object = None) -> str | None:
+    """The month ("YYYY-MM") a raw period value falls in, as the month ranges of `month_bounds` read it;
+    None for a value that names no month (it falls in no requested range either).
+
+    A TIMESTAMP WITH TIME ZONE counts in the plan's zone, as its range predicate does.
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if plan.format is PeriodFormat.YEAR_MONTH:
+        year, number = _int_like(value), _int_like(month)
+        return _month_text(year, number)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(zoneinfo.ZoneInfo(plan.timezone))
+        return _month_text(value.year, value.month)
+    if isinstance(value, datetime.date):
+        return _month_text(value.year, value.month)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _month_text(*divmod(value, 100)) if plan.format is PeriodFormat.YYYYMM else None
+    text = str(value).strip()
+    if plan.format is PeriodFormat.TEXT_YYYYMM or plan.format is PeriodFormat.YYYYMM:
+        ok = len(text) == 6 and text.isdigit()
+        return _month_text(int(text[:4]), int(text[4:])) if ok else None
+    if len(text) >= 7 and text[:4].isdigit() and text[4] == "-" and text[5:7].isdigit():
+        if plan.storage == TIMESTAMPTZ and len(text) > 10:
+            return None  # a zone-aware text timestamp is not read here; such a column is a timestamp type
+        return _month_text(int(text[:4]), int(text[5:7]))
+    return None
+
+
+def _month_text(year: int | None, month: int | None) -> str | None:
+    if year is None or month is None or not 1 <= month <= 12 or not 1 <= year <= 9999:
+        return None
+    return f"{year:04d}-{month:02d}"

@@ -136,6 +136,7 @@ class SqlSource:
         wanted += [m.column for m in dataset.measures if m.column]
         wanted += [d.column for d in dataset.dimensions if d.column]
         wanted += [dataset.household.column] if dataset.household else []
+        wanted += [dataset.watermark] if dataset.watermark else []
         if dataset.period and dataset.period.month_column:
             wanted.append(dataset.period.month_column)
         missing = [c for c in wanted if c not in table.c]
@@ -205,6 +206,22 @@ class SqlSource:
                 "the source database cannot be read", diagnose(exc, [*self._safe_names, relation])
             ) from None
 
+    def fingerprint(self, dataset: DatasetSpec) -> str | None:
+        if dataset.watermark is None:
+            return None
+        assert dataset.table is not None
+        t = self._table(dataset.table)
+        stmt = sa.select(sa.func.max(t.c[dataset.watermark]), sa.func.count()).select_from(t)
+        try:
+            with self._engine.connect() as conn:
+                high, rows = conn.execute(stmt).one()
+        except SQLAlchemyError as exc:
+            raise SourceFailure(
+                "the source database cannot be read",
+                diagnose(exc, [*self._safe_names, dataset.table, dataset.watermark]),
+            ) from None
+        return f"watermark {high}; rows {rows}"
+
     def _statement(self, spec: RollupSpec) -> sa.Select[Any]:
         t = self._table(spec.relation)
         entity = t.c[spec.entity_column]
@@ -219,7 +236,15 @@ class SqlSource:
         cols += [sa.func.max(t.c[column]).label(name) for name, column in spec.dimensions]
         if spec.household_column is not None:
             cols.append(sa.func.max(t.c[spec.household_column]).label(HOUSEHOLD))
-        stmt = sa.select(*cols).group_by(entity)
+        keys: list[Any] = [t.c[column] for _name, column in spec.period_keys]
+        if spec.by_period is not None and self.period_plan(spec.relation, spec.by_period).storage == TEXT:
+            # Read as the text it is: a SQLite DATE column may hold '2025-01', which the dialect's own
+            # date parsing refuses (the plan has already verified the text's shape).
+            keys = [sa.type_coerce(key, sa.String) for key in keys]
+        cols += [key.label(name) for key, (name, _c) in zip(keys, spec.period_keys, strict=True)]
+        stmt = sa.select(*cols).group_by(entity, *keys)
+        if keys:
+            stmt = stmt.where(sa.and_(*(key.is_not(None) for key in keys)))
         if spec.period is not None and spec.period_start is not None and spec.period_end is not None:
             plan = self.period_plan(spec.relation, spec.period)
             stmt = stmt.where(period_where(t, plan, spec.period_start, spec.period_end))
