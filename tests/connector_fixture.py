@@ -11,6 +11,7 @@ import base64
 import datetime
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +35,7 @@ from connectors.protocol import (
     public_key_text,
     sha256_hex,
     sign_approval,
+    sign_query,
     sign_request,
 )
 
@@ -117,6 +119,9 @@ class Department:
     admin_key: str
     keyring_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    # One issue time for every approval this department signs, so that two identical requests are
+    # the same bytes (an identical retry).
+    issued_at: int = field(default_factory=lambda: int(time.time()))
 
     def approval(
         self,
@@ -139,6 +144,7 @@ class Department:
             period_end="2025-12",
             datasets=(ApprovedDataset(dataset=dataset, measures=measures, dimensions=dimensions),),
             epsilon=Decimal(epsilon),
+            issued_at=self.issued_at,
         )
         return sign_approval(key or self.approval_key, approval)
 
@@ -231,6 +237,14 @@ def make_department(
         admin_key=admin_key,
         keyring_path=keyring_path,
     )
+
+
+def signed_by(key: Ed25519PrivateKey, query_id: str, digest: str | None = None) -> dict[str, str]:
+    """The extract fields of an analyst's own signature of a query (the fixture's digest by default)."""
+    return {
+        "analyst_key": public_key_text(key.public_key()),
+        "analyst_signature": sign_query(key, query_id, digest or sha256_hex(query_id.encode())),
+    }
 
 
 def signed_call(
