@@ -67,7 +67,10 @@ class Asked:
             analyst=analyst,
             datasets=(
                 ApprovedDataset(
-                    dataset=request.dataset, measures=request.measures, dimensions=request.dimensions
+                    dataset=request.dataset,
+                    measures=request.measures,
+                    dimensions=request.dimensions,
+                    household=request.household,
                 ),
             ),
         )
@@ -127,3 +130,6 @@ def _check_datasets(cover: Approval | ApprovalRule, datasets: Iterable[ApprovedD
             scope.dimensions
         ):
             raise NotCovered(f"the request asks for fields the {kind} does not cover")
+        # The household mapping links persons into households: it is covered only when named.
+        if asked.household and not scope.household:
+            raise NotCovered(f"the {kind} does not cover the household mapping of dataset {asked.dataset}")

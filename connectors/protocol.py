@@ -3,6 +3,13 @@
 Both sides import this one module: the pydantic models of every message, the canonical bytes that are
 signed, and the Ed25519 signing and verification of requests, answers and department approvals.
 
+`fedgate/2` binds an extract to one query: the request carries the canonical query (`connectors.query`),
+whose digest the connector recomputes and whose part for its own department it plans again
+(`connectors.query_scope`), serving no field that plan does not need. Epsilon has a public floor
+(`MIN_EPSILON`) and a fixed precision (`EPSILON_DECIMALS`) in every signed document; scopes name the
+household mapping explicitly; rules (`fedgate-rule/2`) carry window limits the connector counts. A
+`fedgate/2` connector refuses `fedgate/1` requests (no silent downgrade).
+
 Requests are signed by the gateway over the method, the full URL, the connector id, the protocol
 version, the query id, the body digest, a timestamp and a nonce. Answers are signed by the connector over
 the request digest, its id, a timestamp and the body digest, so an answer cannot be replayed for another
@@ -24,15 +31,20 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.canonical import canonical_json, sha256_hex
+from connectors.query import QuerySpec
 from connectors.vocabulary import EntityKind, Period, Rollup, Suite, Unit
 
 PROTOCOL_VERSION = "fedgate/2"
+PREVIOUS_PROTOCOLS = frozenset({"fedgate/1"})
+"""Versions a connector recognises only to refuse them with the version to upgrade to."""
+APPROVAL_VERSION: Literal["fedgate-approval/2"] = "fedgate-approval/2"
+RULE_VERSION: Literal["fedgate-rule/2"] = "fedgate-rule/2"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 # Header names; lower-case because HTTP header names are case-insensitive.
@@ -54,6 +66,9 @@ Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 # nano-epsilon can hold, so a malformed document is refused as invalid rather than failing later.
 MAX_EPSILON = Decimal(1_000)
 EPSILON_DECIMALS = 9
+MIN_EPSILON = Decimal("0.01")
+"""The public floor of one query's epsilon in every signed document: below it a release is nearly all
+noise, and a gateway could otherwise pull many extracts for almost nothing against a window cap."""
 UnixSeconds = Annotated[int, Field(ge=0, le=2**63 - 1, description="unix seconds")]
 KeyFingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of a raw Ed25519 key")]
 
@@ -78,6 +93,26 @@ _BASELINE_FIELDS = ("baseline_start", "baseline_end")
 
 class SignatureError(Exception):
     """A signature, key or signed message does not verify."""
+
+
+def _epsilon_precision(value: Decimal) -> Decimal:
+    # As written, not after normalisation: "0.5000000000" and "0.5" would sign different bytes.
+    exponent = value.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent < -EPSILON_DECIMALS:
+        raise ValueError(f"epsilon has at most {EPSILON_DECIMALS} decimal places")
+    return value
+
+
+Epsilon = Annotated[
+    Decimal,
+    Field(
+        ge=MIN_EPSILON,
+        le=MAX_EPSILON,
+        description=f"at least {MIN_EPSILON}, at most {EPSILON_DECIMALS} places",
+    ),
+    AfterValidator(_epsilon_precision),
+]
+"""One query's epsilon on the wire: public floor, ceiling and precision, the same in every document."""
 
 
 def _check_baseline(
@@ -172,15 +207,6 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 canonical JSON: the bytes that are hashed and signed."""
-    return rfc8785.dumps(value)
 
 
 def _verify(key: Ed25519PublicKey, signature_b64: str, message: bytes, what: str) -> None:
@@ -379,17 +405,31 @@ class ApprovedDataset(_Model):
     dataset: Name
     measures: tuple[Name, ...] = ()
     dimensions: tuple[Name, ...] = ()
+    household: bool = Field(
+        False,
+        description="the household mapping (the register's household token): served only when covered "
+        "explicitly, and only for a query whose plan needs it",
+    )
 
 
-def _fill_expiry(data: Any, default_seconds: int) -> Any:
-    """Issue now and expire after the default unless the signer says otherwise (always signed)."""
+def _now() -> int:
+    return int(time.time())
+
+
+def _unset_times(data: Any) -> Any:
+    """`issued_at`/`expires_at` given as None mean "the default", as if left out."""
     if isinstance(data, dict):
-        data = dict(data)
-        if data.get("issued_at") is None:
-            data["issued_at"] = int(time.time())
-        if data.get("expires_at") is None:
-            data["expires_at"] = int(data["issued_at"]) + default_seconds
+        return {k: v for k, v in data.items() if not (k in ("issued_at", "expires_at") and v is None)}
     return data
+
+
+def _expiry_after(seconds: int) -> Any:
+    """A default expiry `seconds` after the document's own issue time (always present once signed)."""
+
+    def default(data: dict[str, Any]) -> int:
+        return int(data["issued_at"]) + seconds
+
+    return default
 
 
 def _check_lifetime(issued_at: int, expires_at: int, maximum: int, what: str) -> None:
@@ -412,7 +452,7 @@ def check_current(issued_at: int, expires_at: int, what: str, *, now: float | No
 class Approval(_Model):
     """A department's consent to one query, signed with the department's own key (not the gateway's)."""
 
-    version: Literal["fedgate-approval/2"] = "fedgate-approval/2"
+    version: Literal["fedgate-approval/2"] = APPROVAL_VERSION
     department: Name
     query_id: QueryId
     query_digest: Digest
@@ -420,24 +460,22 @@ class Approval(_Model):
     period_start: Period | None = None
     period_end: Period | None = None
     datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
-    epsilon: Decimal = Field(
-        gt=0,
-        le=MAX_EPSILON,
-        decimal_places=EPSILON_DECIMALS,
-        description="the privacy loss the query may spend, counted once per query",
+    epsilon: Epsilon = Field(description="the privacy loss the query may spend, counted once per query")
+    issued_at: UnixSeconds = Field(
+        default_factory=_now, description="unix seconds when the department signed it"
     )
-    issued_at: UnixSeconds = Field(description="unix seconds when the department signed it")
     expires_at: UnixSeconds = Field(
-        description=f"unix seconds after which the approval is void (default {DEFAULT_APPROVAL_SECONDS // DAY} "
-        f"days after issue, at most {MAX_APPROVAL_SECONDS // DAY})"
+        default_factory=_expiry_after(DEFAULT_APPROVAL_SECONDS),
+        description="unix seconds after which the approval is void (default "
+        f"{DEFAULT_APPROVAL_SECONDS // DAY} days after issue, at most {MAX_APPROVAL_SECONDS // DAY})",
     )
     baseline_start: Period | None = Field(None, description="first month of the approved baseline period")
     baseline_end: Period | None = Field(None, description="last month of the approved baseline period")
 
     @model_validator(mode="before")
     @classmethod
-    def _expiry(cls, data: Any) -> Any:
-        return _fill_expiry(data, DEFAULT_APPROVAL_SECONDS)
+    def _times(cls, data: Any) -> Any:
+        return _unset_times(data)
 
     @model_validator(mode="after")
     def _baseline(self) -> Approval:
@@ -446,8 +484,10 @@ class Approval(_Model):
         return self
 
     def signing_bytes(self) -> bytes:
+        # Unset baseline fields are left out, so an approval without a baseline signs the bytes it would
+        # have signed before they existed.
         body = self.model_dump(mode="json", exclude=_absent_baseline(self))
-        return b"fedgate-approval/2\n" + canonical_json(body)
+        return APPROVAL_VERSION.encode() + b"\n" + canonical_json(body)
 
     def covers(self, dataset: str) -> ApprovedDataset | None:
         return next((d for d in self.datasets if d.dataset == dataset), None)
@@ -459,36 +499,51 @@ class SignedApproval(_Model):
     signature: str
 
 
+MAX_QUERIES_PER_WINDOW = 100_000
+"""A bound on what a rule may state, so a malformed rule is refused as invalid rather than failing later."""
+
+
+class WindowLimits(_Model):
+    """How much a rule opens in one of the connector's budget windows: queries served, epsilon spent."""
+
+    max_queries: int = Field(ge=1, le=MAX_QUERIES_PER_WINDOW, description="queries served per window")
+    max_epsilon: Epsilon = Field(description="sum of those queries' epsilon per window")
+
+
 class ApprovalRule(_Model):
     """A department's pre-approval: any query inside these limits, by these analysts, may be served.
 
     Analysts are named by the fingerprint of their own Ed25519 key, which signs each query they submit,
     so a gateway cannot make up an analyst a rule admits; `"*"` admits every analyst, signed or not, and a
     connector accepts it only where its department opted in (`policy.accept_any_analyst_rules`).
+    `window` bounds every query the rule opens in one budget window of the connector; `per_analyst`,
+    required when the rule names analysts, bounds each named analyst's share. The connector counts both.
     """
 
-    version: Literal["fedgate-rule/2"] = "fedgate-rule/2"
+    version: Literal["fedgate-rule/2"] = RULE_VERSION
     department: Name
     rule_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,80}$")]
     datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
     units: tuple[Unit, ...] = Field(min_length=1)
-    max_epsilon_per_query: Decimal = Field(gt=0, le=MAX_EPSILON, decimal_places=EPSILON_DECIMALS)
+    max_epsilon_per_query: Epsilon
     analysts: tuple[str, ...] = Field(
         min_length=1, max_length=64, description='analyst key fingerprints, or "*" for every analyst'
     )
-    issued_at: UnixSeconds = Field(description="unix seconds when the department signed it")
+    window: WindowLimits = Field(description="what the rule opens per budget window, for everyone")
+    per_analyst: WindowLimits | None = Field(
+        None, description="what the rule opens per budget window to each named analyst (required then)"
+    )
+    issued_at: UnixSeconds = Field(
+        default_factory=_now, description="unix seconds when the department signed it"
+    )
     expires_at: UnixSeconds = Field(
+        default_factory=_expiry_after(DEFAULT_RULE_SECONDS),
         description=f"unix seconds after which the rule is void (default {DEFAULT_RULE_SECONDS // DAY} days "
-        f"after issue, at most {MAX_RULE_SECONDS // DAY})"
+        f"after issue, at most {MAX_RULE_SECONDS // DAY})",
     )
     replaces: Digest | None = Field(
-        None, description="SHA-256 (`rule_digest`) of the department's rule of the same id this one replaces"
+        None, description="SHA-256 (`digest()`) of the department's rule of the same id this one replaces"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _expiry(cls, data: Any) -> Any:
-        return _fill_expiry(data, DEFAULT_RULE_SECONDS)
 
     @field_validator("analysts")
     @classmethod
@@ -502,13 +557,29 @@ class ApprovalRule(_Model):
             raise ValueError("analysts must not repeat")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _times(cls, data: Any) -> Any:
+        return _unset_times(data)
+
     @model_validator(mode="after")
     def _lifetime(self) -> ApprovalRule:
         _check_lifetime(self.issued_at, self.expires_at, MAX_RULE_SECONDS, "rule")
         return self
 
+    @model_validator(mode="after")
+    def _limits(self) -> ApprovalRule:
+        named = "*" not in self.analysts
+        if named and self.per_analyst is None:
+            raise ValueError(
+                "a rule naming analysts states per_analyst limits (queries and epsilon per window)"
+            )
+        if self.max_epsilon_per_query > self.window.max_epsilon:
+            raise ValueError("max_epsilon_per_query is above the window's max_epsilon")
+        return self
+
     def signing_bytes(self) -> bytes:
-        return b"fedgate-rule/2\n" + canonical_json(self.model_dump(mode="json"))
+        return RULE_VERSION.encode() + b"\n" + canonical_json(self.model_dump(mode="json"))
 
     def digest(self) -> str:
         """SHA-256 of the signed bytes: how a revocation or a replacement names this version."""
@@ -647,6 +718,10 @@ class ExtractRequest(_Model):
     connector: Name
     query_id: QueryId
     query_digest: Digest
+    query: QuerySpec = Field(
+        description="the whole canonical query: the connector recomputes query_digest from it and plans its "
+        "own part of it, serving nothing that plan does not need"
+    )
     dataset: str = Field(max_length=64)
     unit: Unit
     period_start: Period | None = None
@@ -662,17 +737,12 @@ class ExtractRequest(_Model):
     dimensions: tuple[str, ...] = Field((), max_length=64)
     household: bool = Field(False, description="add the household token column (register only)")
     token: TokenSpec
-    epsilon: Decimal = Field(
-        gt=0,
-        le=MAX_EPSILON,
-        decimal_places=EPSILON_DECIMALS,
-        description="the query's epsilon, counted once per query by the connector",
-    )
+    epsilon: Epsilon = Field(description="the query's epsilon, counted once per query by the connector")
     analyst_key: str | None = Field(
         None,
         max_length=128,
-        description="the public key (ed25519:BASE64) of the analyst who signed the query; rules name analysts "
-        "by its fingerprint",
+        description="the public key (ed25519:BASE64) of the analyst who signed the query; rules name "
+        "analysts by its fingerprint",
     )
     analyst_signature: str | None = Field(
         None, max_length=128, description="that key's signature (base64) of `query_signing_bytes`"
@@ -793,6 +863,10 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_KEY_EPOCH = "unknown_key_epoch"
     SOURCE_UNAVAILABLE = "source_unavailable"
+    QUERY_MISMATCH = "query_mismatch"
+    NOT_IN_PLAN = "not_in_plan"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
     FORK_DETECTED = "fork_detected"
     CHECKPOINT_STALE = "checkpoint_stale"
     INTERNAL = "internal"

@@ -2,7 +2,7 @@
 
     with GatewayClient("http://127.0.0.1:8700", api_key, analyst_key=pem) as gw:
         q = gw.submit(spec)                     # QuerySpec or dict; signed with the analyst's own key
-        gw.approve(q["id"], key_pem, department) # a department admin, signing with the department's key
+        gw.approve(q["id"], key_pem, department, schemas=own)  # a department admin: signs its own plan
         result = gw.run(q["id"])
 
 Errors come back as `GatewayError` with the status, the fixed code, the message and the offending field.
@@ -21,9 +21,10 @@ import httpx
 
 from aggregation.query import QuerySpec
 from connectors.protocol import (
-    Approval,
     ApprovalRule,
     ApprovedDataset,
+    ConnectorSchema,
+    WindowLimits,
     fingerprint,
     load_private_key,
     sign_approval,
@@ -31,6 +32,7 @@ from connectors.protocol import (
     sign_rule,
 )
 from gateway.api.schemas import KeyGroupIn
+from gateway.approval_plan import PlannedApproval, planned_approval, reported_scopes
 
 
 class GatewayError(Exception):
@@ -180,31 +182,41 @@ class GatewayClient:
     def queries(self) -> Any:
         return self._do("GET", "/v1/queries")["queries"]
 
-    def approve(self, query_id: str, key_pem: bytes, department: str) -> Any:
-        """Sign, with the department's own key, an approval covering what the query needs of it."""
+    def plan_approval(
+        self,
+        query_id: str,
+        department: str,
+        *,
+        schemas: Sequence[ConnectorSchema],
+        expires_at: int | None = None,
+    ) -> PlannedApproval:
+        """The approval the department would sign: its own plan of the query against its own connectors'
+        schemas (`gateway.approval_plan`); `ScopeRefused` when the gateway reports a wider scope."""
         view = self.query(query_id)
-        spec = QuerySpec.model_validate(view["spec"])
-        scopes = [ApprovedDataset.model_validate(d) for d in view["required_approvals"].get(department, [])]
-        if not scopes:
+        if not view["required_approvals"].get(department):
             raise GatewayError(
                 403, "forbidden", "this query does not touch that department's data", "query_id"
             )
-        # The department signs the baseline too, so its connector serves exactly the periods it approved.
-        baseline = getattr(spec, "baseline", None)
-        approval = Approval(
-            department=department,
-            query_id=spec.query_id,
-            query_digest=spec.digest,
-            unit=spec.unit,
-            period_start=spec.period_start,
-            period_end=spec.period_end,
-            baseline_start=None if baseline is None else baseline.period_start,
-            baseline_end=None if baseline is None else baseline.period_end,
-            datasets=tuple(scopes),
-            epsilon=spec.epsilon,
+        return planned_approval(
+            QuerySpec.model_validate(view["spec"]),
+            department,
+            schemas,
+            reported_scopes(view, department),
+            digest=view.get("digest"),
+            expires_at=expires_at,
         )
-        signed = sign_approval(load_private_key(key_pem), approval)
+
+    def sign_planned(self, planned: PlannedApproval, key_pem: bytes) -> Any:
+        """Sign exactly the planned approval with the department's key and hand it to the gateway."""
+        signed = sign_approval(load_private_key(key_pem), planned.approval)
+        query_id = planned.approval.query_id
         return self._do("POST", f"/v1/queries/{query_id}/approvals", signed.model_dump(mode="json"))
+
+    def approve(
+        self, query_id: str, key_pem: bytes, department: str, *, schemas: Sequence[ConnectorSchema]
+    ) -> Any:
+        """Plan the query against the department's own schemas and sign exactly that scope."""
+        return self.sign_planned(self.plan_approval(query_id, department, schemas=schemas), key_pem)
 
     def reject(self, query_id: str, reason: str) -> Any:
         return self._do("POST", f"/v1/queries/{query_id}/rejections", {"reason": reason})
@@ -218,6 +230,8 @@ class GatewayClient:
         datasets: list[ApprovedDataset],
         units: tuple[str, ...],
         max_epsilon_per_query: Decimal,
+        window: WindowLimits,
+        per_analyst: WindowLimits | None = None,
         analysts: tuple[str, ...] = ("*",),
         expires_at: int | None = None,
     ) -> Any:
@@ -234,6 +248,8 @@ class GatewayClient:
                 "units": units,
                 "max_epsilon_per_query": max_epsilon_per_query,
                 "analysts": analysts,
+                "window": window,
+                "per_analyst": per_analyst,
                 "expires_at": expires_at,
                 "replaces": None if current is None else current["digest"],
             }

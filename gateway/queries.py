@@ -97,9 +97,7 @@ def required_scopes(plan: Plan) -> dict[str, list[ApprovedDataset]]:
     """Per department, the datasets and fields its approval must cover."""
     scopes: dict[str, list[ApprovedDataset]] = {}
     for e in plan.extracts:
-        scopes.setdefault(e.department, []).append(
-            ApprovedDataset(dataset=e.dataset, measures=e.measures, dimensions=e.dimensions)
-        )
+        scopes.setdefault(e.department, []).append(e.scope())
     return scopes
 
 

@@ -17,7 +17,6 @@ from connector_fixture import (
     RAW_FORMS,
     Department,
     make_department,
-    signed_by,
     signed_call,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,9 +38,9 @@ from connectors.protocol import (
     SignedApproval,
     SignedRule,
     TokenSpec,
+    WindowLimits,
     canonical_json,
     fingerprint,
-    public_key_text,
     sha256_hex,
     sign_approval,
     sign_revocation,
@@ -439,6 +438,8 @@ def _rule(dept: Department, **changes: object) -> SignedRule:
         "units": ("person",),
         "max_epsilon_per_query": Decimal("0.5"),
         "analysts": (fingerprint(ALICE.public_key()),),
+        "window": WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+        "per_analyst": WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
     }
     fields.update(changes)
     return sign_rule(dept.approval_key, ApprovalRule.model_validate(fields))
@@ -468,7 +469,7 @@ def test_a_signed_rule_admits_queries_inside_it_and_only_those(
     sqlite_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, conn = sqlite_dept
-    ok = _post(dept, conn, "q-rule-00001", rule=_rule(dept), **NARROW, **signed_by(ALICE, "q-rule-00001"))
+    ok = _post(dept, conn, "q-rule-00001", rule=_rule(dept), **NARROW, analyst=ALICE)
     assert ok.status_code == 200
     now = int(time.time())
     refusals = [
@@ -482,8 +483,7 @@ def test_a_signed_rule_admits_queries_inside_it_and_only_those(
     ]
     for i, (change, analyst) in enumerate(refusals):
         query_id = f"q-rule-1000{i}"
-        signature = signed_by(analyst, query_id) if analyst is not None else {}
-        r = _post(dept, conn, query_id, **{**NARROW, **change, **signature})
+        r = _post(dept, conn, query_id, **{**NARROW, **change, "analyst": analyst})
         assert r.status_code == 403 and r.json()["error"] == "not_approved", change
         assert not _served(dept, query_id)
     # Alice's signature of one query does not carry over to another, nor to another digest.
@@ -493,12 +493,14 @@ def test_a_signed_rule_admits_queries_inside_it_and_only_those(
         "q-rule-20001",
         rule=_rule(dept),
         **NARROW,
-        analyst_key=public_key_text(ALICE.public_key()),
-        analyst_signature=signed_by(ALICE, "q-rule-00001")["analyst_signature"],
+        analyst=ALICE,
+        analyst_signature=dept.request(
+            "q-rule-00001", rule=_rule(dept), **NARROW, analyst=ALICE
+        ).analyst_signature,
     )
     assert r.status_code == 403 and "analyst's signature" in r.json()["message"]
     forged = sign_rule(Ed25519PrivateKey.generate(), _rule(dept).rule)
-    r = _post(dept, conn, "q-rule-20000", rule=forged, **NARROW, **signed_by(ALICE, "q-rule-20000"))
+    r = _post(dept, conn, "q-rule-20000", rule=forged, **NARROW, analyst=ALICE)
     assert r.status_code == 403
 
 
@@ -541,19 +543,19 @@ def test_a_rule_revoked_at_the_connector_opens_nothing_whatever_the_gateway_send
     r = _revoke(dept, conn, revocation)
     assert r.status_code == 201 and r.json()["new"] is True
     assert _revoke(dept, conn, revocation).json()["new"] is False  # the same again holds nothing new
-    r = _post(dept, conn, "q-revk-00001", rule=rule, **NARROW, **signed_by(ALICE, "q-revk-00001"))
+    r = _post(dept, conn, "q-revk-00001", rule=rule, **NARROW, analyst=ALICE)
     assert r.status_code == 403 and "revoked" in r.json()["message"]
     assert not _served(dept, "q-revk-00001")
     # A replacement the department signs after the revocation is in force.
     newer = _rule(dept, rule_id="revoke-me", issued_at=issued + 2, replaces=rule.rule.digest())
-    r = _post(dept, conn, "q-revk-00002", rule=newer, **NARROW, **signed_by(ALICE, "q-revk-00002"))
+    r = _post(dept, conn, "q-revk-00002", rule=newer, **NARROW, analyst=ALICE)
     assert r.status_code == 200, r.text
     # A revocation naming one version's digest revokes that version only.
     exact = Revocation(
         department=dept.name, rule_id="revoke-me", rule_digest=newer.rule.digest(), issued_at=issued
     )
     assert _revoke(dept, conn, exact).status_code == 201
-    r = _post(dept, conn, "q-revk-00003", rule=newer, **NARROW, **signed_by(ALICE, "q-revk-00003"))
+    r = _post(dept, conn, "q-revk-00003", rule=newer, **NARROW, analyst=ALICE)
     assert r.status_code == 403
     # The connector's own log holds each revocation, chained.
     state = ConnectorState(dept.directory / "state", read_only=True)
@@ -639,6 +641,8 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         units=(Unit.PERSON,),
         max_epsilon_per_query=Decimal("0.5"),
         analysts=(fingerprint(ALICE.public_key()),),
+        window=WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+        per_analyst=WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
     )
     r = _post(
         dept,
@@ -646,7 +650,7 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         "q-base-00005",
         approval=None,
         rule=sign_rule(dept.approval_key, rule),
-        **signed_by(ALICE, "q-base-00005"),
+        analyst=ALICE,
         epsilon=Decimal("0.5"),
         measures=("wage_income",),
         dimensions=(),

@@ -20,6 +20,7 @@ from connectors.protocol import (
     ApprovalRule,
     ApprovedDataset,
     SignedApproval,
+    WindowLimits,
 )
 from connectors.vocabulary import Unit
 from gateway.federation import extract_request
@@ -91,6 +92,8 @@ def _rule(**changes: Any) -> ApprovalRule:
         "units": (Unit.HOUSEHOLD,),
         "max_epsilon_per_query": Decimal(1),
         "analysts": (ANA,),
+        "window": WindowLimits(max_queries=10, max_epsilon=Decimal(5)),
+        "per_analyst": WindowLimits(max_queries=10, max_epsilon=Decimal(5)),
         "issued_at": ISSUED,
     }
     return ApprovalRule(**{**fields, **changes})
@@ -113,7 +116,7 @@ def test_a_matching_approval_and_rule_cover_the_query() -> None:
 def test_an_expiry_beyond_the_maximum_or_before_issue_is_refused(build: Any, maximum: int) -> None:
     build(expires_at=ISSUED + maximum)
     for expires_at in (ISSUED + maximum + 1, ISSUED, ISSUED - 1):
-        with pytest.raises(ValueError, match="expires before it is issued|may last at most"):
+        with pytest.raises(ValueError, match=r"expires before it is issued|may last at most"):
             build(expires_at=expires_at)
 
 

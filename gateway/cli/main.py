@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,9 +34,11 @@ from gateway.cli.groups import groups_app
 from gateway.cli.indicators import indicators_app
 from gateway.cli.onboarding import (
     approve_batch,
+    approve_one,
     catalog,
     connectors_app,
     endpoints_app,
+    own_schemas,
     rules_app,
     waiting_for,
 )
@@ -265,35 +268,59 @@ def approve(
     match: Annotated[
         str | None, typer.Option("--match", help="with --pending: only purposes containing this / 按用途筛选")
     ] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="with --pending: sign without asking")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="sign without asking / 不再确认")] = False,
+    connector: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--connector",
+            help="your own connector's URL (repeatable): the query is planned against its schema "
+            "/ 本部门连接器地址",
+        ),
+    ] = None,
+    connector_admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--connector-admin-key-file",
+            envvar="FEDGATE_CONNECTOR_ADMIN_KEY_FILE",
+            help="the department admin key of your connectors / 连接器管理员密钥文件",
+        ),
+    ] = None,
+    expires_days: Annotated[
+        int | None, typer.Option(min=1, help="the approval is void after this many days / 有效天数")
+    ] = None,
 ) -> None:
     """Approve (or reject) a query touching your department's data, signing with the department's key;
-    with --pending, every query waiting for your department (an indicator or pack run's), shown first.
+    with --pending, every query waiting for your department (an indicator or pack run's).
 
-    用部门审批私钥批准（或拒绝）查询；加 --pending 时先列出全部待审批查询，确认后逐一签署。"""
+    Each query is planned again here against your own connectors' schemas (fetched from them with the
+    department admin key), with the rule your connectors apply to every extract; the scope shown is the
+    scope signed, and a query for which the gateway reports more than that plan is refused unsigned.
+
+    用部门审批私钥批准（或拒绝）查询；加 --pending 时处理全部待审批查询。签署前按本部门连接器的数据目录重新
+    规划查询并显示签署范围；网关要求的范围超出规划时拒绝签署。"""
     if (query_id is None) == (not pending):
         errors.print("[red]invalid_request[/red]: give a QUERY_ID or --pending [field query_id]")
         raise typer.Exit(2)
+    expires_at = int(time.time()) + expires_days * 86_400 if expires_days else None
     with _client(url, api_key) as gw:
+        if query_id is not None and reject is not None:
+            view = call_gateway(lambda: gw.reject(query_id, reject))
+            _print_query(view, False)
+            return
+        dept = department or call_gateway(gw.me)["department"]
+        if not dept:
+            errors.print("[red]forbidden[/red]: only a department admin approves queries")
+            raise typer.Exit(1)
+        schemas = own_schemas(connector or [], connector_admin_key_file)
         if pending:
-            dept = department or call_gateway(gw.me)["department"]
-            if not dept:
-                errors.print("[red]forbidden[/red]: only a department admin approves queries")
-                raise typer.Exit(1)
             views = waiting_for(call_gateway(gw.queries), dept, match)
-            done = approve_batch(gw, key.read_bytes(), dept, views, yes=yes)
+            done = approve_batch(gw, key.read_bytes(), dept, views, schemas, yes=yes, expires_at=expires_at)
             ready = sum(1 for v in done if v["state"] == "approved")
             console.print(f"{len(done)} approvals signed; {ready} queries now approved", highlight=False)
             return
         assert query_id is not None
-        if reject is not None:
-            view = call_gateway(lambda: gw.reject(query_id, reject))
-        else:
-            dept = department or call_gateway(gw.me)["department"]
-            if not dept:
-                errors.print("[red]forbidden[/red]: only a department admin approves queries")
-                raise typer.Exit(1)
-            view = call_gateway(lambda: gw.approve(query_id, key.read_bytes(), dept))
+        shown = call_gateway(lambda: gw.query(query_id))
+        view = approve_one(gw, key.read_bytes(), dept, shown, schemas, yes=yes, expires_at=expires_at)
     _print_query(view, False)
 
 

@@ -25,6 +25,8 @@ from connectors.config import load_config
 from connectors.process import RunningConnector, start_connector
 from connectors.protocol import (
     ApprovedDataset,
+    ConnectorSchema,
+    WindowLimits,
     fingerprint,
     load_private_key,
     private_key_pem,
@@ -32,6 +34,7 @@ from connectors.protocol import (
 )
 from connectors.synth import generate_county
 from gateway import db
+from gateway.approval_plan import own_schema
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient
 from gateway.dev.process import start_gateway
@@ -79,6 +82,27 @@ class Federation:
     def approval_key(self, department: str) -> bytes:
         return (self.county / "keys" / f"{department}-approval.key").read_bytes()
 
+    def admin_key(self, department: str) -> str:
+        """The department admin key of the department's connectors (their `/v1/admin/schema`, quality)."""
+        return (self.county / "keys" / f"{department}-admin.key").read_text(encoding="ascii").strip()
+
+    def schemas(self, department: str) -> list[ConnectorSchema]:
+        """The department's own schemas, fetched from its connectors with its admin key, as
+        `fedgate approve` does before it signs."""
+        found = []
+        for name, conn in self.connectors.items():
+            cfg = load_config(self.county / "connectors" / f"{name}.yaml").config
+            if cfg.department == department:
+                found.append(own_schema(conn.url, self.admin_key(department)))
+        return found
+
+    def approve(self, who: str, query_id: str, department: str) -> Any:
+        """`who` approves `query_id` for `department`, planned against that department's own schemas."""
+        with self.client(who) as admin:
+            return admin.approve(
+                query_id, self.approval_key(department), department, schemas=self.schemas(department)
+            )
+
     def stop(self) -> None:
         for p in [self.gateway, *self.connectors.values()]:
             p.stop()
@@ -118,16 +142,25 @@ def register_everything(
                     dimensions=tuple(
                         x["name"] for x in d["dimensions"] if x["household_level"] or not household_only
                     ),
+                    household=d["household_mapping"],
                 )
                 for d in schema["datasets"]
             ]
+            epsilon = max_epsilon or cfg.policy.max_epsilon_per_query
             admin.register_rule(
                 fed.approval_key(cfg.department),
                 department=cfg.department,
                 rule_id=f"{name}-tests",
                 datasets=scopes,
                 units=("household",) if household_only else ("household", "person"),
-                max_epsilon_per_query=max_epsilon or cfg.policy.max_epsilon_per_query,
+                max_epsilon_per_query=epsilon,
+                # Generous enough for a test session; the limits are tested on their own.
+                window=WindowLimits(
+                    max_queries=10_000, max_epsilon=max(cfg.policy.max_epsilon_per_window, epsilon)
+                ),
+                per_analyst=None
+                if "*" in analysts
+                else WindowLimits(max_queries=10_000, max_epsilon=cfg.policy.max_epsilon_per_window),
                 analysts=named,
             )
     if groups:
