@@ -22,6 +22,7 @@ import pytest
 import yaml
 from connector_fixture import signed_call
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
 from typer.testing import CliRunner
 from witness_fixture import PlayedGateway
 
@@ -29,10 +30,12 @@ from aggregation.query import Filter, Measure, QuerySpec, Statistic, StatisticKi
 from audit.checkpoint import Checkpointer, parse_signer
 from audit.store import AuditLog
 from connectors.protocol import (
+    ApprovedDataset,
     ExtractRequest,
     SignedApproval,
     SignedRule,
     TokenSpec,
+    WindowLimits,
     fingerprint,
     load_private_key,
     public_key_text,
@@ -136,7 +139,10 @@ class Attacker:
             req = self.audit.witnessed(req, against)
             payload = req.body()
         else:
-            payload = json.dumps(body, default=str).encode()
+            payload = json.dumps(
+                {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in body.items()},
+                default=str,
+            ).encode()
         return signed_call(
             url, "/v1/extract", key=self.key, connector=connector, body=payload, query_id=body["query_id"]
         )
@@ -201,9 +207,6 @@ def test_a_compromised_gateway_obtains_nothing_beyond_approved_valid_unserved_qu
         assert others["state"] == "submitted"
     # A rule the register signs with a two-second life, held in the gateway's database.
     with fed.client("register") as admin:
-        schema = next(c for c in admin.catalog()["connectors"] if c["connector"] == "register")
-        from connectors.protocol import ApprovedDataset, WindowLimits
-
         admin.register_rule(
             fed.approval_key("register"),
             department="register",
@@ -216,7 +219,6 @@ def test_a_compromised_gateway_obtains_nothing_beyond_approved_valid_unserved_qu
             analysts=(fed.analyst_fingerprint("analyst"),),
             expires_at=int(time.time()) + 2,
         )
-        assert schema["datasets"]
     # The gateway is taken over: stopped, and played from here on with its keys and database only.
     fed.gateway.stop()
     before = {c: _served(fed, c) for c in fed.connectors}
@@ -371,25 +373,22 @@ def test_a_compromised_gateway_obtains_nothing_beyond_approved_valid_unserved_qu
         ),
     )
 
-    for what, r in refusals.items():
-        assert 400 <= r.status_code < 500, (what, r.status_code, r.text)
-        assert r.json()["error"] in {
-            "not_approved",
-            "not_in_plan",
-            "invalid_request",
-            "query_mismatch",
-            "forbidden",
-        }, (what, r.text)
-        assert "arrow" not in r.headers.get("content-type", ""), what
-    reasons = {what: r.json()["message"] for what, r in refusals.items()}
-    for what, r in refusals.items():
-        print("REFUSAL", what, "|", r.status_code, r.json()["error"], "|", r.json()["message"])
-    assert "analyst" in reasons["invented, unsigned"]
-    assert "analyst" in reasons["invented, gateway's own analyst"]
-    assert "signature" in reasons["invented, a real signature moved"]
-    assert "expired" in reasons["expired rule"]
-    assert "revoked" in reasons["revoked rule"]
-    assert "analyst" in reasons["rule naming another analyst"]
+    expected = {
+        "invented, unsigned": (403, "not_approved", "does not cover this analyst"),
+        "invented, gateway's own analyst": (403, "not_approved", "does not cover this analyst"),
+        "invented, a real signature moved": (403, "not_approved", "signature of the query does not verify"),
+        "tiny epsilon": (422, "invalid_request", "epsilon"),
+        "extra fields": (403, "not_in_plan", "does not need field sex"),
+        "household token outside a household query": (403, "not_in_plan", "reads nothing of dataset persons"),
+        "rule naming another analyst": (403, "not_approved", "does not cover this analyst"),
+        "expired rule": (403, "not_approved", "expired"),
+        "revoked rule": (403, "not_approved", "revoked"),
+        "tax rule, invented query": (403, "not_approved", "does not cover this analyst"),
+    }
+    got = {what: (r.status_code, r.json()["error"], r.json()["message"]) for what, r in refusals.items()}
+    for what, (status, code, reason) in expected.items():
+        assert got[what][:2] == (status, code) and reason in got[what][2], (what, got[what])
+        assert "arrow" not in refusals[what].headers.get("content-type", ""), what
     # Nothing served, nothing counted, at any connector.
     after = {c: _served(fed, c) for c in fed.connectors}
     assert {c: v for c, v in after.items() if c != "register"} == {
