@@ -35,7 +35,8 @@ AnalystKeyOpt = Annotated[
 def keygen(
     out: Annotated[Path, typer.Option("--out", help="where to write the private key (PEM) / 私钥文件")],
 ) -> None:
-    """Make your own Ed25519 key on this machine; give the printed public key to the operator.
+    """Make your own Ed25519 key on this machine; give the printed public key to the operator, and its
+    fingerprint to the departments whose rules should name you.
 
     在本机生成本人的签名密钥；将显示的公钥交给运维人员登记。"""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -48,8 +49,12 @@ def keygen(
     key = Ed25519PrivateKey.generate()
     out.write_bytes(private_key_pem(key))
     out.chmod(0o600)
-    console.print(f"public key / 公钥: {public_key_text(key.public_key())}", highlight=False)
-    console.print(f"fingerprint / 指纹: {fingerprint(key.public_key())}", highlight=False)
+    doc = {
+        "file": str(out),
+        "public_key": public_key_text(key.public_key()),
+        "fingerprint": fingerprint(key.public_key()),
+    }
+    typer.echo(json.dumps(doc, indent=2))
 
 
 @analysts_app.command("register")
@@ -64,7 +69,7 @@ def register(
 
     with GatewayClient(url, api_key) as gw:
         doc = call_gateway(lambda: gw.register_analyst_key(analyst, public_key))
-    console.print(f"registered {doc['analyst']}: {doc['fingerprint']}", highlight=False)
+    typer.echo(json.dumps(doc, indent=2))
 
 
 @analysts_app.command("list")
