@@ -126,6 +126,12 @@ class Department:
     admin_key: str
     keyring_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+    """label -> query id of the last request made under that label (ids are digests of the query)"""
+
+    def qid(self, label: str) -> str:
+        """The query id of the last request labelled `label` (or the label itself before any)."""
+        return self.ids.get(label, label)
 
     def query(
         self,
@@ -139,7 +145,7 @@ class Department:
         baseline: tuple[str, str] | None = None,
         epsilon: str | Decimal = "0.5",
     ) -> QuerySpec:
-        """A query (told apart by `label`) whose plan asks exactly these fields of this department's dataset."""
+        """A query (told apart by `label`) whose plan asks exactly these fields of the dataset."""
         ref = f"{self.name}.{dataset}"
         measure = (
             Measure(terms=tuple(Term(dataset=ref, measure=m) for m in measures), lower=0, upper=10_000_000)
@@ -235,6 +241,7 @@ class Department:
         )
         fields.setdefault("query_id", spec.query_id)
         fields.setdefault("query_digest", spec.digest)
+        self.ids[query_id] = fields["query_id"]
         if approval is None and "rule" not in changes:
             approval = self.approval(
                 query_id,

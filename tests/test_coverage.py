@@ -11,7 +11,7 @@ import pytest
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import Baseline, Measure, QuerySpec, Statistic, StatisticKind, Term
 from connectors.coverage import Asked, NotCovered, check_cover
-from connectors.protocol import Approval, ApprovalRule, ApprovedDataset, SignedApproval
+from connectors.protocol import Approval, ApprovalRule, ApprovedDataset, SignedApproval, WindowLimits
 from connectors.vocabulary import Unit
 from gateway.federation import extract_request
 from gateway.queries import asked_of
@@ -78,6 +78,8 @@ def _rule(**changes: Any) -> ApprovalRule:
         "units": (Unit.HOUSEHOLD,),
         "max_epsilon_per_query": Decimal(1),
         "analysts": ("ana",),
+        "window": WindowLimits(max_queries=10, max_epsilon=Decimal(5)),
+        "per_analyst": WindowLimits(max_queries=5, max_epsilon=Decimal(2)),
     }
     return ApprovalRule(**{**fields, **changes})
 
