@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from connectors.federation_keys import generate_keyring, load_keyring, write_keyring
 from connectors.ids import IdKind, make_resident_id, normalize, to_legacy_15
 from connectors.protocol import (
+    PROTOCOL_VERSION,
     Approval,
     ApprovedDataset,
     ExtractRequest,
@@ -207,8 +208,8 @@ class Department:
         )
         return sign_approval(key or self.approval_key, approval)
 
-    def request(self, query_id: str, **changes: Any) -> ExtractRequest:
-        """An extract request for the query labelled `query_id`: the carried query is planned from the
+    def request(self, label: str, **changes: Any) -> ExtractRequest:
+        """An extract request for the query labelled `label`: the carried query is planned from the
         request's own fields, so the connector's plan asks exactly them (override `query` to test that)."""
         approval = changes.pop("approval", None)
         fields: dict[str, Any] = {
@@ -230,7 +231,7 @@ class Department:
         )
         period = (fields["period_start"], fields["period_end"])
         spec = fields.pop("query", None) or self.query(
-            query_id,
+            label,
             dataset=fields["dataset"],
             unit=str(fields["unit"]),
             measures=tuple(fields["measures"]),
@@ -241,10 +242,10 @@ class Department:
         )
         fields.setdefault("query_id", spec.query_id)
         fields.setdefault("query_digest", spec.digest)
-        self.ids[query_id] = fields["query_id"]
+        self.ids[label] = fields["query_id"]
         if approval is None and "rule" not in changes:
             approval = self.approval(
-                query_id,
+                label,
                 query=spec,
                 epsilon=str(fields["epsilon"]),
                 unit=str(fields["unit"]),
@@ -342,6 +343,7 @@ def signed_call(
     nonce: str | None = None,
     headers: dict[str, str] | None = None,
     sign_url: str | None = None,
+    protocol: str = PROTOCOL_VERSION,
 ) -> httpx.Response:
     """Send one signed request, with knobs to forge every way a request can be wrong."""
     method = method or ("POST" if body else "GET")
@@ -354,6 +356,7 @@ def signed_call(
         body=body,
         timestamp=timestamp,
         nonce=nonce,
+        protocol=protocol,
     )
     sent = signed.as_headers() | {"content-type": "application/json"} | (headers or {})
     return httpx.request(method, url + path, content=body, headers=sent, timeout=30)

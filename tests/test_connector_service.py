@@ -336,7 +336,10 @@ def test_names_not_in_the_configuration_get_4xx(
     sqlite_dept: tuple[Department, RunningConnector], change: dict[str, object]
 ) -> None:
     dept, conn = sqlite_dept
-    r = _post(dept, conn, "q-names-0001", query=dept.query("q-names-0001"), **change)
+    query = dept.query("q-names-0001")
+    r = _post(
+        dept, conn, "q-names-0001", query=query, approval=dept.approval("q-names", query=query), **change
+    )
     assert 400 <= r.status_code < 500
     assert r.json()["error"] in {"unknown_dataset", "unknown_field", "invalid_request"}
 
@@ -715,7 +718,7 @@ def test_requests_without_a_baseline_carry_no_baseline_field(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, _conn = baseline_dept
-    assert b"baseline" not in dept.request("q-base-00010").body()
+    assert b"baseline_" not in dept.request("q-base-00010").body()
     approval = _period_approval(dept, "q-base-00011")
     with_base = dept.request("q-base-00011", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
     # the request's, the approval's and the carried query's
