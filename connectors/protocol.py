@@ -274,14 +274,16 @@ def sign_request(
     body: bytes = b"",
     timestamp: int | None = None,
     nonce: str | None = None,
+    protocol: str = PROTOCOL_VERSION,
 ) -> SignedHeaders:
+    """Sign one request; `protocol` is for tests that play an older gateway."""
     timestamp = int(time.time()) if timestamp is None else timestamp
     nonce = secrets.token_hex(16) if nonce is None else nonce
     message = request_message(
         method=method,
         url=url,
         connector=connector,
-        protocol=PROTOCOL_VERSION,
+        protocol=protocol,
         query_id=query_id,
         body=body,
         timestamp=timestamp,
@@ -294,6 +296,7 @@ def sign_request(
         nonce=nonce,
         key_fingerprint=fingerprint(key.public_key()),
         signature=base64.b64encode(key.sign(message)).decode(),
+        protocol=protocol,
     )
 
 

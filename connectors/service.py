@@ -404,8 +404,10 @@ class ConnectorService:
         try:
             own = plan_connector(req.query, self.schema)
         except ScopeError as exc:
+            # The department's caps keep their own codes; everything else is outside what it serves.
+            code = {"epsilon": ErrorCode.BUDGET_EXCEEDED, "unit": ErrorCode.FORBIDDEN}.get(exc.field)
             raise _refuse(
-                403, ErrorCode.NOT_IN_PLAN, f"the query cannot be planned on this connector: {exc}"
+                403, code or ErrorCode.NOT_IN_PLAN, f"the query cannot be planned on this connector: {exc}"
             ) from None
         need = next((n for n in own if n.dataset == req.dataset), None)
         if need is None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from connectors.federation_keys import generate_keyring, load_keyring, write_keyring
 from connectors.ids import IdKind, make_resident_id, normalize, to_legacy_15
 from connectors.protocol import (
+    PROTOCOL_VERSION,
     Approval,
     ApprovedDataset,
     ExtractRequest,
@@ -132,6 +133,12 @@ class Department:
     # One issue time for every approval this department signs, so that two identical requests are
     # the same bytes (an identical retry).
     issued_at: int = field(default_factory=lambda: int(time.time()))
+    ids: dict[str, str] = field(default_factory=dict)
+    """label -> query id of the last request made under that label (ids are digests of the query)"""
+
+    def qid(self, label: str) -> str:
+        """The query id of the last request labelled `label` (or the label itself before any)."""
+        return self.ids.get(label, label)
 
     def query(
         self,
@@ -145,7 +152,7 @@ class Department:
         baseline: tuple[str, str] | None = None,
         epsilon: str | Decimal = "0.5",
     ) -> QuerySpec:
-        """A query (told apart by `label`) whose plan asks exactly these fields of this department's dataset."""
+        """A query (told apart by `label`) whose plan asks exactly these fields of the dataset."""
         ref = f"{self.name}.{dataset}"
         measure = (
             Measure(terms=tuple(Term(dataset=ref, measure=m) for m in measures), lower=0, upper=10_000_000)
@@ -208,8 +215,8 @@ class Department:
         )
         return sign_approval(key or self.approval_key, approval)
 
-    def request(self, query_id: str, **changes: Any) -> ExtractRequest:
-        """An extract request for the query labelled `query_id`: the carried query is planned from the
+    def request(self, label: str, **changes: Any) -> ExtractRequest:
+        """An extract request for the query labelled `label`: the carried query is planned from the
         request's own fields, so the connector's plan asks exactly them (override `query` to test that).
         With `analyst` (a private key) the query names that key and the request carries its signature."""
         approval = changes.pop("approval", None)
@@ -233,7 +240,7 @@ class Department:
         )
         period = (fields["period_start"], fields["period_end"])
         spec = fields.pop("query", None) or self.query(
-            query_id,
+            label,
             dataset=fields["dataset"],
             unit=str(fields["unit"]),
             measures=tuple(fields["measures"]),
@@ -249,9 +256,10 @@ class Department:
             fields.setdefault("analyst_signature", sign_query(analyst, spec.query_id, spec.digest))
         fields.setdefault("query_id", spec.query_id)
         fields.setdefault("query_digest", spec.digest)
+        self.ids[label] = fields["query_id"]
         if approval is None and "rule" not in changes:
             approval = self.approval(
-                query_id,
+                label,
                 query=spec,
                 epsilon=str(fields["epsilon"]),
                 unit=str(fields["unit"]),
@@ -276,6 +284,7 @@ def make_department(
     keyring_doc: dict[str, object] | None = None,
     gateway_key: Ed25519PrivateKey | None = None,
     epsilon_window: str = "3.0",
+    accept_any_analyst_rules: bool = False,
 ) -> Department:
     directory.mkdir(parents=True, exist_ok=True)
     source, location = write_source(kind, directory, db_url)
@@ -321,6 +330,7 @@ def make_department(
             "gateway_public_keys": [public_key_text(gateway_key.public_key())],
             "approval_public_key": public_key_text(approval_key.public_key()),
             "admin_key_sha256": hashlib.sha256(admin_key.encode()).hexdigest(),
+            "accept_any_analyst_rules": accept_any_analyst_rules,
         },
     }
     config_path = directory / f"{name}.yaml"
@@ -349,6 +359,7 @@ def signed_call(
     nonce: str | None = None,
     headers: dict[str, str] | None = None,
     sign_url: str | None = None,
+    protocol: str = PROTOCOL_VERSION,
 ) -> httpx.Response:
     """Send one signed request, with knobs to forge every way a request can be wrong."""
     method = method or ("POST" if body else "GET")
@@ -361,6 +372,7 @@ def signed_call(
         body=body,
         timestamp=timestamp,
         nonce=nonce,
+        protocol=protocol,
     )
     sent = signed.as_headers() | {"content-type": "application/json"} | (headers or {})
     return httpx.request(method, url + path, content=body, headers=sent, timeout=30)

@@ -41,12 +41,12 @@ from connectors.protocol import (
     WindowLimits,
     canonical_json,
     fingerprint,
-    sha256_hex,
     sign_approval,
     sign_revocation,
     sign_rule,
     verify_approval,
 )
+from connectors.query import Measure, QuerySpec, Statistic, StatisticKind, Term
 from connectors.state import ConnectorState
 from gateway.federation import AnswerUnverified, ConnectorLink
 
@@ -63,7 +63,10 @@ def _client(dept: Department, conn: RunningConnector) -> ConnectorLink:
 def _token_of(dept: Department, query_id: str, nid: str) -> bytes:
     keyring = load_keyring(dept.keyring_path)
     tok = keyring.tokenizer(
-        epoch=keyring.current_epoch, suite=TokenSpec(epoch=0).suite, entity_kind="person", query_id=query_id
+        epoch=keyring.current_epoch,
+        suite=TokenSpec(epoch=0).suite,
+        entity_kind="person",
+        query_id=dept.qid(query_id),
     )
     return tok.token(nid)
 
@@ -155,8 +158,27 @@ def test_same_person_same_token_across_connectors_and_not_across_queries(tmp_pat
     a, b = start_connector(first.config_path), start_connector(second.config_path)
     try:
         with _client(first, a) as ca, _client(second, b) as cb:
-            t1 = set(ca.extract(first.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
-            t2 = set(cb.extract(second.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
+            # One query over both departments' wages: each connector serves its own part of it.
+            both = QuerySpec(
+                purpose="tokens of one query link across departments",
+                unit=Unit.PERSON,
+                period_start="2025-01",
+                period_end="2025-12",
+                measure=Measure(
+                    terms=(
+                        Term(dataset="tax.wages", measure="wage_income"),
+                        Term(dataset="social.wages", measure="wage_income"),
+                    ),
+                    lower=0,
+                    upper=10_000_000,
+                ),
+                statistics=(Statistic(kind=StatisticKind.SUM),),
+                epsilon=Decimal("0.5"),
+                member_cap=1,
+            )
+            part = {"query": both, "measures": ("wage_income",), "dimensions": ()}
+            t1 = set(ca.extract(first.request("q-link-0001", **part))[0].column(TOKEN_COLUMN).to_pylist())
+            t2 = set(cb.extract(second.request("q-link-0001", **part))[0].column(TOKEN_COLUMN).to_pylist())
             t3 = set(ca.extract(first.request("q-link-0002"))[0].column(TOKEN_COLUMN).to_pylist())
     finally:
         a.stop()
@@ -193,7 +215,12 @@ def test_no_raw_id_in_any_response_byte(sqlite_dept: tuple[Department, RunningCo
 def _post(dept: Department, conn: RunningConnector, query_id: str, **kw: object) -> httpx.Response:
     req = dept.request(query_id, **kw)
     return signed_call(
-        conn.url, "/v1/extract", key=dept.gateway_key, connector=dept.name, body=req.body(), query_id=query_id
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=req.body(),
+        query_id=req.query_id,
     )
 
 
@@ -213,7 +240,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         timestamp=int(time.time()) - 3600,
     )
     assert stale.status_code == 401
@@ -224,7 +251,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=Ed25519PrivateKey.generate(),
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
     )
     assert stranger.status_code == 401
 
@@ -234,13 +261,18 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         sign_url="http://elsewhere.example/v1/extract",
     )
     assert tampered.status_code == 401
 
     misaddressed = signed_call(
-        conn.url, "/v1/extract", key=dept.gateway_key, connector="civil", body=body, query_id="q-auth-0001"
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector="civil",
+        body=body,
+        query_id=dept.qid("q-auth-0001"),
     )
     assert misaddressed.status_code == 403
 
@@ -251,7 +283,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         nonce=nonce,
     )
     assert first.status_code == 200
@@ -261,7 +293,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         nonce=nonce,
     )
     assert replay.status_code == 401 and "replay" in replay.json()["message"]
@@ -307,7 +339,10 @@ def test_names_not_in_the_configuration_get_4xx(
     sqlite_dept: tuple[Department, RunningConnector], change: dict[str, object]
 ) -> None:
     dept, conn = sqlite_dept
-    r = _post(dept, conn, "q-names-0001", **change)
+    query = dept.query("q-names-0001")
+    r = _post(
+        dept, conn, "q-names-0001", query=query, approval=dept.approval("q-names", query=query), **change
+    )
     assert 400 <= r.status_code < 500
     assert r.json()["error"] in {"unknown_dataset", "unknown_field", "invalid_request"}
 
@@ -321,7 +356,7 @@ def test_malformed_body_gets_422_not_500(sqlite_dept: tuple[Department, RunningC
             key=dept.gateway_key,
             connector=dept.name,
             body=body,
-            query_id="q-malformed-1",
+            query_id=dept.qid("q-malformed-1"),
         )
         assert r.status_code == 422, body
     # Numbers beyond what the protocol bounds are refused as invalid too, never a 500.
@@ -335,7 +370,7 @@ def test_malformed_body_gets_422_not_500(sqlite_dept: tuple[Department, RunningC
             key=dept.gateway_key,
             connector=dept.name,
             body=json.dumps({**good, **change}).encode(),
-            query_id="q-malformed-2",
+            query_id=dept.qid("q-malformed-2"),
         )
         assert r.status_code == 422, change
 
@@ -348,7 +383,11 @@ def test_each_query_dataset_served_once_identical_retry_same_answer(
     again = _post(dept, conn, "q-once-00001")
     assert first.status_code == again.status_code == 200
     assert first.content == again.content
-    different = _post(dept, conn, "q-once-00001", dimensions=("district",))
+    # Another request for the same (query, dataset): here under a second approval the department signed.
+    signed = dept.request("q-once-00001").approval
+    assert signed is not None
+    later = signed.approval.model_copy(update={"issued_at": signed.approval.issued_at + 1})
+    different = _post(dept, conn, "q-once-00001", approval=sign_approval(dept.approval_key, later))
     assert different.status_code == 403 and different.json()["error"] == "already_served"
 
 
@@ -391,7 +430,7 @@ def test_nonces_survive_a_restart_and_the_local_log_chains(tmp_path: Path) -> No
             key=dept.gateway_key,
             connector=dept.name,
             body=body,
-            query_id="q-restart-01",
+            query_id=dept.qid("q-restart-01"),
             nonce=nonce,
         )
         assert first.status_code == 200
@@ -405,7 +444,7 @@ def test_nonces_survive_a_restart_and_the_local_log_chains(tmp_path: Path) -> No
             key=dept.gateway_key,
             connector=dept.name,
             body=body,
-            query_id="q-restart-01",
+            query_id=dept.qid("q-restart-01"),
             nonce=nonce,
         )
         assert replay.status_code == 401
@@ -579,35 +618,31 @@ def baseline_dept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[De
     conn.stop()
 
 
+HOUSEHOLD = {"unit": "household", "dimensions": ()}
+"""A baseline belongs to a household query with a measure: the wages, with no person attribute."""
+
+
 def _period_approval(
-    dept: Department, query_id: str, baseline: tuple[str, str] | None = ("2025-01", "2025-06")
+    dept: Department,
+    label: str,
+    baseline: tuple[str, str] | None = ("2025-01", "2025-06"),
+    *,
+    asked: tuple[str, str] | None = ("2025-01", "2025-06"),
 ) -> SignedApproval:
-    """The department's approval of the second half of 2025, with the baseline it states (if any)."""
-    approval = Approval(
-        department=dept.name,
-        query_id=query_id,
-        query_digest=sha256_hex(query_id.encode()),
-        unit=Unit.PERSON,
-        baseline_start=baseline[0] if baseline else None,
-        baseline_end=baseline[1] if baseline else None,
-        datasets=(
-            ApprovedDataset(
-                dataset="wages",
-                measures=("wage_income", "months_paid"),
-                dimensions=("district", "sex", "birth_year_band"),
-            ),
-        ),
-        epsilon=Decimal("0.5"),
-        **MAIN,
+    """The department's approval of the household query over the second half of 2025 with the `asked`
+    baseline, stating `baseline` (which a sound approval states as asked)."""
+    query = dept.query(label, unit="household", dimensions=(), period=("2025-07", "2025-12"), baseline=asked)
+    return dept.approval(
+        label, query=query, unit="household", dimensions=(), period=("2025-07", "2025-12"), baseline=baseline
     )
-    return sign_approval(dept.approval_key, approval)
 
 
 def test_a_baseline_stated_by_the_approval_is_served_beside_the_period(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, conn = baseline_dept
-    r = _post(dept, conn, "q-base-00001", approval=_period_approval(dept, "q-base-00001"), **MAIN, **BASELINE)
+    approval = _period_approval(dept, "q-base-00001")
+    r = _post(dept, conn, "q-base-00001", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
     assert r.status_code == 200, r.text
     rows = {x[TOKEN_COLUMN]: x for x in pa.ipc.open_stream(io.BytesIO(r.content)).read_all().to_pylist()}
     assert len(rows) == len(EXPECTED)  # A and C were paid only in the baseline, and still appear
@@ -621,14 +656,15 @@ def test_a_baseline_the_approval_does_not_state_is_refused(
 ) -> None:
     dept, conn = baseline_dept
     cases = [
-        (_period_approval(dept, "q-base-00002", baseline=None), BASELINE),  # approved without one
-        (_period_approval(dept, "q-base-00003", baseline=("2025-01", "2025-03")), BASELINE),  # another one
-        (_period_approval(dept, "q-base-00004"), {}),  # approved with one, asked without
+        ("q-base-00002", None, BASELINE),  # approved without one
+        ("q-base-00003", ("2025-01", "2025-03"), BASELINE),  # another one
+        ("q-base-00004", ("2025-01", "2025-06"), {}),  # approved with one, asked without
     ]
-    for signed, baseline in cases:
-        query_id = signed.approval.query_id
-        r = _post(dept, conn, query_id, approval=signed, **MAIN, **baseline)
-        assert r.status_code == 403 and r.json()["error"] == "not_approved", query_id
+    for label, stated, baseline in cases:
+        asked = (baseline["baseline_start"], baseline["baseline_end"]) if baseline else None
+        signed = _period_approval(dept, label, stated, asked=asked)
+        r = _post(dept, conn, label, approval=signed, **HOUSEHOLD, **MAIN, **baseline)
+        assert r.status_code == 403 and r.json()["error"] == "not_approved", label
         assert "baseline" in r.json()["message"]
 
 
@@ -638,7 +674,7 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         department=dept.name,
         rule_id="with-baseline",
         datasets=(ApprovedDataset(dataset="wages", measures=("wage_income",)),),
-        units=(Unit.PERSON,),
+        units=(Unit.HOUSEHOLD,),
         max_epsilon_per_query=Decimal("0.5"),
         analysts=(fingerprint(ALICE.public_key()),),
         window=WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
@@ -653,7 +689,7 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         analyst=ALICE,
         epsilon=Decimal("0.5"),
         measures=("wage_income",),
-        dimensions=(),
+        **HOUSEHOLD,
         **MAIN,
         **BASELINE,
     )
@@ -666,7 +702,8 @@ def test_a_baseline_overlapping_the_period_is_invalid(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, conn = baseline_dept
-    good = dept.request("q-base-00006", approval=_period_approval(dept, "q-base-00006"), **MAIN, **BASELINE)
+    approval = _period_approval(dept, "q-base-00006")
+    good = dept.request("q-base-00006", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
     for baseline in (
         {"baseline_start": "2025-01", "baseline_end": "2025-07"},  # overlaps the period's first month
         {"baseline_start": "2026-01", "baseline_end": "2026-06"},  # after the period
@@ -705,29 +742,36 @@ def test_a_baseline_needs_a_dataset_with_a_period(tmp_path: Path) -> None:
     conn = start_connector(dept.config_path)
     try:
         signed = _period_approval(dept, "q-base-00007")
-        r = _post(dept, conn, "q-base-00007", approval=signed, **MAIN, **BASELINE)
-        assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+        r = _post(dept, conn, "q-base-00007", approval=signed, **HOUSEHOLD, **MAIN, **BASELINE)
+        assert r.status_code == 403 and r.json()["error"] == "not_in_plan"
         assert "period" in r.json()["message"]
-        plain = _period_approval(dept, "q-base-00008", baseline=None)
-        assert _post(dept, conn, "q-base-00008", approval=plain, **MAIN).status_code == 200
+        plain = _period_approval(dept, "q-base-00008", baseline=None, asked=None)
+        assert _post(dept, conn, "q-base-00008", approval=plain, **HOUSEHOLD, **MAIN).status_code == 200
     finally:
         conn.stop()
 
 
-def test_another_baseline_is_another_request_for_the_served_once_check(
+def test_another_baseline_is_another_query(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, conn = baseline_dept
-    first = _post(
-        dept, conn, "q-base-00009", approval=_period_approval(dept, "q-base-00009"), **MAIN, **BASELINE
-    )
+    approval = _period_approval(dept, "q-base-00009")
+    first = _post(dept, conn, "q-base-00009", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
     assert first.status_code == 200
-    # The department signed a second approval for the same query with a shorter baseline.
-    shorter = _period_approval(dept, "q-base-00009", baseline=("2025-04", "2025-06"))
-    again = _post(
-        dept, conn, "q-base-00009", approval=shorter, **MAIN, baseline_start="2025-04", baseline_end="2025-06"
+    # The same query asked with a shorter baseline is not the query the request carries.
+    shorter = {"baseline_start": "2025-04", "baseline_end": "2025-06"}
+    query = dept.query(
+        "q-base-00009",
+        unit="household",
+        dimensions=(),
+        period=("2025-07", "2025-12"),
+        baseline=BASELINE_RANGE,
     )
-    assert again.status_code == 403 and again.json()["error"] == "already_served"
+    again = _post(dept, conn, "q-base-00009", approval=approval, query=query, **HOUSEHOLD, **MAIN, **shorter)
+    assert again.status_code == 403 and again.json()["error"] == "query_mismatch"
+
+
+BASELINE_RANGE = ("2025-01", "2025-06")
 
 
 # A known fedgate-approval/2 approval and its signature under a fixed key: without a baseline the signed
@@ -775,11 +819,12 @@ def test_requests_without_a_baseline_carry_no_baseline_field(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, _conn = baseline_dept
-    assert b"baseline" not in dept.request("q-base-00010").body()
-    with_base = dept.request(
-        "q-base-00011", approval=_period_approval(dept, "q-base-00011"), **MAIN, **BASELINE
-    )
-    assert with_base.body().count(b'"baseline_start":"2025-01"') == 2  # the request's and the approval's
+    assert b"baseline_" not in dept.request("q-base-00010").body()
+    approval = _period_approval(dept, "q-base-00011")
+    with_base = dept.request("q-base-00011", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
+    # the request's, the approval's and the carried query's
+    assert with_base.body().count(b'"baseline_start":"2025-01"') == 2
+    assert with_base.body().count(b'"period_start":"2025-01"') == 1
 
 
 def test_a_body_above_the_limit_is_413_before_its_signature_is_checked(
@@ -795,7 +840,7 @@ def test_a_body_above_the_limit_is_413_before_its_signature_is_checked(
         key=dept.gateway_key,
         connector=dept.name,
         body=too_large,
-        query_id="q-big-01",
+        query_id=dept.qid("q-big-01"),
     )
     unsigned = httpx.post(conn.url + "/v1/extract", content=too_large, timeout=30)
 
@@ -846,7 +891,7 @@ def test_a_source_failure_shows_its_cause_to_the_department_only(
             conn.url + "/v1/quality", headers={"authorization": f"Bearer {dept.admin_key}"}
         ).json()
         failure = state_report["recent_failures"][0]
-        assert failure["dataset"] == "wages" and failure["query_id"] == "q-fail-00001"
+        assert failure["dataset"] == "wages" and failure["query_id"] == dept.qid("q-fail-00001")
         assert failure["cause"] == "permission_denied"
         assert failure["error_class"] == "psycopg.InsufficientPrivilege"
         assert "wages" in failure["detail"] and "GRANT" in failure["fix"].upper()

@@ -216,8 +216,8 @@ def _signed_rule(fed: Fed, department: str, rule_id: str) -> dict[str, Any]:
             "units": ["person"],
             "max_epsilon_per_query": "0.5",
             "analysts": [fed.analyst_fingerprint("analyst")],
-            "window": {"max_queries": 10, "max_epsilon": "2"},
-            "per_analyst": {"max_queries": 10, "max_epsilon": "2"},
+            "window": {"max_queries": 10, "max_epsilon": "5"},
+            "per_analyst": {"max_queries": 10, "max_epsilon": "5"},
         }
     )
     return sign_rule(load_private_key(fed.approval_key(department)), rule).model_dump(mode="json")

@@ -24,6 +24,7 @@ from connectors.protocol import (
     ErrorCode,
     ExtractRequest,
     TokenSpec,
+    WindowLimits,
     load_private_key,
     public_key_text,
     sign_approval,
@@ -309,6 +310,7 @@ def test_a_department_admin_cannot_take_over_another_departments_rule(fed: Feder
                 datasets=[scope],
                 units=("person",),
                 max_epsilon_per_query=Decimal("0.1"),
+                window=WindowLimits(max_queries=10, max_epsilon=Decimal(1)),
             )
         assert err.value.status == 403 and err.value.field == "rule"
     # The tax bureau's rule is untouched, and still its own.

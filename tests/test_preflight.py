@@ -96,7 +96,12 @@ def test_preflight_refuses_what_the_extract_would_refuse(
     # A preflight body is never an extract: extracts forbid its `kind`.
     body = _preflight(dept, "q-preflight-4").body()
     r = signed_call(
-        conn.url, "/v1/extract", key=dept.gateway_key, connector="tax", body=body, query_id="q-preflight-4"
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector="tax",
+        body=body,
+        query_id=dept.qid("q-preflight-4"),
     )
     assert r.status_code == 422
     assert _spent(dept) == 0
