@@ -30,6 +30,7 @@ from connectors.protocol import (
 from connectors.service import budget_window
 from connectors.state import ConnectorState
 from gateway import db
+from gateway.approval_plan import own_schema
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient, GatewayError
 from gateway.dev.process import start_gateway
@@ -186,10 +187,19 @@ def make_register(directory: Path, tax: Department) -> Department:
     return register
 
 
-def _approve_all(gateway: RunningConnector, keys: dict[str, str], qid: str, depts: list[Department]) -> None:
-    for d in depts:
+def _approve_all(
+    gateway: RunningConnector,
+    keys: dict[str, str],
+    qid: str,
+    depts: list[Department],
+    conns: list[RunningConnector],
+) -> None:
+    """Each department plans the query against its own connector's schema and signs that."""
+    for d, conn in zip(depts, conns, strict=True):
         with GatewayClient(gateway.url, keys[d.name]) as admin:
-            admin.approve(qid, private_key_pem(d.approval_key), d.name)
+            admin.approve(
+                qid, private_key_pem(d.approval_key), d.name, schemas=[own_schema(conn.url, d.admin_key)]
+            )
 
 
 def _start_gateway(
@@ -241,7 +251,7 @@ def test_a_query_whose_source_breaks_reserves_nothing_and_runs_after_the_fix(
         with GatewayClient(gateway.url, keys["analyst"]) as analyst:
             view = analyst.submit(_wage_query("Wages paid in the county, preflight end to end"))
             qid = view["id"]
-            _approve_all(gateway, keys, qid, [dept, register])
+            _approve_all(gateway, keys, qid, [dept, register], [conn, register_conn])
             assert analyst.query(qid)["state"] == "approved"
             before = analyst.budget(["2025"])["years"][0]["remaining"]
 
@@ -305,7 +315,7 @@ def test_a_connector_misconfigured_or_failing_mid_extract(tmp_path: Path) -> Non
         )
         with GatewayClient(gateway.url, keys["analyst"]) as analyst:
             qid = analyst.submit(QuerySpec.model_validate(spec.model_dump()))["id"]
-            _approve_all(gateway, keys, qid, [tax, social, register])
+            _approve_all(gateway, keys, qid, [tax, social, register], conns)
             before = Decimal(analyst.budget(["2025"])["years"][0]["remaining"])
             with pytest.raises(GatewayError) as err:
                 analyst.run(qid)
