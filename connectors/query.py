@@ -228,6 +228,12 @@ class QuerySpec(_Frozen):
         description="person queries: the population is the register's persons, and person.covered says "
         "whether each has a row in any of these datasets",
     )
+    analyst_key: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="fingerprint of the analyst's own Ed25519 key, which signs the query on submit; part of "
+        "the digest, so a department's approval and the analyst's signature name the same analyst",
+    )
 
     @field_validator("epsilon")
     @classmethod
@@ -281,8 +287,11 @@ class QuerySpec(_Frozen):
     def canonical(self) -> bytes:
         # The default relation is left out, so queries written before the relation was a field keep
         # their digests (and the departments' signatures over them).
-        default = self.neighbouring is DEFAULT_NEIGHBOURING
-        return canonical_json(self.model_dump(mode="json", exclude={"neighbouring"} if default else None))
+        # Likewise an unsigned query (no analyst key) keeps the digest it had before keys existed.
+        exclude = {"neighbouring"} if self.neighbouring is DEFAULT_NEIGHBOURING else set()
+        if self.analyst_key is None:
+            exclude.add("analyst_key")
+        return canonical_json(self.model_dump(mode="json", exclude=exclude or None))
 
     @property
     def digest(self) -> str:

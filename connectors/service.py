@@ -9,6 +9,9 @@
                        plans a query against, so it never signs the scope the gateway reports blind)
     GET  /v1/quality   invalid/legacy/duplicate ID counts and recent failures with the database's own
                        (scrubbed) error, for the department's own admin key only
+    POST /v1/admin/revocations  hold a department-signed revocation of one of its rules (admin key; in
+                       the local log): the rule opens nothing here afterwards, whatever the gateway sends
+    GET  /v1/admin/revocations  the revocations held (admin key)
 
 Deny by default: every /v1 route but health needs a request signed by a trusted gateway key (401 if
 unsigned, badly signed, stale or replayed), addressed to this connector (403 otherwise) in this protocol
@@ -78,7 +81,9 @@ from connectors.protocol import (
     PolicySchema,
     PreflightAnswer,
     PreflightRequest,
+    Revocation,
     SignatureError,
+    SignedRevocation,
     canonical_json,
     extract_digest,
     fingerprint,
@@ -90,6 +95,8 @@ from connectors.protocol import (
     sha256_hex,
     sign_response,
     verify_approval,
+    verify_query_signature,
+    verify_revocation,
     verify_rule,
 )
 from connectors.query_scope import DatasetNeed, ScopeError, plan_connector
@@ -446,7 +453,8 @@ class ConnectorService:
         per = rule.per_analyst
         return RuleQuota(
             rule_id=rule.rule_id,
-            analyst=req.analyst,
+            # Counted per verified analyst key, never per a name the gateway asserts.
+            analyst=self._verified_analyst(req),
             max_queries=rule.window.max_queries,
             max_epsilon=rule.window.max_epsilon,
             analyst_max_queries=None if per is None else per.max_queries,
@@ -454,10 +462,15 @@ class ConnectorService:
         )
 
     def check_approval(self, req: ExtractRequest, dataset: DatasetSpec) -> None:
-        """Serve only what the department's own signature covers: one query's approval or a standing rule."""
+        """Serve only what the department's own signature covers: one query's approval or a standing rule
+        that is in force here (not expired, not revoked at this connector, and naming the analyst whose
+        own key signed the query, unless the department accepts "*" rules)."""
         covered = self._verified_cover(req)
+        analyst = self._verified_analyst(req)
+        if isinstance(covered, ApprovalRule):
+            self._check_rule_in_force(covered)
         try:
-            check_cover(covered, Asked.of_request(req, self.cfg.department))
+            check_cover(covered, Asked.of_request(req, self.cfg.department, analyst))
         except NotCovered as exc:
             raise _refuse(403, ErrorCode.NOT_APPROVED, exc.reason) from None
         cap = self.cfg.policy.max_epsilon_per_query
@@ -465,6 +478,72 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.BUDGET_EXCEEDED, f"epsilon {req.epsilon} is above this department's cap {cap}"
             )
+
+    def _verified_analyst(self, req: ExtractRequest) -> str | None:
+        """The fingerprint of the analyst's key, once its signature of this query verifies; None if the
+        request carries none. A bad signature is refused rather than treated as unsigned."""
+        named = req.query.analyst_key
+        if req.analyst_key is None or req.analyst_signature is None:
+            if named is not None:
+                raise _refuse(
+                    403,
+                    ErrorCode.NOT_APPROVED,
+                    "the query names an analyst key but carries no signature",
+                )
+            return None
+        try:
+            key = parse_public_key(req.analyst_key)
+            verify_query_signature(key, req.analyst_signature, req.query_id, req.query_digest)
+        except SignatureError:
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the analyst's signature of the query does not verify"
+            ) from None
+        # The digest (checked against the carried query) covers the key's fingerprint: the signer is the
+        # analyst the query names, so a signature cannot be moved onto another analyst's query.
+        if named != fingerprint(key):
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the analyst's signature is by another key than the query names"
+            )
+        return fingerprint(key)
+
+    def _check_rule_in_force(self, rule: ApprovalRule) -> None:
+        if rule.any_analyst and not self.cfg.policy.accept_any_analyst_rules:
+            raise _refuse(
+                403,
+                ErrorCode.NOT_APPROVED,
+                'this department does not accept rules for every analyst ("*"): name analysts by their key '
+                "fingerprint, or set policy.accept_any_analyst_rules knowingly (docs/security.md)",
+            )
+        for text in self.state.revocations(rule.rule_id):
+            if SignedRevocation.model_validate_json(text).revocation.revokes(rule):
+                raise _refuse(
+                    403, ErrorCode.NOT_APPROVED, "the department revoked this rule at its connector"
+                )
+
+    def hold_revocation(self, signed: SignedRevocation) -> tuple[Revocation, bool]:
+        """Verify a revocation under the department's own key and hold it, with its local log entry;
+        returns it and whether it is new."""
+        try:
+            revocation = verify_revocation(self.approval_key, signed)
+        except SignatureError:
+            raise _refuse(
+                403, ErrorCode.FORBIDDEN, "the revocation is not signed by this department's approval key"
+            ) from None
+        if revocation.department != self.cfg.department:
+            raise _refuse(403, ErrorCode.FORBIDDEN, "the revocation is for another department's rule")
+        text = canonical_json(signed.model_dump(mode="json")).decode()
+        digest = sha256_hex(text.encode())
+        entry = {
+            "kind": "rule_revoked",
+            "rule_id": revocation.rule_id,
+            "rule_digest": revocation.rule_digest,
+            "issued_at": revocation.issued_at,
+            "revocation_digest": digest,
+        }
+        new = self.state.add_revocation(digest=digest, rule_id=revocation.rule_id, signed=text, entry=entry)
+        if new:
+            log.info("connector.rule_revoked", rule_id=revocation.rule_id)
+        return revocation, new
 
     def _verified_cover(self, req: ExtractRequest) -> Approval | ApprovalRule:
         """The request's approval or rule, once its signature verifies under the department's key."""
@@ -852,6 +931,28 @@ def create_app(service: ConnectorService) -> FastAPI:
             "recent_failures": await run_in_threadpool(service.state.failures),
             "epsilon_spent": {budget_window(): str(service.state.spent(budget_window()))},
         }
+
+    @app.post("/v1/admin/revocations", status_code=201)
+    async def add_revocation(request: Request) -> dict[str, Any]:
+        if not service.is_admin(request):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the department admin key is required")
+        try:
+            signed = SignedRevocation.model_validate_json(await request.body())
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "(body)" for e in exc.errors()})
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "invalid revocation: " + ", ".join(fields)
+            ) from None
+        revocation, new = await run_in_threadpool(service.hold_revocation, signed)
+        request.state.log_extra = {"rule_id": revocation.rule_id, "new": new}
+        return {"rule_id": revocation.rule_id, "held": True, "new": new}
+
+    @app.get("/v1/admin/revocations")
+    async def list_revocations(request: Request) -> dict[str, Any]:
+        if not service.is_admin(request):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the department admin key is required")
+        held = await run_in_threadpool(service.state.revocations)
+        return {"connector": cfg.name, "revocations": [json.loads(t) for t in held]}
 
     return app
 

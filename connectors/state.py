@@ -3,8 +3,9 @@
 It holds what must survive a restart: seen nonces (so a replay after a restart is still refused), the
 extracts already served (each (query, dataset) once; an identical retry gets the same answer), the
 epsilon the department has approved per budget window (defence in depth beside the gateway's ledger), the
-queries and epsilon each standing rule opened per window (overall and per analyst, the rule's own limits),
-data-quality counters and the recent failures (with the database's own, scrubbed error) for the
+queries and epsilon each standing rule opened per window (overall and per analyst key, the rule's own
+limits), the department's own signed rule revocations, data-quality counters and the recent failures
+(with the database's own, scrubbed error) for the
 department's own admin, and the connector's local log: a hash chain of every request it saw and every
 audit checkpoint the gateway showed it.
 """
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS failures (
 CREATE TABLE IF NOT EXISTS witness (
     id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, note TEXT NOT NULL,
     forked INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (
+    digest TEXT PRIMARY KEY, rule_id TEXT NOT NULL, signed TEXT NOT NULL, added_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, entry TEXT NOT NULL,
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
@@ -313,19 +316,48 @@ class ConnectorState:
         with self._tx() as db:
             db.execute("UPDATE witness SET forked = 1 WHERE id = 1")
 
+    # --- the department's revocations
+
+    def add_revocation(self, *, digest: str, rule_id: str, signed: str, entry: dict[str, Any]) -> bool:
+        """Hold a verified, department-signed revocation and its local log entry, in one transaction;
+        False (and nothing written) if this very revocation is already held."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM revocations WHERE digest = ?", (digest,)).fetchone():
+                return False
+            db.execute(
+                "INSERT INTO revocations VALUES (?, ?, ?, ?)", (digest, rule_id, signed, int(time.time()))
+            )
+            self._append(db, entry)
+        return True
+
+    def revocations(self, rule_id: str | None = None) -> list[str]:
+        """The held signed revocations (JSON), of one rule id or all, oldest first."""
+        with self._lock:
+            if rule_id is None:
+                rows = self._db.execute("SELECT signed FROM revocations ORDER BY added_at").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT signed FROM revocations WHERE rule_id = ? ORDER BY added_at", (rule_id,)
+                ).fetchall()
+        return [str(r[0]) for r in rows]
+
     # --- local log
 
     def append_log(self, entry: dict[str, Any]) -> str:
         """Append one entry to the hash chain; returns its hash."""
         with self._tx() as db:
-            last = db.execute("SELECT hash FROM log ORDER BY seq DESC LIMIT 1").fetchone()
-            prev = last[0] if last else GENESIS
-            text = canonical_json(entry).decode()
-            digest = hashlib.sha256(bytes.fromhex(prev) + text.encode()).hexdigest()
-            db.execute(
-                "INSERT INTO log (at, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
-                (time.time(), text, prev, digest),
-            )
+            return self._append(db, entry)
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, entry: dict[str, Any]) -> str:
+        last = db.execute("SELECT hash FROM log ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = last[0] if last else GENESIS
+        text = canonical_json(entry).decode()
+        digest = hashlib.sha256(bytes.fromhex(prev) + text.encode()).hexdigest()
+        db.execute(
+            "INSERT INTO log (at, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
+            (time.time(), text, prev, digest),
+        )
         return digest
 
     def log_entries(self) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """A small Python client for the gateway's HTTP API.
 
-    with GatewayClient("http://127.0.0.1:8700", api_key) as gw:
-        q = gw.submit(spec)                     # QuerySpec or dict
+    with GatewayClient("http://127.0.0.1:8700", api_key, analyst_key=pem) as gw:
+        q = gw.submit(spec)                     # QuerySpec or dict; signed with the analyst's own key
         gw.approve(q["id"], key_pem, department, schemas=own)  # a department admin: signs its own plan
         result = gw.run(q["id"])
 
@@ -25,8 +25,10 @@ from connectors.protocol import (
     ApprovedDataset,
     ConnectorSchema,
     WindowLimits,
+    fingerprint,
     load_private_key,
     sign_approval,
+    sign_query,
     sign_rule,
 )
 from gateway.api.schemas import KeyGroupIn
@@ -50,7 +52,11 @@ class GatewayClient:
         *,
         timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        analyst_key: bytes | None = None,
     ) -> None:
+        # An analyst's own private key (PEM): every query submitted through this client names its
+        # fingerprint and carries its signature, which the departments' connectors verify.
+        self._analyst_key = None if analyst_key is None else load_private_key(analyst_key)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"authorization": f"Bearer {api_key}"},
@@ -67,8 +73,8 @@ class GatewayClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _do(self, method: str, path: str, json: Any = None) -> Any:
-        response = self._http.request(method, path, json=json)
+    def _do(self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+        response = self._http.request(method, path, json=json, headers=headers)
         if response.status_code >= 400:
             try:
                 err = response.json()["error"]
@@ -136,8 +142,34 @@ class GatewayClient:
     # --- queries
 
     def submit(self, spec: QuerySpec | dict[str, Any]) -> Any:
-        body = spec.model_dump(mode="json") if isinstance(spec, QuerySpec) else spec
-        return self._do("POST", "/v1/queries", body)
+        """Submit a query; with an analyst key it names the key and is signed by it."""
+        if self._analyst_key is None:
+            body = spec.model_dump(mode="json") if isinstance(spec, QuerySpec) else spec
+            return self._do("POST", "/v1/queries", body)
+        parsed = spec if isinstance(spec, QuerySpec) else QuerySpec.model_validate(spec)
+        signed = parsed.model_copy(update={"analyst_key": fingerprint(self._analyst_key.public_key())})
+        signature = sign_query(self._analyst_key, signed.query_id, signed.digest)
+        return self._do(
+            "POST",
+            "/v1/queries",
+            signed.model_dump(mode="json", exclude_none=False),
+            headers={"x-fedgate-query-signature": signature},
+        )
+
+    @property
+    def analyst_fingerprint(self) -> str | None:
+        return None if self._analyst_key is None else fingerprint(self._analyst_key.public_key())
+
+    # --- analysts' keys (operator)
+
+    def register_analyst_key(self, analyst: str, public_key: str) -> Any:
+        return self._do("POST", f"/v1/analysts/{quote(analyst, safe='')}/keys", {"public_key": public_key})
+
+    def analyst_keys(self) -> Any:
+        return self._do("GET", "/v1/analysts/keys")["keys"]
+
+    def revoke_analyst_key(self, key_fingerprint: str) -> None:
+        self._do("DELETE", f"/v1/analysts/keys/{quote(key_fingerprint, safe='')}")
 
     def preview(self, spec: QuerySpec | dict[str, Any]) -> Any:
         """The expected 95% half-width of every statistic of a query, before spending anything on it."""
@@ -203,6 +235,11 @@ class GatewayClient:
         analysts: tuple[str, ...] = ("*",),
         expires_at: int | None = None,
     ) -> Any:
+        """Sign and register a rule; a new version of the department's rule of that id names the digest
+        of the version it replaces (read from the gateway, and shown in the audit entry)."""
+        current = next(
+            (r for r in self.rules() if r["department"] == department and r["rule_id"] == rule_id), None
+        )
         rule = ApprovalRule.model_validate(
             {
                 "department": department,
@@ -214,6 +251,7 @@ class GatewayClient:
                 "window": window,
                 "per_analyst": per_analyst,
                 "expires_at": expires_at,
+                "replaces": None if current is None else current["digest"],
             }
         )
         signed = sign_rule(load_private_key(key_pem), rule)

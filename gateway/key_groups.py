@@ -56,8 +56,9 @@ __all__ = [
 
 MAX_TITLE = 200
 MAX_DESCRIPTION = 2_000
-# The probe query below is planned, never run; its epsilon only has to sit under every department's cap.
-_PROBE_EPSILON = MIN_EPSILON_PER_QUERY  # a probe is planned, never run
+# The probe query below is planned, never run; its epsilon only has to be a valid query's (the public
+# floor) and sit under every department's cap.
+_PROBE_EPSILON = MIN_EPSILON_PER_QUERY
 # Writers retry this often when a concurrent writer took the same version number first.
 _WRITE_ATTEMPTS = 3
 

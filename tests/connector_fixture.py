@@ -11,6 +11,7 @@ import base64
 import datetime
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -31,9 +32,11 @@ from connectors.protocol import (
     ExtractRequest,
     SignedApproval,
     TokenSpec,
+    fingerprint,
     private_key_pem,
     public_key_text,
     sign_approval,
+    sign_query,
     sign_request,
 )
 from connectors.query import (
@@ -127,6 +130,9 @@ class Department:
     admin_key: str
     keyring_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    # One issue time for every approval this department signs, so that two identical requests are
+    # the same bytes (an identical retry).
+    issued_at: int = field(default_factory=lambda: int(time.time()))
     ids: dict[str, str] = field(default_factory=dict)
     """label -> query id of the last request made under that label (ids are digests of the query)"""
 
@@ -205,13 +211,16 @@ class Department:
                 ),
             ),
             epsilon=Decimal(epsilon),
+            issued_at=self.issued_at,
         )
         return sign_approval(key or self.approval_key, approval)
 
     def request(self, label: str, **changes: Any) -> ExtractRequest:
         """An extract request for the query labelled `label`: the carried query is planned from the
-        request's own fields, so the connector's plan asks exactly them (override `query` to test that)."""
+        request's own fields, so the connector's plan asks exactly them (override `query` to test that).
+        With `analyst` (a private key) the query names that key and the request carries its signature."""
         approval = changes.pop("approval", None)
+        analyst: Ed25519PrivateKey | None = changes.pop("analyst", None)
         fields: dict[str, Any] = {
             "connector": self.name,
             "dataset": "wages",
@@ -240,6 +249,11 @@ class Department:
             baseline=baseline,
             epsilon=fields["epsilon"],
         )
+        if analyst is not None and spec.analyst_key is None:
+            spec = spec.model_copy(update={"analyst_key": fingerprint(analyst.public_key())})
+        if analyst is not None:
+            fields.setdefault("analyst_key", public_key_text(analyst.public_key()))
+            fields.setdefault("analyst_signature", sign_query(analyst, spec.query_id, spec.digest))
         fields.setdefault("query_id", spec.query_id)
         fields.setdefault("query_digest", spec.digest)
         self.ids[label] = fields["query_id"]
@@ -270,6 +284,7 @@ def make_department(
     keyring_doc: dict[str, object] | None = None,
     gateway_key: Ed25519PrivateKey | None = None,
     epsilon_window: str = "3.0",
+    accept_any_analyst_rules: bool = False,
 ) -> Department:
     directory.mkdir(parents=True, exist_ok=True)
     source, location = write_source(kind, directory, db_url)
@@ -315,6 +330,7 @@ def make_department(
             "gateway_public_keys": [public_key_text(gateway_key.public_key())],
             "approval_public_key": public_key_text(approval_key.public_key()),
             "admin_key_sha256": hashlib.sha256(admin_key.encode()).hexdigest(),
+            "accept_any_analyst_rules": accept_any_analyst_rules,
         },
     }
     config_path = directory / f"{name}.yaml"

@@ -190,6 +190,12 @@ def test_the_guide_from_keys_to_a_released_result(
         "connectors", "register", "register", "--endpoint", register_url,
         "--fingerprint", register_key["fingerprint"], *as_register, cwd=op,
     )  # fmt: skip
+    # The analyst makes a key of their own; the operator pins it; departments name its fingerprint.
+    analyst_key = fedgate_json("analysts", "keygen", "--out", "analyst.key", cwd=op)
+    pinned = fedgate_json(
+        "analysts", "register", "analyst", "--public-key", analyst_key["public_key"], *as_operator, cwd=op
+    )
+    assert pinned["fingerprint"] == analyst_key["fingerprint"]
     register_approval = str(tmp_path / "county" / "keys" / "register-approval.key")
     fedgate(
         "rules",
@@ -198,7 +204,7 @@ def test_the_guide_from_keys_to_a_released_result(
         "--key",
         register_approval,
         "--analyst",
-        "analyst",
+        analyst_key["fingerprint"],
         "--yes",
         *as_register,
         cwd=op,
@@ -230,7 +236,7 @@ def test_the_guide_from_keys_to_a_released_result(
         "--key",
         "approval.key",
         "--analyst",
-        "analyst",
+        analyst_key["fingerprint"],
         "--yes",
         *as_admin,
         cwd=dept,
@@ -251,7 +257,9 @@ def test_the_guide_from_keys_to_a_released_result(
         "epsilon": "0.5",
     }
     (op / "query.json").write_text(json.dumps(query))
-    submitted = fedgate_json("query", "submit", "query.json", *as_analyst, cwd=op)
+    submitted = fedgate_json(
+        "query", "submit", "query.json", "--analyst-key", "analyst.key", *as_analyst, cwd=op
+    )
     assert submitted["state"] == "approved"
     assert submitted["covered_by"] == {"tax": "rule:tax-wages", "register": "rule:register-all"}
     result = fedgate_json("query", "run", submitted["id"], *as_analyst, cwd=op)

@@ -33,13 +33,16 @@ from connectors.protocol import (
     ApprovalRule,
     ApprovedDataset,
     ConnectorSchema,
+    Revocation,
     SignatureError,
     SignedApproval,
+    SignedRule,
     TokenSpec,
     WindowLimits,
     canonical_json,
     fingerprint,
     sign_approval,
+    sign_revocation,
     sign_rule,
     verify_approval,
 )
@@ -380,8 +383,11 @@ def test_each_query_dataset_served_once_identical_retry_same_answer(
     again = _post(dept, conn, "q-once-00001")
     assert first.status_code == again.status_code == 200
     assert first.content == again.content
-    # Another request for the same (query, dataset): here the analyst it names differs.
-    different = _post(dept, conn, "q-once-00001", analyst="someone-else")
+    # Another request for the same (query, dataset): here under a second approval the department signed.
+    signed = dept.request("q-once-00001").approval
+    assert signed is not None
+    later = signed.approval.model_copy(update={"issued_at": signed.approval.issued_at + 1})
+    different = _post(dept, conn, "q-once-00001", approval=sign_approval(dept.approval_key, later))
     assert different.status_code == 403 and different.json()["error"] == "already_served"
 
 
@@ -463,46 +469,138 @@ def test_extract_answer_is_arrow_with_fixed_width_tokens(
     assert tokens == sorted(tokens)  # sorted by token: no trace of the source's order
 
 
+def _rule(dept: Department, **changes: object) -> SignedRule:
+    fields: dict[str, object] = {
+        "department": dept.name,
+        "rule_id": "monthly-income",
+        "datasets": (ApprovedDataset(dataset="wages", measures=("wage_income",), dimensions=("district",)),),
+        "units": ("person",),
+        "max_epsilon_per_query": Decimal("0.5"),
+        "analysts": (fingerprint(ALICE.public_key()),),
+        "window": WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+        "per_analyst": WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+    }
+    fields.update(changes)
+    return sign_rule(dept.approval_key, ApprovalRule.model_validate(fields))
+
+
+ALICE, MALLORY = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+NARROW = {
+    "measures": ("wage_income",),
+    "dimensions": ("district",),
+    "epsilon": Decimal("0.5"),
+    "approval": None,
+}
+
+
+def _served(dept: Department, query_id: str) -> bool:
+    state = ConnectorState(dept.directory / "state", read_only=True)
+    try:
+        return any(
+            e["entry"].get("query_id") == query_id and e["entry"].get("status") == 200
+            for e in state.log_entries()
+        )
+    finally:
+        state.close()
+
+
 def test_a_signed_rule_admits_queries_inside_it_and_only_those(
     sqlite_dept: tuple[Department, RunningConnector],
 ) -> None:
-    from connectors.protocol import ApprovalRule, ApprovedDataset, sign_rule
-
     dept, conn = sqlite_dept
-
-    def rule(**changes: object) -> object:
-        fields: dict[str, object] = {
-            "department": dept.name,
-            "rule_id": "monthly-income",
-            "datasets": (
-                ApprovedDataset(dataset="wages", measures=("wage_income",), dimensions=("district",)),
-            ),
-            "units": ("person",),
-            "max_epsilon_per_query": Decimal("0.5"),
-            "analysts": ("alice",),
-            "window": WindowLimits(max_queries=100, max_epsilon=Decimal(50)),
-            "per_analyst": WindowLimits(max_queries=100, max_epsilon=Decimal(50)),
-        }
-        fields.update(changes)
-        return sign_rule(dept.approval_key, ApprovalRule.model_validate(fields))
-
-    narrow = {"measures": ("wage_income",), "dimensions": ("district",), "analyst": "alice"}
-    ok = _post(dept, conn, "q-rule-00001", approval=None, rule=rule(), epsilon=Decimal("0.5"), **narrow)
+    ok = _post(dept, conn, "q-rule-00001", rule=_rule(dept), **NARROW, analyst=ALICE)
     assert ok.status_code == 200
+    now = int(time.time())
     refusals = [
-        {"rule": rule(), "epsilon": Decimal("0.75")},  # above the rule's maximum
-        {"rule": rule(), "epsilon": Decimal("0.5"), "analyst": "mallory"},  # not a named analyst
-        {"rule": rule(units=("household",)), "epsilon": Decimal("0.5")},  # another unit
-        {"rule": rule(), "epsilon": Decimal("0.5"), "measures": ("wage_income", "months_paid")},
-        {"rule": rule(expires_at=1), "epsilon": Decimal("0.5")},
+        ({"rule": _rule(dept), "epsilon": Decimal("0.75")}, ALICE),  # above the rule's maximum
+        ({"rule": _rule(dept)}, MALLORY),  # signed by an analyst the rule does not name
+        ({"rule": _rule(dept)}, None),  # signed by no analyst: the gateway's word is not enough
+        ({"rule": _rule(dept, units=("household",))}, ALICE),  # another unit
+        ({"rule": _rule(dept), "measures": ("wage_income", "months_paid")}, ALICE),
+        ({"rule": _rule(dept, issued_at=now - 100, expires_at=now - 1)}, ALICE),  # expired
+        ({"rule": _rule(dept, analysts=("*",))}, ALICE),  # "*" and the department did not opt in
     ]
-    for i, change in enumerate(refusals):
-        fields = {**narrow, **change}
-        r = _post(dept, conn, f"q-rule-1000{i}", approval=None, **fields)
+    for i, (change, analyst) in enumerate(refusals):
+        query_id = f"q-rule-1000{i}"
+        r = _post(dept, conn, query_id, **{**NARROW, **change, "analyst": analyst})
         assert r.status_code == 403 and r.json()["error"] == "not_approved", change
-    forged = sign_rule(Ed25519PrivateKey.generate(), rule().rule)  # type: ignore[attr-defined]
-    r = _post(dept, conn, "q-rule-20000", approval=None, rule=forged, epsilon=Decimal("0.5"), **narrow)
+        assert not _served(dept, query_id)
+    # Alice's signature of one query does not carry over to another, nor to another digest.
+    r = _post(
+        dept,
+        conn,
+        "q-rule-20001",
+        rule=_rule(dept),
+        **NARROW,
+        analyst=ALICE,
+        analyst_signature=dept.request(
+            "q-rule-00001", rule=_rule(dept), **NARROW, analyst=ALICE
+        ).analyst_signature,
+    )
+    assert r.status_code == 403 and "analyst's signature" in r.json()["message"]
+    forged = sign_rule(Ed25519PrivateKey.generate(), _rule(dept).rule)
+    r = _post(dept, conn, "q-rule-20000", rule=forged, **NARROW, analyst=ALICE)
     assert r.status_code == 403
+
+
+def _revoke(
+    dept: Department,
+    conn: RunningConnector,
+    revocation: Revocation,
+    *,
+    key: Ed25519PrivateKey | None = None,
+    admin_key: str | None = None,
+) -> httpx.Response:
+    signed = sign_revocation(key or dept.approval_key, revocation)
+    return httpx.post(
+        conn.url + "/v1/admin/revocations",
+        content=signed.model_dump_json(),
+        headers={"authorization": f"Bearer {admin_key or dept.admin_key}"},
+    )
+
+
+def test_a_rule_revoked_at_the_connector_opens_nothing_whatever_the_gateway_sends(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    issued = int(time.time()) - 60
+    rule = _rule(dept, rule_id="revoke-me", issued_at=issued)
+    revocation = Revocation(
+        department=dept.name, rule_id="revoke-me", issued_at=issued + 1, reason="narrowed"
+    )
+    # Only the department's admin, with the department's own signature, revokes; each refusal holds nothing.
+    assert _revoke(dept, conn, revocation, admin_key="not-the-admin-key").status_code == 401
+    assert _revoke(dept, conn, revocation, key=Ed25519PrivateKey.generate()).status_code == 403
+    other = revocation.model_copy(update={"department": "social"})
+    assert _revoke(dept, conn, other).status_code == 403
+    listed = httpx.get(
+        conn.url + "/v1/admin/revocations", headers={"authorization": f"Bearer {dept.admin_key}"}
+    )
+    assert listed.json()["revocations"] == []
+    assert httpx.get(conn.url + "/v1/admin/revocations").status_code == 401
+    # Revoked: the rule, still validly signed and forwarded by the gateway, opens nothing.
+    r = _revoke(dept, conn, revocation)
+    assert r.status_code == 201 and r.json()["new"] is True
+    assert _revoke(dept, conn, revocation).json()["new"] is False  # the same again holds nothing new
+    r = _post(dept, conn, "q-revk-00001", rule=rule, **NARROW, analyst=ALICE)
+    assert r.status_code == 403 and "revoked" in r.json()["message"]
+    assert not _served(dept, "q-revk-00001")
+    # A replacement the department signs after the revocation is in force.
+    newer = _rule(dept, rule_id="revoke-me", issued_at=issued + 2, replaces=rule.rule.digest())
+    r = _post(dept, conn, "q-revk-00002", rule=newer, **NARROW, analyst=ALICE)
+    assert r.status_code == 200, r.text
+    # A revocation naming one version's digest revokes that version only.
+    exact = Revocation(
+        department=dept.name, rule_id="revoke-me", rule_digest=newer.rule.digest(), issued_at=issued
+    )
+    assert _revoke(dept, conn, exact).status_code == 201
+    r = _post(dept, conn, "q-revk-00003", rule=newer, **NARROW, analyst=ALICE)
+    assert r.status_code == 403
+    # The connector's own log holds each revocation, chained.
+    state = ConnectorState(dept.directory / "state", read_only=True)
+    kinds = [e["entry"]["kind"] for e in state.log_entries()]
+    assert kinds.count("rule_revoked") == 2
+    state.verify_log()
 
 
 # --- a baseline period in one extract
@@ -578,8 +676,9 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         datasets=(ApprovedDataset(dataset="wages", measures=("wage_income",)),),
         units=(Unit.HOUSEHOLD,),
         max_epsilon_per_query=Decimal("0.5"),
-        analysts=("*",),
-        window=WindowLimits(max_queries=100, max_epsilon=Decimal(50)),
+        analysts=(fingerprint(ALICE.public_key()),),
+        window=WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+        per_analyst=WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
     )
     r = _post(
         dept,
@@ -587,6 +686,7 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         "q-base-00005",
         approval=None,
         rule=sign_rule(dept.approval_key, rule),
+        analyst=ALICE,
         epsilon=Decimal("0.5"),
         measures=("wage_income",),
         **HOUSEHOLD,
@@ -674,17 +774,17 @@ def test_another_baseline_is_another_query(
 BASELINE_RANGE = ("2025-01", "2025-06")
 
 
-# A known approval (fedgate-approval/2) and its signature under a fixed key: the signed bytes are pinned,
-# and an approval without a baseline carries no baseline field in them.
+# A known fedgate-approval/2 approval and its signature under a fixed key: without a baseline the signed
+# bytes carry no baseline field, and they always carry the issue time and the (default, 14-day) expiry.
 _KNOWN_KEY = bytes(range(32))
 _KNOWN_BYTES = (
-    b'fedgate-approval/2\n{"datasets":[{"dataset":"wages","dimensions":[],"household":false,'
-    b'"measures":["wage_income"]}],'
-    b'"department":"tax","epsilon":"0.25","expires_at":null,"period_end":"2025-12","period_start":"2025-01",'
+    b'fedgate-approval/2\n{"datasets":[{"dataset":"wages","dimensions":[],"measures":["wage_income"]}],'
+    b'"department":"tax","epsilon":"0.25","expires_at":1801209600,"issued_at":1800000000,'
+    b'"period_end":"2025-12","period_start":"2025-01",'
     b'"query_digest":"' + b"a" * 64 + b'","query_id":"q-proto-0001","unit":"household",'
     b'"version":"fedgate-approval/2"}'
 )
-_KNOWN_SIGNATURE = "i82iaI7Y2HlyMaEcv3w0WLN94j81P5QdgeL3EQwq9ZzY5pmJdL9xxOZYCwSxkBrrRHJ8BqPDx6DMOezag7KdCQ=="
+_KNOWN_SIGNATURE = "gbiT4d3XLatNKcj5/dTt6TweH7XFI2CKTdFNp5E6G3IJkgXACsr0zWGyfBbF9U3pO77Qp58UEnSmOkpPzAz/Aw=="
 
 
 def test_approvals_without_a_baseline_keep_their_signed_bytes() -> None:
@@ -700,6 +800,7 @@ def test_approvals_without_a_baseline_keep_their_signed_bytes() -> None:
         period_end="2025-12",
         datasets=(ApprovedDataset(dataset="wages", measures=("wage_income",)),),
         epsilon=Decimal("0.25"),
+        issued_at=1_800_000_000,
     )
     assert approval.signing_bytes() == _KNOWN_BYTES and b"baseline" not in approval.signing_bytes()
     known = SignedApproval(

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from connector_fixture import Department, make_department, signed_call
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connectors.process import RunningConnector, start_connector
 from connectors.protocol import (
@@ -28,15 +29,22 @@ from connectors.protocol import (
     SignedRule,
     WindowLimits,
     canonical_json,
+    fingerprint,
     sign_rule,
 )
 from connectors.service import budget_window
 from connectors.state import ConnectorState
 
+# Analysts' own keys: rules name them by fingerprint, and each signs the queries asked in its name.
+ALICE, BOB, MALLORY = (Ed25519PrivateKey.generate() for _ in range(3))
+
 
 @pytest.fixture(scope="module")
 def tax(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Department, RunningConnector]]:
-    dept = make_department(tmp_path_factory.mktemp("bound"), "sqlite", epsilon_window="100")
+    # The window-limit tests use rules for every analyst ("*"), which this department accepts.
+    dept = make_department(
+        tmp_path_factory.mktemp("bound"), "sqlite", epsilon_window="100", accept_any_analyst_rules=True
+    )
     conn = start_connector(dept.config_path)
     yield dept, conn
     conn.stop()
@@ -242,17 +250,18 @@ def test_a_rule_naming_analysts_bounds_each_of_them(tax: tuple[Department, Runni
     rule = _rule(
         dept,
         "per-analyst",
-        analysts=("alice", "bob"),
+        analysts=(fingerprint(ALICE.public_key()), fingerprint(BOB.public_key())),
         per_analyst=WindowLimits(max_queries=1, max_epsilon=Decimal(5)),
     )
-    assert _under_rule(dept, conn, "rule-a-1", rule, analyst="alice").status_code == 200
+    alice = fingerprint(ALICE.public_key())
+    assert _under_rule(dept, conn, "rule-a-1", rule, analyst=ALICE).status_code == 200
     before = _counted(dept)
-    r = _under_rule(dept, conn, "rule-a-2", rule, analyst="alice")
-    _refused(r, 403, "quota_exceeded", "for analyst alice allows 1 queries")
-    assert _counted(dept) == before and _use(dept, "per-analyst", "alice") == (1, Decimal("0.5"))
+    r = _under_rule(dept, conn, "rule-a-2", rule, analyst=ALICE)
+    _refused(r, 403, "quota_exceeded", f"for analyst {alice} allows 1 queries")
+    assert _counted(dept) == before and _use(dept, "per-analyst", alice) == (1, Decimal("0.5"))
     # Another named analyst has her own share; an analyst the rule does not name has none.
-    assert _under_rule(dept, conn, "rule-a-3", rule, analyst="bob").status_code == 200
-    _refused(_under_rule(dept, conn, "rule-a-4", rule, analyst="mallory"), 403, "not_approved", "analyst")
+    assert _under_rule(dept, conn, "rule-a-3", rule, analyst=BOB).status_code == 200
+    _refused(_under_rule(dept, conn, "rule-a-4", rule, analyst=MALLORY), 403, "not_approved", "analyst")
     assert _use(dept, "per-analyst") == (2, Decimal(1))
 
 

@@ -6,6 +6,7 @@ fedgate query submit|show|run|result|list  an analyst's queries (FEDGATE_URL, FE
 fedgate approve QUERY_ID --key FILE        a department admin signs an approval with the department key
 fedgate approve --pending --key FILE       every query waiting for the department, shown, then signed
 fedgate keys|keyring|admin-key new         keys, the federation keyring, a connector admin key
+fedgate analysts keygen|register|list|revoke  an analyst's own signing key and its registration
 fedgate endpoints|connectors|catalog|rules the allow-list, registration, the catalog, pre-approval rules
 fedgate budget [--year YYYY]               spent and remaining epsilon per data year
 fedgate groups list|show|add|retire        named key groups (household.has_<name>)
@@ -29,6 +30,7 @@ from rich.table import Table
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
 from connectors.keys_cli import admin_key_app, keyring_app, keys_app
+from gateway.cli.analysts import AnalystKeyOpt, analysts_app
 from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 from gateway.cli.groups import groups_app
 from gateway.cli.indicators import indicators_app
@@ -64,6 +66,7 @@ app.add_typer(admin_key_app, name="admin-key")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(connectors_app, name="connectors")
 app.add_typer(rules_app, name="rules")
+app.add_typer(analysts_app, name="analysts")
 app.command("catalog")(catalog)
 app.command("synth")(synth)
 
@@ -163,13 +166,17 @@ def query_submit(
     spec_file: Annotated[Path, typer.Argument(help="the query as JSON (fedgate-query/1)")],
     url: UrlOpt,
     api_key: KeyOpt,
+    analyst_key: AnalystKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a query; prints its id and which departments must approve it."""
+    """Submit a query, signed with your own key when one is given; prints its id and which departments
+    must approve it. A department's rule that names analysts admits only signed queries."""
     from aggregation.query import QuerySpec
+    from gateway.client import GatewayClient
 
     spec = QuerySpec.model_validate_json(spec_file.read_text(encoding="utf-8"))
-    with _client(url, api_key) as gw:
+    pem = analyst_key.read_bytes() if analyst_key is not None else None
+    with GatewayClient(url, api_key, analyst_key=pem) as gw:
         _print_query(call_gateway(lambda: gw.submit(spec)), as_json)
 
 

@@ -18,6 +18,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from aggregation.indicators.config_file import load_monitoring_config
 from connectors.config import load_config
 from connectors.process import RunningConnector, start_connector
@@ -27,6 +29,8 @@ from connectors.protocol import (
     WindowLimits,
     fingerprint,
     load_private_key,
+    private_key_pem,
+    public_key_text,
 )
 from connectors.synth import generate_county
 from gateway import db
@@ -62,9 +66,15 @@ class Federation:
     keys: dict[str, str]
     database_url: str
     processes: list[RunningConnector] = field(default_factory=list)
+    analyst_keys: dict[str, bytes] = field(default_factory=dict)
+    """each analyst's own private key (PEM), generated here as on the analyst's machine"""
 
     def client(self, who: str) -> GatewayClient:
-        return GatewayClient(self.gateway.url, self.keys[who])
+        """A client for `who`; an analyst's client signs every query with the analyst's own key."""
+        return GatewayClient(self.gateway.url, self.keys[who], analyst_key=self.analyst_keys.get(who))
+
+    def analyst_fingerprint(self, who: str) -> str:
+        return fingerprint(load_private_key(self.analyst_keys[who]).public_key())
 
     def truth(self) -> dict[str, Any]:
         return json.loads((self.county / "truth.json").read_text())
@@ -107,12 +117,16 @@ def register_everything(
     analysts: tuple[str, ...] = ("analyst",),
     groups: bool = True,
 ) -> None:
-    """Allow every connector's endpoint, register it under its pinned key, sign a pre-approval rule
-    with each department's (demo) key covering its datasets for `analysts`, and (`groups`) register the
-    key groups of the county's monitoring configuration as the operator."""
+    """Allow every connector's endpoint, register it under its pinned key, register each analyst's
+    own public key, sign a pre-approval rule with each department's (demo) key covering its datasets for
+    `analysts` (named here, written into the rule as their key fingerprints; "*" for every analyst), and
+    (`groups`) register the key groups of the county's monitoring configuration as the operator."""
     with fed.client("operator") as operator:
         for conn in fed.connectors.values():
             operator.allow_endpoint(conn.url)
+        for who, pem in fed.analyst_keys.items():
+            operator.register_analyst_key(who, public_key_text(load_private_key(pem).public_key()))
+    named = tuple(a if a == "*" else fed.analyst_fingerprint(a) for a in analysts)
     for name, conn in fed.connectors.items():
         cfg = load_config(fed.county / "connectors" / f"{name}.yaml").config
         pinned = fingerprint(load_private_key(cfg.signing_key_file.read_bytes()).public_key())
@@ -147,7 +161,7 @@ def register_everything(
                 per_analyst=None
                 if "*" in analysts
                 else WindowLimits(max_queries=10_000, max_epsilon=cfg.policy.max_epsilon_per_window),
-                analysts=analysts,
+                analysts=named,
             )
     if groups:
         config = load_monitoring_config(fed.county / "monitoring.yaml")
@@ -212,5 +226,25 @@ def start_federation(
             p.stop()
         raise
     return Federation(
-        root=root, county=county, gateway=gateway, connectors=running, keys=keys, database_url=url
+        root=root,
+        county=county,
+        gateway=gateway,
+        connectors=running,
+        keys=keys,
+        database_url=url,
+        analyst_keys=_analyst_keys(root, ("analyst", "other-analyst")),
     )
+
+
+def _analyst_keys(root: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Each analyst's own key, made once per federation directory (as `fedgate analysts keygen` would)."""
+    directory = root / "analysts"
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = {}
+    for name in names:
+        path = directory / f"{name}.key"
+        if not path.exists():
+            path.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
+            path.chmod(0o600)
+        keys[name] = path.read_bytes()
+    return keys
