@@ -18,7 +18,6 @@ from county_fixture import headline_query
 from dbservers import private_database
 
 from aggregation.query import QuerySpec
-from connectors.config import load_config
 from connectors.protocol import (
     Approval,
     ApprovedDataset,
@@ -404,13 +403,6 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
         key = fed.county / "keys" / f"{dept}-approval.key"
         admin_env = {"FEDGATE_URL": fed.gateway.url, "FEDGATE_API_KEY": fed.keys[dept]}
         # The department comes from the admin's own API key (GET /v1/me).
-        admin_key = fed.county / "keys" / f"{dept}-admin.key"
-        own = [
-            arg
-            for name, conn in fed.connectors.items()
-            if load_config(fed.county / "connectors" / f"{name}.yaml").config.department == dept
-            for arg in ("--connector", conn.url)
-        ]
         # The query is planned against the department's own connectors, shown, and signed (--yes).
         approved = runner.invoke(
             app,
@@ -419,15 +411,14 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
                 view["id"],
                 "--key",
                 str(key),
-                "--connector-admin-key-file",
-                str(admin_key),
-                *own,
+                *fed.approve_args(dept),
                 "--yes",
             ],
             env=admin_env,
         )
         assert approved.exit_code == 0, approved.output
-        assert ("purpose" in approved.stdout and "household mapping" in approved.stdout) or dept != "register"
+        assert "purpose" in approved.stdout
+        assert ("household mapping" in approved.stdout) == (dept == "register")
     csv_path = work / "result.csv"
     ran = runner.invoke(app, ["query", "run", view["id"], "--csv", str(csv_path)], env=env)
     assert ran.exit_code == 0, ran.output
