@@ -26,6 +26,7 @@ from connectors.protocol import (
     fingerprint,
     load_private_key,
     private_key_pem,
+    sign_approval,
 )
 from connectors.service import budget_window
 from connectors.state import ConnectorState
@@ -78,7 +79,13 @@ def test_a_ready_preflight_is_signed_and_counts_nothing(
         # Served now: the identical preflight is ready (a retry would replay), a different one is not.
         client.preflight(_preflight(dept, "q-preflight-1"))
         with pytest.raises(ConnectorCallError) as err:
-            client.preflight(_preflight(dept, "q-preflight-1", measures=("wage_income",)))
+            # The same query and dataset, another request: under a second approval the department signed.
+            signed = dept.request("q-preflight-1").approval
+            assert signed is not None
+            later = signed.approval.model_copy(update={"issued_at": signed.approval.issued_at + 1})
+            client.preflight(
+                _preflight(dept, "q-preflight-1", approval=sign_approval(dept.approval_key, later))
+            )
         assert (err.value.status, err.value.code) == (403, "already_served")
 
 
