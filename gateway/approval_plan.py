@@ -15,6 +15,7 @@ gets no signature.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +112,8 @@ def planned_approval(
         baseline_end=None if baseline is None else baseline.period_end,
         datasets=tuple(planned.values()),
         epsilon=spec.epsilon,
-        expires_at=expires_at,
+        # Without a chosen expiry the protocol's short default applies (it always expires).
+        **({} if expires_at is None else {"expires_at": expires_at}),
     )
     return PlannedApproval(approval=approval, purpose=spec.purpose)
 
@@ -147,7 +149,8 @@ def scope_rows(planned: PlannedApproval) -> list[tuple[str, str]]:
             fields.append("household mapping / 户籍关联")
         rows.append((f"dataset {s.dataset} / 数据集", ", ".join(fields) or "(persons with a row only)"))
     rows.append(("epsilon / 隐私预算", str(a.epsilon)))
-    rows.append(("expires / 失效", "never" if a.expires_at is None else str(a.expires_at)))
+    expires = datetime.datetime.fromtimestamp(a.expires_at, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows.append(("expires / 失效", expires))
     return rows
 
 

@@ -130,6 +130,7 @@ def test_the_guide_from_keys_to_a_released_result(
     connector_key = fedgate_json("keys", "new", "--kind", "connector", "--out", "connector.key", cwd=dept)
     approval_key = fedgate_json("keys", "new", "--kind", "approval", "--out", "approval.key", cwd=dept)
     admin = fedgate_json("admin-key", "new", cwd=dept)
+    (dept / "admin.key").write_text(admin["admin_key"])
     assert connector_key["public_key"].startswith("ed25519:") and len(connector_key["fingerprint"]) == 64
 
     # 3. `connector init` reflects the table, proposes a configuration and checks it.
@@ -205,6 +206,10 @@ def test_the_guide_from_keys_to_a_released_result(
         register_approval,
         "--analyst",
         analyst_key["fingerprint"],
+        "--max-queries",
+        "100",
+        "--analyst-max-queries",
+        "50",
         "--yes",
         *as_register,
         cwd=op,
@@ -237,6 +242,10 @@ def test_the_guide_from_keys_to_a_released_result(
         "approval.key",
         "--analyst",
         analyst_key["fingerprint"],
+        "--max-queries",
+        "100",
+        "--analyst-max-queries",
+        "50",
         "--yes",
         *as_admin,
         cwd=dept,
@@ -271,9 +280,19 @@ def test_the_guide_from_keys_to_a_released_result(
     (op / "visitor.json").write_text(json.dumps({**query, "purpose": "Wages, asked by a visiting analyst"}))
     waiting = fedgate_json("query", "submit", "visitor.json", *as_visitor, cwd=op)
     assert waiting["state"] == "submitted"
-    batch = fedgate("approve", "--pending", "--key", "approval.key", "--yes", *as_admin, cwd=dept)
+    # Each department plans the waiting queries against its own connector's schema before it signs.
+    own = ["--connector", conn_url, "--connector-admin-key-file", "admin.key"]
+    batch = fedgate("approve", "--pending", "--key", "approval.key", *own, "--yes", *as_admin, cwd=dept)
     assert waiting["id"] in batch.stdout and "1 approvals signed; 0 queries now approved" in batch.stdout
-    batch = fedgate("approve", "--pending", "--key", register_approval, "--yes", *as_register, cwd=op)
+    register_own = [
+        "--connector",
+        register_url,
+        "--connector-admin-key-file",
+        register_approval.replace("register-approval.key", "register-admin.key"),
+    ]
+    batch = fedgate(
+        "approve", "--pending", "--key", register_approval, *register_own, "--yes", *as_register, cwd=op
+    )
     assert "1 approvals signed; 1 queries now approved" in batch.stdout
     assert fedgate_json("query", "run", waiting["id"], *as_visitor, cwd=op)["query_id"] == waiting["id"]
 

@@ -268,7 +268,13 @@ def test_a_rule_naming_analysts_bounds_each_of_them(tax: tuple[Department, Runni
 @pytest.fixture(scope="module")
 def register(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Department, RunningConnector]]:
     """A department whose dataset maps persons to households (the register's mapping)."""
-    dept = make_department(tmp_path_factory.mktemp("register"), "csv", name="register", epsilon_window="100")
+    dept = make_department(
+        tmp_path_factory.mktemp("register"),
+        "csv",
+        name="register",
+        epsilon_window="100",
+        accept_any_analyst_rules=True,
+    )
     csv = dept.directory / "files" / "wages.csv"
     frame = pd.read_csv(csv, dtype=str)
     frame["hh"] = ["H" + str(i % 3) for i in range(len(frame))]

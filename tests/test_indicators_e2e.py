@@ -215,6 +215,7 @@ def test_an_indicator_waiting_for_approvals_is_approved_in_one_batch_per_departm
         key = fed.county / "keys" / f"{department}-approval.key"
         env = {"FEDGATE_URL": fed.gateway.url, "FEDGATE_API_KEY": fed.keys[department], "COLUMNS": "250"}
         args = ["approve", "--pending", "--match", "indicator income_bands", "--key", str(key), "--yes"]
+        args += fed.approve_args(department)  # planned against the department's own connectors
         out = runner.invoke(app, args, env=env)
         assert out.exit_code == 0, out.output
         assert "total epsilon of the batch" in out.output or "nothing waits" in out.output

@@ -216,7 +216,7 @@ def test_a_rule_states_its_window_limits_and_per_analyst_limits_when_it_names_an
         "datasets": [{"dataset": "wages"}],
         "units": ["person"],
         "max_epsilon_per_query": "0.5",
-        "analysts": ["ana"],
+        "analysts": ["a" * 64],
     }
     with pytest.raises(ValidationError, match="window"):
         ApprovalRule.model_validate(rule)

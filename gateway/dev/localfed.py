@@ -96,6 +96,15 @@ class Federation:
                 found.append(own_schema(conn.url, self.admin_key(department)))
         return found
 
+    def approve_args(self, department: str) -> list[str]:
+        """`fedgate approve` options naming the department's own connectors and its admin key file."""
+        args = []
+        for name, conn in self.connectors.items():
+            if load_config(self.county / "connectors" / f"{name}.yaml").config.department == department:
+                args += ["--connector", conn.url]
+        admin = self.county / "keys" / f"{department}-admin.key"
+        return [*args, "--connector-admin-key-file", str(admin)]
+
     def approve(self, who: str, query_id: str, department: str) -> Any:
         """`who` approves `query_id` for `department`, planned against that department's own schemas."""
         with self.client(who) as admin:
