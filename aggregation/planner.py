@@ -1,5 +1,7 @@
 """Plan a query against the catalog: which connector answers which columns, and what is public.
 
+What each dataset is asked for comes from `connectors.query_scope.dataset_needs`, the rule every
+department's connector applies again to the query it is asked to serve (so the two cannot disagree).
 Planning validates everything an analyst named against the registered schemas (unknown datasets,
 measures or dimensions, filter values outside a public domain, person attributes in a household query,
 epsilon above a department's cap) and fails with the offending field before any data is asked for.
@@ -42,6 +44,7 @@ from connectors.protocol import (
     SignedApproval,
     TokenSpec,
 )
+from connectors.query_scope import DatasetNeed, ScopeError, check_dimension, dataset_needs
 from connectors.vocabulary import EntityKind, Unit
 from privacy.vocabulary import MAX_SUM_BOUND, sum_bound_message
 
@@ -70,6 +73,12 @@ class ExtractPlan:
     def ref(self) -> str:
         return f"{self.connector}.{self.dataset}"
 
+    def scope(self) -> ApprovedDataset:
+        """What the department's approval must cover for this part: its fields and household mapping."""
+        return ApprovedDataset(
+            dataset=self.dataset, measures=self.measures, dimensions=self.dimensions, household=self.household
+        )
+
     def asks(self, query: QuerySpec) -> dict[str, Any]:
         """What this part of `query` asks its connector for: the fields of its extract request that no
         approval, token epoch or signature decides (the gateway's federation client adds those)."""
@@ -78,6 +87,7 @@ class ExtractPlan:
             "connector": self.connector,
             "query_id": query.query_id,
             "query_digest": query.digest,
+            "query": query,
             "dataset": self.dataset,
             "unit": query.unit,
             "period_start": query.period_start,
@@ -100,7 +110,7 @@ class ExtractPlan:
             query_id=query.query_id,
             query_digest=query.digest,
             unit=query.unit,
-            datasets=(ApprovedDataset(dataset=self.dataset),),
+            datasets=(self.scope(),),
             epsilon=query.epsilon,
         )
         unsigned = SignedApproval(approval=approval, key_fingerprint="0" * 64, signature="")
@@ -152,12 +162,10 @@ def _dimension(
     dim = next((d for d in ds.dimensions if d.name == dimension), None)
     if dim is None:
         raise PlanError(field, f"dataset {connector}.{dataset} declares no dimension {dimension!r}")
-    if not dim.domain:
-        raise PlanError(field, f"dimension {ref} has no public domain")
-    if unit is Unit.HOUSEHOLD and not (dim.household_level and ds.household_mapping):
-        raise PlanError(
-            field, f"{ref} is a person attribute: household queries group only on household attributes"
-        )
+    try:
+        check_dimension(ref, unit, ds, dim, field)
+    except ScopeError as exc:
+        raise PlanError(exc.field, exc.message) from None
     return schema, ds, dim
 
 
@@ -175,7 +183,6 @@ def plan_query(
     spine = household_register(catalog)
     measures: dict[str, list[str]] = {}
     dims: dict[str, list[str]] = {}
-    owners: dict[str, ConnectorSchema] = {}
     if query.measure is not None:
         for i, term in enumerate(query.measure.terms):
             field = f"measure.terms.{i}"
@@ -189,7 +196,6 @@ def plan_query(
             if not any(m.name == term.measure for m in ds.measures):
                 raise PlanError(f"{field}.measure", f"{term.dataset} declares no measure {term.measure!r}")
             measures.setdefault(term.dataset, []).append(term.measure)
-            owners[term.dataset] = schema
     groups: list[GroupColumn] = []
     filters: list[tuple[str, frozenset[str]]] = []
     for where, refs in (("group_by", query.group_by), ("filters", tuple(f.dimension for f in query.filters))):
@@ -218,7 +224,6 @@ def plan_query(
                 dims.setdefault(key, [])
                 if dim.name not in dims[key]:
                     dims[key].append(dim.name)
-                owners[key] = schema
             if where == "group_by":
                 groups.append(GroupColumn(ref=ref, domain=domain))
             else:
@@ -232,13 +237,12 @@ def plan_query(
     _check_size(query, groups, max_cells_x_bins)
     measured_refs = set(measures)
     for i, group in enumerate(query.member_groups):
-        _plan_member_group(catalog, group, f"member_groups.{i}", measures, dims, owners)
+        _plan_member_group(catalog, group, f"member_groups.{i}", measures, dims)
     for i, ref in enumerate(query.coverage):
         schema, ds = _dataset(catalog, ref, f"coverage.{i}")
         if ds.entity_kind is not EntityKind.PERSON:
             raise PlanError(f"coverage.{i}", f"{ref} is keyed by {ds.entity_kind.value}, not person")
         dims.setdefault(ref, [])
-        owners[ref] = schema
     if query.baseline is not None:
         for ref in measured_refs:
             _, ds = _dataset(catalog, ref, "baseline")
@@ -251,22 +255,7 @@ def plan_query(
         if bound > MAX_SUM_BOUND:
             side = "upper" if abs(query.measure.upper) == bound else "lower"
             raise PlanError(f"measure.{side}", sum_bound_message(query.measure.lower, query.measure.upper))
-    owners.setdefault(spine, catalog[spine.partition(".")[0]])
-    dims.setdefault(spine, [])
-    extracts = []
-    for ref in dict.fromkeys([*measures, *dims]):
-        schema = owners[ref]
-        extracts.append(
-            ExtractPlan(
-                connector=schema.connector,
-                department=schema.department,
-                dataset=ref.partition(".")[2],
-                measures=tuple(measures.get(ref, ())),
-                dimensions=tuple(dims.get(ref, ())),
-                household=ref == spine,
-                baseline=query.baseline is not None and ref in measured_refs,
-            )
-        )
+    extracts = [_extract(catalog[need.connector], need) for need in dataset_needs(query, (spine,))]
     departments = tuple(dict.fromkeys(catalog[e.connector].department for e in extracts))
     for e in extracts:
         cap = catalog[e.connector].policy.max_epsilon_per_query
@@ -285,6 +274,18 @@ def plan_query(
         departments=departments,
         unit_multiplicity=query.member_cap or 1,
         coverage=query.coverage,
+    )
+
+
+def _extract(schema: ConnectorSchema, need: DatasetNeed) -> ExtractPlan:
+    return ExtractPlan(
+        connector=schema.connector,
+        department=schema.department,
+        dataset=need.dataset,
+        measures=need.measures,
+        dimensions=need.dimensions,
+        household=need.household,
+        baseline=need.baseline,
     )
 
 
@@ -307,7 +308,6 @@ def _plan_member_group(
     field: str,
     measures: dict[str, list[str]],
     dims: dict[str, list[str]],
-    owners: dict[str, ConnectorSchema],
 ) -> None:
     """A key group reads one person-level dimension or measure; it only ever reaches the analyst as a
     household attribute (has a member in the group, or not)."""
@@ -321,7 +321,6 @@ def _plan_member_group(
     if ds.entity_kind is not EntityKind.PERSON:
         raise PlanError(field, f"{ds.name} is keyed by {ds.entity_kind.value}, not person")
     key = f"{schema.connector}.{ds.name}"
-    owners[key] = schema
     if group.dimension is not None:
         dim = next((d for d in ds.dimensions if d.name == parts[2]), None)
         if dim is None:

@@ -14,7 +14,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from bench.common import BenchResult, cold_rollups, repeat
+from bench.common import BenchResult, cold_rollups, repeat, wire_query
 from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
@@ -56,6 +56,7 @@ def _request(query_id: str, measures: tuple[str, ...], epoch: int) -> ExtractReq
     # The extractor itself does not check approvals (the service does), so an unsigned stand-in suffices.
     signed = SignedApproval(approval=approval, key_fingerprint="0" * 64, signature="")
     return ExtractRequest(
+        query=wire_query("tax", "wages", measures, query_id),
         connector="tax",
         query_id=query_id,
         query_digest=digest,

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from bench.bench_extract import RESULTS, county
-from bench.common import BenchResult, cold_rollups, summarize, timings
+from bench.common import BenchResult, cold_rollups, summarize, timings, wire_query
 from connectors.config import load_config
 from connectors.extract import Extractor
 from connectors.federation_keys import load_keyring
@@ -81,6 +81,7 @@ def _request(
     # The extractor does not check approvals (the service does), so an unsigned stand-in suffices.
     signed = SignedApproval(approval=approval, key_fingerprint="0" * 64, signature="")
     return ExtractRequest(
+        query=wire_query(connector, dataset, measures, query_id),
         connector=connector,
         query_id=query_id,
         query_digest=digest,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 PACKAGES = (
     "opendp",
@@ -129,3 +130,26 @@ def cold_rollups(county: Path) -> Path:
                 header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8"
             )
     return county
+
+
+def wire_query(connector: str, dataset: str, measures: tuple[str, ...], label: str) -> Any:
+    """The query an in-process extract request carries (fedgate/2): a person sum of these measures."""
+    from decimal import Decimal
+
+    from connectors.query import Measure, QuerySpec, Statistic, StatisticKind, Term
+    from connectors.vocabulary import Unit
+
+    return QuerySpec(
+        purpose=f"benchmark extract {label}",
+        unit=Unit.PERSON,
+        period_start="2025-01",
+        period_end="2025-12",
+        measure=Measure(
+            terms=tuple(Term(dataset=f"{connector}.{dataset}", measure=m) for m in measures),
+            lower=0,
+            upper=10_000_000,
+        ),
+        statistics=(Statistic(kind=StatisticKind.SUM),),
+        epsilon=Decimal(1),
+        member_cap=1,
+    )

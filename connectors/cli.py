@@ -313,6 +313,72 @@ def quality(
         out.print(f"    fix / 处理: {f['fix']}", markup=False)
 
 
+@connector_app.command("revoke-rule")
+def revoke_rule(
+    rule_id: Annotated[str, typer.Argument(help="the rule's id / 规则编号")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="the connector's configuration / 连接器配置")
+    ],
+    key: Annotated[Path, typer.Option("--key", help="the department's approval key (PEM) / 部门审批私钥")],
+    admin_key_file: Annotated[
+        Path, typer.Option("--admin-key-file", help="the connector's admin key / 连接器管理密钥文件")
+    ],
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="the connector's URL (default: listen.public_url) / 连接器地址"),
+    ] = None,
+    digest: Annotated[
+        str | None, typer.Option("--digest", help="revoke only this version (its SHA-256) / 仅吊销该版本")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="kept in the local log / 原因")] = "",
+) -> None:
+    """Revoke one of your department's rules at your own connector: signed with the department's key,
+    held by the connector, and in its local log. Every version issued until now opens nothing there
+    afterwards, whatever the gateway sends; a replacement you sign later is in force.
+
+    在本部门连接器上吊销预授权规则：此后网关无论发送什么，该规则都不再放行。"""
+    import time
+
+    import httpx
+
+    from connectors.config import load_config
+    from connectors.errors import ConnectorError
+    from connectors.protocol import Revocation, load_private_key, sign_revocation
+
+    try:
+        cfg = load_config(config).config
+    except ConnectorError as exc:
+        console.print(f"[red]invalid / 配置无效:[/red] {exc}")
+        raise typer.Exit(2) from None
+    target = url or cfg.listen.public_url
+    if target is None:
+        console.print("[red]give --url: the configuration has no listen.public_url / 请指定 --url[/red]")
+        raise typer.Exit(2)
+    revocation = Revocation(
+        department=cfg.department,
+        rule_id=rule_id,
+        rule_digest=digest,
+        issued_at=int(time.time()),
+        reason=reason,
+    )
+    signed = sign_revocation(load_private_key(key.read_bytes()), revocation)
+    admin = admin_key_file.read_text(encoding="utf-8").strip()
+    try:
+        r = httpx.post(
+            target.rstrip("/") + "/v1/admin/revocations",
+            content=signed.model_dump_json(),
+            headers={"authorization": f"Bearer {admin}", "content-type": "application/json"},
+            timeout=30,
+        )
+    except httpx.TransportError as exc:
+        console.print(f"[red]unreachable / 无法连接:[/red] {type(exc).__name__} at {target}")
+        raise typer.Exit(1) from None
+    if r.status_code >= 400:
+        console.print(f"[red]refused ({r.status_code}) / 被拒绝:[/red] {r.json().get('message', '')}")
+        raise typer.Exit(1)
+    console.print(f"rule {rule_id} revoked at connector {cfg.name} / 规则已吊销")
+
+
 @connector_app.command("export-log")
 def export_log(
     config: Annotated[Path, typer.Option("--config", "-c", help="the connector's YAML/TOML configuration")],

@@ -254,6 +254,12 @@ class PolicySpec(_Strict):
         "and includes the request's own entry; required unless unsafe_development is set",
     )
     max_clock_skew_seconds: int = Field(60, ge=5, le=600)
+    accept_any_analyst_rules: bool = Field(
+        False,
+        description='serve under standing rules whose analyst list is "*": such a rule admits any query the '
+        "gateway chooses inside its limits, since no analyst's signature is needed (docs/security.md, threat "
+        "model); off by default, so a rule must name analysts by their key fingerprint",
+    )
 
     @field_validator("approval_public_key")
     @classmethod

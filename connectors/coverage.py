@@ -2,7 +2,8 @@
 what a query asks of that department?
 
     Asked                    what is asked of one department: the query's identity, unit, periods,
-                             epsilon, analyst and the datasets with their fields
+                             epsilon, the analyst's verified key fingerprint and the datasets with their
+                             fields
     check_cover(cover, asked)  None, or `NotCovered` with the public reason
 
 The gateway asks before it sends (for every part of a query that department serves), the connector asks
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from connectors.protocol import Approval, ApprovalRule, ApprovedDataset, ExtractRequest
+from connectors.protocol import Approval, ApprovalRule, ApprovedDataset, ExtractRequest, check_current
 from connectors.vocabulary import Unit
 
 __all__ = ["Asked", "NotCovered", "check_cover"]
@@ -46,11 +47,13 @@ class Asked:
     baseline_end: str | None
     epsilon: Decimal
     analyst: str | None
+    """the fingerprint of the analyst's key whose signature of the query verified; None if unsigned"""
     datasets: tuple[ApprovedDataset, ...]
 
     @classmethod
-    def of_request(cls, request: ExtractRequest, department: str) -> Asked:
-        """What one extract request asks of the connector's department."""
+    def of_request(cls, request: ExtractRequest, department: str, analyst: str | None) -> Asked:
+        """What one extract request asks of the connector's department; `analyst` is the fingerprint of
+        the key whose query signature the connector verified (never a name the gateway asserts)."""
         return cls(
             department=department,
             query_id=request.query_id,
@@ -61,10 +64,13 @@ class Asked:
             baseline_start=request.baseline_start,
             baseline_end=request.baseline_end,
             epsilon=request.epsilon,
-            analyst=request.analyst,
+            analyst=analyst,
             datasets=(
                 ApprovedDataset(
-                    dataset=request.dataset, measures=request.measures, dimensions=request.dimensions
+                    dataset=request.dataset,
+                    measures=request.measures,
+                    dimensions=request.dimensions,
+                    household=request.household,
                 ),
             ),
         )
@@ -85,8 +91,9 @@ def _check_approval(approval: Approval, asked: Asked, now: float) -> None:
         raise NotCovered("the approval is another department's")
     if approval.query_id != asked.query_id or approval.query_digest != asked.query_digest:
         raise NotCovered("the approval is for another query")
-    if approval.expires_at is not None and approval.expires_at < now:
-        raise NotCovered("the approval has expired")
+    stale = check_current(approval.issued_at, approval.expires_at, "approval", now=now)
+    if stale is not None:
+        raise NotCovered(stale)
     if approval.unit is not asked.unit:
         raise NotCovered("the approval is for another unit")
     if (approval.period_start, approval.period_end) != (asked.period_start, asked.period_end):
@@ -102,8 +109,9 @@ def _check_rule(rule: ApprovalRule, asked: Asked, now: float) -> None:
     # A rule states no period, so it covers any period range and any baseline inside its other limits.
     if rule.department != asked.department:
         raise NotCovered("the rule is another department's")
-    if rule.expires_at is not None and rule.expires_at < now:
-        raise NotCovered("the rule has expired")
+    stale = check_current(rule.issued_at, rule.expires_at, "rule", now=now)
+    if stale is not None:
+        raise NotCovered(stale)
     if asked.unit not in rule.units:
         raise NotCovered(f"the rule does not cover {asked.unit.value} queries")
     if not rule.admits(asked.analyst):
@@ -122,3 +130,6 @@ def _check_datasets(cover: Approval | ApprovalRule, datasets: Iterable[ApprovedD
             scope.dimensions
         ):
             raise NotCovered(f"the request asks for fields the {kind} does not cover")
+        # The household mapping links persons into households: it is covered only when named.
+        if asked.household and not scope.household:
+            raise NotCovered(f"the {kind} does not cover the household mapping of dataset {asked.dataset}")

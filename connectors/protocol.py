@@ -1,12 +1,21 @@
-"""The wire contract between the gateway and department connectors (version `fedgate/1`).
+"""The wire contract between the gateway and department connectors (version `fedgate/2`).
 
 Both sides import this one module: the pydantic models of every message, the canonical bytes that are
 signed, and the Ed25519 signing and verification of requests, answers and department approvals.
 
+`fedgate/2` binds an extract to one query: the request carries the canonical query (`connectors.query`),
+whose digest the connector recomputes and whose part for its own department it plans again
+(`connectors.query_scope`), serving no field that plan does not need. Epsilon has a public floor
+(`MIN_EPSILON`) and a fixed precision (`EPSILON_DECIMALS`) in every signed document; scopes name the
+household mapping explicitly; rules (`fedgate-rule/2`) carry window limits the connector counts. A
+`fedgate/2` connector refuses `fedgate/1` requests (no silent downgrade).
+
 Requests are signed by the gateway over the method, the full URL, the connector id, the protocol
 version, the query id, the body digest, a timestamp and a nonce. Answers are signed by the connector over
 the request digest, its id, a timestamp and the body digest, so an answer cannot be replayed for another
-request. Approvals are signed by the department's own key over the query digest and what it covers.
+request. Approvals are signed by the department's own key over the query digest and what it covers;
+rules and approvals always carry a signed expiry, and a department revokes a rule at its own connector
+with a signed revocation. Queries are signed by the analyst's own key, which a rule names by fingerprint.
 """
 
 from __future__ import annotations
@@ -22,15 +31,20 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.canonical import canonical_json, sha256_hex
+from connectors.query import QuerySpec
 from connectors.vocabulary import EntityKind, Period, Rollup, Suite, Unit
 
-PROTOCOL_VERSION = "fedgate/1"
+PROTOCOL_VERSION = "fedgate/2"
+PREVIOUS_PROTOCOLS = frozenset({"fedgate/1"})
+"""Versions a connector recognises only to refuse them with the version to upgrade to."""
+APPROVAL_VERSION: Literal["fedgate-approval/2"] = "fedgate-approval/2"
+RULE_VERSION: Literal["fedgate-rule/2"] = "fedgate-rule/2"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 # Header names; lower-case because HTTP header names are case-insensitive.
@@ -52,7 +66,24 @@ Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 # nano-epsilon can hold, so a malformed document is refused as invalid rather than failing later.
 MAX_EPSILON = Decimal(1_000)
 EPSILON_DECIMALS = 9
+MIN_EPSILON = Decimal("0.01")
+"""The public floor of one query's epsilon in every signed document: below it a release is nearly all
+noise, and a gateway could otherwise pull many extracts for almost nothing against a window cap."""
 UnixSeconds = Annotated[int, Field(ge=0, le=2**63 - 1, description="unix seconds")]
+KeyFingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of a raw Ed25519 key")]
+
+# Every approval and rule expires; the department picks how soon, up to a maximum, and the signing tools
+# default to the short end. Enforced wherever a signature is checked (gateway and connector).
+DAY = 86_400
+DEFAULT_APPROVAL_SECONDS = 14 * DAY
+MAX_APPROVAL_SECONDS = 30 * DAY
+DEFAULT_RULE_SECONDS = 90 * DAY
+MAX_RULE_SECONDS = 365 * DAY
+# A document issued this far in the future is refused: clocks differ by less, and a far-future issue
+# date would let an expiry outlive the maximum.
+MAX_ISSUE_SKEW_SECONDS = 300
+ANY_ANALYST = "*"
+"""a rule's analyst list entry that admits every analyst, signed or not (see docs/security.md)"""
 
 # An extract with a baseline carries, beside each measure `m` over the query period, the column
 # `m + BASELINE_SUFFIX`: the same measure over the baseline period, for the same tokens.
@@ -62,6 +93,26 @@ _BASELINE_FIELDS = ("baseline_start", "baseline_end")
 
 class SignatureError(Exception):
     """A signature, key or signed message does not verify."""
+
+
+def _epsilon_precision(value: Decimal) -> Decimal:
+    # As written, not after normalisation: "0.5000000000" and "0.5" would sign different bytes.
+    exponent = value.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent < -EPSILON_DECIMALS:
+        raise ValueError(f"epsilon has at most {EPSILON_DECIMALS} decimal places")
+    return value
+
+
+Epsilon = Annotated[
+    Decimal,
+    Field(
+        ge=MIN_EPSILON,
+        le=MAX_EPSILON,
+        description=f"at least {MIN_EPSILON}, at most {EPSILON_DECIMALS} places",
+    ),
+    AfterValidator(_epsilon_precision),
+]
+"""One query's epsilon on the wire: public floor, ceiling and precision, the same in every document."""
 
 
 def _check_baseline(
@@ -158,15 +209,6 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 canonical JSON: the bytes that are hashed and signed."""
-    return rfc8785.dumps(value)
-
-
 def _verify(key: Ed25519PublicKey, signature_b64: str, message: bytes, what: str) -> None:
     try:
         signature = base64.b64decode(signature_b64, validate=True)
@@ -232,14 +274,16 @@ def sign_request(
     body: bytes = b"",
     timestamp: int | None = None,
     nonce: str | None = None,
+    protocol: str = PROTOCOL_VERSION,
 ) -> SignedHeaders:
+    """Sign one request; `protocol` is for tests that play an older gateway."""
     timestamp = int(time.time()) if timestamp is None else timestamp
     nonce = secrets.token_hex(16) if nonce is None else nonce
     message = request_message(
         method=method,
         url=url,
         connector=connector,
-        protocol=PROTOCOL_VERSION,
+        protocol=protocol,
         query_id=query_id,
         body=body,
         timestamp=timestamp,
@@ -252,6 +296,7 @@ def sign_request(
         nonce=nonce,
         key_fingerprint=fingerprint(key.public_key()),
         signature=base64.b64encode(key.sign(message)).decode(),
+        protocol=protocol,
     )
 
 
@@ -371,12 +416,54 @@ class ApprovedDataset(_Model):
     dataset: Name
     measures: tuple[Name, ...] = ()
     dimensions: tuple[Name, ...] = ()
+    household: bool = Field(
+        False,
+        description="the household mapping (the register's household token): served only when covered "
+        "explicitly, and only for a query whose plan needs it",
+    )
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _unset_times(data: Any) -> Any:
+    """`issued_at`/`expires_at` given as None mean "the default", as if left out."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if not (k in ("issued_at", "expires_at") and v is None)}
+    return data
+
+
+def _expiry_after(seconds: int) -> Any:
+    """A default expiry `seconds` after the document's own issue time (always present once signed)."""
+
+    def default(data: dict[str, Any]) -> int:
+        return int(data["issued_at"]) + seconds
+
+    return default
+
+
+def _check_lifetime(issued_at: int, expires_at: int, maximum: int, what: str) -> None:
+    if expires_at <= issued_at:
+        raise ValueError(f"the {what} expires before it is issued")
+    if expires_at - issued_at > maximum:
+        raise ValueError(f"the {what} may last at most {maximum // DAY} days: choose an earlier expires_at")
+
+
+def check_current(issued_at: int, expires_at: int, what: str, *, now: float | None = None) -> str | None:
+    """Why a signed document is not in force now (issued in the future, or expired); None if it is."""
+    moment = time.time() if now is None else now
+    if issued_at > moment + MAX_ISSUE_SKEW_SECONDS:
+        return f"the {what} is issued in the future"
+    if expires_at < moment:
+        return f"the {what} has expired"
+    return None
 
 
 class Approval(_Model):
     """A department's consent to one query, signed with the department's own key (not the gateway's)."""
 
-    version: Literal["fedgate-approval/1"] = "fedgate-approval/1"
+    version: Literal["fedgate-approval/2"] = APPROVAL_VERSION
     department: Name
     query_id: QueryId
     query_digest: Digest
@@ -384,26 +471,34 @@ class Approval(_Model):
     period_start: Period | None = None
     period_end: Period | None = None
     datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
-    epsilon: Decimal = Field(
-        gt=0,
-        le=MAX_EPSILON,
-        decimal_places=EPSILON_DECIMALS,
-        description="the privacy loss the query may spend, counted once per query",
+    epsilon: Epsilon = Field(description="the privacy loss the query may spend, counted once per query")
+    issued_at: UnixSeconds = Field(
+        default_factory=_now, description="unix seconds when the department signed it"
     )
-    expires_at: UnixSeconds | None = Field(None, description="unix seconds after which the approval is void")
+    expires_at: UnixSeconds = Field(
+        default_factory=_expiry_after(DEFAULT_APPROVAL_SECONDS),
+        description="unix seconds after which the approval is void (default "
+        f"{DEFAULT_APPROVAL_SECONDS // DAY} days after issue, at most {MAX_APPROVAL_SECONDS // DAY})",
+    )
     baseline_start: Period | None = Field(None, description="first month of the approved baseline period")
     baseline_end: Period | None = Field(None, description="last month of the approved baseline period")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _times(cls, data: Any) -> Any:
+        return _unset_times(data)
 
     @model_validator(mode="after")
     def _baseline(self) -> Approval:
         _check_baseline(self.period_start, self.period_end, self.baseline_start, self.baseline_end)
+        _check_lifetime(self.issued_at, self.expires_at, MAX_APPROVAL_SECONDS, "approval")
         return self
 
     def signing_bytes(self) -> bytes:
-        # The baseline fields came after approvals were first signed: left out when unset, so an approval
-        # without a baseline has the same canonical bytes (and signature) as before they existed.
+        # Unset baseline fields are left out, so an approval without a baseline signs the bytes it would
+        # have signed before they existed.
         body = self.model_dump(mode="json", exclude=_absent_baseline(self))
-        return b"fedgate-approval/1\n" + canonical_json(body)
+        return APPROVAL_VERSION.encode() + b"\n" + canonical_json(body)
 
     def covers(self, dataset: str) -> ApprovedDataset | None:
         return next((d for d in self.datasets if d.dataset == dataset), None)
@@ -415,26 +510,102 @@ class SignedApproval(_Model):
     signature: str
 
 
-class ApprovalRule(_Model):
-    """A department's pre-approval: any query inside these limits, by these analysts, may be served."""
+MAX_QUERIES_PER_WINDOW = 100_000
+"""A bound on what a rule may state, so a malformed rule is refused as invalid rather than failing later."""
 
-    version: Literal["fedgate-rule/1"] = "fedgate-rule/1"
+
+class WindowLimits(_Model):
+    """How much a rule opens in one of the connector's budget windows: queries served, epsilon spent."""
+
+    max_queries: int = Field(ge=1, le=MAX_QUERIES_PER_WINDOW, description="queries served per window")
+    max_epsilon: Epsilon = Field(description="sum of those queries' epsilon per window")
+
+
+class ApprovalRule(_Model):
+    """A department's pre-approval: any query inside these limits, by these analysts, may be served.
+
+    Analysts are named by the fingerprint of their own Ed25519 key, which signs each query they submit,
+    so a gateway cannot make up an analyst a rule admits; `"*"` admits every analyst, signed or not, and a
+    connector accepts it only where its department opted in (`policy.accept_any_analyst_rules`).
+    `window` bounds every query the rule opens in one budget window of the connector; `per_analyst`,
+    required when the rule names analysts, bounds each named analyst's share. The connector counts both.
+    """
+
+    version: Literal["fedgate-rule/2"] = RULE_VERSION
     department: Name
     rule_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,80}$")]
     datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
     units: tuple[Unit, ...] = Field(min_length=1)
-    max_epsilon_per_query: Decimal = Field(gt=0, le=MAX_EPSILON, decimal_places=EPSILON_DECIMALS)
-    analysts: tuple[str, ...] = Field(min_length=1, description='analyst names, or "*" for every analyst')
-    expires_at: UnixSeconds | None = None
+    max_epsilon_per_query: Epsilon
+    analysts: tuple[str, ...] = Field(
+        min_length=1, max_length=64, description='analyst key fingerprints, or "*" for every analyst'
+    )
+    window: WindowLimits = Field(description="what the rule opens per budget window, for everyone")
+    per_analyst: WindowLimits | None = Field(
+        None, description="what the rule opens per budget window to each named analyst (required then)"
+    )
+    issued_at: UnixSeconds = Field(
+        default_factory=_now, description="unix seconds when the department signed it"
+    )
+    expires_at: UnixSeconds = Field(
+        default_factory=_expiry_after(DEFAULT_RULE_SECONDS),
+        description=f"unix seconds after which the rule is void (default {DEFAULT_RULE_SECONDS // DAY} days "
+        f"after issue, at most {MAX_RULE_SECONDS // DAY})",
+    )
+    replaces: Digest | None = Field(
+        None, description="SHA-256 (`digest()`) of the department's rule of the same id this one replaces"
+    )
+
+    @field_validator("analysts")
+    @classmethod
+    def _analysts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for a in value:
+            if a != ANY_ANALYST and re.fullmatch(r"[0-9a-f]{64}", a) is None:
+                raise ValueError(
+                    'name analysts by their key fingerprint (64 hex digits, `fedgate analysts keys`) or "*"'
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("analysts must not repeat")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _times(cls, data: Any) -> Any:
+        return _unset_times(data)
+
+    @model_validator(mode="after")
+    def _lifetime(self) -> ApprovalRule:
+        _check_lifetime(self.issued_at, self.expires_at, MAX_RULE_SECONDS, "rule")
+        return self
+
+    @model_validator(mode="after")
+    def _limits(self) -> ApprovalRule:
+        named = "*" not in self.analysts
+        if named and self.per_analyst is None:
+            raise ValueError(
+                "a rule naming analysts states per_analyst limits (queries and epsilon per window)"
+            )
+        if self.max_epsilon_per_query > self.window.max_epsilon:
+            raise ValueError("max_epsilon_per_query is above the window's max_epsilon")
+        return self
 
     def signing_bytes(self) -> bytes:
-        return b"fedgate-rule/1\n" + canonical_json(self.model_dump(mode="json"))
+        return RULE_VERSION.encode() + b"\n" + canonical_json(self.model_dump(mode="json"))
+
+    def digest(self) -> str:
+        """SHA-256 of the signed bytes: how a revocation or a replacement names this version."""
+        return sha256_hex(self.signing_bytes())
 
     def covers(self, dataset: str) -> ApprovedDataset | None:
         return next((d for d in self.datasets if d.dataset == dataset), None)
 
-    def admits(self, analyst: str | None) -> bool:
-        return "*" in self.analysts or (analyst is not None and analyst in self.analysts)
+    @property
+    def any_analyst(self) -> bool:
+        return ANY_ANALYST in self.analysts
+
+    def admits(self, analyst_key: str | None) -> bool:
+        """Whether the analyst whose key fingerprint is given (None: no verified analyst) may use it."""
+        return self.any_analyst or (analyst_key is not None and analyst_key in self.analysts)
 
 
 class SignedRule(_Model):
@@ -475,6 +646,74 @@ def verify_approval(key: Ed25519PublicKey, signed: SignedApproval) -> Approval:
     return signed.approval
 
 
+# --- revocations ---------------------------------------------------------------------------------------
+
+
+class Revocation(_Model):
+    """A department's revocation of its own rule, held by its own connector (not only the gateway).
+
+    Without `rule_digest` it revokes every version of the rule issued at or before `issued_at` (a
+    replacement signed later stays in force); with it, only that one version.
+    """
+
+    version: Literal["fedgate-revocation/2"] = "fedgate-revocation/2"
+    department: Name
+    rule_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,80}$")]
+    rule_digest: Digest | None = None
+    issued_at: UnixSeconds
+    reason: str = Field("", max_length=200)
+
+    def signing_bytes(self) -> bytes:
+        return b"fedgate-revocation/2\n" + canonical_json(self.model_dump(mode="json"))
+
+    def revokes(self, rule: ApprovalRule) -> bool:
+        if rule.department != self.department or rule.rule_id != self.rule_id:
+            return False
+        if self.rule_digest is not None:
+            return rule.digest() == self.rule_digest
+        return rule.issued_at <= self.issued_at
+
+
+class SignedRevocation(_Model):
+    revocation: Revocation
+    key_fingerprint: Digest
+    signature: str
+
+
+def sign_revocation(key: Ed25519PrivateKey, revocation: Revocation) -> SignedRevocation:
+    return SignedRevocation(
+        revocation=revocation,
+        key_fingerprint=fingerprint(key.public_key()),
+        signature=base64.b64encode(key.sign(revocation.signing_bytes())).decode(),
+    )
+
+
+def verify_revocation(key: Ed25519PublicKey, signed: SignedRevocation) -> Revocation:
+    """Return the revocation if `key` signed it; raise `SignatureError` otherwise."""
+    if signed.key_fingerprint != fingerprint(key):
+        raise SignatureError("the revocation is signed with a key this department does not hold")
+    _verify(key, signed.signature, signed.revocation.signing_bytes(), "revocation")
+    return signed.revocation
+
+
+# --- analysts' query signatures ----------------------------------------------------------------------
+
+
+def query_signing_bytes(query_id: str, query_digest: str) -> bytes:
+    """What an analyst's key signs for one query: its id and the digest of its canonical form (which
+    names the analyst's key fingerprint, so the signature and the key cannot be swapped)."""
+    return f"fedgate-query/2\n{query_id}\n{query_digest}".encode()
+
+
+def sign_query(key: Ed25519PrivateKey, query_id: str, query_digest: str) -> str:
+    return base64.b64encode(key.sign(query_signing_bytes(query_id, query_digest))).decode()
+
+
+def verify_query_signature(key: Ed25519PublicKey, signature: str, query_id: str, query_digest: str) -> None:
+    """Raise `SignatureError` unless `key` signed this query."""
+    _verify(key, signature, query_signing_bytes(query_id, query_digest), "analyst's query")
+
+
 # --- extracts -----------------------------------------------------------------------------------------
 
 
@@ -486,10 +725,14 @@ class TokenSpec(_Model):
 class ExtractRequest(_Model):
     """Ask one connector for one dataset's per-entity, clipped, tokenised roll-up for one query."""
 
-    protocol: Literal["fedgate/1"] = "fedgate/1"
+    protocol: Literal["fedgate/2"] = "fedgate/2"
     connector: Name
     query_id: QueryId
     query_digest: Digest
+    query: QuerySpec = Field(
+        description="the whole canonical query: the connector recomputes query_digest from it and plans its "
+        "own part of it, serving nothing that plan does not need"
+    )
     dataset: str = Field(max_length=64)
     unit: Unit
     period_start: Period | None = None
@@ -505,14 +748,15 @@ class ExtractRequest(_Model):
     dimensions: tuple[str, ...] = Field((), max_length=64)
     household: bool = Field(False, description="add the household token column (register only)")
     token: TokenSpec
-    epsilon: Decimal = Field(
-        gt=0,
-        le=MAX_EPSILON,
-        decimal_places=EPSILON_DECIMALS,
-        description="the query's epsilon, counted once per query by the connector",
+    epsilon: Epsilon = Field(description="the query's epsilon, counted once per query by the connector")
+    analyst_key: str | None = Field(
+        None,
+        max_length=128,
+        description="the public key (ed25519:BASE64) of the analyst who signed the query; rules name "
+        "analysts by its fingerprint",
     )
-    analyst: str | None = Field(
-        None, max_length=64, description="who submitted the query (rules may name analysts)"
+    analyst_signature: str | None = Field(
+        None, max_length=128, description="that key's signature (base64) of `query_signing_bytes`"
     )
     approval: SignedApproval | None = None
     rule: SignedRule | None = None
@@ -554,6 +798,8 @@ class ExtractRequest(_Model):
     def _period(self) -> ExtractRequest:
         if (self.approval is None) == (self.rule is None):
             raise ValueError("carry exactly one of approval (for this query) or rule (a pre-approval)")
+        if (self.analyst_key is None) != (self.analyst_signature is None):
+            raise ValueError("give both analyst_key and analyst_signature, or neither")
         if self.approval is not None and self.approval.approval.epsilon != self.epsilon:
             raise ValueError("epsilon differs from the approved epsilon")
         if (self.period_start is None) != (self.period_end is None):
@@ -601,7 +847,7 @@ class PreflightRequest(ExtractRequest):
 class PreflightAnswer(_Model):
     """A connector's signed "ready": nothing was served, counted or reserved."""
 
-    protocol: Literal["fedgate/1"] = "fedgate/1"
+    protocol: Literal["fedgate/2"] = "fedgate/2"
     connector: Name
     query_id: QueryId
     dataset: str
@@ -628,6 +874,10 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_KEY_EPOCH = "unknown_key_epoch"
     SOURCE_UNAVAILABLE = "source_unavailable"
+    QUERY_MISMATCH = "query_mismatch"
+    NOT_IN_PLAN = "not_in_plan"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
     FORK_DETECTED = "fork_detected"
     CHECKPOINT_STALE = "checkpoint_stale"
     INTERNAL = "internal"

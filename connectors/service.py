@@ -5,13 +5,21 @@
     POST /v1/extract   one approved, tokenised, clipped per-entity roll-up as an Arrow IPC stream
     POST /v1/preflight could this connector serve that extract now? (checks and a one-row probe;
                        serves, counts and reserves nothing)
+    GET  /v1/admin/schema  the same schema for the department's own admin key (what `fedgate approve`
+                       plans a query against, so it never signs the scope the gateway reports blind)
     GET  /v1/quality   invalid/legacy/duplicate ID counts and recent failures with the database's own
                        (scrubbed) error, for the department's own admin key only
+    POST /v1/admin/revocations  hold a department-signed revocation of one of its rules (admin key; in
+                       the local log): the rule opens nothing here afterwards, whatever the gateway sends
+    GET  /v1/admin/revocations  the revocations held (admin key)
 
 Deny by default: every /v1 route but health needs a request signed by a trusted gateway key (401 if
-unsigned, badly signed, stale or replayed), addressed to this connector (403 otherwise); an extract also
-needs the department's own signed approval covering exactly what is asked (403 otherwise). Every request,
-allowed or refused, is appended to the connector's local log.
+unsigned, badly signed, stale or replayed), addressed to this connector (403 otherwise) in this protocol
+version (a `fedgate/1` request is refused with the version to upgrade to). An extract carries its whole
+query: the connector recomputes the query's digest and id, plans its own part of the query against its own
+schema (`connectors.query_scope`) and refuses anything that plan does not need; it also needs the
+department's own signed approval or rule covering exactly what is asked, within the rule's window limits
+(403 otherwise). Every request, allowed or refused, is appended to the connector's local log.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from connectors.protocol import (
     H_QUERY,
     H_SIGNATURE,
     H_TIMESTAMP,
+    PREVIOUS_PROTOCOLS,
     PROTOCOL_VERSION,
     Approval,
     ApprovalRule,
@@ -72,7 +81,9 @@ from connectors.protocol import (
     PolicySchema,
     PreflightAnswer,
     PreflightRequest,
+    Revocation,
     SignatureError,
+    SignedRevocation,
     canonical_json,
     extract_digest,
     fingerprint,
@@ -84,12 +95,15 @@ from connectors.protocol import (
     sha256_hex,
     sign_response,
     verify_approval,
+    verify_query_signature,
+    verify_revocation,
     verify_rule,
 )
+from connectors.query_scope import DatasetNeed, ScopeError, plan_connector
 from connectors.snapshot import SnapshotStore, snapshot_summary
 from connectors.sources import Source
 from connectors.sources.diagnose import SourceFailure, scrub
-from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState
+from connectors.state import AlreadyServed, BudgetExhausted, ConnectorState, QuotaExhausted, RuleQuota
 from connectors.vocabulary import EntityKind, Unit
 
 log = structlog.get_logger("fedgate.connector")
@@ -274,7 +288,14 @@ class ConnectorService:
         if h[H_CONNECTOR] != self.cfg.name:
             raise _refuse(403, ErrorCode.FORBIDDEN, "the request is addressed to another connector")
         if h[H_PROTOCOL] != PROTOCOL_VERSION:
-            raise _refuse(403, ErrorCode.FORBIDDEN, f"this connector speaks {PROTOCOL_VERSION}")
+            # No silent downgrade: an older gateway learns which version to upgrade to.
+            sent = f"{h[H_PROTOCOL]} " if h[H_PROTOCOL] in PREVIOUS_PROTOCOLS else "another version "
+            raise _refuse(
+                403,
+                ErrorCode.UNSUPPORTED_PROTOCOL,
+                f"this connector speaks {PROTOCOL_VERSION} only and refuses {sent}requests: upgrade the "
+                f"gateway to {PROTOCOL_VERSION} / 本连接器仅支持 {PROTOCOL_VERSION}，请升级网关",
+            )
         return Verified(query_id=query_id, digest=request_digest(message))
 
     def _signed_url(self, request: Request) -> str:
@@ -303,6 +324,7 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.FORBIDDEN, "the body does not match the signed connector and query id"
             )
+        self.check_query(req)
         dataset = cfg.dataset(req.dataset)
         if dataset is None:
             raise _refuse(404, ErrorCode.UNKNOWN_DATASET, "no such dataset in this connector's schema")
@@ -312,6 +334,7 @@ class ConnectorService:
             raise _refuse(
                 422, ErrorCode.UNKNOWN_FIELD, f"dataset {dataset.name} declares no field named in the request"
             )
+        self.check_plan(req)
         # A request with no measure, dimension or household asks only which persons have a row in the
         # period (coverage): the most minimal extract there is, so it is served like any other.
         if req.unit not in cfg.policy.allowed_units:
@@ -354,11 +377,103 @@ class ConnectorService:
         self.check_approval(req, dataset)
         return dataset
 
-    def check_approval(self, req: ExtractRequest, dataset: DatasetSpec) -> None:
-        """Serve only what the department's own signature covers: one query's approval or a standing rule."""
-        covered = self._verified_cover(req)
+    def check_query(self, req: ExtractRequest) -> None:
+        """The request is bound to the query it carries: same digest, id, unit, period and epsilon."""
+        query = req.query
+        if query.digest != req.query_digest or query.query_id != req.query_id:
+            raise _refuse(
+                403,
+                ErrorCode.QUERY_MISMATCH,
+                "query_digest and query_id must be the digest and id of the query the request carries",
+            )
+        baseline = query.baseline
+        loose = (req.unit, req.period_start, req.period_end, req.epsilon)
+        if loose != (query.unit, query.period_start, query.period_end, query.epsilon):
+            raise _refuse(
+                403,
+                ErrorCode.QUERY_MISMATCH,
+                "the request's unit, period or epsilon differs from the query it carries",
+            )
+        if req.baseline_start is not None and (
+            baseline is None
+            or (req.baseline_start, req.baseline_end) != (baseline.period_start, baseline.period_end)
+        ):
+            raise _refuse(
+                403, ErrorCode.QUERY_MISMATCH, "the request's baseline differs from the query it carries"
+            )
+
+    def plan_of(self, req: ExtractRequest) -> DatasetNeed:
+        """This connector's own plan of the carried query, for the requested dataset."""
         try:
-            check_cover(covered, Asked.of_request(req, self.cfg.department))
+            own = plan_connector(req.query, self.schema)
+        except ScopeError as exc:
+            # The department's caps keep their own codes; everything else is outside what it serves.
+            code = {"epsilon": ErrorCode.BUDGET_EXCEEDED, "unit": ErrorCode.FORBIDDEN}.get(exc.field)
+            raise _refuse(
+                403, code or ErrorCode.NOT_IN_PLAN, f"the query cannot be planned on this connector: {exc}"
+            ) from None
+        need = next((n for n in own if n.dataset == req.dataset), None)
+        if need is None:
+            raise _refuse(
+                403,
+                ErrorCode.NOT_IN_PLAN,
+                f"the query reads nothing of dataset {req.dataset} on this connector",
+            )
+        return need
+
+    def check_plan(self, req: ExtractRequest) -> None:
+        """Serve exactly what this connector's own plan of the query needs of the dataset, nothing more."""
+        need = self.plan_of(req)
+        extra = [f for f in (*req.measures, *req.dimensions) if f not in (*need.measures, *need.dimensions)]
+        if extra:
+            raise _refuse(
+                403,
+                ErrorCode.NOT_IN_PLAN,
+                f"the query does not need field {extra[0]} of dataset {req.dataset}: this connector serves "
+                "only the fields its own plan of the query needs",
+            )
+        if req.household and not need.household:
+            raise _refuse(
+                403,
+                ErrorCode.NOT_IN_PLAN,
+                "the household mapping is served only from the register, for a household or person query "
+                "that needs it",
+            )
+        asked = (set(req.measures), set(req.dimensions), req.household, req.baseline_start is not None)
+        if asked != (set(need.measures), set(need.dimensions), need.household, need.baseline):
+            raise _refuse(
+                403,
+                ErrorCode.NOT_IN_PLAN,
+                f"the request does not ask exactly what the query needs of dataset {req.dataset} "
+                "(fields, household mapping, baseline)",
+            )
+
+    def quota_of(self, req: ExtractRequest) -> RuleQuota | None:
+        """The window limits of the standing rule a request is served under (none for an approval)."""
+        if req.rule is None:
+            return None
+        rule = req.rule.rule
+        per = rule.per_analyst
+        return RuleQuota(
+            rule_id=rule.rule_id,
+            # Counted per verified analyst key, never per a name the gateway asserts.
+            analyst=self._verified_analyst(req),
+            max_queries=rule.window.max_queries,
+            max_epsilon=rule.window.max_epsilon,
+            analyst_max_queries=None if per is None else per.max_queries,
+            analyst_max_epsilon=None if per is None else per.max_epsilon,
+        )
+
+    def check_approval(self, req: ExtractRequest, dataset: DatasetSpec) -> None:
+        """Serve only what the department's own signature covers: one query's approval or a standing rule
+        that is in force here (not expired, not revoked at this connector, and naming the analyst whose
+        own key signed the query, unless the department accepts "*" rules)."""
+        covered = self._verified_cover(req)
+        analyst = self._verified_analyst(req)
+        if isinstance(covered, ApprovalRule):
+            self._check_rule_in_force(covered)
+        try:
+            check_cover(covered, Asked.of_request(req, self.cfg.department, analyst))
         except NotCovered as exc:
             raise _refuse(403, ErrorCode.NOT_APPROVED, exc.reason) from None
         cap = self.cfg.policy.max_epsilon_per_query
@@ -366,6 +481,72 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.BUDGET_EXCEEDED, f"epsilon {req.epsilon} is above this department's cap {cap}"
             )
+
+    def _verified_analyst(self, req: ExtractRequest) -> str | None:
+        """The fingerprint of the analyst's key, once its signature of this query verifies; None if the
+        request carries none. A bad signature is refused rather than treated as unsigned."""
+        named = req.query.analyst_key
+        if req.analyst_key is None or req.analyst_signature is None:
+            if named is not None:
+                raise _refuse(
+                    403,
+                    ErrorCode.NOT_APPROVED,
+                    "the query names an analyst key but carries no signature",
+                )
+            return None
+        try:
+            key = parse_public_key(req.analyst_key)
+            verify_query_signature(key, req.analyst_signature, req.query_id, req.query_digest)
+        except SignatureError:
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the analyst's signature of the query does not verify"
+            ) from None
+        # The digest (checked against the carried query) covers the key's fingerprint: the signer is the
+        # analyst the query names, so a signature cannot be moved onto another analyst's query.
+        if named != fingerprint(key):
+            raise _refuse(
+                403, ErrorCode.NOT_APPROVED, "the analyst's signature is by another key than the query names"
+            )
+        return fingerprint(key)
+
+    def _check_rule_in_force(self, rule: ApprovalRule) -> None:
+        if rule.any_analyst and not self.cfg.policy.accept_any_analyst_rules:
+            raise _refuse(
+                403,
+                ErrorCode.NOT_APPROVED,
+                'this department does not accept rules for every analyst ("*"): name analysts by their key '
+                "fingerprint, or set policy.accept_any_analyst_rules knowingly (docs/security.md)",
+            )
+        for text in self.state.revocations(rule.rule_id):
+            if SignedRevocation.model_validate_json(text).revocation.revokes(rule):
+                raise _refuse(
+                    403, ErrorCode.NOT_APPROVED, "the department revoked this rule at its connector"
+                )
+
+    def hold_revocation(self, signed: SignedRevocation) -> tuple[Revocation, bool]:
+        """Verify a revocation under the department's own key and hold it, with its local log entry;
+        returns it and whether it is new."""
+        try:
+            revocation = verify_revocation(self.approval_key, signed)
+        except SignatureError:
+            raise _refuse(
+                403, ErrorCode.FORBIDDEN, "the revocation is not signed by this department's approval key"
+            ) from None
+        if revocation.department != self.cfg.department:
+            raise _refuse(403, ErrorCode.FORBIDDEN, "the revocation is for another department's rule")
+        text = canonical_json(signed.model_dump(mode="json")).decode()
+        digest = sha256_hex(text.encode())
+        entry = {
+            "kind": "rule_revoked",
+            "rule_id": revocation.rule_id,
+            "rule_digest": revocation.rule_digest,
+            "issued_at": revocation.issued_at,
+            "revocation_digest": digest,
+        }
+        new = self.state.add_revocation(digest=digest, rule_id=revocation.rule_id, signed=text, entry=entry)
+        if new:
+            log.info("connector.rule_revoked", rule_id=revocation.rule_id)
+        return revocation, new
 
     def _verified_cover(self, req: ExtractRequest) -> Approval | ApprovalRule:
         """The request's approval or rule, once its signature verifies under the department's key."""
@@ -514,6 +695,7 @@ class ConnectorService:
                 window=window,
                 epsilon=req.epsilon,
                 cap=self.cfg.policy.max_epsilon_per_window,
+                quota=self.quota_of(extract),
             )
         except AlreadyServed:
             raise _refuse(
@@ -523,6 +705,8 @@ class ConnectorService:
             raise _refuse(
                 403, ErrorCode.BUDGET_EXCEEDED, f"the query's epsilon does not fit in window {window}"
             ) from None
+        except QuotaExhausted as exc:
+            raise _refuse(403, ErrorCode.QUOTA_EXCEEDED, exc.message) from None
         chunk_rows = self.cfg.source.chunk_rows
         specs = [rollup_spec(dataset, extract, chunk_rows)]
         if req.baseline_start is not None and req.baseline_end is not None and req.measures:
@@ -557,7 +741,10 @@ class ConnectorService:
                 window=window,
                 epsilon=epsilon,
                 cap=self.cfg.policy.max_epsilon_per_window,
+                quota=self.quota_of(req),
             )
+        except QuotaExhausted as exc:
+            raise _refuse(403, ErrorCode.QUOTA_EXCEEDED, exc.message) from None
         except AlreadyServed:
             raise _refuse(
                 403, ErrorCode.ALREADY_SERVED, "this dataset was already served for this query"
@@ -754,6 +941,14 @@ def create_app(service: ConnectorService) -> FastAPI:
         answer = PreflightAnswer(connector=cfg.name, query_id=req.query_id, dataset=dataset.name)
         return service.signed(verified, canonical_json(answer.model_dump(mode="json")), "application/json")
 
+    @app.get("/v1/admin/schema")
+    async def own_schema(request: Request) -> dict[str, Any]:
+        # The department's own view of its schema, straight from its connector: `fedgate approve` plans
+        # a query against it instead of trusting the scope the gateway reports.
+        if not service.is_admin(request):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the department admin key is required")
+        return service.schema.model_dump(mode="json")
+
     @app.get("/v1/quality")
     async def quality(request: Request) -> dict[str, Any]:
         if not service.is_admin(request):
@@ -765,6 +960,28 @@ def create_app(service: ConnectorService) -> FastAPI:
             "epsilon_spent": {budget_window(): str(service.state.spent(budget_window()))},
             "snapshots": await run_in_threadpool(service.snapshot_report),
         }
+
+    @app.post("/v1/admin/revocations", status_code=201)
+    async def add_revocation(request: Request) -> dict[str, Any]:
+        if not service.is_admin(request):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the department admin key is required")
+        try:
+            signed = SignedRevocation.model_validate_json(await request.body())
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "(body)" for e in exc.errors()})
+            raise _refuse(
+                422, ErrorCode.INVALID_REQUEST, "invalid revocation: " + ", ".join(fields)
+            ) from None
+        revocation, new = await run_in_threadpool(service.hold_revocation, signed)
+        request.state.log_extra = {"rule_id": revocation.rule_id, "new": new}
+        return {"rule_id": revocation.rule_id, "held": True, "new": new}
+
+    @app.get("/v1/admin/revocations")
+    async def list_revocations(request: Request) -> dict[str, Any]:
+        if not service.is_admin(request):
+            raise _refuse(401, ErrorCode.UNAUTHENTICATED, "the department admin key is required")
+        held = await run_in_threadpool(service.state.revocations)
+        return {"connector": cfg.name, "revocations": [json.loads(t) for t in held]}
 
     return app
 

@@ -2,8 +2,10 @@
 
 It holds what must survive a restart: seen nonces (so a replay after a restart is still refused), the
 extracts already served (each (query, dataset) once; an identical retry gets the same answer), the
-epsilon the department has approved per budget window (defence in depth beside the gateway's ledger),
-data-quality counters and the recent failures (with the database's own, scrubbed error) for the
+epsilon the department has approved per budget window (defence in depth beside the gateway's ledger), the
+queries and epsilon each standing rule opened per window (overall and per analyst key, the rule's own
+limits), the department's own signed rule revocations, data-quality counters and the recent failures
+(with the database's own, scrubbed error) for the
 department's own admin, and the connector's local log: a hash chain of every request it saw and every
 audit checkpoint the gateway showed it.
 """
@@ -33,6 +35,9 @@ CREATE TABLE IF NOT EXISTS served (
     PRIMARY KEY (query_id, dataset));
 CREATE TABLE IF NOT EXISTS spent (
     window TEXT NOT NULL, query_id TEXT NOT NULL, epsilon TEXT NOT NULL, PRIMARY KEY (window, query_id));
+CREATE TABLE IF NOT EXISTS rule_spent (
+    window TEXT NOT NULL, rule_id TEXT NOT NULL, query_id TEXT NOT NULL, analyst TEXT,
+    epsilon TEXT NOT NULL, PRIMARY KEY (window, rule_id, query_id));
 CREATE TABLE IF NOT EXISTS quality (
     dataset TEXT PRIMARY KEY, counters TEXT NOT NULL, updated_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (
@@ -41,6 +46,8 @@ CREATE TABLE IF NOT EXISTS failures (
 CREATE TABLE IF NOT EXISTS witness (
     id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, note TEXT NOT NULL,
     forked INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (
+    digest TEXT PRIMARY KEY, rule_id TEXT NOT NULL, signed TEXT NOT NULL, added_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, entry TEXT NOT NULL,
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
@@ -62,6 +69,31 @@ class BudgetExhausted(Exception):
         self.requested = requested
         self.remaining = remaining
         super().__init__(f"requested epsilon {requested}, remaining {remaining}")
+
+
+class QuotaExhausted(Exception):
+    """A standing rule's limit for the window would be exceeded; `limit` names which one."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class RuleQuota:
+    """A standing rule's window limits, as the connector counts them for one request.
+
+    `max_queries`/`max_epsilon` bound every query the rule opens in a window; the analyst limits, when the
+    rule has them, bound the queries of the request's analyst under that rule.
+    """
+
+    rule_id: str
+    analyst: str | None
+    max_queries: int
+    max_epsilon: Decimal
+    analyst_max_queries: int | None = None
+    analyst_max_epsilon: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +163,10 @@ class ConnectorState:
         window: str,
         epsilon: Decimal,
         cap: Decimal,
+        quota: RuleQuota | None = None,
     ) -> Reservation:
-        """Reserve one (query, dataset) and count the query's epsilon once, atomically."""
+        """Reserve one (query, dataset) and count the query's epsilon once, atomically; under a standing
+        rule count the query once against the rule's window limits too (`QuotaExhausted` past them)."""
         with self._tx() as db:
             row = db.execute(
                 "SELECT fingerprint, status, body FROM served WHERE query_id = ? AND dataset = ?",
@@ -157,6 +191,13 @@ class ConnectorState:
                 )
                 if spent + epsilon > cap:
                     raise BudgetExhausted(epsilon, max(cap - spent, Decimal(0)))
+            if quota is not None and not _counted_under(db, window, quota.rule_id, query_id):
+                _check_quota(db, window, quota, epsilon)
+                db.execute(
+                    "INSERT INTO rule_spent VALUES (?, ?, ?, ?, ?)",
+                    (window, quota.rule_id, query_id, quota.analyst, str(epsilon)),
+                )
+            if counted is None:
                 db.execute("INSERT INTO spent VALUES (?, ?, ?)", (window, query_id, str(epsilon)))
             db.execute(
                 "INSERT INTO served VALUES (?, ?, ?, 'pending', NULL, ?)",
@@ -165,9 +206,21 @@ class ConnectorState:
         return Reservation(replay=None)
 
     def check_reservation(
-        self, *, query_id: str, dataset: str, fingerprint: str, window: str, epsilon: Decimal, cap: Decimal
+        self,
+        *,
+        query_id: str,
+        dataset: str,
+        fingerprint: str,
+        window: str,
+        epsilon: Decimal,
+        cap: Decimal,
+        quota: RuleQuota | None = None,
     ) -> None:
         """What `reserve` would refuse, raised the same way, without reserving or counting anything."""
+        if quota is not None:
+            with self._lock:
+                if not _counted_under(self._db, window, quota.rule_id, query_id):
+                    _check_quota(self._db, window, quota, epsilon)
         with self._lock:
             row = self._db.execute(
                 "SELECT fingerprint FROM served WHERE query_id = ? AND dataset = ?", (query_id, dataset)
@@ -196,6 +249,12 @@ class ConnectorState:
             others = db.execute("SELECT 1 FROM served WHERE query_id = ?", (query_id,)).fetchone()
             if others is None:
                 db.execute("DELETE FROM spent WHERE window = ? AND query_id = ?", (window, query_id))
+                db.execute("DELETE FROM rule_spent WHERE window = ? AND query_id = ?", (window, query_id))
+
+    def rule_use(self, window: str, rule_id: str, analyst: str | None = None) -> tuple[int, Decimal]:
+        """(queries, epsilon) a standing rule opened in a window, for one analyst when one is named."""
+        with self._lock:
+            return _rule_use(self._db, window, rule_id, analyst)
 
     def spent(self, window: str) -> Decimal:
         with self._lock:
@@ -257,19 +316,48 @@ class ConnectorState:
         with self._tx() as db:
             db.execute("UPDATE witness SET forked = 1 WHERE id = 1")
 
+    # --- the department's revocations
+
+    def add_revocation(self, *, digest: str, rule_id: str, signed: str, entry: dict[str, Any]) -> bool:
+        """Hold a verified, department-signed revocation and its local log entry, in one transaction;
+        False (and nothing written) if this very revocation is already held."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM revocations WHERE digest = ?", (digest,)).fetchone():
+                return False
+            db.execute(
+                "INSERT INTO revocations VALUES (?, ?, ?, ?)", (digest, rule_id, signed, int(time.time()))
+            )
+            self._append(db, entry)
+        return True
+
+    def revocations(self, rule_id: str | None = None) -> list[str]:
+        """The held signed revocations (JSON), of one rule id or all, oldest first."""
+        with self._lock:
+            if rule_id is None:
+                rows = self._db.execute("SELECT signed FROM revocations ORDER BY added_at").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT signed FROM revocations WHERE rule_id = ? ORDER BY added_at", (rule_id,)
+                ).fetchall()
+        return [str(r[0]) for r in rows]
+
     # --- local log
 
     def append_log(self, entry: dict[str, Any]) -> str:
         """Append one entry to the hash chain; returns its hash."""
         with self._tx() as db:
-            last = db.execute("SELECT hash FROM log ORDER BY seq DESC LIMIT 1").fetchone()
-            prev = last[0] if last else GENESIS
-            text = canonical_json(entry).decode()
-            digest = hashlib.sha256(bytes.fromhex(prev) + text.encode()).hexdigest()
-            db.execute(
-                "INSERT INTO log (at, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
-                (time.time(), text, prev, digest),
-            )
+            return self._append(db, entry)
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, entry: dict[str, Any]) -> str:
+        last = db.execute("SELECT hash FROM log ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = last[0] if last else GENESIS
+        text = canonical_json(entry).decode()
+        digest = hashlib.sha256(bytes.fromhex(prev) + text.encode()).hexdigest()
+        db.execute(
+            "INSERT INTO log (at, entry, prev_hash, hash) VALUES (?, ?, ?, ?)",
+            (time.time(), text, prev, digest),
+        )
         return digest
 
     def log_entries(self) -> list[dict[str, Any]]:
@@ -287,3 +375,45 @@ class ConnectorState:
                 raise ValueError(f"the local log breaks at entry {e['seq']}")
             prev = e["hash"]
         return len(entries)
+
+
+def _counted_under(db: sqlite3.Connection, window: str, rule_id: str, query_id: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM rule_spent WHERE window = ? AND rule_id = ? AND query_id = ?",
+        (window, rule_id, query_id),
+    ).fetchone()
+    return row is not None
+
+
+def _rule_use(db: sqlite3.Connection, window: str, rule_id: str, analyst: str | None) -> tuple[int, Decimal]:
+    sql = "SELECT epsilon FROM rule_spent WHERE window = ? AND rule_id = ?"
+    args: tuple[str, ...] = (window, rule_id)
+    if analyst is not None:
+        sql, args = sql + " AND analyst = ?", (*args, analyst)
+    rows = db.execute(sql, args).fetchall()
+    return len(rows), sum((Decimal(r[0]) for r in rows), Decimal(0))
+
+
+def _check_quota(db: sqlite3.Connection, window: str, quota: RuleQuota, epsilon: Decimal) -> None:
+    """Raise `QuotaExhausted` naming the first limit one more query of `epsilon` would pass."""
+    limits: list[tuple[str, str | None, int, Decimal]] = [
+        ("rule", None, quota.max_queries, quota.max_epsilon)
+    ]
+    if quota.analyst is not None and quota.analyst_max_queries is not None:
+        assert quota.analyst_max_epsilon is not None
+        limits.append(("analyst", quota.analyst, quota.analyst_max_queries, quota.analyst_max_epsilon))
+    for scope, analyst, max_queries, max_epsilon in limits:
+        who = f"rule {quota.rule_id}" + (f" for analyst {analyst}" if analyst else "")
+        queries, spent = _rule_use(db, window, quota.rule_id, analyst)
+        if queries + 1 > max_queries:
+            raise QuotaExhausted(
+                f"{scope}_queries",
+                f"{who} allows {max_queries} queries in window {window}, and all are used: "
+                "the department signs a new rule or approves the query itself",
+            )
+        if spent + epsilon > max_epsilon:
+            raise QuotaExhausted(
+                f"{scope}_epsilon",
+                f"{who} allows epsilon {max_epsilon} in window {window}: requested {epsilon}, remaining "
+                f"{max(max_epsilon - spent, Decimal(0))}",
+            )

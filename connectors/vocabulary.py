@@ -13,7 +13,16 @@ from typing import Annotated
 
 from pydantic import Field
 
-__all__ = ["PERIOD_PATTERN", "EntityKind", "Period", "Rollup", "Suite", "Unit"]
+__all__ = [
+    "DEFAULT_NEIGHBOURING",
+    "PERIOD_PATTERN",
+    "EntityKind",
+    "Neighbouring",
+    "Period",
+    "Rollup",
+    "Suite",
+    "Unit",
+]
 
 
 class EntityKind(StrEnum):
@@ -48,6 +57,17 @@ class Suite(StrEnum):
     BLAKE2B = "blake2b"
     # For deployments bound to the national standard (GB/T 32905 SM3).
     HMAC_SM3 = "hmac-sm3"
+
+
+class Neighbouring(StrEnum):
+    """The neighbour relation a query's epsilon is guaranteed under (`privacy.neighbours` says what each
+    means for OpenDP's map); part of the canonical query, so it is shared vocabulary."""
+
+    ADD_REMOVE_HOUSEHOLD = "add_remove_household"
+    CHANGE_HOUSEHOLD = "change_household"
+
+
+DEFAULT_NEIGHBOURING = Neighbouring.ADD_REMOVE_HOUSEHOLD
 
 
 PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"

@@ -30,6 +30,7 @@ from audit.checkpoint import Checkpointer, CheckpointPolicy, NoteSigner, load_si
 from audit.store import AuditLog
 from connectors.protocol import load_private_key, private_key_pem
 from gateway import db, monitoring
+from gateway.api import analysts as analyst_routes
 from gateway.api import audit as audit_routes
 from gateway.api import indicators as indicator_routes
 from gateway.api import jobs as job_routes
@@ -361,6 +362,7 @@ def create_app(context: GatewayContext) -> FastAPI:
     app.include_router(registry_routes.router)
     app.include_router(key_group_routes.router)
     app.include_router(query_routes.router)
+    app.include_router(analyst_routes.router)
     app.include_router(run_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(indicator_routes.router)

@@ -1,8 +1,8 @@
 """A small Python client for the gateway's HTTP API.
 
-    with GatewayClient("http://127.0.0.1:8700", api_key) as gw:
-        q = gw.submit(spec)                     # QuerySpec or dict
-        gw.approve(q["id"], key_pem, department) # a department admin, signing with the department's key
+    with GatewayClient("http://127.0.0.1:8700", api_key, analyst_key=pem) as gw:
+        q = gw.submit(spec)                     # QuerySpec or dict; signed with the analyst's own key
+        gw.approve(q["id"], key_pem, department, schemas=own)  # a department admin: signs its own plan
         result = gw.run(q["id"])
 
         job = gw.submit_job("pack", "monthly", period="2025-12")   # 202: the job, at once
@@ -26,15 +26,18 @@ import httpx
 
 from aggregation.query import QuerySpec
 from connectors.protocol import (
-    Approval,
     ApprovalRule,
     ApprovedDataset,
+    ConnectorSchema,
+    WindowLimits,
+    fingerprint,
     load_private_key,
     sign_approval,
+    sign_query,
     sign_rule,
 )
 from gateway.api.schemas import KeyGroupIn
-from gateway.approval_draft import draft_approval
+from gateway.approval_plan import PlannedApproval, planned_approval, reported_scopes
 
 
 class GatewayError(Exception):
@@ -54,7 +57,11 @@ class GatewayClient:
         *,
         timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        analyst_key: bytes | None = None,
     ) -> None:
+        # An analyst's own private key (PEM): every query submitted through this client names its
+        # fingerprint and carries its signature, which the departments' connectors verify.
+        self._analyst_key = None if analyst_key is None else load_private_key(analyst_key)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"authorization": f"Bearer {api_key}"},
@@ -71,8 +78,8 @@ class GatewayClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _do(self, method: str, path: str, json: Any = None) -> Any:
-        response = self._http.request(method, path, json=json)
+    def _do(self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+        response = self._http.request(method, path, json=json, headers=headers)
         if response.status_code >= 400:
             try:
                 err = response.json()["error"]
@@ -140,8 +147,34 @@ class GatewayClient:
     # --- queries
 
     def submit(self, spec: QuerySpec | dict[str, Any]) -> Any:
-        body = spec.model_dump(mode="json") if isinstance(spec, QuerySpec) else spec
-        return self._do("POST", "/v1/queries", body)
+        """Submit a query; with an analyst key it names the key and is signed by it."""
+        if self._analyst_key is None:
+            body = spec.model_dump(mode="json") if isinstance(spec, QuerySpec) else spec
+            return self._do("POST", "/v1/queries", body)
+        parsed = spec if isinstance(spec, QuerySpec) else QuerySpec.model_validate(spec)
+        signed = parsed.model_copy(update={"analyst_key": fingerprint(self._analyst_key.public_key())})
+        signature = sign_query(self._analyst_key, signed.query_id, signed.digest)
+        return self._do(
+            "POST",
+            "/v1/queries",
+            signed.model_dump(mode="json", exclude_none=False),
+            headers={"x-fedgate-query-signature": signature},
+        )
+
+    @property
+    def analyst_fingerprint(self) -> str | None:
+        return None if self._analyst_key is None else fingerprint(self._analyst_key.public_key())
+
+    # --- analysts' keys (operator)
+
+    def register_analyst_key(self, analyst: str, public_key: str) -> Any:
+        return self._do("POST", f"/v1/analysts/{quote(analyst, safe='')}/keys", {"public_key": public_key})
+
+    def analyst_keys(self) -> Any:
+        return self._do("GET", "/v1/analysts/keys")["keys"]
+
+    def revoke_analyst_key(self, key_fingerprint: str) -> None:
+        self._do("DELETE", f"/v1/analysts/keys/{quote(key_fingerprint, safe='')}")
 
     def preview(self, spec: QuerySpec | dict[str, Any]) -> Any:
         """The expected 95% half-width of every statistic of a query, before spending anything on it."""
@@ -154,21 +187,41 @@ class GatewayClient:
     def queries(self) -> Any:
         return self._do("GET", "/v1/queries")["queries"]
 
-    def approval_draft(self, query_id: str, department: str) -> Approval:
-        """The approval `department` would sign for a query: what the query needs of it, nothing more."""
+    def plan_approval(
+        self,
+        query_id: str,
+        department: str,
+        *,
+        schemas: Sequence[ConnectorSchema],
+        expires_at: int | None = None,
+    ) -> PlannedApproval:
+        """The approval the department would sign: its own plan of the query against its own connectors'
+        schemas (`gateway.approval_plan`); `ScopeRefused` when the gateway reports a wider scope."""
         view = self.query(query_id)
-        scopes = [ApprovedDataset.model_validate(d) for d in view["required_approvals"].get(department, [])]
-        if not scopes:
+        if not view["required_approvals"].get(department):
             raise GatewayError(
                 403, "forbidden", "this query does not touch that department's data", "query_id"
             )
-        return draft_approval(QuerySpec.model_validate(view["spec"]), department, scopes)
+        return planned_approval(
+            QuerySpec.model_validate(view["spec"]),
+            department,
+            schemas,
+            reported_scopes(view, department),
+            digest=view.get("digest"),
+            expires_at=expires_at,
+        )
 
-    def approve(self, query_id: str, key_pem: bytes, department: str, draft: Approval | None = None) -> Any:
-        """Sign, with the department's own key, an approval covering what the query needs of it."""
-        approval = self.approval_draft(query_id, department) if draft is None else draft
-        signed = sign_approval(load_private_key(key_pem), approval)
+    def sign_planned(self, planned: PlannedApproval, key_pem: bytes) -> Any:
+        """Sign exactly the planned approval with the department's key and hand it to the gateway."""
+        signed = sign_approval(load_private_key(key_pem), planned.approval)
+        query_id = planned.approval.query_id
         return self._do("POST", f"/v1/queries/{query_id}/approvals", signed.model_dump(mode="json"))
+
+    def approve(
+        self, query_id: str, key_pem: bytes, department: str, *, schemas: Sequence[ConnectorSchema]
+    ) -> Any:
+        """Plan the query against the department's own schemas and sign exactly that scope."""
+        return self.sign_planned(self.plan_approval(query_id, department, schemas=schemas), key_pem)
 
     def reject(self, query_id: str, reason: str) -> Any:
         return self._do("POST", f"/v1/queries/{query_id}/rejections", {"reason": reason})
@@ -182,9 +235,16 @@ class GatewayClient:
         datasets: list[ApprovedDataset],
         units: tuple[str, ...],
         max_epsilon_per_query: Decimal,
+        window: WindowLimits,
+        per_analyst: WindowLimits | None = None,
         analysts: tuple[str, ...] = ("*",),
         expires_at: int | None = None,
     ) -> Any:
+        """Sign and register a rule; a new version of the department's rule of that id names the digest
+        of the version it replaces (read from the gateway, and shown in the audit entry)."""
+        current = next(
+            (r for r in self.rules() if r["department"] == department and r["rule_id"] == rule_id), None
+        )
         rule = ApprovalRule.model_validate(
             {
                 "department": department,
@@ -193,7 +253,10 @@ class GatewayClient:
                 "units": units,
                 "max_epsilon_per_query": max_epsilon_per_query,
                 "analysts": analysts,
+                "window": window,
+                "per_analyst": per_analyst,
                 "expires_at": expires_at,
+                "replaces": None if current is None else current["digest"],
             }
         )
         signed = sign_rule(load_private_key(key_pem), rule)

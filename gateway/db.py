@@ -3,10 +3,11 @@
 An embedded SQLite file by default, PostgreSQL in production. The schema is created and upgraded only by
 the Alembic revisions in `gateway/migrations/`, never by `metadata.create_all`, so every deployment walks
 the same history. The tables hold principals (key hashes only), the connector registry, queries,
-department-signed approvals and rules, the named key groups (revision 0004), the versions of the
-monitoring configuration (revision 0006), the jobs, the monthly schedules (with the scheduler's own job
-store) and the archive of scheduled results (revision 0007), the console's sessions (revision 0008), and
-the simple audit table
+department-signed approvals, the versions of each department's rules and the analysts' keys and query
+signatures (revision 0009), the named key groups (revision 0004), the versions of the monitoring
+configuration (revision 0006), the jobs, the monthly schedules (with the scheduler's own job store) and the
+archive of scheduled results (revision 0007), the console's sessions (revision 0008), and the simple audit
+table
 of revision 0001 (superseded by the tamper-evident log of `audit.store`, revision 0003, and left empty).
 Nothing token-level or row-level is ever stored here.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "UtcDateTime",
     "alembic_config",
     "allowed_endpoints",
+    "analyst_keys",
     "approvals",
     "archived_results",
     "audit_simple",
@@ -45,6 +47,7 @@ __all__ = [
     "monitoring_configs",
     "principals",
     "queries",
+    "query_signatures",
     "rules",
     "scheduler_jobs",
     "schedules",
@@ -199,15 +202,45 @@ approvals = sa.Table(
     sa.CheckConstraint(one_of("decision", DECISIONS), name="decision"),
 )
 
+# One row per version of a department's rule, identified by (department, rule_id, version): never deleted,
+# only revoked or superseded by the next version (revision 0009).
 rules = sa.Table(
-    "rules",
+    "rule_versions",
     gateway_metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("department", sa.String(64), nullable=False, index=True),
+    sa.Column("department", sa.String(64), primary_key=True),
+    sa.Column("rule_id", sa.String(80), primary_key=True),
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("signed_json", sa.Text(), nullable=False),
+    sa.Column("signed_digest", sa.String(64), nullable=False),
     sa.Column("created_by", sa.String(_NAME), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("revoked_by", sa.String(_NAME), nullable=True),
+    sa.Column("superseded_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+)
+
+# The analysts' own Ed25519 public keys, registered by the operator (revision 0009); a key is revoked,
+# never deleted, so the queries it signed stay attributable.
+analyst_keys = sa.Table(
+    "analyst_keys",
+    gateway_metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("analyst", sa.String(_NAME), nullable=False, index=True),
+    sa.Column("public_key", sa.Text(), nullable=False),
+    sa.Column("registered_by", sa.String(_NAME), nullable=False),
+    sa.Column("registered_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("revoked_by", sa.String(_NAME), nullable=True),
+)
+
+# The analyst's signature of a query, forwarded with every extract so connectors can verify who asked.
+query_signatures = sa.Table(
+    "query_signatures",
+    gateway_metadata,
+    sa.Column("query_id", sa.String(64), sa.ForeignKey("queries.id"), primary_key=True),
+    sa.Column("key_fingerprint", sa.String(64), sa.ForeignKey("analyst_keys.fingerprint"), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
 )
 
 # One row per version of a named key group ("X" group); a version never changes once written, except that

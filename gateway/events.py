@@ -28,6 +28,8 @@ from audit.entries import (
 )
 
 __all__ = [
+    "AnalystKeyRegistered",
+    "AnalystKeyRevoked",
     "AuditEvent",
     "BudgetRefused",
     "CheckpointCosigned",
@@ -229,6 +231,23 @@ class ConsoleSignedOut(AuditEvent):
     reason: str
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnalystKeyRegistered(AuditEvent):
+    """The operator registered an analyst's own public key (generated on the analyst's machine)."""
+
+    action = "analyst_key.registered"
+    analyst: str
+    key_fingerprint: str
+    public_key: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnalystKeyRevoked(AuditEvent):
+    action = "analyst_key.revoked"
+    analyst: str
+    key_fingerprint: str
+
+
 # --- queries, approvals, rules
 
 
@@ -240,6 +259,8 @@ class QuerySubmitted(AuditEvent):
     spec: dict[str, Any]
     state: str
     indicator: str | None = None
+    analyst_key: str | None = None
+    """fingerprint of the analyst key whose signature of the query the gateway verified (None: unsigned)"""
 
     def request_field(self, path: str | None) -> str | None:
         # The spec is the request body: "spec.purpose" came from the body's "purpose".
@@ -286,8 +307,10 @@ class RuleRegistered(AuditEvent):
     department: str
     rule: dict[str, Any]
     signature: str
+    version: int = 1
+    """the version of (department, rule_id) this registration is"""
     replaces: str | None = None
-    """SHA-256 of the signed rule of the same id it replaced (its own entry holds it in full)"""
+    """SHA-256 of the signed rule version it supersedes, as the new rule itself names it"""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -295,6 +318,8 @@ class RuleRevoked(AuditEvent):
     action = "rule.revoked"
     department: str
     rule_id: str
+    version: int | None = None
+    """the version in force that was revoked (older versions were already superseded)"""
 
 
 # --- budget

@@ -20,7 +20,7 @@ Errors, one class per way a call can fail (`code` is what the audit entry record
      ├── ConnectorRefused       the connector answered with an error: its status and wire code
      │                          (`connectors.protocol.ErrorCode`), public extras such as witnessed_size
      └── AnswerUnverified       the answer is not signed by the pinned key, not bound to the request, or
-                                not a fedgate/1 schema: code "bad_signature" / "bad_schema"
+                                not a fedgate/2 schema: code "bad_signature" / "bad_schema"
 
 The transport is injectable (`httpx.MockTransport` in tests), like everything else in `httpx`.
 """
@@ -61,6 +61,7 @@ from connectors.protocol import (
     verify_response,
 )
 from connectors.protocol import fingerprint as key_fingerprint
+from gateway.analyst_keys import QuerySignature
 
 __all__ = [
     "AnswerUnverified",
@@ -117,7 +118,7 @@ class ConnectorRefused(ConnectorCallError):
 
     @property
     def wire_code(self) -> ErrorCode | None:
-        """The code as the protocol's enum; None for a body that is not a fedgate/1 error."""
+        """The code as the protocol's enum; None for a body that is not a fedgate/2 error."""
         try:
             return ErrorCode(self.code)
         except ValueError:
@@ -297,7 +298,7 @@ class ConnectorLink:
             return ConnectorSchema.model_validate_json(response.content)
         except ValueError:
             raise AnswerUnverified(
-                self.connector, 200, "bad_schema", "the schema is not a fedgate/1 schema"
+                self.connector, 200, "bad_schema", "the schema is not a fedgate/2 schema"
             ) from None
 
     def preflight(self, request: PreflightRequest) -> tuple[PreflightAnswer, dict[str, str]]:
@@ -314,7 +315,7 @@ class ConnectorLink:
             answer = PreflightAnswer.model_validate_json(response.content)
         except ValueError:
             raise AnswerUnverified(
-                self.connector, 200, "bad_schema", "the preflight answer is not fedgate/1", receipt
+                self.connector, 200, "bad_schema", "the preflight answer is not fedgate/2", receipt
             ) from None
         if (answer.connector, answer.query_id) != (self.connector, request.query_id):
             raise AnswerUnverified(
@@ -396,7 +397,7 @@ def fetch_pinned_schema(
             key = parse_public_key(schema.signing_key)
         except (ValueError, SignatureError):
             raise AnswerUnverified(
-                connector, 200, "bad_schema", "the schema is not a fedgate/1 schema"
+                connector, 200, "bad_schema", "the schema is not a fedgate/2 schema"
             ) from None
         if key_fingerprint(key) != fingerprint:
             raise AnswerUnverified(
@@ -418,13 +419,15 @@ def extract_request(
     cover: SignedApproval | SignedRule,
     *,
     epoch: int,
-    analyst: str | None = None,
+    signed_by: QuerySignature | None = None,
 ) -> ExtractRequest:
-    """The extract request for one planned part of `query`, carrying the department's approval or rule."""
+    """The extract request for one planned part of `query`, carrying the department's approval or rule
+    and the analyst's own signature of the query (which the connector verifies)."""
     return ExtractRequest(
         **part.asks(query),
         token=TokenSpec(epoch=epoch),
-        analyst=analyst,
+        analyst_key=None if signed_by is None else signed_by.public_key,
+        analyst_signature=None if signed_by is None else signed_by.signature,
         approval=cover if isinstance(cover, SignedApproval) else None,
         rule=cover if isinstance(cover, SignedRule) else None,
     )

@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
 from aggregation.planner import PlanError, plan_query
-from aggregation.query import MemberGroup, QuerySpec, Statistic, StatisticKind
+from aggregation.query import MIN_EPSILON_PER_QUERY, MemberGroup, QuerySpec, Statistic, StatisticKind
 from connectors.config import Unit
 from connectors.protocol import ConnectorSchema, canonical_json, sha256_hex
 from gateway import db, registry
@@ -57,8 +56,9 @@ __all__ = [
 
 MAX_TITLE = 200
 MAX_DESCRIPTION = 2_000
-# The probe query below is planned, never run; its epsilon only has to sit under every department's cap.
-_PROBE_EPSILON = Decimal("0.000001")
+# The probe query below is planned, never run; its epsilon only has to be a valid query's (the public
+# floor) and sit under every department's cap.
+_PROBE_EPSILON = MIN_EPSILON_PER_QUERY
 # Writers retry this often when a concurrent writer took the same version number first.
 _WRITE_ATTEMPTS = 3
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from aggregation.planner import ExtractPlan, Plan
 from connectors.protocol import PreflightRequest, SignedApproval, SignedRule
+from gateway.analyst_keys import query_signature
 from gateway.auth import Principal
 from gateway.context import GatewayContext
 from gateway.errors import ConnectorUnavailable
@@ -49,7 +50,8 @@ def _one(
     if client is None:
         return PreflightFailure(e.connector, e.dataset, "disabled")
     spec = plan.query
-    extract = extract_request(e, spec, cover, epoch=ctx.settings.token_epoch, analyst=analyst.name)
+    signed_by = query_signature(ctx.engine, spec.query_id)
+    extract = extract_request(e, spec, cover, epoch=ctx.settings.token_epoch, signed_by=signed_by)
     audit_key = ctx.checkpointer.verifier.vkey() if ctx.checkpointer is not None else None
     request = PreflightRequest.model_validate({**extract.model_dump(), "audit_key": audit_key})
     outcome, status = "ok", 200

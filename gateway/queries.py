@@ -29,12 +29,14 @@ from connectors.protocol import (
     SignatureError,
     SignedApproval,
     SignedRule,
+    check_current,
     parse_public_key,
     sha256_hex,
     verify_approval,
     verify_rule,
 )
 from gateway import db
+from gateway.analyst_keys import check_signature
 from gateway.audit_trail import AuditTrail, Change, check_free_text
 from gateway.auth import Principal, Role
 from gateway.errors import ApprovalInvalid, Conflict, Forbidden, Invalid, NotFound
@@ -95,9 +97,7 @@ def required_scopes(plan: Plan) -> dict[str, list[ApprovedDataset]]:
     """Per department, the datasets and fields its approval must cover."""
     scopes: dict[str, list[ApprovedDataset]] = {}
     for e in plan.extracts:
-        scopes.setdefault(e.department, []).append(
-            ApprovedDataset(dataset=e.dataset, measures=e.measures, dimensions=e.dimensions)
-        )
+        scopes.setdefault(e.department, []).append(e.scope())
     return scopes
 
 
@@ -146,15 +146,23 @@ def list_queries(engine: sa.Engine, principal: Principal) -> list[QueryRecord]:
 
 
 def submit(
-    trail: AuditTrail, spec: QuerySpec, analyst: Principal, *, indicator: str | None = None
+    trail: AuditTrail,
+    spec: QuerySpec,
+    analyst: Principal,
+    *,
+    indicator: str | None = None,
+    signature: str | None = None,
 ) -> tuple[QueryRecord, bool]:
     """Store a query (or find the identical one) with its `query.submitted` entry, in one transaction;
-    returns the record and whether it is new. Its first state is what the departments' rules give it."""
+    returns the record and whether it is new. Its first state is what the departments' rules give it.
+    A query that names the analyst's key carries that key's `signature` (checked here, and again by
+    every connector)."""
     engine = trail.log.engine
     plan = plan_or_invalid(engine, spec)
     check_free_text(purpose=spec.purpose)
     draft = QueryRecord(spec.query_id, spec.digest, spec, analyst.name, QueryState.SUBMITTED, None)
     with engine.connect() as conn:
+        check_signature(conn, analyst, spec, signature)
         state = _decided_state(conn, draft, plan)
     now = db.utcnow()
     with trail.change() as change:
@@ -184,8 +192,15 @@ def submit(
                 spec=spec.model_dump(mode="json"),
                 state=state.value,
                 indicator=indicator,
+                analyst_key=spec.analyst_key,
             )
         )
+        if spec.analyst_key is not None and signature is not None:
+            change.conn.execute(
+                db.query_signatures.insert().values(
+                    query_id=spec.query_id, key_fingerprint=spec.analyst_key, signature=signature
+                )
+            )
     return QueryRecord(spec.query_id, spec.digest, spec, analyst.name, state, None), True
 
 
@@ -230,7 +245,7 @@ def record_approval(trail: AuditTrail, query_id: str, signed: SignedApproval, by
     except SignatureError:
         raise ApprovalInvalid("the approval is not signed by the department's key", "approval") from None
     try:
-        check_cover(signed.approval, asked_of(record.spec, record.analyst, plan, department))
+        check_cover(signed.approval, asked_of(record.spec, plan, department))
     except NotCovered as exc:
         raise ApprovalInvalid(f"the approval does not cover this query: {exc.reason}", "approval") from None
     with trail.change() as change:
@@ -295,7 +310,12 @@ def _store_decision(
 
 
 def record_rule(trail: AuditTrail, signed: SignedRule, by: Principal) -> ApprovalRule:
-    """Verify and store a department's signed pre-approval rule (replacing one of the same id)."""
+    """Verify and store a new version of a department's signed pre-approval rule.
+
+    A rule is identified by (department, rule_id): another department's rule of the same id is a
+    different rule, untouched. A new version must name (`replaces`) the SHA-256 of the version in force,
+    which is then superseded, never deleted; a first version names nothing.
+    """
     if signed.rule.department != by.department:
         raise Forbidden("an admin registers rules for their own department only", "rule")
     with trail.log.engine.connect() as conn:
@@ -304,20 +324,38 @@ def record_rule(trail: AuditTrail, signed: SignedRule, by: Principal) -> Approva
         rule = verify_rule(key, signed)
     except SignatureError:
         raise ApprovalInvalid("the rule is not signed by the department's key", "rule") from None
+    stale = check_current(rule.issued_at, rule.expires_at, "rule")
+    if stale is not None:
+        raise ApprovalInvalid(stale, "rule")
     now = db.utcnow()
+    doc = signed.model_dump_json()
     with trail.change() as change:
-        held = change.conn.execute(
-            sa.select(db.rules.c.department, db.rules.c.signed_json).where(db.rules.c.id == rule.rule_id)
-        ).first()
-        if held is not None and held.department != rule.department:
-            # A rule id names one department's rule: another department may not take it over.
-            raise Forbidden("that rule id belongs to another department's rule: choose another id", "rule")
-        change.conn.execute(db.rules.delete().where(db.rules.c.id == rule.rule_id))
+        versions = change.conn.execute(
+            sa.select(db.rules).where(*_rule_key(rule.department, rule.rule_id)).order_by(db.rules.c.version)
+        ).all()
+        current = next((v for v in versions if v.revoked_at is None and v.superseded_at is None), None)
+        replaces = None if current is None else _rule_of(current).digest()
+        if rule.replaces != replaces:
+            need = "name nothing in replaces" if replaces is None else f"name replaces={replaces}"
+            raise Conflict(
+                f"a new version of rule {rule.rule_id} must {need} (the version it supersedes)",
+                "rule",
+                reason="replaces",
+            )
+        if current is not None:
+            change.conn.execute(
+                db.rules.update()
+                .where(*_rule_key(rule.department, rule.rule_id), db.rules.c.version == current.version)
+                .values(superseded_at=now)
+            )
+        version = (versions[-1].version + 1) if versions else 1
         change.conn.execute(
             db.rules.insert().values(
-                id=rule.rule_id,
                 department=rule.department,
-                signed_json=signed.model_dump_json(),
+                rule_id=rule.rule_id,
+                version=version,
+                signed_json=doc,
+                signed_digest=sha256_hex(doc.encode()),
                 created_by=by.name,
                 created_at=now,
             )
@@ -328,30 +366,50 @@ def record_rule(trail: AuditTrail, signed: SignedRule, by: Principal) -> Approva
                 department=rule.department,
                 rule=rule.model_dump(mode="json"),
                 signature=signed.signature,
-                replaces=None if held is None else sha256_hex(held.signed_json.encode()),
+                version=version,
+                replaces=replaces,
             )
         )
     return rule
 
 
+def _rule_key(department: str, rule_id: str) -> tuple[sa.ColumnElement[bool], ...]:
+    return (db.rules.c.department == department, db.rules.c.rule_id == rule_id)
+
+
+def _rule_of(row: sa.Row[Any]) -> ApprovalRule:
+    return SignedRule.model_validate_json(row.signed_json).rule
+
+
 def revoke_rule(trail: AuditTrail, rule_id: str, by: Principal) -> None:
+    """Revoke the department's own rule of that id (its version in force); another department's rule of
+    the same id is a different rule and stays. The connector holds its own revocation list too
+    (`fedgate connector revoke`), which is what stops a gateway that keeps forwarding the rule."""
+    department = by.department or ""
     with trail.change() as change:
-        done = change.conn.execute(
-            db.rules.update()
-            .where(
-                db.rules.c.id == rule_id,
-                db.rules.c.department == by.department,
+        row = change.conn.execute(
+            sa.select(db.rules.c.version).where(
+                *_rule_key(department, rule_id),
                 db.rules.c.revoked_at.is_(None),
+                db.rules.c.superseded_at.is_(None),
             )
-            .values(revoked_at=db.utcnow())
-        )
-        if done.rowcount == 0:
+        ).first()
+        if row is None:
             raise NotFound("no active rule of your department with that id", "rule_id")
-        change.record(RuleRevoked(actor=by.name, department=by.department or "", rule_id=rule_id))
+        change.conn.execute(
+            db.rules.update()
+            .where(*_rule_key(department, rule_id), db.rules.c.version == row.version)
+            .values(revoked_at=db.utcnow(), revoked_by=by.name)
+        )
+        change.record(RuleRevoked(actor=by.name, department=department, rule_id=rule_id, version=row.version))
 
 
 def _rules(conn: sa.Connection, department: str | None = None) -> list[SignedRule]:
-    stmt = sa.select(db.rules.c.signed_json).where(db.rules.c.revoked_at.is_(None))
+    """The latest version of each (department, rule id) that is neither revoked nor superseded (an
+    expired one is listed, and `check_cover` refuses it)."""
+    stmt = sa.select(db.rules.c.signed_json).where(
+        db.rules.c.revoked_at.is_(None), db.rules.c.superseded_at.is_(None)
+    )
     if department is not None:
         stmt = stmt.where(db.rules.c.department == department)
     return [SignedRule.model_validate_json(t) for t in conn.execute(stmt).scalars()]
@@ -362,7 +420,7 @@ def list_rules(engine: sa.Engine, department: str | None = None) -> list[SignedR
         return _rules(conn, department)
 
 
-def asked_of(spec: QuerySpec, analyst: str, plan: Plan, department: str) -> Asked:
+def asked_of(spec: QuerySpec, plan: Plan, department: str) -> Asked:
     """What the query asks of one department, in the terms its connector will check again."""
     baseline = spec.baseline
     return Asked(
@@ -375,7 +433,9 @@ def asked_of(spec: QuerySpec, analyst: str, plan: Plan, department: str) -> Aske
         baseline_start=baseline.period_start if baseline else None,
         baseline_end=baseline.period_end if baseline else None,
         epsilon=spec.epsilon,
-        analyst=analyst,
+        # The key the submission was verified under (`analyst_keys.check_signature`); the connector
+        # verifies the forwarded signature again and sees the same fingerprint.
+        analyst=spec.analyst_key,
         datasets=tuple(required_scopes(plan).get(department, ())),
     )
 
@@ -398,13 +458,13 @@ def covers_on(conn: sa.Connection, record: QueryRecord, plan: Plan) -> tuple[dic
         row = decided.get(dept)
         if row is not None and row.decision == "approved":
             signed = SignedApproval.model_validate_json(row.signed_json)
-            if _covered(signed.approval, asked_of(record.spec, record.analyst, plan, dept)):
+            if _covered(signed.approval, asked_of(record.spec, plan, dept)):
                 found[dept] = signed
                 continue
         if row is not None and row.decision == "rejected":
             continue
         for rule in _rules(conn, dept):
-            if _covered(rule.rule, asked_of(record.spec, record.analyst, plan, dept)):
+            if _covered(rule.rule, asked_of(record.spec, plan, dept)):
                 found[dept] = rule
                 break
     return found, rejected

@@ -58,6 +58,7 @@ from connectors.protocol import (
     sha256_hex,
 )
 from gateway import preflight, queries
+from gateway.analyst_keys import query_signature
 from gateway.auth import Principal
 from gateway.context import GatewayContext
 from gateway.errors import (
@@ -334,10 +335,9 @@ class Run:
         """
         epoch = self.ctx.settings.token_epoch
         requests: dict[str, tuple[ExtractRequest, int | None]] = {}
+        signed_by = query_signature(self.ctx.engine, self.qid)
         for e in self.plan.extracts:
-            base = extract_request(
-                e, self.spec, self.found[e.department], epoch=epoch, analyst=self.analyst.name
-            )
+            base = extract_request(e, self.spec, self.found[e.department], epoch=epoch, signed_by=signed_by)
             seq = self.ctx.audit.record(
                 ExtractPlanned(
                     actor="gateway",

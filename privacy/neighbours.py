@@ -15,15 +15,9 @@ evaluated at that distance and must stay within the query's epsilon; `docs/priva
 
 from __future__ import annotations
 
-from enum import StrEnum
+from connectors.vocabulary import DEFAULT_NEIGHBOURING, Neighbouring
 
-
-class Neighbouring(StrEnum):
-    ADD_REMOVE_HOUSEHOLD = "add_remove_household"
-    CHANGE_HOUSEHOLD = "change_household"
-
-
-DEFAULT_NEIGHBOURING = Neighbouring.ADD_REMOVE_HOUSEHOLD
+__all__ = ["DEFAULT_NEIGHBOURING", "Neighbouring", "describe", "frame_distance"]
 
 _FACTOR = {Neighbouring.ADD_REMOVE_HOUSEHOLD: 1, Neighbouring.CHANGE_HOUSEHOLD: 2}
 

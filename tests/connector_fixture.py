@@ -11,6 +11,7 @@ import base64
 import datetime
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -25,17 +26,29 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from connectors.federation_keys import generate_keyring, load_keyring, write_keyring
 from connectors.ids import IdKind, make_resident_id, normalize, to_legacy_15
 from connectors.protocol import (
+    PROTOCOL_VERSION,
     Approval,
     ApprovedDataset,
     ExtractRequest,
     SignedApproval,
     TokenSpec,
+    fingerprint,
     private_key_pem,
     public_key_text,
-    sha256_hex,
     sign_approval,
+    sign_query,
     sign_request,
 )
+from connectors.query import (
+    Baseline,
+    Filter,
+    Measure,
+    QuerySpec,
+    Statistic,
+    StatisticKind,
+    Term,
+)
+from connectors.vocabulary import Unit
 
 
 def _id_with_x() -> str:
@@ -117,6 +130,52 @@ class Department:
     admin_key: str
     keyring_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    # One issue time for every approval this department signs, so that two identical requests are
+    # the same bytes (an identical retry).
+    issued_at: int = field(default_factory=lambda: int(time.time()))
+    ids: dict[str, str] = field(default_factory=dict)
+    """label -> query id of the last request made under that label (ids are digests of the query)"""
+
+    def qid(self, label: str) -> str:
+        """The query id of the last request labelled `label` (or the label itself before any)."""
+        return self.ids.get(label, label)
+
+    def query(
+        self,
+        label: str,
+        *,
+        dataset: str = "wages",
+        unit: str = "person",
+        measures: tuple[str, ...] = ("wage_income", "months_paid"),
+        dimensions: tuple[str, ...] = ("district", "sex", "birth_year_band"),
+        period: tuple[str, str] = ("2025-01", "2025-12"),
+        baseline: tuple[str, str] | None = None,
+        epsilon: str | Decimal = "0.5",
+    ) -> QuerySpec:
+        """A query (told apart by `label`) whose plan asks exactly these fields of the dataset."""
+        ref = f"{self.name}.{dataset}"
+        measure = (
+            Measure(terms=tuple(Term(dataset=ref, measure=m) for m in measures), lower=0, upper=10_000_000)
+            if measures
+            else None
+        )
+        person = unit == "person"
+        return QuerySpec(
+            purpose=f"connector test {label}: what the department serves",
+            unit=Unit(unit),
+            period_start=period[0],
+            period_end=period[1],
+            measure=measure,
+            group_by=tuple(f"{ref}.{d}" for d in dimensions[:3]),
+            filters=tuple(Filter(dimension=f"{ref}.{d}", values=("A",)) for d in dimensions[3:]),
+            statistics=(Statistic(kind=StatisticKind.SUM if measure else StatisticKind.COUNT),),
+            epsilon=Decimal(str(epsilon)),
+            member_cap=1 if person else None,
+            baseline=None
+            if baseline is None
+            else Baseline(period_start=baseline[0], period_end=baseline[1], drop_share=Decimal("0.3")),
+            coverage=(ref,) if person and not measures and not dimensions else (),
+        )
 
     def approval(
         self,
@@ -129,27 +188,41 @@ class Department:
         dataset: str = "wages",
         key: Ed25519PrivateKey | None = None,
         unit: str = "person",
+        household: bool = False,
+        query: QuerySpec | None = None,
+        period: tuple[str, str] = ("2025-01", "2025-12"),
+        baseline: tuple[str, str] | None = None,
     ) -> SignedApproval:
+        """The department's approval of the query labelled `query_id` (the default request's query unless
+        `query` is given), covering the fields named here."""
+        spec = query or self.query(query_id, unit=unit, epsilon=epsilon)
         approval = Approval(
             department=self.name,
-            query_id=query_id,
-            query_digest=digest or sha256_hex(query_id.encode()),
+            query_id=spec.query_id,
+            query_digest=digest or spec.digest,
             unit=unit,  # type: ignore[arg-type]
-            period_start="2025-01",
-            period_end="2025-12",
-            datasets=(ApprovedDataset(dataset=dataset, measures=measures, dimensions=dimensions),),
+            period_start=period[0],
+            period_end=period[1],
+            baseline_start=None if baseline is None else baseline[0],
+            baseline_end=None if baseline is None else baseline[1],
+            datasets=(
+                ApprovedDataset(
+                    dataset=dataset, measures=measures, dimensions=dimensions, household=household
+                ),
+            ),
             epsilon=Decimal(epsilon),
+            issued_at=self.issued_at,
         )
         return sign_approval(key or self.approval_key, approval)
 
-    def request(self, query_id: str, **changes: Any) -> ExtractRequest:
+    def request(self, label: str, **changes: Any) -> ExtractRequest:
+        """An extract request for the query labelled `label`: the carried query is planned from the
+        request's own fields, so the connector's plan asks exactly them (override `query` to test that).
+        With `analyst` (a private key) the query names that key and the request carries its signature."""
         approval = changes.pop("approval", None)
-        if approval is None and "rule" not in changes:
-            approval = self.approval(query_id)
+        analyst: Ed25519PrivateKey | None = changes.pop("analyst", None)
         fields: dict[str, Any] = {
             "connector": self.name,
-            "query_id": query_id,
-            "query_digest": sha256_hex(query_id.encode()),
             "dataset": "wages",
             "unit": "person",
             "period_start": "2025-01",
@@ -157,11 +230,49 @@ class Department:
             "measures": ("wage_income", "months_paid"),
             "dimensions": ("district", "sex", "birth_year_band"),
             "token": TokenSpec(epoch=load_keyring(self.keyring_path).current_epoch),
-            "approval": approval,
-            "epsilon": approval.approval.epsilon if approval is not None else Decimal("0.5"),
         }
         fields.update(changes)
-        return ExtractRequest(**fields)
+        fields.setdefault("epsilon", approval.approval.epsilon if approval is not None else Decimal("0.5"))
+        baseline = (
+            None
+            if fields.get("baseline_start") is None
+            else (fields["baseline_start"], fields["baseline_end"])
+        )
+        period = (fields["period_start"], fields["period_end"])
+        spec = fields.pop("query", None) or self.query(
+            label,
+            dataset=fields["dataset"],
+            unit=str(fields["unit"]),
+            measures=tuple(fields["measures"]),
+            dimensions=tuple(fields["dimensions"]),
+            period=period,
+            baseline=baseline,
+            epsilon=fields["epsilon"],
+        )
+        if analyst is not None and spec.analyst_key is None:
+            spec = spec.model_copy(update={"analyst_key": fingerprint(analyst.public_key())})
+        if analyst is not None:
+            fields.setdefault("analyst_key", public_key_text(analyst.public_key()))
+            fields.setdefault("analyst_signature", sign_query(analyst, spec.query_id, spec.digest))
+        fields.setdefault("query_id", spec.query_id)
+        fields.setdefault("query_digest", spec.digest)
+        self.ids[label] = fields["query_id"]
+        if approval is None and "rule" not in changes:
+            approval = self.approval(
+                label,
+                query=spec,
+                epsilon=str(fields["epsilon"]),
+                unit=str(fields["unit"]),
+                dataset=fields["dataset"],
+                measures=tuple(fields["measures"]),
+                dimensions=tuple(fields["dimensions"]),
+                household=bool(fields.get("household", False)),
+                period=period,
+                baseline=baseline,
+            )
+        if approval is not None:
+            fields["approval"] = approval
+        return ExtractRequest(query=spec, **fields)
 
 
 def make_department(
@@ -173,6 +284,7 @@ def make_department(
     keyring_doc: dict[str, object] | None = None,
     gateway_key: Ed25519PrivateKey | None = None,
     epsilon_window: str = "3.0",
+    accept_any_analyst_rules: bool = False,
 ) -> Department:
     directory.mkdir(parents=True, exist_ok=True)
     source, location = write_source(kind, directory, db_url)
@@ -218,6 +330,7 @@ def make_department(
             "gateway_public_keys": [public_key_text(gateway_key.public_key())],
             "approval_public_key": public_key_text(approval_key.public_key()),
             "admin_key_sha256": hashlib.sha256(admin_key.encode()).hexdigest(),
+            "accept_any_analyst_rules": accept_any_analyst_rules,
         },
     }
     config_path = directory / f"{name}.yaml"
@@ -246,6 +359,7 @@ def signed_call(
     nonce: str | None = None,
     headers: dict[str, str] | None = None,
     sign_url: str | None = None,
+    protocol: str = PROTOCOL_VERSION,
 ) -> httpx.Response:
     """Send one signed request, with knobs to forge every way a request can be wrong."""
     method = method or ("POST" if body else "GET")
@@ -258,6 +372,7 @@ def signed_call(
         body=body,
         timestamp=timestamp,
         nonce=nonce,
+        protocol=protocol,
     )
     sent = signed.as_headers() | {"content-type": "application/json"} | (headers or {})
     return httpx.request(method, url + path, content=body, headers=sent, timeout=30)

@@ -130,6 +130,7 @@ def test_the_guide_from_keys_to_a_released_result(
     connector_key = fedgate_json("keys", "new", "--kind", "connector", "--out", "connector.key", cwd=dept)
     approval_key = fedgate_json("keys", "new", "--kind", "approval", "--out", "approval.key", cwd=dept)
     admin = fedgate_json("admin-key", "new", cwd=dept)
+    (dept / "admin.key").write_text(admin["admin_key"])
     assert connector_key["public_key"].startswith("ed25519:") and len(connector_key["fingerprint"]) == 64
 
     # 3. `connector init` reflects the table, proposes a configuration and checks it.
@@ -190,6 +191,12 @@ def test_the_guide_from_keys_to_a_released_result(
         "connectors", "register", "register", "--endpoint", register_url,
         "--fingerprint", register_key["fingerprint"], *as_register, cwd=op,
     )  # fmt: skip
+    # The analyst makes a key of their own; the operator pins it; departments name its fingerprint.
+    analyst_key = fedgate_json("analysts", "keygen", "--out", "analyst.key", cwd=op)
+    pinned = fedgate_json(
+        "analysts", "register", "analyst", "--public-key", analyst_key["public_key"], *as_operator, cwd=op
+    )
+    assert pinned["fingerprint"] == analyst_key["fingerprint"]
     register_approval = str(tmp_path / "county" / "keys" / "register-approval.key")
     fedgate(
         "rules",
@@ -198,7 +205,11 @@ def test_the_guide_from_keys_to_a_released_result(
         "--key",
         register_approval,
         "--analyst",
-        "analyst",
+        analyst_key["fingerprint"],
+        "--max-queries",
+        "100",
+        "--analyst-max-queries",
+        "50",
         "--yes",
         *as_register,
         cwd=op,
@@ -230,7 +241,11 @@ def test_the_guide_from_keys_to_a_released_result(
         "--key",
         "approval.key",
         "--analyst",
-        "analyst",
+        analyst_key["fingerprint"],
+        "--max-queries",
+        "100",
+        "--analyst-max-queries",
+        "50",
         "--yes",
         *as_admin,
         cwd=dept,
@@ -251,7 +266,9 @@ def test_the_guide_from_keys_to_a_released_result(
         "epsilon": "0.5",
     }
     (op / "query.json").write_text(json.dumps(query))
-    submitted = fedgate_json("query", "submit", "query.json", *as_analyst, cwd=op)
+    submitted = fedgate_json(
+        "query", "submit", "query.json", "--analyst-key", "analyst.key", *as_analyst, cwd=op
+    )
     assert submitted["state"] == "approved"
     assert submitted["covered_by"] == {"tax": "rule:tax-wages", "register": "rule:register-all"}
     result = fedgate_json("query", "run", submitted["id"], *as_analyst, cwd=op)
@@ -263,9 +280,19 @@ def test_the_guide_from_keys_to_a_released_result(
     (op / "visitor.json").write_text(json.dumps({**query, "purpose": "Wages, asked by a visiting analyst"}))
     waiting = fedgate_json("query", "submit", "visitor.json", *as_visitor, cwd=op)
     assert waiting["state"] == "submitted"
-    batch = fedgate("approve", "--pending", "--key", "approval.key", "--yes", *as_admin, cwd=dept)
+    # Each department plans the waiting queries against its own connector's schema before it signs.
+    own = ["--connector", conn_url, "--connector-admin-key-file", "admin.key"]
+    batch = fedgate("approve", "--pending", "--key", "approval.key", *own, "--yes", *as_admin, cwd=dept)
     assert waiting["id"] in batch.stdout and "1 approvals signed; 0 queries now approved" in batch.stdout
-    batch = fedgate("approve", "--pending", "--key", register_approval, "--yes", *as_register, cwd=op)
+    register_own = [
+        "--connector",
+        register_url,
+        "--connector-admin-key-file",
+        register_approval.replace("register-approval.key", "register-admin.key"),
+    ]
+    batch = fedgate(
+        "approve", "--pending", "--key", register_approval, *register_own, "--yes", *as_register, cwd=op
+    )
     assert "1 approvals signed; 1 queries now approved" in batch.stdout
     assert fedgate_json("query", "run", waiting["id"], *as_visitor, cwd=op)["query_id"] == waiting["id"]
 

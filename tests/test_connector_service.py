@@ -33,16 +33,20 @@ from connectors.protocol import (
     ApprovalRule,
     ApprovedDataset,
     ConnectorSchema,
+    Revocation,
     SignatureError,
     SignedApproval,
+    SignedRule,
     TokenSpec,
+    WindowLimits,
     canonical_json,
     fingerprint,
-    sha256_hex,
     sign_approval,
+    sign_revocation,
     sign_rule,
     verify_approval,
 )
+from connectors.query import Measure, QuerySpec, Statistic, StatisticKind, Term
 from connectors.state import ConnectorState
 from gateway.federation import AnswerUnverified, ConnectorLink
 
@@ -59,7 +63,10 @@ def _client(dept: Department, conn: RunningConnector) -> ConnectorLink:
 def _token_of(dept: Department, query_id: str, nid: str) -> bytes:
     keyring = load_keyring(dept.keyring_path)
     tok = keyring.tokenizer(
-        epoch=keyring.current_epoch, suite=TokenSpec(epoch=0).suite, entity_kind="person", query_id=query_id
+        epoch=keyring.current_epoch,
+        suite=TokenSpec(epoch=0).suite,
+        entity_kind="person",
+        query_id=dept.qid(query_id),
     )
     return tok.token(nid)
 
@@ -151,8 +158,27 @@ def test_same_person_same_token_across_connectors_and_not_across_queries(tmp_pat
     a, b = start_connector(first.config_path), start_connector(second.config_path)
     try:
         with _client(first, a) as ca, _client(second, b) as cb:
-            t1 = set(ca.extract(first.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
-            t2 = set(cb.extract(second.request("q-link-0001"))[0].column(TOKEN_COLUMN).to_pylist())
+            # One query over both departments' wages: each connector serves its own part of it.
+            both = QuerySpec(
+                purpose="tokens of one query link across departments",
+                unit=Unit.PERSON,
+                period_start="2025-01",
+                period_end="2025-12",
+                measure=Measure(
+                    terms=(
+                        Term(dataset="tax.wages", measure="wage_income"),
+                        Term(dataset="social.wages", measure="wage_income"),
+                    ),
+                    lower=0,
+                    upper=10_000_000,
+                ),
+                statistics=(Statistic(kind=StatisticKind.SUM),),
+                epsilon=Decimal("0.5"),
+                member_cap=1,
+            )
+            part = {"query": both, "measures": ("wage_income",), "dimensions": ()}
+            t1 = set(ca.extract(first.request("q-link-0001", **part))[0].column(TOKEN_COLUMN).to_pylist())
+            t2 = set(cb.extract(second.request("q-link-0001", **part))[0].column(TOKEN_COLUMN).to_pylist())
             t3 = set(ca.extract(first.request("q-link-0002"))[0].column(TOKEN_COLUMN).to_pylist())
     finally:
         a.stop()
@@ -189,7 +215,12 @@ def test_no_raw_id_in_any_response_byte(sqlite_dept: tuple[Department, RunningCo
 def _post(dept: Department, conn: RunningConnector, query_id: str, **kw: object) -> httpx.Response:
     req = dept.request(query_id, **kw)
     return signed_call(
-        conn.url, "/v1/extract", key=dept.gateway_key, connector=dept.name, body=req.body(), query_id=query_id
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector=dept.name,
+        body=req.body(),
+        query_id=req.query_id,
     )
 
 
@@ -209,7 +240,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         timestamp=int(time.time()) - 3600,
     )
     assert stale.status_code == 401
@@ -220,7 +251,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=Ed25519PrivateKey.generate(),
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
     )
     assert stranger.status_code == 401
 
@@ -230,13 +261,18 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         sign_url="http://elsewhere.example/v1/extract",
     )
     assert tampered.status_code == 401
 
     misaddressed = signed_call(
-        conn.url, "/v1/extract", key=dept.gateway_key, connector="civil", body=body, query_id="q-auth-0001"
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector="civil",
+        body=body,
+        query_id=dept.qid("q-auth-0001"),
     )
     assert misaddressed.status_code == 403
 
@@ -247,7 +283,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         nonce=nonce,
     )
     assert first.status_code == 200
@@ -257,7 +293,7 @@ def test_unsigned_stale_replayed_forged_and_misaddressed_requests_are_refused(
         key=dept.gateway_key,
         connector=dept.name,
         body=body,
-        query_id="q-auth-0001",
+        query_id=dept.qid("q-auth-0001"),
         nonce=nonce,
     )
     assert replay.status_code == 401 and "replay" in replay.json()["message"]
@@ -303,7 +339,10 @@ def test_names_not_in_the_configuration_get_4xx(
     sqlite_dept: tuple[Department, RunningConnector], change: dict[str, object]
 ) -> None:
     dept, conn = sqlite_dept
-    r = _post(dept, conn, "q-names-0001", **change)
+    query = dept.query("q-names-0001")
+    r = _post(
+        dept, conn, "q-names-0001", query=query, approval=dept.approval("q-names", query=query), **change
+    )
     assert 400 <= r.status_code < 500
     assert r.json()["error"] in {"unknown_dataset", "unknown_field", "invalid_request"}
 
@@ -317,7 +356,7 @@ def test_malformed_body_gets_422_not_500(sqlite_dept: tuple[Department, RunningC
             key=dept.gateway_key,
             connector=dept.name,
             body=body,
-            query_id="q-malformed-1",
+            query_id=dept.qid("q-malformed-1"),
         )
         assert r.status_code == 422, body
     # Numbers beyond what the protocol bounds are refused as invalid too, never a 500.
@@ -331,7 +370,7 @@ def test_malformed_body_gets_422_not_500(sqlite_dept: tuple[Department, RunningC
             key=dept.gateway_key,
             connector=dept.name,
             body=json.dumps({**good, **change}).encode(),
-            query_id="q-malformed-2",
+            query_id=dept.qid("q-malformed-2"),
         )
         assert r.status_code == 422, change
 
@@ -344,7 +383,11 @@ def test_each_query_dataset_served_once_identical_retry_same_answer(
     again = _post(dept, conn, "q-once-00001")
     assert first.status_code == again.status_code == 200
     assert first.content == again.content
-    different = _post(dept, conn, "q-once-00001", dimensions=("district",))
+    # Another request for the same (query, dataset): here under a second approval the department signed.
+    signed = dept.request("q-once-00001").approval
+    assert signed is not None
+    later = signed.approval.model_copy(update={"issued_at": signed.approval.issued_at + 1})
+    different = _post(dept, conn, "q-once-00001", approval=sign_approval(dept.approval_key, later))
     assert different.status_code == 403 and different.json()["error"] == "already_served"
 
 
@@ -387,7 +430,7 @@ def test_nonces_survive_a_restart_and_the_local_log_chains(tmp_path: Path) -> No
             key=dept.gateway_key,
             connector=dept.name,
             body=body,
-            query_id="q-restart-01",
+            query_id=dept.qid("q-restart-01"),
             nonce=nonce,
         )
         assert first.status_code == 200
@@ -401,7 +444,7 @@ def test_nonces_survive_a_restart_and_the_local_log_chains(tmp_path: Path) -> No
             key=dept.gateway_key,
             connector=dept.name,
             body=body,
-            query_id="q-restart-01",
+            query_id=dept.qid("q-restart-01"),
             nonce=nonce,
         )
         assert replay.status_code == 401
@@ -426,44 +469,138 @@ def test_extract_answer_is_arrow_with_fixed_width_tokens(
     assert tokens == sorted(tokens)  # sorted by token: no trace of the source's order
 
 
+def _rule(dept: Department, **changes: object) -> SignedRule:
+    fields: dict[str, object] = {
+        "department": dept.name,
+        "rule_id": "monthly-income",
+        "datasets": (ApprovedDataset(dataset="wages", measures=("wage_income",), dimensions=("district",)),),
+        "units": ("person",),
+        "max_epsilon_per_query": Decimal("0.5"),
+        "analysts": (fingerprint(ALICE.public_key()),),
+        "window": WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+        "per_analyst": WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+    }
+    fields.update(changes)
+    return sign_rule(dept.approval_key, ApprovalRule.model_validate(fields))
+
+
+ALICE, MALLORY = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+NARROW = {
+    "measures": ("wage_income",),
+    "dimensions": ("district",),
+    "epsilon": Decimal("0.5"),
+    "approval": None,
+}
+
+
+def _served(dept: Department, query_id: str) -> bool:
+    state = ConnectorState(dept.directory / "state", read_only=True)
+    try:
+        return any(
+            e["entry"].get("query_id") == query_id and e["entry"].get("status") == 200
+            for e in state.log_entries()
+        )
+    finally:
+        state.close()
+
+
 def test_a_signed_rule_admits_queries_inside_it_and_only_those(
     sqlite_dept: tuple[Department, RunningConnector],
 ) -> None:
-    from connectors.protocol import ApprovalRule, ApprovedDataset, sign_rule
-
     dept, conn = sqlite_dept
-
-    def rule(**changes: object) -> object:
-        fields: dict[str, object] = {
-            "department": dept.name,
-            "rule_id": "monthly-income",
-            "datasets": (
-                ApprovedDataset(dataset="wages", measures=("wage_income",), dimensions=("district",)),
-            ),
-            "units": ("person",),
-            "max_epsilon_per_query": Decimal("0.5"),
-            "analysts": ("alice",),
-        }
-        fields.update(changes)
-        return sign_rule(dept.approval_key, ApprovalRule.model_validate(fields))
-
-    narrow = {"measures": ("wage_income",), "dimensions": ("district",), "analyst": "alice"}
-    ok = _post(dept, conn, "q-rule-00001", approval=None, rule=rule(), epsilon=Decimal("0.5"), **narrow)
+    ok = _post(dept, conn, "q-rule-00001", rule=_rule(dept), **NARROW, analyst=ALICE)
     assert ok.status_code == 200
+    now = int(time.time())
     refusals = [
-        {"rule": rule(), "epsilon": Decimal("0.75")},  # above the rule's maximum
-        {"rule": rule(), "epsilon": Decimal("0.5"), "analyst": "mallory"},  # not a named analyst
-        {"rule": rule(units=("household",)), "epsilon": Decimal("0.5")},  # another unit
-        {"rule": rule(), "epsilon": Decimal("0.5"), "measures": ("wage_income", "months_paid")},
-        {"rule": rule(expires_at=1), "epsilon": Decimal("0.5")},
+        ({"rule": _rule(dept), "epsilon": Decimal("0.75")}, ALICE),  # above the rule's maximum
+        ({"rule": _rule(dept)}, MALLORY),  # signed by an analyst the rule does not name
+        ({"rule": _rule(dept)}, None),  # signed by no analyst: the gateway's word is not enough
+        ({"rule": _rule(dept, units=("household",))}, ALICE),  # another unit
+        ({"rule": _rule(dept), "measures": ("wage_income", "months_paid")}, ALICE),
+        ({"rule": _rule(dept, issued_at=now - 100, expires_at=now - 1)}, ALICE),  # expired
+        ({"rule": _rule(dept, analysts=("*",))}, ALICE),  # "*" and the department did not opt in
     ]
-    for i, change in enumerate(refusals):
-        fields = {**narrow, **change}
-        r = _post(dept, conn, f"q-rule-1000{i}", approval=None, **fields)
+    for i, (change, analyst) in enumerate(refusals):
+        query_id = f"q-rule-1000{i}"
+        r = _post(dept, conn, query_id, **{**NARROW, **change, "analyst": analyst})
         assert r.status_code == 403 and r.json()["error"] == "not_approved", change
-    forged = sign_rule(Ed25519PrivateKey.generate(), rule().rule)  # type: ignore[attr-defined]
-    r = _post(dept, conn, "q-rule-20000", approval=None, rule=forged, epsilon=Decimal("0.5"), **narrow)
+        assert not _served(dept, query_id)
+    # Alice's signature of one query does not carry over to another, nor to another digest.
+    r = _post(
+        dept,
+        conn,
+        "q-rule-20001",
+        rule=_rule(dept),
+        **NARROW,
+        analyst=ALICE,
+        analyst_signature=dept.request(
+            "q-rule-00001", rule=_rule(dept), **NARROW, analyst=ALICE
+        ).analyst_signature,
+    )
+    assert r.status_code == 403 and "analyst's signature" in r.json()["message"]
+    forged = sign_rule(Ed25519PrivateKey.generate(), _rule(dept).rule)
+    r = _post(dept, conn, "q-rule-20000", rule=forged, **NARROW, analyst=ALICE)
     assert r.status_code == 403
+
+
+def _revoke(
+    dept: Department,
+    conn: RunningConnector,
+    revocation: Revocation,
+    *,
+    key: Ed25519PrivateKey | None = None,
+    admin_key: str | None = None,
+) -> httpx.Response:
+    signed = sign_revocation(key or dept.approval_key, revocation)
+    return httpx.post(
+        conn.url + "/v1/admin/revocations",
+        content=signed.model_dump_json(),
+        headers={"authorization": f"Bearer {admin_key or dept.admin_key}"},
+    )
+
+
+def test_a_rule_revoked_at_the_connector_opens_nothing_whatever_the_gateway_sends(
+    sqlite_dept: tuple[Department, RunningConnector],
+) -> None:
+    dept, conn = sqlite_dept
+    issued = int(time.time()) - 60
+    rule = _rule(dept, rule_id="revoke-me", issued_at=issued)
+    revocation = Revocation(
+        department=dept.name, rule_id="revoke-me", issued_at=issued + 1, reason="narrowed"
+    )
+    # Only the department's admin, with the department's own signature, revokes; each refusal holds nothing.
+    assert _revoke(dept, conn, revocation, admin_key="not-the-admin-key").status_code == 401
+    assert _revoke(dept, conn, revocation, key=Ed25519PrivateKey.generate()).status_code == 403
+    other = revocation.model_copy(update={"department": "social"})
+    assert _revoke(dept, conn, other).status_code == 403
+    listed = httpx.get(
+        conn.url + "/v1/admin/revocations", headers={"authorization": f"Bearer {dept.admin_key}"}
+    )
+    assert listed.json()["revocations"] == []
+    assert httpx.get(conn.url + "/v1/admin/revocations").status_code == 401
+    # Revoked: the rule, still validly signed and forwarded by the gateway, opens nothing.
+    r = _revoke(dept, conn, revocation)
+    assert r.status_code == 201 and r.json()["new"] is True
+    assert _revoke(dept, conn, revocation).json()["new"] is False  # the same again holds nothing new
+    r = _post(dept, conn, "q-revk-00001", rule=rule, **NARROW, analyst=ALICE)
+    assert r.status_code == 403 and "revoked" in r.json()["message"]
+    assert not _served(dept, "q-revk-00001")
+    # A replacement the department signs after the revocation is in force.
+    newer = _rule(dept, rule_id="revoke-me", issued_at=issued + 2, replaces=rule.rule.digest())
+    r = _post(dept, conn, "q-revk-00002", rule=newer, **NARROW, analyst=ALICE)
+    assert r.status_code == 200, r.text
+    # A revocation naming one version's digest revokes that version only.
+    exact = Revocation(
+        department=dept.name, rule_id="revoke-me", rule_digest=newer.rule.digest(), issued_at=issued
+    )
+    assert _revoke(dept, conn, exact).status_code == 201
+    r = _post(dept, conn, "q-revk-00003", rule=newer, **NARROW, analyst=ALICE)
+    assert r.status_code == 403
+    # The connector's own log holds each revocation, chained.
+    state = ConnectorState(dept.directory / "state", read_only=True)
+    kinds = [e["entry"]["kind"] for e in state.log_entries()]
+    assert kinds.count("rule_revoked") == 2
+    state.verify_log()
 
 
 # --- a baseline period in one extract
@@ -481,35 +618,31 @@ def baseline_dept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[De
     conn.stop()
 
 
+HOUSEHOLD = {"unit": "household", "dimensions": ()}
+"""A baseline belongs to a household query with a measure: the wages, with no person attribute."""
+
+
 def _period_approval(
-    dept: Department, query_id: str, baseline: tuple[str, str] | None = ("2025-01", "2025-06")
+    dept: Department,
+    label: str,
+    baseline: tuple[str, str] | None = ("2025-01", "2025-06"),
+    *,
+    asked: tuple[str, str] | None = ("2025-01", "2025-06"),
 ) -> SignedApproval:
-    """The department's approval of the second half of 2025, with the baseline it states (if any)."""
-    approval = Approval(
-        department=dept.name,
-        query_id=query_id,
-        query_digest=sha256_hex(query_id.encode()),
-        unit=Unit.PERSON,
-        baseline_start=baseline[0] if baseline else None,
-        baseline_end=baseline[1] if baseline else None,
-        datasets=(
-            ApprovedDataset(
-                dataset="wages",
-                measures=("wage_income", "months_paid"),
-                dimensions=("district", "sex", "birth_year_band"),
-            ),
-        ),
-        epsilon=Decimal("0.5"),
-        **MAIN,
+    """The department's approval of the household query over the second half of 2025 with the `asked`
+    baseline, stating `baseline` (which a sound approval states as asked)."""
+    query = dept.query(label, unit="household", dimensions=(), period=("2025-07", "2025-12"), baseline=asked)
+    return dept.approval(
+        label, query=query, unit="household", dimensions=(), period=("2025-07", "2025-12"), baseline=baseline
     )
-    return sign_approval(dept.approval_key, approval)
 
 
 def test_a_baseline_stated_by_the_approval_is_served_beside_the_period(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, conn = baseline_dept
-    r = _post(dept, conn, "q-base-00001", approval=_period_approval(dept, "q-base-00001"), **MAIN, **BASELINE)
+    approval = _period_approval(dept, "q-base-00001")
+    r = _post(dept, conn, "q-base-00001", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
     assert r.status_code == 200, r.text
     rows = {x[TOKEN_COLUMN]: x for x in pa.ipc.open_stream(io.BytesIO(r.content)).read_all().to_pylist()}
     assert len(rows) == len(EXPECTED)  # A and C were paid only in the baseline, and still appear
@@ -523,14 +656,15 @@ def test_a_baseline_the_approval_does_not_state_is_refused(
 ) -> None:
     dept, conn = baseline_dept
     cases = [
-        (_period_approval(dept, "q-base-00002", baseline=None), BASELINE),  # approved without one
-        (_period_approval(dept, "q-base-00003", baseline=("2025-01", "2025-03")), BASELINE),  # another one
-        (_period_approval(dept, "q-base-00004"), {}),  # approved with one, asked without
+        ("q-base-00002", None, BASELINE),  # approved without one
+        ("q-base-00003", ("2025-01", "2025-03"), BASELINE),  # another one
+        ("q-base-00004", ("2025-01", "2025-06"), {}),  # approved with one, asked without
     ]
-    for signed, baseline in cases:
-        query_id = signed.approval.query_id
-        r = _post(dept, conn, query_id, approval=signed, **MAIN, **baseline)
-        assert r.status_code == 403 and r.json()["error"] == "not_approved", query_id
+    for label, stated, baseline in cases:
+        asked = (baseline["baseline_start"], baseline["baseline_end"]) if baseline else None
+        signed = _period_approval(dept, label, stated, asked=asked)
+        r = _post(dept, conn, label, approval=signed, **HOUSEHOLD, **MAIN, **baseline)
+        assert r.status_code == 403 and r.json()["error"] == "not_approved", label
         assert "baseline" in r.json()["message"]
 
 
@@ -540,9 +674,11 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         department=dept.name,
         rule_id="with-baseline",
         datasets=(ApprovedDataset(dataset="wages", measures=("wage_income",)),),
-        units=(Unit.PERSON,),
+        units=(Unit.HOUSEHOLD,),
         max_epsilon_per_query=Decimal("0.5"),
-        analysts=("*",),
+        analysts=(fingerprint(ALICE.public_key()),),
+        window=WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
+        per_analyst=WindowLimits(max_queries=100, max_epsilon=Decimal(3)),
     )
     r = _post(
         dept,
@@ -550,9 +686,10 @@ def test_a_rule_covers_any_baseline(baseline_dept: tuple[Department, RunningConn
         "q-base-00005",
         approval=None,
         rule=sign_rule(dept.approval_key, rule),
+        analyst=ALICE,
         epsilon=Decimal("0.5"),
         measures=("wage_income",),
-        dimensions=(),
+        **HOUSEHOLD,
         **MAIN,
         **BASELINE,
     )
@@ -565,7 +702,8 @@ def test_a_baseline_overlapping_the_period_is_invalid(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, conn = baseline_dept
-    good = dept.request("q-base-00006", approval=_period_approval(dept, "q-base-00006"), **MAIN, **BASELINE)
+    approval = _period_approval(dept, "q-base-00006")
+    good = dept.request("q-base-00006", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
     for baseline in (
         {"baseline_start": "2025-01", "baseline_end": "2025-07"},  # overlaps the period's first month
         {"baseline_start": "2026-01", "baseline_end": "2026-06"},  # after the period
@@ -604,41 +742,49 @@ def test_a_baseline_needs_a_dataset_with_a_period(tmp_path: Path) -> None:
     conn = start_connector(dept.config_path)
     try:
         signed = _period_approval(dept, "q-base-00007")
-        r = _post(dept, conn, "q-base-00007", approval=signed, **MAIN, **BASELINE)
-        assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+        r = _post(dept, conn, "q-base-00007", approval=signed, **HOUSEHOLD, **MAIN, **BASELINE)
+        assert r.status_code == 403 and r.json()["error"] == "not_in_plan"
         assert "period" in r.json()["message"]
-        plain = _period_approval(dept, "q-base-00008", baseline=None)
-        assert _post(dept, conn, "q-base-00008", approval=plain, **MAIN).status_code == 200
+        plain = _period_approval(dept, "q-base-00008", baseline=None, asked=None)
+        assert _post(dept, conn, "q-base-00008", approval=plain, **HOUSEHOLD, **MAIN).status_code == 200
     finally:
         conn.stop()
 
 
-def test_another_baseline_is_another_request_for_the_served_once_check(
+def test_another_baseline_is_another_query(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, conn = baseline_dept
-    first = _post(
-        dept, conn, "q-base-00009", approval=_period_approval(dept, "q-base-00009"), **MAIN, **BASELINE
-    )
+    approval = _period_approval(dept, "q-base-00009")
+    first = _post(dept, conn, "q-base-00009", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
     assert first.status_code == 200
-    # The department signed a second approval for the same query with a shorter baseline.
-    shorter = _period_approval(dept, "q-base-00009", baseline=("2025-04", "2025-06"))
-    again = _post(
-        dept, conn, "q-base-00009", approval=shorter, **MAIN, baseline_start="2025-04", baseline_end="2025-06"
+    # The same query asked with a shorter baseline is not the query the request carries.
+    shorter = {"baseline_start": "2025-04", "baseline_end": "2025-06"}
+    query = dept.query(
+        "q-base-00009",
+        unit="household",
+        dimensions=(),
+        period=("2025-07", "2025-12"),
+        baseline=BASELINE_RANGE,
     )
-    assert again.status_code == 403 and again.json()["error"] == "already_served"
+    again = _post(dept, conn, "q-base-00009", approval=approval, query=query, **HOUSEHOLD, **MAIN, **shorter)
+    assert again.status_code == 403 and again.json()["error"] == "query_mismatch"
 
 
-# A known approval and its signature under a fixed key, made before approvals had baseline fields:
-# approvals without a baseline must keep these exact signed bytes, or every stored approval breaks.
+BASELINE_RANGE = ("2025-01", "2025-06")
+
+
+# A known fedgate-approval/2 approval and its signature under a fixed key: without a baseline the signed
+# bytes carry no baseline field, and they always carry the issue time and the (default, 14-day) expiry.
 _KNOWN_KEY = bytes(range(32))
 _KNOWN_BYTES = (
-    b'fedgate-approval/1\n{"datasets":[{"dataset":"wages","dimensions":[],"measures":["wage_income"]}],'
-    b'"department":"tax","epsilon":"0.25","expires_at":null,"period_end":"2025-12","period_start":"2025-01",'
+    b'fedgate-approval/2\n{"datasets":[{"dataset":"wages","dimensions":[],"measures":["wage_income"]}],'
+    b'"department":"tax","epsilon":"0.25","expires_at":1801209600,"issued_at":1800000000,'
+    b'"period_end":"2025-12","period_start":"2025-01",'
     b'"query_digest":"' + b"a" * 64 + b'","query_id":"q-proto-0001","unit":"household",'
-    b'"version":"fedgate-approval/1"}'
+    b'"version":"fedgate-approval/2"}'
 )
-_KNOWN_SIGNATURE = "Wh7y1Kt/sUyftZS4W8iGHsEyv6Jw9Lq1tUlPv9cAMcq1T28yDJBQwvzuz+p5QByl1T8NQqKa9/sYjMoIcUy3Dw=="
+_KNOWN_SIGNATURE = "gbiT4d3XLatNKcj5/dTt6TweH7XFI2CKTdFNp5E6G3IJkgXACsr0zWGyfBbF9U3pO77Qp58UEnSmOkpPzAz/Aw=="
 
 
 def test_approvals_without_a_baseline_keep_their_signed_bytes() -> None:
@@ -654,6 +800,7 @@ def test_approvals_without_a_baseline_keep_their_signed_bytes() -> None:
         period_end="2025-12",
         datasets=(ApprovedDataset(dataset="wages", measures=("wage_income",)),),
         epsilon=Decimal("0.25"),
+        issued_at=1_800_000_000,
     )
     assert approval.signing_bytes() == _KNOWN_BYTES and b"baseline" not in approval.signing_bytes()
     known = SignedApproval(
@@ -672,11 +819,12 @@ def test_requests_without_a_baseline_carry_no_baseline_field(
     baseline_dept: tuple[Department, RunningConnector],
 ) -> None:
     dept, _conn = baseline_dept
-    assert b"baseline" not in dept.request("q-base-00010").body()
-    with_base = dept.request(
-        "q-base-00011", approval=_period_approval(dept, "q-base-00011"), **MAIN, **BASELINE
-    )
-    assert with_base.body().count(b'"baseline_start":"2025-01"') == 2  # the request's and the approval's
+    assert b"baseline_" not in dept.request("q-base-00010").body()
+    approval = _period_approval(dept, "q-base-00011")
+    with_base = dept.request("q-base-00011", approval=approval, **HOUSEHOLD, **MAIN, **BASELINE)
+    # the request's, the approval's and the carried query's
+    assert with_base.body().count(b'"baseline_start":"2025-01"') == 2
+    assert with_base.body().count(b'"period_start":"2025-01"') == 1
 
 
 def test_a_body_above_the_limit_is_413_before_its_signature_is_checked(
@@ -692,7 +840,7 @@ def test_a_body_above_the_limit_is_413_before_its_signature_is_checked(
         key=dept.gateway_key,
         connector=dept.name,
         body=too_large,
-        query_id="q-big-01",
+        query_id=dept.qid("q-big-01"),
     )
     unsigned = httpx.post(conn.url + "/v1/extract", content=too_large, timeout=30)
 
@@ -743,7 +891,7 @@ def test_a_source_failure_shows_its_cause_to_the_department_only(
             conn.url + "/v1/quality", headers={"authorization": f"Bearer {dept.admin_key}"}
         ).json()
         failure = state_report["recent_failures"][0]
-        assert failure["dataset"] == "wages" and failure["query_id"] == "q-fail-00001"
+        assert failure["dataset"] == "wages" and failure["query_id"] == dept.qid("q-fail-00001")
         assert failure["cause"] == "permission_denied"
         assert failure["error_class"] == "psycopg.InsufficientPrivilege"
         assert "wages" in failure["detail"] and "GRANT" in failure["fix"].upper()

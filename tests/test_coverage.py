@@ -11,12 +11,24 @@ import pytest
 from aggregation.planner import ExtractPlan, Plan
 from aggregation.query import Baseline, Measure, QuerySpec, Statistic, StatisticKind, Term
 from connectors.coverage import Asked, NotCovered, check_cover
-from connectors.protocol import Approval, ApprovalRule, ApprovedDataset, SignedApproval
+from connectors.protocol import (
+    DEFAULT_APPROVAL_SECONDS,
+    DEFAULT_RULE_SECONDS,
+    MAX_APPROVAL_SECONDS,
+    MAX_RULE_SECONDS,
+    Approval,
+    ApprovalRule,
+    ApprovedDataset,
+    SignedApproval,
+    WindowLimits,
+)
 from connectors.vocabulary import Unit
 from gateway.federation import extract_request
 from gateway.queries import asked_of
 
 NOW = 1_800_000_000.0
+ISSUED = int(NOW) - 3_600
+ANA, BO = "a" * 64, "b" * 64  # analysts' key fingerprints
 
 
 def _query() -> QuerySpec:
@@ -30,6 +42,7 @@ def _query() -> QuerySpec:
         group_by=("household.income_trend",),
         statistics=(Statistic(kind=StatisticKind.COUNT),),
         epsilon=Decimal("0.5"),
+        analyst_key=ANA,
     )
 
 
@@ -49,7 +62,7 @@ def _asked(**changes: Any) -> Asked:
         departments=("tax",),
         unit_multiplicity=1,
     )
-    asked = asked_of(q, "ana", plan, "tax")
+    asked = asked_of(q, plan, "tax")
     return Asked(**{**asked.__dict__, **changes})
 
 
@@ -66,6 +79,7 @@ def _approval(**changes: Any) -> Approval:
         "baseline_end": "2024-12",
         "datasets": (ApprovedDataset(dataset="wages", measures=("wage",)),),
         "epsilon": Decimal("0.5"),
+        "issued_at": ISSUED,
     }
     return Approval(**{**fields, **changes})
 
@@ -77,7 +91,10 @@ def _rule(**changes: Any) -> ApprovalRule:
         "datasets": (ApprovedDataset(dataset="wages", measures=("wage",)),),
         "units": (Unit.HOUSEHOLD,),
         "max_epsilon_per_query": Decimal(1),
-        "analysts": ("ana",),
+        "analysts": (ANA,),
+        "window": WindowLimits(max_queries=10, max_epsilon=Decimal(5)),
+        "per_analyst": WindowLimits(max_queries=10, max_epsilon=Decimal(5)),
+        "issued_at": ISSUED,
     }
     return ApprovalRule(**{**fields, **changes})
 
@@ -86,6 +103,21 @@ def test_a_matching_approval_and_rule_cover_the_query() -> None:
     check_cover(_approval(), _asked(), now=NOW)
     check_cover(_rule(), _asked(), now=NOW)
     check_cover(_rule(analysts=("*",), expires_at=int(NOW) + 1), _asked(analyst=None), now=NOW)
+    # Unset, the expiry is the short default after issue, and it is always signed.
+    assert _approval().expires_at == ISSUED + DEFAULT_APPROVAL_SECONDS
+    assert _rule().expires_at == ISSUED + DEFAULT_RULE_SECONDS
+    assert b'"expires_at"' in _approval().signing_bytes() and b'"expires_at"' in _rule().signing_bytes()
+
+
+@pytest.mark.parametrize(
+    ("build", "maximum"),
+    [(_approval, MAX_APPROVAL_SECONDS), (_rule, MAX_RULE_SECONDS)],
+)
+def test_an_expiry_beyond_the_maximum_or_before_issue_is_refused(build: Any, maximum: int) -> None:
+    build(expires_at=ISSUED + maximum)
+    for expires_at in (ISSUED + maximum + 1, ISSUED, ISSUED - 1):
+        with pytest.raises(ValueError, match=r"expires before it is issued|may last at most"):
+            build(expires_at=expires_at)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +125,8 @@ def test_a_matching_approval_and_rule_cover_the_query() -> None:
     [
         (_approval(department="social"), "another department's"),
         (_approval(query_digest="0" * 64), "another query"),
-        (_approval(expires_at=int(NOW) - 1), "expired"),
+        (_approval(expires_at=int(NOW) - 1, issued_at=int(NOW) - 10), "expired"),
+        (_approval(issued_at=int(NOW) + 3_600), "issued in the future"),
         (_approval(unit=Unit.PERSON), "another unit"),
         (_approval(period_end="2025-11"), "another period range"),
         (_approval(baseline_start=None, baseline_end=None), "another baseline"),
@@ -101,9 +134,10 @@ def test_a_matching_approval_and_rule_cover_the_query() -> None:
         (_approval(datasets=(ApprovedDataset(dataset="pensions", measures=("wage",)),)), "dataset wages"),
         (_approval(datasets=(ApprovedDataset(dataset="wages"),)), "fields"),
         (_rule(department="social"), "another department's"),
-        (_rule(expires_at=int(NOW) - 1), "expired"),
+        (_rule(expires_at=int(NOW) - 1, issued_at=int(NOW) - 10), "expired"),
+        (_rule(issued_at=int(NOW) + 3_600), "issued in the future"),
         (_rule(units=(Unit.PERSON,)), "household queries"),
-        (_rule(analysts=("bo",)), "analyst"),
+        (_rule(analysts=(BO,)), "analyst"),
         (_rule(max_epsilon_per_query=Decimal("0.4")), "maximum per query"),
         (_rule(datasets=(ApprovedDataset(dataset="wages", dimensions=("sex",)),)), "fields"),
     ],
@@ -119,5 +153,12 @@ def test_each_way_of_not_covering_is_refused_with_its_reason(
 def test_the_gateway_asks_what_the_connector_checks_again() -> None:
     q = _query()
     signed = SignedApproval(approval=_approval(), key_fingerprint="0" * 64, signature="")
-    request = extract_request(PART, q, signed, epoch=1, analyst="ana")
-    assert Asked.of_request(request, "tax") == _asked()
+    request = extract_request(PART, q, signed, epoch=1)
+    # The connector's analyst is the fingerprint whose signature it verified, never a gateway's word.
+    assert Asked.of_request(request, "tax", ANA) == _asked()
+
+
+def test_a_rule_names_analysts_by_key_fingerprint_only() -> None:
+    with pytest.raises(ValueError, match="fingerprint"):
+        _rule(analysts=("analyst",))
+    assert _rule(analysts=("*",)).admits(None) and not _rule().admits(None) and _rule().admits(ANA)

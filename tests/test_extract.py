@@ -124,20 +124,27 @@ def _by_nid(dept: Department, query_id: str, table: pa.Table) -> dict[str, dict[
     """The rows of an extract keyed by the normalised ID whose token they carry (known IDs only)."""
     keyring = load_keyring(dept.keyring_path)
     tok = keyring.tokenizer(
-        epoch=keyring.current_epoch, suite=TokenSpec(epoch=0).suite, entity_kind="person", query_id=query_id
+        epoch=keyring.current_epoch,
+        suite=TokenSpec(epoch=0).suite,
+        entity_kind="person",
+        query_id=dept.qid(query_id),
     )
     rows = {r[TOKEN_COLUMN]: r for r in table.to_pylist()}
     return {nid: rows[tok.token(nid)] for nid in EXPECTED if tok.token(nid) in rows}
 
 
 def test_a_baseline_carries_both_periods_as_two_separate_extracts_would(dept: Department) -> None:
+    # The extractor alone, in process: one query's tokens for three roll-ups (the service would serve
+    # only the one its plan of the query needs).
     query_id = "q-unit-base1"
-    main = _extract(dept, dept.request(query_id, period_start="2025-07", period_end="2025-12"))
-    base = _extract(dept, dept.request(query_id, period_start="2025-01", period_end="2025-06"))
+    one = {"query": dept.query(query_id)}
+    main = _extract(dept, dept.request(query_id, period_start="2025-07", period_end="2025-12", **one))
+    base = _extract(dept, dept.request(query_id, period_start="2025-01", period_end="2025-06", **one))
     both = _extract(
         dept,
         dept.request(
             query_id,
+            **one,
             period_start="2025-07",
             period_end="2025-12",
             baseline_start="2025-01",
@@ -183,6 +190,7 @@ def test_a_baseline_carries_both_periods_as_two_separate_extracts_would(dept: De
 def test_a_baseline_counts_quality_per_roll_up(dept: Department) -> None:
     req = dept.request(
         "q-unit-base2",
+        query=dept.query("q-unit-base2"),
         period_start="2025-01",
         period_end="2025-03",
         baseline_start="2024-01",
@@ -196,7 +204,12 @@ def test_a_baseline_counts_quality_per_roll_up(dept: Department) -> None:
 
 
 def test_without_measures_a_baseline_changes_nothing(dept: Department) -> None:
-    period = {"period_start": "2025-07", "period_end": "2025-12", "measures": ()}
+    period = {
+        "period_start": "2025-07",
+        "period_end": "2025-12",
+        "measures": (),
+        "query": dept.query("base3"),
+    }
     plain = _extract(dept, dept.request("q-unit-base3", **period)).table
     with_base = _extract(
         dept,

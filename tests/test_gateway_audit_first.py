@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from county_fixture import headline_query
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbservers import postgres_url  # noqa: F401 (fixture)
 from fastapi.testclient import TestClient
 
@@ -32,7 +33,10 @@ from connectors.protocol import (
     ApprovalRule,
     ApprovedDataset,
     canonical_json,
+    fingerprint,
     load_private_key,
+    private_key_pem,
+    public_key_text,
     sha256_hex,
     sign_approval,
     sign_rule,
@@ -110,9 +114,18 @@ class Fed:
     keys: dict[str, str]
     connectors: dict[str, SimpleNamespace]
     transport: _Connectors
+    analyst_keys: dict[str, bytes]
 
     def client(self, who: str) -> GatewayClient:
-        return GatewayClient("http://testserver", self.keys[who], transport=_Through(self.http))
+        return GatewayClient(
+            "http://testserver",
+            self.keys[who],
+            transport=_Through(self.http),
+            analyst_key=self.analyst_keys.get(who),
+        )
+
+    def analyst_fingerprint(self, who: str) -> str:
+        return fingerprint(load_private_key(self.analyst_keys[who]).public_key())
 
     def approval_key(self, department: str) -> bytes:
         return (self.county / "keys" / f"{department}-approval.key").read_bytes()
@@ -155,7 +168,8 @@ def fed(tmp_path: Path, county: Path) -> Iterator[Fed]:
         _, keys[name] = create_principal(ctx.engine, role=role, name=name, department=dept)
     http = TestClient(create_app(ctx), raise_server_exceptions=False)
     urls = {n: SimpleNamespace(url=f"http://{n}.fed.test") for n in CONNECTORS}
-    federation = Fed(county, ctx, http, keys, urls, transport)
+    analyst_keys = {n: private_key_pem(Ed25519PrivateKey.generate()) for n in ("analyst", "other-analyst")}
+    federation = Fed(county, ctx, http, keys, urls, transport, analyst_keys)
     register_everything(federation, groups=False)  # type: ignore[arg-type]
     yield federation
     ctx.engine.dispose()
@@ -201,7 +215,9 @@ def _signed_rule(fed: Fed, department: str, rule_id: str) -> dict[str, Any]:
             "datasets": [{"dataset": "wages", "measures": ["wage_income"]}],
             "units": ["person"],
             "max_epsilon_per_query": "0.5",
-            "analysts": ["analyst"],
+            "analysts": [fed.analyst_fingerprint("analyst")],
+            "window": {"max_queries": 10, "max_epsilon": "5"},
+            "per_analyst": {"max_queries": 10, "max_epsilon": "5"},
         }
     )
     return sign_rule(load_private_key(fed.approval_key(department)), rule).model_dump(mode="json")
@@ -213,11 +229,8 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
     http = fed.http
     # Queries in every state a mutating route acts on: one approved by the rules, two waiting for
     # departments (the rules cover only "analyst"), and the tax connector's registration to repeat.
-    approved = http.post(
-        "/v1/queries",
-        json=_query("Bands by village, ready to run").model_dump(mode="json"),
-        headers=fed.as_("analyst"),
-    ).json()
+    with fed.client("analyst") as analyst:  # signed with the analyst's own key, which the rules name
+        approved = analyst.submit(_query("Bands by village, ready to run"))
     assert approved["state"] == "approved"
     waiting = http.post(
         "/v1/queries",
@@ -249,6 +262,11 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         ),
         ("POST", "/v1/queries/{query_id}/approvals"): ("tax", _signed_approval(fed, waiting, "tax")),
         ("POST", "/v1/queries/{query_id}/rejections"): ("civil", {"reason": "not for this purpose"}),
+        ("POST", "/v1/analysts/{analyst}/keys"): (
+            "operator",
+            {"public_key": public_key_text(Ed25519PrivateKey.generate().public_key())},
+        ),
+        ("DELETE", "/v1/analysts/keys/{fingerprint}"): ("operator", None),
         ("POST", "/v1/rules"): ("tax", _signed_rule(fed, "tax", "tax-narrow")),
         ("DELETE", "/v1/rules/{rule_id}"): ("tax", None),
         ("PUT", "/v1/budget/quotas/{analyst}"): ("operator", {"epsilon": "3"}),
@@ -298,6 +316,7 @@ def test_with_the_audit_store_refusing_writes_every_mutating_route_is_503_and_ch
         "{rule_id}": "tax-tests",
         "{analyst}": "analyst",
         "{dataset}": "tax.wages",
+        "{fingerprint}": fed.analyst_fingerprint("analyst"),
     }
     # A checkpoint of the head as it will stay: signing one again stores nothing new.
     assert fed.ctx.checkpointer is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -31,7 +32,9 @@ GATEWAY_TABLES = {
     "connector_versions",
     "queries",
     "approvals",
-    "rules",
+    "rule_versions",
+    "analyst_keys",
+    "query_signatures",
     "audit_simple",
 }
 
@@ -253,3 +256,28 @@ def test_revisions_form_one_line_from_0001() -> None:
     assert len(script.get_heads()) == 1
     revisions = list(script.walk_revisions())
     assert revisions[-1].revision == "0001" and revisions[-1].down_revision is None
+
+
+def test_revision_0009_keeps_each_rule_as_version_one_of_its_department(tmp_path: Path) -> None:
+    """A rule stored before rules had versions becomes version 1 of (department, rule id), same bytes."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'gateway.sqlite3'}")
+    config = alembic_config()
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0006")
+            conn.execute(
+                sa.text(
+                    "INSERT INTO rules (id, department, signed_json, created_by, created_at) "
+                    "VALUES ('tax-std', 'tax', '{\"rule\": 1}', 'tax-admin', '2026-01-01 00:00:00')"
+                )
+            )
+            command.upgrade(config, "head")
+            rows = conn.execute(
+                sa.text("SELECT department, rule_id, version, signed_json, signed_digest FROM rule_versions")
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            ("tax", "tax-std", 1, '{"rule": 1}', hashlib.sha256(b'{"rule": 1}').hexdigest())
+        ]
+    finally:
+        engine.dispose()

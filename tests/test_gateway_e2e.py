@@ -24,6 +24,7 @@ from connectors.protocol import (
     ErrorCode,
     ExtractRequest,
     TokenSpec,
+    WindowLimits,
     load_private_key,
     public_key_text,
     sign_approval,
@@ -118,10 +119,10 @@ def test_role_matrix(fed: Federation) -> None:
     # A department admin cannot approve for another department, nor with another department's key.
     with fed.client("tax") as tax_admin:
         with pytest.raises(GatewayError) as err:
-            tax_admin.approve(qid, fed.approval_key("tax"), "social")
+            tax_admin.approve(qid, fed.approval_key("tax"), "social", schemas=fed.schemas("social"))
         assert err.value.status == 403
         with pytest.raises(GatewayError) as err:
-            tax_admin.approve(qid, fed.approval_key("social"), "tax")
+            tax_admin.approve(qid, fed.approval_key("social"), "tax", schemas=fed.schemas("tax"))
         assert err.value.code == "not_approved"
     # An auditor cannot run or submit queries.
     with fed.client("auditor") as auditor:
@@ -136,7 +137,7 @@ def test_role_matrix(fed: Federation) -> None:
     # Every department approves with its own key: the query becomes approved and runs.
     for dept in view["departments"]:
         with fed.client(dept) as admin:
-            view = admin.approve(qid, fed.approval_key(dept), dept)
+            view = admin.approve(qid, fed.approval_key(dept), dept, schemas=fed.schemas(dept))
     assert view["state"] == "approved"
     assert set(view["covered_by"].values()) == {"approval"}
     with fed.client("other-analyst") as other:
@@ -309,6 +310,7 @@ def test_a_department_admin_cannot_take_over_another_departments_rule(fed: Feder
                 datasets=[scope],
                 units=("person",),
                 max_epsilon_per_query=Decimal("0.1"),
+                window=WindowLimits(max_queries=10, max_epsilon=Decimal(1)),
             )
         assert err.value.status == 403 and err.value.field == "rule"
     # The tax bureau's rule is untouched, and still its own.
@@ -401,8 +403,22 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
         key = fed.county / "keys" / f"{dept}-approval.key"
         admin_env = {"FEDGATE_URL": fed.gateway.url, "FEDGATE_API_KEY": fed.keys[dept]}
         # The department comes from the admin's own API key (GET /v1/me).
-        approved = runner.invoke(app, ["approve", view["id"], "--key", str(key)], env=admin_env)
+        # The query is planned against the department's own connectors, shown, and signed (--yes).
+        approved = runner.invoke(
+            app,
+            [
+                "approve",
+                view["id"],
+                "--key",
+                str(key),
+                *fed.approve_args(dept),
+                "--yes",
+            ],
+            env=admin_env,
+        )
         assert approved.exit_code == 0, approved.output
+        assert "purpose" in approved.stdout
+        assert ("household mapping" in approved.stdout) == (dept == "register")
     csv_path = work / "result.csv"
     ran = runner.invoke(app, ["query", "run", view["id"], "--csv", str(csv_path)], env=env)
     assert ran.exit_code == 0, ran.output

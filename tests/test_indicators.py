@@ -462,7 +462,7 @@ def test_an_epsilon_split_adds_up_exactly(total: Decimal, weights: list[Fraction
 def test_the_year_end_pack_declares_its_split_and_charges_its_total() -> None:
     pack = PACKS["year_end"]
     groups = tuple(g.definition for g in SEED_GROUPS)
-    for epsilon in (Decimal(1), Decimal("0.7"), Decimal("0.123457")):
+    for epsilon in (Decimal(1), Decimal("0.7"), Decimal("0.523457")):
         members = pack.params(period="2025-12", epsilon=epsilon, analyst="ana", groups=groups)
         assert sum((p.epsilon for _, p in members), Decimal(0)) == epsilon
         queries = [q for t, p in members for q in t.queries(p, CONFIG)]
@@ -473,6 +473,9 @@ def test_the_year_end_pack_declares_its_split_and_charges_its_total() -> None:
     assert periods["early_warning"] == ("2025-10", "2025-12")
     with pytest.raises(IndicatorError):
         pack.params(period="2025-12", epsilon=Decimal("0.000005"), analyst="ana", groups=groups)
+    # No release of the pack may fall below the public minimum epsilon of one query.
+    with pytest.raises(IndicatorError, match="public minimum"):
+        pack.params(period="2025-12", epsilon=Decimal("0.123457"), analyst="ana", groups=groups)
 
 
 def test_periods_and_the_default_earlier_period() -> None:

@@ -46,6 +46,9 @@ RULES = (
         only=frozenset(
             {
                 "connectors.vocabulary",
+                "connectors.canonical",
+                "connectors.query",
+                "connectors.query_scope",
                 "connectors.protocol",
                 "connectors.coverage",
                 "connectors.config",
@@ -64,11 +67,35 @@ RULES = (
     Rule(
         "aggregation",
         "connectors",
-        only=frozenset({"connectors.vocabulary", "connectors.protocol", "connectors.config"}),
+        only=frozenset(
+            {
+                "connectors.vocabulary",
+                "connectors.canonical",
+                "connectors.query",
+                "connectors.query_scope",
+                "connectors.protocol",
+                "connectors.config",
+            }
+        ),
     ),
-    # The shared vocabulary is a leaf, and the wire protocol does not depend on a connector's configuration.
+    # The shared vocabulary and canonical bytes are leaves, the query model needs only them, and the wire
+    # protocol does not depend on a connector's configuration.
     Rule("connectors.vocabulary", "connectors"),
-    Rule("connectors.protocol", "connectors", only=frozenset({"connectors.vocabulary"})),
+    Rule("connectors.canonical", "connectors"),
+    Rule("connectors.query", "connectors", only=frozenset({"connectors.vocabulary", "connectors.canonical"})),
+    Rule(
+        "connectors.protocol",
+        "connectors",
+        only=frozenset({"connectors.vocabulary", "connectors.canonical", "connectors.query"}),
+    ),
+    # What a query needs of a department is planned from the wire's models alone (no configuration).
+    Rule(
+        "connectors.query_scope",
+        "connectors",
+        only=frozenset(
+            {"connectors.vocabulary", "connectors.canonical", "connectors.query", "connectors.protocol"}
+        ),
+    ),
     # A department installs connectors/ alone.
     Rule("connectors", "gateway"),
     Rule("connectors", "aggregation"),

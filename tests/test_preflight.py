@@ -26,10 +26,12 @@ from connectors.protocol import (
     fingerprint,
     load_private_key,
     private_key_pem,
+    sign_approval,
 )
 from connectors.service import budget_window
 from connectors.state import ConnectorState
 from gateway import db
+from gateway.approval_plan import own_schema
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient, GatewayError
 from gateway.dev.process import start_gateway
@@ -77,7 +79,13 @@ def test_a_ready_preflight_is_signed_and_counts_nothing(
         # Served now: the identical preflight is ready (a retry would replay), a different one is not.
         client.preflight(_preflight(dept, "q-preflight-1"))
         with pytest.raises(ConnectorCallError) as err:
-            client.preflight(_preflight(dept, "q-preflight-1", measures=("wage_income",)))
+            # The same query and dataset, another request: under a second approval the department signed.
+            signed = dept.request("q-preflight-1").approval
+            assert signed is not None
+            later = signed.approval.model_copy(update={"issued_at": signed.approval.issued_at + 1})
+            client.preflight(
+                _preflight(dept, "q-preflight-1", approval=sign_approval(dept.approval_key, later))
+            )
         assert (err.value.status, err.value.code) == (403, "already_served")
 
 
@@ -96,7 +104,12 @@ def test_preflight_refuses_what_the_extract_would_refuse(
     # A preflight body is never an extract: extracts forbid its `kind`.
     body = _preflight(dept, "q-preflight-4").body()
     r = signed_call(
-        conn.url, "/v1/extract", key=dept.gateway_key, connector="tax", body=body, query_id="q-preflight-4"
+        conn.url,
+        "/v1/extract",
+        key=dept.gateway_key,
+        connector="tax",
+        body=body,
+        query_id=dept.qid("q-preflight-4"),
     )
     assert r.status_code == 422
     assert _spent(dept) == 0
@@ -181,10 +194,19 @@ def make_register(directory: Path, tax: Department) -> Department:
     return register
 
 
-def _approve_all(gateway: RunningConnector, keys: dict[str, str], qid: str, depts: list[Department]) -> None:
-    for d in depts:
+def _approve_all(
+    gateway: RunningConnector,
+    keys: dict[str, str],
+    qid: str,
+    depts: list[Department],
+    conns: list[RunningConnector],
+) -> None:
+    """Each department plans the query against its own connector's schema and signs that."""
+    for d, conn in zip(depts, conns, strict=True):
         with GatewayClient(gateway.url, keys[d.name]) as admin:
-            admin.approve(qid, private_key_pem(d.approval_key), d.name)
+            admin.approve(
+                qid, private_key_pem(d.approval_key), d.name, schemas=[own_schema(conn.url, d.admin_key)]
+            )
 
 
 def _start_gateway(
@@ -236,7 +258,7 @@ def test_a_query_whose_source_breaks_reserves_nothing_and_runs_after_the_fix(
         with GatewayClient(gateway.url, keys["analyst"]) as analyst:
             view = analyst.submit(_wage_query("Wages paid in the county, preflight end to end"))
             qid = view["id"]
-            _approve_all(gateway, keys, qid, [dept, register])
+            _approve_all(gateway, keys, qid, [dept, register], [conn, register_conn])
             assert analyst.query(qid)["state"] == "approved"
             before = analyst.budget(["2025"])["years"][0]["remaining"]
 
@@ -300,7 +322,7 @@ def test_a_connector_misconfigured_or_failing_mid_extract(tmp_path: Path) -> Non
         )
         with GatewayClient(gateway.url, keys["analyst"]) as analyst:
             qid = analyst.submit(QuerySpec.model_validate(spec.model_dump()))["id"]
-            _approve_all(gateway, keys, qid, [tax, social, register])
+            _approve_all(gateway, keys, qid, [tax, social, register], conns)
             before = Decimal(analyst.budget(["2025"])["years"][0]["remaining"])
             with pytest.raises(GatewayError) as err:
                 analyst.run(qid)

@@ -9,8 +9,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from connectors.protocol import (
+    EPSILON_DECIMALS,
+    MIN_EPSILON,
     PROTOCOL_VERSION,
     Approval,
+    ApprovalRule,
     ApprovedDataset,
     ExtractRequest,
     SignatureError,
@@ -28,8 +31,22 @@ from connectors.protocol import (
     verify_approval,
     verify_response,
 )
+from connectors.query import Measure, QuerySpec, Statistic, StatisticKind, Term
+from connectors.vocabulary import Unit
 
 KEY = Ed25519PrivateKey.generate()
+
+
+_QUERY = QuerySpec(
+    purpose="wages of persons by district for the protocol tests",
+    unit=Unit.PERSON,
+    period_start="2025-01",
+    period_end="2025-12",
+    measure=Measure(terms=(Term(dataset="tax.wages", measure="wage_income"),), lower=0, upper=10**6),
+    statistics=(Statistic(kind=StatisticKind.SUM),),
+    epsilon=Decimal("0.25"),
+    member_cap=1,
+)
 
 
 def _approval(**changes: object) -> Approval:
@@ -133,6 +150,7 @@ def test_extract_request_validation() -> None:
         "token": TokenSpec(epoch=1),
         "approval": signed,
         "epsilon": Decimal("0.25"),
+        "query": _QUERY,
     }
     ExtractRequest.model_validate(ok)
     for bad in (
@@ -144,6 +162,8 @@ def test_extract_request_validation() -> None:
         {"surprise": 1},
         {"epsilon": Decimal("0.3")},  # differs from the approved epsilon
         {"approval": None},  # neither approval nor rule
+        {"query": None},  # fedgate/2: the query travels with the request
+        {"protocol": "fedgate/1"},  # no older version is spoken
     ):
         with pytest.raises(ValidationError):
             ExtractRequest.model_validate({**ok, **bad})
@@ -160,3 +180,57 @@ def test_small_order_public_keys_are_refused(hex_key: str) -> None:
 
     with pytest.raises(ValueError, match="small-order"):
         _check_public_key(text)
+
+
+@pytest.mark.parametrize("epsilon", ["0.009", "1E-18", "0.000000001", "0.2500000000", "-1", "1001"])
+def test_epsilon_has_a_public_floor_and_a_fixed_precision_in_every_signed_document(epsilon: str) -> None:
+    """Below MIN_EPSILON, or with more than EPSILON_DECIMALS places as written, no approval, rule or
+    request can even be built, so no connector can be asked to count one."""
+    with pytest.raises(ValidationError, match="epsilon"):
+        _approval(epsilon=Decimal(epsilon))
+    rule = {
+        "department": "tax",
+        "rule_id": "rule-0001",
+        "datasets": [{"dataset": "wages"}],
+        "units": ["person"],
+        "max_epsilon_per_query": epsilon,
+        "analysts": ["*"],
+        "window": {"max_queries": 10, "max_epsilon": "5"},
+    }
+    with pytest.raises(ValidationError, match="epsilon"):
+        ApprovalRule.model_validate(rule)
+    with pytest.raises(ValidationError, match="epsilon"):
+        ApprovalRule.model_validate(
+            {**rule, "max_epsilon_per_query": "0.5", "window": {"max_queries": 1, "max_epsilon": epsilon}}
+        )
+    with pytest.raises(ValidationError, match="epsilon"):
+        QuerySpec.model_validate({**_QUERY.model_dump(mode="json"), "epsilon": epsilon})
+    assert Decimal("0.01") == MIN_EPSILON and EPSILON_DECIMALS == 9
+    _approval(epsilon=MIN_EPSILON)  # the floor itself is allowed
+
+
+def test_a_rule_states_its_window_limits_and_per_analyst_limits_when_it_names_analysts() -> None:
+    rule = {
+        "department": "tax",
+        "rule_id": "rule-0001",
+        "datasets": [{"dataset": "wages"}],
+        "units": ["person"],
+        "max_epsilon_per_query": "0.5",
+        "analysts": ["a" * 64],
+    }
+    with pytest.raises(ValidationError, match="window"):
+        ApprovalRule.model_validate(rule)
+    with pytest.raises(ValidationError, match="per_analyst"):
+        ApprovalRule.model_validate({**rule, "window": {"max_queries": 10, "max_epsilon": "5"}})
+    with pytest.raises(ValidationError, match="above the window"):
+        ApprovalRule.model_validate(
+            {**rule, "analysts": ["*"], "window": {"max_queries": 10, "max_epsilon": "0.4"}}
+        )
+    ok = ApprovalRule.model_validate(
+        {
+            **rule,
+            "window": {"max_queries": 10, "max_epsilon": "5"},
+            "per_analyst": {"max_queries": 2, "max_epsilon": "1"},
+        }
+    )
+    assert ok.signing_bytes().startswith(b"fedgate-rule/2\n") and ok.version == "fedgate-rule/2"

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from aggregation.query import DATASET_REF, DIMENSION_REF, MemberGroup, QuerySpec, Term
+from aggregation.query import DATASET_REF, DIMENSION_REF, MIN_EPSILON_PER_QUERY, MemberGroup, QuerySpec, Term
 from connectors.protocol import Period
 
 EPSILON_PLACES = Decimal("0.000001")
@@ -345,7 +345,7 @@ def split_epsilon(total: Decimal, weights: Mapping[str, Fraction]) -> dict[str, 
     """Split `total` by `weights` at six decimal places so that the parts add up to `total` exactly.
 
     Each part is rounded down; what rounding leaves goes to the largest weight. Raises IndicatorError if
-    a part would be zero (the total is too small to split).
+    a part would be zero or below the public minimum of one query's epsilon (the total is too small).
     """
     if not weights or any(w <= 0 for w in weights.values()):
         raise IndicatorError("epsilon", "an epsilon split needs positive weights")
@@ -360,5 +360,13 @@ def split_epsilon(total: Decimal, weights: Mapping[str, Fraction]) -> dict[str, 
     if any(p <= 0 for p in parts.values()):
         raise IndicatorError(
             "epsilon", f"epsilon {total} is too small to split among {len(weights)} releases at 1e-6"
+        )
+    smallest = min(parts.values())
+    if smallest < MIN_EPSILON_PER_QUERY:
+        # Every part becomes at least one query, and no connector serves a query below the floor.
+        raise IndicatorError(
+            "epsilon",
+            f"epsilon {total} split among {len(weights)} releases gives a part of {smallest.normalize()}, "
+            f"below the public minimum of {MIN_EPSILON_PER_QUERY} per query: give a larger epsilon",
         )
     return {role: p.normalize() for role, p in parts.items()}

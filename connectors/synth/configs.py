@@ -263,6 +263,9 @@ def connector_configs(sources: dict[str, _Doc], keys: DemoKeys, layout: Layout =
                 "approval_public_key": keys.approval_public[named],
                 "admin_key_sha256": keys.admin_sha256[named],
                 "audit_public_keys": [keys.audit_public],
+                # The demo's indicator runs and monthly packs are built by the gateway, unsigned by any
+                # analyst, so they need "*" rules; a real department decides this knowingly.
+                "accept_any_analyst_rules": True,
             },
             "signing_key_file": f"../keys/{name}-connector.key",
             "federation_keyring_file": "../keys/federation-keyring.json",

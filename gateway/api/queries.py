@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response, status
 
 from aggregation.planner import PlanError, plan_query
 from aggregation.preview import Preview, preview
@@ -17,6 +19,9 @@ from gateway.errors import Invalid, NotFound
 from gateway.registry import catalog
 from gateway.runner import release_spec
 from privacy.errors import PrivacyError
+
+QUERY_SIGNATURE_HEADER = "x-fedgate-query-signature"
+"""base64 Ed25519 signature, by the analyst's own key, of `connectors.protocol.query_signing_bytes`"""
 
 router = APIRouter(prefix="/v1", tags=["queries"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
@@ -55,9 +60,16 @@ def _visible(ctx: GatewayContext, record: queries.QueryRecord, who: Principal) -
 
 
 @router.post("/queries", response_model=QueryOut, status_code=status.HTTP_201_CREATED)
-def submit_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst, response: Response) -> QueryOut:
-    """Submit a query; it is identified by the digest of its canonical form and never changes."""
-    record, new = queries.submit(ctx.audit, spec, analyst)
+def submit_query(
+    spec: QuerySpec,
+    ctx: ContextDep,
+    analyst: Analyst,
+    response: Response,
+    signature: Annotated[str | None, Header(alias=QUERY_SIGNATURE_HEADER, max_length=128)] = None,
+) -> QueryOut:
+    """Submit a query; it is identified by the digest of its canonical form and never changes. A query
+    naming `analyst_key` carries that key's signature of it in the `x-fedgate-query-signature` header."""
+    record, new = queries.submit(ctx.audit, spec, analyst, signature=signature)
     if not new:
         response.status_code = status.HTTP_200_OK
     return query_view(ctx, record)
@@ -112,12 +124,17 @@ def _rule_out(signed: SignedRule) -> RuleOut:
         max_epsilon_per_query=r.max_epsilon_per_query,
         analysts=list(r.analysts),
         datasets=list(r.datasets),
+        issued_at=r.issued_at,
+        expires_at=r.expires_at,
+        digest=r.digest(),
+        replaces=r.replaces,
     )
 
 
 @router.post("/rules", response_model=RuleOut, status_code=status.HTTP_201_CREATED)
 def register_rule(signed: SignedRule, ctx: ContextDep, admin: DepartmentAdmin) -> RuleOut:
-    """Register a pre-approval rule signed with your department's key (replaces a rule of the same id)."""
+    """Register a pre-approval rule signed with your department's key; a new version of one of your rules
+    names the digest of the version it replaces, which is kept (superseded), never deleted."""
     queries.record_rule(ctx.audit, signed, admin)
     return _rule_out(signed)
 

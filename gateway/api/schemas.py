@@ -116,6 +116,27 @@ class RuleOut(BaseModel):
     max_epsilon_per_query: Decimal
     analysts: list[str]
     datasets: list[ApprovedDataset]
+    issued_at: int
+    expires_at: int
+    digest: str = Field(description="SHA-256 of the signed rule: what a replacement or revocation names")
+    replaces: str | None = None
+
+
+class AnalystKeyIn(BaseModel):
+    public_key: str = Field(max_length=128, description="ed25519:BASE64, from `fedgate analysts keygen`")
+
+
+class AnalystKeyOut(BaseModel):
+    fingerprint: str
+    analyst: str
+    public_key: str
+    registered_by: str
+    registered_at: str
+    revoked_at: str | None
+
+
+class AnalystKeysOut(BaseModel):
+    keys: list[AnalystKeyOut]
 
 
 class RulesOut(BaseModel):

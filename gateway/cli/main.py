@@ -6,6 +6,7 @@ fedgate query submit|show|run|result|list  an analyst's queries (FEDGATE_URL, FE
 fedgate approve QUERY_ID --key FILE        a department admin signs an approval with the department key
 fedgate approve --pending --key FILE       every query waiting for the department, shown, then signed
 fedgate keys|keyring|admin-key new         keys, the federation keyring, a connector admin key
+fedgate analysts keygen|register|list|revoke  an analyst's own signing key and its registration
 fedgate endpoints|connectors|catalog|rules the allow-list, registration, the catalog, pre-approval rules
 fedgate budget [--year YYYY]               spent and remaining epsilon per data year
 fedgate groups list|show|add|retire        named key groups (household.has_<name>)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,16 +33,18 @@ from rich.table import Table
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
 from connectors.keys_cli import admin_key_app, keyring_app, keys_app
-from gateway.approval_draft import signing_digest
+from gateway.cli.analysts import AnalystKeyOpt, analysts_app
 from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
 from gateway.cli.groups import groups_app
 from gateway.cli.indicators import indicators_app
 from gateway.cli.jobs import NoWaitOpt, archive_app, follow, jobs_app, require_success, schedules_app
 from gateway.cli.onboarding import (
     approve_batch,
+    approve_one,
     catalog,
     connectors_app,
     endpoints_app,
+    own_schemas,
     rules_app,
     waiting_for,
 )
@@ -69,6 +73,7 @@ app.add_typer(admin_key_app, name="admin-key")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(connectors_app, name="connectors")
 app.add_typer(rules_app, name="rules")
+app.add_typer(analysts_app, name="analysts")
 app.command("catalog")(catalog)
 app.command("synth")(synth)
 
@@ -168,13 +173,17 @@ def query_submit(
     spec_file: Annotated[Path, typer.Argument(help="the query as JSON (fedgate-query/1)")],
     url: UrlOpt,
     api_key: KeyOpt,
+    analyst_key: AnalystKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a query; prints its id and which departments must approve it."""
+    """Submit a query, signed with your own key when one is given; prints its id and which departments
+    must approve it. A department's rule that names analysts admits only signed queries."""
     from aggregation.query import QuerySpec
+    from gateway.client import GatewayClient
 
     spec = QuerySpec.model_validate_json(spec_file.read_text(encoding="utf-8"))
-    with _client(url, api_key) as gw:
+    pem = analyst_key.read_bytes() if analyst_key is not None else None
+    with GatewayClient(url, api_key, analyst_key=pem) as gw:
         _print_query(call_gateway(lambda: gw.submit(spec)), as_json)
 
 
@@ -285,39 +294,59 @@ def approve(
     match: Annotated[
         str | None, typer.Option("--match", help="with --pending: only purposes containing this / 按用途筛选")
     ] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="with --pending: sign without asking")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="sign without asking / 不再确认")] = False,
+    connector: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--connector",
+            help="your own connector's URL (repeatable): the query is planned against its schema "
+            "/ 本部门连接器地址",
+        ),
+    ] = None,
+    connector_admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--connector-admin-key-file",
+            envvar="FEDGATE_CONNECTOR_ADMIN_KEY_FILE",
+            help="the department admin key of your connectors / 连接器管理员密钥文件",
+        ),
+    ] = None,
+    expires_days: Annotated[
+        int | None, typer.Option(min=1, help="the approval is void after this many days / 有效天数")
+    ] = None,
 ) -> None:
     """Approve (or reject) a query touching your department's data, signing with the department's key;
-    with --pending, every query waiting for your department (an indicator or pack run's), shown first.
+    with --pending, every query waiting for your department (an indicator or pack run's).
 
-    用部门审批私钥批准（或拒绝）查询；加 --pending 时先列出全部待审批查询，确认后逐一签署。"""
+    Each query is planned again here against your own connectors' schemas (fetched from them with the
+    department admin key), with the rule your connectors apply to every extract; the scope shown is the
+    scope signed, and a query for which the gateway reports more than that plan is refused unsigned.
+
+    用部门审批私钥批准（或拒绝）查询；加 --pending 时处理全部待审批查询。签署前按本部门连接器的数据目录重新
+    规划查询并显示签署范围；网关要求的范围超出规划时拒绝签署。"""
     if (query_id is None) == (not pending):
         errors.print("[red]invalid_request[/red]: give a QUERY_ID or --pending [field query_id]")
         raise typer.Exit(2)
+    expires_at = int(time.time()) + expires_days * 86_400 if expires_days else None
     with _client(url, api_key) as gw:
+        if query_id is not None and reject is not None:
+            view = call_gateway(lambda: gw.reject(query_id, reject))
+            _print_query(view, False)
+            return
+        dept = department or call_gateway(gw.me)["department"]
+        if not dept:
+            errors.print("[red]forbidden[/red]: only a department admin approves queries")
+            raise typer.Exit(1)
+        schemas = own_schemas(connector or [], connector_admin_key_file)
         if pending:
-            dept = department or call_gateway(gw.me)["department"]
-            if not dept:
-                errors.print("[red]forbidden[/red]: only a department admin approves queries")
-                raise typer.Exit(1)
             views = waiting_for(call_gateway(gw.queries), dept, match)
-            done = approve_batch(gw, key.read_bytes(), dept, views, yes=yes)
+            done = approve_batch(gw, key.read_bytes(), dept, views, schemas, yes=yes, expires_at=expires_at)
             ready = sum(1 for v in done if v["state"] == "approved")
             console.print(f"{len(done)} approvals signed; {ready} queries now approved", highlight=False)
             return
         assert query_id is not None
-        if reject is not None:
-            view = call_gateway(lambda: gw.reject(query_id, reject))
-        else:
-            dept = department or call_gateway(gw.me)["department"]
-            if not dept:
-                errors.print("[red]forbidden[/red]: only a department admin approves queries")
-                raise typer.Exit(1)
-            draft = call_gateway(lambda: gw.approval_draft(query_id, dept))
-            # The digest the console's approvals page shows for the same query: an admin can compare.
-            digest = signing_digest(draft)
-            console.print(f"signing approval digest / 签署摘要 sha256:{digest}", highlight=False)
-            view = call_gateway(lambda: gw.approve(query_id, key.read_bytes(), dept, draft))
+        shown = call_gateway(lambda: gw.query(query_id))
+        view = approve_one(gw, key.read_bytes(), dept, shown, schemas, yes=yes, expires_at=expires_at)
     _print_query(view, False)
 
 

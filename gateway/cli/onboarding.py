@@ -6,8 +6,10 @@
                                                      disables and enables
     fedgate catalog                                  datasets, measures with bounds, dimensions (no counts)
     fedgate rules sign|list|revoke                   pre-approval rules signed with the department's key
-    fedgate approve --pending                        (in gateway/cli/main.py) every query waiting for your
-                                                     department, shown and then signed in one batch
+    fedgate approve [QUERY | --pending]              (in gateway/cli/main.py) one query, or every query
+                                                     waiting for your department: each planned again
+                                                     against your own connectors' schemas, shown, and
+                                                     signed as planned (refused if the gateway reports more)
 
 Every command talks to the gateway's HTTP API through `GatewayClient`; signing happens here, on the
 admin's machine, with the department's own key (the gateway never holds it). Help texts carry Chinese
@@ -231,7 +233,13 @@ def rules_sign(
         Decimal | None, typer.Option("--max-epsilon", help="per query (default: your cap) / 单次上限")
     ] = None,
     analyst: Annotated[
-        list[str] | None, typer.Option("--analyst", help='who may use it (default "*") / 分析人员')
+        list[str] | None,
+        typer.Option(
+            "--analyst",
+            help="an analyst's key fingerprint (`fedgate analysts list`; confirm it with the analyst), or "
+            '"*" for every analyst (the default; connectors refuse it unless they accept such rules) '
+            "/ 分析人员密钥指纹",
+        ),
     ] = None,
     household_only: Annotated[
         bool, typer.Option(help="only household-level dimensions / 仅户级维度")
@@ -239,12 +247,49 @@ def rules_sign(
     expires_days: Annotated[
         int | None, typer.Option(min=1, help="void after this many days / 有效天数")
     ] = None,
+    max_queries: Annotated[
+        int,
+        typer.Option(
+            "--max-queries", min=1, help="queries the rule opens per budget window / 每个预算周期最多查询次数"
+        ),
+    ] = 0,
+    window_epsilon: Annotated[
+        Decimal | None,
+        typer.Option(
+            "--window-epsilon",
+            help="epsilon the rule opens per window (default: your window cap) / 周期 ε 上限",
+        ),
+    ] = None,
+    analyst_max_queries: Annotated[
+        int | None,
+        typer.Option(
+            "--analyst-max-queries", min=1, help="with --analyst: per analyst and window / 每人次数"
+        ),
+    ] = None,
+    analyst_window_epsilon: Annotated[
+        Decimal | None,
+        typer.Option("--analyst-window-epsilon", help="with --analyst: per analyst and window / 每人 ε 上限"),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="sign without asking / 不再确认")] = False,
 ) -> None:
     """Sign a pre-approval rule with your department's key and register it (department admin).
 
-    用本部门审批私钥签署预授权规则并登记（部门管理员）。签署前显示其覆盖范围。"""
-    from connectors.protocol import ApprovedDataset
+    A rule opens at most --max-queries queries and --window-epsilon per budget window (your connector
+    counts them); a rule naming analysts also states --analyst-max-queries (and --analyst-window-epsilon)
+    for each of them. The register's household mapping is covered only by a rule over the register.
+
+    用本部门审批私钥签署预授权规则并登记（部门管理员）。签署前显示其覆盖范围；
+    连接器按预算周期统计次数和 ε。"""
+    from connectors.protocol import ApprovedDataset, WindowLimits
+
+    if max_queries < 1 or (analyst and analyst_max_queries is None):
+        errors.print(
+            "[red]invalid_request[/red]: a rule states how many queries it opens per budget window "
+            "(--max-queries N), and with --analyst how many per analyst (--analyst-max-queries N) "
+            "/ 需指定每周期最多查询次数 [field --max-queries]",
+            highlight=False,
+        )
+        raise typer.Exit(2)
 
     with _client(url, api_key) as gw:
         department = call_gateway(gw.me)["department"]
@@ -268,19 +313,48 @@ def rules_sign(
                 dimensions=tuple(
                     x["name"] for x in own[n]["dimensions"] if x["household_level"] or not household_only
                 ),
+                household=own[n]["household_mapping"],
             )
             for n in names
         ]
         units = tuple(unit or ("household", "person"))
         epsilon = max_epsilon if max_epsilon is not None else _department_cap(gw, department)
         table = Table(title=f"rule {rule_id} of {department} / 预授权规则", show_header=False)
+        window_cap = window_epsilon if window_epsilon is not None else _department_window(gw, department)
+        window = WindowLimits(max_queries=max_queries, max_epsilon=window_cap)
+        per_analyst = (
+            WindowLimits(
+                max_queries=analyst_max_queries,
+                max_epsilon=analyst_window_epsilon if analyst_window_epsilon is not None else window_cap,
+            )
+            if analyst and analyst_max_queries is not None
+            else None
+        )
         for s in scopes:
             table.add_row(
-                s.dataset, "measures: " + ", ".join(s.measures), "dimensions: " + ", ".join(s.dimensions)
+                s.dataset,
+                "measures: " + ", ".join(s.measures),
+                "dimensions: " + ", ".join(s.dimensions) + ("; household mapping" if s.household else ""),
             )
         table.add_row("units", ", ".join(units), "")
         table.add_row("max epsilon per query", str(epsilon), "")
+        table.add_row(
+            "per window / 每周期", f"{window.max_queries} queries, epsilon {window.max_epsilon}", ""
+        )
+        if per_analyst is not None:
+            table.add_row(
+                "per analyst and window",
+                f"{per_analyst.max_queries} queries, epsilon {per_analyst.max_epsilon}",
+                "",
+            )
         table.add_row("analysts", ", ".join(analyst or ["*"]), "")
+        if not analyst or "*" in analyst:
+            table.add_row(
+                "warning / 注意",
+                "every analyst, signed or not: a compromised gateway could invent queries under it; your "
+                "connector refuses it unless policy.accept_any_analyst_rules is set (docs/security.md)",
+                "",
+            )
         console.print(table)
         if not yes and not typer.confirm("sign and register it? / 确认签署并登记？"):
             raise typer.Exit(1)
@@ -293,6 +367,8 @@ def rules_sign(
                 datasets=scopes,
                 units=units,
                 max_epsilon_per_query=epsilon,
+                window=window,
+                per_analyst=per_analyst,
                 analysts=tuple(analyst or ("*",)),
                 expires_at=expires_at,
             )
@@ -303,6 +379,15 @@ def rules_sign(
 def _department_cap(gw: Any, department: str) -> Decimal:
     caps = [
         Decimal(str(s["policy"]["max_epsilon_per_query"]))
+        for s in call_gateway(gw.catalog)["connectors"]
+        if s["department"] == department
+    ]
+    return min(caps)
+
+
+def _department_window(gw: Any, department: str) -> Decimal:
+    caps = [
+        Decimal(str(s["policy"]["max_epsilon_per_window"]))
         for s in call_gateway(gw.catalog)["connectors"]
         if s["department"] == department
     ]
@@ -358,32 +443,118 @@ def waiting_for(views: list[dict[str, Any]], department: str, match: str | None)
     return out
 
 
+def own_schemas(connectors: list[str], admin_key_file: Path | None) -> list[Any]:
+    """The department's schemas, from its own connectors with its admin key (never from the gateway)."""
+    from gateway.approval_plan import ScopeRefused, own_schema
+
+    if not connectors or admin_key_file is None:
+        errors.print(
+            "[red]invalid_request[/red]: give your connector(s) with --connector URL and the department "
+            "admin key with --connector-admin-key-file: the query is planned against your own schema before "
+            "signing / 需指定本部门连接器地址及管理员密钥 [field --connector]",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    admin_key = admin_key_file.read_text(encoding="utf-8").strip()
+    try:
+        return [own_schema(url, admin_key) for url in connectors]
+    except ScopeRefused as exc:
+        errors.print(f"[red]forbidden[/red]: {exc.reason}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _planned(view: dict[str, Any], department: str, schemas: list[Any], expires_at: int | None) -> Any:
+    from gateway.approval_plan import ScopeRefused, planned_approval, reported_scopes
+    from gateway.client import QuerySpec
+
+    try:
+        return planned_approval(
+            QuerySpec.model_validate(view["spec"]),
+            department,
+            schemas,
+            reported_scopes(view, department),
+            digest=view.get("digest"),
+            expires_at=expires_at,
+        )
+    except ScopeRefused as exc:
+        errors.print(f"[red]not_signed[/red] ({view['id']}): {exc.reason}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def approve_one(
+    gw: Any,
+    key_pem: bytes,
+    department: str,
+    view: dict[str, Any],
+    schemas: list[Any],
+    *,
+    yes: bool,
+    expires_at: int | None = None,
+) -> dict[str, Any]:
+    """Plan one query against the department's own schemas, show exactly what is signed, ask, sign it."""
+    from gateway.approval_draft import signing_digest
+    from gateway.approval_plan import scope_rows
+
+    planned = _planned(view, department, schemas, expires_at)
+    table = Table(title=f"approval of {department} / 审批范围", show_header=False)
+    for label, value in scope_rows(planned):
+        table.add_row(label, value)
+    console.print(table)
+    # The digest the console's approvals page shows for the same query: an admin can compare the two.
+    console.print(f"signing approval digest / 签署摘要 sha256:{signing_digest(planned.approval)}", highlight=False)
+    if not yes and not typer.confirm("sign exactly this scope? / 确认按此范围签署？"):
+        raise typer.Exit(1)
+    signed: dict[str, Any] = call_gateway(lambda: gw.sign_planned(planned, key_pem))
+    return signed
+
+
 def approve_batch(
-    gw: Any, key_pem: bytes, department: str, views: list[dict[str, Any]], *, yes: bool
+    gw: Any,
+    key_pem: bytes,
+    department: str,
+    views: list[dict[str, Any]],
+    schemas: list[Any],
+    *,
+    yes: bool,
+    expires_at: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Show what the batch covers, ask, then sign one approval per query with the department's key."""
+    """Plan every query against the department's own schemas, show what the batch covers, ask, then sign
+    one approval per query; one query whose reported scope is wider than its plan stops the whole batch
+    before anything is signed."""
     if not views:
         console.print("nothing waits for your approval / 没有待审批的查询")
         return []
+    plans = [_planned(v, department, schemas, expires_at) for v in views]
     table = Table(title=f"{len(views)} queries waiting for {department} / 待审批查询")
-    for col in ("query", "unit", "period", "ε", "datasets and fields", "purpose"):
+    for col in ("query", "unit", "period", "ε", "datasets and fields (planned here)", "purpose"):
         table.add_column(col)
     total = Decimal(0)
-    for v in views:
-        spec = v["spec"]
-        total += Decimal(str(spec["epsilon"]))
+    for planned in plans:
+        a = planned.approval
+        total += a.epsilon
         scopes = "; ".join(
-            f"{s['dataset']}: {', '.join([*s['measures'], *s['dimensions']]) or '(presence only)'}"
-            for s in v["required_approvals"][department]
+            f"{s.dataset}: "
+            + (
+                ", ".join([*s.measures, *s.dimensions, *(["household mapping"] if s.household else [])])
+                or "(presence only)"
+            )
+            for s in a.datasets
         )
-        period = f"{spec.get('period_start') or '-'}..{spec.get('period_end') or '-'}"
-        table.add_row(v["id"], spec["unit"], period, str(spec["epsilon"]), scopes, spec["purpose"])
+        table.add_row(
+            a.query_id,
+            a.unit.value,
+            f"{a.period_start}..{a.period_end}",
+            str(a.epsilon),
+            scopes,
+            planned.purpose,
+        )
     console.print(table)
     console.print(f"total epsilon of the batch / 合计 ε: {total}", highlight=False)
     if not yes and not typer.confirm("sign an approval for every query above? / 确认全部签署？"):
         raise typer.Exit(1)
 
-    def sign(query_id: str) -> dict[str, Any]:
-        return call_gateway(lambda: gw.approve(query_id, key_pem, department))
+    def sign(planned: Any) -> dict[str, Any]:
+        out: dict[str, Any] = call_gateway(lambda: gw.sign_planned(planned, key_pem))
+        return out
 
-    return [sign(v["id"]) for v in views]
+    return [sign(p) for p in plans]

@@ -18,12 +18,23 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from aggregation.indicators.config_file import load_monitoring_config
 from connectors.config import load_config
 from connectors.process import RunningConnector, start_connector
-from connectors.protocol import ApprovedDataset, fingerprint, load_private_key
+from connectors.protocol import (
+    ApprovedDataset,
+    ConnectorSchema,
+    WindowLimits,
+    fingerprint,
+    load_private_key,
+    private_key_pem,
+    public_key_text,
+)
 from connectors.synth import generate_county
 from gateway import db
+from gateway.approval_plan import own_schema
 from gateway.auth import Role, create_principal
 from gateway.client import GatewayClient
 from gateway.dev.process import start_gateway
@@ -55,15 +66,51 @@ class Federation:
     keys: dict[str, str]
     database_url: str
     processes: list[RunningConnector] = field(default_factory=list)
+    analyst_keys: dict[str, bytes] = field(default_factory=dict)
+    """each analyst's own private key (PEM), generated here as on the analyst's machine"""
 
     def client(self, who: str) -> GatewayClient:
-        return GatewayClient(self.gateway.url, self.keys[who])
+        """A client for `who`; an analyst's client signs every query with the analyst's own key."""
+        return GatewayClient(self.gateway.url, self.keys[who], analyst_key=self.analyst_keys.get(who))
+
+    def analyst_fingerprint(self, who: str) -> str:
+        return fingerprint(load_private_key(self.analyst_keys[who]).public_key())
 
     def truth(self) -> dict[str, Any]:
         return json.loads((self.county / "truth.json").read_text())
 
     def approval_key(self, department: str) -> bytes:
         return (self.county / "keys" / f"{department}-approval.key").read_bytes()
+
+    def admin_key(self, department: str) -> str:
+        """The department admin key of the department's connectors (their `/v1/admin/schema`, quality)."""
+        return (self.county / "keys" / f"{department}-admin.key").read_text(encoding="ascii").strip()
+
+    def schemas(self, department: str) -> list[ConnectorSchema]:
+        """The department's own schemas, fetched from its connectors with its admin key, as
+        `fedgate approve` does before it signs."""
+        found = []
+        for name, conn in self.connectors.items():
+            cfg = load_config(self.county / "connectors" / f"{name}.yaml").config
+            if cfg.department == department:
+                found.append(own_schema(conn.url, self.admin_key(department)))
+        return found
+
+    def approve_args(self, department: str) -> list[str]:
+        """`fedgate approve` options naming the department's own connectors and its admin key file."""
+        args = []
+        for name, conn in self.connectors.items():
+            if load_config(self.county / "connectors" / f"{name}.yaml").config.department == department:
+                args += ["--connector", conn.url]
+        admin = self.county / "keys" / f"{department}-admin.key"
+        return [*args, "--connector-admin-key-file", str(admin)]
+
+    def approve(self, who: str, query_id: str, department: str) -> Any:
+        """`who` approves `query_id` for `department`, planned against that department's own schemas."""
+        with self.client(who) as admin:
+            return admin.approve(
+                query_id, self.approval_key(department), department, schemas=self.schemas(department)
+            )
 
     def stop(self) -> None:
         for p in [self.gateway, *self.connectors.values()]:
@@ -79,12 +126,16 @@ def register_everything(
     analysts: tuple[str, ...] = ("analyst",),
     groups: bool = True,
 ) -> None:
-    """Allow every connector's endpoint, register it under its pinned key, sign a pre-approval rule
-    with each department's (demo) key covering its datasets for `analysts`, and (`groups`) register the
-    key groups of the county's monitoring configuration as the operator."""
+    """Allow every connector's endpoint, register it under its pinned key, register each analyst's
+    own public key, sign a pre-approval rule with each department's (demo) key covering its datasets for
+    `analysts` (named here, written into the rule as their key fingerprints; "*" for every analyst), and
+    (`groups`) register the key groups of the county's monitoring configuration as the operator."""
     with fed.client("operator") as operator:
         for conn in fed.connectors.values():
             operator.allow_endpoint(conn.url)
+        for who, pem in fed.analyst_keys.items():
+            operator.register_analyst_key(who, public_key_text(load_private_key(pem).public_key()))
+    named = tuple(a if a == "*" else fed.analyst_fingerprint(a) for a in analysts)
     for name, conn in fed.connectors.items():
         cfg = load_config(fed.county / "connectors" / f"{name}.yaml").config
         pinned = fingerprint(load_private_key(cfg.signing_key_file.read_bytes()).public_key())
@@ -100,17 +151,26 @@ def register_everything(
                     dimensions=tuple(
                         x["name"] for x in d["dimensions"] if x["household_level"] or not household_only
                     ),
+                    household=d["household_mapping"],
                 )
                 for d in schema["datasets"]
             ]
+            epsilon = max_epsilon or cfg.policy.max_epsilon_per_query
             admin.register_rule(
                 fed.approval_key(cfg.department),
                 department=cfg.department,
                 rule_id=f"{name}-tests",
                 datasets=scopes,
                 units=("household",) if household_only else ("household", "person"),
-                max_epsilon_per_query=max_epsilon or cfg.policy.max_epsilon_per_query,
-                analysts=analysts,
+                max_epsilon_per_query=epsilon,
+                # Generous enough for a test session; the limits are tested on their own.
+                window=WindowLimits(
+                    max_queries=10_000, max_epsilon=max(cfg.policy.max_epsilon_per_window, epsilon)
+                ),
+                per_analyst=None
+                if "*" in analysts
+                else WindowLimits(max_queries=10_000, max_epsilon=cfg.policy.max_epsilon_per_window),
+                analysts=named,
             )
     if groups:
         config = load_monitoring_config(fed.county / "monitoring.yaml")
@@ -175,5 +235,25 @@ def start_federation(
             p.stop()
         raise
     return Federation(
-        root=root, county=county, gateway=gateway, connectors=running, keys=keys, database_url=url
+        root=root,
+        county=county,
+        gateway=gateway,
+        connectors=running,
+        keys=keys,
+        database_url=url,
+        analyst_keys=_analyst_keys(root, ("analyst", "other-analyst")),
     )
+
+
+def _analyst_keys(root: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Each analyst's own key, made once per federation directory (as `fedgate analysts keygen` would)."""
+    directory = root / "analysts"
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = {}
+    for name in names:
+        path = directory / f"{name}.key"
+        if not path.exists():
+            path.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
+            path.chmod(0o600)
+        keys[name] = path.read_bytes()
+    return keys
