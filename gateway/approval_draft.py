@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from aggregation.query import QuerySpec
 from connectors.protocol import Approval, ApprovedDataset, sha256_hex
 
-
 ISSUE_GRANULARITY_SECONDS = 3600
 
 

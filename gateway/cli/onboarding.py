@@ -501,7 +501,8 @@ def approve_one(
         table.add_row(label, value)
     console.print(table)
     # The digest the console's approvals page shows for the same query: an admin can compare the two.
-    console.print(f"signing approval digest / 签署摘要 sha256:{signing_digest(planned.approval)}", highlight=False)
+    digest = signing_digest(planned.approval)
+    console.print(f"signing approval digest / 签署摘要 sha256:{digest}", highlight=False)
     if not yes and not typer.confirm("sign exactly this scope? / 确认按此范围签署？"):
         raise typer.Exit(1)
     signed: dict[str, Any] = call_gateway(lambda: gw.sign_planned(planned, key_pem))
