@@ -14,6 +14,7 @@ signature under the department's registered key like any approval from the API.
 from __future__ import annotations
 
 import base64
+import datetime
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -61,6 +62,14 @@ class InboxItem:
     @property
     def digest(self) -> str | None:
         return None if self.draft is None else signing_digest(self.draft)
+
+    @property
+    def expires_text(self) -> str | None:
+        """When the approval to sign stops covering the query, as the admin reads it (UTC)."""
+        if self.draft is None:
+            return None
+        moment = datetime.datetime.fromtimestamp(self.draft.expires_at, tz=datetime.UTC)
+        return moment.strftime("%Y-%m-%d %H:%M UTC")
 
     @property
     def signing_bytes_b64(self) -> str | None:
