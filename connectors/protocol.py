@@ -321,6 +321,10 @@ class MeasureSchema(_Model):
 class DimensionSchema(_Model):
     name: str
     domain: tuple[str, ...] = Field(description="the public domain of codes (from a published code list)")
+    names: dict[str, str] = Field(
+        default_factory=dict,
+        description="code -> name from the same published code list (village names); empty if it has none",
+    )
     derived_from_id: bool = False
     household_level: bool = False
     description: str = ""
