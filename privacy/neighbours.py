@@ -19,6 +19,9 @@ from enum import StrEnum
 
 
 class Neighbouring(StrEnum):
+    """The neighbour relation a release's epsilon holds under: add or remove one household, or change
+    one household's records."""
+
     ADD_REMOVE_HOUSEHOLD = "add_remove_household"
     CHANGE_HOUSEHOLD = "change_household"
 

@@ -86,8 +86,10 @@ def status_of(error: GatewayError) -> int:
 
 
 class ErrorBody(BaseModel):
-    code: ErrorCode
-    message: str
+    """What went wrong: a fixed code, a public message, the offending field and the request id."""
+
+    code: ErrorCode = Field(description="one of the fixed error codes")
+    message: str = Field(description="what went wrong and how to fix it; never data, identifiers or secrets")
     field: str | None = Field(None, description="dotted path of the offending input, e.g. body.epsilon")
     request_id: str | None = Field(None, description="also in the x-request-id header and the logs")
 
@@ -95,7 +97,7 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     """The body of every error response."""
 
-    error: ErrorBody
+    error: ErrorBody = Field(description="the error")
 
 
 class ApiError(Exception):

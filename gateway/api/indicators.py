@@ -30,6 +30,8 @@ class _In(BaseModel):
 
 
 class IndicatorRunIn(_In):
+    """The parameters of one indicator run; every omitted one takes the monitoring configuration's value."""
+
     period: str = Field(pattern=_PERIOD, description="YYYY-MM (the months ending then) or YYYY-MM..YYYY-MM")
     epsilon: Decimal | None = Field(
         None, gt=0, le=10, description="total for the indicator; default: the smallest department cap"
@@ -43,6 +45,8 @@ class IndicatorRunIn(_In):
 
 
 class PackRunIn(_In):
+    """The parameters of a pack run."""
+
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="the reference month, YYYY-MM")
     epsilon: Decimal | None = Field(
         None,
@@ -55,51 +59,63 @@ class PackRunIn(_In):
 
 
 class IndicatorsRunOut(BaseModel):
-    pack: str | None
-    period: str
+    """The figures of an indicator or pack run, with the releases they came from."""
+
+    pack: str | None = Field(description="the pack run; null for one indicator")
+    period: str = Field(description="the period asked for")
     epsilon: str = Field(description="the total charged (exactly the sum of the queries' epsilons)")
     monitoring_version: int | None = Field(
         None, description="the version of the monitoring configuration the run was built from"
     )
-    indicators: list[IndicatorResult]
+    indicators: list[IndicatorResult] = Field(description="each indicator's figures with 95% intervals")
 
 
 class ReleaseOut(BaseModel):
-    role: str
-    what: str
+    """One DP release of an indicator."""
+
+    role: str = Field(description="the release's role within the indicator")
+    what: str = Field(description="what it releases")
     share: str = Field(description="the release's share of the indicator's epsilon, as a fraction")
 
 
 class IndicatorOut(BaseModel):
-    name: str
-    title: str
-    title_zh: str
-    counted: str
-    protected_unit: str = "household"
-    description: str
-    releases: list[ReleaseOut]
+    """An indicator of the library: the releases it makes and their shares of its epsilon."""
+
+    name: str = Field(description="the indicator's name, as in /v1/indicators/{name}/run")
+    title: str = Field(description="its title in English")
+    title_zh: str = Field(description="its title in Chinese")
+    counted: str = Field(description="what it counts (households or persons)")
+    protected_unit: str = Field("household", description="the unit its guarantee protects: household")
+    description: str = Field(description="what it measures and how")
+    releases: list[ReleaseOut] = Field(description="its DP releases, each one query")
 
 
 class PackMemberOut(BaseModel):
-    indicator: str
-    share: str
-    months: str
+    """One indicator of a pack."""
+
+    indicator: str = Field(description="the indicator's name")
+    share: str = Field(description="its share of the pack's epsilon, as a fraction")
+    months: str = Field(description="the months it covers, relative to the reference month")
 
 
 class PackOut(BaseModel):
-    name: str
-    title: str
-    title_zh: str
+    """A pack of the monitoring calendar: indicators run together for one reference month."""
+
+    name: str = Field(description="the pack's name: monthly or year_end")
+    title: str = Field(description="its title in English")
+    title_zh: str = Field(description="its title in Chinese")
     default_epsilon: str | None = Field(
         description="the monitoring calendar's epsilon for one run; null: the smallest department cap"
     )
     runs_for: str = Field(description="the reference months it runs for")
-    members: list[PackMemberOut]
+    members: list[PackMemberOut] = Field(description="its indicators and their shares")
 
 
 class LibraryOut(BaseModel):
-    indicators: list[IndicatorOut]
-    packs: list[PackOut]
+    """The indicator library and the monitoring calendar's packs."""
+
+    indicators: list[IndicatorOut] = Field(description="every indicator")
+    packs: list[PackOut] = Field(description="every pack")
     monitoring: MonitoringOut | None = Field(
         description="the monitoring configuration in force; none loaded: releases are not listed"
     )

@@ -22,16 +22,20 @@ _MAX_KEYS = 64
 class MonitoringOut(BaseModel):
     """One version of the monitoring configuration: public policy only."""
 
-    version: int
+    version: int = Field(description="the configuration's version, from 1")
     config_digest: str = Field(description="SHA-256 of the configuration's canonical JSON (RFC 8785)")
     source: str = Field(description="the file it was read from at start, or upload")
-    created_by: str
-    created_at: datetime
-    config: dict[str, Any]
+    created_by: str = Field(description="who set it (the operator, or start-up for a file)")
+    created_at: datetime = Field(description="when it was set")
+    config: dict[str, Any] = Field(
+        description="the configuration (fedgate-monitoring/1): income proxy, bounds, edges, groups"
+    )
 
 
 class MonitoringVersionsOut(BaseModel):
-    versions: list[MonitoringOut]
+    """Every version of the monitoring configuration."""
+
+    versions: list[MonitoringOut] = Field(description="oldest first; the last is in force")
 
 
 def monitoring_out(record: monitoring.MonitoringRecord) -> MonitoringOut:
