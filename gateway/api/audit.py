@@ -26,7 +26,7 @@ from gateway.api.errors import error_responses
 from gateway.api.schemas import MAX_SEQUENCE
 from gateway.errors import Invalid, NotFound
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=error_responses(401, 403, 404, 422))
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
 class EntryOut(BaseModel):
@@ -86,7 +86,7 @@ def _b64(items: list[bytes]) -> list[str]:
     return [base64.b64encode(p).decode() for p in items]
 
 
-@router.get("/entries", response_model=EntriesOut)
+@router.get("/entries", responses=error_responses(403, 422), response_model=EntriesOut)
 def list_entries(
     ctx: ContextDep,
     auditor: Auditor,
@@ -120,7 +120,7 @@ def list_entries(
     )
 
 
-@router.get("/entries/{seq}", response_model=EntryProofOut)
+@router.get("/entries/{seq}", responses=error_responses(403, 404, 422), response_model=EntryProofOut)
 def get_entry(
     seq: Annotated[int, PathParam(ge=0, le=MAX_SEQUENCE)], ctx: ContextDep, auditor: Auditor
 ) -> EntryProofOut:
@@ -150,13 +150,13 @@ def latest_checkpoint(ctx: GatewayContext) -> CheckpointOut:
     )
 
 
-@router.get("/checkpoint", response_model=CheckpointOut)
+@router.get("/checkpoint", responses=error_responses(403, 404), response_model=CheckpointOut)
 def get_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
     """The latest signed checkpoint (signed-note text) and the key to check it with."""
     return latest_checkpoint(ctx)
 
 
-@router.post("/checkpoint", response_model=CheckpointOut)
+@router.post("/checkpoint", responses=error_responses(403), response_model=CheckpointOut)
 def sign_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
     """Sign a checkpoint of the current head now."""
     assert ctx.checkpointer is not None
@@ -164,7 +164,7 @@ def sign_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
     return latest_checkpoint(ctx)
 
 
-@router.get("/consistency", response_model=ConsistencyOut)
+@router.get("/consistency", responses=error_responses(403, 422), response_model=ConsistencyOut)
 def consistency(
     ctx: ContextDep,
     auditor: Auditor,
@@ -179,7 +179,7 @@ def consistency(
     return ConsistencyOut(from_size=from_size, to_size=to_size, proof=_b64(proof))
 
 
-@router.get("/export", response_class=FileResponse)
+@router.get("/export", responses=error_responses(403, 422), response_class=FileResponse)
 def export(
     ctx: ContextDep,
     auditor: Auditor,

@@ -5,22 +5,21 @@ from __future__ import annotations
 import calendar
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregation.indicators import INDICATORS, PACKS, IndicatorParams, IndicatorResult, MonitoringConfig
 from aggregation.indicators.config_file import configured_pack
 from gateway import indicators, monitoring
+from gateway.api import examples
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal
 from gateway.api.errors import error_responses
 from gateway.api.limits import RunSlot
 from gateway.api.monitoring import MonitoringOut, monitoring_out
 
-router = APIRouter(
-    prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503)
-)
+router = APIRouter(prefix="/v1", tags=["indicators"])
 
 _PERIOD = r"^\d{4}-(0[1-9]|1[0-2])(\.\.\d{4}-(0[1-9]|1[0-2]))?$"
 
@@ -172,7 +171,7 @@ def library(record: monitoring.MonitoringRecord | None) -> LibraryOut:
     )
 
 
-@router.get("/indicators", response_model=LibraryOut)
+@router.get("/indicators", responses=error_responses(), response_model=LibraryOut)
 def list_indicators(who: CurrentPrincipal, ctx: ContextDep) -> LibraryOut:
     """The indicator library: what each releases, how its epsilon is split; the packs and their splits;
     the monitoring configuration in force."""
@@ -183,9 +182,17 @@ def _out(doc: dict[str, Any]) -> IndicatorsRunOut:
     return IndicatorsRunOut.model_validate(doc)
 
 
-@router.post("/indicators/{name}/run", response_model=IndicatorsRunOut)
+@router.post(
+    "/indicators/{name}/run",
+    responses=error_responses(403, 404, 409, 413, 422, 502),
+    response_model=IndicatorsRunOut,
+)
 def run_indicator(
-    name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
+    name: str,
+    body: Annotated[IndicatorRunIn, Body(openapi_examples=examples.INDICATOR_RUN)],
+    ctx: ContextDep,
+    analyst: Analyst,
+    slot: RunSlot,
 ) -> IndicatorsRunOut:
     """Run one indicator: its queries are submitted, must be approved, are charged together, and its
     figures come with 95% intervals. Running it again returns the same figures and charges nothing."""
@@ -203,9 +210,17 @@ def run_indicator(
     return _out(doc)
 
 
-@router.post("/packs/{name}/run", response_model=IndicatorsRunOut)
+@router.post(
+    "/packs/{name}/run",
+    responses=error_responses(403, 404, 409, 413, 422, 502),
+    response_model=IndicatorsRunOut,
+)
 def run_pack(
-    name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
+    name: str,
+    body: Annotated[PackRunIn, Body(openapi_examples=examples.PACK_RUN)],
+    ctx: ContextDep,
+    analyst: Analyst,
+    slot: RunSlot,
 ) -> IndicatorsRunOut:
     """Run a pack of the monitoring calendar (`monthly`: the month's increments; `year_end`: a data year's
     December) within one epsilon, split as documented."""
