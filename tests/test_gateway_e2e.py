@@ -409,7 +409,9 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
     assert ran.exit_code == 0, ran.output
     assert "95% intervals" in ran.stdout
     header = csv_path.read_text(encoding="utf-8-sig").splitlines()[0]
-    assert header.startswith("village,village name,statistic,bin,estimate (DP),95% lower,95% upper")
+    assert header.startswith(
+        "village,village name,statistic,bin,probability,estimate (DP),95% lower,95% upper"
+    )
     from openpyxl import load_workbook
 
     book = load_workbook(xlsx_path, read_only=True)
