@@ -275,3 +275,24 @@ def test_a_pack_table_fits_100_columns_without_cutting_a_value(
     shown = {v for v in names.by_dimension[VILLAGE] if v in text}
     assert shown  # villages are listed with their codes, and their names beside them
     assert any(names.by_dimension[VILLAGE][code] in text for code in shown)
+
+
+def test_without_a_cjk_font_the_chart_falls_back_to_english(
+    bands: dict[str, Any], names: CodeNames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import fonts
+
+    monkeypatch.setenv(fonts.FONT_ENV, "No Such Font Family")
+    fonts.cjk_font.cache_clear()
+    try:
+        assert fonts.cjk_font() is None and fonts.chart_language(Lang.ZH) is Lang.EN
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            svg = write_plot(query_frame(bands, names), tmp_path / "fallback.svg", Lang.ZH)
+        assert not [w for w in caught if "missing from" in str(w.message)]
+        text = svg.read_text(encoding="utf-8")
+        assert not any(name in text for name in names.by_dimension[VILLAGE].values())
+    finally:
+        monkeypatch.delenv(fonts.FONT_ENV)
+        fonts.cjk_font.cache_clear()
+    assert fonts.cjk_font()  # the installed font is found again
