@@ -6,7 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint install clean browser screenshots
 
-$(STAMP): pyproject.toml
+# Charts label villages in Chinese: a CJK font from Debian's archive (gateway/fonts.py finds it; set
+# FEDGATE_PLOT_FONT to use another font file instead).
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+
+$(CJK_FONT):
+	$(SUDO) apt-get install -y --no-install-recommends fonts-wqy-microhei || \
+	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends fonts-wqy-microhei)
+
+$(STAMP): pyproject.toml | $(CJK_FONT)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

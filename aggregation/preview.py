@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from aggregation.planner import Plan
 from aggregation.query import HOUSEHOLD_MEMBERS, Measure
@@ -58,17 +58,23 @@ class StatisticAccuracy(BaseModel):
 
     model_config = _FROZEN
 
-    statistic: str
-    quantity: str
-    scale: float
-    epsilon_share: str
-    half_width: float | None
-    """± per cell (per cell and bin for binned quantities; the widest bin for lorenz offset-sums)"""
-    unit: str
-    per: str
-    half_width_by_cell_size: dict[str, float] | None = None
-    half_width_by_bin: dict[str, float] | None = None
-    note: str
+    statistic: str = Field(description="the statistic")
+    quantity: str = Field(description="the noisy quantity released for it, e.g. count, sum / count")
+    scale: float = Field(description="its noise scale")
+    epsilon_share: str = Field(description="its share of the query's epsilon")
+    half_width: float | None = Field(
+        description="± per cell (per cell and bin for binned quantities; the widest bin for lorenz "
+        "offset-sums)"
+    )
+    unit: str = Field(description="the unit of the half-width, e.g. households or yuan")
+    per: str = Field(description="what one half-width applies to, e.g. cell, cell and bin")
+    half_width_by_cell_size: dict[str, float] | None = Field(
+        None, description="means: the half-width for cells of these sizes"
+    )
+    half_width_by_bin: dict[str, float] | None = Field(
+        None, description="per bin where bins differ (lorenz offset-sums)"
+    )
+    note: str = Field(description="how to read it")
 
 
 class Preview(BaseModel):
@@ -76,18 +82,19 @@ class Preview(BaseModel):
 
     model_config = _FROZEN
 
-    query_id: str
-    epsilon: str
-    unit: str
-    unit_multiplicity: int
-    neighbouring: str
-    d_in: int
-    """rows two neighbouring frames may differ by: the noise scales are proportional to it"""
-    cells: int
-    group_by: list[str]
-    confidence: float
-    statistics: list[StatisticAccuracy]
-    warnings: list[str]
+    query_id: str = Field(description="the query previewed")
+    epsilon: str = Field(description="its epsilon")
+    unit: str = Field(description="household or person")
+    unit_multiplicity: int = Field(description="rows one household can contribute")
+    neighbouring: str = Field(description="the neighbour relation: add_remove_household or change_household")
+    d_in: int = Field(
+        description="rows two neighbouring frames may differ by: the noise scales are proportional to it"
+    )
+    cells: int = Field(description="public cells of the result (from the domains, not the data)")
+    group_by: list[str] = Field(description="the dimensions grouped by")
+    confidence: float = Field(description="the confidence of the half-widths: 0.95")
+    statistics: list[StatisticAccuracy] = Field(description="the expected accuracy of each released quantity")
+    warnings: list[str] = Field(description="where the expected accuracy is poor, and what helps")
 
 
 def _units(plan: Plan) -> str:

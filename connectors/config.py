@@ -362,9 +362,8 @@ class LoadedConfig(BaseModel):
     config: ConnectorConfig
     domains: dict[tuple[str, str], tuple[str, ...]]
     """(dataset, dimension) -> the public domain of codes, in code-list order."""
-    labels: dict[tuple[str, str], dict[str, str]] = {}
-    """(dataset, dimension) -> code -> its published name, where the code list has a `name` or `label`
-    column (villages like 里塘社区, the NBS urban-rural classes): public, shown beside the codes."""
+    names: dict[tuple[str, str], dict[str, str]] = {}
+    """(dataset, dimension) -> code -> name, where the code list has a second column of names."""
 
 
 def _read_document(path: Path) -> dict[str, Any]:
@@ -408,18 +407,22 @@ def read_codelist(path: Path) -> tuple[str, ...]:
     return codes
 
 
-LABEL_COLUMNS = ("name", "label")
+NAME_COLUMNS = ("name", "label")
+"""Headers of a code list's second column that hold the codes' names (村名, 城乡分类名称 ...)."""
 
 
-def read_codelist_labels(path: Path) -> dict[str, str]:
-    """Code -> name from a code list's `name` (or else `label`) column; empty when it has neither."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    header = [h.strip().lower() for h in rows[0]] if rows else []
-    column = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
-    if column is None:
+def read_codelist_names(path: Path) -> dict[str, str]:
+    """Code -> name from a code list whose second column is headed `name` or `label`; empty otherwise.
+
+    Names are as public as the codes (the same published list) and only ever shown beside them."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the code list ({exc.strerror})") from None
+    if not rows or len(rows[0]) < 2 or rows[0][1].strip().lower() not in NAME_COLUMNS:
         return {}
-    return {r[0].strip(): r[column].strip() for r in rows[1:] if len(r) > column and r[0].strip()}
+    return {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2 and r[0].strip() and r[1].strip()}
 
 
 def _resolve(base: Path, p: Path) -> Path:
@@ -446,14 +449,14 @@ def load_config(path: str | Path) -> LoadedConfig:
         )
     datasets = []
     domains: dict[tuple[str, str], tuple[str, ...]] = {}
-    labels: dict[tuple[str, str], dict[str, str]] = {}
+    names: dict[tuple[str, str], dict[str, str]] = {}
     for ds in cfg.datasets:
         dims = []
         for dim in ds.dimensions:
             if dim.codelist is not None:
                 resolved = _resolve(base, dim.codelist)
                 domains[(ds.name, dim.name)] = read_codelist(resolved)
-                labels[(ds.name, dim.name)] = read_codelist_labels(resolved)
+                names[(ds.name, dim.name)] = read_codelist_names(resolved)
                 dim = dim.model_copy(update={"codelist": resolved})
             elif dim.derived is DerivedDimension.BIRTH_YEAR_BAND:
                 domains[(ds.name, dim.name)] = BIRTH_YEAR_BANDS
@@ -471,7 +474,7 @@ def load_config(path: str | Path) -> LoadedConfig:
             "state_dir": _resolve(base, cfg.state_dir),
         }
     )
-    return LoadedConfig(path=path, config=cfg, domains=domains, labels=labels)
+    return LoadedConfig(path=path, config=cfg, domains=domains, names=names)
 
 
 def read_signing_key(loaded: LoadedConfig) -> bytes:

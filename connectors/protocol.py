@@ -355,33 +355,56 @@ class _Model(BaseModel):
 
 
 class MeasureSchema(_Model):
-    name: str
-    unit: str
-    rollup: Rollup
-    lower: int
-    upper: int
-    description: str = ""
+    """One numeric column with the public bounds every value is clamped to."""
+
+    name: str = Field(description="the measure's name within its dataset")
+    unit: str = Field(description="the unit of its values, e.g. yuan")
+    rollup: Rollup = Field(description="how a person's rows over the period combine: sum, max or last")
+    lower: int = Field(description="public lower bound per row (values below are clamped to it)")
+    upper: int = Field(description="public upper bound per row (values above are clamped to it)")
+    description: str = Field("", description="what the measure means")
 
 
 class DimensionSchema(_Model):
-    name: str
+    """One categorical column: its public domain of codes and their names, from a published code list."""
+
+    name: str = Field(description="the dimension's name within its dataset")
     domain: tuple[str, ...] = Field(description="the public domain of codes (from a published code list)")
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="code -> its published name, from the same code list (public)"
+    names: dict[str, str] = Field(
+        default_factory=dict,
+        description="code -> name from the same published code list (village names); empty if it has none",
     )
-    derived_from_id: bool = False
-    household_level: bool = False
-    description: str = ""
+    derived_from_id: bool = Field(
+        False, description="true when derived from the ID number (sex, birth-year band) rather than stored"
+    )
+    household_level: bool = Field(
+        False,
+        description="true when the value is the household's (e.g. its village), the same for every member",
+    )
+    description: str = Field("", description="what the dimension means")
 
 
 class DatasetSchema(_Model):
-    name: str
-    description: str
-    entity_kind: EntityKind
-    period_grain: Literal["month"] | None
-    measures: tuple[MeasureSchema, ...]
-    dimensions: tuple[DimensionSchema, ...]
-    household_mapping: bool = False
+    """One dataset a connector offers: its measures with public bounds and its dimensions with public
+    domains."""
+
+    name: str = Field(description="the dataset's name within its connector")
+    description: str = Field(description="what one row of the dataset is")
+    entity_kind: EntityKind = Field(
+        description="what a row belongs to: a person (by ID number) or a household"
+    )
+    period_grain: Literal["month"] | None = Field(
+        description="month for monthly records; null for undated datasets"
+    )
+    measures: tuple[MeasureSchema, ...] = Field(
+        description="the numeric columns, each with the public bounds it is clamped to"
+    )
+    dimensions: tuple[DimensionSchema, ...] = Field(
+        description="the categorical columns, each with its public domain of codes"
+    )
+    household_mapping: bool = Field(
+        False, description="true for the dataset that maps persons to households (the household register)"
+    )
     data_as_of: str | None = Field(
         None,
         description="the day (UTC, YYYY-MM-DD) the connector last took this dataset from its source (its "
@@ -390,32 +413,46 @@ class DatasetSchema(_Model):
 
 
 class PolicySchema(_Model):
-    allowed_units: tuple[Unit, ...]
-    max_epsilon_per_query: Decimal
-    max_epsilon_per_window: Decimal
-    budget_window: str
+    """A department's own limits, enforced again at its connector."""
+
+    allowed_units: tuple[Unit, ...] = Field(description="the units its data may be counted in")
+    max_epsilon_per_query: Decimal = Field(description="the largest epsilon one query may spend on its data")
+    max_epsilon_per_window: Decimal = Field(description="the epsilon its data may lose in one budget window")
+    budget_window: str = Field(description="the window that epsilon is counted over, e.g. data year")
 
 
 class ConnectorSchema(_Model):
     """What a connector declares it can answer: public policy only, never a data-dependent number."""
 
-    protocol: str = PROTOCOL_VERSION
-    connector: str
-    department: str
-    description: str
-    signing_key: str
-    approval_key: str
-    policy: PolicySchema
-    datasets: tuple[DatasetSchema, ...]
+    protocol: str = Field(PROTOCOL_VERSION, description="the connector protocol version; fedgate/1")
+    connector: str = Field(description="the connector's name, also the first part of every dataset reference")
+    department: str = Field(description="the department that runs the connector")
+    description: str = Field(description="what the department's data is, for analysts")
+    signing_key: str = Field(description="the connector's Ed25519 public key (base64) that signs its answers")
+    approval_key: str = Field(
+        description="the department's Ed25519 public key (base64) that approvals and rules are checked with"
+    )
+    policy: PolicySchema = Field(
+        description="the department's limits: units, epsilon per query and per window"
+    )
+    datasets: tuple[DatasetSchema, ...] = Field(
+        description="the datasets the connector offers, with their public bounds and domains"
+    )
 
 
 # --- approvals ----------------------------------------------------------------------------------------
 
 
 class ApprovedDataset(_Model):
-    dataset: Name
-    measures: tuple[Name, ...] = ()
-    dimensions: tuple[Name, ...] = ()
+    """One dataset a department lets a query read, with the measures and dimensions it may use."""
+
+    dataset: Name = Field(description="connector.dataset")
+    measures: tuple[Name, ...] = Field(
+        (), description="measure names of the dataset the query may sum or bin"
+    )
+    dimensions: tuple[Name, ...] = Field(
+        (), description="dimension names of the dataset the query may group or filter by"
+    )
     household: bool = Field(
         False,
         description="the household mapping (the register's household token): served only when covered "
@@ -464,13 +501,23 @@ class Approval(_Model):
     """A department's consent to one query, signed with the department's own key (not the gateway's)."""
 
     version: Literal["fedgate-approval/2"] = APPROVAL_VERSION
-    department: Name
-    query_id: QueryId
+    department: Name = Field(
+        description="the approving department; its connector checks the signature with this "
+        "department's approval key"
+    )
+    query_id: QueryId = Field(description="the query approved (q- and 32 hex digits)")
     query_digest: Digest
-    unit: Unit
-    period_start: Period | None = None
-    period_end: Period | None = None
-    datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
+    unit: Unit = Field(description="household or person: the unit the query counts")
+    period_start: Period | None = Field(
+        None, description="first month the department serves data for (YYYY-MM); null for undated datasets"
+    )
+    period_end: Period | None = Field(
+        None, description="last month the department serves data for (YYYY-MM); null for undated datasets"
+    )
+    datasets: tuple[ApprovedDataset, ...] = Field(
+        description="exactly the datasets, measures and dimensions the department lets the query read",
+        min_length=1,
+    )
     epsilon: Epsilon = Field(description="the privacy loss the query may spend, counted once per query")
     issued_at: UnixSeconds = Field(
         default_factory=_now, description="unix seconds when the department signed it"
@@ -505,9 +552,14 @@ class Approval(_Model):
 
 
 class SignedApproval(_Model):
-    approval: Approval
+    """An approval with the department's Ed25519 signature over its canonical JSON, made on the
+    department's own machine."""
+
+    approval: Approval = Field(description="what the department approves")
     key_fingerprint: Digest
-    signature: str
+    signature: str = Field(
+        description="Ed25519 signature (base64) over the approval's canonical JSON (RFC 8785)"
+    )
 
 
 MAX_QUERIES_PER_WINDOW = 100_000
@@ -532,11 +584,18 @@ class ApprovalRule(_Model):
     """
 
     version: Literal["fedgate-rule/2"] = RULE_VERSION
-    department: Name
-    rule_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,80}$")]
-    datasets: tuple[ApprovedDataset, ...] = Field(min_length=1)
-    units: tuple[Unit, ...] = Field(min_length=1)
-    max_epsilon_per_query: Epsilon
+    department: Name = Field(description="the department that pre-approves queries with this rule")
+    rule_id: Annotated[
+        str,
+        Field(pattern=r"^[A-Za-z0-9_-]{4,80}$", description="the rule's name, unique within the department"),
+    ]
+    datasets: tuple[ApprovedDataset, ...] = Field(
+        description="the datasets, measures and dimensions a covered query may read", min_length=1
+    )
+    units: tuple[Unit, ...] = Field(
+        description="the units (household, person) a covered query may count", min_length=1
+    )
+    max_epsilon_per_query: Epsilon = Field(description="the largest epsilon of a query the rule covers")
     analysts: tuple[str, ...] = Field(
         min_length=1, max_length=64, description='analyst key fingerprints, or "*" for every analyst'
     )
@@ -609,9 +668,11 @@ class ApprovalRule(_Model):
 
 
 class SignedRule(_Model):
-    rule: ApprovalRule
+    """A pre-approval rule with the department's Ed25519 signature over its canonical JSON."""
+
+    rule: ApprovalRule = Field(description="what the rule pre-approves")
     key_fingerprint: Digest
-    signature: str
+    signature: str = Field(description="Ed25519 signature (base64) over the rule's canonical JSON (RFC 8785)")
 
 
 def sign_rule(key: Ed25519PrivateKey, rule: ApprovalRule) -> SignedRule:

@@ -51,6 +51,8 @@ class _Frozen(BaseModel):
 
 
 class Term(_Frozen):
+    """One person measure in a sum, with its sign."""
+
     dataset: Annotated[
         str,
         Field(
@@ -58,8 +60,10 @@ class Term(_Frozen):
             description='connector.dataset, or "household" with measure "members" (household size)',
         ),
     ]
-    measure: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
-    sign: Literal[1, -1] = 1
+    measure: Annotated[
+        str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="the measure's name in that dataset")
+    ]
+    sign: Literal[1, -1] = Field(1, description="+1 to add (income), -1 to subtract (deductions)")
 
     @model_validator(mode="after")
     def _members(self) -> Term:
@@ -75,10 +79,16 @@ class Term(_Frozen):
 class Measure(_Frozen):
     """A signed sum of declared measures, clamped per unit to public bounds."""
 
-    terms: tuple[Term, ...] = Field(min_length=1, max_length=16)
+    terms: tuple[Term, ...] = Field(
+        min_length=1,
+        max_length=16,
+        description="the person measures summed with their signs into each unit's value",
+    )
     lower: int = Field(ge=-(10**12), le=10**12, description="public lower bound of the per-unit value")
     upper: int = Field(ge=-(10**12), le=10**12, description="public upper bound of the per-unit value")
-    label: str = Field("", max_length=120)
+    label: str = Field(
+        "", max_length=120, description="a name for the measure in the result, e.g. disposable income proxy"
+    )
     per_capita: bool = Field(
         False, description="household queries: the household's value divided by its registered members"
     )
@@ -94,8 +104,12 @@ class Measure(_Frozen):
 
 
 class Filter(_Frozen):
-    dimension: Annotated[str, Field(pattern=DIMENSION_REF)]
-    values: tuple[str, ...] = Field(min_length=1, max_length=10_000)
+    """Keep only units whose dimension takes one of the values (public codes)."""
+
+    dimension: Annotated[str, Field(pattern=DIMENSION_REF, description="connector.dataset.dimension")]
+    values: tuple[str, ...] = Field(
+        min_length=1, max_length=10_000, description="codes from the dimension's public domain"
+    )
 
 
 HAS_PREFIX = "household.has_"
@@ -111,13 +125,31 @@ class MemberGroup(_Frozen):
     `household.has_<name>` is 1 for households where *no* member matches (e.g. no wage earner).
     """
 
-    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,30}$")]
-    dimension: Annotated[str, Field(pattern=DIMENSION_REF)] | None = None
-    values: tuple[str, ...] | None = Field(None, min_length=1, max_length=1_000)
+    name: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z][a-z0-9_]{0,30}$",
+            description="the group's name; the household attribute is household.has_<name>",
+        ),
+    ]
+    dimension: Annotated[str, Field(pattern=DIMENSION_REF)] | None = Field(
+        None, description="connector.dataset.dimension whose values put a person in the group"
+    )
+    values: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        max_length=1_000,
+        description="the codes that put a person in the group (with dimension)",
+    )
     measure: Annotated[str, Field(pattern=DIMENSION_REF)] | None = Field(
         None, description="connector.dataset.measure"
     )
-    at_least: int | None = Field(None, ge=-(10**12), le=10**12)
+    at_least: int | None = Field(
+        None,
+        ge=-(10**12),
+        le=10**12,
+        description="a person is in the group when the measure reaches this over the period (with measure)",
+    )
     negate: bool = Field(False, description="the household attribute is 1 when no member matches")
 
     @model_validator(mode="after")
@@ -160,6 +192,8 @@ class Baseline(_Frozen):
 
 
 class StatisticKind(StrEnum):
+    """The statistics a query can release."""
+
     COUNT = "count"
     SUM = "sum"
     MEAN = "mean"
@@ -169,9 +203,13 @@ class StatisticKind(StrEnum):
 
 
 class Statistic(_Frozen):
-    kind: StatisticKind
+    """One statistic to release per cell; histograms, quantiles and the Lorenz curve take public bin edges."""
+
+    kind: StatisticKind = Field(description="count, sum, mean, histogram, quantiles or lorenz")
     edges: tuple[int, ...] | None = Field(None, max_length=1_000, description="public, strictly increasing")
-    probs: tuple[float, ...] | None = Field(None, max_length=99)
+    probs: tuple[float, ...] | None = Field(
+        None, max_length=99, description="quantiles: the probabilities, each strictly between 0 and 1"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Statistic:
@@ -196,16 +234,33 @@ class Statistic(_Frozen):
 class QuerySpec(_Frozen):
     """What an analyst asks; immutable once submitted."""
 
-    version: Literal["fedgate-query/1"] = "fedgate-query/1"
+    version: Literal["fedgate-query/1"] = Field(
+        "fedgate-query/1", description="the query format; fedgate-query/1"
+    )
     purpose: str = Field(min_length=10, max_length=1_000, description="why this is asked, for the approvers")
-    unit: Unit
+    unit: Unit = Field(description="household (the protected unit) or person")
     period_start: Period
     period_end: Period
-    measure: Measure | None = None
-    filters: tuple[Filter, ...] = Field((), max_length=8)
-    group_by: tuple[Annotated[str, Field(pattern=DIMENSION_REF)], ...] = Field((), max_length=3)
-    statistics: tuple[Statistic, ...] = Field(min_length=1, max_length=6)
-    epsilon: Decimal = Field(ge=MIN_EPSILON_PER_QUERY, le=MAX_EPSILON_PER_QUERY)
+    measure: Measure | None = Field(
+        None, description="the value summed or binned per unit; null for counts only"
+    )
+    filters: tuple[Filter, ...] = Field((), max_length=8, description="keep only units matching every filter")
+    group_by: tuple[Annotated[str, Field(pattern=DIMENSION_REF)], ...] = Field(
+        (),
+        max_length=3,
+        description="up to three dimensions (connector.dataset.dimension) to break the result down by",
+    )
+    statistics: tuple[Statistic, ...] = Field(
+        min_length=1,
+        max_length=6,
+        description="what to release per cell: count, sum, mean, histogram, quantiles, lorenz",
+    )
+    epsilon: Decimal = Field(
+        ge=MIN_EPSILON_PER_QUERY,
+        le=MAX_EPSILON_PER_QUERY,
+        description="the privacy budget the query spends (at least the public minimum per query, at most "
+        "six decimal places)",
+    )
     member_cap: int | None = Field(
         None, ge=1, le=20, description="person queries: public cap on persons counted per household"
     )

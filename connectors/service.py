@@ -162,7 +162,7 @@ def build_schema(loaded: LoadedConfig, signing_key: str) -> ConnectorSchema:
                     DimensionSchema(
                         name=d.name,
                         domain=loaded.domains[(ds.name, d.name)],
-                        labels=loaded.labels.get((ds.name, d.name), {}),
+                        names=loaded.names.get((ds.name, d.name), {}),
                         derived_from_id=d.derived is not None,
                         household_level=d.household_level,
                         description=d.description,

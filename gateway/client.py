@@ -4,6 +4,10 @@
         q = gw.submit(spec)                     # QuerySpec or dict; signed with the analyst's own key
         gw.approve(q["id"], key_pem, department, schemas=own)  # a department admin: signs its own plan
         result = gw.run(q["id"])
+        frame = gw.result_frame(q["id"])         # pandas: a code and a name column per dimension, estimate,
+                                                 # lower, upper, prob (quantiles), epsilon
+        pack = gw.run_pack("monthly", period="2026-10")
+        pack.to_frame()                          # one row per figure, villages named beside their codes
 
         job = gw.submit_job("pack", "monthly", period="2025-12")   # 202: the job, at once
         done = gw.wait_job(job["id"], on_progress=lambda j: print(j["steps_done"], j["steps_total"]))
@@ -19,7 +23,7 @@ import json as jsonlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -38,6 +42,11 @@ from connectors.protocol import (
 )
 from gateway.api.schemas import KeyGroupIn
 from gateway.approval_plan import PlannedApproval, planned_approval, reported_scopes
+from gateway.codenames import CodeNames
+from gateway.i18n import Lang
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class GatewayError(Exception):
@@ -47,6 +56,20 @@ class GatewayError(Exception):
         self.message = message
         self.field = field
         super().__init__(f"{status} {code}: {message}" + (f" (field {field})" if field else ""))
+
+
+class RunDocument(dict[str, Any]):
+    """An indicator or pack run as the gateway returned it (a dict), with `to_frame()` for a table."""
+
+    def __init__(self, doc: Mapping[str, Any], names: Callable[[], CodeNames]) -> None:
+        super().__init__(doc)
+        self._names = names
+
+    def to_frame(self, *, lang: Lang | str = Lang.ZH) -> pd.DataFrame:
+        """One row per figure (`gateway.frames.run_frame`), village names beside their codes."""
+        from gateway.frames import run_frame
+
+        return run_frame(self, self._names(), lang=lang)
 
 
 class GatewayClient:
@@ -68,6 +91,7 @@ class GatewayClient:
             timeout=timeout,
             transport=transport,
         )
+        self._code_names: CodeNames | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -122,6 +146,12 @@ class GatewayClient:
 
     def catalog(self) -> Any:
         return self._do("GET", "/v1/catalog")
+
+    def code_names(self) -> CodeNames:
+        """The names of the catalog's codes (villages, urban-rural classes ...), fetched once per client."""
+        if self._code_names is None:
+            self._code_names = CodeNames.from_catalog(self.catalog())
+        return self._code_names
 
     # --- key groups
 
@@ -268,6 +298,13 @@ class GatewayClient:
     def result(self, query_id: str) -> Any:
         return self._do("GET", f"/v1/queries/{query_id}/result")
 
+    def result_frame(self, query_id: str) -> pd.DataFrame:
+        """A released result as a DataFrame (`gateway.frames.query_frame`): per dimension a code and a
+        name column, then statistic, bin, prob, estimate, lower, upper, epsilon and query_id."""
+        from gateway.frames import query_frame
+
+        return query_frame(self.result(query_id)["result"], self.code_names())
+
     def budget(self, years: list[str] | None = None) -> Any:
         """Spent and remaining epsilon per data year (default: every year charged so far)."""
         query = "&".join(f"year={y}" for y in years or [])
@@ -300,7 +337,7 @@ class GatewayClient:
         groups: Sequence[str] | None = None,
         baseline: str | None = None,
         drop_share: Decimal | str | None = None,
-    ) -> Any:
+    ) -> RunDocument:
         """Run one indicator for `period` (YYYY-MM or YYYY-MM..YYYY-MM); its figures with 95% intervals."""
         body: dict[str, Any] = {"period": period}
         for key, value in (
@@ -312,7 +349,7 @@ class GatewayClient:
         ):
             if value is not None:
                 body[key] = str(value) if isinstance(value, Decimal) else value
-        return self._do("POST", f"/v1/indicators/{name}/run", body)
+        return RunDocument(self._do("POST", f"/v1/indicators/{name}/run", body), self.code_names)
 
     def run_pack(
         self,
@@ -321,14 +358,14 @@ class GatewayClient:
         period: str,
         epsilon: Decimal | str | None = None,
         groups: Sequence[str] | None = None,
-    ) -> Any:
+    ) -> RunDocument:
         """Run a pack of the monitoring calendar (`monthly` or `year_end`) for a reference month."""
         body: dict[str, Any] = {"period": period}
         if epsilon is not None:
             body["epsilon"] = str(epsilon)
         if groups is not None:
             body["groups"] = list(groups)
-        return self._do("POST", f"/v1/packs/{name}/run", body)
+        return RunDocument(self._do("POST", f"/v1/packs/{name}/run", body), self.code_names)
 
     # --- jobs
 

@@ -117,7 +117,7 @@ def install_metrics(app: FastAPI) -> GatewayMetrics:
 health_router = APIRouter(tags=["health"])
 
 
-@health_router.get("/healthz", response_model=HealthResponse)
+@health_router.get("/healthz", response_model=HealthResponse, responses=error_responses(authenticated=False))
 async def healthz() -> HealthResponse:
     """Liveness: the process answers. Public, and says nothing else."""
     return HealthResponse()
@@ -131,7 +131,7 @@ Operator = Annotated[Principal, Depends(require_roles(Role.OPERATOR))]
 @metrics_router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **error_responses(401, 403, 404)},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **error_responses(403, 404)},
 )
 async def metrics(request: Request, operator: Operator) -> Response:
     """Prometheus metrics, for the operator role only."""

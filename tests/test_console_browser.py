@@ -145,9 +145,9 @@ def test_the_analyst_builds_previews_submits_runs_and_downloads(
         console.page.click("#download-xlsx")
     path = download.value.path()
     book = load_workbook(io.BytesIO(path.read_bytes()))
-    assert book.sheetnames[-1] == translate("console.notes", Lang.ZH)
+    assert book.sheetnames[-1] == translate("columns.notes_sheet", Lang.ZH)
     header = [c.value for c in book[book.sheetnames[0]][1]]
-    assert header[:2] == ["register.persons.village", "register.persons.village 名称"]
+    assert header[:2] == ["village", translate("columns.name_suffix", Lang.ZH, dimension="village")]
     notes = " ".join(str(r[0].value) for r in book[book.sheetnames[-1]].iter_rows())
     assert "ε = 1" in notes and "财产性收入" in notes
     with console.page.expect_download() as download:

@@ -419,15 +419,27 @@ def test_the_command_line_submits_approves_runs_and_shows_budget(
         assert approved.exit_code == 0, approved.output
         assert "purpose" in approved.stdout
         assert ("household mapping" in approved.stdout) == (dept == "register")
-    csv_path = work / "result.csv"
-    ran = runner.invoke(app, ["query", "run", view["id"], "--csv", str(csv_path)], env=env)
+    csv_path, xlsx_path, plot_path = work / "result.csv", work / "result.xlsx", work / "result.png"
+    files = ["--csv", str(csv_path), "--xlsx", str(xlsx_path), "--plot", str(plot_path)]
+    ran = runner.invoke(app, ["--lang", "en", "query", "run", view["id"], *files], env=env)
     assert ran.exit_code == 0, ran.output
     assert "95% intervals" in ran.stdout
-    assert (
-        csv_path.read_text()
-        .splitlines()[0]
-        .startswith("register.persons.village,statistic,bin,value,low,high")
+    header = csv_path.read_text(encoding="utf-8-sig").splitlines()[0]
+    assert header.startswith(
+        "village,village name,statistic,bin,probability,estimate (DP),95% lower,95% upper"
     )
+    from openpyxl import load_workbook
+
+    book = load_workbook(xlsx_path, read_only=True)
+    assert book.sheetnames == ["result", "notes"]
+    assert plot_path.read_bytes().startswith(b"\x89PNG")
+    # The same result in Chinese (the default), village names beside their codes.
+    shown = runner.invoke(app, ["query", "result", view["id"]], env={**env, "FEDGATE_LANG": "", "LANG": "C"})
+    assert shown.exit_code == 0 and "的发布结果" in shown.stdout and "社区" in shown.stdout
+    with fed.client("other-analyst") as gw:
+        frame = gw.result_frame(view["id"])
+    assert {"village", "village_name", "estimate", "lower", "upper", "prob"} <= set(frame.columns)
+    assert frame["village_name"].dropna().str.len().min() > 0
     budget = runner.invoke(app, ["budget", "--json"], env=env)
     assert budget.exit_code == 0 and jsonlib.loads(budget.stdout)["analyst"] == "other-analyst"
     refused = runner.invoke(app, ["query", "run", "q-doesnotexist000"], env=env)

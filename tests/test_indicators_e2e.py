@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from openpyxl import load_workbook
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
@@ -70,6 +71,11 @@ def test_the_year_end_pack_charges_exactly_its_total_once(fed: Federation) -> No
         # The calendar's default, within the smallest department cap (1.0 for every synthetic department).
         assert Decimal(doc["epsilon"]) == Decimal(1)
         assert after - before == Decimal(1)
+        frame = doc.to_frame()
+        assert len(frame) == sum(len(i["figures"]) for i in doc["indicators"])
+        assert set(frame[frame["group"] == "county"]["group_name"]) == {"全县"}
+        villages = frame[frame["group"].str.fullmatch(r"\d{12}")]
+        assert len(villages) and villages["group_name"].notna().all()  # names from the code lists
         names = [i["indicator"] for i in doc["indicators"]]
         assert names == [
             "income_bands",
@@ -194,6 +200,7 @@ def test_the_command_line_lists_and_runs_indicators(fed: Federation, tmp_path: P
     library = json.loads(listed.output)
     assert {i["name"] for i in library["indicators"]} >= {"income_bands", "early_warning"}
     out, csv_path, png = tmp_path / "pack.json", tmp_path / "pack.csv", tmp_path / "pack.png"
+    xlsx = tmp_path / "pack.xlsx"
     ran = runner.invoke(
         app,
         [
@@ -209,11 +216,15 @@ def test_the_command_line_lists_and_runs_indicators(fed: Federation, tmp_path: P
             str(csv_path),
             "--plot",
             str(png),
+            "--xlsx",
+            str(xlsx),
         ],
         env=env,
     )
     assert ran.exit_code == 0, ran.output
     assert "Urban–rural ratio" in ran.output
+    book = load_workbook(xlsx, read_only=True)
+    assert "urban_rural_ratio" in book.sheetnames and book.sheetnames[-1] in ("notes", "说明")
     assert json.loads(out.read_text())["epsilon"] == "1"  # the pack of the first test, served again
     assert csv_path.read_text().count("\n") > 50
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

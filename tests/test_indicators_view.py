@@ -438,6 +438,10 @@ def test_save_writes_the_json_csv_and_plot_the_command_asks_for(
 ) -> None:
     import typer
 
+    from gateway.cli.common import set_lang
+    from gateway.i18n import translate
+
+    set_lang("en")  # what `fedgate --lang en` does
     doc = runs["exact"]
     console = Console(record=True, width=200)
     indicators_cli.save(
@@ -450,7 +454,9 @@ def test_save_writes_the_json_csv_and_plot_the_command_asks_for(
     # Compared as JSON text: a Lorenz band can hold NaN, which never equals itself.
     written = json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))
     assert json.dumps(written, sort_keys=True) == json.dumps(doc, sort_keys=True)
-    assert (tmp_path / "run.csv").read_text(encoding="utf-8").startswith(",".join(CSV_COLUMNS))
+    # People read the command's CSV: its headers are in the output language.
+    headers = ",".join(translate(f"columns.{c}", "en") for c in CSV_COLUMNS)
+    assert (tmp_path / "run.csv").read_text(encoding="utf-8-sig").startswith(headers)
     ET.parse(tmp_path / "run.svg")  # noqa: S314 (our own file)
     assert console.export_text().count("wrote ") == 3
     with pytest.raises(typer.Exit) as stopped:

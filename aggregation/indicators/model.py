@@ -261,15 +261,19 @@ class Figure(BaseModel):
 
     model_config = ConfigDict(frozen=False, extra="forbid")
 
-    figure: str
-    label: str
-    group: str
-    value: float | None
-    low: float | None
-    high: float | None
-    unit: FigureUnit
+    figure: str = Field(description="what the figure is, e.g. share, P50, gini, urban_rural_ratio")
+    label: str = Field(description="its variant, e.g. the income band or the income definition")
+    group: str = Field(description="county, urban, rural, a village code or a key group")
+    value: float | None = Field(description="the DP estimate; null where undefined (see note)")
+    low: float | None = Field(description="lower end of its 95% interval")
+    high: float | None = Field(description="upper end of its 95% interval")
+    unit: FigureUnit = Field(description="share, yuan, ratio, households, persons or index")
     note: str | None = Field(default=None, description="why the value is null (undefined), when it is")
-    exact: float | None = None
+    exact: float | None = Field(
+        None,
+        description="the value without noise, only from an unsafe exact evaluation in tests; null from the "
+        "gateway",
+    )
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -282,15 +286,15 @@ class TableCell(BaseModel):
 
     model_config = _FROZEN
 
-    level: str
-    group: str
-    column: str
-    raw: float
-    raw_low: float
-    raw_high: float
-    value: int
-    low: int
-    high: int
+    level: str = Field(description="county, urban_rural or village")
+    group: str = Field(description="the cell's group at that level")
+    column: str = Field(description="the cell's column")
+    raw: float = Field(description="the noisy measurement (a pooled cell: the sum of its cells')")
+    raw_low: float = Field(description="lower end of the raw value's 95% interval")
+    raw_high: float = Field(description="upper end of the raw value's 95% interval")
+    value: int = Field(description="the reconciled whole number")
+    low: int = Field(description="lower end of the reconciled value's 95% interval")
+    high: int = Field(description="upper end of the reconciled value's 95% interval")
 
 
 class ReconciledTable(BaseModel):
@@ -299,20 +303,22 @@ class ReconciledTable(BaseModel):
 
     model_config = _FROZEN
 
-    table: str
-    unit: FigureUnit
+    table: str = Field(description="the table's name")
+    unit: FigureUnit = Field(description="the unit of its cells")
     releases: list[str] = Field(description="the roles of the releases reconciled")
-    columns: list[str]
-    levels: list[str]
-    cells: list[TableCell]
-    method: str
+    columns: list[str] = Field(description="its columns, e.g. income bands")
+    levels: list[str] = Field(description="its levels: county, urban_rural, village")
+    cells: list[TableCell] = Field(description="its cells, raw and reconciled")
+    method: str = Field(description="how the levels were made consistent")
 
 
 class QueryRef(BaseModel):
+    """One query an indicator released."""
+
     model_config = _FROZEN
-    role: str
-    query_id: str
-    epsilon: str
+    role: str = Field(description="the release's role within the indicator")
+    query_id: str = Field(description="the query id")
+    epsilon: str = Field(description="the epsilon it spent")
 
 
 class IndicatorResult(BaseModel):
@@ -320,18 +326,18 @@ class IndicatorResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    indicator: str
-    title: str
-    title_zh: str
-    period_start: str
-    period_end: str
-    epsilon: str
-    protected_unit: str = "household"
-    counted: str
-    queries: list[QueryRef]
-    figures: list[Figure]
-    notes: list[str]
-    methods: dict[str, str]
+    indicator: str = Field(description="the indicator's name")
+    title: str = Field(description="its title in English")
+    title_zh: str = Field(description="its title in Chinese")
+    period_start: str = Field(description="first month covered (YYYY-MM)")
+    period_end: str = Field(description="last month covered (YYYY-MM)")
+    epsilon: str = Field(description="the epsilon its releases spent together")
+    protected_unit: str = Field("household", description="the unit its guarantee protects: household")
+    counted: str = Field(description="what it counts (households or persons)")
+    queries: list[QueryRef] = Field(description="the queries it released")
+    figures: list[Figure] = Field(description="its figures with 95% intervals")
+    notes: list[str] = Field(description="caveats, e.g. the income proxy")
+    methods: dict[str, str] = Field(description="figure -> how it is derived from the releases")
     curves: dict[str, list[dict[str, float]]] = Field(
         default_factory=dict, description="e.g. the Lorenz curve: points with p, share, low, high"
     )

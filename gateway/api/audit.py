@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from audit.errors import ProofError
 from audit.export import export_log
@@ -26,40 +26,52 @@ from gateway.api.errors import error_responses
 from gateway.api.schemas import MAX_SEQUENCE
 from gateway.errors import Invalid, NotFound
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=error_responses(401, 403, 404, 422))
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
 class EntryOut(BaseModel):
-    seq: int
-    time: str
-    hash: str
-    prev_hash: str
-    event: dict[str, Any]
+    """One audit entry: a typed event, chained to the one before."""
+
+    seq: int = Field(description="the entry's position in the log, from 1")
+    time: str = Field(description="when it was recorded (ISO 8601)")
+    hash: str = Field(description="SHA-256 of the entry (hex)")
+    prev_hash: str = Field(description="the previous entry's hash (hex)")
+    event: dict[str, Any] = Field(description="the event: its action, principal and details; never data")
 
 
 class EntriesOut(BaseModel):
-    entries: list[EntryOut]
-    next_after_seq: int | None
+    """A page of audit entries."""
+
+    entries: list[EntryOut] = Field(description="the entries, in sequence order")
+    next_after_seq: int | None = Field(
+        description="pass as after_seq for the next page; null on the last page"
+    )
 
 
 class EntryProofOut(BaseModel):
-    entry: EntryOut
-    tree_size: int
-    root: str
-    inclusion_proof: list[str]
+    """An audit entry with its inclusion proof in the log's latest tree."""
+
+    entry: EntryOut = Field(description="the entry")
+    tree_size: int = Field(description="the tree size the proof is for")
+    root: str = Field(description="the tree head at that size (hex)")
+    inclusion_proof: list[str] = Field(description="the proof's hashes (base64), leaf to root")
 
 
 class CheckpointOut(BaseModel):
-    size: int
-    root: str
-    note: str
-    public_key: str
+    """A signed checkpoint of the audit log: its size and Merkle root (RFC 6962)."""
+
+    size: int = Field(description="entries the checkpoint covers")
+    root: str = Field(description="Merkle tree head over those entries (hex)")
+    note: str = Field(description="the signed note (checkpoint text and signatures), for witnesses")
+    public_key: str = Field(description="the log's Ed25519 public key (base64) that signed it")
 
 
 class ConsistencyOut(BaseModel):
-    from_size: int
-    to_size: int
-    proof: list[str]
+    """A consistency proof between two sizes of the audit log (RFC 6962)."""
+
+    from_size: int = Field(description="the older size")
+    to_size: int = Field(description="the newer size")
+    proof: list[str] = Field(description="the proof's hashes (base64)")
 
 
 def _log(ctx: GatewayContext) -> AuditLog:
@@ -74,7 +86,7 @@ def _b64(items: list[bytes]) -> list[str]:
     return [base64.b64encode(p).decode() for p in items]
 
 
-@router.get("/entries", response_model=EntriesOut)
+@router.get("/entries", responses=error_responses(403, 422), response_model=EntriesOut)
 def list_entries(
     ctx: ContextDep,
     auditor: Auditor,
@@ -108,7 +120,7 @@ def list_entries(
     )
 
 
-@router.get("/entries/{seq}", response_model=EntryProofOut)
+@router.get("/entries/{seq}", responses=error_responses(403, 404, 422), response_model=EntryProofOut)
 def get_entry(
     seq: Annotated[int, PathParam(ge=0, le=MAX_SEQUENCE)], ctx: ContextDep, auditor: Auditor
 ) -> EntryProofOut:
@@ -138,13 +150,13 @@ def latest_checkpoint(ctx: GatewayContext) -> CheckpointOut:
     )
 
 
-@router.get("/checkpoint", response_model=CheckpointOut)
+@router.get("/checkpoint", responses=error_responses(403, 404), response_model=CheckpointOut)
 def get_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
     """The latest signed checkpoint (signed-note text) and the key to check it with."""
     return latest_checkpoint(ctx)
 
 
-@router.post("/checkpoint", response_model=CheckpointOut)
+@router.post("/checkpoint", responses=error_responses(403), response_model=CheckpointOut)
 def sign_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
     """Sign a checkpoint of the current head now."""
     assert ctx.checkpointer is not None
@@ -152,7 +164,7 @@ def sign_checkpoint(ctx: ContextDep, auditor: Auditor) -> CheckpointOut:
     return latest_checkpoint(ctx)
 
 
-@router.get("/consistency", response_model=ConsistencyOut)
+@router.get("/consistency", responses=error_responses(403, 422), response_model=ConsistencyOut)
 def consistency(
     ctx: ContextDep,
     auditor: Auditor,
@@ -167,7 +179,7 @@ def consistency(
     return ConsistencyOut(from_size=from_size, to_size=to_size, proof=_b64(proof))
 
 
-@router.get("/export", response_class=FileResponse)
+@router.get("/export", responses=error_responses(403, 422), response_class=FileResponse)
 def export(
     ctx: ContextDep,
     auditor: Auditor,

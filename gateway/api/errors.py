@@ -87,8 +87,10 @@ def status_of(error: GatewayError) -> int:
 
 
 class ErrorBody(BaseModel):
-    code: ErrorCode
-    message: str
+    """What went wrong: a fixed code, a public message, the offending field and the request id."""
+
+    code: ErrorCode = Field(description="one of the fixed error codes")
+    message: str = Field(description="what went wrong and how to fix it; never data, identifiers or secrets")
     field: str | None = Field(None, description="dotted path of the offending input, e.g. body.epsilon")
     request_id: str | None = Field(None, description="also in the x-request-id header and the logs")
 
@@ -96,7 +98,7 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     """The body of every error response."""
 
-    error: ErrorBody
+    error: ErrorBody = Field(description="the error")
 
 
 class ApiError(Exception):
@@ -145,9 +147,34 @@ def error_response(
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=all_headers)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for a route: the listed statuses all use `ErrorResponse`."""
-    return {status: {"model": ErrorResponse} for status in statuses}
+ERROR_MEANINGS: dict[int, str] = {
+    401: "unauthenticated: no valid API key; send `Authorization: Bearer <key>` (fedgate users create)",
+    403: "forbidden: your key's role or department may not do this",
+    404: "not_found: nothing with that name or id (or not visible to you)",
+    409: "conflict, not_approved or budget_exceeded: the state does not allow it yet (approvals missing, "
+    "budget spent, already there); the message says which and what to do",
+    413: "invalid_request: the body is larger than FEDGATE_MAX_BODY_BYTES",
+    422: "invalid_request: a parameter or body field is missing or invalid; `field` names it",
+    429: "rate_limited: too many requests without a valid key, or your concurrent runs are all in use",
+    502: "connector_error: a connector answered with something the gateway refuses; nothing was charged",
+    503: "audit_unavailable or connector_unavailable: the audit log cannot be written (nothing was done) "
+    "or a connector cannot be reached",
+}
+"""What each error status means on this API; every one has the `ErrorResponse` body."""
+
+EVERY_REQUEST = (401, 429, 503)
+"""Statuses any request with a key can get before its route runs: the key refused, the flood gate for
+requests without a valid key, and the fail-closed audit log. A public route can only get the last."""
+
+
+def error_responses(*statuses: int, authenticated: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for one route: the statuses it can return besides the ones every request can
+    (401, 429 and 503; a public route only 503), each with its meaning and the one `ErrorResponse` body."""
+    every = EVERY_REQUEST if authenticated else (503,)
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]}
+        for status in sorted({*statuses, *every})
+    }
 
 
 _CODE_FOR_STATUS = {

@@ -5,22 +5,21 @@ from __future__ import annotations
 import calendar
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregation.indicators import INDICATORS, PACKS, IndicatorParams, IndicatorResult, MonitoringConfig
 from aggregation.indicators.config_file import configured_pack
 from gateway import indicators, monitoring
+from gateway.api import examples
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal
 from gateway.api.errors import error_responses
 from gateway.api.limits import RunSlot
 from gateway.api.monitoring import MonitoringOut, monitoring_out
 
-router = APIRouter(
-    prefix="/v1", tags=["indicators"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503)
-)
+router = APIRouter(prefix="/v1", tags=["indicators"])
 
 _PERIOD = r"^\d{4}-(0[1-9]|1[0-2])(\.\.\d{4}-(0[1-9]|1[0-2]))?$"
 
@@ -30,6 +29,8 @@ class _In(BaseModel):
 
 
 class IndicatorRunIn(_In):
+    """The parameters of one indicator run; every omitted one takes the monitoring configuration's value."""
+
     period: str = Field(pattern=_PERIOD, description="YYYY-MM (the months ending then) or YYYY-MM..YYYY-MM")
     epsilon: Decimal | None = Field(
         None, gt=0, le=10, description="total for the indicator; default: the smallest department cap"
@@ -43,6 +44,8 @@ class IndicatorRunIn(_In):
 
 
 class PackRunIn(_In):
+    """The parameters of a pack run."""
+
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="the reference month, YYYY-MM")
     epsilon: Decimal | None = Field(
         None,
@@ -55,51 +58,63 @@ class PackRunIn(_In):
 
 
 class IndicatorsRunOut(BaseModel):
-    pack: str | None
-    period: str
+    """The figures of an indicator or pack run, with the releases they came from."""
+
+    pack: str | None = Field(description="the pack run; null for one indicator")
+    period: str = Field(description="the period asked for")
     epsilon: str = Field(description="the total charged (exactly the sum of the queries' epsilons)")
     monitoring_version: int | None = Field(
         None, description="the version of the monitoring configuration the run was built from"
     )
-    indicators: list[IndicatorResult]
+    indicators: list[IndicatorResult] = Field(description="each indicator's figures with 95% intervals")
 
 
 class ReleaseOut(BaseModel):
-    role: str
-    what: str
+    """One DP release of an indicator."""
+
+    role: str = Field(description="the release's role within the indicator")
+    what: str = Field(description="what it releases")
     share: str = Field(description="the release's share of the indicator's epsilon, as a fraction")
 
 
 class IndicatorOut(BaseModel):
-    name: str
-    title: str
-    title_zh: str
-    counted: str
-    protected_unit: str = "household"
-    description: str
-    releases: list[ReleaseOut]
+    """An indicator of the library: the releases it makes and their shares of its epsilon."""
+
+    name: str = Field(description="the indicator's name, as in /v1/indicators/{name}/run")
+    title: str = Field(description="its title in English")
+    title_zh: str = Field(description="its title in Chinese")
+    counted: str = Field(description="what it counts (households or persons)")
+    protected_unit: str = Field("household", description="the unit its guarantee protects: household")
+    description: str = Field(description="what it measures and how")
+    releases: list[ReleaseOut] = Field(description="its DP releases, each one query")
 
 
 class PackMemberOut(BaseModel):
-    indicator: str
-    share: str
-    months: str
+    """One indicator of a pack."""
+
+    indicator: str = Field(description="the indicator's name")
+    share: str = Field(description="its share of the pack's epsilon, as a fraction")
+    months: str = Field(description="the months it covers, relative to the reference month")
 
 
 class PackOut(BaseModel):
-    name: str
-    title: str
-    title_zh: str
+    """A pack of the monitoring calendar: indicators run together for one reference month."""
+
+    name: str = Field(description="the pack's name: monthly or year_end")
+    title: str = Field(description="its title in English")
+    title_zh: str = Field(description="its title in Chinese")
     default_epsilon: str | None = Field(
         description="the monitoring calendar's epsilon for one run; null: the smallest department cap"
     )
     runs_for: str = Field(description="the reference months it runs for")
-    members: list[PackMemberOut]
+    members: list[PackMemberOut] = Field(description="its indicators and their shares")
 
 
 class LibraryOut(BaseModel):
-    indicators: list[IndicatorOut]
-    packs: list[PackOut]
+    """The indicator library and the monitoring calendar's packs."""
+
+    indicators: list[IndicatorOut] = Field(description="every indicator")
+    packs: list[PackOut] = Field(description="every pack")
     monitoring: MonitoringOut | None = Field(
         description="the monitoring configuration in force; none loaded: releases are not listed"
     )
@@ -156,7 +171,7 @@ def library(record: monitoring.MonitoringRecord | None) -> LibraryOut:
     )
 
 
-@router.get("/indicators", response_model=LibraryOut)
+@router.get("/indicators", responses=error_responses(), response_model=LibraryOut)
 def list_indicators(who: CurrentPrincipal, ctx: ContextDep) -> LibraryOut:
     """The indicator library: what each releases, how its epsilon is split; the packs and their splits;
     the monitoring configuration in force."""
@@ -167,9 +182,17 @@ def _out(doc: dict[str, Any]) -> IndicatorsRunOut:
     return IndicatorsRunOut.model_validate(doc)
 
 
-@router.post("/indicators/{name}/run", response_model=IndicatorsRunOut)
+@router.post(
+    "/indicators/{name}/run",
+    responses=error_responses(403, 404, 409, 413, 422, 502),
+    response_model=IndicatorsRunOut,
+)
 def run_indicator(
-    name: str, body: IndicatorRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
+    name: str,
+    body: Annotated[IndicatorRunIn, Body(openapi_examples=examples.INDICATOR_RUN)],
+    ctx: ContextDep,
+    analyst: Analyst,
+    slot: RunSlot,
 ) -> IndicatorsRunOut:
     """Run one indicator: its queries are submitted, must be approved, are charged together, and its
     figures come with 95% intervals. Running it again returns the same figures and charges nothing."""
@@ -187,9 +210,17 @@ def run_indicator(
     return _out(doc)
 
 
-@router.post("/packs/{name}/run", response_model=IndicatorsRunOut)
+@router.post(
+    "/packs/{name}/run",
+    responses=error_responses(403, 404, 409, 413, 422, 502),
+    response_model=IndicatorsRunOut,
+)
 def run_pack(
-    name: str, body: PackRunIn, ctx: ContextDep, analyst: Analyst, slot: RunSlot
+    name: str,
+    body: Annotated[PackRunIn, Body(openapi_examples=examples.PACK_RUN)],
+    ctx: ContextDep,
+    analyst: Analyst,
+    slot: RunSlot,
 ) -> IndicatorsRunOut:
     """Run a pack of the monitoring calendar (`monthly`: the month's increments; `year_end`: a data year's
     December) within one epsilon, split as documented."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response, status
+from fastapi import APIRouter, Body, Header, Response, status
 
 from aggregation.planner import PlanError, plan_query
 from aggregation.preview import Preview, preview
 from aggregation.query import QuerySpec
 from connectors.protocol import ConnectorSchema, SignedApproval, SignedRule
 from gateway import queries
+from gateway.api import examples
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal, DepartmentAdmin, GatewayContext
 from gateway.api.errors import error_responses
 from gateway.api.schemas import DecisionOut, QueriesOut, QueryOut, RejectionIn, RuleOut, RulesOut
@@ -23,7 +24,7 @@ from privacy.errors import PrivacyError
 QUERY_SIGNATURE_HEADER = "x-fedgate-query-signature"
 """base64 Ed25519 signature, by the analyst's own key, of `connectors.protocol.query_signing_bytes`"""
 
-router = APIRouter(prefix="/v1", tags=["queries"], responses=error_responses(401, 403, 404, 409, 422, 503))
+router = APIRouter(prefix="/v1", tags=["queries"])
 
 
 def query_view(
@@ -59,13 +60,26 @@ def _visible(ctx: GatewayContext, record: queries.QueryRecord, who: Principal) -
         raise NotFound("no query with that id", "query_id")
 
 
-@router.post("/queries", response_model=QueryOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/queries",
+    responses=error_responses(403, 413, 422),
+    response_model=QueryOut,
+    status_code=status.HTTP_201_CREATED,
+)
 def submit_query(
-    spec: QuerySpec,
+    spec: Annotated[QuerySpec, Body(openapi_examples=examples.QUERY)],
     ctx: ContextDep,
     analyst: Analyst,
     response: Response,
-    signature: Annotated[str | None, Header(alias=QUERY_SIGNATURE_HEADER, max_length=128)] = None,
+    signature: Annotated[
+        str | None,
+        Header(
+            alias=QUERY_SIGNATURE_HEADER,
+            max_length=128,
+            description="base64 Ed25519 signature of the query by the analyst's own key (required when the "
+            "query names analyst_key)",
+        ),
+    ] = None,
 ) -> QueryOut:
     """Submit a query; it is identified by the digest of its canonical form and never changes. A query
     naming `analyst_key` carries that key's signature of it in the `x-fedgate-query-signature` header."""
@@ -75,8 +89,10 @@ def submit_query(
     return query_view(ctx, record)
 
 
-@router.post("/queries/preview", response_model=Preview)
-def preview_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst) -> Preview:
+@router.post("/queries/preview", responses=error_responses(403, 413, 422), response_model=Preview)
+def preview_query(
+    spec: Annotated[QuerySpec, Body(openapi_examples=examples.QUERY)], ctx: ContextDep, analyst: Analyst
+) -> Preview:
     """The expected 95% half-width of every statistic of a query at its epsilon, with warnings, from
     public parameters only: nothing is stored or charged and no connector is asked for data."""
     cat = catalog(ctx.engine)
@@ -90,28 +106,50 @@ def preview_query(spec: QuerySpec, ctx: ContextDep, analyst: Analyst) -> Preview
         raise Invalid(f"the release cannot be built: {exc}", "statistics") from None
 
 
-@router.get("/queries", response_model=QueriesOut)
+@router.get("/queries", responses=error_responses(), response_model=QueriesOut)
 def list_queries(ctx: ContextDep, who: CurrentPrincipal) -> QueriesOut:
+    """Queries you may see: an analyst's own; every query for operators, department admins and auditors."""
     records = queries.list_queries(ctx.engine, who)
     cat = catalog(ctx.engine)
     return QueriesOut(queries=[query_view(ctx, r, cat) for r in records])
 
 
-@router.get("/queries/{query_id}", response_model=QueryOut)
+@router.get("/queries/{query_id}", responses=error_responses(404, 422), response_model=QueryOut)
 def get_query(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> QueryOut:
+    """One query: its state, the approvals it still needs from each department and the decisions made."""
     record = queries.get_query(ctx.engine, query_id)
     _visible(ctx, record, who)
     return query_view(ctx, record)
 
 
-@router.post("/queries/{query_id}/approvals", response_model=QueryOut)
-def approve_query(query_id: str, signed: SignedApproval, ctx: ContextDep, admin: DepartmentAdmin) -> QueryOut:
+@router.post(
+    "/queries/{query_id}/approvals",
+    responses=error_responses(403, 404, 409, 413, 422),
+    response_model=QueryOut,
+)
+def approve_query(
+    query_id: str,
+    signed: Annotated[SignedApproval, Body(openapi_examples=examples.APPROVAL)],
+    ctx: ContextDep,
+    admin: DepartmentAdmin,
+) -> QueryOut:
     """Store your department's approval, signed with the department's own key over the query digest."""
     return query_view(ctx, queries.record_approval(ctx.audit, query_id, signed, admin))
 
 
-@router.post("/queries/{query_id}/rejections", response_model=QueryOut)
-def reject_query(query_id: str, body: RejectionIn, ctx: ContextDep, admin: DepartmentAdmin) -> QueryOut:
+@router.post(
+    "/queries/{query_id}/rejections",
+    responses=error_responses(403, 404, 409, 413, 422),
+    response_model=QueryOut,
+)
+def reject_query(
+    query_id: str,
+    body: Annotated[RejectionIn, Body(openapi_examples=examples.REJECTION)],
+    ctx: ContextDep,
+    admin: DepartmentAdmin,
+) -> QueryOut:
+    """Reject a query touching your department's data (department admin), with a reason for the analyst;
+    audited."""
     return query_view(ctx, queries.record_rejection(ctx.audit, query_id, body.reason, admin))
 
 
@@ -131,21 +169,34 @@ def _rule_out(signed: SignedRule) -> RuleOut:
     )
 
 
-@router.post("/rules", response_model=RuleOut, status_code=status.HTTP_201_CREATED)
-def register_rule(signed: SignedRule, ctx: ContextDep, admin: DepartmentAdmin) -> RuleOut:
+@router.post(
+    "/rules",
+    responses=error_responses(403, 409, 413, 422),
+    response_model=RuleOut,
+    status_code=status.HTTP_201_CREATED,
+)
+def register_rule(
+    signed: Annotated[SignedRule, Body(openapi_examples=examples.RULE)],
+    ctx: ContextDep,
+    admin: DepartmentAdmin,
+) -> RuleOut:
     """Register a pre-approval rule signed with your department's key; a new version of one of your rules
     names the digest of the version it replaces, which is kept (superseded), never deleted."""
     queries.record_rule(ctx.audit, signed, admin)
     return _rule_out(signed)
 
 
-@router.get("/rules", response_model=RulesOut)
+@router.get("/rules", responses=error_responses(), response_model=RulesOut)
 def list_rules(ctx: ContextDep, who: CurrentPrincipal) -> RulesOut:
+    """The pre-approval rules in force, with what each covers."""
     department = who.department if who.role is Role.DEPARTMENT_ADMIN else None
     return RulesOut(rules=[_rule_out(r) for r in queries.list_rules(ctx.engine, department)])
 
 
-@router.delete("/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/rules/{rule_id}", responses=error_responses(403, 404, 422), status_code=status.HTTP_204_NO_CONTENT
+)
 def revoke_rule(rule_id: str, ctx: ContextDep, admin: DepartmentAdmin) -> Response:
+    """Revoke one of your department's pre-approval rules (department admin); audited."""
     queries.revoke_rule(ctx.audit, rule_id, admin)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
 
 from aggregation.query import SIZE_BAND
 from gateway import registry
+from gateway.api import examples
 from gateway.api.deps import Anyone, ContextDep, DepartmentAdmin, Operator, Overseer
 from gateway.api.errors import error_responses
 from gateway.api.schemas import CatalogOut, ConnectorIn, ConnectorOut, ConnectorsOut, EndpointIn, EndpointsOut
 
-router = APIRouter(prefix="/v1", tags=["registry"], responses=error_responses(401, 403, 404, 422, 503))
+router = APIRouter(prefix="/v1", tags=["registry"])
 
 PROXY_NOTE = (
     "Disposable income is a documented proxy built from what departments hold (wages, business income, "
@@ -24,14 +25,21 @@ def _out(record: registry.ConnectorRecord) -> ConnectorOut:
     return ConnectorOut(**record.public_view())
 
 
-@router.post("/endpoints", response_model=EndpointsOut, status_code=status.HTTP_201_CREATED)
-def allow_endpoint(body: EndpointIn, ctx: ContextDep, operator: Operator) -> EndpointsOut:
+@router.post(
+    "/endpoints",
+    responses=error_responses(403, 413, 422),
+    response_model=EndpointsOut,
+    status_code=status.HTTP_201_CREATED,
+)
+def allow_endpoint(
+    body: Annotated[EndpointIn, Body(openapi_examples=examples.ENDPOINT)], ctx: ContextDep, operator: Operator
+) -> EndpointsOut:
     """Put a connector endpoint on the allow-list (the gateway fetches no other URL)."""
     registry.allow_endpoint(ctx.audit, body.url, operator, production=ctx.settings.mode == "production")
     return EndpointsOut(endpoints=registry.list_endpoints(ctx.engine))
 
 
-@router.delete("/endpoints", response_model=EndpointsOut)
+@router.delete("/endpoints", responses=error_responses(403, 404, 422), response_model=EndpointsOut)
 def remove_endpoint(
     ctx: ContextDep, operator: Operator, url: Annotated[str, Query(max_length=512)]
 ) -> EndpointsOut:
@@ -40,13 +48,23 @@ def remove_endpoint(
     return EndpointsOut(endpoints=registry.list_endpoints(ctx.engine))
 
 
-@router.get("/endpoints", response_model=EndpointsOut)
+@router.get("/endpoints", responses=error_responses(403), response_model=EndpointsOut)
 def list_endpoints(ctx: ContextDep, operator: Operator) -> EndpointsOut:
+    """The operator's allow-list of connector endpoints: the only URLs the gateway fetches."""
     return EndpointsOut(endpoints=registry.list_endpoints(ctx.engine))
 
 
-@router.post("/connectors", response_model=ConnectorOut, status_code=status.HTTP_201_CREATED)
-def register_connector(body: ConnectorIn, ctx: ContextDep, admin: DepartmentAdmin) -> ConnectorOut:
+@router.post(
+    "/connectors",
+    responses=error_responses(403, 409, 413, 422, 502),
+    response_model=ConnectorOut,
+    status_code=status.HTTP_201_CREATED,
+)
+def register_connector(
+    body: Annotated[ConnectorIn, Body(openapi_examples=examples.CONNECTOR)],
+    ctx: ContextDep,
+    admin: DepartmentAdmin,
+) -> ConnectorOut:
     """Register or update your department's connector under the key fingerprint you confirmed out of band."""
     record = registry.register_connector(
         ctx.audit,
@@ -62,22 +80,29 @@ def register_connector(body: ConnectorIn, ctx: ContextDep, admin: DepartmentAdmi
     return _out(record)
 
 
-@router.get("/connectors", response_model=ConnectorsOut)
+@router.get("/connectors", responses=error_responses(403), response_model=ConnectorsOut)
 def list_connectors(ctx: ContextDep, who: Overseer) -> ConnectorsOut:
+    """Every registered connector with its department, endpoint, key fingerprint and whether it is enabled."""
     return ConnectorsOut(connectors=[_out(r) for r in registry.list_connectors(ctx.engine)])
 
 
-@router.post("/connectors/{name}/disable", response_model=ConnectorOut)
+@router.post(
+    "/connectors/{name}/disable", responses=error_responses(403, 404, 422), response_model=ConnectorOut
+)
 def disable_connector(name: str, ctx: ContextDep, operator: Operator) -> ConnectorOut:
+    """Disable a connector (operator): its datasets leave the catalog and no query reaches it; audited."""
     return _out(registry.set_enabled(ctx.audit, name, False, operator))
 
 
-@router.post("/connectors/{name}/enable", response_model=ConnectorOut)
+@router.post(
+    "/connectors/{name}/enable", responses=error_responses(403, 404, 422), response_model=ConnectorOut
+)
 def enable_connector(name: str, ctx: ContextDep, operator: Operator) -> ConnectorOut:
+    """Enable a disabled connector again (operator); audited."""
     return _out(registry.set_enabled(ctx.audit, name, True, operator))
 
 
-@router.get("/catalog", response_model=CatalogOut)
+@router.get("/catalog", responses=error_responses(), response_model=CatalogOut)
 def get_catalog(ctx: ContextDep, who: Anyone) -> CatalogOut:
     """Datasets, measures with public bounds, dimensions with public domains and units: no counts."""
     cat = registry.catalog(ctx.engine)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 from pydantic import StringConstraints
 
 from gateway import budget, queries, runner
+from gateway.api import examples
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal, DepartmentAdmin, Operator
 from gateway.api.errors import error_responses
 from gateway.api.limits import RunSlot
@@ -17,11 +18,7 @@ from gateway.errors import NotFound
 from privacy.ledger import BudgetView
 from privacy.neighbours import DEFAULT_NEIGHBOURING
 
-router = APIRouter(
-    prefix="/v1",
-    tags=["runs and budget"],
-    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503),
-)
+router = APIRouter(prefix="/v1", tags=["runs and budget"])
 
 
 def _budget_out(view: BudgetView, analyst: str | None) -> BudgetOut:
@@ -60,13 +57,15 @@ def result_out(doc: dict[str, Any]) -> ResultOut:
     )
 
 
-@router.post("/queries/{query_id}/run", response_model=ResultOut)
+@router.post(
+    "/queries/{query_id}/run", responses=error_responses(403, 404, 409, 422, 502), response_model=ResultOut
+)
 def run_query(query_id: str, ctx: ContextDep, analyst: Analyst, slot: RunSlot) -> ResultOut:
     """Run an approved query once; running it again returns the stored numbers and charges nothing."""
     return result_out(runner.run_query(ctx, query_id, analyst))
 
 
-@router.get("/queries/{query_id}/result", response_model=ResultOut)
+@router.get("/queries/{query_id}/result", responses=error_responses(404, 422), response_model=ResultOut)
 def get_result(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> ResultOut:
     """A released result, re-served for free."""
     record = queries.get_query(ctx.engine, query_id)
@@ -78,7 +77,7 @@ def get_result(query_id: str, ctx: ContextDep, who: CurrentPrincipal) -> ResultO
     return result_out(runner.stored_result(ctx, record))
 
 
-@router.get("/me", response_model=MeOut)
+@router.get("/me", responses=error_responses(), response_model=MeOut)
 def whoami(who: CurrentPrincipal) -> MeOut:
     """The caller's name, role and (for a department admin) department."""
     return MeOut(
@@ -96,21 +95,36 @@ DataYears = Annotated[
 ]
 
 
-@router.get("/budget", response_model=BudgetOut)
+@router.get("/budget", responses=error_responses(422), response_model=BudgetOut)
 def get_budget(ctx: ContextDep, who: CurrentPrincipal, years: DataYears = None) -> BudgetOut:
     """Spent and remaining epsilon per data year and, for an analyst, their own share of each year."""
     analyst = who.name if who.role is Role.ANALYST else None
     return _budget_out(ctx.ledger.remaining(analyst or "", years), analyst)
 
 
-@router.put("/budget/quotas/{analyst}", response_model=BudgetOut)
-def set_quota(analyst: str, body: EpsilonIn, ctx: ContextDep, operator: Operator) -> BudgetOut:
+@router.put(
+    "/budget/quotas/{analyst}", responses=error_responses(403, 404, 413, 422), response_model=BudgetOut
+)
+def set_quota(
+    analyst: str,
+    body: Annotated[EpsilonIn, Body(openapi_examples=examples.EPSILON)],
+    ctx: ContextDep,
+    operator: Operator,
+) -> BudgetOut:
+    """Set an analyst's epsilon quota per data year (operator); audited."""
     budget.set_quota(ctx.audit, ctx.ledger, analyst, body.epsilon, operator)
     return _budget_out(ctx.ledger.remaining(analyst), analyst)
 
 
-@router.put("/budget/datasets/{dataset}", response_model=BudgetOut)
-def set_dataset_cap(dataset: str, body: EpsilonIn, ctx: ContextDep, admin: DepartmentAdmin) -> BudgetOut:
+@router.put(
+    "/budget/datasets/{dataset}", responses=error_responses(403, 404, 413, 422), response_model=BudgetOut
+)
+def set_dataset_cap(
+    dataset: str,
+    body: Annotated[EpsilonIn, Body(openapi_examples=examples.EPSILON)],
+    ctx: ContextDep,
+    admin: DepartmentAdmin,
+) -> BudgetOut:
     """A department caps the epsilon each data year of one of its datasets may lose (`connector.dataset`)."""
     budget.set_dataset_cap(ctx.audit, ctx.ledger, dataset, body.epsilon, admin)
     return _budget_out(ctx.ledger.remaining(""), None)

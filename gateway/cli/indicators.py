@@ -9,7 +9,8 @@
     fedgate indicators run --pack monthly --period P the month's increments (year_end: a data year's December)
 
     run options: --epsilon E, --band LABEL=LOW:HIGH (repeat), --group NAME (repeat), --baseline P,
-                 --drop-share S; output: --json (print JSON) or --json FILE, --csv FILE, --plot FILE.png|.svg
+                 --drop-share S; output: --json (print JSON) or --json FILE, --csv FILE, --xlsx FILE,
+                 --plot FILE.png|.svg
 
 Talks to the gateway's HTTP API (FEDGATE_URL, FEDGATE_API_KEY) like `fedgate query`. Arguments that cannot
 be right are refused before any request (exit 2), a configuration file that cannot be read or has the
@@ -30,10 +31,11 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
-from gateway.cli.common import KeyOpt, UrlOpt, call_gateway, console, errors
+from gateway.cli.common import KeyOpt, UrlOpt, call_gateway, console, errors, lang, say
 
 if TYPE_CHECKING:
     from gateway.client import GatewayClient
+    from gateway.codenames import CodeNames
 
 __all__ = ["client_factory", "indicators_app", "normalized_shares", "parse_bands", "save"]
 
@@ -347,6 +349,14 @@ def run(
         Path | None,
         typer.Option("--csv", metavar="FILE", help="also write every figure (all groups) to this CSV file"),
     ] = None,
+    xlsx_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--xlsx",
+            metavar="FILE",
+            help="also write an Excel workbook: a sheet per indicator and a notes sheet / 另存为 Excel",
+        ),
+    ] = None,
     plot_path: Annotated[
         Path | None,
         typer.Option("--plot", metavar="FILE", help="also draw the figures to this .png or .svg file"),
@@ -403,13 +413,22 @@ def run(
         final = follow(gw, job, out=errors)
         require_success(final)
         doc = call_gateway(lambda: gw.job_result(final["id"]))["run"]
+        names = call_gateway(gw.code_names)
     if to_stdout:
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         from gateway.cli.indicators_view import print_run
 
-        print_run(console, doc)
-    save(doc, json_out=None if to_stdout else json_out, csv_path=csv_path, plot_path=plot_path, info=info)
+        print_run(console, doc, names=names, lang=lang())
+    save(
+        doc,
+        json_out=None if to_stdout else json_out,
+        csv_path=csv_path,
+        plot_path=plot_path,
+        info=info,
+        xlsx_path=xlsx_path,
+        names=names,
+    )
 
 
 def save(
@@ -419,8 +438,11 @@ def save(
     csv_path: Path | None,
     plot_path: Path | None,
     info: Console,
+    xlsx_path: Path | None = None,
+    names: CodeNames | None = None,
 ) -> None:
-    """Write the files asked for; a file that cannot be written ends the command with exit code 2."""
+    """Write the files asked for; a file that cannot be written ends the command with exit code 2.
+    CSV and XLSX headers are in the output language (`fedgate --lang`)."""
     from gateway.cli.indicators_view import write_csv, write_plot
 
     writers: list[tuple[Path, Callable[[Path], object]]] = []
@@ -428,13 +450,19 @@ def save(
         text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
         writers.append((Path(json_out), lambda p: p.write_text(text, encoding="utf-8")))
     if csv_path is not None:
-        writers.append((csv_path, lambda p: write_csv(doc, p)))
+        writers.append((csv_path, lambda p: write_csv(doc, p, lang=lang())))
+    if xlsx_path is not None:
+        from gateway.exports import write_xlsx
+        from gateway.frames import run_frame
+
+        frame = run_frame(doc, names, lang=lang())
+        writers.append((xlsx_path, lambda p: write_xlsx(frame, p, lang())))
     if plot_path is not None:
         writers.append((plot_path, lambda p: write_plot(doc, p)))
     for path, write in writers:
         try:
             write(path)
         except (OSError, ValueError) as exc:
-            errors.print(f"[red]error:[/red] cannot write {path}: {exc}", highlight=False)
+            errors.print(f"[red]error:[/red] {say('cannot_write', path=path, reason=exc)}", highlight=False)
             raise typer.Exit(2) from None
-        info.print(f"wrote {path}", highlight=False)
+        info.print(say("wrote", path=path), highlight=False)

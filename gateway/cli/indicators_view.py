@@ -4,8 +4,9 @@ A run document is what `POST /v1/indicators/{name}/run` and `POST /v1/packs/{nam
 {"pack", "period", "epsilon", "indicators": [IndicatorResult JSON, ...]}. The command line and the demo
 render it through the same three functions:
 
-    print_run(console, doc)    one table per indicator, notes, the run's total epsilon
-    write_csv(doc, path)       every figure of every indicator, one row each
+    print_run(console, doc)    one table per indicator (village names beside codes), notes, the total ε
+    write_csv(doc, path)       every figure of every indicator, one row each (headers translated with a
+                               `lang`, identifiers without one)
     write_plot(doc, path)      PNG or SVG: shares by village, Lorenz curves, urban vs rural, key groups
 """
 
@@ -22,6 +23,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from aggregation.indicators.model import Figure, IndicatorResult
+from gateway.cli.tables import unclipped
+from gateway.codenames import CodeNames
+from gateway.i18n import Lang, translate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -114,9 +118,10 @@ def _by_figure(figures: Iterable[Figure]) -> dict[tuple[str, str], list[Figure]]
     return {key: sorted(items, key=lambda f: _group_order(f.group)) for key, items in out.items()}
 
 
-def _table(result: IndicatorResult, max_groups: int) -> tuple[Table, int]:
+def _table(result: IndicatorResult, max_groups: int, names: CodeNames, lang: Lang) -> tuple[Table, int]:
     """The indicator's table and how many rows it leaves out."""
     with_exact = any(f.exact is not None for f in result.figures)
+    with_names = any(names.any_name(f.group) for f in result.figures if f.group not in REFERENCE_GROUPS)
     releases = len(result.queries)
     title = (
         f"[bold]{escape(result.title)}[/bold]  {escape(result.title_zh)}\n"
@@ -126,13 +131,19 @@ def _table(result: IndicatorResult, max_groups: int) -> tuple[Table, int]:
     if result.indicator == EARLY_WARNING:
         title += f"\n[bold]{COUNTS_ONLY}[/bold]"
     table = Table(title=title, title_justify="left")
-    table.add_column("group")
-    table.add_column("figure")
-    table.add_column("label")
-    table.add_column("DP value", justify="right")
-    table.add_column("95% interval", justify="right")
+
+    def column(key: str, **kwargs: Any) -> None:
+        table.add_column(translate(f"columns.{key}", lang), **kwargs)
+
+    column("group", no_wrap=True)
+    if with_names:
+        column("group_name")
+    column("figure")
+    column("label")
+    column("value", justify="right", no_wrap=True)
+    column("interval", justify="right")
     if with_exact:
-        table.add_column("exact", justify="right")
+        column("exact", justify="right", no_wrap=True)
     blocks = []
     left_out = 0
     for (figure, label), items in _by_figure(result.figures).items():
@@ -141,6 +152,7 @@ def _table(result: IndicatorResult, max_groups: int) -> tuple[Table, int]:
             [
                 # Labels can come from the analyst (band names): never read them as rich markup.
                 escape(f.group),
+                *([escape(names.group_name(f.group, lang) or "")] if with_names else []),
                 escape(figure),
                 escape(label),
                 format_value(f.value, f.unit),
@@ -158,7 +170,7 @@ def _table(result: IndicatorResult, max_groups: int) -> tuple[Table, int]:
         rule = i < len(blocks) - 1 and (len(rows) > 1 or len(blocks[i + 1]) > 1)
         for j, row in enumerate(rows):
             table.add_row(*row, end_section=rule and j == len(rows) - 1)
-    return table, left_out
+    return unclipped(table), left_out
 
 
 def _undefined_notes(result: IndicatorResult) -> list[str]:
@@ -179,7 +191,14 @@ def _undefined_notes(result: IndicatorResult) -> list[str]:
     ]
 
 
-def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12) -> None:
+def print_run(
+    console: Console,
+    doc: Mapping[str, Any],
+    *,
+    max_groups: int = 12,
+    names: CodeNames | None = None,
+    lang: Lang = Lang.EN,
+) -> None:
     """One table per indicator with its notes, then the run's total epsilon.
 
     Villages can be many: each figure shows county, urban and rural, then at most `max_groups` other
@@ -187,7 +206,7 @@ def print_run(console: Console, doc: Mapping[str, Any], *, max_groups: int = 12)
     """
     seen: set[str] = set()
     for result in results_of(doc):
-        table, left_out = _table(result, max_groups)
+        table, left_out = _table(result, max_groups, names or CodeNames(), lang)
         console.print(table)
         if left_out:
             console.print(
@@ -214,11 +233,14 @@ def _cell(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-def write_csv(doc: Mapping[str, Any], path: Path) -> Path:
-    """Every figure of every indicator as one row (no group is left out), UTF-8 with a header."""
-    with path.open("w", newline="", encoding="utf-8") as fh:
+def write_csv(doc: Mapping[str, Any], path: Path, *, lang: Lang | None = None) -> Path:
+    """Every figure of every indicator as one row (no group is left out), UTF-8 with a header: the
+    column identifiers (`CSV_COLUMNS`), or with `lang` the headers people read (then with a byte-order
+    mark, so that Excel and WPS open the Chinese correctly)."""
+    header = list(CSV_COLUMNS) if lang is None else [translate(f"columns.{c}", lang) for c in CSV_COLUMNS]
+    with path.open("w", newline="", encoding="utf-8" if lang is None else "utf-8-sig") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(header)
         for r in results_of(doc):
             for f in r.figures:
                 writer.writerow(

@@ -21,20 +21,31 @@ fedgate demo                               everything above on loopback
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from audit.cli import audit_app
 from connectors.cli import connector_app, synth
 from connectors.keys_cli import admin_key_app, keyring_app, keys_app
 from gateway.cli.analysts import AnalystKeyOpt, analysts_app
-from gateway.cli.common import JsonOpt, KeyOpt, UrlOpt, call_gateway, console, errors
+from gateway.cli.common import (
+    JsonOpt,
+    KeyOpt,
+    LangOpt,
+    UrlOpt,
+    call_gateway,
+    console,
+    errors,
+    lang,
+    say,
+    set_lang,
+)
 from gateway.cli.groups import groups_app
 from gateway.cli.indicators import indicators_app
 from gateway.cli.jobs import NoWaitOpt, archive_app, follow, jobs_app, require_success, schedules_app
@@ -48,7 +59,10 @@ from gateway.cli.onboarding import (
     rules_app,
     waiting_for,
 )
+from gateway.cli.tables import Col, fitted_table, unclipped
 from gateway.cli.users import users_app
+
+LANG_CHOICES = ("zh", "zh-CN", "en")
 
 app = typer.Typer(
     help="fedgate: a privacy-preserving data federation gateway.",
@@ -77,7 +91,25 @@ app.add_typer(analysts_app, name="analysts")
 app.command("catalog")(catalog)
 app.command("synth")(synth)
 
-CsvOpt = Annotated[Path | None, typer.Option("--csv", help="also write the result cells to this CSV file")]
+CsvOpt = Annotated[
+    Path | None, typer.Option("--csv", help="also write the result cells to this CSV file / 另存为 CSV")
+]
+XlsxOpt = Annotated[
+    Path | None,
+    typer.Option("--xlsx", help="also write the result and a notes sheet to this Excel file / 另存为 Excel"),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option("--plot", metavar="FILE", help="also draw the result to this .png or .svg file / 绘图"),
+]
+
+
+@app.callback()
+def root(lang_option: LangOpt = None) -> None:
+    """fedgate: a privacy-preserving data federation gateway. / 隐私保护数据联邦网关。"""
+    if lang_option is not None and lang_option not in LANG_CHOICES:
+        raise typer.BadParameter(f"{lang_option!r}: give zh or en / 请指定 zh 或 en", param_hint="'--lang'")
+    set_lang(lang_option)
 
 
 @gateway_app.callback()
@@ -120,52 +152,57 @@ def _print_query(view: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(view, indent=2, default=str))
         return
-    table = Table(title=f"query {view['id']}", show_header=False)
-    table.add_row("state", view["state"])
-    table.add_row("analyst", view["analyst"])
-    table.add_row("purpose", view["spec"]["purpose"])
-    table.add_row("unit / epsilon", f"{view['spec']['unit']} / {view['spec']['epsilon']}")
-    table.add_row("departments", ", ".join(view.get("departments", [])))
-    table.add_row("covered by", ", ".join(f"{d}: {c}" for d, c in view.get("covered_by", {}).items()) or "-")
-    console.print(table)
+    table = Table(title=say("query_title", query_id=view["id"]), show_header=False)
+    table.add_row(say("query_state"), view["state"])
+    table.add_row(say("query_analyst"), view["analyst"])
+    table.add_row(say("query_purpose"), view["spec"]["purpose"])
+    table.add_row(say("query_unit_epsilon"), f"{view['spec']['unit']} / {view['spec']['epsilon']}")
+    table.add_row(say("query_departments"), ", ".join(view.get("departments", [])))
+    covered = ", ".join(f"{d}: {c}" for d, c in view.get("covered_by", {}).items()) or "-"
+    table.add_row(say("query_covered_by"), covered)
+    console.print(unclipped(table))
 
 
-def result_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    release = doc["release"]
-    rows = []
-    for cell in release["cells"]:
-        row = {**{k: ("(other)" if v is None else v) for k, v in cell["groups"].items()}}
-        row.update(
-            statistic=cell["statistic"],
-            bin=cell.get("bin") or "",
-            value=cell["display"],
-            low=cell["low"],
-            high=cell["high"],
-        )
-        rows.append(row)
-    return rows
+def print_result(
+    doc: dict[str, Any],
+    names: Any,
+    *,
+    as_json: bool,
+    csv_path: Path | None,
+    xlsx_path: Path | None = None,
+    plot_path: Path | None = None,
+) -> None:
+    """The result as a table (or JSON), and the files asked for; one that cannot be written exits 2."""
+    from gateway.cli.query_view import print_result as show
+    from gateway.cli.query_view import write_csv, write_plot
+    from gateway.exports import write_xlsx
+    from gateway.frames import query_frame
 
-
-def print_result(doc: dict[str, Any], *, as_json: bool, csv_path: Path | None, limit: int = 60) -> None:
-    rows = result_rows(doc)
-    if csv_path is not None:
-        with csv_path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["statistic"])
-            writer.writeheader()
-            writer.writerows(rows)
+    frame = query_frame(doc, names)
     if as_json:
-        typer.echo(json.dumps(doc, indent=2, default=str))
-        return
-    table = Table(title=f"released result of {doc['query_id']} (ε = {doc['epsilon']}, 95% intervals)")
-    for col in rows[0] if rows else []:
-        table.add_column(col, justify="right" if col in ("value", "low", "high") else "left")
-    for row in rows[:limit]:
-        table.add_row(*[f"{v:,.0f}" if isinstance(v, float | int) else str(v) for v in row.values()])
-    console.print(table)
-    if len(rows) > limit:
-        console.print(f"… {len(rows) - limit} more cells (use --json or --csv for all)")
-    for note in doc.get("notes", []):
-        console.print(f"[dim]{note}[/dim]")
+        typer.echo(json.dumps(doc, indent=2, default=str, ensure_ascii=False))
+    else:
+        show(console, frame, lang())
+    info = errors if as_json else console
+    writers: list[tuple[Path, Any]] = []
+    if csv_path is not None:
+        writers.append((csv_path, lambda p: write_csv(frame, p, lang())))
+    if xlsx_path is not None:
+        writers.append((xlsx_path, lambda p: write_xlsx(frame, p, lang())))
+    if plot_path is not None:
+        writers.append((plot_path, lambda p: write_plot(frame, p, lang())))
+    for path, write in writers:
+        try:
+            write(path)
+        except (OSError, ValueError) as exc:
+            errors.print(f"[red]error:[/red] {say('cannot_write', path=path, reason=exc)}", highlight=False)
+            raise typer.Exit(2) from None
+        info.print(say("wrote", path=path), highlight=False)
+    if plot_path is not None:
+        from gateway.fonts import NO_FONT_HINT, chart_language
+
+        if chart_language(lang()) is not lang():
+            errors.print(f"[yellow]{NO_FONT_HINT}[/yellow]", highlight=False)
 
 
 @query_app.command("submit")
@@ -202,7 +239,7 @@ def print_preview(doc: dict[str, Any]) -> None:
         else:
             shown = ", ".join(f"n={n}: {w:,.0f}" for n, w in (s.get("half_width_by_cell_size") or {}).items())
         table.add_row(s["statistic"], shown, s["unit"], s["per"], s["epsilon_share"], s["note"])
-    console.print(table)
+    console.print(unclipped(table))
     for warning in doc["warnings"]:
         console.print(f"[yellow]warning / 提示:[/yellow] {warning}")
 
@@ -237,14 +274,25 @@ def query_show(query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = F
 def query_list(url: UrlOpt, api_key: KeyOpt) -> None:
     with _client(url, api_key) as gw:
         rows = call_gateway(gw.queries)
-    table = Table(title="queries")
-    for col in ("id", "state", "unit", "epsilon", "purpose"):
-        table.add_column(col)
-    for q in rows:
-        table.add_row(
-            q["id"], q["state"], q["spec"]["unit"], str(q["spec"]["epsilon"]), q["spec"]["purpose"][:60]
-        )
-    console.print(table)
+    columns = [
+        Col(say("queries_id"), whole=True),
+        Col(say("queries_state"), whole=True),
+        Col(say("queries_unit")),
+        Col(say("queries_epsilon"), whole=True, right=True),
+        Col(say("queries_purpose")),
+    ]
+    body = [
+        [q["id"], q["state"], q["spec"]["unit"], str(q["spec"]["epsilon"]), escape(q["spec"]["purpose"])]
+        for q in rows
+    ]
+    console.print(fitted_table(say("queries_title"), columns, body))
+
+
+def _check_plot(plot_path: Path | None) -> None:
+    from gateway.cli.query_view import PLOT_SUFFIXES
+
+    if plot_path is not None and plot_path.suffix.lower() not in PLOT_SUFFIXES:
+        raise typer.BadParameter(say("plot_suffix"), param_hint="'--plot'")
 
 
 @query_app.command("run")
@@ -255,9 +303,13 @@ def query_run(
     as_json: JsonOpt = False,
     csv_path: CsvOpt = None,
     no_wait: NoWaitOpt = False,
+    xlsx_path: XlsxOpt = None,
+    plot_path: PlotOpt = None,
 ) -> None:
     """Run an approved query as a job, with a progress bar of its steps (again: returns the stored
-    result, charges nothing); --no-wait prints the job id."""
+    result, charges nothing); --no-wait prints the job id.
+    以作业方式运行已批准的查询并显示进度（再次运行返回已存结果，不再扣减预算）；--no-wait 只打印作业编号。"""
+    _check_plot(plot_path)
     with _client(url, api_key) as gw:
         job = call_gateway(lambda: gw.submit_job("query", query_id))
         if no_wait:
@@ -266,16 +318,30 @@ def query_run(
         final = follow(gw, job)
         require_success(final)
         doc = call_gateway(lambda: gw.job_result(final["id"]))["query"]
-    print_result(doc["result"], as_json=as_json, csv_path=csv_path)
+        names = call_gateway(gw.code_names)
+    print_result(
+        doc["result"], names, as_json=as_json, csv_path=csv_path, xlsx_path=xlsx_path, plot_path=plot_path
+    )
 
 
 @query_app.command("result")
 def query_result(
-    query_id: str, url: UrlOpt, api_key: KeyOpt, as_json: JsonOpt = False, csv_path: CsvOpt = None
+    query_id: str,
+    url: UrlOpt,
+    api_key: KeyOpt,
+    as_json: JsonOpt = False,
+    csv_path: CsvOpt = None,
+    xlsx_path: XlsxOpt = None,
+    plot_path: PlotOpt = None,
 ) -> None:
+    """The stored result of a query that has run. 查看已运行查询的结果。"""
+    _check_plot(plot_path)
     with _client(url, api_key) as gw:
         doc = call_gateway(lambda: gw.result(query_id))
-    print_result(doc["result"], as_json=as_json, csv_path=csv_path)
+        names = call_gateway(gw.code_names)
+    print_result(
+        doc["result"], names, as_json=as_json, csv_path=csv_path, xlsx_path=xlsx_path, plot_path=plot_path
+    )
 
 
 @app.command("approve")
@@ -381,7 +447,7 @@ def budget(
         if mine:
             row.append(str(y["analyst_remaining"]) if y["analyst_remaining"] is not None else "no quota")
         table.add_row(*row)
-    console.print(table)
+    console.print(unclipped(table))
     if not view["years"]:
         console.print("no data year has been charged yet / 尚无数据年度被扣减预算")
 

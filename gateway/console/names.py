@@ -1,11 +1,11 @@
-"""Names beside codes: what the console shows next to a village code, an urban-rural class or a band.
+"""Names beside codes as the console shows them: "里塘社区 (330922001001)" style labels.
 
-The names are public: they come from the same published code lists as the codes (each connector
-publishes them in its schema, `DimensionSchema.labels`), and for the dimensions derived from an ID
-number (sex) or built by the gateway (household size band) from the message catalog.
+The names of published code lists come from `gateway.codenames` (their one home); this adds what only
+the console shows: the names of the dimensions derived from an ID number (sex) or built by the gateway
+(household size band), from the message catalog, and the label text.
 
-    CodeNames.of(catalog)       every `connector.dataset.dimension` -> {code: name}
-    names.label(ref, code, lang)   "里塘社区 (330922001001)" style text, or the bare code
+    ConsoleLabels.of(catalog)        from the gateway's catalog of connector schemas
+    labels.label(ref, code, lang)    the code with its name, or the bare code
 """
 
 from __future__ import annotations
@@ -15,36 +15,33 @@ from dataclasses import dataclass
 
 from aggregation.query import SIZE_BAND
 from connectors.protocol import ConnectorSchema
+from gateway.codenames import CodeNames
 from gateway.i18n import Lang, MissingMessage, translate
 
-__all__ = ["CodeNames"]
+__all__ = ["ConsoleLabels"]
 
 
 @dataclass(frozen=True)
-class CodeNames:
-    names: Mapping[str, Mapping[str, str]]
+class ConsoleLabels:
+    codes: CodeNames
     derived: Mapping[str, str]
     """dimension reference -> the catalog key prefix of its names (`console.sex_1`, ...)"""
 
     @classmethod
-    def of(cls, catalog: Mapping[str, ConnectorSchema]) -> CodeNames:
-        names: dict[str, Mapping[str, str]] = {}
+    def of(cls, catalog: Mapping[str, ConnectorSchema]) -> ConsoleLabels:
         derived: dict[str, str] = {SIZE_BAND: "console.size_band_"}
         for schema in catalog.values():
             for dataset in schema.datasets:
                 for dim in dataset.dimensions:
-                    ref = f"{schema.connector}.{dataset.name}.{dim.name}"
-                    if dim.labels:
-                        names[ref] = dim.labels
-                    elif dim.derived_from_id and dim.name == "sex":
-                        derived[ref] = "console.sex_"
-        return cls(names=names, derived=derived)
+                    if not dim.names and dim.derived_from_id and dim.name == "sex":
+                        derived[f"{schema.connector}.{dataset.name}.{dim.name}"] = "console.sex_"
+        return cls(codes=CodeNames.from_catalog(catalog.values()), derived=derived)
 
     def name(self, ref: str, code: str | None, lang: Lang) -> str | None:
         if code is None:
             return None
-        if ref in self.names:
-            return self.names[ref].get(code)
+        if ref in self.codes.by_dimension:
+            return self.codes.name(ref, code)
         prefix = self.derived.get(ref)
         if prefix is not None:
             try:
@@ -56,10 +53,8 @@ class CodeNames:
     def any_label(self, code: str) -> str:
         """A code with the name some code list gives it (indicator groups carry codes, not their
         dimension), or the code alone."""
-        for names in self.names.values():
-            if code in names:
-                return f"{names[code]} ({code})"
-        return code
+        name = self.codes.any_name(code)
+        return f"{name} ({code})" if name else code
 
     def label(self, ref: str, code: str | None, lang: Lang) -> str:
         """The code with its name, or the code alone (or the catalog's word for "other")."""

@@ -27,14 +27,15 @@ from gateway.api.queries import preview_query, query_view
 from gateway.auth import Role
 from gateway.console import charts
 from gateway.console.deps import AnalystSession, CsrfChecked, PageLang, require_role
-from gateway.console.names import CodeNames
+from gateway.console.names import ConsoleLabels
 from gateway.console.render import nav, render
 from gateway.context import GatewayContext, get_context
 from gateway.errors import Invalid, NotFound
 from gateway.i18n import Lang, translate
 from gateway.lifecycle import QueryState
 from gateway.registry import catalog
-from gateway.result_tables import result_table, to_csv, to_xlsx
+from gateway.exports import workbook_bytes
+from gateway.frames import localized, query_frame
 from privacy.vocabulary import histogram_bin_labels
 
 router = APIRouter(prefix="/analyst")
@@ -160,7 +161,7 @@ def _measures(cat: Mapping[str, ConnectorSchema]) -> list[dict[str, Any]]:
 @router.get("/catalog")
 def catalog_page(request: Request, session: AnalystSession, lang: PageLang) -> Response:
     cat = catalog(_ctx(request).engine)
-    names = CodeNames.of(cat)
+    names = ConsoleLabels.of(cat)
     return render(request, "analyst_catalog.html", lang, session, catalog=list(cat.values()), names=names)
 
 
@@ -265,14 +266,7 @@ def _own(ctx: GatewayContext, query_id: str, analyst: str) -> queries.QueryRecor
     return record
 
 
-def _headers(lang: Lang) -> dict[str, str]:
-    keys = ("statistic", "bin", "prob", "value", "low", "high", "name")
-    out = {k: translate(f"console.col_{k}", lang) for k in keys}
-    out["other"] = translate("console.other_bucket", lang)
-    return out
-
-
-def _charts(doc: Mapping[str, Any], spec: QuerySpec, names: CodeNames, lang: Lang) -> list[Any]:
+def _charts(doc: Mapping[str, Any], spec: QuerySpec, names: ConsoleLabels, lang: Lang) -> list[Any]:
     """The charts a release supports: band shares by its first group with error bars, the Lorenz curve."""
     out: list[Any] = []
     group = (doc.get("group_names") or [None])[0]
@@ -326,11 +320,11 @@ def query_page(request: Request, query_id: str, session: AnalystSession, lang: P
     ctx = _ctx(request)
     record = _own(ctx, query_id, session.principal.name)
     cat = catalog(ctx.engine)
-    names = CodeNames.of(cat)
+    names = ConsoleLabels.of(cat)
     doc = ctx.ledger.result(record.id) if record.state is QueryState.RELEASED else None
     table = charts_list = None
     if doc is not None:
-        table = result_table(doc["release"], lambda g, c: names.name(g, c, lang), _headers(lang))
+        table = _table(record.id, doc, names, lang)
         charts_list = _charts(doc["release"], record.spec, names, lang)
     return render(
         request,
@@ -353,20 +347,14 @@ DOWNLOADS = {
 }
 
 
-def notes(lang: Lang, doc: Mapping[str, Any]) -> list[str]:
-    """The notes sheet: the guarantee and caveats in the reader's language, then the release's own."""
-    return [
-        translate(
-            "console.note_guarantee",
-            lang,
-            epsilon=str(doc.get("epsilon")),
-            neighbouring=str(doc.get("neighbouring")),
-        ),
-        translate("console.note_intervals", lang),
-        translate("console.note_proxy", lang),
-        str(doc.get("guarantee", "")),
-        *(str(n) for n in doc.get("notes", ())),
-    ]
+def _frame(query_id: str, doc: Mapping[str, Any], names: ConsoleLabels) -> Any:
+    """The release as the one labelled frame the CLI, the client and the downloads share."""
+    return query_frame({**doc, "query_id": query_id}, names.codes)
+
+
+def _table(query_id: str, doc: Mapping[str, Any], names: ConsoleLabels, lang: Lang) -> tuple[list, list]:
+    frame = localized(_frame(query_id, doc, names), lang)
+    return list(frame.columns), frame.astype(object).where(frame.notna(), "").values.tolist()
 
 
 @router.get("/queries/{query_id}/result.{fmt}")
@@ -376,17 +364,14 @@ def download(request: Request, query_id: str, fmt: str, session: AnalystSession,
     ctx = _ctx(request)
     record = _own(ctx, query_id, session.principal.name)
     doc = runner.stored_result(ctx, record)
-    names = CodeNames.of(catalog(ctx.engine))
-    table = result_table(doc["release"], lambda g, c: names.name(g, c, lang), _headers(lang))
+    names = ConsoleLabels.of(catalog(ctx.engine))
     if fmt == "json":
         body = json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8")
     elif fmt == "csv":
-        body = to_csv(*table)
+        # A byte-order mark, so Excel and WPS open the Chinese names as UTF-8.
+        body = localized(_frame(record.id, doc, names), lang).to_csv(index=False).encode("utf-8-sig")
     else:
-        title = (
-            record.spec.measure.label if record.spec.measure and record.spec.measure.label else record.id[:12]
-        )
-        body = to_xlsx([(title, table)], notes(lang, doc), translate("console.notes", lang))
+        body = workbook_bytes(_frame(record.id, doc, names), lang)
     filename = f"fedgate-{record.id[:12]}.{fmt}"
     return Response(
         body, media_type=DOWNLOADS[fmt], headers={"content-disposition": f'attachment; filename="{filename}"'}

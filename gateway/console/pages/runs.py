@@ -27,7 +27,7 @@ from gateway.api.indicators import IndicatorRunIn, PackRunIn
 from gateway.auth import Role
 from gateway.console import charts
 from gateway.console.deps import AnalystSession, ConsoleSession, CsrfChecked, PageLang, require_role
-from gateway.console.names import CodeNames
+from gateway.console.names import ConsoleLabels
 from gateway.console.render import nav, render
 from gateway.console.sessions import Session
 from gateway.context import GatewayContext, get_context
@@ -138,7 +138,7 @@ def job_status(request: Request, job_id: str, session: ConsoleSession) -> Respon
     return JSONResponse(_status(jobs.visible_job(_ctx(request).engine, job_id, session.principal)))
 
 
-def _indicator_charts(result: Mapping[str, Any], lang: Lang, names: CodeNames) -> list[Any]:
+def _indicator_charts(result: Mapping[str, Any], lang: Lang, names: ConsoleLabels) -> list[Any]:
     """Charts of an indicator's figures: each Lorenz curve with its band; shares by group with error
     bars; a ratio over several groups (months) as a line with its band."""
     out: list[Any] = []
@@ -195,7 +195,7 @@ def job_page(request: Request, job_id: str, session: ConsoleSession, lang: PageL
     job = jobs.visible_job(ctx.engine, job_id, session.principal)
     indicators = []
     if job.state is jobs.JobState.SUCCEEDED and job.kind is not jobs.JobKind.QUERY and job.result:
-        names = CodeNames.of(catalog(ctx.engine))
+        names = ConsoleLabels.of(catalog(ctx.engine))
         for result in job.result.get("indicators", ()):
             indicators.append({"result": result, "charts": _indicator_charts(result, lang, names)})
     return render(request, "job.html", lang, session, job=job, job_status=_status(job), indicators=indicators)
