@@ -233,7 +233,13 @@ def rules_sign(
         Decimal | None, typer.Option("--max-epsilon", help="per query (default: your cap) / 单次上限")
     ] = None,
     analyst: Annotated[
-        list[str] | None, typer.Option("--analyst", help='who may use it (default "*") / 分析人员')
+        list[str] | None,
+        typer.Option(
+            "--analyst",
+            help="an analyst's key fingerprint (`fedgate analysts list`; confirm it with the analyst), or "
+            '"*" for every analyst (the default; connectors refuse it unless they accept such rules) '
+            "/ 分析人员密钥指纹",
+        ),
     ] = None,
     household_only: Annotated[
         bool, typer.Option(help="only household-level dimensions / 仅户级维度")
@@ -342,6 +348,13 @@ def rules_sign(
                 "",
             )
         table.add_row("analysts", ", ".join(analyst or ["*"]), "")
+        if not analyst or "*" in analyst:
+            table.add_row(
+                "warning / 注意",
+                "every analyst, signed or not: a compromised gateway could invent queries under it; your "
+                "connector refuses it unless policy.accept_any_analyst_rules is set (docs/security.md)",
+                "",
+            )
         console.print(table)
         if not yes and not typer.confirm("sign and register it? / 确认签署并登记？"):
             raise typer.Exit(1)
