@@ -66,7 +66,7 @@ Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 # nano-epsilon can hold, so a malformed document is refused as invalid rather than failing later.
 MAX_EPSILON = Decimal(1_000)
 EPSILON_DECIMALS = 9
-MIN_EPSILON = Decimal("0.01")
+MIN_EPSILON = Decimal("0.001")
 """The public floor of one query's epsilon in every signed document: below it a release is nearly all
 noise, and a gateway could otherwise pull many extracts for almost nothing against a window cap."""
 UnixSeconds = Annotated[int, Field(ge=0, le=2**63 - 1, description="unix seconds")]

@@ -40,7 +40,7 @@ SIZE_BANDS: tuple[str, ...] = ("1", "2", "3", "4", "5+")
 """The public domain of the gateway-computed household size band."""
 
 MAX_EPSILON_PER_QUERY = Decimal(10)
-MIN_EPSILON_PER_QUERY = Decimal("0.01")
+MIN_EPSILON_PER_QUERY = Decimal("0.001")
 """The public floor of a query's epsilon (the wire's `MIN_EPSILON`): below it a release is noise only, and
 many tiny queries would each still read the data."""
 QUERY_EPSILON_DECIMALS = 6

@@ -37,6 +37,7 @@ from connectors.protocol import (
     ExtractRequest,
     load_private_key,
     public_key_text,
+    sign_approval,
     sign_request,
 )
 from connectors.service import ConnectorService, budget_window, build_service, create_app
@@ -234,9 +235,11 @@ def test_an_identical_retry_with_fresh_witness_fields_gets_the_stored_answer(
     again = tax.send(gateway.witnessed(req, witnessed))
     assert again.status_code == 200 and again.content == first.content
     assert again.headers[H_COSIGNATURE] != first.headers[H_COSIGNATURE]
-    changed = gateway.witnessed(
-        req.model_copy(update={"measures": ("wage_income",)}), tax.service.state.witnessed()[0]
-    )
+    # Another request for the same (query, dataset), under a second approval the department signed.
+    assert req.approval is not None
+    later = req.approval.approval.model_copy(update={"issued_at": req.approval.approval.issued_at + 1})
+    second = req.model_copy(update={"approval": sign_approval(tax.dept.approval_key, later)})
+    changed = gateway.witnessed(second, tax.service.state.witnessed()[0])
     assert tax.send(changed).json()["error"] == "already_served"
 
 

@@ -90,7 +90,8 @@ def _check_extract(dept: Department, conn: RunningConnector) -> None:
 
 @pytest.fixture(scope="module")
 def sqlite_dept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Department, RunningConnector]]:
-    dept = make_department(tmp_path_factory.mktemp("sqlite"), "sqlite")
+    # A window large enough for every extract of this module (each query is its own, bound by digest).
+    dept = make_department(tmp_path_factory.mktemp("sqlite"), "sqlite", epsilon_window="100")
     conn = start_connector(dept.config_path)
     yield dept, conn
     conn.stop()
@@ -778,13 +779,14 @@ BASELINE_RANGE = ("2025-01", "2025-06")
 # bytes carry no baseline field, and they always carry the issue time and the (default, 14-day) expiry.
 _KNOWN_KEY = bytes(range(32))
 _KNOWN_BYTES = (
-    b'fedgate-approval/2\n{"datasets":[{"dataset":"wages","dimensions":[],"measures":["wage_income"]}],'
+    b'fedgate-approval/2\n{"datasets":[{"dataset":"wages","dimensions":[],"household":false,'
+    b'"measures":["wage_income"]}],'
     b'"department":"tax","epsilon":"0.25","expires_at":1801209600,"issued_at":1800000000,'
     b'"period_end":"2025-12","period_start":"2025-01",'
     b'"query_digest":"' + b"a" * 64 + b'","query_id":"q-proto-0001","unit":"household",'
     b'"version":"fedgate-approval/2"}'
 )
-_KNOWN_SIGNATURE = "gbiT4d3XLatNKcj5/dTt6TweH7XFI2CKTdFNp5E6G3IJkgXACsr0zWGyfBbF9U3pO77Qp58UEnSmOkpPzAz/Aw=="
+_KNOWN_SIGNATURE = "04pSeZJvuJkMYq3DdmHiRiR/M0EIOTzYYGjvPrsUUPLJMWLIxc3dgKBYiNdnMJHMSGX63OH5qnjWXhFUEdP6Dg=="
 
 
 def test_approvals_without_a_baseline_keep_their_signed_bytes() -> None:

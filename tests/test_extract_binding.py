@@ -152,7 +152,7 @@ def test_epsilon_below_the_floor_or_with_too_many_places_is_refused_before_anyth
     dept, conn = tax
     before = _counted(dept)
     honest = dept.request("bind-epsilon")
-    for epsilon in ("1E-18", "0.001", "0.5000000001", "0.5000000000"):
+    for epsilon in ("1E-18", "0.0001", "0.5000000001", "0.5000000000"):
         body = json.loads(honest.body())
         body["epsilon"] = epsilon
         body["approval"]["approval"]["epsilon"] = epsilon

@@ -475,7 +475,7 @@ def test_the_year_end_pack_declares_its_split_and_charges_its_total() -> None:
         pack.params(period="2025-12", epsilon=Decimal("0.000005"), analyst="ana", groups=groups)
     # No release of the pack may fall below the public minimum epsilon of one query.
     with pytest.raises(IndicatorError, match="public minimum"):
-        pack.params(period="2025-12", epsilon=Decimal("0.123457"), analyst="ana", groups=groups)
+        pack.params(period="2025-12", epsilon=Decimal("0.005"), analyst="ana", groups=groups)
 
 
 def test_periods_and_the_default_earlier_period() -> None:

@@ -182,7 +182,7 @@ def test_small_order_public_keys_are_refused(hex_key: str) -> None:
         _check_public_key(text)
 
 
-@pytest.mark.parametrize("epsilon", ["0.009", "1E-18", "0.000000001", "0.2500000000", "-1", "1001"])
+@pytest.mark.parametrize("epsilon", ["0.0009", "1E-18", "0.000000001", "0.2500000000", "-1", "1001"])
 def test_epsilon_has_a_public_floor_and_a_fixed_precision_in_every_signed_document(epsilon: str) -> None:
     """Below MIN_EPSILON, or with more than EPSILON_DECIMALS places as written, no approval, rule or
     request can even be built, so no connector can be asked to count one."""
@@ -205,7 +205,7 @@ def test_epsilon_has_a_public_floor_and_a_fixed_precision_in_every_signed_docume
         )
     with pytest.raises(ValidationError, match="epsilon"):
         QuerySpec.model_validate({**_QUERY.model_dump(mode="json"), "epsilon": epsilon})
-    assert Decimal("0.01") == MIN_EPSILON and EPSILON_DECIMALS == 9
+    assert Decimal("0.001") == MIN_EPSILON and EPSILON_DECIMALS == 9
     _approval(epsilon=MIN_EPSILON)  # the floor itself is allowed
 
 

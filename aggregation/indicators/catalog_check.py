@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from aggregation.indicators.model import IndicatorError, MonitoringConfig
 from aggregation.indicators.pack import CALENDAR
 from aggregation.planner import PlanError, plan_query
-from aggregation.query import MIN_EPSILON_PER_QUERY, split_dimension
+from aggregation.query import split_dimension
 from connectors.config import EntityKind
 from connectors.protocol import ConnectorSchema, DatasetSchema
 
@@ -24,7 +25,7 @@ __all__ = ["ConfigProblem", "problems"]
 
 # The pack is planned, never run: any month and an epsilon under every department's cap will do.
 _PROBE_PERIOD = "2001-12"
-_PROBE_EPSILON = MIN_EPSILON_PER_QUERY  # a probe is planned, never run
+_PROBE_EPSILON = Decimal("0.1")  # planned, never run: splits into parts above the floor, under every cap
 _LISTED = 12
 """at most this many names are listed as what the catalog offers"""
 
