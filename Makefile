@@ -48,7 +48,7 @@ test: lint browser
 
 # Screenshots of the console's main pages into docs/console/ (the browser tests write them).
 screenshots: $(STAMP) browser
-	FEDGATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:randomly tests/test_console_browser.py tests/test_console_analyst_browser.py tests/test_console_operator_browser.py tests/test_console_roles_browser.py
+	FEDGATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:randomly tests/test_console_browser.py tests/test_console_roles_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' && $(BIN)/python -m bench

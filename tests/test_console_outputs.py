@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gateway.console import charts
 
+
 def test_charts_escape_their_labels_and_mark_intervals() -> None:
     svg = str(charts.bars([charts.Bar("<script>x</script>", 0.4, 0.3, 0.5)], title="a & b"))
     assert "<script>" not in svg and "&lt;script&gt;" in svg and "a &amp; b" in svg

@@ -31,11 +31,11 @@ from gateway.console.names import ConsoleLabels
 from gateway.console.render import nav, render
 from gateway.context import GatewayContext, get_context
 from gateway.errors import Invalid, NotFound
+from gateway.exports import workbook_bytes
+from gateway.frames import localized, query_frame
 from gateway.i18n import Lang, translate
 from gateway.lifecycle import QueryState
 from gateway.registry import catalog
-from gateway.exports import workbook_bytes
-from gateway.frames import localized, query_frame
 from privacy.vocabulary import histogram_bin_labels
 
 router = APIRouter(prefix="/analyst")
