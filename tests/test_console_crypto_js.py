@@ -60,6 +60,8 @@ def _approval(**changes: Any) -> Approval:
         "period_end": "2025-12",
         "datasets": (ApprovedDataset(dataset="wages", measures=("amount",), dimensions=("village",)),),
         "epsilon": Decimal("0.5"),
+        # A fixed issue time keeps the signed bytes (and so the known answer) the same on every run.
+        "issued_at": 1_899_000_000,
         "expires_at": 1_900_000_000,
     }
     fields.update(changes)
