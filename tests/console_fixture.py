@@ -3,7 +3,8 @@ Playwright, both started once per test module.
 
     console_fed      fixture (function `console_federation`): a small synthetic county, five
                      connectors and the gateway (their own uvicorn processes), connectors registered
-                     and pre-approved as the departments would
+                     and pre-approved as the departments would: the rules name the analysts of the
+                     test module's `RULE_ANALYSTS` ("analyst" by key fingerprint unless it says)
     console          fixture (function `console_browser`): a `Console` (one Chromium with a fresh
                      profile, one page) on that gateway; every request the browser makes is checked:
                      one to any host but 127.0.0.1 is aborted and fails the module
@@ -54,12 +55,19 @@ def _require_browser() -> None:
     )
 
 
+def rule_analysts(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The analysts the departments' rules name: the module's `RULE_ANALYSTS`, else the signing analyst."""
+    return tuple(getattr(request.module, "RULE_ANALYSTS", ("analyst",)))
+
+
 @pytest.fixture(scope="module", name="console_fed")
-def console_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+def console_federation(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Federation]:
     _require_browser()
     federation = start_federation(tmp_path_factory.mktemp("console-fed"), persons=PERSONS, seed=11)
     try:
-        register_everything(federation)
+        register_everything(federation, analysts=rule_analysts(request))
         yield federation
     finally:
         federation.stop()

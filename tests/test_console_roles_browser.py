@@ -72,7 +72,16 @@ def waiting(console_fed: Federation) -> Iterator[dict[str, str]]:
     qid = ids["approve"]
     done = CliRunner().invoke(
         app,
-        ["approve", qid, "--key", str(_key_file(console_fed, "register")), "--url", console_fed.gateway.url],
+        [
+            "approve",
+            qid,
+            "--key",
+            str(_key_file(console_fed, "register")),
+            "--url",
+            console_fed.gateway.url,
+            *console_fed.approve_args("register"),
+            "--yes",
+        ],
         env={"FEDGATE_API_KEY": console_fed.keys["register"]},
     )
     assert done.exit_code == 0, done.output
