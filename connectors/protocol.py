@@ -500,7 +500,9 @@ def check_current(issued_at: int, expires_at: int, what: str, *, now: float | No
 class Approval(_Model):
     """A department's consent to one query, signed with the department's own key (not the gateway's)."""
 
-    version: Literal["fedgate-approval/2"] = APPROVAL_VERSION
+    version: Literal["fedgate-approval/2"] = Field(
+        APPROVAL_VERSION, description="the approval format; a connector refuses any other"
+    )
     department: Name = Field(
         description="the approving department; its connector checks the signature with this "
         "department's approval key"
@@ -583,7 +585,9 @@ class ApprovalRule(_Model):
     required when the rule names analysts, bounds each named analyst's share. The connector counts both.
     """
 
-    version: Literal["fedgate-rule/2"] = RULE_VERSION
+    version: Literal["fedgate-rule/2"] = Field(
+        RULE_VERSION, description="the rule format; a connector refuses any other"
+    )
     department: Name = Field(description="the department that pre-approves queries with this rule")
     rule_id: Annotated[
         str,

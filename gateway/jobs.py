@@ -67,6 +67,8 @@ log = structlog.get_logger("fedgate.jobs")
 
 
 class JobState(StrEnum):
+    """Where a job is: queued, running, or one of the final states."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -79,6 +81,8 @@ FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobS
 
 
 class JobKind(StrEnum):
+    """What a job runs: an approved query, an indicator of the library or a pack of the calendar."""
+
     QUERY = "query"
     INDICATOR = "indicator"
     PACK = "pack"

@@ -158,8 +158,9 @@ def test_role_matrix(fed: Federation) -> None:
     forged = sign_approval(load_private_key(fed.approval_key("tax")), approval)
     req = ExtractRequest(
         connector="social",
-        query_id="q-forged-approval-01",
+        query_id=spec.query_id,
         query_digest=spec.digest,
+        query=spec,
         dataset="pensions",
         unit=spec.unit,
         period_start=spec.period_start,
@@ -297,22 +298,33 @@ def test_the_allow_list_is_checked_on_every_call(fed: Federation) -> None:
 
 
 def test_a_department_admin_cannot_take_over_another_departments_rule(fed: Federation) -> None:
+    """A rule is (department, rule id): another department can neither register, replace nor revoke the
+    tax bureau's rule; the same id in its own department is a rule of its own (docs/security.md)."""
     with fed.client("tax") as tax:
         before = {r["rule_id"]: r for r in tax._do("GET", "/v1/rules")["rules"]}
     assert "tax-tests" in before
+    scope = ApprovedDataset(dataset="assistance", measures=(), dimensions=())
+    limits = {
+        "rule_id": "tax-tests",
+        "datasets": [scope],
+        "units": ("person",),
+        "max_epsilon_per_query": Decimal("0.1"),
+        "window": WindowLimits(max_queries=10, max_epsilon=Decimal(1)),
+    }
     with fed.client("civil") as civil:
-        scope = ApprovedDataset(dataset="assistance", measures=(), dimensions=())
+        # A rule naming the tax bureau, from civil affairs, is refused before its signature is read.
         with pytest.raises(GatewayError) as err:
-            civil.register_rule(
-                fed.approval_key("civil"),
-                department="civil",
-                rule_id="tax-tests",
-                datasets=[scope],
-                units=("person",),
-                max_epsilon_per_query=Decimal("0.1"),
-                window=WindowLimits(max_queries=10, max_epsilon=Decimal(1)),
-            )
+            civil.register_rule(fed.approval_key("civil"), department="tax", **limits)
         assert err.value.status == 403 and err.value.field == "rule"
+        # Revoking "tax-tests" finds only civil affairs' own rules: there is none.
+        with pytest.raises(GatewayError) as err:
+            civil.revoke_rule("tax-tests")
+        assert err.value.status == 404
+        # The same id in civil affairs is a rule of its own, beside the tax bureau's, and revoked alone.
+        own = civil.register_rule(fed.approval_key("civil"), department="civil", **limits)
+        assert (own["department"], own["rule_id"], own["replaces"]) == ("civil", "tax-tests", None)
+        civil.revoke_rule("tax-tests")
+        assert all(r["rule_id"] != "tax-tests" for r in civil.rules())
     # The tax bureau's rule is untouched, and still its own.
     with fed.client("tax") as tax:
         after = {r["rule_id"]: r for r in tax._do("GET", "/v1/rules")["rules"]}

@@ -53,8 +53,11 @@ def _requests(dept: Department) -> list[ExtractRequest]:
         dept.request("q-snap-00002", period_start="2025-01", period_end="2025-03"),
         dept.request("q-snap-00003", period_start="2025-06", period_end="2025-06"),
         dept.request("q-snap-00004", period_start="2024-12", period_end="2025-02"),
+        # A baseline is carried by the request: fedgate/2 queries take one only for households, and
+        # this department has no household mapping, so the person query is carried without it.
         dept.request(
             "q-snap-00005",
+            query=dept.query("q-snap-00005"),
             period_start="2025-07",
             period_end="2025-12",
             baseline_start="2025-01",
@@ -273,6 +276,7 @@ def test_an_extract_during_a_refresh_reads_one_snapshot(
     direct, snapped = _extractors(dept, loaded, source)
     request = dept.request(
         "q-cons-00001",
+        query=dept.query("q-cons-00001"),
         period_start="2025-07",
         period_end="2025-12",
         baseline_start="2025-01",

@@ -12,17 +12,20 @@ from typing import Any
 from fastapi.openapi.models import Example
 
 __all__ = [
+    "ANALYST_KEY",
     "APPROVAL",
     "CONNECTOR",
     "ENDPOINT",
     "EPSILON",
     "INDICATOR_RUN",
+    "JOB",
     "KEY_GROUP",
     "MONITORING",
     "PACK_RUN",
     "QUERY",
     "REJECTION",
     "RULE",
+    "SCHEDULE",
 ]
 
 _INCOME_TERMS: list[dict[str, Any]] = [
@@ -167,4 +170,36 @@ MONITORING = _one(
         "bands": {"100k–500k": [100000, 500000], "200k–600k": [200000, 600000]},
     },
     "The YAML file `fedgate synth` writes, as JSON.",
+)
+
+ANALYST_KEY = _one(
+    "pin an analyst's own key",
+    {"public_key": "ed25519:9mK2vQ7xZpL4c8nR1tY6wB3eH5jD0sF2gA7kU4oI1qE="},
+    "The public key `fedgate analysts keygen` printed on the analyst's machine.",
+)
+
+JOB: dict[str, Example] = {
+    "query": Example(
+        summary="run an approved query in the background",
+        value={"kind": "query", "query_id": "q-0673c320d93cf6235e0ad284d0fc935a"},
+    ),
+    "indicator": Example(
+        summary="run an indicator for December 2025",
+        value={"kind": "indicator", "name": "income_bands", "period": "2025-12"},
+    ),
+    "pack": Example(
+        summary="run the monthly pack for December 2025",
+        value={"kind": "pack", "name": "monthly", "period": "2025-12"},
+    ),
+}
+
+SCHEDULE = _one(
+    "the monthly pack on the 5th at 02:00, for the month before",
+    {
+        "name": "monthly pack",
+        "pack": "monthly",
+        "period_rule": "previous_month",
+        "cron": {"day": "5", "hour": "2", "minute": "0"},
+        "run_as": "analyst",
+    },
 )

@@ -21,13 +21,14 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from aggregation.indicators import INDICATORS, PACKS
 from gateway import jobs, queries, runner
+from gateway.api import examples
 from gateway.api.deps import Analyst, ContextDep, CurrentPrincipal
 from gateway.api.errors import ErrorBody, error_responses
 from gateway.api.indicators import IndicatorRunIn, IndicatorsRunOut, PackRunIn
@@ -35,9 +36,7 @@ from gateway.api.runs import result_out
 from gateway.api.schemas import ResultOut
 from gateway.errors import Conflict, NotFound
 
-router = APIRouter(
-    prefix="/v1", tags=["jobs"], responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503)
-)
+router = APIRouter(prefix="/v1", tags=["jobs"])
 
 # How often the events stream looks at the job's row, and how often it sends a keep-alive comment.
 POLL_SECONDS = 0.25
@@ -45,28 +44,34 @@ KEEPALIVE_SECONDS = 15.0
 
 
 class QueryJobIn(BaseModel):
+    """A job that runs one approved query of the caller."""
+
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"kind": "query", "query_id": "q-0673c320d93cf623"}]}
     )
-    kind: Literal["query"]
+    kind: Literal["query"] = Field(description="`query`: run an approved query")
     query_id: str = Field(min_length=1, max_length=64, description="an approved query of the caller")
 
 
 class IndicatorJobIn(IndicatorRunIn):
+    """A job that runs one indicator of the library, with the body of `/v1/indicators/{name}/run`."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"kind": "indicator", "name": "income_bands", "period": "2025-12"}]},
     )
-    kind: Literal["indicator"]
+    kind: Literal["indicator"] = Field(description="`indicator`: run an indicator of the library")
     name: str = Field(min_length=1, max_length=64, description="an indicator of the library")
 
 
 class PackJobIn(PackRunIn):
+    """A job that runs one pack of the monitoring calendar, with the body of `/v1/packs/{name}/run`."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"kind": "pack", "name": "monthly", "period": "2025-12"}]},
     )
-    kind: Literal["pack"]
+    kind: Literal["pack"] = Field(description="`pack`: run a pack of the monitoring calendar")
     name: str = Field(min_length=1, max_length=64, description="a pack of the monitoring calendar")
 
 
@@ -74,34 +79,40 @@ JobIn = Annotated[QueryJobIn | IndicatorJobIn | PackJobIn, Field(discriminator="
 
 
 class JobOut(BaseModel):
-    id: str
-    kind: jobs.JobKind
+    """A job: what it runs, as whom, how far it got, and its result or public error."""
+
+    id: str = Field(description="the job's id")
+    kind: jobs.JobKind = Field(description="what the job runs: a query, an indicator or a pack")
     target: str = Field(description="the query id, the indicator's name or the pack's name")
     params: dict[str, Any] = Field(description="the run's parameters as submitted")
     principal: str = Field(description="the analyst the job runs as")
-    submitted_by: str
+    submitted_by: str = Field(description="who submitted it: the analyst, or the operator's schedule")
     schedule_id: str | None = Field(description="the schedule that submitted it, if one did")
-    state: jobs.JobState
-    steps_done: int
+    state: jobs.JobState = Field(description="queued, running, or a final state")
+    steps_done: int = Field(description="steps finished so far")
     steps_total: int = Field(description="0 until the run knows how many steps it takes")
     current_step: str | None = Field(description="a public label of the step under way")
-    cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
+    cancel_requested: bool = Field(description="a cancel was asked for; a running job stops at its next step")
+    created_at: datetime = Field(description="when it was submitted (UTC)")
+    started_at: datetime | None = Field(description="when it started running, or null while queued")
+    finished_at: datetime | None = Field(description="when it reached a final state, or null")
+    updated_at: datetime = Field(description="its last change (UTC)")
     error: ErrorBody | None = Field(description="the public error of a failed, cancelled or interrupted job")
     result: str | None = Field(description="the result's path, once the job succeeded")
     events: str = Field(description="the path of the job's server-sent events")
 
 
 class JobListOut(BaseModel):
-    jobs: list[JobOut]
+    """Jobs, newest first."""
+
+    jobs: list[JobOut] = Field(description="the jobs the caller may see")
 
 
 class JobResultOut(BaseModel):
-    job_id: str
-    kind: jobs.JobKind
+    """A succeeded job's result: a query's released result, or an indicator's or a pack's figures."""
+
+    job_id: str = Field(description="the job's id")
+    kind: jobs.JobKind = Field(description="what the job ran")
     query: ResultOut | None = Field(None, description="a query job's released result")
     run: IndicatorsRunOut | None = Field(None, description="an indicator or pack job's figures")
 
@@ -139,8 +150,10 @@ def _target_and_params(
     return jobs.JobKind(body.kind), body.name, params
 
 
-@router.post("/jobs", response_model=JobOut, status_code=202)
-def submit_job(body: JobIn, ctx: ContextDep, analyst: Analyst) -> JobOut:
+@router.post("/jobs", response_model=JobOut, status_code=202, responses=error_responses(403, 404, 413, 422))
+def submit_job(
+    body: Annotated[JobIn, Body(openapi_examples=examples.JOB)], ctx: ContextDep, analyst: Analyst
+) -> JobOut:
     """Queue a run of a query, an indicator or a pack; it runs as the caller, with the approvals, budget
     and audit of the synchronous route. 202 with the job at once; follow it at `events`."""
     kind, target, params = _target_and_params(body)
@@ -154,7 +167,7 @@ def submit_job(body: JobIn, ctx: ContextDep, analyst: Analyst) -> JobOut:
     return job_out(jobs.submit(ctx, kind, target, params, principal=analyst, submitted_by=analyst.name))
 
 
-@router.get("/jobs", response_model=JobListOut)
+@router.get("/jobs", response_model=JobListOut, responses=error_responses(422))
 def list_jobs(
     ctx: ContextDep,
     who: CurrentPrincipal,
@@ -165,12 +178,13 @@ def list_jobs(
     return JobListOut(jobs=[job_out(j) for j in jobs.list_jobs(ctx.engine, who, state=state, limit=limit)])
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut)
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(404, 422))
 def get_job(job_id: str, ctx: ContextDep, who: CurrentPrincipal) -> JobOut:
+    """The job, if it is the caller's (an operator sees every job)."""
     return job_out(jobs.visible_job(ctx.engine, job_id, who))
 
 
-@router.get("/jobs/{job_id}/result", response_model=JobResultOut)
+@router.get("/jobs/{job_id}/result", response_model=JobResultOut, responses=error_responses(404, 409, 422))
 def get_job_result(job_id: str, ctx: ContextDep, who: CurrentPrincipal) -> JobResultOut:
     """A succeeded job's result; a job that has not succeeded is a conflict naming its state."""
     job = jobs.visible_job(ctx.engine, job_id, who)
@@ -184,7 +198,7 @@ def get_job_result(job_id: str, ctx: ContextDep, who: CurrentPrincipal) -> JobRe
     return JobResultOut(job_id=job.id, kind=job.kind, run=IndicatorsRunOut.model_validate(job.result))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(404, 409, 422))
 def cancel_job(job_id: str, ctx: ContextDep, who: CurrentPrincipal) -> JobOut:
     """Cancel: a queued job at once; a running one at its next step before data arrives (what no data
     reached is refunded, the rest stays charged). Its analyst or an operator may cancel."""
@@ -199,7 +213,10 @@ def _sse(job: jobs.JobRecord) -> bytes:
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "the job on every change"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the job on every change"},
+        **error_responses(404, 422),
+    },
 )
 async def job_events(
     job_id: str, request: Request, ctx: ContextDep, who: CurrentPrincipal

@@ -34,6 +34,7 @@ AnalystKeyOpt = Annotated[
 @analysts_app.command("keygen")
 def keygen(
     out: Annotated[Path, typer.Option("--out", help="where to write the private key (PEM) / 私钥文件")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Make your own Ed25519 key on this machine; give the printed public key to the operator, and its
     fingerprint to the departments whose rules should name you.
@@ -54,7 +55,12 @@ def keygen(
         "public_key": public_key_text(key.public_key()),
         "fingerprint": fingerprint(key.public_key()),
     }
-    typer.echo(json.dumps(doc, indent=2))
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    console.print(f"private key / 私钥: {doc['file']}", highlight=False)
+    console.print(f"public key / 公钥 (for the operator): {doc['public_key']}", highlight=False)
+    console.print(f"fingerprint / 指纹 (for the departments' rules): {doc['fingerprint']}", highlight=False)
 
 
 @analysts_app.command("register")
@@ -63,13 +69,17 @@ def register(
     public_key: Annotated[str, typer.Option("--public-key", help="ed25519:BASE64 / 公钥")],
     url: UrlOpt,
     api_key: KeyOpt,
+    as_json: JsonOpt = False,
 ) -> None:
     """Pin an analyst's public key at the gateway (operator; audited). 登记分析人员公钥（运维）。"""
     from gateway.client import GatewayClient
 
     with GatewayClient(url, api_key) as gw:
         doc = call_gateway(lambda: gw.register_analyst_key(analyst, public_key))
-    typer.echo(json.dumps(doc, indent=2))
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    console.print(f"registered {doc['fingerprint']} for {doc['analyst']}", highlight=False)
 
 
 @analysts_app.command("list")
