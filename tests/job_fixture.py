@@ -3,6 +3,10 @@ httpx transport, the gateway app behind a test client, its job pool and (when st
 running real threads against a real SQLite database.
 
 `slow` connectors answer extracts only after a pause, so a test can watch a job mid-run or cancel it.
+
+Each analyst has a key of their own, and their client signs every query it submits with it. The
+departments' rules are `"*"` rules (the synthetic county accepts them): jobs and schedules run packs,
+whose queries the gateway builds and no analyst signs. `sign_rules` narrows them to named analysts.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from connectors.config import load_config
+from connectors.protocol import fingerprint, load_private_key, private_key_pem
 from connectors.service import build_service
 from connectors.service import create_app as create_connector_app
 from gateway.app import build_context, create_app
@@ -72,10 +78,26 @@ class Fed:
     keys: dict[str, str]
     connectors: dict[str, SimpleNamespace]
     transport: Connectors
+    analyst_keys: dict[str, bytes]
+    """each analyst's own private key (PEM)"""
     stops: list[Callable[[], None]] = field(default_factory=list)
 
     def client(self, who: str) -> GatewayClient:
-        return GatewayClient("http://testserver", self.keys[who], transport=Through(self.http))
+        """A client for `who`; an analyst's client signs every query with the analyst's own key."""
+        return GatewayClient(
+            "http://testserver",
+            self.keys[who],
+            transport=Through(self.http),
+            analyst_key=self.analyst_keys.get(who),
+        )
+
+    def analyst_fingerprint(self, who: str) -> str:
+        return fingerprint(load_private_key(self.analyst_keys[who]).public_key())
+
+    def sign_rules(self, analysts: tuple[str, ...]) -> None:
+        """Each department signs a new version of its rule, admitting `analysts` only (named by their key
+        fingerprints): the gateway's unsigned pack queries then wait for approvals, as do other analysts'."""
+        register_everything(self, groups=False, analysts=analysts)  # type: ignore[arg-type]
 
     def approval_key(self, department: str) -> bytes:
         return (self.county / "keys" / f"{department}-approval.key").read_bytes()
@@ -125,6 +147,17 @@ def connector_transport(county: Path, tmp_path: Path) -> Connectors:
     return Connectors(apps)
 
 
+def analyst_keys(tmp_path: Path, names: tuple[str, ...] = ("analyst", "other-analyst")) -> dict[str, bytes]:
+    """Each analyst's own key, made once under `tmp_path` (a restarted gateway's analysts keep theirs)."""
+    directory = tmp_path / "analysts"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = directory / f"{name}.key"
+        if not path.exists():
+            path.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
+    return {name: (directory / f"{name}.key").read_bytes() for name in names}
+
+
 def start(
     county: Path,
     tmp_path: Path,
@@ -154,7 +187,8 @@ def start(
         keys = dict(line.split(" ", 1) for line in (tmp_path / "keys.txt").read_text().splitlines())
     http = TestClient(create_app(ctx), raise_server_exceptions=False)
     urls = {n: SimpleNamespace(url=f"http://{n}.fed.test") for n in CONNECTORS}
-    fed = Fed(county, ctx, http, keys, urls, transport)
+    fed = Fed(county, ctx, http, keys, urls, transport, analyst_keys(tmp_path))
     if fresh and register:
-        register_everything(fed, groups=False)  # type: ignore[arg-type]
+        # Packs carry no analyst's signature: only rules for every analyst admit them.
+        register_everything(fed, groups=False, analysts=("*",))  # type: ignore[arg-type]
     return fed

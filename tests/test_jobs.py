@@ -21,7 +21,7 @@ from job_fixture import Fed, start
 
 from aggregation.query import QuerySpec
 from connectors.synth import generate_county
-from gateway import db
+from gateway import db, jobs
 from privacy.ledger import CHARGED, REFUNDED, SPENT_FAILED
 
 PACK = {"kind": "pack", "name": "monthly", "period": "2025-12"}
@@ -64,7 +64,23 @@ def _job_rows(fed: Fed) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(db.jobs)).scalar_one())
 
 
-def test_a_pack_job_returns_at_once_reports_its_steps_and_serves_the_synchronous_result(fed: Fed) -> None:
+def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every step label a job writes on its row (the stream polls the row, so it may skip a short one)."""
+    labels: list[str] = []
+    step = jobs.JobProgress.step
+
+    def recording(self: jobs.JobProgress, label: str, *, stoppable: bool = True) -> None:
+        labels.append(label)
+        step(self, label, stoppable=stoppable)
+
+    monkeypatch.setattr(jobs.JobProgress, "step", recording)
+    return labels
+
+
+def test_a_pack_job_returns_at_once_reports_its_steps_and_serves_the_synchronous_result(
+    fed: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = _record_steps(monkeypatch)
     before = _spent(fed)
     r = fed.http.post("/v1/jobs", json=PACK, headers=fed.as_("analyst"))
     assert r.status_code == 202, r.text
@@ -81,9 +97,12 @@ def test_a_pack_job_returns_at_once_reports_its_steps_and_serves_the_synchronous
     assert running, "the stream showed the run under way"
     total = running[0]["steps_total"]
     assert all(e["steps_total"] == total for e in running)
-    # Labels are public: fixed step names and the queries' roles, never a number from the data.
+    # Labels are public: fixed step names and the queries' roles, never a number from the data. The
+    # stream shows what the row holds when it polls; the job wrote every step.
     labels = {e["current_step"] for e in running}
-    assert "reserve" in labels and any(label.startswith("query 1/") for label in labels if label)
+    assert labels <= set(written) and any(label.startswith("query ") for label in labels if label)
+    assert written[:3] == ["approvals", "preflight", "reserve"] and written[-1] == "figures"
+    assert written[3].startswith("query 1/") and len(written) == total
     final = seen[-1]
     assert final["steps_done"] == final["steps_total"] == total
     assert final["result"] == f"/v1/jobs/{job['id']}/result"
@@ -184,7 +203,8 @@ def test_a_query_job_runs_an_approved_query_and_a_waiting_one_fails_with_the_pub
     result = fed.http.get(done["result"], headers=fed.as_("analyst")).json()
     assert result["query"]["query_id"] == approved["id"] and result["run"] is None
     assert result["query"] == analyst.result(approved["id"])
-    # Another analyst's query: the rules cover only "analyst", so it waits for every department.
+    # Rules that name only "analyst": another analyst's query waits for every department.
+    fed.sign_rules(("analyst",))
     spec = QuerySpec.model_validate({**headline_query().model_dump(), "purpose": "Bands by village, again"})
     other = fed.client("other-analyst").submit(spec)
     job = fed.http.post(

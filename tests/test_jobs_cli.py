@@ -73,7 +73,9 @@ def test_a_pack_runs_as_a_job_with_progress_and_the_jobs_commands_follow_it(fed:
     assert waited.exit_code == 0 and "succeeded" in waited.stdout
     refused = _run(fed, "analyst", "jobs", "cancel", job_id)
     assert refused.exit_code == 1 and "conflict" in refused.output
-    # A failed run prints its public error and exits 1.
+    # A failed run prints its public error and exits 1: under rules that name only "analyst", another
+    # analyst's pack waits for every department.
+    fed.sign_rules(("analyst",))
     failed = _run(fed, "other-analyst", "indicators", "run", "--pack", "monthly", "--period", "2025-12")
     assert failed.exit_code == 1 and "not_approved" in failed.output
 
