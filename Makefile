@@ -31,8 +31,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Two workers, one test file each at a time: a file's module fixtures (a county, a federation) are built once.
-PYTEST_WORKERS ?= 2
+# Three workers on two cores, one test file each at a time: a file's module fixtures (a county, a federation,
+# a browser, a Spark session) are built once, and much of a file's time is spent waiting on the servers it
+# starts, so a third worker fills those waits.
+PYTEST_WORKERS ?= 3
 
 # The console's browser tests drive Debian's Chromium through Playwright (which never downloads a browser
 # here); a fresh machine (CI runs as root) gets the package first.
@@ -44,7 +46,7 @@ $(CHROMIUM):
 browser: $(CHROMIUM)
 
 test: lint browser
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 # Screenshots of the console's main pages into docs/console/ (the browser tests write them).
 screenshots: $(STAMP) browser
