@@ -31,10 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Three workers on two cores, one test file each at a time: a file's module fixtures (a county, a federation,
-# a browser, a Spark session) are built once, and much of a file's time is spent waiting on the servers it
-# starts, so a third worker fills those waits.
-PYTEST_WORKERS ?= 3
+# Two workers, one test file each at a time: a file's module fixtures (a county, a federation, a browser, a
+# Spark session) are built once. A third worker on two cores was slower, not faster.
+PYTEST_WORKERS ?= 2
 
 # The console's browser tests drive Debian's Chromium through Playwright (which never downloads a browser
 # here); a fresh machine (CI runs as root) gets the package first.
