@@ -241,10 +241,16 @@ def authenticate(engine: sa.Engine, key: str | None, *, now: datetime | None = N
         row = conn.execute(sa.select(principals).where(principals.c.key_hash == digest)).mappings().first()
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         raise Unauthenticated(INVALID_KEY)
+    return _active(row, now, "API key {status}; ask an operator for a new one")
+
+
+def _active(row: sa.RowMapping, now: datetime | None, refusal: str) -> Principal:
+    """The principal of a stored row if its key is active; else `Unauthenticated` with `refusal`, whose
+    `{status}` names why (revoked, expired). An expiry that is not recorded counts as expired."""
     record = _record(row)
     status = record.status(now)
     if status != "active" or record.expires_at is None:
-        raise Unauthenticated(f"API key {status}; ask an operator for a new one")
+        raise Unauthenticated(refusal.format(status=status))
     return Principal(
         id=record.id,
         name=record.name,
@@ -261,17 +267,7 @@ def active_principal(engine: sa.Engine, principal_id: str, *, now: datetime | No
         row = conn.execute(sa.select(principals).where(principals.c.id == principal_id)).mappings().first()
     if row is None:
         raise Unauthenticated(INVALID_KEY)
-    record = _record(row)
-    status = record.status(now)
-    if status != "active" or record.expires_at is None:
-        raise Unauthenticated(f"API key {status}; ask an operator for a new one")
-    return Principal(
-        id=record.id,
-        name=record.name,
-        role=record.role,
-        department=record.department,
-        expires_at=record.expires_at,
-    )
+    return _active(row, now, "API key {status}; ask an operator for a new one")
 
 
 def principal_named(engine: sa.Engine, name: str, *, now: datetime | None = None) -> Principal:
@@ -281,17 +277,7 @@ def principal_named(engine: sa.Engine, name: str, *, now: datetime | None = None
         row = conn.execute(sa.select(principals).where(principals.c.name == name)).mappings().first()
     if row is None:
         raise Unauthenticated(f"no principal named {name!r}; create it with `fedgate users create`")
-    record = _record(row)
-    status = record.status(now)
-    if status != "active" or record.expires_at is None:
-        raise Unauthenticated(f"the principal {name!r} is {status}; ask an operator for a new key")
-    return Principal(
-        id=record.id,
-        name=record.name,
-        role=record.role,
-        department=record.department,
-        expires_at=record.expires_at,
-    )
+    return _active(row, now, f"the principal {name!r} is {{status}}; ask an operator for a new key")
 
 
 def require_department(principal: Principal, department: str) -> None:
